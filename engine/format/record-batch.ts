@@ -1,0 +1,450 @@
+/**
+ * Record batches: the unit of write, storage and transfer (engine/FORMAT.md has the byte
+ * table and a worked example). Pure code: no node:fs, no sockets; the SDK builds batches
+ * with it and the broker appends them without re-encoding.
+ *
+ * Header, 64 bytes, little-endian:
+ *   baseOffset(8) brokerTimestamp(8) checksum(8) | magic(1) version(1) flags(2)
+ *   batchLength(4) producerId(8) producerSequence(4) recordCount(4) firstTimestamp(8)
+ *   recordsLength(4) recordsLengthRaw(4) | records…
+ * The checksum is xxh64 over [24, batchLength): everything except the two fields the
+ * broker patches on append (baseOffset, brokerTimestamp) and the checksum itself.
+ *
+ * Invariants:
+ * - batchLength = headerBytes + recordsLength (a flipped length field breaks this equality,
+ *   so a reader tells a corrupt length from a torn tail);
+ * - records are dense: record i has offsetDelta i;
+ * - a checksum is computed on encode and verified on every decode from untrusted bytes.
+ */
+import { WaymarkError } from './errors';
+import { formatLimits } from './limits';
+import { xxh64 } from './checksum';
+import { msgIdBytes, MsgIdGenerator } from './msg-id';
+import { Reader, varintSize, writeVarint, zigzag } from './varint';
+
+export const batchMagic = 0x57; // 'W'
+export const batchVersion = 1;
+export const batchHeaderBytes = 64;
+/** Bytes at the start of the header that the checksum does not cover. */
+export const batchUncoveredBytes = 24;
+
+export const BatchOffset = {
+  baseOffset: 0,
+  brokerTimestamp: 8,
+  checksum: 16,
+  magic: 24,
+  version: 25,
+  flags: 26,
+  batchLength: 28,
+  producerId: 32,
+  producerSequence: 40,
+  recordCount: 44,
+  firstTimestamp: 48,
+  recordsLength: 56,
+  recordsLengthRaw: 60,
+} as const;
+
+export const BatchFlag = {
+  /** bits 0..2: compression codec of the records section (Compression). */
+  compressionMask: 0x0007,
+  /** bit 3: a control batch (its records are broker markers, not user messages). */
+  control: 0x0008,
+  /** every other bit is reserved in version 1 and must be zero. */
+  knownMask: 0x000f,
+} as const;
+
+export const Compression = { none: 0, lz4: 1 } as const;
+export type CompressionId = (typeof Compression)[keyof typeof Compression];
+
+/** Record attribute bits. */
+export const RecordAttr = { hasKey: 0x01, hasDeliverAt: 0x02, knownMask: 0x03 } as const;
+
+/** A compression codec; the engine supplies lz4 (lz4-napi). The SDK in a browser has none. */
+export interface Codec {
+  readonly id: CompressionId;
+  compress(raw: Uint8Array): Uint8Array;
+  decompress(stored: Uint8Array, rawLength: number): Uint8Array;
+}
+
+/** Records sections smaller than this are never compressed (lz4 cannot win much there). */
+export const compressionBytesMin = 512;
+
+export interface Header {
+  readonly name: string;
+  readonly value: Uint8Array;
+}
+
+export interface MessageInput {
+  /** 16 bytes; made here when absent. */
+  msgId?: Uint8Array;
+  key?: string | Uint8Array | null;
+  headers?: readonly Header[] | Record<string, string | Uint8Array>;
+  body: string | Uint8Array;
+  /** Producer time, ms; now when absent. */
+  timestamp?: number;
+  /** Deliver not before this Unix time in ms. */
+  deliverAt?: number | null;
+}
+
+export interface BatchHeader {
+  baseOffset: number;
+  brokerTimestamp: number;
+  checksum: bigint;
+  flags: number;
+  batchLength: number;
+  producerId: number;
+  producerSequence: number;
+  recordCount: number;
+  firstTimestamp: number;
+  recordsLength: number;
+  recordsLengthRaw: number;
+}
+
+export interface StoredRecord {
+  offset: number;
+  /** Producer timestamp, ms. */
+  timestamp: number;
+  msgId: Uint8Array;
+  key: Uint8Array | null;
+  headers: Header[];
+  deliverAt: number | null;
+  body: Uint8Array;
+}
+
+export interface EncodeOptions {
+  producerId?: number;
+  producerSequence?: number;
+  control?: boolean;
+  /** Compress the records section with this codec when that makes the batch smaller. */
+  codec?: Codec | null;
+  msgIds?: MsgIdGenerator;
+}
+
+const textEncoder = new TextEncoder();
+const textDecoder = new TextDecoder();
+const defaultIds = new MsgIdGenerator();
+
+function toBytes(value: string | Uint8Array): Uint8Array {
+  return typeof value === 'string' ? textEncoder.encode(value) : value;
+}
+
+function normalizeHeaders(headers: MessageInput['headers']): Header[] {
+  if (!headers) return [];
+  if (Array.isArray(headers)) return headers as Header[];
+  const out: Header[] = [];
+  for (const [name, value] of Object.entries(headers)) out.push({ name, value: toBytes(value) });
+  return out;
+}
+
+interface Prepared {
+  msgId: Uint8Array;
+  key: Uint8Array | null;
+  headerNames: Uint8Array[];
+  headers: Header[];
+  body: Uint8Array;
+  timestamp: number;
+  deliverAt: number | null;
+  size: number; // bytes after the length prefix
+}
+
+/** Validates one message against the format limits and measures its encoded size. */
+function prepare(message: MessageInput, index: number, firstTimestamp: number, ids: MsgIdGenerator): Prepared {
+  const body = toBytes(message.body);
+  if (body.length > formatLimits.messageBytesMax) {
+    throw new WaymarkError('MESSAGE_TOO_LARGE', `message ${index}: body is ${body.length} bytes, the limit is ${formatLimits.messageBytesMax}`);
+  }
+  const key = message.key == null ? null : toBytes(message.key);
+  if (key && key.length > formatLimits.keyBytesMax) {
+    throw new WaymarkError('KEY_TOO_LARGE', `message ${index}: key is ${key.length} bytes, the limit is ${formatLimits.keyBytesMax}`);
+  }
+  const headers = normalizeHeaders(message.headers);
+  if (headers.length > formatLimits.headerCountMax) {
+    throw new WaymarkError('HEADERS_TOO_LARGE', `message ${index}: ${headers.length} headers, the limit is ${formatLimits.headerCountMax}`);
+  }
+  const msgId = message.msgId ?? ids.next();
+  if (msgId.length !== msgIdBytes) {
+    throw new WaymarkError('INVALID_ARGUMENT', `message ${index}: msgId must be ${msgIdBytes} bytes, got ${msgId.length}`);
+  }
+  const timestamp = message.timestamp ?? firstTimestamp;
+  const deliverAt = message.deliverAt ?? null;
+  if (!Number.isSafeInteger(timestamp) || timestamp < 0) throw new WaymarkError('INVALID_ARGUMENT', `message ${index}: bad timestamp`);
+  if (deliverAt !== null && (!Number.isSafeInteger(deliverAt) || deliverAt < 0)) {
+    throw new WaymarkError('INVALID_ARGUMENT', `message ${index}: bad deliverAt`);
+  }
+  const headerNames: Uint8Array[] = [];
+  let headerBytes = 0;
+  let size = 1 + varintSize(index) + varintSize(zigzag(timestamp - firstTimestamp)) + msgIdBytes;
+  if (key) size += varintSize(key.length) + key.length;
+  size += varintSize(headers.length);
+  for (const header of headers) {
+    const name = textEncoder.encode(header.name);
+    headerNames.push(name);
+    headerBytes += name.length + header.value.length;
+    size += varintSize(name.length) + name.length + varintSize(header.value.length) + header.value.length;
+  }
+  if (headerBytes > formatLimits.headersBytesMax) {
+    throw new WaymarkError('HEADERS_TOO_LARGE', `message ${index}: headers are ${headerBytes} bytes, the limit is ${formatLimits.headersBytesMax}`);
+  }
+  if (deliverAt !== null) size += varintSize(zigzag(deliverAt - firstTimestamp));
+  size += varintSize(body.length) + body.length;
+  return { msgId, key, headerNames, headers, body, timestamp, deliverAt, size };
+}
+
+/**
+ * Encodes messages into one batch with baseOffset 0 and brokerTimestamp 0 (the broker
+ * patches both on append). Returns the batch and the msgIds in record order.
+ */
+export function encodeBatch(messages: readonly MessageInput[], options: EncodeOptions = {}): { batch: Uint8Array; msgIds: Uint8Array[] } {
+  if (messages.length === 0) throw new WaymarkError('INVALID_ARGUMENT', 'a batch needs at least one message');
+  if (messages.length > formatLimits.batchRecordCountMax) {
+    throw new WaymarkError('BATCH_TOO_LARGE', `${messages.length} messages in one batch, the limit is ${formatLimits.batchRecordCountMax}`);
+  }
+  const ids = options.msgIds ?? defaultIds;
+  const firstTimestamp = messages[0]!.timestamp ?? Date.now();
+  const prepared: Prepared[] = new Array(messages.length);
+  let rawLength = 0;
+  for (let i = 0; i < messages.length; i++) {
+    const p = prepare(messages[i]!, i, firstTimestamp, ids);
+    prepared[i] = p;
+    rawLength += varintSize(p.size) + p.size;
+  }
+  if (batchHeaderBytes + rawLength > formatLimits.batchBytesMax) {
+    throw new WaymarkError('BATCH_TOO_LARGE', `batch would be ${batchHeaderBytes + rawLength} bytes, the limit is ${formatLimits.batchBytesMax}`);
+  }
+
+  const raw = new Uint8Array(batchHeaderBytes + rawLength);
+  let pos = batchHeaderBytes;
+  for (let i = 0; i < prepared.length; i++) {
+    const p = prepared[i]!;
+    const start = pos;
+    pos = writeVarint(raw, pos, p.size);
+    const recordStart = pos;
+    raw[pos++] = (p.key ? RecordAttr.hasKey : 0) | (p.deliverAt !== null ? RecordAttr.hasDeliverAt : 0);
+    pos = writeVarint(raw, pos, i);
+    pos = writeVarint(raw, pos, zigzag(p.timestamp - firstTimestamp));
+    raw.set(p.msgId, pos);
+    pos += msgIdBytes;
+    if (p.key) {
+      pos = writeVarint(raw, pos, p.key.length);
+      raw.set(p.key, pos);
+      pos += p.key.length;
+    }
+    pos = writeVarint(raw, pos, p.headers.length);
+    for (let h = 0; h < p.headers.length; h++) {
+      const name = p.headerNames[h]!;
+      const value = p.headers[h]!.value;
+      pos = writeVarint(raw, pos, name.length);
+      raw.set(name, pos);
+      pos += name.length;
+      pos = writeVarint(raw, pos, value.length);
+      raw.set(value, pos);
+      pos += value.length;
+    }
+    if (p.deliverAt !== null) pos = writeVarint(raw, pos, zigzag(p.deliverAt - firstTimestamp));
+    pos = writeVarint(raw, pos, p.body.length);
+    raw.set(p.body, pos);
+    pos += p.body.length;
+    if (pos - recordStart !== p.size) throw new Error(`encodeBatch: record ${i} size ${pos - recordStart} != ${p.size} (start ${start})`);
+  }
+  if (pos !== raw.length) throw new Error('encodeBatch: records section length mismatch');
+
+  let batch = raw;
+  let compression: CompressionId = Compression.none;
+  const codec = options.codec;
+  if (codec && rawLength >= compressionBytesMin) {
+    const compressed = codec.compress(raw.subarray(batchHeaderBytes));
+    if (compressed.length < rawLength) {
+      batch = new Uint8Array(batchHeaderBytes + compressed.length);
+      batch.set(compressed, batchHeaderBytes);
+      compression = codec.id;
+    }
+  }
+  const flags = compression | (options.control ? BatchFlag.control : 0);
+  writeHeader(batch, {
+    flags,
+    producerId: options.producerId ?? -1,
+    producerSequence: options.producerSequence ?? -1,
+    recordCount: messages.length,
+    firstTimestamp,
+    recordsLength: batch.length - batchHeaderBytes,
+    recordsLengthRaw: rawLength,
+  });
+  return { batch, msgIds: prepared.map((p) => p.msgId) };
+}
+
+function view(buf: Uint8Array): DataView {
+  return new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+}
+
+function writeHeader(
+  batch: Uint8Array,
+  h: { flags: number; producerId: number; producerSequence: number; recordCount: number; firstTimestamp: number; recordsLength: number; recordsLengthRaw: number },
+): void {
+  const dv = view(batch);
+  dv.setBigInt64(BatchOffset.baseOffset, 0n, true);
+  dv.setBigInt64(BatchOffset.brokerTimestamp, 0n, true);
+  dv.setUint8(BatchOffset.magic, batchMagic);
+  dv.setUint8(BatchOffset.version, batchVersion);
+  dv.setUint16(BatchOffset.flags, h.flags, true);
+  dv.setUint32(BatchOffset.batchLength, batch.length, true);
+  dv.setBigInt64(BatchOffset.producerId, BigInt(h.producerId), true);
+  dv.setInt32(BatchOffset.producerSequence, h.producerSequence, true);
+  dv.setUint32(BatchOffset.recordCount, h.recordCount, true);
+  dv.setBigInt64(BatchOffset.firstTimestamp, BigInt(h.firstTimestamp), true);
+  dv.setUint32(BatchOffset.recordsLength, h.recordsLength, true);
+  dv.setUint32(BatchOffset.recordsLengthRaw, h.recordsLengthRaw, true);
+  dv.setBigUint64(BatchOffset.checksum, computeChecksum(batch), true);
+}
+
+export function computeChecksum(batch: Uint8Array): bigint {
+  return xxh64(batch.subarray(batchUncoveredBytes, view(batch).getUint32(BatchOffset.batchLength, true)));
+}
+
+/** Sets the two broker-assigned fields in place (outside the checksum: no re-encoding). */
+export function patchBatch(batch: Uint8Array, baseOffset: number, brokerTimestamp: number): void {
+  const dv = view(batch);
+  dv.setBigInt64(BatchOffset.baseOffset, BigInt(baseOffset), true);
+  dv.setBigInt64(BatchOffset.brokerTimestamp, BigInt(brokerTimestamp), true);
+}
+
+/** Outcome of looking at the bytes at a position where a batch should start. */
+export type HeaderProbe =
+  | { kind: 'ok'; header: BatchHeader }
+  /** Fewer bytes remain than the header or the declared length needs: a torn tail if at the end. */
+  | { kind: 'short'; needBytes: number }
+  /** The header itself is inconsistent: corruption, not a torn write. */
+  | { kind: 'corrupt'; reason: string };
+
+/**
+ * Reads and sanity-checks a batch header at `pos` without verifying the checksum. Never
+ * throws on bad bytes: the caller decides whether they are a torn tail or corruption.
+ */
+export function probeHeader(buf: Uint8Array, pos: number, end: number = buf.length): HeaderProbe {
+  if (end - pos < batchHeaderBytes) return { kind: 'short', needBytes: batchHeaderBytes };
+  const dv = new DataView(buf.buffer, buf.byteOffset + pos, batchHeaderBytes);
+  const magic = dv.getUint8(BatchOffset.magic);
+  if (magic !== batchMagic) return { kind: 'corrupt', reason: `bad magic 0x${magic.toString(16)}` };
+  const version = dv.getUint8(BatchOffset.version);
+  if (version !== batchVersion) return { kind: 'corrupt', reason: `unknown batch version ${version}` };
+  const flags = dv.getUint16(BatchOffset.flags, true);
+  if ((flags & ~BatchFlag.knownMask) !== 0) return { kind: 'corrupt', reason: `unknown flag bits 0x${flags.toString(16)}` };
+  const compression = flags & BatchFlag.compressionMask;
+  if (compression !== Compression.none && compression !== Compression.lz4) return { kind: 'corrupt', reason: `unknown compression ${compression}` };
+  const batchLength = dv.getUint32(BatchOffset.batchLength, true);
+  const recordsLength = dv.getUint32(BatchOffset.recordsLength, true);
+  if (batchLength !== batchHeaderBytes + recordsLength) {
+    return { kind: 'corrupt', reason: `batchLength ${batchLength} does not match recordsLength ${recordsLength} + ${batchHeaderBytes}` };
+  }
+  if (batchLength > formatLimits.batchBytesMax) return { kind: 'corrupt', reason: `batchLength ${batchLength} over the limit` };
+  const recordsLengthRaw = dv.getUint32(BatchOffset.recordsLengthRaw, true);
+  if (compression === Compression.none && recordsLengthRaw !== recordsLength) {
+    return { kind: 'corrupt', reason: 'uncompressed batch with recordsLengthRaw != recordsLength' };
+  }
+  if (recordsLengthRaw > formatLimits.batchBytesMax) return { kind: 'corrupt', reason: `recordsLengthRaw ${recordsLengthRaw} over the limit` };
+  const recordCount = dv.getUint32(BatchOffset.recordCount, true);
+  if (recordCount === 0 || recordCount > formatLimits.batchRecordCountMax) return { kind: 'corrupt', reason: `recordCount ${recordCount} out of range` };
+  if (end - pos < batchLength) return { kind: 'short', needBytes: batchLength };
+  return {
+    kind: 'ok',
+    header: {
+      baseOffset: Number(dv.getBigInt64(BatchOffset.baseOffset, true)),
+      brokerTimestamp: Number(dv.getBigInt64(BatchOffset.brokerTimestamp, true)),
+      checksum: dv.getBigUint64(BatchOffset.checksum, true),
+      flags,
+      batchLength,
+      producerId: Number(dv.getBigInt64(BatchOffset.producerId, true)),
+      producerSequence: dv.getInt32(BatchOffset.producerSequence, true),
+      recordCount,
+      firstTimestamp: Number(dv.getBigInt64(BatchOffset.firstTimestamp, true)),
+      recordsLength,
+      recordsLengthRaw,
+    },
+  };
+}
+
+/** True when the stored checksum matches the bytes of the batch at `pos`. */
+export function checksumHolds(buf: Uint8Array, pos: number, header: BatchHeader): boolean {
+  const covered = buf.subarray(pos + batchUncoveredBytes, pos + header.batchLength);
+  return xxh64(covered) === header.checksum;
+}
+
+/** Parses and fully validates one untrusted batch (header, checksum). Throws CORRUPT_BATCH. */
+export function validateBatch(batch: Uint8Array): BatchHeader {
+  const probe = probeHeader(batch, 0);
+  if (probe.kind === 'corrupt') throw new WaymarkError('CORRUPT_BATCH', `corrupt batch header: ${probe.reason}`);
+  if (probe.kind === 'short') throw new WaymarkError('CORRUPT_BATCH', `batch is ${batch.length} bytes, it needs ${probe.needBytes}`);
+  if (probe.header.batchLength !== batch.length) {
+    throw new WaymarkError('CORRUPT_BATCH', `batch is ${batch.length} bytes but declares ${probe.header.batchLength}`);
+  }
+  if (!checksumHolds(batch, 0, probe.header)) throw new WaymarkError('CORRUPT_BATCH', 'batch checksum mismatch');
+  return probe.header;
+}
+
+/** The records section, decompressed when needed. */
+export function recordsSection(batch: Uint8Array, pos: number, header: BatchHeader, codec: Codec | null): Uint8Array {
+  const stored = batch.subarray(pos + batchHeaderBytes, pos + header.batchLength);
+  const compression = header.flags & BatchFlag.compressionMask;
+  if (compression === Compression.none) return stored;
+  if (!codec || codec.id !== compression) {
+    throw new WaymarkError('UNSUPPORTED_VERSION', `batch compressed with codec ${compression}, which this reader does not have`);
+  }
+  let raw: Uint8Array;
+  try {
+    raw = codec.decompress(stored, header.recordsLengthRaw);
+  } catch (err) {
+    throw new WaymarkError('CORRUPT_BATCH', `records section does not decompress: ${(err as Error).message}`);
+  }
+  if (raw.length !== header.recordsLengthRaw) {
+    throw new WaymarkError('CORRUPT_BATCH', `records section decompressed to ${raw.length} bytes, header says ${header.recordsLengthRaw}`);
+  }
+  return raw;
+}
+
+/**
+ * Decodes every record of the batch at `pos` (already probed; the caller decides whether to
+ * verify the checksum first). Records are views into `buf` (or into the decompressed copy).
+ */
+export function decodeRecords(buf: Uint8Array, pos: number, header: BatchHeader, codec: Codec | null): StoredRecord[] {
+  const section = recordsSection(buf, pos, header, codec);
+  const reader = new Reader(section, 0, section.length);
+  const records: StoredRecord[] = new Array(header.recordCount);
+  for (let i = 0; i < header.recordCount; i++) {
+    records[i] = readRecord(reader, i, header);
+  }
+  if (reader.pos !== section.length) {
+    throw new WaymarkError('CORRUPT_BATCH', `${section.length - reader.pos} bytes left after ${header.recordCount} records`);
+  }
+  return records;
+}
+
+function readRecord(reader: Reader, index: number, header: BatchHeader): StoredRecord {
+  const size = reader.varint();
+  const end = reader.pos + size;
+  if (end > reader.end) throw new WaymarkError('CORRUPT_BATCH', `record ${index} runs past the records section`);
+  const r = new Reader(reader.buf, reader.pos, end);
+  const attributes = r.u8();
+  if ((attributes & ~RecordAttr.knownMask) !== 0) throw new WaymarkError('CORRUPT_BATCH', `record ${index}: unknown attribute bits`);
+  const offsetDelta = r.varint();
+  if (offsetDelta !== index) throw new WaymarkError('CORRUPT_BATCH', `record ${index} has offsetDelta ${offsetDelta}`);
+  const timestamp = header.firstTimestamp + r.signedVarint();
+  const msgId = r.bytes(msgIdBytes);
+  const key = attributes & RecordAttr.hasKey ? r.bytes(r.varint()) : null;
+  const headerCount = r.varint();
+  if (headerCount > formatLimits.headerCountMax) throw new WaymarkError('CORRUPT_BATCH', `record ${index}: ${headerCount} headers`);
+  const headers: Header[] = new Array(headerCount);
+  for (let h = 0; h < headerCount; h++) {
+    const name = textDecoder.decode(r.bytes(r.varint()));
+    headers[h] = { name, value: r.bytes(r.varint()) };
+  }
+  const deliverAt = attributes & RecordAttr.hasDeliverAt ? header.firstTimestamp + r.signedVarint() : null;
+  const body = r.bytes(r.varint());
+  if (r.pos !== end) throw new WaymarkError('CORRUPT_BATCH', `record ${index}: ${end - r.pos} trailing bytes`);
+  reader.pos = end;
+  return { offset: header.baseOffset + index, timestamp, msgId, key, headers, deliverAt, body };
+}
+
+/** The value of the first header with this name, or undefined. */
+export function headerValue(headers: readonly Header[], name: string): Uint8Array | undefined {
+  for (const h of headers) if (h.name === name) return h.value;
+  return undefined;
+}

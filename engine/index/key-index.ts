@@ -1,0 +1,216 @@
+/**
+ * Key index of one segment (.kix): a fixed-slot hash file with chained entries, after
+ * RocketMQ's IndexFile. msgId, key and the `traceid` header are indexed, each hashed with its
+ * own seed (format/index-keys.ts), so the three kinds share one file.
+ *
+ *   header, 64 bytes:  magic "WKIX"(4) version(1) reserved(3) baseOffset(8) baseTimestamp(8)
+ *                      slotCount(4) entryCount(4) reserved(32)
+ *   slots:             slotCount × u32 — entry number + 1 of the newest entry in the slot, 0 = empty
+ *   entries, 20 bytes: keyHash(4) position(4) relativeOffset(4) timeDelta(4) prevEntry(4)
+ *                      prevEntry = entry number + 1 of the next older entry in the same slot, 0 = end
+ *
+ * Invariants: prevEntry of entry i is < i + 1 (chains only point back); positions are below
+ * the segment's size; relativeOffset below the segment's record count. A hit is only a
+ * candidate: the caller confirms it against the record (hash collisions are expected).
+ *
+ * The active segment's index lives in memory (KeyIndexBuilder) and is written at roll and
+ * at clean close; closed segments' files are read with positional reads (KeyIndexFile) so a
+ * lookup touches a handful of small reads, not whole files.
+ */
+import * as fs from 'node:fs';
+import { CorruptIndexError } from '../log/errors';
+import { EntryBuffer } from '../log/index-file';
+
+export const keyIndexMagic = 'WKIX';
+export const keyIndexVersion = 1;
+export const keyIndexHeaderBytes = 64;
+export const keyIndexEntryBytes = 20;
+
+export interface KeyHit {
+  position: number;
+  offset: number;
+  timestamp: number;
+}
+
+export interface TimeRange {
+  timeFrom?: number;
+  timeTo?: number;
+}
+
+function inRange(timestamp: number, range: TimeRange): boolean {
+  return (range.timeFrom === undefined || timestamp >= range.timeFrom) && (range.timeTo === undefined || timestamp <= range.timeTo);
+}
+
+export class KeyIndexBuilder {
+  private readonly slots: Uint32Array;
+  private readonly entries = new EntryBuffer(keyIndexEntryBytes, 1024);
+  private baseTimestamp = -1;
+
+  constructor(
+    readonly baseOffset: number,
+    readonly slotCount: number,
+  ) {
+    this.slots = new Uint32Array(slotCount);
+  }
+
+  get entryCount(): number {
+    return this.entries.count;
+  }
+
+  /** Loads a sealed segment's whole file back into memory (reopening it as the active segment). */
+  static fromBytes(file: string, bytes: Buffer, baseOffset: number, segmentBytes: number, recordCount: number): KeyIndexBuilder {
+    const header = checkKeyIndexBytes(file, bytes, baseOffset, segmentBytes, recordCount);
+    const builder = new KeyIndexBuilder(baseOffset, header.slotCount);
+    bytes.copy(Buffer.from(builder.slots.buffer), 0, keyIndexHeaderBytes, keyIndexHeaderBytes + header.slotCount * 4);
+    const entriesAt = keyIndexHeaderBytes + header.slotCount * 4;
+    for (let i = 0; i < header.entryCount; i++) builder.entries.push();
+    bytes.copy(builder.entries.bytes, 0, entriesAt, entriesAt + header.entryCount * keyIndexEntryBytes);
+    builder.baseTimestamp = header.entryCount > 0 ? header.baseTimestamp : -1;
+    return builder;
+  }
+
+  add(hash: number, position: number, offset: number, timestamp: number): void {
+    if (this.baseTimestamp < 0) this.baseTimestamp = timestamp;
+    const slot = hash & (this.slotCount - 1);
+    const at = this.entries.push();
+    const bytes = this.entries.bytes;
+    bytes.writeUInt32LE(hash >>> 0, at);
+    bytes.writeUInt32LE(position, at + 4);
+    bytes.writeUInt32LE(offset - this.baseOffset, at + 8);
+    bytes.writeUInt32LE(Math.max(0, timestamp - this.baseTimestamp), at + 12);
+    bytes.writeUInt32LE(this.slots[slot]!, at + 16);
+    this.slots[slot] = this.entries.count; // entry number + 1
+  }
+
+  lookup(hash: number, range: TimeRange, limit: number): KeyHit[] {
+    const hits: KeyHit[] = [];
+    const bytes = this.entries.bytes;
+    let next = this.slots[hash & (this.slotCount - 1)]!;
+    let steps = 0;
+    while (next !== 0 && hits.length < limit && steps++ < this.entries.count) {
+      const at = (next - 1) * keyIndexEntryBytes;
+      if (bytes.readUInt32LE(at) === hash >>> 0) {
+        const timestamp = this.baseTimestamp + bytes.readUInt32LE(at + 12);
+        if (inRange(timestamp, range)) {
+          hits.push({ position: bytes.readUInt32LE(at + 4), offset: this.baseOffset + bytes.readUInt32LE(at + 8), timestamp });
+        }
+      }
+      next = bytes.readUInt32LE(at + 16);
+    }
+    return hits;
+  }
+
+  encode(): Buffer {
+    const out = Buffer.alloc(keyIndexHeaderBytes + this.slotCount * 4 + this.entries.count * keyIndexEntryBytes);
+    out.write(keyIndexMagic, 0, 'latin1');
+    out.writeUInt8(keyIndexVersion, 4);
+    out.writeBigInt64LE(BigInt(this.baseOffset), 8);
+    out.writeBigInt64LE(BigInt(Math.max(0, this.baseTimestamp)), 16);
+    out.writeUInt32LE(this.slotCount, 24);
+    out.writeUInt32LE(this.entries.count, 28);
+    Buffer.from(this.slots.buffer, this.slots.byteOffset, this.slots.byteLength).copy(out, keyIndexHeaderBytes);
+    this.entries.bytes.copy(out, keyIndexHeaderBytes + this.slotCount * 4, 0, this.entries.count * keyIndexEntryBytes);
+    return out;
+  }
+}
+
+export interface KeyIndexHeader {
+  baseOffset: number;
+  baseTimestamp: number;
+  slotCount: number;
+  entryCount: number;
+}
+
+export function decodeKeyIndexHeader(file: string, header: Buffer, fileBytes: number, baseOffset: number): KeyIndexHeader {
+  if (header.length < keyIndexHeaderBytes) throw new CorruptIndexError(file, 'shorter than the header');
+  const magic = header.toString('latin1', 0, 4);
+  if (magic !== keyIndexMagic) throw new CorruptIndexError(file, `magic ${JSON.stringify(magic)}, expected ${keyIndexMagic}`);
+  const version = header.readUInt8(4);
+  if (version !== keyIndexVersion) throw new CorruptIndexError(file, `version ${version}, expected ${keyIndexVersion}`);
+  const fileBase = Number(header.readBigInt64LE(8));
+  if (fileBase !== baseOffset) throw new CorruptIndexError(file, `base offset ${fileBase}, the segment's is ${baseOffset}`);
+  const slotCount = header.readUInt32LE(24);
+  if (slotCount === 0 || (slotCount & (slotCount - 1)) !== 0) throw new CorruptIndexError(file, `slot count ${slotCount} is not a power of two`);
+  const entryCount = header.readUInt32LE(28);
+  const expected = keyIndexHeaderBytes + slotCount * 4 + entryCount * keyIndexEntryBytes;
+  if (fileBytes !== expected) throw new CorruptIndexError(file, `${fileBytes} bytes, expected ${expected} for ${slotCount} slots and ${entryCount} entries`);
+  return { baseOffset: fileBase, baseTimestamp: Number(header.readBigInt64LE(16)), slotCount, entryCount };
+}
+
+/**
+ * Checks every slot and entry of a whole key index file (verify, and open when the file is
+ * new to us). Returns the header; throws CorruptIndexError naming the first fault.
+ */
+export function checkKeyIndexBytes(file: string, bytes: Buffer, baseOffset: number, segmentBytes: number, recordCount: number): KeyIndexHeader {
+  const header = decodeKeyIndexHeader(file, bytes, bytes.length, baseOffset);
+  const slotsAt = keyIndexHeaderBytes;
+  for (let s = 0; s < header.slotCount; s++) {
+    const head = bytes.readUInt32LE(slotsAt + s * 4);
+    if (head > header.entryCount) throw new CorruptIndexError(file, `slot ${s} points at entry ${head - 1} of ${header.entryCount}`);
+  }
+  const entriesAt = slotsAt + header.slotCount * 4;
+  for (let i = 0; i < header.entryCount; i++) {
+    const at = entriesAt + i * keyIndexEntryBytes;
+    const position = bytes.readUInt32LE(at + 4);
+    const relative = bytes.readUInt32LE(at + 8);
+    const prev = bytes.readUInt32LE(at + 16);
+    if (position >= segmentBytes) throw new CorruptIndexError(file, `entry ${i} position ${position} past the segment's ${segmentBytes} bytes`);
+    if (relative >= recordCount) throw new CorruptIndexError(file, `entry ${i} offset ${baseOffset + relative} past the segment's records`);
+    if (prev > i) throw new CorruptIndexError(file, `entry ${i} chains forward to entry ${prev - 1}`);
+  }
+  return header;
+}
+
+/** A closed segment's key index, read with positional reads. */
+export class KeyIndexFile {
+  private readonly scratch = Buffer.alloc(keyIndexEntryBytes);
+
+  private constructor(
+    readonly file: string,
+    private readonly fd: number,
+    readonly header: KeyIndexHeader,
+  ) {}
+
+  /** Opens and checks the header and size (the cheap check at open; verify checks all). */
+  static open(file: string, baseOffset: number): KeyIndexFile {
+    const fd = fs.openSync(file, 'r');
+    try {
+      const size = fs.fstatSync(fd).size;
+      const head = Buffer.alloc(keyIndexHeaderBytes);
+      fs.readSync(fd, head, 0, keyIndexHeaderBytes, 0);
+      return new KeyIndexFile(file, fd, decodeKeyIndexHeader(file, head, size, baseOffset));
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+  }
+
+  lookup(hash: number, range: TimeRange, limit: number): KeyHit[] {
+    const { slotCount, entryCount, baseOffset, baseTimestamp } = this.header;
+    const hits: KeyHit[] = [];
+    const buf = this.scratch;
+    fs.readSync(this.fd, buf, 0, 4, keyIndexHeaderBytes + (hash & (slotCount - 1)) * 4);
+    let next = buf.readUInt32LE(0);
+    const entriesAt = keyIndexHeaderBytes + slotCount * 4;
+    let steps = 0;
+    while (next !== 0 && hits.length < limit) {
+      // A chain can only point backwards; a longer walk means a corrupt file, not a lookup.
+      if (next > entryCount || steps++ > entryCount) throw new CorruptIndexError(this.file, `chain leaves the file at entry ${next - 1}`);
+      fs.readSync(this.fd, buf, 0, keyIndexEntryBytes, entriesAt + (next - 1) * keyIndexEntryBytes);
+      if (buf.readUInt32LE(0) === hash >>> 0) {
+        const timestamp = baseTimestamp + buf.readUInt32LE(12);
+        if (inRange(timestamp, range)) {
+          hits.push({ position: buf.readUInt32LE(4), offset: baseOffset + buf.readUInt32LE(8), timestamp });
+        }
+      }
+      const prev = buf.readUInt32LE(16);
+      if (prev >= next) throw new CorruptIndexError(this.file, `entry ${next - 1} chains forward`);
+      next = prev;
+    }
+    return hits;
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+}

@@ -1,0 +1,53 @@
+/**
+ * Every bound of the engine in one place (TIGER_STYLE: put a limit on everything).
+ * Units come last in each name. Going past a limit is a typed WaymarkError, never an
+ * unbounded buffer. The relations between the limits are asserted at load, below.
+ */
+import { formatLimits } from './format/limits';
+
+export const limits = {
+  ...formatLimits,
+  /** Channels (partitions) per topic. */
+  channelCountMax: 256,
+  /** Topic name length; names are [A-Za-z0-9._-] and must not start with '.'. */
+  topicNameBytesMax: 200,
+  /** Default size at which the active segment is rolled. */
+  segmentBytesDefault: 64 * 1024 * 1024,
+  /** Segment size bounds: positions inside a segment are u32 in every index. */
+  segmentBytesMin: 4 * 1024,
+  segmentBytesMax: 1024 * 1024 * 1024,
+  /** Default age at which the active segment is rolled (7 days). */
+  segmentMsDefault: 7 * 24 * 3600 * 1000,
+  /** A sparse offset/time index entry is written at most every this many log bytes. */
+  indexIntervalBytes: 4096,
+  /** Hash slots per key index file (a power of two). */
+  keyIndexSlotCount: 1 << 18,
+  /** Entries per key index file; when the active segment's index is full the segment rolls. */
+  keyIndexEntryCountMax: 1_000_000,
+  /** Bytes a single read returns at most (the caller may ask for less). */
+  readBytesMax: 64 * 1024 * 1024,
+  /** Messages a single read returns at most. */
+  readMessagesMax: 100_000,
+  /** Batches gathered into one group commit write at most. */
+  groupCommitBatchCountMax: 4096,
+  /** Bytes gathered into one group commit write at most. */
+  groupCommitBytesMax: 64 * 1024 * 1024,
+  /** Producers whose last sequence a channel remembers for idempotent appends. */
+  producerStateCountMax: 10_000,
+  /** Interval of the fsync timer in sync mode "interval". */
+  syncIntervalMsDefault: 50,
+  /** Interval of the retention sweep. */
+  retentionSweepMs: 30_000,
+  /** Key index hits confirmed per lookup at most (bounds a lookup of a very hot key). */
+  lookupResultCountMax: 1000,
+} as const;
+
+// Relations between limits, asserted at load.
+function assert(condition: boolean, message: string): void {
+  if (!condition) throw new Error(`engine/limits: ${message}`);
+}
+assert(limits.segmentBytesMax <= 0xffffffff, 'segment positions must fit u32');
+assert(limits.batchBytesMax <= limits.groupCommitBytesMax, 'one batch must fit in one group commit');
+assert((limits.keyIndexSlotCount & (limits.keyIndexSlotCount - 1)) === 0, 'slot count is a power of two');
+assert(limits.messageBytesMax <= limits.batchBytesMax, 'a message must fit in a batch');
+assert(limits.readBytesMax >= limits.batchBytesMax, 'a read must be able to return one whole batch');

@@ -1,0 +1,46 @@
+/**
+ * The data folder lock: an exclusive, non-blocking flock (fs-ext) on `<dir>/LOCK`, held for
+ * the life of the store. The holder writes its pid into the file so that a refused opener
+ * can name it. flock is tied to the open file description, so the lock also refuses a
+ * second store in the same process, and the kernel drops it when the holder dies.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { flockSync } from 'fs-ext';
+import { WaymarkError } from './format/errors';
+
+export interface FolderLock {
+  release(): void;
+}
+
+export function lockFolder(dir: string): FolderLock {
+  const file = path.join(dir, 'LOCK');
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
+  try {
+    flockSync(fd, 'exnb');
+  } catch (err) {
+    fs.closeSync(fd);
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EAGAIN' || code === 'EWOULDBLOCK') {
+      let holder = 'unknown';
+      try {
+        holder = fs.readFileSync(file, 'utf8').trim() || 'unknown';
+      } catch {
+        // the pid is a courtesy; the lock is what matters
+      }
+      throw new WaymarkError('STORE_LOCKED', `data folder ${path.resolve(dir)} is locked by another process (pid ${holder})`, { dir, pid: holder });
+    }
+    throw err;
+  }
+  fs.ftruncateSync(fd, 0);
+  fs.writeSync(fd, `${process.pid}\n`, 0);
+  return {
+    release(): void {
+      try {
+        fs.ftruncateSync(fd, 0);
+      } finally {
+        fs.closeSync(fd); // closing drops the flock
+      }
+    },
+  };
+}

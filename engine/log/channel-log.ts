@@ -1,0 +1,581 @@
+/**
+ * One channel: an ordered set of segments, the group commit that appends to it, reads by
+ * offset and time, key lookups, and retention.
+ *
+ * Invariants:
+ * - offsets are assigned at enqueue, in call order, densely; the group commit writes
+ *   batches in that same order, so a batch's offsets never depend on when it is flushed;
+ * - `highWatermark` (one past the last acknowledged offset) only moves after a group is
+ *   written and, in sync mode "batch", fdatasynced; readers never see past it;
+ * - a failed write or fsync is sticky: `failure` is set, every queued and later append is
+ *   rejected with STORAGE_FAILED, and the channel must be reopened (DESIGN §3);
+ * - broker timestamps never decrease within a channel.
+ *
+ * Recovery on open (decision table):
+ *   | checkpoint says          | sealed segment (size matches) | active segment              |
+ *   |--------------------------|-------------------------------|-----------------------------|
+ *   | clean, sizes match       | trusted, not read             | trusted, indexes from files |
+ *   | not clean / missing      | trusted, not read             | scanned, indexes rebuilt    |
+ *   | segment unknown/mismatch | scanned, indexes rebuilt      | —                           |
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { WaymarkError } from '../format/errors';
+import { batchHeaderBytes, decodeRecords, patchBatch, probeHeader, type BatchHeader, type StoredRecord } from '../format/record-batch';
+import { checksumHolds } from '../format/record-batch';
+import { lz4Codec } from '../codec';
+import type { KeyHit, TimeRange } from '../index/key-index';
+import { limits } from '../limits';
+import { CorruptIndexError } from './errors';
+import { readCheckpoint, writeCheckpoint, type ProducerEntry } from './checkpoint';
+import { Segment, segmentFileName, type RecoveryFinding, type SegmentMeta } from './segment';
+
+export type SyncMode = 'batch' | 'interval' | 'none';
+
+export interface ChannelOptions {
+  sync: SyncMode;
+  syncIntervalMs: number;
+  segmentBytes: number;
+  segmentMs: number;
+  /** 0 = keep forever. */
+  retentionMs: number;
+  /** 0 = no size bound. */
+  retentionBytes: number;
+}
+
+export interface AppendOutcome {
+  baseOffset: number;
+  recordCount: number;
+  brokerTimestamp: number;
+  /** True when this was a retry of a batch already stored (producer id + sequence). */
+  duplicate: boolean;
+}
+
+export interface BatchRead {
+  /** Whole batches, back to back; the first may start before the asked offset. */
+  bytes: Buffer;
+  batchCount: number;
+  /** The offset to ask for next. */
+  nextOffset: number;
+}
+
+interface Pending {
+  batch: Uint8Array;
+  header: BatchHeader;
+  baseOffset: number;
+  brokerTimestamp: number;
+  resolve: (outcome: AppendOutcome) => void;
+  reject: (err: Error) => void;
+}
+
+interface ProducerState {
+  firstSeq: number;
+  lastSeq: number;
+  baseOffset: number;
+  count: number;
+  /** Resolves when the batch is durable; a retry arriving before that waits on it. */
+  done: Promise<AppendOutcome> | null;
+}
+
+export class ChannelLog {
+  private readonly segments: Segment[] = [];
+  private queue: Pending[] = [];
+  private flushing: Promise<void> | null = null;
+  private syncing: Promise<void> | null = null;
+  private failure: WaymarkError | null = null;
+  private closed = false;
+  private nextOffset = 0;
+  private lastBrokerTimestamp = 0;
+  private committedSize = 0; // bytes of the active segment readers may see
+  private dirty = false; // written but not fdatasynced (sync modes interval / none)
+  private syncTimer: NodeJS.Timeout | null = null;
+  private readonly producers = new Map<number, ProducerState>();
+  highWatermark = 0;
+
+  private constructor(
+    readonly dir: string,
+    private options: ChannelOptions,
+  ) {}
+
+  /** Opens (creating when absent) and recovers a channel folder. Findings are pushed to `report`. */
+  static open(dir: string, options: ChannelOptions, report: RecoveryFinding[]): ChannelLog {
+    fs.mkdirSync(dir, { recursive: true });
+    const channel = new ChannelLog(dir, options);
+    channel.recover(report);
+    if (options.sync === 'interval') {
+      channel.syncTimer = setInterval(() => channel.syncIfDirty(), options.syncIntervalMs);
+      channel.syncTimer.unref();
+    }
+    return channel;
+  }
+
+  private get active(): Segment {
+    return this.segments[this.segments.length - 1]!;
+  }
+
+  get logStartOffset(): number {
+    return this.segments[0]!.baseOffset;
+  }
+
+  get totalBytes(): number {
+    let total = 0;
+    for (const s of this.segments) total += s.size;
+    return total;
+  }
+
+  get segmentCount(): number {
+    return this.segments.length;
+  }
+
+  setOptions(options: ChannelOptions): void {
+    this.options = options;
+  }
+
+  private recover(report: RecoveryFinding[]): void {
+    const checkpoint = readCheckpoint(this.dir);
+    const trusted = new Map<number, SegmentMeta>();
+    for (const meta of checkpoint?.segments ?? []) trusted.set(meta.baseOffset, meta);
+    const bases = fs
+      .readdirSync(this.dir)
+      .filter((name) => /^\d{20}\.log$/.test(name))
+      .map((name) => Number(name.slice(0, 20)))
+      .sort((a, b) => a - b);
+    for (const entry of checkpoint?.producers ?? []) this.rememberProducer(entry);
+
+    for (let i = 0; i < bases.length; i++) {
+      const base = bases[i]!;
+      const isLast = i === bases.length - 1;
+      const meta = trusted.get(base);
+      const size = fs.statSync(path.join(this.dir, segmentFileName(base, 'log'))).size;
+      const expectedBase = this.segments.length > 0 ? this.active.nextOffset : base;
+      if (meta && meta.bytes === size && meta.baseOffset === expectedBase) {
+        if (!isLast) {
+          this.segments.push(Segment.openSealed(this.dir, meta));
+          continue;
+        }
+        if (checkpoint!.clean) {
+          try {
+            this.segments.push(Segment.reopenActive(this.dir, meta));
+            continue;
+          } catch (err) {
+            if (!(err instanceof CorruptIndexError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+            // fall through: scan the log and rebuild its indexes
+          }
+        }
+      }
+      const { segment, finding } = Segment.recover(this.dir, base, ({ header }) => this.trackProducer(header, header.baseOffset));
+      if (finding) report.push(finding);
+      if (segment.baseOffset !== expectedBase) {
+        report.push({ file: segment.path('log'), position: 0, bytesDropped: 0, kind: 'corrupt', reason: `segment starts at ${segment.baseOffset}, previous ends at ${expectedBase}` });
+      }
+      if (!isLast) segment.seal();
+      this.segments.push(segment);
+    }
+
+    if (this.segments.length === 0) this.segments.push(Segment.create(this.dir, 0));
+    this.nextOffset = this.active.nextOffset;
+    this.highWatermark = this.nextOffset;
+    this.committedSize = this.active.size;
+    for (const s of this.segments) this.lastBrokerTimestamp = Math.max(this.lastBrokerTimestamp, s.maxTimestamp);
+    this.saveCheckpoint(false);
+  }
+
+  private saveCheckpoint(clean: boolean): void {
+    const segments = this.segments.filter((s) => s.sealed).map((s) => s.meta());
+    const producers: ProducerEntry[] = [];
+    for (const [id, p] of this.producers) producers.push([id, p.firstSeq, p.lastSeq, p.baseOffset, p.count]);
+    writeCheckpoint(this.dir, { clean, segments, producers });
+  }
+
+  private rememberProducer([id, firstSeq, lastSeq, baseOffset, count]: ProducerEntry): void {
+    this.producers.delete(id);
+    this.producers.set(id, { firstSeq, lastSeq, baseOffset, count, done: null });
+    if (this.producers.size > limits.producerStateCountMax) this.producers.delete(this.producers.keys().next().value!);
+  }
+
+  private trackProducer(header: BatchHeader, baseOffset: number): void {
+    if (header.producerId < 0 || header.producerSequence < 0) return;
+    this.rememberProducer([header.producerId, header.producerSequence, header.producerSequence + header.recordCount - 1, baseOffset, header.recordCount]);
+  }
+
+  /**
+   * Appends one validated batch (header probed, checksum verified by the caller). The batch
+   * bytes are patched in place with the base offset and broker time, then written as they
+   * are. Resolves once durable per the sync mode.
+   */
+  append(batch: Uint8Array, header: BatchHeader): Promise<AppendOutcome> {
+    if (this.closed) return Promise.reject(new WaymarkError('STORE_CLOSED'));
+    if (this.failure) return Promise.reject(this.failure);
+    if (header.producerId >= 0 && header.producerSequence >= 0) {
+      const known = this.producers.get(header.producerId);
+      if (known && header.producerSequence <= known.lastSeq) {
+        if (header.producerSequence === known.firstSeq && header.recordCount === known.count) {
+          const outcome: AppendOutcome = { baseOffset: known.baseOffset, recordCount: known.count, brokerTimestamp: 0, duplicate: true };
+          return known.done ? known.done.then((o) => ({ ...o, duplicate: true })) : Promise.resolve(outcome);
+        }
+        return Promise.reject(
+          new WaymarkError('DUPLICATE_SEQUENCE', `producer ${header.producerId} sequence ${header.producerSequence} is at or before its last stored sequence ${known.lastSeq}`),
+        );
+      }
+    }
+    const baseOffset = this.nextOffset;
+    this.nextOffset += header.recordCount;
+    const brokerTimestamp = Math.max(Date.now(), this.lastBrokerTimestamp);
+    this.lastBrokerTimestamp = brokerTimestamp;
+    patchBatch(batch, baseOffset, brokerTimestamp);
+    header.baseOffset = baseOffset;
+    header.brokerTimestamp = brokerTimestamp;
+    const done = new Promise<AppendOutcome>((resolve, reject) => {
+      this.queue.push({ batch, header, baseOffset, brokerTimestamp, resolve, reject });
+    });
+    if (header.producerId >= 0 && header.producerSequence >= 0) {
+      this.trackProducer(header, baseOffset);
+      const state = this.producers.get(header.producerId)!;
+      state.done = done;
+      done.then(
+        () => (state.done = null),
+        () => undefined,
+      );
+    }
+    this.flushing ??= this.flushLoop();
+    return done;
+  }
+
+  /** The group commit: everything queued since the last round goes out in one write + one fdatasync. */
+  private async flushLoop(): Promise<void> {
+    try {
+      while (this.queue.length > 0 && !this.failure) {
+        const group = this.takeGroup();
+        try {
+          await this.writeGroup(group);
+          if (this.options.sync === 'batch') await fdatasync(this.active.fd);
+          else this.dirty = true;
+        } catch (err) {
+          this.fail(err as Error, group);
+          return;
+        }
+        const last = group[group.length - 1]!;
+        this.highWatermark = last.baseOffset + last.header.recordCount;
+        this.committedSize = this.active.size;
+        for (const p of group) p.resolve({ baseOffset: p.baseOffset, recordCount: p.header.recordCount, brokerTimestamp: p.brokerTimestamp, duplicate: false });
+      }
+    } finally {
+      this.flushing = null;
+    }
+  }
+
+  private takeGroup(): Pending[] {
+    let bytes = 0;
+    let count = 0;
+    while (count < this.queue.length && count < limits.groupCommitBatchCountMax) {
+      const size = this.queue[count]!.batch.length;
+      if (count > 0 && bytes + size > limits.groupCommitBytesMax) break;
+      bytes += size;
+      count++;
+    }
+    const group = this.queue.slice(0, count);
+    this.queue = this.queue.slice(count);
+    return group;
+  }
+
+  private async writeGroup(group: Pending[]): Promise<void> {
+    let start = 0;
+    while (start < group.length) {
+      if (this.shouldRoll(group[start]!)) await this.roll();
+      const segment = this.active;
+      let end = start;
+      let bytes = 0;
+      while (end < group.length && (end === start || !this.wouldOverflow(segment, bytes, group[end]!))) {
+        bytes += group[end]!.batch.length;
+        end++;
+      }
+      const slice = group.slice(start, end);
+      const position = segment.size;
+      await writev(segment.fd, slice.map((p) => p.batch), position);
+      let at = position;
+      for (const p of slice) {
+        segment.indexBatch(at, p.header, p.batch);
+        at += p.batch.length;
+      }
+      segment.size = at;
+      start = end;
+    }
+  }
+
+  private wouldOverflow(segment: Segment, pendingBytes: number, next: Pending): boolean {
+    return segment.size + pendingBytes + next.batch.length > this.options.segmentBytes;
+  }
+
+  private shouldRoll(next: Pending): boolean {
+    const segment = this.active;
+    if (segment.size === 0) return false;
+    if (segment.size + next.batch.length > this.options.segmentBytes) return true;
+    if (segment.keyEntryCount + next.header.recordCount * 3 > limits.keyIndexEntryCountMax) return true;
+    return next.brokerTimestamp - segment.firstTimestamp >= this.options.segmentMs;
+  }
+
+  /** Seals the active segment, records it in the checkpoint, then starts the next one. */
+  private async roll(): Promise<void> {
+    const old = this.active;
+    old.seal();
+    this.committedSize = old.size;
+    this.saveCheckpoint(false);
+    this.segments.push(Segment.create(this.dir, old.nextOffset));
+    this.committedSize = 0;
+  }
+
+  private fail(err: Error, group: Pending[]): void {
+    this.failure = new WaymarkError('STORAGE_FAILED', `channel ${this.dir}: ${err.message}; it refuses appends until reopened`, { cause: (err as NodeJS.ErrnoException).code });
+    const waiting = group.concat(this.queue);
+    this.queue = [];
+    for (const p of waiting) p.reject(this.failure);
+  }
+
+  private syncIfDirty(): void {
+    if (!this.dirty || this.failure || this.closed) return;
+    this.dirty = false;
+    this.syncing = fdatasync(this.active.fd).then(
+      () => void (this.syncing = null),
+      (err: Error) => {
+        this.syncing = null;
+        this.fail(err, []);
+      },
+    );
+  }
+
+  get failed(): WaymarkError | null {
+    return this.failure;
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  private segmentFor(offset: number): number {
+    let lo = 0;
+    let hi = this.segments.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (this.segments[mid]!.baseOffset <= offset) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  }
+
+  private checkOffset(offset: number): void {
+    if (!Number.isSafeInteger(offset) || offset < this.logStartOffset || offset > this.highWatermark) {
+      throw new WaymarkError('OFFSET_OUT_OF_RANGE', `offset ${offset} is outside [${this.logStartOffset}, ${this.highWatermark}]`, {
+        logStartOffset: this.logStartOffset,
+        highWatermark: this.highWatermark,
+      });
+    }
+  }
+
+  /** Reads whole raw batches from `offset`, about `maxBytes` (always at least one batch). */
+  async readBatches(offset: number, maxBytes: number): Promise<BatchRead> {
+    this.checkOffset(offset);
+    maxBytes = Math.max(1, Math.min(maxBytes, limits.readBytesMax));
+    for (let index = this.segmentFor(offset); index < this.segments.length; index++) {
+      if (offset >= this.highWatermark) break;
+      const segment = this.segments[index]!;
+      const end = segment === this.active ? this.committedSize : segment.size;
+      let position = segment.positionFor(offset);
+      // Skip the batches of this segment that end before `offset`.
+      for (;;) {
+        if (position >= end) break;
+        const head = await segment.read(position, batchHeaderBytes, end);
+        const probe = probeHeader(head, 0, head.length);
+        if (probe.kind === 'corrupt' || head.length < batchHeaderBytes) throw corruptAt(segment, position, probe.kind === 'corrupt' ? probe.reason : 'short header');
+        const h = probeFields(head);
+        if (h.baseOffset + h.recordCount > offset) break;
+        position += h.batchLength;
+      }
+      if (position >= end) continue;
+      const chunk = await segment.read(position, maxBytes, end);
+      let used = 0;
+      let batchCount = 0;
+      let nextOffset = offset;
+      while (used + batchHeaderBytes <= chunk.length) {
+        const h = probeFields(chunk.subarray(used));
+        if (used + h.batchLength > chunk.length) break;
+        used += h.batchLength;
+        batchCount++;
+        nextOffset = h.baseOffset + h.recordCount;
+        if (nextOffset >= this.highWatermark) break;
+      }
+      if (batchCount === 0) {
+        // The first batch is larger than maxBytes: return it whole.
+        const h = probeFields(chunk);
+        const whole = await segment.read(position, h.batchLength, end);
+        return { bytes: whole, batchCount: 1, nextOffset: h.baseOffset + h.recordCount };
+      }
+      return { bytes: chunk.subarray(0, used), batchCount, nextOffset };
+    }
+    return { bytes: Buffer.alloc(0), batchCount: 0, nextOffset: offset };
+  }
+
+  /** Reads and decodes messages from `offset`, verifying every batch's checksum. */
+  async read(offset: number, maxMessages: number, maxBytes: number): Promise<{ records: StoredRecord[]; brokerTimestamps: number[]; nextOffset: number }> {
+    maxMessages = Math.max(1, Math.min(maxMessages, limits.readMessagesMax));
+    const records: StoredRecord[] = [];
+    const brokerTimestamps: number[] = [];
+    let next = offset;
+    while (records.length < maxMessages && next < this.highWatermark) {
+      const chunk = await this.readBatches(next, maxBytes);
+      if (chunk.batchCount === 0) break;
+      let pos = 0;
+      while (pos < chunk.bytes.length && records.length < maxMessages) {
+        const probe = probeHeader(chunk.bytes, pos);
+        if (probe.kind !== 'ok' || !checksumHolds(chunk.bytes, pos, probe.header)) {
+          throw new WaymarkError('CORRUPT_FILE', `batch at offset ${probeFields(chunk.bytes.subarray(pos)).baseOffset} in ${this.dir} fails its checksum: run waymark verify`);
+        }
+        for (const record of decodeRecords(chunk.bytes, pos, probe.header, lz4Codec)) {
+          if (record.offset < next || records.length >= maxMessages) continue;
+          records.push(record);
+          brokerTimestamps.push(probe.header.brokerTimestamp);
+        }
+        pos += probe.header.batchLength;
+      }
+      next = records.length > 0 ? records[records.length - 1]!.offset + 1 : chunk.nextOffset;
+      if (maxBytes <= chunk.bytes.length) break;
+      maxBytes -= chunk.bytes.length;
+    }
+    return { records, brokerTimestamps, nextOffset: next };
+  }
+
+  /** The first offset whose broker time is ≥ `timestamp` (highWatermark when none). */
+  async offsetForTime(timestamp: number): Promise<number> {
+    for (const segment of this.segments) {
+      if (segment.maxTimestamp < timestamp || segment.recordCount === 0) continue;
+      let offset = Math.max(segment.offsetForTime(timestamp), this.logStartOffset);
+      while (offset < segment.nextOffset && offset < this.highWatermark) {
+        const { records, brokerTimestamps, nextOffset } = await this.read(offset, 1000, 1024 * 1024);
+        for (let i = 0; i < records.length; i++) if (brokerTimestamps[i]! >= timestamp) return records[i]!.offset;
+        if (nextOffset === offset) break;
+        offset = nextOffset;
+      }
+    }
+    return this.highWatermark;
+  }
+
+  /**
+   * Records whose index entries match `hash`, newest segment first, confirmed by `matches`
+   * against the record itself (hash collisions are expected and dropped here).
+   */
+  async lookup(hash: number, range: TimeRange, limit: number, matches: (record: StoredRecord) => boolean): Promise<Array<{ record: StoredRecord; brokerTimestamp: number }>> {
+    const found: Array<{ record: StoredRecord; brokerTimestamp: number }> = [];
+    for (let i = this.segments.length - 1; i >= 0 && found.length < limit; i--) {
+      const segment = this.segments[i]!;
+      if (segment.recordCount === 0) continue;
+      if (range.timeTo !== undefined && segment.firstTimestamp > range.timeTo) continue;
+      if (range.timeFrom !== undefined && segment.maxTimestamp < range.timeFrom) continue;
+      const hits: KeyHit[] = segment.keyLookup(hash, range, limits.lookupResultCountMax);
+      let cached: { position: number; records: StoredRecord[]; brokerTimestamp: number } | null = null;
+      for (const hit of hits) {
+        if (hit.offset >= this.highWatermark || found.length >= limit) continue;
+        if (!cached || cached.position !== hit.position) cached = { position: hit.position, ...(await this.readBatchAt(segment, hit.position)) };
+        const record = cached.records[hit.offset - cached.records[0]!.offset];
+        if (record && record.offset === hit.offset && matches(record)) found.push({ record, brokerTimestamp: cached.brokerTimestamp });
+      }
+    }
+    return found;
+  }
+
+  private async readBatchAt(segment: Segment, position: number): Promise<{ records: StoredRecord[]; brokerTimestamp: number }> {
+    const end = segment === this.active ? this.committedSize : segment.size;
+    const head = await segment.read(position, batchHeaderBytes, end);
+    if (head.length < batchHeaderBytes) throw corruptAt(segment, position, 'index points past the log');
+    const bytes = await segment.read(position, probeFields(head).batchLength, end);
+    const probe = probeHeader(bytes, 0);
+    if (probe.kind !== 'ok') throw corruptAt(segment, position, probe.kind === 'corrupt' ? probe.reason : 'short batch');
+    if (!checksumHolds(bytes, 0, probe.header)) throw corruptAt(segment, position, 'checksum mismatch');
+    return { records: decodeRecords(bytes, 0, probe.header, lz4Codec), brokerTimestamp: probe.header.brokerTimestamp };
+  }
+
+  // ---------------------------------------------------------------- retention and close
+
+  /** Deletes whole sealed segments past the age or size bound. Returns how many. */
+  applyRetention(now: number): number {
+    const { retentionMs, retentionBytes } = this.options;
+    let removed = 0;
+    let total = this.totalBytes;
+    while (this.segments.length > 1) {
+      const oldest = this.segments[0]!;
+      const tooOld = retentionMs > 0 && oldest.maxTimestamp >= 0 && oldest.maxTimestamp < now - retentionMs;
+      const tooBig = retentionBytes > 0 && total > retentionBytes;
+      if (!tooOld && !tooBig) break;
+      this.segments.shift();
+      total -= oldest.size;
+      oldest.remove();
+      removed++;
+    }
+    if (removed > 0) this.saveCheckpoint(false);
+    return removed;
+  }
+
+  /** Waits for queued appends, seals nothing, writes the active indexes and a clean checkpoint. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true; // later appends are refused; queued ones still go out
+    if (this.syncTimer) clearInterval(this.syncTimer);
+    while (this.flushing) await this.flushing;
+    if (this.syncing) await this.syncing;
+    if (!this.failure) {
+      const active = this.active;
+      if (active.size > 0) active.seal();
+      else if (this.segments.length > 1) {
+        this.segments.pop();
+        active.remove();
+      }
+      this.saveCheckpoint(true);
+    }
+    for (const s of this.segments) s.close();
+  }
+
+  /** Closes and deletes every file of the channel. */
+  async destroy(): Promise<void> {
+    await this.close();
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Header fields read without checks, for bytes already validated when written. */
+function probeFields(head: Uint8Array): { baseOffset: number; batchLength: number; recordCount: number } {
+  const dv = new DataView(head.buffer, head.byteOffset, batchHeaderBytes);
+  return { baseOffset: Number(dv.getBigInt64(0, true)), batchLength: dv.getUint32(28, true), recordCount: dv.getUint32(44, true) };
+}
+
+function corruptAt(segment: Segment, position: number, reason: string): WaymarkError {
+  return new WaymarkError('CORRUPT_FILE', `${segment.path('log')} at position ${position}: ${reason}; run waymark verify`, { file: segment.path('log'), position });
+}
+
+function fdatasync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+function writev(fd: number, buffers: Uint8Array[], position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const total = buffers.reduce((n, b) => n + b.length, 0);
+    const step = (done: number, list: Uint8Array[]): void => {
+      fs.writev(fd, list, position + done, (err, written) => {
+        if (err) return reject(err);
+        const now = done + written;
+        if (now >= total) return resolve();
+        step(now, remaining(list, written));
+      });
+    };
+    step(0, buffers);
+  });
+}
+
+/** The part of `list` after its first `skip` bytes (a short writev). */
+function remaining(list: Uint8Array[], skip: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const b of list) {
+    if (skip >= b.length) {
+      skip -= b.length;
+      continue;
+    }
+    out.push(skip > 0 ? b.subarray(skip) : b);
+    skip = 0;
+  }
+  return out;
+}

@@ -1,0 +1,68 @@
+/**
+ * The channel checkpoint (checkpoint.json): what recovery may trust without reading.
+ *
+ *   { "version": 1, "clean": bool, "segments": [SegmentMeta…], "producers": [[id, firstSeq, lastSeq, baseOffset, count]…] }
+ *
+ * Written atomically (temp file, fdatasync, rename, fsync of the folder) at every roll, after
+ * retention, at open (clean=false) and at clean close (clean=true, the active segment
+ * included). Sealed segments it lists whose file size matches are trusted; everything else
+ * is scanned.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { SegmentMeta } from './segment';
+
+export const checkpointFile = 'checkpoint.json';
+const checkpointVersion = 1;
+
+export type ProducerEntry = [producerId: number, firstSeq: number, lastSeq: number, baseOffset: number, count: number];
+
+export interface Checkpoint {
+  clean: boolean;
+  segments: SegmentMeta[];
+  producers: ProducerEntry[];
+}
+
+export function readCheckpoint(dir: string): Checkpoint | null {
+  let text: string;
+  try {
+    text = fs.readFileSync(path.join(dir, checkpointFile), 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+  try {
+    const parsed = JSON.parse(text) as { version?: number } & Checkpoint;
+    if (parsed.version !== checkpointVersion || !Array.isArray(parsed.segments)) return null;
+    return { clean: parsed.clean === true, segments: parsed.segments, producers: Array.isArray(parsed.producers) ? parsed.producers : [] };
+  } catch {
+    return null; // an unreadable checkpoint only costs a full scan
+  }
+}
+
+export function writeCheckpoint(dir: string, checkpoint: Checkpoint): void {
+  writeFileAtomic(path.join(dir, checkpointFile), JSON.stringify({ version: checkpointVersion, ...checkpoint }));
+}
+
+/** temp + fdatasync + rename + fsync(dir): the file is either the old or the new one after a crash. */
+export function writeFileAtomic(file: string, text: string): void {
+  const temp = `${file}.tmp`;
+  const fd = fs.openSync(temp, 'w');
+  try {
+    fs.writeSync(fd, text);
+    fs.fdatasyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(temp, file);
+  syncDir(path.dirname(file));
+}
+
+export function syncDir(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}

@@ -1,0 +1,86 @@
+/**
+ * The shared shape of the sparse index files (.oix offset index, .tix time index):
+ *
+ *   header, 32 bytes: magic(4) version(1) reserved(3) baseOffset(8 LE) entryCount(4 LE) entryBytes(4 LE) reserved(8)
+ *   entries: entryCount × entryBytes
+ *
+ * Indexes are derived data (Kafka: "in the event of a crash it is rebuilt"): no checksum;
+ * a sanity check at open, and a rebuild from the log when it fails.
+ */
+import * as fs from 'node:fs';
+import { CorruptIndexError } from './errors';
+
+export const indexHeaderBytes = 32;
+export const indexVersion = 1;
+
+export interface IndexFileHeader {
+  baseOffset: number;
+  entryCount: number;
+}
+
+export function encodeIndexFile(magic: string, baseOffset: number, entryBytes: number, entries: Uint8Array, entryCount: number): Buffer {
+  const out = Buffer.alloc(indexHeaderBytes + entryCount * entryBytes);
+  out.write(magic, 0, 'latin1');
+  out.writeUInt8(indexVersion, 4);
+  out.writeBigInt64LE(BigInt(baseOffset), 8);
+  out.writeUInt32LE(entryCount, 16);
+  out.writeUInt32LE(entryBytes, 20);
+  out.set(entries.subarray(0, entryCount * entryBytes), indexHeaderBytes);
+  return out;
+}
+
+/** Reads and checks the header; throws CorruptIndexError naming the file and the numbers. */
+export function decodeIndexFile(file: string, bytes: Buffer, magic: string, entryBytes: number, baseOffset: number): { header: IndexFileHeader; entries: Buffer } {
+  if (bytes.length < indexHeaderBytes) throw new CorruptIndexError(file, `${bytes.length} bytes, shorter than the header`);
+  const gotMagic = bytes.toString('latin1', 0, 4);
+  if (gotMagic !== magic) throw new CorruptIndexError(file, `magic ${JSON.stringify(gotMagic)}, expected ${magic}`);
+  const version = bytes.readUInt8(4);
+  if (version !== indexVersion) throw new CorruptIndexError(file, `version ${version}, expected ${indexVersion}`);
+  const fileBase = Number(bytes.readBigInt64LE(8));
+  if (fileBase !== baseOffset) throw new CorruptIndexError(file, `base offset ${fileBase}, the segment's is ${baseOffset}`);
+  const entryCount = bytes.readUInt32LE(16);
+  const gotEntryBytes = bytes.readUInt32LE(20);
+  if (gotEntryBytes !== entryBytes) throw new CorruptIndexError(file, `entry size ${gotEntryBytes}, expected ${entryBytes}`);
+  if (bytes.length !== indexHeaderBytes + entryCount * entryBytes) {
+    throw new CorruptIndexError(file, `${bytes.length} bytes for ${entryCount} entries of ${entryBytes}`);
+  }
+  return { header: { baseOffset: fileBase, entryCount }, entries: bytes.subarray(indexHeaderBytes) };
+}
+
+/** Writes a whole file and fdatasyncs it (index files are written once, at roll or close). */
+export function writeFileSynced(file: string, bytes: Uint8Array): void {
+  const fd = fs.openSync(file, 'w');
+  try {
+    let written = 0;
+    while (written < bytes.length) written += fs.writeSync(fd, bytes, written, bytes.length - written, written);
+    fs.fdatasyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** A growable array of fixed-size little-endian entries. */
+export class EntryBuffer {
+  bytes: Buffer;
+  count = 0;
+  constructor(readonly entryBytes: number, initialCount = 256) {
+    this.bytes = Buffer.alloc(entryBytes * initialCount);
+  }
+  /** Returns the byte position of a new entry, growing the buffer when needed. */
+  push(): number {
+    const pos = this.count * this.entryBytes;
+    if (pos + this.entryBytes > this.bytes.length) {
+      const grown = Buffer.alloc(this.bytes.length * 2);
+      this.bytes.copy(grown);
+      this.bytes = grown;
+    }
+    this.count++;
+    return pos;
+  }
+  static from(entryBytes: number, entries: Buffer, count: number): EntryBuffer {
+    const buffer = new EntryBuffer(entryBytes, Math.max(count, 16));
+    entries.copy(buffer.bytes, 0, 0, count * entryBytes);
+    buffer.count = count;
+    return buffer;
+  }
+}

@@ -1,0 +1,75 @@
+/**
+ * Sparse offset index of one segment: entries (relativeOffset u32, position u32), one per
+ * `indexIntervalBytes` of log at most, strictly increasing in both fields. lookup() gives
+ * the position of the last indexed batch at or before an offset; the reader scans forward.
+ */
+import { CorruptIndexError } from './errors';
+import { decodeIndexFile, encodeIndexFile, EntryBuffer } from './index-file';
+
+export const offsetIndexMagic = 'WOIX';
+const entryBytes = 8;
+
+export class OffsetIndex {
+  private constructor(
+    readonly baseOffset: number,
+    private readonly entries: EntryBuffer,
+  ) {}
+
+  static empty(baseOffset: number): OffsetIndex {
+    return new OffsetIndex(baseOffset, new EntryBuffer(entryBytes));
+  }
+
+  /** Parses a file and checks every entry against the segment's bounds. */
+  static decode(file: string, bytes: Buffer, baseOffset: number, segmentBytes: number, nextOffset: number): OffsetIndex {
+    const { header, entries } = decodeIndexFile(file, bytes, offsetIndexMagic, entryBytes, baseOffset);
+    const index = new OffsetIndex(baseOffset, EntryBuffer.from(entryBytes, entries, header.entryCount));
+    index.sanityCheck(file, segmentBytes, nextOffset);
+    return index;
+  }
+
+  get entryCount(): number {
+    return this.entries.count;
+  }
+
+  append(offset: number, position: number): void {
+    const pos = this.entries.push();
+    this.entries.bytes.writeUInt32LE(offset - this.baseOffset, pos);
+    this.entries.bytes.writeUInt32LE(position, pos + 4);
+  }
+
+  /** Position of the last entry whose offset ≤ `offset`, or 0. */
+  lookup(offset: number): number {
+    const relative = offset - this.baseOffset;
+    const bytes = this.entries.bytes;
+    let lo = 0;
+    let hi = this.entries.count - 1;
+    let found = 0;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      if (bytes.readUInt32LE(mid * entryBytes) <= relative) {
+        found = bytes.readUInt32LE(mid * entryBytes + 4);
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return found;
+  }
+
+  sanityCheck(file: string, segmentBytes: number, nextOffset: number): void {
+    const bytes = this.entries.bytes;
+    let lastOffset = -1;
+    let lastPosition = -1;
+    for (let i = 0; i < this.entries.count; i++) {
+      const relative = bytes.readUInt32LE(i * entryBytes);
+      const position = bytes.readUInt32LE(i * entryBytes + 4);
+      if (relative <= lastOffset || position <= lastPosition) throw new CorruptIndexError(file, `entry ${i} is not increasing`);
+      if (position >= segmentBytes) throw new CorruptIndexError(file, `entry ${i} position ${position} past the segment's ${segmentBytes} bytes`);
+      if (this.baseOffset + relative >= nextOffset) throw new CorruptIndexError(file, `entry ${i} offset ${this.baseOffset + relative} past the segment's last offset`);
+      lastOffset = relative;
+      lastPosition = position;
+    }
+  }
+
+  encode(): Buffer {
+    return encodeIndexFile(offsetIndexMagic, this.baseOffset, entryBytes, this.entries.bytes, this.entries.count);
+  }
+}

@@ -1,0 +1,327 @@
+/**
+ * One segment: a log file named by its 20-digit base offset, plus its sparse offset index
+ * (.oix), time index (.tix) and key index (.kix).
+ *
+ * Life cycle: `create` (new active segment) or `recover` (scan an untrusted file) →
+ * appends via `indexBatch` after each write → `seal` at roll (index files written and
+ * synced) → read-only. `openSealed` opens a segment trusted by the checkpoint; its index
+ * files are checked when first used and rebuilt from the log when they fail.
+ *
+ * Invariants:
+ * - `size` is the byte length of whole batches; nothing past it is ever read;
+ * - `nextOffset` = baseOffset + number of records (offsets are dense within a segment);
+ * - broker timestamps are non-decreasing (the channel makes them so);
+ * - the active segment's indexes live in memory and cover exactly [0, size).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { lz4Codec } from '../codec';
+import { xxh32 } from '../format/checksum';
+import { forEachRecordKeys, IndexKind } from '../format/index-keys';
+import { recordsSection, type BatchHeader } from '../format/record-batch';
+import { checkKeyIndexBytes, KeyIndexBuilder, KeyIndexFile, type KeyHit, type TimeRange } from '../index/key-index';
+import { limits } from '../limits';
+import { CorruptIndexError } from './errors';
+import { writeFileSynced } from './index-file';
+import { OffsetIndex } from './offset-index';
+import { scanSegment } from './segment-scanner';
+import { TimeIndex } from './time-index';
+
+export function segmentFileName(baseOffset: number, extension: string): string {
+  return `${String(baseOffset).padStart(20, '0')}.${extension}`;
+}
+
+/** What the checkpoint remembers of a sealed segment. */
+export interface SegmentMeta {
+  baseOffset: number;
+  bytes: number;
+  nextOffset: number;
+  firstTimestamp: number;
+  maxTimestamp: number;
+}
+
+/** What a scan of an untrusted segment found and did. */
+export interface RecoveryFinding {
+  file: string;
+  position: number;
+  bytesDropped: number;
+  kind: 'torn' | 'corrupt';
+  reason: string;
+  /** For corruption: where the dropped bytes were saved before truncation. */
+  savedTo?: string;
+}
+
+export interface RecoveredBatch {
+  header: BatchHeader;
+  bytes: Buffer;
+}
+
+export class Segment {
+  size = 0;
+  nextOffset: number;
+  firstTimestamp = -1;
+  maxTimestamp = -1;
+  sealed = false;
+  private bytesSinceIndexEntry = Infinity;
+  private offsetIndex: OffsetIndex | null = null;
+  private timeIndex: TimeIndex | null = null;
+  private keyBuilder: KeyIndexBuilder | null = null;
+  private keyFile: KeyIndexFile | null = null;
+
+  private constructor(
+    readonly dir: string,
+    readonly baseOffset: number,
+    readonly fd: number,
+  ) {
+    this.nextOffset = baseOffset;
+  }
+
+  path(extension: string): string {
+    return path.join(this.dir, segmentFileName(this.baseOffset, extension));
+  }
+
+  get recordCount(): number {
+    return this.nextOffset - this.baseOffset;
+  }
+
+  get keyEntryCount(): number {
+    return this.keyBuilder?.entryCount ?? 0;
+  }
+
+  meta(): SegmentMeta {
+    return { baseOffset: this.baseOffset, bytes: this.size, nextOffset: this.nextOffset, firstTimestamp: this.firstTimestamp, maxTimestamp: this.maxTimestamp };
+  }
+
+  /** A new, empty active segment. */
+  static create(dir: string, baseOffset: number): Segment {
+    const file = path.join(dir, segmentFileName(baseOffset, 'log'));
+    const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o644);
+    const segment = new Segment(dir, baseOffset, fd);
+    segment.startInMemoryIndexes();
+    return segment;
+  }
+
+  /**
+   * Scans an untrusted segment (the active one after a crash, or one the checkpoint does
+   * not know), truncates a torn tail silently and a corrupt tail loudly (the dropped bytes
+   * are copied aside first), and rebuilds its indexes in memory.
+   */
+  static recover(dir: string, baseOffset: number, onBatch?: (batch: RecoveredBatch) => void): { segment: Segment; finding: RecoveryFinding | null } {
+    const file = path.join(dir, segmentFileName(baseOffset, 'log'));
+    const fd = fs.openSync(file, 'r+');
+    const segment = new Segment(dir, baseOffset, fd);
+    segment.startInMemoryIndexes();
+    const fileBytes = fs.fstatSync(fd).size;
+    let finding: RecoveryFinding | null = null;
+    for (const event of scanSegment(fd)) {
+      if (event.kind === 'batch') {
+        if (event.header.baseOffset !== segment.nextOffset || event.header.brokerTimestamp < segment.maxTimestamp) {
+          finding = {
+            file,
+            position: event.position,
+            bytesDropped: fileBytes - event.position,
+            kind: 'corrupt',
+            reason: `batch at offset ${event.header.baseOffset} where ${segment.nextOffset} was expected`,
+          };
+          break;
+        }
+        segment.indexBatch(event.position, event.header, event.bytes);
+        segment.size = event.position + event.header.batchLength;
+        onBatch?.({ header: event.header, bytes: event.bytes });
+      } else if (event.kind === 'torn') {
+        finding = { file, position: event.position, bytesDropped: event.bytesDropped, kind: 'torn', reason: 'batch cut short at end of file' };
+      } else {
+        finding = { file, position: event.position, bytesDropped: fileBytes - event.position, kind: 'corrupt', reason: event.reason };
+      }
+    }
+    if (finding) {
+      if (finding.kind === 'corrupt') finding.savedTo = saveDroppedBytes(fd, file, finding.position, fileBytes);
+      fs.ftruncateSync(fd, segment.size);
+      fs.fdatasyncSync(fd);
+    }
+    return { segment, finding };
+  }
+
+  /** A sealed segment the checkpoint vouches for; nothing is read until it is used. */
+  static openSealed(dir: string, meta: SegmentMeta): Segment {
+    const fd = fs.openSync(path.join(dir, segmentFileName(meta.baseOffset, 'log')), 'r');
+    const segment = new Segment(dir, meta.baseOffset, fd);
+    segment.size = meta.bytes;
+    segment.nextOffset = meta.nextOffset;
+    segment.firstTimestamp = meta.firstTimestamp;
+    segment.maxTimestamp = meta.maxTimestamp;
+    segment.sealed = true;
+    return segment;
+  }
+
+  /**
+   * Reopens the last segment after a clean close as the active one: its index files are
+   * loaded (and fully checked) into memory. Throws CorruptIndexError when they fail, and the
+   * caller falls back to recover().
+   */
+  static reopenActive(dir: string, meta: SegmentMeta): Segment {
+    const fd = fs.openSync(path.join(dir, segmentFileName(meta.baseOffset, 'log')), 'r+');
+    const segment = new Segment(dir, meta.baseOffset, fd);
+    try {
+      segment.size = meta.bytes;
+      segment.nextOffset = meta.nextOffset;
+      segment.firstTimestamp = meta.firstTimestamp;
+      segment.maxTimestamp = meta.maxTimestamp;
+      segment.offsetIndex = OffsetIndex.decode(segment.path('oix'), readWhole(segment.path('oix')), meta.baseOffset, meta.bytes, meta.nextOffset);
+      segment.timeIndex = TimeIndex.decode(segment.path('tix'), readWhole(segment.path('tix')), meta.baseOffset, meta.nextOffset);
+      segment.keyBuilder = KeyIndexBuilder.fromBytes(segment.path('kix'), readWhole(segment.path('kix')), meta.baseOffset, meta.bytes, segment.recordCount);
+      // The next batch gets an offset index entry only after another interval of bytes.
+      segment.bytesSinceIndexEntry = 0;
+      return segment;
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+  }
+
+  private startInMemoryIndexes(): void {
+    this.offsetIndex = OffsetIndex.empty(this.baseOffset);
+    this.timeIndex = TimeIndex.empty(this.baseOffset);
+    this.keyBuilder = new KeyIndexBuilder(this.baseOffset, limits.keyIndexSlotCount);
+    this.bytesSinceIndexEntry = Infinity;
+  }
+
+  /** Updates the in-memory indexes for a batch now at `position` (bytes = the whole batch). */
+  indexBatch(position: number, header: BatchHeader, bytes: Uint8Array): void {
+    if (this.bytesSinceIndexEntry >= limits.indexIntervalBytes) {
+      this.offsetIndex!.append(header.baseOffset, position);
+      this.timeIndex!.append(header.brokerTimestamp, header.baseOffset);
+      this.bytesSinceIndexEntry = 0;
+    }
+    this.bytesSinceIndexEntry += header.batchLength;
+    const keys = this.keyBuilder!;
+    const section = recordsSection(bytes, 0, header, lz4Codec);
+    const timestamp = header.brokerTimestamp;
+    forEachRecordKeys(section, header.recordCount, (record) => {
+      const offset = header.baseOffset + record.index;
+      keys.add(xxh32(record.msgId, IndexKind.msgId), position, offset, timestamp);
+      if (record.key) keys.add(xxh32(record.key, IndexKind.key), position, offset, timestamp);
+      if (record.traceId) keys.add(xxh32(record.traceId, IndexKind.traceId), position, offset, timestamp);
+    });
+    if (this.firstTimestamp < 0) this.firstTimestamp = header.brokerTimestamp;
+    this.maxTimestamp = Math.max(this.maxTimestamp, header.brokerTimestamp);
+    this.nextOffset = header.baseOffset + header.recordCount;
+  }
+
+  /** Writes the index files, syncs the log, and makes the segment read-only. */
+  seal(): void {
+    if (this.sealed) return;
+    fs.fdatasyncSync(this.fd);
+    writeFileSynced(this.path('oix'), this.offsetIndex!.encode());
+    writeFileSynced(this.path('tix'), this.timeIndex!.encode());
+    writeFileSynced(this.path('kix'), this.keyBuilder!.encode());
+    this.keyBuilder = null;
+    this.sealed = true;
+  }
+
+  /** Loads (and checks) the sealed indexes; rebuilds all of them from the log if any fails. */
+  private ensureIndexes(): void {
+    if (this.offsetIndex && this.timeIndex && (this.keyBuilder || this.keyFile)) return;
+    try {
+      this.offsetIndex ??= OffsetIndex.decode(this.path('oix'), readWhole(this.path('oix')), this.baseOffset, this.size, this.nextOffset);
+      this.timeIndex ??= TimeIndex.decode(this.path('tix'), readWhole(this.path('tix')), this.baseOffset, this.nextOffset);
+      this.keyFile ??= KeyIndexFile.open(this.path('kix'), this.baseOffset);
+    } catch (err) {
+      if (!(err instanceof CorruptIndexError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      this.rebuildIndexes();
+    }
+  }
+
+  /** Checks every index entry (verify, and the open-time check of a sealed segment). */
+  checkIndexes(): void {
+    OffsetIndex.decode(this.path('oix'), readWhole(this.path('oix')), this.baseOffset, this.size, this.nextOffset);
+    TimeIndex.decode(this.path('tix'), readWhole(this.path('tix')), this.baseOffset, this.nextOffset);
+    checkKeyIndexBytes(this.path('kix'), readWhole(this.path('kix')), this.baseOffset, this.size, this.recordCount);
+  }
+
+  /** Rebuilds the three index files of a sealed segment from its log. */
+  rebuildIndexes(): void {
+    this.keyFile?.close();
+    this.keyFile = null;
+    this.startInMemoryIndexes();
+    const nextOffset = this.nextOffset;
+    for (const event of scanSegment(this.fd, { end: this.size })) {
+      if (event.kind !== 'batch') throw new CorruptIndexError(this.path('log'), `log damaged at ${event.position} while rebuilding indexes: run waymark repair`);
+      this.indexBatch(event.position, event.header, event.bytes);
+    }
+    this.nextOffset = nextOffset;
+    this.sealed = false;
+    this.seal();
+    this.keyFile = KeyIndexFile.open(this.path('kix'), this.baseOffset);
+  }
+
+  /** Position of the last indexed batch at or before `offset` (scan forward from there). */
+  positionFor(offset: number): number {
+    this.ensureIndexes();
+    return this.offsetIndex!.lookup(offset);
+  }
+
+  /** An offset at or before the first message with broker time ≥ `timestamp`. */
+  offsetForTime(timestamp: number): number {
+    this.ensureIndexes();
+    return this.timeIndex!.lookup(timestamp);
+  }
+
+  keyLookup(hash: number, range: TimeRange, limit: number): KeyHit[] {
+    this.ensureIndexes();
+    return this.keyBuilder ? this.keyBuilder.lookup(hash, range, limit) : this.keyFile!.lookup(hash, range, limit);
+  }
+
+  /** Reads up to `length` bytes at `position`, never past `end`. */
+  read(position: number, length: number, end: number = this.size): Promise<Buffer> {
+    const want = Math.max(0, Math.min(length, end - position));
+    const buf = Buffer.allocUnsafe(want);
+    return new Promise((resolve, reject) => {
+      const step = (got: number): void => {
+        if (got >= want) return resolve(buf);
+        fs.read(this.fd, buf, got, want - got, position + got, (err, n) => {
+          if (err) return reject(err);
+          if (n === 0) return resolve(buf.subarray(0, got));
+          step(got + n);
+        });
+      };
+      step(0);
+    });
+  }
+
+  close(): void {
+    this.keyFile?.close();
+    this.keyFile = null;
+    fs.closeSync(this.fd);
+  }
+
+  /** Removes the segment's files (retention, topic deletion). */
+  remove(): void {
+    this.close();
+    for (const extension of ['log', 'oix', 'tix', 'kix']) fs.rmSync(this.path(extension), { force: true });
+  }
+}
+
+function readWhole(file: string): Buffer {
+  return fs.readFileSync(file);
+}
+
+/** Copies bytes about to be truncated because of corruption to a side file, so nothing is lost for good. */
+function saveDroppedBytes(fd: number, file: string, from: number, to: number): string {
+  const target = `${file}.dropped-${from}`;
+  const length = to - from;
+  const buf = Buffer.allocUnsafe(Math.min(length, 8 * 1024 * 1024));
+  const out = fs.openSync(target, 'w');
+  try {
+    for (let done = 0; done < length; ) {
+      const n = fs.readSync(fd, buf, 0, Math.min(buf.length, length - done), from + done);
+      if (n === 0) break;
+      fs.writeSync(out, buf, 0, n);
+      done += n;
+    }
+    fs.fdatasyncSync(out);
+  } finally {
+    fs.closeSync(out);
+  }
+  return target;
+}

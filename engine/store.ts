@@ -1,0 +1,426 @@
+/**
+ * The store: one locked data folder holding topics, each with N channels.
+ *
+ *   <data>/LOCK                          flock + holder pid
+ *   <data>/store.json                    { "format": "waymark", "version": 1 }
+ *   <data>/topics/<topic>/topic.json     the topic's configuration
+ *   <data>/topics/<topic>/<channel>/     a segment set (channel-log.ts)
+ *
+ * Topic creation builds the folder under a temporary name and renames it into place;
+ * deletion renames it away first. Either way a crash leaves the topic wholly there or
+ * wholly gone (leftovers are swept at open).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { loadChecksum, xxh32 } from './format/checksum';
+import { WaymarkError } from './format/errors';
+import { IndexKind, traceIdHeaderName } from './format/index-keys';
+import { bytesEqual, msgIdFromHex, msgIdToHex, msgIdTime } from './format/msg-id';
+import { encodeBatch, headerValue, probeHeader, validateBatch, BatchFlag, type Header, type MessageInput, type StoredRecord } from './format/record-batch';
+import { lz4Codec } from './codec';
+import type { TimeRange } from './index/key-index';
+import { limits } from './limits';
+import { lockFolder, type FolderLock } from './lock';
+import { ChannelLog, type AppendOutcome, type BatchRead, type ChannelOptions, type SyncMode } from './log/channel-log';
+import { writeFileAtomic } from './log/checkpoint';
+import type { RecoveryFinding } from './log/segment';
+
+export interface StoreOptions {
+  /** "batch" (default): acknowledge after fdatasync; "interval": after write, fsync every syncIntervalMs; "none": after write. */
+  sync?: SyncMode;
+  syncIntervalMs?: number;
+  /** Default segment size for topics that do not set one. */
+  segmentBytes?: number;
+  segmentMs?: number;
+  /** Compress batches the engine encodes with lz4 when that makes them smaller (default true). */
+  compression?: boolean;
+  /** Called for every torn tail or corruption found while opening. */
+  onRecovery?: (finding: RecoveryFinding) => void;
+}
+
+export interface TopicConfig {
+  channels: number;
+  /** 0 or absent: keep forever. */
+  retentionMs?: number;
+  /** 0 or absent: no size bound (per channel). */
+  retentionBytes?: number;
+  segmentBytes?: number;
+  segmentMs?: number;
+  /** Free text: who owns the topic (Milvus msgstream's channel owner description). */
+  owner?: string;
+}
+
+export interface TopicInfo {
+  name: string;
+  channels: number;
+  retentionMs: number;
+  retentionBytes: number;
+  segmentBytes: number;
+  segmentMs: number;
+  owner: string;
+  createdAt: number;
+}
+
+export interface ChannelInfo {
+  channel: number;
+  logStartOffset: number;
+  highWatermark: number;
+  bytes: number;
+  segments: number;
+}
+
+export interface AppendOptions {
+  producerId?: number;
+  producerSequence?: number;
+}
+
+export interface AppendResult {
+  channel: number;
+  baseOffset: number;
+  brokerTimestamp: number;
+  /** msgIds of the appended messages in order, 32 hex digits each. */
+  msgIds: string[];
+  duplicate: boolean;
+}
+
+export interface StoredMessage {
+  topic: string;
+  channel: number;
+  offset: number;
+  msgId: string;
+  key: string | null;
+  headers: Header[];
+  body: Buffer;
+  /** Producer time, ms. */
+  timestamp: number;
+  /** Broker append time, ms. */
+  brokerTimestamp: number;
+  deliverAt: number | null;
+}
+
+export interface ReadOptions {
+  offset: number;
+  maxMessages?: number;
+  maxBytes?: number;
+}
+
+export interface LookupOptions extends TimeRange {
+  limit?: number;
+}
+
+interface Topic {
+  info: TopicInfo;
+  dir: string;
+  channels: ChannelLog[];
+}
+
+const topicNamePattern = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
+const textDecoder = new TextDecoder();
+
+export function checkTopicName(name: string, allowSystem = false): void {
+  if (typeof name !== 'string' || !topicNamePattern.test(name) || Buffer.byteLength(name) > limits.topicNameBytesMax) {
+    throw new WaymarkError('INVALID_NAME', `topic name ${JSON.stringify(name)}: use 1-${limits.topicNameBytesMax} characters of A-Z a-z 0-9 . _ -, not starting with . or -`);
+  }
+  if (!allowSystem && name.startsWith('__')) throw new WaymarkError('INVALID_NAME', `topic names starting with __ are reserved for system topics`);
+}
+
+export class Store {
+  private readonly topics = new Map<string, Topic>();
+  private closed = false;
+  private retentionTimer: NodeJS.Timeout | null = null;
+  /** Every torn tail and corruption found while opening. */
+  readonly recoveryReport: RecoveryFinding[] = [];
+
+  private constructor(
+    readonly dir: string,
+    private readonly options: Required<Omit<StoreOptions, 'onRecovery'>> & Pick<StoreOptions, 'onRecovery'>,
+    private readonly lock: FolderLock,
+  ) {}
+
+  static async open(dir: string, options: StoreOptions = {}): Promise<Store> {
+    await loadChecksum();
+    fs.mkdirSync(path.join(dir, 'topics'), { recursive: true });
+    const lock = lockFolder(dir);
+    try {
+      const resolved = {
+        sync: options.sync ?? 'batch',
+        syncIntervalMs: options.syncIntervalMs ?? limits.syncIntervalMsDefault,
+        segmentBytes: options.segmentBytes ?? limits.segmentBytesDefault,
+        segmentMs: options.segmentMs ?? limits.segmentMsDefault,
+        compression: options.compression ?? true,
+        onRecovery: options.onRecovery,
+      };
+      if (!['batch', 'interval', 'none'].includes(resolved.sync)) throw new WaymarkError('INVALID_ARGUMENT', `sync must be batch, interval or none, not ${resolved.sync}`);
+      checkSegmentBytes(resolved.segmentBytes);
+      const store = new Store(dir, resolved, lock);
+      store.openAll();
+      store.retentionTimer = setInterval(() => store.applyRetention(), limits.retentionSweepMs);
+      store.retentionTimer.unref();
+      return store;
+    } catch (err) {
+      lock.release();
+      throw err;
+    }
+  }
+
+  private openAll(): void {
+    const storeFile = path.join(this.dir, 'store.json');
+    if (!fs.existsSync(storeFile)) writeFileAtomic(storeFile, JSON.stringify({ format: 'waymark', version: 1 }));
+    const topicsDir = path.join(this.dir, 'topics');
+    for (const name of fs.readdirSync(topicsDir)) {
+      const dir = path.join(topicsDir, name);
+      if (name.startsWith('.')) {
+        fs.rmSync(dir, { recursive: true, force: true }); // an interrupted create or delete
+        continue;
+      }
+      const info = JSON.parse(fs.readFileSync(path.join(dir, 'topic.json'), 'utf8')) as TopicInfo;
+      this.openTopic(info, dir);
+    }
+  }
+
+  private openTopic(info: TopicInfo, dir: string): Topic {
+    const channels: ChannelLog[] = [];
+    const report: RecoveryFinding[] = [];
+    for (let c = 0; c < info.channels; c++) channels.push(ChannelLog.open(path.join(dir, String(c)), this.channelOptions(info), report));
+    for (const finding of report) {
+      this.recoveryReport.push(finding);
+      this.options.onRecovery?.(finding);
+    }
+    const topic = { info, dir, channels };
+    this.topics.set(info.name, topic);
+    return topic;
+  }
+
+  private channelOptions(info: TopicInfo): ChannelOptions {
+    return {
+      sync: this.options.sync,
+      syncIntervalMs: this.options.syncIntervalMs,
+      segmentBytes: info.segmentBytes,
+      segmentMs: info.segmentMs,
+      retentionMs: info.retentionMs,
+      retentionBytes: info.retentionBytes,
+    };
+  }
+
+  private check(): void {
+    if (this.closed) throw new WaymarkError('STORE_CLOSED');
+  }
+
+  private topic(name: string): Topic {
+    this.check();
+    const topic = this.topics.get(name);
+    if (!topic) throw new WaymarkError('TOPIC_NOT_FOUND', `topic ${JSON.stringify(name)} does not exist`, { topic: name });
+    return topic;
+  }
+
+  private channel(topicName: string, channel: number): ChannelLog {
+    const topic = this.topic(topicName);
+    if (!Number.isInteger(channel) || channel < 0 || channel >= topic.channels.length) {
+      throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${topicName} has channels 0..${topic.channels.length - 1}, not ${channel}`);
+    }
+    return topic.channels[channel]!;
+  }
+
+  // ---------------------------------------------------------------- topics
+
+  async createTopic(name: string, config: TopicConfig, internal: { system?: boolean } = {}): Promise<TopicInfo> {
+    this.check();
+    checkTopicName(name, internal.system);
+    if (this.topics.has(name)) throw new WaymarkError('TOPIC_EXISTS', `topic ${name} already exists`, { topic: name });
+    const channels = config.channels;
+    if (!Number.isInteger(channels) || channels < 1 || channels > limits.channelCountMax) {
+      throw new WaymarkError('TOO_MANY_CHANNELS', `channels must be 1..${limits.channelCountMax}, not ${channels}`);
+    }
+    const info: TopicInfo = {
+      name,
+      channels,
+      retentionMs: nonNegative('retentionMs', config.retentionMs ?? 0),
+      retentionBytes: nonNegative('retentionBytes', config.retentionBytes ?? 0),
+      segmentBytes: checkSegmentBytes(config.segmentBytes ?? this.options.segmentBytes),
+      segmentMs: nonNegative('segmentMs', config.segmentMs ?? this.options.segmentMs) || this.options.segmentMs,
+      owner: String(config.owner ?? ''),
+      createdAt: Date.now(),
+    };
+    const topicsDir = path.join(this.dir, 'topics');
+    const temp = path.join(topicsDir, `.creating-${name}`);
+    fs.rmSync(temp, { recursive: true, force: true });
+    fs.mkdirSync(temp);
+    writeFileAtomic(path.join(temp, 'topic.json'), JSON.stringify(info, null, 2));
+    const dir = path.join(topicsDir, name);
+    fs.renameSync(temp, dir);
+    this.openTopic(info, dir);
+    return { ...info };
+  }
+
+  async deleteTopic(name: string): Promise<void> {
+    const topic = this.topic(name);
+    this.topics.delete(name);
+    await Promise.all(topic.channels.map((c) => c.close()));
+    const away = path.join(this.dir, 'topics', `.deleted-${name}-${Date.now()}`);
+    fs.renameSync(topic.dir, away);
+    fs.rmSync(away, { recursive: true, force: true });
+  }
+
+  listTopics(): TopicInfo[] {
+    this.check();
+    return [...this.topics.values()].map((t) => ({ ...t.info })).sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  hasTopic(name: string): boolean {
+    return this.topics.has(name);
+  }
+
+  describeTopic(name: string): TopicInfo & { channelInfo: ChannelInfo[] } {
+    const topic = this.topic(name);
+    return {
+      ...topic.info,
+      channelInfo: topic.channels.map((c, channel) => ({
+        channel,
+        logStartOffset: c.logStartOffset,
+        highWatermark: c.highWatermark,
+        bytes: c.totalBytes,
+        segments: c.segmentCount,
+      })),
+    };
+  }
+
+  // ---------------------------------------------------------------- writes
+
+  /** Encodes messages into one batch and appends it; resolves once durable (per the sync mode). */
+  async append(topic: string, channel: number, messages: readonly MessageInput[], options: AppendOptions = {}): Promise<AppendResult> {
+    const log = this.channel(topic, channel);
+    const { batch, msgIds } = encodeBatch(messages, { ...options, codec: this.options.compression ? lz4Codec : null });
+    const probe = probeHeader(batch, 0);
+    if (probe.kind !== 'ok') throw new Error(`append: encoded batch fails its own probe (${probe.kind})`);
+    const outcome = await log.append(batch, probe.header);
+    return { channel, baseOffset: outcome.baseOffset, brokerTimestamp: outcome.brokerTimestamp, msgIds: msgIds.map(msgIdToHex), duplicate: outcome.duplicate };
+  }
+
+  /**
+   * Appends a batch built elsewhere (the SDK), as it is: header and checksum are validated,
+   * then only baseOffset and brokerTimestamp are patched. The store takes ownership of
+   * `batch` (it is patched in place and written from).
+   */
+  async appendBatch(topic: string, channel: number, batch: Uint8Array): Promise<AppendOutcome> {
+    const log = this.channel(topic, channel);
+    const header = validateBatch(batch);
+    if (header.flags & BatchFlag.control) throw new WaymarkError('BAD_REQUEST', 'control batches are written by the broker only');
+    return log.append(batch, header);
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  readBatches(topic: string, channel: number, options: { offset: number; maxBytes?: number }): Promise<BatchRead> {
+    return this.channel(topic, channel).readBatches(options.offset, options.maxBytes ?? 1024 * 1024);
+  }
+
+  async read(topic: string, channel: number, options: ReadOptions): Promise<StoredMessage[]> {
+    const log = this.channel(topic, channel);
+    const { records, brokerTimestamps } = await log.read(options.offset, options.maxMessages ?? 1000, options.maxBytes ?? 1024 * 1024);
+    return records.map((r, i) => toMessage(topic, channel, r, brokerTimestamps[i]!));
+  }
+
+  channelState(topic: string, channel: number): { logStartOffset: number; highWatermark: number } {
+    const log = this.channel(topic, channel);
+    return { logStartOffset: log.logStartOffset, highWatermark: log.highWatermark };
+  }
+
+  /** The first offset with broker time ≥ `timestamp` (the high watermark when none). */
+  offsetForTime(topic: string, channel: number, timestamp: number): Promise<number> {
+    return this.channel(topic, channel).offsetForTime(timestamp);
+  }
+
+  /** The message with this msgId (32 hex digits), searched in every channel of the topic. */
+  async lookupMsgId(topic: string, msgId: string): Promise<StoredMessage | null> {
+    const id = msgIdFromHex(msgId);
+    if (!id) throw new WaymarkError('INVALID_ARGUMENT', `msgId must be 32 hex digits, got ${JSON.stringify(msgId)}`);
+    // A msgId carries its producer's clock; broker time is later unless clocks disagree by more than a day.
+    const producedAt = msgIdTime(id);
+    const range = { timeFrom: producedAt - 24 * 3600 * 1000 };
+    const found = await this.lookupAll(topic, xxh32(id, IndexKind.msgId), range, 1, (r) => bytesEqual(r.msgId, id));
+    return found[0] ?? null;
+  }
+
+  /** Messages with this key, newest first, optionally within a broker-time range. */
+  lookupKey(topic: string, key: string | Uint8Array, options: LookupOptions = {}): Promise<StoredMessage[]> {
+    const bytes = typeof key === 'string' ? Buffer.from(key) : key;
+    return this.lookupAll(topic, xxh32(bytes, IndexKind.key), options, options.limit ?? 100, (r) => r.key !== null && bytesEqual(r.key, bytes));
+  }
+
+  /** Messages whose `traceid` header equals `traceId`, newest first. */
+  lookupTraceId(topic: string, traceId: string, options: LookupOptions = {}): Promise<StoredMessage[]> {
+    const bytes = Buffer.from(traceId);
+    return this.lookupAll(topic, xxh32(bytes, IndexKind.traceId), options, options.limit ?? 100, (r) => {
+      const value = headerValue(r.headers, traceIdHeaderName);
+      return value !== undefined && bytesEqual(value, bytes);
+    });
+  }
+
+  private async lookupAll(topic: string, hash: number, range: TimeRange, limit: number, matches: (r: StoredRecord) => boolean): Promise<StoredMessage[]> {
+    const t = this.topic(topic);
+    limit = Math.max(1, Math.min(limit, limits.lookupResultCountMax));
+    const results: StoredMessage[] = [];
+    for (let c = 0; c < t.channels.length; c++) {
+      for (const { record, brokerTimestamp } of await t.channels[c]!.lookup(hash, range, limit, matches)) {
+        results.push(toMessage(topic, c, record, brokerTimestamp));
+      }
+    }
+    results.sort((a, b) => b.brokerTimestamp - a.brokerTimestamp || b.offset - a.offset);
+    return results.slice(0, limit);
+  }
+
+  // ---------------------------------------------------------------- upkeep
+
+  /** Deletes whole segments past each topic's retention. Returns how many were deleted. */
+  applyRetention(now: number = Date.now()): number {
+    if (this.closed) return 0;
+    let removed = 0;
+    for (const topic of this.topics.values()) for (const c of topic.channels) removed += c.applyRetention(now);
+    return removed;
+  }
+
+  /** Finishes queued appends, writes clean checkpoints, and releases the folder lock. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.retentionTimer) clearInterval(this.retentionTimer);
+    try {
+      await Promise.all([...this.topics.values()].flatMap((t) => t.channels.map((c) => c.close())));
+    } finally {
+      this.topics.clear();
+      this.lock.release();
+    }
+  }
+}
+
+function toMessage(topic: string, channel: number, r: StoredRecord, brokerTimestamp: number): StoredMessage {
+  return {
+    topic,
+    channel,
+    offset: r.offset,
+    msgId: msgIdToHex(r.msgId),
+    key: r.key ? textDecoder.decode(r.key) : null,
+    headers: r.headers.map((h) => ({ name: h.name, value: Buffer.from(h.value) })),
+    body: Buffer.from(r.body),
+    timestamp: r.timestamp,
+    brokerTimestamp,
+    deliverAt: r.deliverAt,
+  };
+}
+
+function nonNegative(name: string, value: number): number {
+  if (!Number.isSafeInteger(value) || value < 0) throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number ≥ 0, not ${value}`);
+  return value;
+}
+
+function checkSegmentBytes(value: number): number {
+  if (!Number.isSafeInteger(value) || value < limits.segmentBytesMin || value > limits.segmentBytesMax) {
+    throw new WaymarkError('INVALID_ARGUMENT', `segmentBytes must be ${limits.segmentBytesMin}..${limits.segmentBytesMax}, not ${value}`);
+  }
+  return value;
+}
+
+/** Opens (creating when absent) and recovers a store in `dir`. */
+export function openStore(dir: string, options: StoreOptions = {}): Promise<Store> {
+  return Store.open(dir, options);
+}
