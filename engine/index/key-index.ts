@@ -4,7 +4,7 @@
  * own seed (format/index-keys.ts), so the three kinds share one file.
  *
  *   header, 64 bytes:  magic "WKIX"(4) version(1) reserved(3) baseOffset(8) baseTimestamp(8)
- *                      slotCount(4) entryCount(4) reserved(32)
+ *                      slotCount(4) entryCount(4) checksum(8: xxh64 of the whole file, these 8 bytes as zero) reserved(24)
  *   slots:             slotCount × u32 — entry number + 1 of the newest entry in the slot, 0 = empty
  *   entries, 20 bytes: keyHash(4) position(4) relativeOffset(4) timeDelta(4) prevEntry(4)
  *                      prevEntry = entry number + 1 of the next older entry in the same slot, 0 = end
@@ -14,12 +14,13 @@
  * candidate: the caller confirms it against the record (hash collisions are expected).
  *
  * The active segment's index lives in memory (KeyIndexBuilder) and is written at roll and
- * at clean close; closed segments' files are read with positional reads (KeyIndexFile) so a
- * lookup touches a handful of small reads, not whole files.
+ * at clean close; closed segments' files are checked whole once (checksum and structure) when
+ * first used, then read with positional reads (KeyIndexFile) so a lookup touches a handful
+ * of small reads.
  */
 import * as fs from 'node:fs';
 import { CorruptIndexError } from '../log/errors';
-import { EntryBuffer } from '../log/index-file';
+import { EntryBuffer, fileChecksum } from '../log/index-file';
 
 export const keyIndexMagic = 'WKIX';
 export const keyIndexVersion = 1;
@@ -110,6 +111,7 @@ export class KeyIndexBuilder {
     out.writeUInt32LE(this.entries.count, 28);
     Buffer.from(this.slots.buffer, this.slots.byteOffset, this.slots.byteLength).copy(out, keyIndexHeaderBytes);
     this.entries.bytes.copy(out, keyIndexHeaderBytes + this.slotCount * 4, 0, this.entries.count * keyIndexEntryBytes);
+    out.writeBigUInt64LE(fileChecksum(out, 32), 32);
     return out;
   }
 }
@@ -143,6 +145,7 @@ export function decodeKeyIndexHeader(file: string, header: Buffer, fileBytes: nu
  */
 export function checkKeyIndexBytes(file: string, bytes: Buffer, baseOffset: number, segmentBytes: number, recordCount: number): KeyIndexHeader {
   const header = decodeKeyIndexHeader(file, bytes, bytes.length, baseOffset);
+  if (fileChecksum(bytes, 32) !== bytes.readBigUInt64LE(32)) throw new CorruptIndexError(file, 'checksum mismatch');
   const slotsAt = keyIndexHeaderBytes;
   for (let s = 0; s < header.slotCount; s++) {
     const head = bytes.readUInt32LE(slotsAt + s * 4);
@@ -171,14 +174,12 @@ export class KeyIndexFile {
     readonly header: KeyIndexHeader,
   ) {}
 
-  /** Opens and checks the header and size (the cheap check at open; verify checks all). */
-  static open(file: string, baseOffset: number): KeyIndexFile {
+  /** Opens the file after checking all of it (checksum, chains, bounds) once. */
+  static open(file: string, baseOffset: number, segmentBytes: number, recordCount: number): KeyIndexFile {
     const fd = fs.openSync(file, 'r');
     try {
-      const size = fs.fstatSync(fd).size;
-      const head = Buffer.alloc(keyIndexHeaderBytes);
-      fs.readSync(fd, head, 0, keyIndexHeaderBytes, 0);
-      return new KeyIndexFile(file, fd, decodeKeyIndexHeader(file, head, size, baseOffset));
+      const header = checkKeyIndexBytes(file, fs.readFileSync(fd), baseOffset, segmentBytes, recordCount);
+      return new KeyIndexFile(file, fd, header);
     } catch (err) {
       fs.closeSync(fd);
       throw err;

@@ -414,6 +414,7 @@ export class ChannelLog {
 
   /** Reads and decodes messages from `offset`, verifying every batch's checksum. */
   async read(offset: number, maxMessages: number, maxBytes: number): Promise<{ records: StoredRecord[]; brokerTimestamps: number[]; nextOffset: number }> {
+    this.checkOffset(offset);
     maxMessages = Math.max(1, Math.min(maxMessages, limits.readMessagesMax));
     const records: StoredRecord[] = [];
     const brokerTimestamps: number[] = [];

@@ -225,7 +225,7 @@ export class Segment {
     try {
       this.offsetIndex ??= OffsetIndex.decode(this.path('oix'), readWhole(this.path('oix')), this.baseOffset, this.size, this.nextOffset);
       this.timeIndex ??= TimeIndex.decode(this.path('tix'), readWhole(this.path('tix')), this.baseOffset, this.nextOffset);
-      this.keyFile ??= KeyIndexFile.open(this.path('kix'), this.baseOffset);
+      this.keyFile ??= KeyIndexFile.open(this.path('kix'), this.baseOffset, this.size, this.recordCount);
     } catch (err) {
       if (!(err instanceof CorruptIndexError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       this.rebuildIndexes();
@@ -252,7 +252,7 @@ export class Segment {
     this.nextOffset = nextOffset;
     this.sealed = false;
     this.seal();
-    this.keyFile = KeyIndexFile.open(this.path('kix'), this.baseOffset);
+    this.keyFile = KeyIndexFile.open(this.path('kix'), this.baseOffset, this.size, this.recordCount);
   }
 
   /** Position of the last indexed batch at or before `offset` (scan forward from there). */

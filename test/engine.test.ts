@@ -1,0 +1,284 @@
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { openStore, encodeBatch, type Store, type StoreOptions, type SyncMode } from '../engine/index';
+import { bodyFor, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
+
+const variants: Array<{ sync: SyncMode; compression: boolean }> = [];
+for (const sync of ['batch', 'interval', 'none'] as const) for (const compression of [false, true]) variants.push({ sync, compression });
+
+after(removeTempDirs);
+
+// One behaviour, every implementation: the same store tests across sync modes × compression.
+for (const variant of variants) {
+  describe(`engine store (sync=${variant.sync}, compression=${variant.compression ? 'lz4' : 'off'})`, () => {
+    let dir: string;
+    let store: Store;
+    const options: StoreOptions = { ...variant, segmentBytes: 32 * 1024, syncIntervalMs: 5 };
+
+    beforeEach(async () => {
+      dir = tempDir();
+      store = await openStore(dir, options);
+    });
+    afterEach(() => store.close());
+
+    it('appends and reads back every field, offsets dense from 0', async () => {
+      await store.createTopic('orders', { channels: 3, owner: 'billing' });
+      const first = await store.append('orders', 1, [
+        { key: 'k1', body: 'one', headers: { traceid: 't-1', a: 'b' } },
+        { body: Buffer.from([1, 2, 3]), deliverAt: 1_900_000_000_000 },
+      ]);
+      const second = await store.append('orders', 1, [{ key: 'k2', body: 'three' }]);
+      assert.equal(first.baseOffset, 0);
+      assert.equal(second.baseOffset, 2);
+      assert.equal(first.msgIds.length, 2);
+      const messages = await store.read('orders', 1, { offset: 0 });
+      assert.deepEqual(messages.map((m) => m.offset), [0, 1, 2]);
+      assert.equal(messages[0]!.key, 'k1');
+      assert.equal(messages[0]!.body.toString(), 'one');
+      assert.deepEqual(messages[0]!.headers.map((h) => `${h.name}=${h.value}`), ['traceid=t-1', 'a=b']);
+      assert.equal(messages[0]!.msgId, first.msgIds[0]);
+      assert.deepEqual([...messages[1]!.body], [1, 2, 3]);
+      assert.equal(messages[1]!.deliverAt, 1_900_000_000_000);
+      assert.equal(messages[2]!.body.toString(), 'three');
+      assert.ok(messages[2]!.brokerTimestamp >= messages[0]!.brokerTimestamp);
+      assert.deepEqual(await store.read('orders', 0, { offset: 0 }), [], 'other channels are untouched');
+      assert.equal(store.describeTopic('orders').owner, 'billing');
+    });
+
+    it('rolls segments by size and reads across them after a reopen', async () => {
+      await store.createTopic('t', { channels: 1 });
+      for (let b = 0; b < 40; b++) {
+        await store.append('t', 0, Array.from({ length: 10 }, (_, i) => ({ key: `k${b * 10 + i}`, body: bodyFor('roll', b * 10 + i) })));
+      }
+      const info = store.describeTopic('t').channelInfo[0]!;
+      assert.ok(info.segments > 2, `expected several segments, got ${info.segments}`);
+      await store.close();
+      store = await openStore(dir, options);
+      assert.deepEqual(store.recoveryReport, []);
+      const all = await store.read('t', 0, { offset: 0, maxMessages: 1000, maxBytes: 16 * 1024 * 1024 });
+      assert.equal(all.length, 400);
+      all.forEach((m, i) => {
+        assert.equal(m.offset, i);
+        assert.ok(m.body.equals(bodyFor('roll', i)), `body ${i}`);
+      });
+      const mid = await store.read('t', 0, { offset: 237, maxMessages: 5 });
+      assert.deepEqual(mid.map((m) => m.offset), [237, 238, 239, 240, 241]);
+      assert.equal((await store.lookupKey('t', 'k5'))[0]!.offset, 5);
+      assert.equal((await store.lookupKey('t', 'k399'))[0]!.offset, 399);
+    });
+
+    it('finds messages by msgId, key and traceid, confirmed against the record', async () => {
+      await store.createTopic('t', { channels: 2 });
+      const sent: Array<{ id: string; channel: number; offset: number }> = [];
+      for (let b = 0; b < 30; b++) {
+        const channel = b % 2;
+        const r = await store.append('t', channel, Array.from({ length: 5 }, (_, i) => ({ key: `user-${(b * 5 + i) % 7}`, body: `m${b * 5 + i}`, headers: { traceid: `trace-${b}` } })));
+        r.msgIds.forEach((id, i) => sent.push({ id, channel, offset: r.baseOffset + i }));
+      }
+      for (const s of [sent[0]!, sent[77]!, sent[149]!]) {
+        const m = await store.lookupMsgId('t', s.id);
+        assert.ok(m, `msgId ${s.id}`);
+        assert.equal(m.channel, s.channel);
+        assert.equal(m.offset, s.offset);
+        assert.equal(m.msgId, s.id);
+      }
+      assert.equal(await store.lookupMsgId('t', '0'.repeat(32)), null);
+      const byKey = await store.lookupKey('t', 'user-3');
+      assert.equal(byKey.length, Math.ceil((150 - 3) / 7));
+      assert.ok(byKey.every((m) => m.key === 'user-3'));
+      for (let i = 1; i < byKey.length; i++) assert.ok(byKey[i - 1]!.brokerTimestamp >= byKey[i]!.brokerTimestamp, 'newest first');
+      assert.equal((await store.lookupKey('t', 'user-3', { limit: 2 })).length, 2);
+      assert.deepEqual(await store.lookupKey('t', 'nobody'), []);
+      const traced = await store.lookupTraceId('t', 'trace-11');
+      assert.equal(traced.length, 5);
+      assert.ok(traced.every((m) => m.channel === 1));
+      const future = Date.now() + 3_600_000;
+      assert.deepEqual(await store.lookupKey('t', 'user-3', { timeFrom: future }), [], 'time range filters');
+      assert.equal((await rejection(store.lookupMsgId('t', 'nothex'))).code, 'INVALID_ARGUMENT');
+    });
+
+    it('answers a retried producer sequence with the original offsets', async () => {
+      await store.createTopic('t', { channels: 1 });
+      const a = await store.append('t', 0, [{ body: 'a' }, { body: 'b' }], { producerId: 9, producerSequence: 0 });
+      const again = await store.append('t', 0, [{ body: 'a' }, { body: 'b' }], { producerId: 9, producerSequence: 0 });
+      assert.equal(again.duplicate, true);
+      assert.equal(again.baseOffset, a.baseOffset);
+      const next = await store.append('t', 0, [{ body: 'c' }], { producerId: 9, producerSequence: 2 });
+      assert.equal(next.baseOffset, 2);
+      const old = await rejection(store.append('t', 0, [{ body: 'z' }], { producerId: 9, producerSequence: 1 }));
+      assert.equal(old.code, 'DUPLICATE_SEQUENCE');
+      assert.equal(store.channelState('t', 0).highWatermark, 3, 'nothing appended twice');
+      await store.close();
+      store = await openStore(dir, options);
+      const afterRestart = await store.append('t', 0, [{ body: 'c' }], { producerId: 9, producerSequence: 2 });
+      assert.equal(afterRestart.duplicate, true, 'producer state survives a restart');
+      assert.equal(store.channelState('t', 0).highWatermark, 3);
+    });
+
+    it('finds offsets by broker time', async () => {
+      await store.createTopic('t', { channels: 1 });
+      const r1 = await store.append('t', 0, [{ body: 'a' }]);
+      let r2 = await store.append('t', 0, [{ body: 'b' }]);
+      while (r2.brokerTimestamp === r1.brokerTimestamp) r2 = await store.append('t', 0, [{ body: 'b' }]);
+      assert.equal(await store.offsetForTime('t', 0, 0), 0);
+      assert.equal(await store.offsetForTime('t', 0, r2.brokerTimestamp), r2.baseOffset);
+      assert.equal(await store.offsetForTime('t', 0, r2.brokerTimestamp + 1), store.channelState('t', 0).highWatermark);
+    });
+  });
+}
+
+describe('engine store: errors change nothing', () => {
+  let dir: string;
+  let store: Store;
+  beforeEach(async () => {
+    dir = tempDir();
+    store = await openStore(dir);
+    await store.createTopic('t', { channels: 2 });
+    await store.append('t', 0, [{ body: 'kept' }]);
+  });
+  afterEach(() => store.close());
+
+  it('answers bad input with typed errors', async () => {
+    assert.equal((await rejection(store.append('nope', 0, [{ body: 'x' }]))).code, 'TOPIC_NOT_FOUND');
+    assert.equal((await rejection(store.append('t', 2, [{ body: 'x' }]))).code, 'CHANNEL_NOT_FOUND');
+    assert.equal((await rejection(store.append('t', -1, [{ body: 'x' }]))).code, 'CHANNEL_NOT_FOUND');
+    assert.equal((await rejection(store.read('t', 0, { offset: 5 }))).code, 'OFFSET_OUT_OF_RANGE');
+    assert.equal((await rejection(store.read('t', 0, { offset: -1 }))).code, 'OFFSET_OUT_OF_RANGE');
+    assert.equal((await rejection(store.createTopic('t', { channels: 1 }))).code, 'TOPIC_EXISTS');
+    assert.equal((await rejection(store.createTopic('bad/name', { channels: 1 }))).code, 'INVALID_NAME');
+    assert.equal((await rejection(store.createTopic('..', { channels: 1 }))).code, 'INVALID_NAME');
+    assert.equal((await rejection(store.createTopic('__trace', { channels: 1 }))).code, 'INVALID_NAME');
+    assert.equal((await rejection(store.createTopic('many', { channels: 100_000 }))).code, 'TOO_MANY_CHANNELS');
+    assert.equal((await rejection(store.createTopic('neg', { channels: 1, retentionMs: -5 }))).code, 'INVALID_ARGUMENT');
+    assert.equal((await rejection(store.append('t', 0, [{ body: Buffer.alloc(9 * 1024 * 1024) }]))).code, 'MESSAGE_TOO_LARGE');
+    assert.equal((await rejection(store.lookupMsgId('t', 'not-hex'))).code, 'INVALID_ARGUMENT');
+    assert.deepEqual(store.listTopics().map((t) => t.name), ['t']);
+    assert.equal(store.channelState('t', 0).highWatermark, 1);
+    assert.equal((await store.read('t', 0, { offset: 0 }))[0]!.body.toString(), 'kept');
+  });
+
+  it('refuses a raw batch whose checksum fails and appends a sound one as it is', async () => {
+    const { batch } = encodeBatch([{ body: 'from the sdk', key: 'sdk' }]);
+    const bad = batch.slice();
+    bad[bad.length - 2]! ^= 0x10;
+    assert.equal((await rejection(store.appendBatch('t', 0, bad))).code, 'CORRUPT_BATCH');
+    assert.equal((await rejection(store.appendBatch('t', 0, batch.subarray(0, 40)))).code, 'CORRUPT_BATCH');
+    assert.equal(store.channelState('t', 0).highWatermark, 1, 'nothing appended');
+    const outcome = await store.appendBatch('t', 0, batch);
+    assert.equal(outcome.baseOffset, 1);
+    const raw = await store.readBatches('t', 0, { offset: 1 });
+    assert.equal(raw.batchCount, 1);
+    assert.ok(raw.bytes.subarray(24).equals(Buffer.from(batch.subarray(24))), 'stored bytes are the sent bytes past the patched fields');
+    assert.equal((await store.lookupKey('t', 'sdk'))[0]!.body.toString(), 'from the sdk');
+  });
+
+  it('StickyWriteError: a failed write refuses every later append until reopened', async () => {
+    // Close the active segment's descriptor behind the engine's back: the next write fails for real (EBADF).
+    const channel = (store as unknown as { topics: Map<string, { channels: Array<{ segments: Array<{ fd: number }> }> }> }).topics.get('t')!.channels[0]!;
+    const active = channel.segments[channel.segments.length - 1]!;
+    const realFd = active.fd;
+    const spare = fs.openSync(path.join(dir, 'spare'), 'w');
+    fs.closeSync(spare);
+    fs.closeSync(realFd);
+    const first = await rejection(store.append('t', 0, [{ body: 'lost' }]));
+    assert.equal(first.code, 'STORAGE_FAILED');
+    const second = await rejection(store.append('t', 0, [{ body: 'also refused' }]));
+    assert.equal(second.code, 'STORAGE_FAILED');
+    assert.equal(store.channelState('t', 0).highWatermark, 1, 'nothing unwritten was acknowledged');
+    await store.append('t', 1, [{ body: 'other channels still work' }]);
+    // Give the segment a live descriptor again so close() can finish cleanly.
+    (active as { fd: number }).fd = fs.openSync(segmentFiles(path.join(dir, 'topics', 't', '0'))[0]!, 'r');
+  });
+});
+
+describe('engine store: topics and retention', () => {
+  it('deletes a topic with its files, and a crash mid-create leaves no trace', async () => {
+    const dir = tempDir();
+    let store = await openStore(dir);
+    await store.createTopic('gone', { channels: 2 });
+    await store.append('gone', 1, [{ body: 'x' }]);
+    await store.deleteTopic('gone');
+    assert.equal(fs.existsSync(path.join(dir, 'topics', 'gone')), false);
+    assert.equal((await rejection(store.read('gone', 0, { offset: 0 }))).code, 'TOPIC_NOT_FOUND');
+    await store.close();
+    fs.mkdirSync(path.join(dir, 'topics', '.creating-half'));
+    store = await openStore(dir);
+    assert.deepEqual(store.listTopics(), []);
+    assert.equal(fs.existsSync(path.join(dir, 'topics', '.creating-half')), false);
+    await store.close();
+  });
+
+  it('deletes whole old segments by total bytes and by age, never the active one', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir, { segmentBytes: 8 * 1024 });
+    await store.createTopic('bytes', { channels: 1, retentionBytes: 40 * 1024 });
+    await store.createTopic('age', { channels: 1, retentionMs: 60_000 });
+    for (let i = 0; i < 60; i++) {
+      await store.append('bytes', 0, [{ body: bodyFor('r', i, 2000) }, { body: bodyFor('s', i, 2000) }]);
+      await store.append('age', 0, [{ body: bodyFor('r', i, 2000) }]);
+    }
+    const before = store.describeTopic('bytes').channelInfo[0]!;
+    assert.ok(before.bytes > 40 * 1024);
+    assert.ok(store.applyRetention(Date.now()) > 0);
+    const after = store.describeTopic('bytes').channelInfo[0]!;
+    assert.ok(after.bytes <= 40 * 1024 + 8 * 1024, `bytes ${after.bytes}`);
+    assert.ok(after.logStartOffset > 0);
+    assert.equal(after.highWatermark, before.highWatermark);
+    const first = await store.read('bytes', 0, { offset: after.logStartOffset, maxMessages: 1 });
+    assert.equal(first[0]!.offset, after.logStartOffset);
+    assert.equal((await rejection(store.read('bytes', 0, { offset: 0 }))).code, 'OFFSET_OUT_OF_RANGE');
+    const ageBefore = store.describeTopic('age').channelInfo[0]!;
+    assert.equal(store.describeTopic('age').channelInfo[0]!.logStartOffset, 0, 'young segments stay');
+    store.applyRetention(Date.now() + 3_600_000);
+    const ageAfter = store.describeTopic('age').channelInfo[0]!;
+    assert.equal(ageAfter.segments, 1, 'only the active segment is left');
+    assert.equal(ageAfter.highWatermark, ageBefore.highWatermark);
+    await store.close();
+    const reopened = await openStore(dir, { segmentBytes: 8 * 1024 });
+    assert.equal(reopened.describeTopic('bytes').channelInfo[0]!.logStartOffset, after.logStartOffset);
+    await reopened.close();
+  });
+});
+
+describe('engine store: concurrency', () => {
+  it('many concurrent appenders on several channels get dense, ordered offsets', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir, { segmentBytes: 64 * 1024 });
+    const channels = 3;
+    await store.createTopic('c', { channels });
+    const appenders = 12;
+    const rounds = 40;
+    const seen: Array<Array<{ appender: number; round: number; baseOffset: number; count: number }>> = Array.from({ length: channels }, () => []);
+    await Promise.all(
+      Array.from({ length: appenders }, async (_, a) => {
+        for (let round = 0; round < rounds; round++) {
+          const channel = (a + round) % channels;
+          const count = 1 + ((a * 7 + round) % 5);
+          const messages = Array.from({ length: count }, (_, i) => ({ body: `${a}:${round}:${i}` }));
+          const r = await store.append('c', channel, messages);
+          seen[channel]!.push({ appender: a, round, baseOffset: r.baseOffset, count });
+        }
+      }),
+    );
+    for (let c = 0; c < channels; c++) {
+      const list = seen[c]!.sort((x, y) => x.baseOffset - y.baseOffset);
+      let expected = 0;
+      for (const s of list) {
+        assert.equal(s.baseOffset, expected, `channel ${c} offsets are dense`);
+        expected += s.count;
+      }
+      const stored = await store.read('c', c, { offset: 0, maxMessages: 100_000, maxBytes: 64 * 1024 * 1024 });
+      assert.equal(stored.length, expected);
+      for (const s of list) {
+        for (let i = 0; i < s.count; i++) assert.equal(stored[s.baseOffset + i]!.body.toString(), `${s.appender}:${s.round}:${i}`);
+      }
+      // Each appender's own appends land in the order it made them.
+      for (let a = 0; a < appenders; a++) {
+        const mine = list.filter((s) => s.appender === a).map((s) => s.round);
+        assert.deepEqual(mine, [...mine].sort((x, y) => x - y));
+      }
+    }
+    await store.close();
+  });
+});

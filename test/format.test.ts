@@ -1,0 +1,195 @@
+import { strict as assert } from 'node:assert';
+import {
+  batchHeaderBytes,
+  BatchOffset,
+  decodeRecords,
+  encodeBatch,
+  formatLimits,
+  loadChecksum,
+  msgIdFromHex,
+  msgIdTime,
+  msgIdToHex,
+  MsgIdGenerator,
+  patchBatch,
+  probeHeader,
+  Reader,
+  validateBatch,
+  writeVarint,
+  zigzag,
+  unzigzag,
+  varintSize,
+  Compression,
+  errorCodeFromWire,
+  ErrorTable,
+  type MessageInput,
+} from '../engine/format/index';
+import { lz4Codec } from '../engine/codec';
+import { thrown } from './helpers';
+
+const codecs = [
+  { name: 'lz4 off', codec: null },
+  { name: 'lz4 on', codec: lz4Codec },
+] as const;
+
+describe('format: varints', () => {
+  it('round-trips values across every length up to 2^53-1', () => {
+    const values = [0, 1, 127, 128, 16383, 16384, 2 ** 21, 2 ** 28 - 1, 2 ** 28, 2 ** 35 + 7, 2 ** 49, Number.MAX_SAFE_INTEGER];
+    for (const v of values) {
+      const buf = new Uint8Array(10);
+      const end = writeVarint(buf, 0, v);
+      assert.equal(end, varintSize(v), `size of ${v}`);
+      const r = new Reader(buf, 0, end);
+      assert.equal(r.varint(), v);
+      assert.equal(r.pos, end);
+    }
+  });
+
+  it('zigzag maps signed values both ways', () => {
+    for (const v of [0, -1, 1, -2, 2, -(2 ** 40), 2 ** 40]) assert.equal(unzigzag(zigzag(v)), v);
+  });
+
+  it('VarintPastEndIsCorrupt', () => {
+    const err = thrown(() => new Reader(new Uint8Array([0x80, 0x80]), 0, 2).varint());
+    assert.equal(err.code, 'CORRUPT_BATCH');
+  });
+});
+
+describe('format: msgId', () => {
+  it('is time-ordered and strictly increasing within one generator', () => {
+    const gen = new MsgIdGenerator();
+    let prev = '';
+    for (let i = 0; i < 5000; i++) {
+      const id = msgIdToHex(gen.next(1_700_000_000_000 + (i >> 10)));
+      assert.ok(id > prev, `${id} > ${prev}`);
+      prev = id;
+    }
+  });
+
+  it('carries its millisecond and round-trips through hex', () => {
+    const id = new MsgIdGenerator().next(1_795_000_000_123);
+    assert.equal(msgIdTime(id), 1_795_000_000_123);
+    assert.deepEqual(msgIdFromHex(msgIdToHex(id)), id);
+    assert.equal(msgIdFromHex('xyz'), null);
+  });
+});
+
+describe('format: error table', () => {
+  it('maps every code to a unique wire number and back', () => {
+    const wires = new Set<number>();
+    for (const [code, row] of Object.entries(ErrorTable)) {
+      assert.ok(!wires.has(row.wire));
+      wires.add(row.wire);
+      assert.equal(errorCodeFromWire(row.wire), code);
+    }
+    assert.equal(errorCodeFromWire(9999), 'INTERNAL');
+  });
+});
+
+describe('format: record batches', () => {
+  before(() => loadChecksum());
+
+  for (const { name, codec } of codecs) {
+    it(`round-trips every field (${name})`, () => {
+      const now = 1_795_000_000_000;
+      const messages: MessageInput[] = [
+        { body: 'plain', timestamp: now },
+        { key: 'order-17', body: new Uint8Array([0, 1, 2, 255]), headers: { traceid: 'abc', 'content-type': 'bin' }, timestamp: now + 5 },
+        { key: new Uint8Array([0xde, 0xad]), body: '', deliverAt: now + 60_000, timestamp: now - 3 },
+        { body: 'x'.repeat(5000), headers: [{ name: 'h', value: new Uint8Array(0) }] },
+      ];
+      const { batch, msgIds } = encodeBatch(messages, { codec, producerId: 42, producerSequence: 7 });
+      const header = validateBatch(batch);
+      assert.equal(header.recordCount, 4);
+      assert.equal(header.producerId, 42);
+      assert.equal(header.producerSequence, 7);
+      if (codec) assert.equal(header.flags & 7, Compression.lz4, 'a compressible batch is compressed');
+      const records = decodeRecords(batch, 0, header, lz4Codec);
+      assert.equal(records.length, 4);
+      assert.deepEqual(records.map((r) => msgIdToHex(r.msgId)), msgIds.map(msgIdToHex));
+      assert.equal(Buffer.from(records[0]!.body).toString(), 'plain');
+      assert.equal(records[0]!.key, null);
+      assert.equal(records[0]!.timestamp, now);
+      assert.equal(Buffer.from(records[1]!.key!).toString(), 'order-17');
+      assert.deepEqual([...records[1]!.body], [0, 1, 2, 255]);
+      assert.deepEqual(records[1]!.headers.map((h) => [h.name, Buffer.from(h.value).toString()]), [['traceid', 'abc'], ['content-type', 'bin']]);
+      assert.equal(records[1]!.timestamp, now + 5);
+      assert.deepEqual([...records[2]!.key!], [0xde, 0xad]);
+      assert.equal(records[2]!.body.length, 0);
+      assert.equal(records[2]!.deliverAt, now + 60_000);
+      assert.equal(records[2]!.timestamp, now - 3);
+      assert.equal(records[3]!.deliverAt, null);
+      assert.equal(records[3]!.body.length, 5000);
+      assert.deepEqual(records.map((r) => r.offset), [0, 1, 2, 3]);
+    });
+
+    it(`round-trips every field at its limit (${name})`, () => {
+      const body = new Uint8Array(formatLimits.messageBytesMax);
+      for (let i = 0; i < body.length; i += 4096) body[i] = i & 0xff;
+      const key = 'k'.repeat(formatLimits.keyBytesMax);
+      const headers: Record<string, string> = {};
+      const valueBytes = Math.floor(formatLimits.headersBytesMax / formatLimits.headerCountMax) - 4;
+      for (let i = 0; i < formatLimits.headerCountMax; i++) headers[`h${String(i).padStart(3, '0')}`] = 'v'.repeat(valueBytes);
+      const { batch } = encodeBatch([{ key, body, headers, deliverAt: 253402300799999 /* 9999-12-31 */ }], { codec });
+      const header = validateBatch(batch);
+      const [record] = decodeRecords(batch, 0, header, lz4Codec);
+      assert.equal(record!.body.length, formatLimits.messageBytesMax);
+      assert.ok(Buffer.from(record!.body).equals(Buffer.from(body)));
+      assert.equal(record!.key!.length, formatLimits.keyBytesMax);
+      assert.equal(record!.headers.length, formatLimits.headerCountMax);
+    });
+  }
+
+  it('refuses every field past its limit with a typed error', () => {
+    assert.equal(thrown(() => encodeBatch([{ body: new Uint8Array(formatLimits.messageBytesMax + 1) }])).code, 'MESSAGE_TOO_LARGE');
+    assert.equal(thrown(() => encodeBatch([{ key: 'k'.repeat(formatLimits.keyBytesMax + 1), body: '' }])).code, 'KEY_TOO_LARGE');
+    const many: Record<string, string> = {};
+    for (let i = 0; i <= formatLimits.headerCountMax; i++) many[`h${i}`] = '';
+    assert.equal(thrown(() => encodeBatch([{ headers: many, body: '' }])).code, 'HEADERS_TOO_LARGE');
+    assert.equal(thrown(() => encodeBatch([{ headers: { big: 'v'.repeat(formatLimits.headersBytesMax) }, body: '' }])).code, 'HEADERS_TOO_LARGE');
+    assert.equal(thrown(() => encodeBatch([])).code, 'INVALID_ARGUMENT');
+    const big = Array.from({ length: 3 }, () => ({ body: new Uint8Array(formatLimits.messageBytesMax) }));
+    assert.equal(thrown(() => encodeBatch(big)).code, 'BATCH_TOO_LARGE');
+    assert.equal(thrown(() => encodeBatch([{ body: '', msgId: new Uint8Array(3) }])).code, 'INVALID_ARGUMENT');
+  });
+
+  it('keeps its checksum when the broker patches offset and time', () => {
+    const { batch } = encodeBatch([{ body: 'a' }, { body: 'b' }]);
+    patchBatch(batch, 123456789, 1_795_000_000_000);
+    const header = validateBatch(batch);
+    assert.equal(header.baseOffset, 123456789);
+    assert.equal(header.brokerTimestamp, 1_795_000_000_000);
+    assert.deepEqual(decodeRecords(batch, 0, header, null).map((r) => r.offset), [123456789, 123456790]);
+  });
+
+  for (const { name, codec } of codecs) {
+    it(`BitRotAnywhereCoveredIsDetected (${name})`, () => {
+      const { batch } = encodeBatch(
+        Array.from({ length: 30 }, (_, i) => ({ key: `key-${i}`, body: `message body number ${i} `.repeat(20), headers: { traceid: `t${i}` } })),
+        { codec },
+      );
+      for (let pos = 0; pos < batch.length; pos++) {
+        const copy = batch.slice();
+        copy[pos] ^= 0x01 << pos % 8;
+        if (pos < BatchOffset.checksum) {
+          // baseOffset and brokerTimestamp sit outside the checksum by design: the broker patches them.
+          validateBatch(copy);
+          continue;
+        }
+        const err = thrown(() => validateBatch(copy));
+        assert.equal(err.code, 'CORRUPT_BATCH', `flip at ${pos}`);
+      }
+    });
+  }
+
+  it('tells a corrupt length from a cut-short batch', () => {
+    const { batch } = encodeBatch([{ body: 'hello world' }]);
+    assert.equal(probeHeader(batch, 0, batch.length - 1).kind, 'short');
+    assert.equal(probeHeader(batch, 0, batchHeaderBytes - 1).kind, 'short');
+    const bad = batch.slice();
+    bad[BatchOffset.batchLength] ^= 0x40; // length now disagrees with recordsLength
+    assert.equal(probeHeader(bad, 0).kind, 'corrupt');
+    const badMagic = batch.slice();
+    badMagic[BatchOffset.magic] = 0;
+    assert.equal(probeHeader(badMagic, 0).kind, 'corrupt');
+  });
+});

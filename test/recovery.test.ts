@@ -1,0 +1,169 @@
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { openStore, batchHeaderBytes, type Store } from '../engine/index';
+import { bodyFor, copyFolder, flipByte, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
+
+after(removeTempDirs);
+
+const channelDir = (dir: string): string => path.join(dir, 'topics', 't', '0');
+
+/**
+ * Builds a store with `batches` batches on channel 0 of topic t and returns a copy of its
+ * folder taken while the store was still open — what a crash leaves on disk — plus the
+ * byte position where each batch starts in the active segment.
+ */
+async function crashImage(batches: number, segmentBytes = 1024 * 1024): Promise<{ image: string; starts: number[]; sizes: number[] }> {
+  const live = tempDir();
+  const store = await openStore(live, { segmentBytes });
+  await store.createTopic('t', { channels: 1 });
+  const starts: number[] = [];
+  const sizes: number[] = [];
+  for (let b = 0; b < batches; b++) {
+    const before = activeSize(live);
+    await store.append('t', 0, Array.from({ length: 3 }, (_, i) => ({ key: `k${b}`, body: bodyFor('img', b * 3 + i, 200) })));
+    const after = activeSize(live);
+    if (after < before) starts.length = sizes.length = 0; // rolled: positions restart
+    starts.push(after < before ? 0 : before);
+    sizes.push(after - (after < before ? 0 : before));
+  }
+  const image = tempDir();
+  copyFolder(live, image);
+  await store.close();
+  return { image, starts, sizes };
+}
+
+function activeSize(dir: string): number {
+  const logs = segmentFiles(channelDir(dir));
+  return logs.length ? fs.statSync(logs[logs.length - 1]!).size : 0;
+}
+
+async function readAll(store: Store): Promise<Array<{ offset: number; body: Buffer }>> {
+  const { highWatermark } = store.channelState('t', 0);
+  if (highWatermark === 0) return [];
+  return store.read('t', 0, { offset: store.channelState('t', 0).logStartOffset, maxMessages: 100_000, maxBytes: 64 * 1024 * 1024 });
+}
+
+describe('recovery: torn tails', () => {
+  it('PartialLastIsIgnored: a last batch cut at every byte is dropped silently, everything before it kept', async function () {
+    this.timeout(120_000);
+    const { image, starts, sizes } = await crashImage(6);
+    const lastStart = starts[starts.length - 1]!;
+    const lastSize = sizes[sizes.length - 1]!;
+    const log = segmentFiles(channelDir(image))[0]!;
+    for (let cut = 0; cut < lastSize; cut++) {
+      const copy = tempDir();
+      copyFolder(image, copy);
+      truncateTail(segmentFiles(channelDir(copy))[0]!, lastStart + cut);
+      const store = await openStore(copy);
+      try {
+        const messages = await readAll(store);
+        assert.equal(messages.length, 15, `cut at ${cut}: the five whole batches remain`);
+        messages.forEach((m, i) => assert.ok(m.body.equals(bodyFor('img', i, 200)), `cut ${cut} body ${i}`));
+        if (cut === 0) assert.deepEqual(store.recoveryReport, []);
+        else {
+          assert.equal(store.recoveryReport.length, 1);
+          assert.equal(store.recoveryReport[0]!.kind, 'torn');
+          assert.equal(store.recoveryReport[0]!.bytesDropped, cut);
+        }
+        // The channel appends right after the recovered tail.
+        const next = await store.append('t', 0, [{ body: 'after' }]);
+        assert.equal(next.baseOffset, 15);
+      } finally {
+        await store.close();
+        fs.rmSync(copy, { recursive: true, force: true });
+      }
+    }
+    assert.ok(fs.statSync(log).size >= lastStart + lastSize, 'the image itself is untouched');
+  });
+
+  it('a crash image without a checkpoint opens by scanning every segment', async () => {
+    const { image } = await crashImage(40, 4 * 1024);
+    assert.ok(segmentFiles(channelDir(image)).length > 2);
+    fs.rmSync(path.join(channelDir(image), 'checkpoint.json'));
+    for (const ext of ['oix', 'tix', 'kix']) for (const f of segmentFiles(channelDir(image), ext)) fs.rmSync(f);
+    const store = await openStore(image, { segmentBytes: 4 * 1024 });
+    const messages = await readAll(store);
+    assert.equal(messages.length, 120);
+    assert.deepEqual((await store.lookupKey('t', 'k3')).map((m) => m.offset), [11, 10, 9], 'key index rebuilt (newest first)');
+    await store.close();
+  });
+});
+
+describe('recovery: corruption', () => {
+  it('ChecksumMismatch in the middle of the active segment is reported with the bytes dropped, and the bytes are saved aside', async () => {
+    const { image, starts } = await crashImage(8);
+    const log = segmentFiles(channelDir(image))[0]!;
+    const size = fs.statSync(log).size;
+    const victim = 4;
+    flipByte(log, starts[victim]! + batchHeaderBytes + 10);
+    const findings: unknown[] = [];
+    const store = await openStore(image, { onRecovery: (f) => findings.push(f) });
+    try {
+      assert.equal(store.recoveryReport.length, 1);
+      const finding = store.recoveryReport[0]!;
+      assert.equal(finding.kind, 'corrupt');
+      assert.equal(finding.position, starts[victim]);
+      assert.equal(finding.bytesDropped, size - starts[victim]!);
+      assert.match(finding.reason, /checksum/);
+      assert.equal(findings.length, 1, 'the onRecovery hook saw it');
+      assert.equal(fs.statSync(finding.savedTo!).size, finding.bytesDropped, 'dropped bytes are kept in a side file');
+      const messages = await readAll(store);
+      assert.equal(messages.length, victim * 3);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('BitRot in a sealed segment: reads of that batch fail with CORRUPT_FILE, the rest of the channel still serves', async () => {
+    const dir = tempDir();
+    let store = await openStore(dir, { segmentBytes: 4 * 1024 });
+    await store.createTopic('t', { channels: 1 });
+    for (let b = 0; b < 30; b++) await store.append('t', 0, [{ body: bodyFor('rot', b, 400) }]);
+    await store.close();
+    const first = segmentFiles(channelDir(dir))[0]!;
+    flipByte(first, batchHeaderBytes + 20);
+    store = await openStore(dir, { segmentBytes: 4 * 1024 });
+    try {
+      assert.deepEqual(store.recoveryReport, [], 'sealed segments are trusted at open (checkpoint), not read');
+      const err = await store.read('t', 0, { offset: 0 }).then(
+        () => null,
+        (e: Error & { code?: string }) => e,
+      );
+      assert.equal(err?.code, 'CORRUPT_FILE');
+      const later = await store.read('t', 0, { offset: 25, maxMessages: 5 });
+      assert.deepEqual(later.map((m) => m.offset), [25, 26, 27, 28, 29]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  for (const ext of ['oix', 'tix', 'kix'] as const) {
+    it(`a flipped byte anywhere in a .${ext} file is caught and the index rebuilt from the log`, async () => {
+      const dir = tempDir();
+      let store = await openStore(dir, { segmentBytes: 16 * 1024 });
+      await store.createTopic('t', { channels: 1 });
+      for (let b = 0; b < 60; b++) await store.append('t', 0, [{ key: `key-${b}`, body: bodyFor('idx', b, 600) }]);
+      await store.close();
+      const file = segmentFiles(channelDir(dir), ext)[0]!;
+      const original = fs.readFileSync(file);
+      // Header bytes, the first entry and the last byte: each flip must be caught.
+      for (const position of [0, 4, 9, 17, 26, 40, 70, original.length - 1]) {
+        if (position >= original.length) continue;
+        fs.writeFileSync(file, original);
+        flipByte(file, position, 0x04);
+        store = await openStore(dir, { segmentBytes: 16 * 1024 });
+        try {
+          const found = await store.lookupKey('t', 'key-3');
+          assert.equal(found.length, 1, `flip at ${position}`);
+          assert.equal(found[0]!.offset, 3);
+          const some = await store.read('t', 0, { offset: 2, maxMessages: 3 });
+          assert.deepEqual(some.map((m) => m.offset), [2, 3, 4]);
+          assert.ok(fs.readFileSync(file).equals(original), `flip at ${position}: the rebuilt index equals the original`);
+        } finally {
+          await store.close();
+        }
+      }
+    });
+  }
+});
