@@ -325,6 +325,20 @@ export class Store {
     return { logStartOffset: log.logStartOffset, highWatermark: log.highWatermark };
   }
 
+  /** Calls `watcher` whenever the channel's high watermark advances; returns the way to stop. */
+  watch(topic: string, channel: number, watcher: () => void): () => void {
+    return this.channel(topic, channel).watch(watcher);
+  }
+
+  /** See ChannelLog.stableTimestamp: the broker time up to which the channel is complete. */
+  stableTimestamp(topic: string, channel: number, now?: number): number {
+    return this.channel(topic, channel).stableTimestamp(now);
+  }
+
+  topicInfo(name: string): TopicInfo {
+    return { ...this.topic(name).info };
+  }
+
   /** The first offset with broker time ≥ `timestamp` (the high watermark when none). */
   offsetForTime(topic: string, channel: number, timestamp: number): Promise<number> {
     return this.channel(topic, channel).offsetForTime(timestamp);

@@ -29,6 +29,10 @@ export const ErrorTable = {
   CORRUPT_BATCH: { wire: 14, http: 400, text: 'the record batch fails its checksum or structure check' },
   UNSUPPORTED_VERSION: { wire: 15, http: 400, text: 'the format version is not supported' },
   DUPLICATE_SEQUENCE: { wire: 16, http: 409, text: 'an older producer sequence was resent; it is already stored' },
+  UNSUPPORTED: { wire: 17, http: 501, text: 'not supported by this broker yet' },
+  SUBSCRIPTION_NOT_FOUND: { wire: 18, http: 404, text: 'no such subscription on this connection' },
+  TOO_MANY_REQUESTS: { wire: 19, http: 429, text: 'too many requests in flight' },
+  NOT_READY: { wire: 20, http: 400, text: 'send hello first' },
   // --- server-side conditions (5xx / 503) ---
   STORE_CLOSED: { wire: 40, http: 503, text: 'the store is closed' },
   STORE_LOCKED: { wire: 41, http: 503, text: 'the data folder is locked by another process' },

@@ -6,3 +6,4 @@ export * from './msg-id';
 export * from './varint';
 export * from './record-batch';
 export * from './index-keys';
+export * from './repack';

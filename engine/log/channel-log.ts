@@ -90,6 +90,9 @@ export class ChannelLog {
   private dirty = false; // written but not fdatasynced (sync modes interval / none)
   private syncTimer: NodeJS.Timeout | null = null;
   private readonly producers = new Map<number, ProducerState>();
+  private readonly watchers = new Set<() => void>();
+  /** Broker time of the oldest appended-but-unacknowledged batch, null when none. */
+  private uncommittedFirstTimestamp: number | null = null;
   highWatermark = 0;
 
   private constructor(
@@ -222,6 +225,7 @@ export class ChannelLog {
     this.nextOffset += header.recordCount;
     const brokerTimestamp = Math.max(Date.now(), this.lastBrokerTimestamp);
     this.lastBrokerTimestamp = brokerTimestamp;
+    this.uncommittedFirstTimestamp ??= brokerTimestamp;
     patchBatch(batch, baseOffset, brokerTimestamp);
     header.baseOffset = baseOffset;
     header.brokerTimestamp = brokerTimestamp;
@@ -257,7 +261,9 @@ export class ChannelLog {
         const last = group[group.length - 1]!;
         this.highWatermark = last.baseOffset + last.header.recordCount;
         this.committedSize = this.active.size;
+        this.uncommittedFirstTimestamp = this.queue.length > 0 ? this.queue[0]!.brokerTimestamp : null;
         for (const p of group) p.resolve({ baseOffset: p.baseOffset, recordCount: p.header.recordCount, brokerTimestamp: p.brokerTimestamp, duplicate: false });
+        if (this.watchers.size > 0) for (const watcher of this.watchers) watcher();
       }
     } finally {
       this.flushing = null;
@@ -341,6 +347,23 @@ export class ChannelLog {
         this.fail(err, []);
       },
     );
+  }
+
+  /** Calls `watcher` each time the high watermark advances; returns the way to stop. */
+  watch(watcher: () => void): () => void {
+    this.watchers.add(watcher);
+    return () => this.watchers.delete(watcher);
+  }
+
+  /**
+   * The broker time up to which this channel is complete: every message with a broker
+   * time ≤ it is already readable, and no later append can get such a time (broker times
+   * are assigned in order and never decrease). Time-tick packs close at the minimum of
+   * this over their channels.
+   */
+  stableTimestamp(now: number = Date.now()): number {
+    if (this.uncommittedFirstTimestamp !== null) return this.uncommittedFirstTimestamp - 1;
+    return Math.max(now, this.lastBrokerTimestamp) - 1;
   }
 
   get failed(): WaymarkError | null {

@@ -1,0 +1,97 @@
+/**
+ * The broker core that both front doors (WebSocket and HTTP) call: produce with metrics,
+ * start positions for subscriptions. No business logic the engine should own lives here —
+ * only the wiring of store, group positions and metrics.
+ */
+import { WaymarkError, type Store } from '../engine/index';
+import { GroupPositions, checkGroupName, type GroupPosition } from './groups';
+import { BrokerMetrics } from './metrics';
+
+export interface ChannelAppend {
+  channel: number;
+  baseOffset: number;
+  recordCount: number;
+  brokerTimestamp: number;
+  duplicate: boolean;
+}
+
+export type StartKind = 'committed' | 'earliest' | 'latest';
+
+export interface StartRequest {
+  topic: string;
+  group: string;
+  channels: readonly number[];
+  start: StartKind;
+  fallback: 'earliest' | 'latest';
+  positions: readonly GroupPosition[];
+  startTimestamp: number;
+}
+
+export class Broker {
+  constructor(
+    readonly store: Store,
+    readonly groups: GroupPositions,
+    readonly metrics: BrokerMetrics,
+  ) {}
+
+  static async open(store: Store): Promise<Broker> {
+    return new Broker(store, await GroupPositions.open(store), new BrokerMetrics());
+  }
+
+  /**
+   * Appends a client-built batch (validated by the store) to one channel, or a copy of it to
+   * every channel (broadcast). `batch` is owned by the broker from here on.
+   */
+  async produce(topic: string, channel: number, batch: Uint8Array, broadcast: boolean): Promise<ChannelAppend[]> {
+    if (topic.startsWith('__')) throw new WaymarkError('INVALID_NAME', `system topic ${topic} is written by the broker only`);
+    const channels = broadcast ? [...Array(this.store.topicInfo(topic).channels).keys()] : [channel];
+    const started = performance.now();
+    const outcomes = await Promise.all(channels.map((c, i) => this.store.appendBatch(topic, c, i === 0 ? batch : batch.slice())));
+    this.metrics.commitLatency.observe((performance.now() - started) / 1000);
+    return outcomes.map((o, i) => {
+      const c = channels[i]!;
+      if (!o.duplicate) {
+        this.metrics.appendedMessages.inc([topic, c], o.recordCount);
+        this.metrics.appendedBytes.inc([topic, c], batch.length);
+      }
+      return { channel: c, baseOffset: o.baseOffset, recordCount: o.recordCount, brokerTimestamp: o.brokerTimestamp, duplicate: o.duplicate };
+    });
+  }
+
+  /** The channels a subscription covers: the asked ones (checked) or all. */
+  channelsOf(topic: string, asked: readonly number[]): number[] {
+    const count = this.store.topicInfo(topic).channels;
+    if (asked.length === 0) return [...Array(count).keys()];
+    for (const c of asked) if (!Number.isInteger(c) || c < 0 || c >= count) throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${topic} has channels 0..${count - 1}, not ${c}`);
+    return [...new Set(asked)];
+  }
+
+  /** Where each channel of a new subscription starts (Milvus: committed position, or earliest/latest). */
+  async startPositions(request: StartRequest): Promise<Map<number, number>> {
+    checkGroupName(request.group);
+    const positions = new Map<number, number>();
+    const explicit = new Map(request.positions.map((p) => [p.channel, p.offset]));
+    for (const channel of request.channels) {
+      const state = this.store.channelState(request.topic, channel);
+      let offset: number;
+      if (explicit.has(channel)) offset = explicit.get(channel)!;
+      else if (request.startTimestamp > 0) offset = await this.store.offsetForTime(request.topic, channel, request.startTimestamp);
+      else if (request.start === 'earliest') offset = state.logStartOffset;
+      else if (request.start === 'latest') offset = state.highWatermark;
+      else {
+        const committed = await this.groups.get(request.topic, request.group, channel);
+        offset = committed ? committed.offset : request.fallback === 'latest' ? state.highWatermark : state.logStartOffset;
+      }
+      positions.set(channel, clampPosition(offset, state, channel));
+    }
+    return positions;
+  }
+}
+
+/** An explicit position must lie in [logStartOffset, highWatermark]; a committed one below the start (retention) moves up. */
+export function clampPosition(offset: number, state: { logStartOffset: number; highWatermark: number }, channel: number): number {
+  if (!Number.isSafeInteger(offset) || offset < 0 || offset > state.highWatermark) {
+    throw new WaymarkError('OFFSET_OUT_OF_RANGE', `channel ${channel}: offset ${offset} is outside [${state.logStartOffset}, ${state.highWatermark}]`);
+  }
+  return Math.max(offset, state.logStartOffset);
+}

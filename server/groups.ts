@@ -1,0 +1,91 @@
+/**
+ * Committed positions of stream consumer groups, kept in the `__groups` system topic — an
+ * ordinary segment set (DESIGN §3: no second storage engine). Each commit appends one record
+ * per channel with key `<topic>/<group>/<channel>` and body `{"offset":N,"timestamp":T}`;
+ * the latest position of a key is found through the key index (newest first), so nothing is
+ * scanned at start-up and a cache holds what was read or written since.
+ *
+ * Invariant: a commit is acknowledged only once its record is durable (the store's sync
+ * mode), so an acknowledged commit survives a restart.
+ */
+import { checkTopicName, WaymarkError, type Store } from '../engine/index';
+import { protocolLimits } from '../protocol/limits';
+
+export const groupsTopic = '__groups';
+
+export interface GroupPosition {
+  channel: number;
+  /** The next offset to consume. */
+  offset: number;
+  /** Broker time of the last consumed message (ms), 0 when unknown. */
+  timestamp: number;
+}
+
+/** Positions cached at most (a bound on memory; evicted ones are read back from the index). */
+const cachedPositionCountMax = 100_000;
+
+export function checkGroupName(group: string): void {
+  if (typeof group !== 'string' || group.length === 0 || Buffer.byteLength(group) > protocolLimits.groupNameBytesMax || !/^[A-Za-z0-9_][A-Za-z0-9._-]*$/.test(group)) {
+    throw new WaymarkError('INVALID_NAME', `group name ${JSON.stringify(group)}: use 1-${protocolLimits.groupNameBytesMax} characters of A-Z a-z 0-9 . _ -`);
+  }
+}
+
+export class GroupPositions {
+  private readonly cache = new Map<string, GroupPosition | null>();
+
+  private constructor(private readonly store: Store) {}
+
+  static async open(store: Store): Promise<GroupPositions> {
+    if (!store.hasTopic(groupsTopic)) await store.createTopic(groupsTopic, { channels: 1, owner: 'waymark' }, { system: true });
+    return new GroupPositions(store);
+  }
+
+  private static key(topic: string, group: string, channel: number): string {
+    return `${topic}/${group}/${channel}`;
+  }
+
+  async get(topic: string, group: string, channel: number): Promise<GroupPosition | null> {
+    const key = GroupPositions.key(topic, group, channel);
+    if (this.cache.has(key)) return this.cache.get(key)!;
+    const [latest] = await this.store.lookupKey(groupsTopic, key, { limit: 1 });
+    let position: GroupPosition | null = null;
+    if (latest) {
+      const parsed = JSON.parse(latest.body.toString('utf8')) as { offset: number; timestamp: number };
+      position = { channel, offset: parsed.offset, timestamp: parsed.timestamp };
+    }
+    this.remember(key, position);
+    return position;
+  }
+
+  async commit(topic: string, group: string, positions: readonly GroupPosition[]): Promise<void> {
+    checkTopicName(topic, true);
+    checkGroupName(group);
+    if (positions.length === 0) return;
+    const channels = this.store.topicInfo(topic).channels;
+    for (const p of positions) {
+      if (!Number.isInteger(p.channel) || p.channel < 0 || p.channel >= channels) throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${topic} has no channel ${p.channel}`);
+      if (!Number.isSafeInteger(p.offset) || p.offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `offset ${p.offset} is not a valid position`);
+    }
+    await this.store.append(
+      groupsTopic,
+      0,
+      positions.map((p) => ({ key: GroupPositions.key(topic, group, p.channel), body: JSON.stringify({ offset: p.offset, timestamp: p.timestamp }) })),
+    );
+    for (const p of positions) this.remember(GroupPositions.key(topic, group, p.channel), { ...p });
+  }
+
+  /** Every cached position (for /metrics lag), as [topic, group, position]. */
+  *cached(): Generator<[string, string, GroupPosition]> {
+    for (const [key, position] of this.cache) {
+      if (!position) continue;
+      const [topic, group] = key.split('/');
+      yield [topic!, group!, position];
+    }
+  }
+
+  private remember(key: string, position: GroupPosition | null): void {
+    this.cache.delete(key);
+    this.cache.set(key, position);
+    if (this.cache.size > cachedPositionCountMax) this.cache.delete(this.cache.keys().next().value!);
+  }
+}

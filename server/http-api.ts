@@ -1,0 +1,265 @@
+/**
+ * The HTTP API (DESIGN §1), served by µWS on the same port as the WebSocket endpoint.
+ * JSON in and out; errors are {"error": {"code", "message"}} with the status from the error
+ * table. A µWS request object is only valid until the handler returns, so every header,
+ * parameter and query value is read before the first await.
+ */
+import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js';
+import { channelForKey, msgIdFromHex, MsgIdGenerator, WaymarkError, encodeBatch, lz4Codec, formatLimits, type StoredMessage, type Header } from '../engine/index';
+import { ErrorTable } from '../protocol/errors';
+import { toWaymarkError } from '../protocol/frames';
+import type { Broker } from './broker';
+import { topicInfoWire } from './session';
+
+interface Reply {
+  status: number;
+  body: string;
+  contentType?: string;
+}
+
+const json = (value: unknown, status = 200): Reply => ({ status, body: JSON.stringify(value) });
+const statusText: Record<number, string> = { 200: 'OK', 201: 'Created', 400: 'Bad Request', 404: 'Not Found', 409: 'Conflict', 413: 'Payload Too Large', 416: 'Range Not Satisfiable', 429: 'Too Many Requests', 500: 'Internal Server Error', 501: 'Not Implemented', 503: 'Service Unavailable' };
+
+export interface HttpContext {
+  broker: Broker;
+  /** Extra metrics text (lag gauges etc.) appended to /metrics. */
+  metricsExtra: (out: string[]) => void;
+}
+
+/** Serves one route: reads what it needs from req synchronously, then runs `work`. */
+function route(
+  app: TemplatedApp,
+  method: 'get' | 'put' | 'post' | 'del',
+  pattern: string,
+  ctx: HttpContext,
+  work: (input: { params: string[]; query: URLSearchParams; headers: Map<string, string>; body: Promise<Buffer> }) => Promise<Reply> | Reply,
+  options: { readBody?: boolean } = {},
+): void {
+  const paramCount = (pattern.match(/:/g) ?? []).length;
+  app[method](pattern, (res: HttpResponse, req: HttpRequest) => {
+    let aborted = false;
+    res.onAborted(() => {
+      aborted = true;
+    });
+    const params = Array.from({ length: paramCount }, (_, i) => decodeURIComponent(req.getParameter(i) ?? ''));
+    const query = new URLSearchParams(req.getQuery() ?? '');
+    const headers = new Map<string, string>();
+    req.forEach((k, v) => headers.set(k, v));
+    const body = options.readBody ? readBody(res, formatLimits.messageBytesMax) : Promise.resolve(Buffer.alloc(0));
+    body.catch(() => undefined); // an aborted or oversized body is answered below
+    Promise.resolve()
+      .then(() => work({ params, query, headers, body }))
+      .catch((err) => errorReply(err))
+      .then((reply) => {
+        ctx.broker.metrics.httpRequests.inc([pattern, reply.status]);
+        if (reply.status >= 400) {
+          const code = (JSON.parse(reply.body) as { error?: { code?: string } }).error?.code;
+          if (code) ctx.broker.metrics.errors.inc([code]);
+        }
+        if (aborted) return;
+        res.cork(() => {
+          res.writeStatus(`${reply.status} ${statusText[reply.status] ?? ''}`.trim());
+          res.writeHeader('content-type', reply.contentType ?? 'application/json');
+          res.end(reply.body);
+        });
+      });
+  });
+}
+
+function errorReply(err: unknown): Reply {
+  const typed = toWaymarkError(err);
+  return json({ error: { code: typed.code, message: typed.message } }, ErrorTable[typed.code].http);
+}
+
+/** Collects a request body up to `bytesMax`; past it, rejects with MESSAGE_TOO_LARGE. */
+function readBody(res: HttpResponse, bytesMax: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let failed = false;
+    res.onData((chunk, isLast) => {
+      if (failed) return;
+      size += chunk.byteLength;
+      if (size > bytesMax) {
+        failed = true;
+        reject(new WaymarkError('MESSAGE_TOO_LARGE', `the body is over ${bytesMax} bytes`));
+        return;
+      }
+      chunks.push(Buffer.from(chunk.slice(0))); // µWS reuses the chunk's memory
+      if (isLast) resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
+    });
+  });
+}
+
+export function messageJson(m: StoredMessage, encoding: string): Record<string, unknown> {
+  return {
+    topic: m.topic,
+    channel: m.channel,
+    offset: m.offset,
+    msgId: m.msgId,
+    key: m.key,
+    headers: Object.fromEntries(m.headers.map((h: Header) => [h.name, Buffer.from(h.value).toString('utf8')])),
+    ...(encoding === 'base64' ? { bodyBase64: m.body.toString('base64') } : { body: m.body.toString('utf8') }),
+    timestamp: m.timestamp,
+    brokerTimestamp: m.brokerTimestamp,
+    ...(m.deliverAt !== null ? { deliverAt: m.deliverAt } : {}),
+  };
+}
+
+function intParam(value: string | null, name: string, fallback?: number): number {
+  if (value === null || value === '') {
+    if (fallback !== undefined) return fallback;
+    throw new WaymarkError('INVALID_ARGUMENT', `${name} is required`);
+  }
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value))) throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number ≥ 0, not ${JSON.stringify(value)}`);
+  return Number(value);
+}
+
+function parseJsonBody(body: Buffer): Record<string, unknown> {
+  if (body.length === 0) return {};
+  try {
+    const value = JSON.parse(body.toString('utf8')) as unknown;
+    if (value && typeof value === 'object' && !Array.isArray(value)) return value as Record<string, unknown>;
+  } catch {
+    // fall through
+  }
+  throw new WaymarkError('BAD_REQUEST', 'the body must be a JSON object');
+}
+
+/** W3C traceparent: version-traceid-parentid-flags; the trace id is indexed as `traceid`. */
+function traceIdOf(traceparent: string): string | null {
+  const m = /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/.exec(traceparent.trim());
+  return m ? m[1]! : null;
+}
+
+export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
+  const { broker } = ctx;
+  const store = broker.store;
+  const ids = new MsgIdGenerator();
+  const roundRobin = new Map<string, number>();
+
+  route(app, 'get', '/healthz', ctx, () => json({ status: 'ok' }));
+  route(app, 'get', '/metrics', ctx, () => ({ status: 200, body: broker.metrics.render(ctx.metricsExtra), contentType: 'text/plain; version=0.0.4' }));
+
+  route(app, 'get', '/v1/topics', ctx, () => json({ topics: store.listTopics().filter((t) => !t.name.startsWith('__')) }));
+  route(app, 'get', '/v1/topics/:topic', ctx, ({ params }) => json(describe(params[0]!)));
+  route(
+    app,
+    'put',
+    '/v1/topics/:topic',
+    ctx,
+    async ({ params, body }) => {
+      const config = parseJsonBody(await body);
+      const info = await store.createTopic(params[0]!, {
+        channels: config.channels === undefined ? 1 : (config.channels as number),
+        retentionMs: config.retentionMs as number | undefined,
+        retentionBytes: config.retentionBytes as number | undefined,
+        owner: config.owner as string | undefined,
+      });
+      return json(topicInfoWire(info, store), 201);
+    },
+    { readBody: true },
+  );
+  route(app, 'del', '/v1/topics/:topic', ctx, async ({ params }) => {
+    const name = params[0]!;
+    if (name.startsWith('__')) throw new WaymarkError('INVALID_NAME', `system topic ${name} cannot be deleted`);
+    await store.deleteTopic(name);
+    return json({ deleted: name });
+  });
+
+  route(
+    app,
+    'post',
+    '/v1/topics/:topic/messages',
+    ctx,
+    async ({ params, headers, body }) => {
+      const topic = params[0]!;
+      const info = store.topicInfo(topic);
+      if (topic.startsWith('__')) throw new WaymarkError('INVALID_NAME', `system topic ${topic} is written by the broker only`);
+      if (headers.has('waymark-deliver-at') || headers.has('waymark-delay-ms')) {
+        throw new WaymarkError('UNSUPPORTED', 'scheduled delivery (waymark-deliver-at / waymark-delay-ms) is not available on this broker yet');
+      }
+      const key = headers.get('waymark-key') || null;
+      let channel: number;
+      if (headers.has('waymark-channel')) channel = intParam(headers.get('waymark-channel')!, 'waymark-channel');
+      else if (key !== null) channel = channelForKey(key, info.channels);
+      else {
+        channel = (roundRobin.get(topic) ?? -1) + 1;
+        if (channel >= info.channels) channel = 0;
+        roundRobin.set(topic, channel);
+      }
+      let msgId: Uint8Array | undefined;
+      if (headers.has('waymark-msg-id')) {
+        msgId = msgIdFromHex(headers.get('waymark-msg-id')!) ?? undefined;
+        if (!msgId) throw new WaymarkError('INVALID_ARGUMENT', 'waymark-msg-id must be 32 hex digits');
+      }
+      const messageHeaders: Record<string, string> = {};
+      const traceparent = headers.get('traceparent');
+      if (traceparent) {
+        const traceId = traceIdOf(traceparent);
+        if (!traceId) throw new WaymarkError('INVALID_ARGUMENT', 'traceparent is not a W3C trace context (00-<32 hex>-<16 hex>-<2 hex>)');
+        messageHeaders.traceparent = traceparent.trim();
+        messageHeaders.traceid = traceId;
+      }
+      const payload = await body;
+      const { batch, msgIds } = encodeBatch([{ msgId, key, body: payload, headers: messageHeaders }], { codec: lz4Codec, msgIds: ids });
+      const [append] = await broker.produce(topic, channel, batch, false);
+      return json({ msgId: Buffer.from(msgIds[0]!).toString('hex'), channel, offset: append!.baseOffset });
+    },
+    { readBody: true },
+  );
+
+  route(app, 'get', '/v1/topics/:topic/messages', ctx, async ({ params, query }) => {
+    const topic = params[0]!;
+    const channel = intParam(query.get('channel'), 'channel', 0);
+    const offset = intParam(query.get('offset'), 'offset', store.channelState(topic, channel).logStartOffset);
+    const max = Math.min(intParam(query.get('max'), 'max', 100), 10_000);
+    const state = store.channelState(topic, channel);
+    const messages = offset >= state.highWatermark && offset === state.highWatermark ? [] : await store.read(topic, channel, { offset, maxMessages: max, maxBytes: 8 * 1024 * 1024 });
+    const encoding = query.get('encoding') ?? 'utf8';
+    return json({
+      topic,
+      channel,
+      messages: messages.map((m) => messageJson(m, encoding)),
+      nextOffset: messages.length ? messages[messages.length - 1]!.offset + 1 : offset,
+      highWatermark: state.highWatermark,
+      logStartOffset: state.logStartOffset,
+    });
+  });
+
+  route(app, 'get', '/v1/messages/:msgId', ctx, async ({ params, query }) => {
+    const msgId = params[0]!;
+    const wanted = query.get('topic');
+    const topics = wanted ? [wanted] : store.listTopics().map((t) => t.name).filter((n) => !n.startsWith('__'));
+    for (const topic of topics) {
+      const found = await store.lookupMsgId(topic, msgId);
+      if (found) return json(messageJson(found, query.get('encoding') ?? 'utf8'));
+    }
+    throw new WaymarkError('MESSAGE_NOT_FOUND', `no message ${msgId}${wanted ? ` in topic ${wanted}` : ''}`);
+  });
+
+  route(app, 'get', '/v1/topics/:topic/keys/:key', ctx, async ({ params, query }) => {
+    const messages = await store.lookupKey(params[0]!, params[1]!, {
+      limit: intParam(query.get('limit'), 'limit', 100),
+      timeFrom: query.get('from') ? intParam(query.get('from'), 'from') : undefined,
+      timeTo: query.get('to') ? intParam(query.get('to'), 'to') : undefined,
+    });
+    return json({ messages: messages.map((m) => messageJson(m, query.get('encoding') ?? 'utf8')) });
+  });
+
+  app.any('/*', (res, req) => {
+    const url = req.getUrl();
+    const method = req.getMethod().toUpperCase();
+    res.cork(() => {
+      res.writeStatus('404 Not Found');
+      res.writeHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ error: { code: 'BAD_REQUEST', message: `no route ${method} ${url}` } }));
+    });
+  });
+
+  function describe(topic: string): Record<string, unknown> {
+    const info = store.describeTopic(topic);
+    const { channelInfo, ...rest } = info;
+    return { ...rest, channelStates: channelInfo };
+  }
+}

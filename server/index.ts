@@ -1,0 +1,105 @@
+/**
+ * The broker node: one store, served by uWebSockets.js — the binary protocol at /v1/ws and
+ * the HTTP API on the same port (package export "waymark/server").
+ *
+ * Shutdown (close()): stop accepting, close every socket with 1001 "going away", let
+ * queued group commits finish, close the store (clean checkpoints), release the lock.
+ */
+import uWS from 'uWebSockets.js';
+import { openStore, type Store, type SyncMode, type RecoveryFinding } from '../engine/index';
+import { protocolLimits } from '../protocol/limits';
+import { Broker } from './broker';
+import { gauge } from './metrics';
+import { installHttpApi } from './http-api';
+import { Session, type SessionData } from './session';
+
+export interface ServerOptions {
+  host?: string;
+  /** 0 picks a free port. */
+  port?: number;
+  data?: string;
+  sync?: SyncMode;
+  /** Called for each torn tail or corruption found while opening the store. */
+  onRecovery?: (finding: RecoveryFinding) => void;
+}
+
+export interface RunningServer {
+  host: string;
+  port: number;
+  url: string;
+  store: Store;
+  close(): Promise<void>;
+}
+
+export const serverDefaults = { host: '127.0.0.1', port: 7070, data: './data', sync: 'batch' as SyncMode };
+
+export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
+  const host = options.host ?? serverDefaults.host;
+  const store = await openStore(options.data ?? serverDefaults.data, { sync: options.sync ?? serverDefaults.sync, onRecovery: options.onRecovery });
+  try {
+    const broker = await Broker.open(store);
+    const sessions = new Set<Session>();
+    const sockets = new Set<uWS.WebSocket<SessionData>>();
+    const app = uWS.App();
+    app.ws<SessionData>('/v1/ws', {
+      maxPayloadLength: protocolLimits.frameBytesMax,
+      maxBackpressure: protocolLimits.socketBufferedBytesMax * 4,
+      idleTimeout: 120,
+      sendPingsAutomatically: true,
+      compression: uWS.DISABLED,
+      open: (ws) => {
+        const session = new Session(ws, broker);
+        ws.getUserData().session = session;
+        sessions.add(session);
+        sockets.add(ws);
+        broker.metrics.connections++;
+      },
+      message: (ws, message, isBinary) => ws.getUserData().session!.onMessage(message, isBinary),
+      drain: (ws) => ws.getUserData().session!.drained(),
+      close: (ws) => {
+        const session = ws.getUserData().session!;
+        session.closedBySocket();
+        sessions.delete(session);
+        sockets.delete(ws);
+        broker.metrics.connections--;
+      },
+    });
+    installHttpApi(app, {
+      broker,
+      metricsExtra: (out) => {
+        const rows: Array<[Record<string, string | number>, number]> = [];
+        for (const [topic, group, position] of broker.groups.cached()) {
+          if (!store.hasTopic(topic)) continue;
+          const { highWatermark } = store.channelState(topic, position.channel);
+          rows.push([{ topic, group, channel: position.channel }, Math.max(0, highWatermark - position.offset)]);
+        }
+        gauge(out, 'waymark_consumer_lag_messages', 'Messages between a group committed position and the high watermark.', rows);
+        const hw: Array<[Record<string, string | number>, number]> = [];
+        for (const t of store.listTopics()) for (const c of store.describeTopic(t.name).channelInfo) hw.push([{ topic: t.name, channel: c.channel }, c.highWatermark]);
+        gauge(out, 'waymark_high_watermark', 'Next offset to be written, by topic and channel.', hw);
+      },
+    });
+    const listenSocket = await new Promise<uWS.us_listen_socket>((resolve, reject) => {
+      app.listen(host, options.port ?? serverDefaults.port, (socket) => (socket ? resolve(socket) : reject(new Error(`cannot listen on ${host}:${options.port ?? serverDefaults.port} (in use?)`))));
+    });
+    const port = uWS.us_socket_local_port(listenSocket);
+    let closing: Promise<void> | null = null;
+    return {
+      host,
+      port,
+      url: `ws://${host}:${port}/v1/ws`,
+      store,
+      close(): Promise<void> {
+        closing ??= (async () => {
+          uWS.us_listen_socket_close(listenSocket);
+          for (const ws of [...sockets]) ws.end(1001, 'broker shutting down');
+          await store.close();
+        })();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
+}

@@ -1,0 +1,86 @@
+/**
+ * Prometheus text exposition (format 0.0.4), hand-written: a handful of counters, gauges
+ * and one histogram do not need a client library. Hot paths only bump numbers in maps;
+ * the text is built when /metrics is scraped.
+ */
+export class Counter {
+  private readonly values = new Map<string, number>();
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private readonly labelNames: readonly string[],
+  ) {}
+
+  inc(labels: readonly (string | number)[], by = 1): void {
+    const key = labels.join('\u0000');
+    this.values.set(key, (this.values.get(key) ?? 0) + by);
+  }
+
+  render(out: string[]): void {
+    out.push(`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} counter`);
+    for (const [key, value] of this.values) out.push(`${this.name}${labelText(this.labelNames, key.split('\u0000'))} ${value}`);
+  }
+}
+
+export class Histogram {
+  private readonly counts: number[];
+  private sum = 0;
+  private count = 0;
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private readonly bounds: readonly number[],
+  ) {
+    this.counts = new Array(bounds.length).fill(0);
+  }
+
+  observe(value: number): void {
+    this.sum += value;
+    this.count++;
+    for (let i = 0; i < this.bounds.length; i++) if (value <= this.bounds[i]!) this.counts[i]!++;
+  }
+
+  render(out: string[]): void {
+    out.push(`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} histogram`);
+    this.bounds.forEach((bound, i) => out.push(`${this.name}_bucket{le="${bound}"} ${this.counts[i]}`));
+    out.push(`${this.name}_bucket{le="+Inf"} ${this.count}`, `${this.name}_sum ${this.sum}`, `${this.name}_count ${this.count}`);
+  }
+}
+
+export function gauge(out: string[], name: string, help: string, rows: Array<[Record<string, string | number>, number]>): void {
+  out.push(`# HELP ${name} ${help}`, `# TYPE ${name} gauge`);
+  for (const [labels, value] of rows) out.push(`${name}${labelText(Object.keys(labels), Object.values(labels).map(String))} ${value}`);
+}
+
+function labelText(names: readonly string[], values: readonly string[]): string {
+  if (names.length === 0) return '';
+  return `{${names.map((n, i) => `${n}="${escapeLabel(values[i] ?? '')}"`).join(',')}}`;
+}
+
+function escapeLabel(value: string): string {
+  return value.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"');
+}
+
+/** The broker's metrics. */
+export class BrokerMetrics {
+  readonly appendedMessages = new Counter('waymark_appended_messages_total', 'Messages appended, by topic and channel.', ['topic', 'channel']);
+  readonly appendedBytes = new Counter('waymark_appended_bytes_total', 'Batch bytes appended, by topic and channel.', ['topic', 'channel']);
+  readonly frames = new Counter('waymark_frames_total', 'WebSocket frames received, by type.', ['type']);
+  readonly errors = new Counter('waymark_errors_total', 'Errors answered, by code.', ['code']);
+  readonly httpRequests = new Counter('waymark_http_requests_total', 'HTTP requests, by route and status.', ['route', 'status']);
+  readonly commitLatency = new Histogram('waymark_group_commit_seconds', 'Time from append to durable acknowledgement.', [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]);
+  connections = 0;
+
+  render(extra: (out: string[]) => void): string {
+    const out: string[] = [];
+    this.appendedMessages.render(out);
+    this.appendedBytes.render(out);
+    this.frames.render(out);
+    this.errors.render(out);
+    this.httpRequests.render(out);
+    this.commitLatency.render(out);
+    gauge(out, 'waymark_connections', 'Open WebSocket connections.', [[{}, this.connections]]);
+    extra(out);
+    return out.join('\n') + '\n';
+  }
+}

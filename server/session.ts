@@ -1,0 +1,259 @@
+/**
+ * One WebSocket connection: decodes frames, answers every request with exactly one reply
+ * (its own kind or an Error with the same id), and owns the connection's subscriptions.
+ *
+ * Bad input never crashes or stalls the broker: an unparseable frame or a text frame gets an
+ * Error with id 0; a reply/push kind sent by the client, a request before Hello, or a
+ * request with id 0 gets an Error — and nothing else changes. Oversized frames are closed
+ * by µWS itself (maxPayloadLength, close code 1009).
+ */
+import type { WebSocket } from 'uWebSockets.js';
+import { WaymarkError, type TopicInfo } from '../engine/index';
+import { clientRequestKinds, decodeFrame, encodeFrame, errorFrame, toWaymarkError, type Frame, type FrameInit, type waymark } from '../protocol/frames';
+import { protocolLimits, protocolVersion } from '../protocol/limits';
+import { formatLimits } from '../engine/format/limits';
+import type { Broker, StartKind } from './broker';
+import { Subscription } from './subscription';
+
+export interface SessionData {
+  session?: Session;
+}
+
+const serverName = 'waymark/0.1.0';
+
+export class Session {
+  private greeted = false;
+  private closed = false;
+  private inflight = 0;
+  private nextSubscriptionId = 1;
+  private readonly subscriptions = new Map<number, Subscription>();
+
+  constructor(
+    private readonly ws: WebSocket<SessionData>,
+    private readonly broker: Broker,
+  ) {}
+
+  /** Sends one frame; silently dropped once the socket is gone. */
+  send(frame: FrameInit): void {
+    if (this.closed) return;
+    if (frame.error) this.broker.metrics.errors.inc([frame.error.name ?? 'INTERNAL']);
+    const bytes = encodeFrame(frame);
+    this.ws.cork(() => this.ws.send(bytes, true));
+  }
+
+  writable(): boolean {
+    return !this.closed && this.ws.getBufferedAmount() < protocolLimits.socketBufferedBytesMax;
+  }
+
+  /** µWS drain: the socket has room again. */
+  drained(): void {
+    for (const s of this.subscriptions.values()) s.kick();
+  }
+
+  closedBySocket(): void {
+    this.closed = true;
+    for (const s of this.subscriptions.values()) s.close();
+    this.subscriptions.clear();
+  }
+
+  onMessage(message: ArrayBuffer, isBinary: boolean): void {
+    if (!isBinary) {
+      this.broker.metrics.frames.inc(['text']);
+      this.send(errorFrame(0, new WaymarkError('BAD_REQUEST', 'text frames are not part of the protocol; send binary frames')));
+      return;
+    }
+    // µWS reuses `message` after this callback returns: copy once, then views are safe.
+    let frame: Frame;
+    try {
+      frame = decodeFrame(new Uint8Array(message.slice(0)));
+    } catch (err) {
+      this.broker.metrics.frames.inc(['unparseable']);
+      this.send(errorFrame(0, err));
+      return;
+    }
+    const kind = frame.body;
+    this.broker.metrics.frames.inc([kind ?? 'empty']);
+    const id = frame.id;
+    if (!kind || !clientRequestKinds.has(kind)) {
+      this.send(errorFrame(id, new WaymarkError('BAD_REQUEST', kind ? `a client may not send ${kind} frames` : 'empty frame')));
+      return;
+    }
+    if (id === 0) {
+      this.send(errorFrame(0, new WaymarkError('BAD_REQUEST', 'requests need an id > 0')));
+      return;
+    }
+    if (!this.greeted && kind !== 'hello') {
+      this.send(errorFrame(id, new WaymarkError('NOT_READY', 'the first frame of a connection must be hello')));
+      return;
+    }
+    if (this.inflight >= protocolLimits.inflightRequestCountMax) {
+      this.send(errorFrame(id, new WaymarkError('TOO_MANY_REQUESTS', `more than ${protocolLimits.inflightRequestCountMax} requests in flight`)));
+      return;
+    }
+    this.inflight++;
+    this.handle(frame, kind).then(
+      ({ afterSend, ...reply }) => {
+        this.inflight--;
+        this.send({ id, ...reply });
+        afterSend?.();
+      },
+      (err) => {
+        this.inflight--;
+        this.send(errorFrame(id, toWaymarkError(err)));
+      },
+    );
+  }
+
+  // Decoded proto3 messages carry every scalar (defaults on the prototype), so the casts
+  // from the generated optional-field types below are exact.
+  private async handle(frame: Frame, kind: NonNullable<Frame['body']>): Promise<Reply> {
+    const store = this.broker.store;
+    switch (kind) {
+      case 'hello': {
+        const hello = (frame.hello as waymark.v1.Hello);
+        if (hello.protocolVersion !== protocolVersion) throw new WaymarkError('UNSUPPORTED_VERSION', `protocol version ${hello.protocolVersion}; this broker speaks ${protocolVersion}`);
+        this.greeted = true;
+        return { helloOk: { server: serverName, protocolVersion, frameBytesMax: protocolLimits.frameBytesMax, batchBytesMax: formatLimits.batchBytesMax } };
+      }
+      case 'produce': {
+        const p = (frame.produce as waymark.v1.Produce);
+        const appends = await this.broker.produce(p.topic, p.channel, p.batch, p.broadcast);
+        return { produceOk: { appends } };
+      }
+      case 'fetch': {
+        const f = (frame.fetch as waymark.v1.Fetch);
+        const read = await store.readBatches(f.topic, f.channel, { offset: f.offset, maxBytes: f.maxBytes || 1024 * 1024 });
+        const state = store.channelState(f.topic, f.channel);
+        return { fetchOk: { channel: f.channel, batches: read.bytes, nextOffset: read.nextOffset, highWatermark: state.highWatermark, logStartOffset: state.logStartOffset } };
+      }
+      case 'subscribe':
+        return this.subscribe((frame.subscribe as waymark.v1.Subscribe));
+      case 'credit': {
+        const c = (frame.credit as waymark.v1.Credit);
+        this.subscription(c.subscription).grant(c.messages, c.bytes);
+        return { ok: {} };
+      }
+      case 'commit': {
+        const c = (frame.commit as waymark.v1.Commit);
+        await this.broker.groups.commit(c.topic, c.group, (c.positions ?? []).map((p) => ({ channel: p.channel ?? 0, offset: p.offset ?? 0, timestamp: p.timestamp ?? 0 })));
+        return { ok: {} };
+      }
+      case 'seek':
+        return this.seek((frame.seek as waymark.v1.Seek));
+      case 'unsubscribe': {
+        const u = (frame.unsubscribe as waymark.v1.Unsubscribe);
+        this.subscription(u.subscription).close();
+        this.subscriptions.delete(u.subscription);
+        return { ok: {} };
+      }
+      case 'getPositions': {
+        const g = (frame.getPositions as waymark.v1.GetPositions);
+        const info = store.topicInfo(g.topic);
+        const positions: waymark.v1.IPosition[] = [];
+        for (let channel = 0; channel < info.channels; channel++) {
+          const p = await this.broker.groups.get(g.topic, g.group, channel);
+          if (p) positions.push(p);
+        }
+        return { positions: { positions } };
+      }
+      case 'createTopic': {
+        const c = (frame.createTopic as waymark.v1.CreateTopic);
+        const info = await store.createTopic(c.topic, { channels: c.channels, retentionMs: c.retentionMs, retentionBytes: c.retentionBytes, owner: c.owner });
+        return { topicInfo: topicInfoWire(info, store) };
+      }
+      case 'deleteTopic': {
+        const name = (frame.deleteTopic as waymark.v1.DeleteTopic).topic;
+        if (name.startsWith('__')) throw new WaymarkError('INVALID_NAME', `system topic ${name} cannot be deleted`);
+        await store.deleteTopic(name);
+        return { ok: {} };
+      }
+      case 'listTopics':
+        return { topicList: { topics: store.listTopics().filter((t) => !t.name.startsWith('__')).map((t) => topicInfoWire(t, null)) } };
+      case 'describeTopic':
+        return { topicInfo: topicInfoWire(store.topicInfo((frame.describeTopic as waymark.v1.DescribeTopic).topic), store) };
+      default:
+        throw new WaymarkError('BAD_REQUEST', `unexpected ${kind} frame`);
+    }
+  }
+
+  private subscription(id: number): Subscription {
+    const s = this.subscriptions.get(id);
+    if (!s) throw new WaymarkError('SUBSCRIPTION_NOT_FOUND', `no subscription ${id} on this connection`);
+    return s;
+  }
+
+  private async subscribe(request: waymark.v1.Subscribe): Promise<Reply> {
+    if (this.subscriptions.size >= protocolLimits.subscriptionCountMax) {
+      throw new WaymarkError('TOO_MANY_REQUESTS', `a connection may hold ${protocolLimits.subscriptionCountMax} subscriptions`);
+    }
+    const start = (request.start || 'committed') as StartKind;
+    if (!['committed', 'earliest', 'latest'].includes(start)) throw new WaymarkError('INVALID_ARGUMENT', `start must be committed, earliest or latest, not ${start}`);
+    const fallback = request.fallback === 'latest' ? 'latest' : 'earliest';
+    const channels = this.broker.channelsOf(request.topic, request.channels ?? []);
+    const positions = await this.broker.startPositions({
+      topic: request.topic,
+      group: request.group,
+      channels,
+      start,
+      fallback,
+      positions: (request.positions ?? []).map((p) => ({ channel: p.channel ?? 0, offset: p.offset ?? 0, timestamp: p.timestamp ?? 0 })),
+      startTimestamp: request.startTimestamp,
+    });
+    const id = this.nextSubscriptionId++;
+    const subscription = new Subscription(
+      {
+        id,
+        topic: request.topic,
+        group: request.group,
+        positions,
+        creditMessages: request.creditMessages,
+        creditBytes: request.creditBytes,
+        packs: request.packs,
+        tickIntervalMs: request.tickIntervalMs || protocolLimits.tickIntervalMsDefault,
+        packBeginTs: request.startTimestamp > 0 ? request.startTimestamp - 1 : 0,
+      },
+      this.broker.store,
+      this,
+    );
+    this.subscriptions.set(id, subscription);
+    // The reply goes out before the first push.
+    return { subscribeOk: { subscription: id, positions: subscription.currentPositions() }, afterSend: () => subscription.start() };
+  }
+
+  private async seek(request: waymark.v1.Seek): Promise<FrameInit> {
+    const subscription = this.subscription(request.subscription);
+    const offsets = new Map<number, number>();
+    let packBeginTs: number | undefined;
+    const current = subscription.currentPositions();
+    if ((request.positions ?? []).length > 0) {
+      for (const p of request.positions) offsets.set(p.channel ?? 0, p.offset ?? 0);
+    } else if (request.timestamp > 0) {
+      for (const { channel } of current) offsets.set(channel, await this.broker.store.offsetForTime(subscription.topic, channel, request.timestamp));
+      packBeginTs = request.timestamp - 1;
+    } else if (request.to === 'earliest' || request.to === 'latest') {
+      for (const { channel } of current) {
+        const state = this.broker.store.channelState(subscription.topic, channel);
+        offsets.set(channel, request.to === 'earliest' ? state.logStartOffset : state.highWatermark);
+      }
+    } else {
+      throw new WaymarkError('INVALID_ARGUMENT', 'seek needs positions, a timestamp, or to = earliest|latest');
+    }
+    subscription.seek(offsets, packBeginTs);
+    return { seekOk: { positions: subscription.currentPositions() } };
+  }
+}
+
+/** A reply, and what to do once it is on the wire. */
+type Reply = FrameInit & { afterSend?: () => void };
+
+export function topicInfoWire(info: TopicInfo, store: Broker['store'] | null): waymark.v1.ITopicInfo {
+  return {
+    name: info.name,
+    channels: info.channels,
+    retentionMs: info.retentionMs,
+    retentionBytes: info.retentionBytes,
+    owner: info.owner,
+    createdAt: info.createdAt,
+    channelStates: store ? store.describeTopic(info.name).channelInfo : [],
+  };
+}
