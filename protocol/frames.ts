@@ -2,6 +2,7 @@
  * Frame helpers over the generated code: encode, decode (untrusted bytes → typed error),
  * and the error frame. Pure: no I/O.
  */
+import './numbers'; // before the generated code: 64-bit fields as numbers
 import { waymark } from './generated/waymark';
 import { ErrorTable, WaymarkError, errorCodeFromWire, type ErrorCode } from './errors';
 

@@ -33,6 +33,9 @@ export const ErrorTable = {
   SUBSCRIPTION_NOT_FOUND: { wire: 18, http: 404, text: 'no such subscription on this connection' },
   TOO_MANY_REQUESTS: { wire: 19, http: 429, text: 'too many requests in flight' },
   NOT_READY: { wire: 20, http: 400, text: 'send hello first' },
+  CONNECTION_LOST: { wire: 21, http: 503, text: 'the connection to the broker was lost' },
+  TIMEOUT: { wire: 22, http: 504, text: 'the broker did not answer in time' },
+  CLIENT_CLOSED: { wire: 23, http: 400, text: 'the client is closed' },
   // --- server-side conditions (5xx / 503) ---
   STORE_CLOSED: { wire: 40, http: 503, text: 'the store is closed' },
   STORE_LOCKED: { wire: 41, http: 503, text: 'the data folder is locked by another process' },

@@ -27,7 +27,8 @@ import { lz4Codec } from '../codec';
 import type { KeyHit, TimeRange } from '../index/key-index';
 import { limits } from '../limits';
 import { CorruptIndexError } from './errors';
-import { readCheckpoint, writeCheckpoint, type ProducerEntry } from './checkpoint';
+import { readCheckpoint, writeCheckpoint } from './checkpoint';
+import { ProducerStates } from './producer-state';
 import { Segment, segmentFileName, type RecoveryFinding, type SegmentMeta } from './segment';
 
 export type SyncMode = 'batch' | 'interval' | 'none';
@@ -68,15 +69,6 @@ interface Pending {
   reject: (err: Error) => void;
 }
 
-interface ProducerState {
-  firstSeq: number;
-  lastSeq: number;
-  baseOffset: number;
-  count: number;
-  /** Resolves when the batch is durable; a retry arriving before that waits on it. */
-  done: Promise<AppendOutcome> | null;
-}
-
 export class ChannelLog {
   private readonly segments: Segment[] = [];
   private queue: Pending[] = [];
@@ -89,7 +81,7 @@ export class ChannelLog {
   private committedSize = 0; // bytes of the active segment readers may see
   private dirty = false; // written but not fdatasynced (sync modes interval / none)
   private syncTimer: NodeJS.Timeout | null = null;
-  private readonly producers = new Map<number, ProducerState>();
+  private readonly producers = new ProducerStates();
   private readonly watchers = new Set<() => void>();
   /** Broker time of the oldest appended-but-unacknowledged batch, null when none. */
   private uncommittedFirstTimestamp: number | null = null;
@@ -143,7 +135,7 @@ export class ChannelLog {
       .filter((name) => /^\d{20}\.log$/.test(name))
       .map((name) => Number(name.slice(0, 20)))
       .sort((a, b) => a - b);
-    for (const entry of checkpoint?.producers ?? []) this.rememberProducer(entry);
+    this.producers.load(checkpoint?.producers ?? []);
 
     for (let i = 0; i < bases.length; i++) {
       const base = bases[i]!;
@@ -166,7 +158,7 @@ export class ChannelLog {
           }
         }
       }
-      const { segment, finding } = Segment.recover(this.dir, base, ({ header }) => this.trackProducer(header, header.baseOffset));
+      const { segment, finding } = Segment.recover(this.dir, base, ({ header }) => this.producers.recordHeader(header, header.baseOffset));
       if (finding) report.push(finding);
       if (segment.baseOffset !== expectedBase) {
         report.push({ file: segment.path('log'), position: 0, bytesDropped: 0, kind: 'corrupt', reason: `segment starts at ${segment.baseOffset}, previous ends at ${expectedBase}` });
@@ -185,20 +177,7 @@ export class ChannelLog {
 
   private saveCheckpoint(clean: boolean): void {
     const segments = this.segments.filter((s) => s.sealed).map((s) => s.meta());
-    const producers: ProducerEntry[] = [];
-    for (const [id, p] of this.producers) producers.push([id, p.firstSeq, p.lastSeq, p.baseOffset, p.count]);
-    writeCheckpoint(this.dir, { clean, segments, producers });
-  }
-
-  private rememberProducer([id, firstSeq, lastSeq, baseOffset, count]: ProducerEntry): void {
-    this.producers.delete(id);
-    this.producers.set(id, { firstSeq, lastSeq, baseOffset, count, done: null });
-    if (this.producers.size > limits.producerStateCountMax) this.producers.delete(this.producers.keys().next().value!);
-  }
-
-  private trackProducer(header: BatchHeader, baseOffset: number): void {
-    if (header.producerId < 0 || header.producerSequence < 0) return;
-    this.rememberProducer([header.producerId, header.producerSequence, header.producerSequence + header.recordCount - 1, baseOffset, header.recordCount]);
+    writeCheckpoint(this.dir, { clean, segments, producers: this.producers.entries() });
   }
 
   /**
@@ -209,15 +188,17 @@ export class ChannelLog {
   append(batch: Uint8Array, header: BatchHeader): Promise<AppendOutcome> {
     if (this.closed) return Promise.reject(new WaymarkError('STORE_CLOSED'));
     if (this.failure) return Promise.reject(this.failure);
-    if (header.producerId >= 0 && header.producerSequence >= 0) {
-      const known = this.producers.get(header.producerId);
-      if (known && header.producerSequence <= known.lastSeq) {
-        if (header.producerSequence === known.firstSeq && header.recordCount === known.count) {
-          const outcome: AppendOutcome = { baseOffset: known.baseOffset, recordCount: known.count, brokerTimestamp: 0, duplicate: true };
-          return known.done ? known.done.then((o) => ({ ...o, duplicate: true })) : Promise.resolve(outcome);
-        }
+    const idempotent = ProducerStates.isIdempotent(header);
+    if (idempotent) {
+      const check = this.producers.check(header);
+      if (check.kind === 'duplicate') {
+        const { baseOffset, count, done } = check.batch;
+        const outcome: AppendOutcome = { baseOffset, recordCount: count, brokerTimestamp: 0, duplicate: true };
+        return done ? done.then((o) => ({ ...(o as AppendOutcome), duplicate: true })) : Promise.resolve(outcome);
+      }
+      if (check.kind === 'stale') {
         return Promise.reject(
-          new WaymarkError('DUPLICATE_SEQUENCE', `producer ${header.producerId} sequence ${header.producerSequence} is at or before its last stored sequence ${known.lastSeq}`),
+          new WaymarkError('DUPLICATE_SEQUENCE', `producer ${header.producerId} sequence ${header.producerSequence} is at or before its last stored sequence ${check.lastSeq} and not one of its recent batches`),
         );
       }
     }
@@ -232,12 +213,10 @@ export class ChannelLog {
     const done = new Promise<AppendOutcome>((resolve, reject) => {
       this.queue.push({ batch, header, baseOffset, brokerTimestamp, resolve, reject });
     });
-    if (header.producerId >= 0 && header.producerSequence >= 0) {
-      this.trackProducer(header, baseOffset);
-      const state = this.producers.get(header.producerId)!;
-      state.done = done;
+    if (idempotent) {
+      const batch = this.producers.record(header.producerId, header.producerSequence, header.recordCount, baseOffset, done);
       done.then(
-        () => (state.done = null),
+        () => (batch.done = null),
         () => undefined,
       );
     }

@@ -1,0 +1,68 @@
+/**
+ * Idempotent appends: what a channel remembers of each producer's recent batches, so a
+ * batch resent after a lost reply (same producer id + sequence) is answered with its
+ * original offsets instead of being appended twice.
+ *
+ * Invariants: per producer, the last `producerBatchCountMax` batches in append order (a
+ * pipelining producer may have that many in flight on one channel and resend them all
+ * after a reconnect); at most `producerStateCountMax` producers (least recently used evicted).
+ * A resent sequence older than the window cannot be answered with offsets: DUPLICATE_SEQUENCE.
+ */
+import type { BatchHeader } from '../format/record-batch';
+import { limits } from '../limits';
+import type { ProducerEntry } from './checkpoint';
+
+export interface ProducerBatch {
+  firstSeq: number;
+  count: number;
+  baseOffset: number;
+  /** Resolves when the batch is durable; a retry arriving before that waits on it. */
+  done: Promise<unknown> | null;
+}
+
+export type ProducerCheck = { kind: 'new' } | { kind: 'duplicate'; batch: ProducerBatch } | { kind: 'stale'; lastSeq: number };
+
+export class ProducerStates {
+  private readonly producers = new Map<number, ProducerBatch[]>();
+
+  static isIdempotent(header: BatchHeader): boolean {
+    return header.producerId >= 0 && header.producerSequence >= 0;
+  }
+
+  check(header: BatchHeader): ProducerCheck {
+    const batches = this.producers.get(header.producerId);
+    if (!batches || batches.length === 0) return { kind: 'new' };
+    const last = batches[batches.length - 1]!;
+    const lastSeq = last.firstSeq + last.count - 1;
+    if (header.producerSequence > lastSeq) return { kind: 'new' };
+    const batch = batches.find((b) => b.firstSeq === header.producerSequence && b.count === header.recordCount);
+    return batch ? { kind: 'duplicate', batch } : { kind: 'stale', lastSeq };
+  }
+
+  record(producerId: number, firstSeq: number, count: number, baseOffset: number, done: Promise<unknown> | null = null): ProducerBatch {
+    let batches = this.producers.get(producerId);
+    if (batches) this.producers.delete(producerId); // re-insert: most recently used last
+    else batches = [];
+    const batch: ProducerBatch = { firstSeq, count, baseOffset, done };
+    batches.push(batch);
+    if (batches.length > limits.producerBatchCountMax) batches.shift();
+    this.producers.set(producerId, batches);
+    if (this.producers.size > limits.producerStateCountMax) this.producers.delete(this.producers.keys().next().value!);
+    return batch;
+  }
+
+  recordHeader(header: BatchHeader, baseOffset: number): void {
+    if (ProducerStates.isIdempotent(header)) this.record(header.producerId, header.producerSequence, header.recordCount, baseOffset);
+  }
+
+  /** Checkpoint entries, oldest batch first per producer. */
+  entries(): ProducerEntry[] {
+    const out: ProducerEntry[] = [];
+    for (const [id, batches] of this.producers) for (const b of batches) out.push([id, b.firstSeq, b.firstSeq + b.count - 1, b.baseOffset, b.count]);
+    return out;
+  }
+
+  load(entries: readonly ProducerEntry[]): void {
+    for (const [id, firstSeq, , baseOffset, count] of entries) this.record(id, firstSeq, count, baseOffset);
+  }
+}

@@ -1,0 +1,67 @@
+/** Topic administration and group positions over the protocol. */
+import type { waymark } from '../protocol/frames';
+import type { Connection } from './client';
+
+export interface TopicDescription {
+  name: string;
+  channels: number;
+  retentionMs: number;
+  retentionBytes: number;
+  owner: string;
+  createdAt: number;
+  channelStates: Array<{ channel: number; logStartOffset: number; highWatermark: number; bytes: number; segments: number }>;
+}
+
+export interface CreateTopicOptions {
+  channels?: number;
+  retentionMs?: number;
+  retentionBytes?: number;
+  owner?: string;
+}
+
+function describe(info: waymark.v1.ITopicInfo | null | undefined): TopicDescription {
+  return {
+    name: info?.name ?? '',
+    channels: info?.channels ?? 0,
+    retentionMs: info?.retentionMs ?? 0,
+    retentionBytes: info?.retentionBytes ?? 0,
+    owner: info?.owner ?? '',
+    createdAt: info?.createdAt ?? 0,
+    channelStates: (info?.channelStates ?? []).map((c) => ({
+      channel: c.channel ?? 0,
+      logStartOffset: c.logStartOffset ?? 0,
+      highWatermark: c.highWatermark ?? 0,
+      bytes: c.bytes ?? 0,
+      segments: c.segments ?? 0,
+    })),
+  };
+}
+
+export class Admin {
+  constructor(private readonly connection: Connection) {}
+
+  async createTopic(topic: string, options: CreateTopicOptions = {}): Promise<TopicDescription> {
+    const reply = await this.connection.request({ createTopic: { topic, channels: options.channels ?? 1, retentionMs: options.retentionMs ?? 0, retentionBytes: options.retentionBytes ?? 0, owner: options.owner ?? '' } });
+    return describe(reply.topicInfo);
+  }
+
+  async deleteTopic(topic: string): Promise<void> {
+    await this.connection.request({ deleteTopic: { topic } });
+  }
+
+  async listTopics(): Promise<TopicDescription[]> {
+    const reply = await this.connection.request({ listTopics: {} });
+    return (reply.topicList?.topics ?? []).map(describe);
+  }
+
+  async describeTopic(topic: string): Promise<TopicDescription> {
+    const reply = await this.connection.request({ describeTopic: { topic } });
+    return describe(reply.topicInfo);
+  }
+
+  /** A group's committed positions (channels it never committed are absent). */
+  async positions(topic: string, group: string): Promise<Array<{ channel: number; offset: number; timestamp: number }>> {
+    const reply = await this.connection.request({ getPositions: { topic, group } });
+    return (reply.positions?.positions ?? []).map((p) => ({ channel: p.channel ?? 0, offset: p.offset ?? 0, timestamp: p.timestamp ?? 0 }));
+  }
+}

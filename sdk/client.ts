@@ -1,0 +1,236 @@
+/**
+ * The connection to a broker: request/reply by id, pushes routed by subscription, and
+ * reconnection with exponential backoff.
+ *
+ * Invariants:
+ * - every request resolves with its reply or rejects with a typed WaymarkError (the error
+ *   frame's code, CONNECTION_LOST when the socket drops, TIMEOUT, CLIENT_CLOSED) — never both,
+ *   never neither;
+ * - after a reconnect, `reconnect` listeners run (producers resend their in-flight batches,
+ *   consumers subscribe again from where they were) before queued requests go out;
+ * - requests made while reconnecting wait for the connection (up to requestTimeoutMs).
+ */
+import { loadChecksum } from '../engine/format/checksum';
+import { WaymarkError } from '../engine/format/errors';
+import { decodeFrame, encodeFrame, errorFromFrame, type Frame, type FrameInit } from '../protocol/frames';
+import { protocolVersion } from '../protocol/limits';
+import { openSocket, type Socket } from './transport';
+
+export interface ConnectOptions {
+  /** Shown to the broker in Hello. */
+  clientName?: string;
+  /** A request without a reply after this long rejects with TIMEOUT (default 30 s). */
+  requestTimeoutMs?: number;
+  /** Reconnect after an unexpected close (default true). */
+  reconnect?: boolean;
+  /** First backoff delay; doubles per failed attempt up to reconnectDelayMsMax. */
+  reconnectDelayMs?: number;
+  reconnectDelayMsMax?: number;
+  /** The first connection must open within this long (default 10 s). */
+  connectTimeoutMs?: number;
+}
+
+type PushHandler = (frame: Frame) => void;
+
+interface PendingRequest {
+  resolve: (frame: Frame) => void;
+  reject: (err: WaymarkError) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+export type ClientEvent = 'reconnect' | 'disconnect';
+
+export class Connection {
+  private socket: Socket | null = null;
+  private readonly pending = new Map<number, PendingRequest>();
+  private readonly pushHandlers = new Map<number, PushHandler>();
+  private readonly listeners: Record<ClientEvent, Set<() => void>> = { reconnect: new Set(), disconnect: new Set() };
+  private nextId = 1;
+  private closed = false;
+  private attempt = 0;
+  private ready: Promise<void>;
+  private markReady: () => void = () => undefined;
+  private readonly options: Required<ConnectOptions>;
+
+  private constructor(
+    readonly url: string,
+    options: ConnectOptions,
+  ) {
+    this.options = {
+      clientName: options.clientName ?? 'waymark-sdk',
+      requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
+      reconnect: options.reconnect ?? true,
+      reconnectDelayMs: options.reconnectDelayMs ?? 100,
+      reconnectDelayMsMax: options.reconnectDelayMsMax ?? 5_000,
+      connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
+    };
+    this.ready = new Promise((resolve) => (this.markReady = resolve));
+  }
+
+  static async open(url: string, options: ConnectOptions = {}): Promise<Connection> {
+    await loadChecksum();
+    const connection = new Connection(url, options);
+    await connection.dial(connection.options.connectTimeoutMs);
+    return connection;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  on(event: ClientEvent, listener: () => void): () => void {
+    this.listeners[event].add(listener);
+    return () => this.listeners[event].delete(listener);
+  }
+
+  /** Opens a socket and says hello; rejects if either fails. */
+  private dial(timeoutMs: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const fail = (err: WaymarkError): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        reject(err);
+      };
+      const timer = setTimeout(() => {
+        fail(new WaymarkError('TIMEOUT', `no connection to ${this.url} within ${timeoutMs} ms`));
+        socket.close();
+      }, timeoutMs);
+      const socket = openSocket(this.url, {
+        open: () => {
+          this.socket = socket;
+          this.sendRaw({ id: this.takeId(), hello: { client: this.options.clientName, protocolVersion } }, (frame) => {
+            if (frame.error) return fail(errorFromFrame(frame.error));
+            settled = true;
+            clearTimeout(timer);
+            this.attempt = 0;
+            this.markReady();
+            resolve();
+          });
+        },
+        message: (bytes) => this.onMessage(bytes),
+        close: (code, reason) => {
+          const wasOpen = this.socket === socket;
+          if (wasOpen) this.socket = null;
+          fail(new WaymarkError('CONNECTION_LOST', `connection to ${this.url} closed (${code}${reason ? ` ${reason}` : ''})`));
+          if (wasOpen) this.onSocketLost(code, reason);
+        },
+        error: (message) => fail(new WaymarkError('CONNECTION_LOST', `cannot connect to ${this.url}: ${message}`)),
+      });
+    });
+  }
+
+  private onSocketLost(code: number, reason: string): void {
+    const lost = new WaymarkError('CONNECTION_LOST', `connection to ${this.url} lost (${code}${reason ? ` ${reason}` : ''})`);
+    for (const [, p] of this.pending) {
+      clearTimeout(p.timer);
+      p.reject(lost);
+    }
+    this.pending.clear();
+    this.pushHandlers.clear(); // subscriptions die with the socket; consumers subscribe again
+    this.ready = new Promise((resolve) => (this.markReady = resolve));
+    for (const listener of this.listeners.disconnect) listener();
+    if (!this.closed && this.options.reconnect) this.scheduleReconnect();
+  }
+
+  private scheduleReconnect(): void {
+    const delay = Math.min(this.options.reconnectDelayMsMax, this.options.reconnectDelayMs * 2 ** this.attempt);
+    this.attempt++;
+    setTimeout(() => {
+      if (this.closed) return;
+      this.dial(this.options.connectTimeoutMs).then(
+        () => {
+          for (const listener of this.listeners.reconnect) listener();
+        },
+        () => {
+          if (!this.closed && !this.socket) this.scheduleReconnect();
+        },
+      );
+    }, delay);
+  }
+
+  private takeId(): number {
+    const id = this.nextId;
+    this.nextId = this.nextId >= 0xfffffff0 ? 1 : this.nextId + 1;
+    return id;
+  }
+
+  private onMessage(bytes: Uint8Array): void {
+    let frame: Frame;
+    try {
+      frame = decodeFrame(bytes);
+    } catch {
+      return; // a broker never sends garbage; nothing sensible to do with it
+    }
+    if (frame.id === 0) {
+      const subscription = frame.push?.subscription ?? frame.pack?.subscription ?? frame.error?.subscription ?? 0;
+      this.pushHandlers.get(subscription)?.(frame);
+      return;
+    }
+    const pending = this.pending.get(frame.id);
+    if (!pending) return;
+    this.pending.delete(frame.id);
+    clearTimeout(pending.timer);
+    pending.resolve(frame);
+  }
+
+  private sendRaw(frame: FrameInit, onReply: (frame: Frame) => void, onError?: (err: WaymarkError) => void): void {
+    const id = frame.id!;
+    const timer = setTimeout(() => {
+      this.pending.delete(id);
+      onError?.(new WaymarkError('TIMEOUT', `no reply to request ${id} within ${this.options.requestTimeoutMs} ms`));
+    }, this.options.requestTimeoutMs);
+    this.pending.set(id, { resolve: onReply, reject: onError ?? (() => undefined), timer });
+    this.socket!.send(encodeFrame(frame));
+  }
+
+  /** Sends a request and resolves with the reply; an Error reply rejects with its typed error. */
+  async request(body: Omit<FrameInit, 'id'>): Promise<Frame> {
+    if (this.closed) throw new WaymarkError('CLIENT_CLOSED');
+    if (!this.socket) await this.waitReady();
+    if (this.closed) throw new WaymarkError('CLIENT_CLOSED');
+    return new Promise((resolve, reject) => {
+      this.sendRaw(
+        { ...body, id: this.takeId() },
+        (frame) => (frame.error ? reject(errorFromFrame(frame.error)) : resolve(frame)),
+        reject,
+      );
+    });
+  }
+
+  private waitReady(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new WaymarkError('CONNECTION_LOST', `no connection to ${this.url} within ${this.options.requestTimeoutMs} ms`)), this.options.requestTimeoutMs);
+      this.ready.then(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  /** Routes pushes for a subscription id (until the socket closes or `off` is called). */
+  onPush(subscription: number, handler: PushHandler): () => void {
+    this.pushHandlers.set(subscription, handler);
+    return () => this.pushHandlers.delete(subscription);
+  }
+
+  /** Unsent bytes in the socket (producers slow down past a bound). */
+  get bufferedAmount(): number {
+    return this.socket?.bufferedAmount ?? 0;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const closedError = new WaymarkError('CLIENT_CLOSED');
+    for (const [, p] of this.pending) {
+      clearTimeout(p.timer);
+      p.reject(closedError);
+    }
+    this.pending.clear();
+    this.socket?.close(1000, 'client closed');
+    this.socket = null;
+    this.markReady();
+  }
+}

@@ -1,0 +1,301 @@
+/**
+ * Stream-group consumer: subscribes with a credit window (prefetch), decodes and verifies
+ * pushed batches, hands messages out in order per channel (async iterator or callback), and
+ * commits the group's positions — automatically every `autoCommitIntervalMs`, or when asked.
+ *
+ * Invariants:
+ * - credit flows back to the broker only for batches the application has taken (so at most
+ *   prefetchMessages / prefetchBytes are buffered here);
+ * - `delivered` per channel is one past the last offset handed out; a reconnect subscribes
+ *   again from exactly there and drops what was buffered but not handed out, so a
+ *   reconnect never duplicates or skips a message;
+ * - a commit stores `delivered` (or what the caller passes): after a restart the group
+ *   resumes there, so only the uncommitted tail can be seen twice.
+ */
+import { WaymarkError } from '../engine/format/errors';
+import type { Frame } from '../protocol/frames';
+import type { Connection } from './client';
+import { decodeBatches, type Message } from './messages';
+
+export type StartAt = 'committed' | 'earliest' | 'latest' | { offsets: Record<number, number> } | { timestamp: number };
+
+export interface ConsumerOptions {
+  topic: string;
+  /** The consumer group (Milvus subName). */
+  group: string;
+  /** Channels to consume (default all). */
+  channels?: number[];
+  /** Where to start (default "committed", falling back to `fallback`). */
+  start?: StartAt;
+  fallback?: 'earliest' | 'latest';
+  /** Commit delivered positions every this many ms (default 1000); 0 = only explicit commit(). */
+  autoCommitIntervalMs?: number;
+  prefetchMessages?: number;
+  prefetchBytes?: number;
+}
+
+interface Queued {
+  message: Message;
+  /** Credit returned when this message is taken (the last message of its batch carries its batch). */
+  creditMessages: number;
+  creditBytes: number;
+}
+
+export class Consumer implements AsyncIterable<Message> {
+  readonly topic: string;
+  readonly group: string;
+  private subscription = 0;
+  private stopPush: (() => void) | null = null;
+  private readonly queue: Queued[] = [];
+  private queueHead = 0;
+  private readonly delivered = new Map<number, number>();
+  private readonly committed = new Map<number, number>();
+  private readonly lastTimestamp = new Map<number, number>();
+  private returnMessages = 0;
+  private returnBytes = 0;
+  private waiting: { resolve: (m: IteratorResult<Message>) => void; reject: (e: Error) => void } | null = null;
+  private failure: Error | null = null;
+  private closed = false;
+  private seeking = 0;
+  private commitTimer: ReturnType<typeof setInterval> | null = null;
+  private readonly options: Required<Omit<ConsumerOptions, 'channels' | 'start'>> & Pick<ConsumerOptions, 'channels' | 'start'>;
+  private readonly stopListening: Array<() => void> = [];
+
+  constructor(
+    private readonly connection: Connection,
+    options: ConsumerOptions,
+  ) {
+    this.topic = options.topic;
+    this.group = options.group;
+    this.options = {
+      ...options,
+      fallback: options.fallback ?? 'earliest',
+      autoCommitIntervalMs: options.autoCommitIntervalMs ?? 1000,
+      prefetchMessages: options.prefetchMessages ?? 10_000,
+      prefetchBytes: options.prefetchBytes ?? 8 * 1024 * 1024,
+    };
+  }
+
+  /** Subscribes (called by client.consumer()). */
+  async start(): Promise<void> {
+    await this.subscribe(this.options.start ?? 'committed');
+    this.stopListening.push(this.connection.on('reconnect', () => void this.resubscribe()));
+    if (this.options.autoCommitIntervalMs > 0) {
+      this.commitTimer = setInterval(() => void this.commit().catch(() => undefined), this.options.autoCommitIntervalMs);
+      (this.commitTimer as { unref?: () => void }).unref?.();
+    }
+  }
+
+  private async subscribe(start: StartAt): Promise<void> {
+    const request: Record<string, unknown> = {
+      topic: this.topic,
+      group: this.group,
+      channels: this.options.channels ?? [],
+      fallback: this.options.fallback,
+      creditMessages: this.options.prefetchMessages,
+      creditBytes: this.options.prefetchBytes,
+    };
+    if (typeof start === 'string') request.start = start;
+    else if ('offsets' in start) request.positions = Object.entries(start.offsets).map(([channel, offset]) => ({ channel: Number(channel), offset }));
+    else request.startTimestamp = start.timestamp;
+    const reply = await this.connection.request({ subscribe: request });
+    const ok = reply.subscribeOk!;
+    this.subscription = ok.subscription ?? 0;
+    for (const p of ok.positions ?? []) {
+      this.delivered.set(p.channel ?? 0, p.offset ?? 0);
+      if (!this.committed.has(p.channel ?? 0)) this.committed.set(p.channel ?? 0, p.offset ?? 0);
+    }
+    this.stopPush?.();
+    this.stopPush = this.connection.onPush(this.subscription, (frame) => this.onPush(frame));
+  }
+
+  private async resubscribe(): Promise<void> {
+    if (this.closed) return;
+    this.dropQueued();
+    try {
+      await this.subscribe({ offsets: Object.fromEntries(this.delivered) });
+    } catch (err) {
+      this.fail(err as Error);
+    }
+  }
+
+  private dropQueued(): void {
+    this.queue.length = 0;
+    this.queueHead = 0;
+    this.returnMessages = 0;
+    this.returnBytes = 0;
+  }
+
+  private onPush(frame: Frame): void {
+    if (frame.error) {
+      this.fail(new WaymarkError('INTERNAL', frame.error.message ?? 'subscription ended'));
+      return;
+    }
+    const push = frame.push;
+    if (!push) return;
+    if (this.seeking > 0) {
+      // Sent before the broker applied a seek: dropped; its credit goes back.
+      this.giveBack(countRecords(push.batches), push.batches?.length ?? 0);
+      return;
+    }
+    if ((push.needMessages ?? 0) > 0 || (push.needBytes ?? 0) > 0) {
+      this.grant(push.needMessages ?? 0, push.needBytes ?? 0);
+      return;
+    }
+    const channel = push.channel ?? 0;
+    let batches;
+    try {
+      batches = decodeBatches(this.topic, channel, push.batches ?? new Uint8Array(0), this.delivered.get(channel) ?? 0);
+    } catch (err) {
+      this.fail(err as Error);
+      return;
+    }
+    for (const batch of batches) {
+      if (batch.messages.length === 0) {
+        this.giveBack(batch.header.recordCount, batch.bytes);
+        continue;
+      }
+      const last = batch.messages.length - 1;
+      batch.messages.forEach((message, i) => this.queue.push({ message, creditMessages: i === last ? batch.header.recordCount : 0, creditBytes: i === last ? batch.bytes : 0 }));
+    }
+    this.wake();
+  }
+
+  private wake(): void {
+    if (!this.waiting) return;
+    const next = this.take();
+    if (next) {
+      const waiting = this.waiting;
+      this.waiting = null;
+      waiting.resolve({ value: next, done: false });
+    }
+  }
+
+  private take(): Message | null {
+    if (this.queueHead >= this.queue.length) return null;
+    const item = this.queue[this.queueHead++]!;
+    if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {
+      this.queue.splice(0, this.queueHead);
+      this.queueHead = 0;
+    }
+    const m = item.message;
+    this.delivered.set(m.channel, m.offset + 1);
+    this.lastTimestamp.set(m.channel, m.brokerTimestamp);
+    if (item.creditMessages > 0) this.giveBack(item.creditMessages, item.creditBytes);
+    return m;
+  }
+
+  /** Returns credit in chunks of a quarter window, so credit frames stay rare. */
+  private giveBack(messages: number, bytes: number): void {
+    this.returnMessages += messages;
+    this.returnBytes += bytes;
+    if (this.returnMessages >= this.options.prefetchMessages / 4 || this.returnBytes >= this.options.prefetchBytes / 4 || this.queueHead >= this.queue.length) {
+      const m = this.returnMessages;
+      const b = this.returnBytes;
+      this.returnMessages = 0;
+      this.returnBytes = 0;
+      this.grant(m, b);
+    }
+  }
+
+  private grant(messages: number, bytes: number): void {
+    if (this.closed || (messages === 0 && bytes === 0)) return;
+    this.connection.request({ credit: { subscription: this.subscription, messages, bytes } }).catch(() => undefined); // lost with the connection; resubscribe restores the window
+  }
+
+  private fail(err: Error): void {
+    this.failure = err;
+    if (this.waiting) {
+      const waiting = this.waiting;
+      this.waiting = null;
+      waiting.reject(err);
+    }
+  }
+
+  /** The next message (waits for one). */
+  next(): Promise<IteratorResult<Message>> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.closed) return Promise.resolve({ value: undefined, done: true });
+    const m = this.take();
+    if (m) return Promise.resolve({ value: m, done: false });
+    if (this.waiting) return Promise.reject(new WaymarkError('INVALID_ARGUMENT', 'next() called again before the previous call resolved'));
+    return new Promise((resolve, reject) => (this.waiting = { resolve, reject }));
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<Message> {
+    return { next: () => this.next(), return: async () => { await this.close(); return { value: undefined, done: true }; } };
+  }
+
+  /** Callback style: runs `handler` for each message in order until close(); a throw stops it. */
+  async run(handler: (message: Message) => Promise<void> | void): Promise<void> {
+    for (;;) {
+      const r = await this.next();
+      if (r.done) return;
+      await handler(r.value);
+    }
+  }
+
+  /** Positions after the last message handed out, per channel. */
+  positions(): Array<{ channel: number; offset: number }> {
+    return [...this.delivered].map(([channel, offset]) => ({ channel, offset }));
+  }
+
+  /** Stores the group's positions: after `message` for its channel, or all delivered positions. */
+  async commit(message?: Message): Promise<void> {
+    const positions = message ? [{ channel: message.channel, offset: message.offset + 1, timestamp: message.brokerTimestamp }] : this.positions().filter((p) => this.committed.get(p.channel) !== p.offset).map((p) => ({ ...p, timestamp: this.lastTimestamp.get(p.channel) ?? 0 }));
+    if (positions.length === 0) return;
+    await this.connection.request({ commit: { topic: this.topic, group: this.group, positions } });
+    for (const p of positions) this.committed.set(p.channel, p.offset);
+  }
+
+  /** Moves the consumer: explicit offsets per channel, a broker timestamp, or earliest/latest. */
+  async seek(to: { offsets: Record<number, number> } | { timestamp: number } | 'earliest' | 'latest'): Promise<void> {
+    const request: Record<string, unknown> = { subscription: this.subscription };
+    if (typeof to === 'string') request.to = to;
+    else if ('offsets' in to) request.positions = Object.entries(to.offsets).map(([channel, offset]) => ({ channel: Number(channel), offset }));
+    else request.timestamp = to.timestamp;
+    this.seeking++;
+    try {
+      const reply = await this.connection.request({ seek: request });
+      // Buffered messages are from before the seek: drop them and return their credit.
+      let messages = 0;
+      let bytes = 0;
+      for (let i = this.queueHead; i < this.queue.length; i++) {
+        messages += this.queue[i]!.creditMessages;
+        bytes += this.queue[i]!.creditBytes;
+      }
+      this.dropQueued();
+      this.grant(messages, bytes);
+      for (const p of reply.seekOk?.positions ?? []) this.delivered.set(p.channel ?? 0, p.offset ?? 0);
+    } finally {
+      this.seeking--;
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.commitTimer) clearInterval(this.commitTimer);
+    if (this.options.autoCommitIntervalMs > 0 && !this.connection.isClosed) await this.commit().catch(() => undefined);
+    this.closed = true;
+    for (const stop of this.stopListening) stop();
+    this.stopPush?.();
+    if (!this.connection.isClosed) await this.connection.request({ unsubscribe: { subscription: this.subscription } }).catch(() => undefined);
+    if (this.waiting) {
+      const waiting = this.waiting;
+      this.waiting = null;
+      waiting.resolve({ value: undefined, done: true });
+    }
+  }
+}
+
+/** Records in a buffer of whole batches (header field recordCount at byte 44). */
+export function countRecords(bytes: Uint8Array | null | undefined): number {
+  if (!bytes) return 0;
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let count = 0;
+  for (let pos = 0; pos + 64 <= bytes.length; pos += dv.getUint32(pos + 28, true)) {
+    count += dv.getUint32(pos + 44, true);
+    if (dv.getUint32(pos + 28, true) < 64) break;
+  }
+  return count;
+}

@@ -1,0 +1,214 @@
+/**
+ * msgStream: Milvus' MsgStream shape over a Waymark topic, whose channels are the stream's
+ * channels. AsProducer / SetRepackFunc / Produce / Broadcast on the producing side;
+ * AsConsumer / Chan (async iterator of MsgPacks) / Seek on the consuming side, where each
+ * MsgPack holds every message of the consumed channels with broker time in (beginTs, endTs]
+ * — time-tick packs, so several channels are consumed in lockstep.
+ */
+import { WaymarkError } from '../engine/format/errors';
+import type { Frame } from '../protocol/frames';
+import type { Connection } from './client';
+import { decodeBatches, type Message } from './messages';
+import { Producer, type OutgoingMessage, type SendResult } from './producer';
+
+export interface MsgPosition {
+  channel: number;
+  offset: number;
+}
+
+export interface MsgPack {
+  beginTs: number;
+  endTs: number;
+  msgs: Message[];
+  startPositions: MsgPosition[];
+  endPositions: MsgPosition[];
+}
+
+/** Splits a pack's messages over channels (Milvus RepackFunc); default: by key hash, keyless round robin. */
+export type RepackFunc = (msgs: readonly OutgoingMessage[], channelCount: number, route: (m: OutgoingMessage) => number) => Map<number, OutgoingMessage[]>;
+
+export interface AsConsumerOptions {
+  start?: 'committed' | 'earliest' | 'latest' | { timestamp: number } | { positions: MsgPosition[] };
+  channels?: number[];
+  tickIntervalMs?: number;
+  prefetchMessages?: number;
+  prefetchBytes?: number;
+}
+
+export class MsgStream implements AsyncIterable<MsgPack> {
+  private producer: Producer | null = null;
+  private repack: RepackFunc | null = null;
+  private consuming: { topic: string; group: string; subscription: number } | null = null;
+  private stopPush: (() => void) | null = null;
+  private readonly packs: Array<{ pack: MsgPack; credit: [number, number] }> = [];
+  private waiting: { resolve: (r: IteratorResult<MsgPack>) => void; reject: (e: Error) => void } | null = null;
+  private failure: Error | null = null;
+  private closed = false;
+  private prefetch: [number, number] = [10_000, 8 * 1024 * 1024];
+  private seeking = 0;
+
+  constructor(private readonly connection: Connection) {}
+
+  async asProducer(topic: string): Promise<void> {
+    const info = await this.connection.request({ describeTopic: { topic } });
+    this.producer = new Producer(this.connection, { topic }, info.topicInfo?.channels ?? 1);
+  }
+
+  setRepackFunc(repack: RepackFunc): void {
+    this.repack = repack;
+  }
+
+  private needProducer(): Producer {
+    if (!this.producer) throw new WaymarkError('INVALID_ARGUMENT', 'call asProducer(topic) first');
+    return this.producer;
+  }
+
+  /** Sends every message of the pack to the channel the repack function picks. */
+  async produce(pack: { msgs: OutgoingMessage[] }): Promise<SendResult[]> {
+    const producer = this.needProducer();
+    const route = (m: OutgoingMessage): number => producer.channelFor(m);
+    const groups = this.repack ? this.repack(pack.msgs, producer.channelCount, route) : null;
+    const sends: Array<Promise<SendResult>> = [];
+    if (groups) for (const [channel, msgs] of groups) for (const m of msgs) sends.push(producer.send({ ...m, channel }));
+    else for (const m of pack.msgs) sends.push(producer.send(m));
+    return Promise.all(sends);
+  }
+
+  /** Sends every message of the pack to every channel. */
+  async broadcast(pack: { msgs: OutgoingMessage[] }): Promise<SendResult[][]> {
+    const producer = this.needProducer();
+    return Promise.all(pack.msgs.map((m) => producer.broadcast(m)));
+  }
+
+  /** Subscribes `subName` to the topic's channels as time-tick packs. */
+  async asConsumer(topic: string, subName: string, options: AsConsumerOptions = {}): Promise<void> {
+    this.prefetch = [options.prefetchMessages ?? 10_000, options.prefetchBytes ?? 8 * 1024 * 1024];
+    const start = options.start ?? 'committed';
+    const request: Record<string, unknown> = {
+      topic,
+      group: subName,
+      channels: options.channels ?? [],
+      packs: true,
+      tickIntervalMs: options.tickIntervalMs ?? 0,
+      creditMessages: this.prefetch[0],
+      creditBytes: this.prefetch[1],
+    };
+    if (typeof start === 'string') request.start = start;
+    else if ('timestamp' in start) request.startTimestamp = start.timestamp;
+    else request.positions = start.positions;
+    const reply = await this.connection.request({ subscribe: request });
+    this.consuming = { topic, group: subName, subscription: reply.subscribeOk?.subscription ?? 0 };
+    this.stopPush = this.connection.onPush(this.consuming.subscription, (frame) => this.onPack(frame));
+  }
+
+  private onPack(frame: Frame): void {
+    if (frame.error) {
+      this.fail(new WaymarkError('INTERNAL', frame.error.message ?? 'subscription ended'));
+      return;
+    }
+    const p = frame.pack;
+    if (!p || !this.consuming) return;
+    if ((p.needMessages ?? 0) > 0 || (p.needBytes ?? 0) > 0) {
+      this.grant(p.needMessages ?? 0, p.needBytes ?? 0);
+      return;
+    }
+    let records = 0;
+    let bytes = 0;
+    const msgs: Message[] = [];
+    try {
+      for (const c of p.channels ?? []) {
+        for (const batch of decodeBatches(this.consuming.topic, c.channel ?? 0, c.batches ?? new Uint8Array(0), c.startOffset ?? 0)) {
+          records += batch.header.recordCount;
+          bytes += batch.bytes;
+          msgs.push(...batch.messages);
+        }
+      }
+    } catch (err) {
+      this.fail(err as Error);
+      return;
+    }
+    if (this.seeking > 0) {
+      this.grant(records, bytes);
+      return;
+    }
+    const pack: MsgPack = {
+      beginTs: p.beginTs ?? 0,
+      endTs: p.endTs ?? 0,
+      msgs,
+      startPositions: (p.channels ?? []).map((c) => ({ channel: c.channel ?? 0, offset: c.startOffset ?? 0 })),
+      endPositions: (p.channels ?? []).map((c) => ({ channel: c.channel ?? 0, offset: c.endOffset ?? 0 })),
+    };
+    this.packs.push({ pack, credit: [records, bytes] });
+    if (this.waiting) {
+      const waiting = this.waiting;
+      this.waiting = null;
+      waiting.resolve({ value: this.takePack()!, done: false });
+    }
+  }
+
+  private takePack(): MsgPack | null {
+    const item = this.packs.shift();
+    if (!item) return null;
+    this.grant(item.credit[0], item.credit[1]);
+    return item.pack;
+  }
+
+  private grant(messages: number, bytes: number): void {
+    if (!this.consuming || (messages === 0 && bytes === 0)) return;
+    this.connection.request({ credit: { subscription: this.consuming.subscription, messages, bytes } }).catch(() => undefined);
+  }
+
+  private fail(err: Error): void {
+    this.failure = err;
+    if (this.waiting) {
+      const waiting = this.waiting;
+      this.waiting = null;
+      waiting.reject(err);
+    }
+  }
+
+  /** The next pack (Milvus Chan()). */
+  next(): Promise<IteratorResult<MsgPack>> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.closed) return Promise.resolve({ value: undefined, done: true });
+    if (!this.consuming) return Promise.reject(new WaymarkError('INVALID_ARGUMENT', 'call asConsumer(topic, subName) first'));
+    const pack = this.takePack();
+    if (pack) return Promise.resolve({ value: pack, done: false });
+    return new Promise((resolve, reject) => (this.waiting = { resolve, reject }));
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<MsgPack> {
+    return { next: () => this.next() };
+  }
+
+  chan(): AsyncIterable<MsgPack> {
+    return this;
+  }
+
+  /** Moves the consumer to positions (per channel) or to a broker timestamp. */
+  async seek(to: { positions: MsgPosition[] } | { timestamp: number }): Promise<void> {
+    if (!this.consuming) throw new WaymarkError('INVALID_ARGUMENT', 'call asConsumer(topic, subName) first');
+    this.seeking++;
+    try {
+      await this.connection.request({ seek: { subscription: this.consuming.subscription, ...('positions' in to ? { positions: to.positions } : { timestamp: to.timestamp }) } });
+      for (const item of this.packs.splice(0)) this.grant(item.credit[0], item.credit[1]);
+    } finally {
+      this.seeking--;
+    }
+  }
+
+  /** Commits the group's positions (typically a consumed pack's endPositions). */
+  async commit(positions: MsgPosition[]): Promise<void> {
+    if (!this.consuming) throw new WaymarkError('INVALID_ARGUMENT', 'call asConsumer(topic, subName) first');
+    await this.connection.request({ commit: { topic: this.consuming.topic, group: this.consuming.group, positions } });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.producer?.close();
+    this.stopPush?.();
+    if (this.consuming && !this.connection.isClosed) await this.connection.request({ unsubscribe: { subscription: this.consuming.subscription } }).catch(() => undefined);
+    if (this.waiting) this.waiting.resolve({ value: undefined, done: true });
+  }
+}
