@@ -46,6 +46,7 @@ export class Connection {
   private readonly pushHandlers = new Map<number, PushHandler>();
   private readonly listeners: Record<ClientEvent, Set<() => void>> = { reconnect: new Set(), disconnect: new Set() };
   private nextId = 1;
+  private nextSubscription = 1;
   private closed = false;
   private attempt = 0;
   private ready: Promise<void>;
@@ -207,6 +208,11 @@ export class Connection {
         resolve();
       });
     });
+  }
+
+  /** A subscription id for a Subscribe request, unique on this connection. */
+  takeSubscriptionId(): number {
+    return this.nextSubscription++;
   }
 
   /** Routes pushes for a subscription id (until the socket closes or `off` is called). */

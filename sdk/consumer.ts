@@ -49,6 +49,8 @@ export class Consumer implements AsyncIterable<Message> {
   private readonly queue: Queued[] = [];
   private queueHead = 0;
   private readonly delivered = new Map<number, number>();
+  /** The epoch in which each channel's `delivered` last moved by a taken message. */
+  private readonly deliveredEpoch = new Map<number, number>();
   private readonly committed = new Map<number, number>();
   private readonly lastTimestamp = new Map<number, number>();
   private returnMessages = 0;
@@ -56,7 +58,8 @@ export class Consumer implements AsyncIterable<Message> {
   private waiting: { resolve: (m: IteratorResult<Message>) => void; reject: (e: Error) => void } | null = null;
   private failure: Error | null = null;
   private closed = false;
-  private seeking = 0;
+  /** Epoch of the last seek sent; pushes from an older epoch are stale and dropped. */
+  private epoch = 0;
   private commitTimer: ReturnType<typeof setInterval> | null = null;
   private readonly options: Required<Omit<ConsumerOptions, 'channels' | 'start'>> & Pick<ConsumerOptions, 'channels' | 'start'>;
   private readonly stopListening: Array<() => void> = [];
@@ -98,15 +101,17 @@ export class Consumer implements AsyncIterable<Message> {
     if (typeof start === 'string') request.start = start;
     else if ('offsets' in start) request.positions = Object.entries(start.offsets).map(([channel, offset]) => ({ channel: Number(channel), offset }));
     else request.startTimestamp = start.timestamp;
+    // The handler is in place before the request leaves: pushes may follow the reply at once.
+    this.stopPush?.();
+    this.subscription = this.connection.takeSubscriptionId();
+    this.epoch = 0;
+    request.subscription = this.subscription;
+    this.stopPush = this.connection.onPush(this.subscription, (frame) => this.onPush(frame));
     const reply = await this.connection.request({ subscribe: request });
-    const ok = reply.subscribeOk!;
-    this.subscription = ok.subscription ?? 0;
-    for (const p of ok.positions ?? []) {
-      this.delivered.set(p.channel ?? 0, p.offset ?? 0);
+    for (const p of reply.subscribeOk?.positions ?? []) {
+      if (!this.delivered.has(p.channel ?? 0)) this.delivered.set(p.channel ?? 0, p.offset ?? 0);
       if (!this.committed.has(p.channel ?? 0)) this.committed.set(p.channel ?? 0, p.offset ?? 0);
     }
-    this.stopPush?.();
-    this.stopPush = this.connection.onPush(this.subscription, (frame) => this.onPush(frame));
   }
 
   private async resubscribe(): Promise<void> {
@@ -133,8 +138,8 @@ export class Consumer implements AsyncIterable<Message> {
     }
     const push = frame.push;
     if (!push) return;
-    if (this.seeking > 0) {
-      // Sent before the broker applied a seek: dropped; its credit goes back.
+    if ((push.epoch ?? 0) !== this.epoch) {
+      // Sent before the broker applied our latest seek: stale; its credit goes back.
       this.giveBack(countRecords(push.batches), push.batches?.length ?? 0);
       return;
     }
@@ -145,7 +150,7 @@ export class Consumer implements AsyncIterable<Message> {
     const channel = push.channel ?? 0;
     let batches;
     try {
-      batches = decodeBatches(this.topic, channel, push.batches ?? new Uint8Array(0), this.delivered.get(channel) ?? 0);
+      batches = decodeBatches(this.topic, channel, push.batches ?? new Uint8Array(0), push.startOffset ?? 0);
     } catch (err) {
       this.fail(err as Error);
       return;
@@ -180,6 +185,7 @@ export class Consumer implements AsyncIterable<Message> {
     }
     const m = item.message;
     this.delivered.set(m.channel, m.offset + 1);
+    this.deliveredEpoch.set(m.channel, this.epoch);
     this.lastTimestamp.set(m.channel, m.brokerTimestamp);
     if (item.creditMessages > 0) this.giveBack(item.creditMessages, item.creditBytes);
     return m;
@@ -250,25 +256,25 @@ export class Consumer implements AsyncIterable<Message> {
 
   /** Moves the consumer: explicit offsets per channel, a broker timestamp, or earliest/latest. */
   async seek(to: { offsets: Record<number, number> } | { timestamp: number } | 'earliest' | 'latest'): Promise<void> {
-    const request: Record<string, unknown> = { subscription: this.subscription };
+    const epoch = ++this.epoch;
+    const request: Record<string, unknown> = { subscription: this.subscription, epoch };
     if (typeof to === 'string') request.to = to;
     else if ('offsets' in to) request.positions = Object.entries(to.offsets).map(([channel, offset]) => ({ channel: Number(channel), offset }));
     else request.timestamp = to.timestamp;
-    this.seeking++;
-    try {
-      const reply = await this.connection.request({ seek: request });
-      // Buffered messages are from before the seek: drop them and return their credit.
-      let messages = 0;
-      let bytes = 0;
-      for (let i = this.queueHead; i < this.queue.length; i++) {
-        messages += this.queue[i]!.creditMessages;
-        bytes += this.queue[i]!.creditBytes;
-      }
-      this.dropQueued();
-      this.grant(messages, bytes);
-      for (const p of reply.seekOk?.positions ?? []) this.delivered.set(p.channel ?? 0, p.offset ?? 0);
-    } finally {
-      this.seeking--;
+    // Buffered messages are from before the seek: drop them and return their credit.
+    let messages = 0;
+    let bytes = 0;
+    for (let i = this.queueHead; i < this.queue.length; i++) {
+      messages += this.queue[i]!.creditMessages;
+      bytes += this.queue[i]!.creditBytes;
+    }
+    this.dropQueued();
+    this.grant(messages, bytes);
+    const reply = await this.connection.request({ seek: request });
+    // Pushes of this epoch may have arrived already; positions move only where nothing newer was taken.
+    for (const p of reply.seekOk?.positions ?? []) {
+      const channel = p.channel ?? 0;
+      if (this.epoch === epoch && this.deliveredEpoch.get(channel) !== epoch) this.delivered.set(channel, p.offset ?? 0);
     }
   }
 

@@ -45,7 +45,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   private failure: Error | null = null;
   private closed = false;
   private prefetch: [number, number] = [10_000, 8 * 1024 * 1024];
-  private seeking = 0;
+  private epoch = 0;
 
   constructor(private readonly connection: Connection) {}
 
@@ -96,9 +96,12 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     if (typeof start === 'string') request.start = start;
     else if ('timestamp' in start) request.startTimestamp = start.timestamp;
     else request.positions = start.positions;
-    const reply = await this.connection.request({ subscribe: request });
-    this.consuming = { topic, group: subName, subscription: reply.subscribeOk?.subscription ?? 0 };
-    this.stopPush = this.connection.onPush(this.consuming.subscription, (frame) => this.onPack(frame));
+    // The handler is in place before the request leaves: packs may follow the reply at once.
+    const subscription = this.connection.takeSubscriptionId();
+    request.subscription = subscription;
+    this.consuming = { topic, group: subName, subscription };
+    this.stopPush = this.connection.onPush(subscription, (frame) => this.onPack(frame));
+    await this.connection.request({ subscribe: request });
   }
 
   private onPack(frame: Frame): void {
@@ -127,8 +130,8 @@ export class MsgStream implements AsyncIterable<MsgPack> {
       this.fail(err as Error);
       return;
     }
-    if (this.seeking > 0) {
-      this.grant(records, bytes);
+    if ((p.epoch ?? 0) !== this.epoch) {
+      this.grant(records, bytes); // from before our latest seek: stale
       return;
     }
     const pack: MsgPack = {
@@ -188,13 +191,9 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   /** Moves the consumer to positions (per channel) or to a broker timestamp. */
   async seek(to: { positions: MsgPosition[] } | { timestamp: number }): Promise<void> {
     if (!this.consuming) throw new WaymarkError('INVALID_ARGUMENT', 'call asConsumer(topic, subName) first');
-    this.seeking++;
-    try {
-      await this.connection.request({ seek: { subscription: this.consuming.subscription, ...('positions' in to ? { positions: to.positions } : { timestamp: to.timestamp }) } });
-      for (const item of this.packs.splice(0)) this.grant(item.credit[0], item.credit[1]);
-    } finally {
-      this.seeking--;
-    }
+    const epoch = ++this.epoch;
+    for (const item of this.packs.splice(0)) this.grant(item.credit[0], item.credit[1]);
+    await this.connection.request({ seek: { subscription: this.consuming.subscription, epoch, ...('positions' in to ? { positions: to.positions } : { timestamp: to.timestamp }) } });
   }
 
   /** Commits the group's positions (typically a consumed pack's endPositions). */

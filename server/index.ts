@@ -5,8 +5,9 @@
  * Shutdown (close()): stop accepting, close every socket with 1001 "going away", let
  * queued group commits finish, close the store (clean checkpoints), release the lock.
  */
+import * as net from 'node:net';
 import uWS from 'uWebSockets.js';
-import { openStore, type Store, type SyncMode, type RecoveryFinding } from '../engine/index';
+import { openStore, WaymarkError, type Store, type SyncMode, type RecoveryFinding } from '../engine/index';
 import { protocolLimits } from '../protocol/limits';
 import { Broker } from './broker';
 import { gauge } from './metrics';
@@ -79,10 +80,18 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         gauge(out, 'waymark_high_watermark', 'Next offset to be written, by topic and channel.', hw);
       },
     });
+    // µSockets sets SO_REUSEADDR only for a non-zero port, and without it a restarted broker
+    // cannot rebind while its old connections linger in TIME_WAIT: so port 0 becomes a free
+    // concrete port first. EXCLUSIVE_PORT leaves SO_REUSEPORT off, so a second broker on the
+    // same port is refused instead of silently sharing it.
+    const requested = options.port ?? serverDefaults.port;
+    const port = requested === 0 ? await freePort(host) : requested;
     const listenSocket = await new Promise<uWS.us_listen_socket>((resolve, reject) => {
-      app.listen(host, options.port ?? serverDefaults.port, (socket) => (socket ? resolve(socket) : reject(new Error(`cannot listen on ${host}:${options.port ?? serverDefaults.port} (in use?)`))));
+      const listen = app.listen as unknown as (host: string, port: number, options: number, cb: (socket: uWS.us_listen_socket | false) => void) => void;
+      listen.call(app, host, port, (uWS as unknown as { LIBUS_LISTEN_EXCLUSIVE_PORT: number }).LIBUS_LISTEN_EXCLUSIVE_PORT, (socket) =>
+        socket ? resolve(socket) : reject(new WaymarkError('INVALID_ARGUMENT', `cannot listen on ${host}:${port}: the port is in use or the address is not local`)),
+      );
     });
-    const port = uWS.us_socket_local_port(listenSocket);
     let closing: Promise<void> | null = null;
     return {
       host,
@@ -102,4 +111,16 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     await store.close();
     throw err;
   }
+}
+
+/** A port that is free right now on `host` (the kernel picks it). */
+function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer();
+    probe.once('error', reject);
+    probe.listen(0, host, () => {
+      const { port } = probe.address() as net.AddressInfo;
+      probe.close(() => resolve(port));
+    });
+  });
 }

@@ -25,7 +25,6 @@ export class Session {
   private greeted = false;
   private closed = false;
   private inflight = 0;
-  private nextSubscriptionId = 1;
   private readonly subscriptions = new Map<number, Subscription>();
 
   constructor(
@@ -199,7 +198,9 @@ export class Session {
       positions: (request.positions ?? []).map((p) => ({ channel: p.channel ?? 0, offset: p.offset ?? 0, timestamp: p.timestamp ?? 0 })),
       startTimestamp: request.startTimestamp,
     });
-    const id = this.nextSubscriptionId++;
+    const id = request.subscription;
+    if (!Number.isInteger(id) || id <= 0) throw new WaymarkError('INVALID_ARGUMENT', 'subscribe needs a subscription id > 0, chosen by the client');
+    if (this.subscriptions.has(id)) throw new WaymarkError('INVALID_ARGUMENT', `subscription id ${id} is already in use on this connection`);
     const subscription = new Subscription(
       {
         id,
@@ -238,7 +239,7 @@ export class Session {
     } else {
       throw new WaymarkError('INVALID_ARGUMENT', 'seek needs positions, a timestamp, or to = earliest|latest');
     }
-    subscription.seek(offsets, packBeginTs);
+    subscription.seek(offsets, request.epoch, packBeginTs);
     return { seekOk: { positions: subscription.currentPositions() } };
   }
 }

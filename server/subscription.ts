@@ -66,6 +66,8 @@ export class Subscription {
   private started = false;
   /** Bumped by seek: a read that started before a seek is dropped, not pushed. */
   private generation = 0;
+  /** The client's epoch of the last seek, echoed in every push. */
+  private epoch = 0;
   private nextChannel = 0;
   private readonly unwatch: Array<() => void> = [];
   private tickTimer: NodeJS.Timeout | null = null;
@@ -111,12 +113,13 @@ export class Subscription {
   }
 
   /** Moves channels to new offsets (checked against each channel's range). */
-  seek(offsets: Map<number, number>, packBeginTs?: number): void {
+  seek(offsets: Map<number, number>, epoch: number, packBeginTs?: number): void {
     for (const [channel, offset] of offsets) {
       if (!this.positions.has(channel)) throw new WaymarkError('CHANNEL_NOT_FOUND', `subscription ${this.id} does not cover channel ${channel}`);
       this.positions.set(channel, clampPosition(offset, this.store.channelState(this.topic, channel), channel));
     }
     if (packBeginTs !== undefined) this.packBeginTs = packBeginTs;
+    this.epoch = epoch;
     this.generation++;
     this.stalled = false;
     this.kick();
@@ -187,11 +190,15 @@ export class Subscription {
       return false;
     }
     const last = spans[fit.count - 1]!;
+    const startOffset = position;
     position = last.baseOffset + last.recordCount;
     this.positions.set(channel, position);
     this.creditMessages -= fit.messages;
     this.creditBytes -= fit.bytes;
-    this.sink.send({ id: 0, push: { subscription: this.id, channel, batches: read.bytes.subarray(0, fit.bytes), nextOffset: position, highWatermark: this.store.channelState(this.topic, channel).highWatermark } });
+    this.sink.send({
+      id: 0,
+      push: { subscription: this.id, channel, batches: read.bytes.subarray(0, fit.bytes), startOffset, nextOffset: position, highWatermark: this.store.channelState(this.topic, channel).highWatermark, epoch: this.epoch },
+    });
     return true;
   }
 
@@ -213,8 +220,8 @@ export class Subscription {
     this.stalled = true;
     const needMessages = Math.max(0, span.recordCount - this.creditMessages);
     const needBytes = Math.max(0, span.length - this.creditBytes);
-    if (this.packs) this.sink.send({ id: 0, pack: { subscription: this.id, beginTs: this.packBeginTs, endTs: this.packBeginTs, channels: [], needMessages, needBytes } });
-    else this.sink.send({ id: 0, push: { subscription: this.id, channel, nextOffset: this.positions.get(channel)!, needMessages, needBytes } });
+    if (this.packs) this.sink.send({ id: 0, pack: { subscription: this.id, beginTs: this.packBeginTs, endTs: this.packBeginTs, channels: [], needMessages, needBytes, epoch: this.epoch } });
+    else this.sink.send({ id: 0, push: { subscription: this.id, channel, startOffset: this.positions.get(channel)!, nextOffset: this.positions.get(channel)!, needMessages, needBytes, epoch: this.epoch } });
   }
 
   /**
@@ -294,7 +301,7 @@ export class Subscription {
     for (const entry of channels) this.positions.set(entry.channel, entry.endOffset);
     this.creditMessages -= messages;
     this.creditBytes -= bytes;
-    this.sink.send({ id: 0, pack: { subscription: this.id, beginTs, endTs, channels } });
+    this.sink.send({ id: 0, pack: { subscription: this.id, beginTs, endTs, channels, epoch: this.epoch } });
   }
 }
 

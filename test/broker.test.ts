@@ -1,0 +1,268 @@
+import { strict as assert } from 'node:assert';
+import { connect, channelForKey, type Client, type Message } from '../sdk/index';
+import { encodeBatch, loadChecksum } from '../engine/format/index';
+import { BrokerProcess, httpJson, RawClient } from './broker-helpers';
+import { removeTempDirs, tempDir } from './helpers';
+
+after(removeTempDirs);
+
+/** The next `count` messages (next() directly: leaving a for-await loop would close the consumer). */
+async function take(consumer: { next(): Promise<IteratorResult<Message>> }, count: number): Promise<Message[]> {
+  const out: Message[] = [];
+  while (out.length < count) {
+    const r = await consumer.next();
+    if (r.done) throw new Error(`consumer ended after ${out.length} of ${count} messages`);
+    out.push(r.value);
+  }
+  return out;
+}
+
+const text = (m: Message): string => Buffer.from(m.body).toString('utf8');
+
+describe('broker: SDK round trips against a real broker process', function () {
+  this.timeout(60_000);
+  const broker = new BrokerProcess(tempDir());
+  let client: Client;
+
+  before(async () => {
+    await loadChecksum();
+    await broker.start();
+    client = await connect(broker.url);
+  });
+  after(async () => {
+    client?.close();
+    await broker.stop();
+  });
+
+  it('produces with keys and consumes every message once, in order per channel', async () => {
+    await client.admin.createTopic('orders', { channels: 4, owner: 'billing' });
+    const producer = await client.producer({ topic: 'orders' });
+    const sent = await Promise.all(Array.from({ length: 2000 }, (_, i) => producer.send({ key: `user-${i % 37}`, body: `order ${i}`, headers: { n: String(i) } })));
+    const consumer = await client.consumer({ topic: 'orders', group: 'billing', start: 'earliest', autoCommitIntervalMs: 0 });
+    const got = await take(consumer, 2000);
+    await consumer.close();
+    assert.equal(new Set(got.map((m) => m.msgId)).size, 2000, 'no duplicates');
+    const byId = new Map(sent.map((s, i) => [s.msgId, { ...s, i }]));
+    const lastOffset = new Map<number, number>();
+    for (const m of got) {
+      const s = byId.get(m.msgId)!;
+      assert.equal(text(m), `order ${s.i}`);
+      assert.equal(m.headers.n, String(s.i));
+      assert.equal(m.channel, s.channel);
+      assert.equal(m.offset, s.offset);
+      assert.equal(m.channel, channelForKey(`user-${s.i % 37}`, 4), 'repack by key hash');
+      assert.ok(m.offset > (lastOffset.get(m.channel) ?? -1), 'in order per channel');
+      lastOffset.set(m.channel, m.offset);
+    }
+  });
+
+  it('a retried batch (same producer id + sequence) is not appended twice', async () => {
+    await client.admin.createTopic('idem', { channels: 1 });
+    const raw = await RawClient.open(broker.url);
+    const { batch } = encodeBatch([{ body: 'once' }, { body: 'only' }], { producerId: 4242, producerSequence: 0 });
+    const first = await raw.request({ produce: { topic: 'idem', channel: 0, batch } });
+    const again = await raw.request({ produce: { topic: 'idem', channel: 0, batch } });
+    assert.equal(first.produceOk!.appends![0]!.duplicate, false);
+    assert.equal(again.produceOk!.appends![0]!.duplicate, true);
+    assert.equal(again.produceOk!.appends![0]!.baseOffset, first.produceOk!.appends![0]!.baseOffset);
+    const described = await client.admin.describeTopic('idem');
+    assert.equal(described.channelStates[0]!.highWatermark, 2);
+    await raw.close();
+  });
+
+  it('broadcast puts one message in every channel', async () => {
+    await client.admin.createTopic('bcast', { channels: 3 });
+    const producer = await client.producer({ topic: 'bcast' });
+    const results = await producer.broadcast({ body: 'to everyone' });
+    assert.deepEqual(results.map((r) => r.channel).sort(), [0, 1, 2]);
+    assert.equal(new Set(results.map((r) => r.msgId)).size, 1, 'one msgId');
+    const consumer = await client.consumer({ topic: 'bcast', group: 'g', start: 'earliest', autoCommitIntervalMs: 0 });
+    const got = await take(consumer, 3);
+    await consumer.close();
+    assert.deepEqual(got.map((m) => m.channel).sort(), [0, 1, 2]);
+    assert.ok(got.every((m) => text(m) === 'to everyone'));
+  });
+
+  it('seeks to an offset, to a time, to earliest and to latest', async () => {
+    await client.admin.createTopic('seek', { channels: 1 });
+    const producer = await client.producer({ topic: 'seek' });
+    const first = await Promise.all(Array.from({ length: 10 }, (_, i) => producer.send({ body: `a${i}` })));
+    const consumer = await client.consumer({ topic: 'seek', group: 's', start: 'earliest', autoCommitIntervalMs: 0 });
+    assert.deepEqual((await take(consumer, 10)).map(text), first.map((_, i) => `a${i}`));
+    await consumer.seek({ offsets: { 0: 7 } });
+    assert.deepEqual((await take(consumer, 3)).map((m) => m.offset), [7, 8, 9]);
+    await consumer.seek('earliest');
+    assert.equal((await take(consumer, 1))[0]!.offset, 0);
+    let later = await producer.send({ body: 'b0' });
+    while (later.brokerTimestamp === first[9]!.brokerTimestamp) later = await producer.send({ body: 'b0' });
+    await consumer.seek({ timestamp: later.brokerTimestamp });
+    const afterTime = await take(consumer, 1);
+    assert.ok(afterTime[0]!.brokerTimestamp >= later.brokerTimestamp);
+    assert.ok(afterTime[0]!.offset <= later.offset);
+    await consumer.seek('latest');
+    const fresh = await producer.send({ body: 'after latest' });
+    const next = await take(consumer, 1);
+    assert.equal(next[0]!.offset, fresh.offset);
+    await consumer.close();
+  });
+
+  it('time-tick packs: every message of every channel, each inside (beginTs, endTs], packs chained', async () => {
+    await client.admin.createTopic('packs', { channels: 3 });
+    const stream = client.msgStream();
+    await stream.asProducer('packs');
+    const msgs = Array.from({ length: 300 }, (_, i) => ({ key: `k${i}`, body: `p${i}` }));
+    const results = await stream.produce({ msgs });
+    assert.equal(new Set(results.map((r) => r.channel)).size, 3, 'spread over the channels by key');
+    const consumer = client.msgStream();
+    await consumer.asConsumer('packs', 'lockstep', { start: 'earliest', tickIntervalMs: 20 });
+    const seen = new Set<string>();
+    let previousEnd = -1;
+    for await (const pack of consumer) {
+      if (previousEnd >= 0) assert.equal(pack.beginTs, previousEnd, 'packs are chained');
+      assert.ok(pack.endTs > pack.beginTs);
+      for (const m of pack.msgs) {
+        assert.ok(m.brokerTimestamp > pack.beginTs && m.brokerTimestamp <= pack.endTs, `message time ${m.brokerTimestamp} in (${pack.beginTs}, ${pack.endTs}]`);
+        seen.add(text(m));
+      }
+      assert.equal(pack.startPositions.length, 3);
+      previousEnd = pack.endTs;
+      if (seen.size === 300) break;
+    }
+    assert.equal(seen.size, 300);
+    await consumer.close();
+    await stream.close();
+  });
+
+  it('custom repack function picks the channels', async () => {
+    await client.admin.createTopic('repack', { channels: 2 });
+    const stream = client.msgStream();
+    await stream.asProducer('repack');
+    stream.setRepackFunc((msgs) => new Map([[1, [...msgs]]]));
+    const results = await stream.produce({ msgs: [{ body: 'x', key: 'a' }, { body: 'y', key: 'b' }] });
+    assert.deepEqual(results.map((r) => r.channel), [1, 1]);
+    await stream.close();
+  });
+});
+
+describe('broker: HTTP API', function () {
+  this.timeout(60_000);
+  const broker = new BrokerProcess(tempDir());
+  before(() => broker.start());
+  after(() => broker.stop());
+
+  it('creates a topic, posts messages, reads by offset, msgId and key', async () => {
+    const created = await httpJson(`${broker.http}/v1/topics/web`, { method: 'PUT', body: JSON.stringify({ channels: 2 }) });
+    assert.equal(created.status, 201);
+    assert.equal(created.body.channels, 2);
+    const posted = await httpJson(`${broker.http}/v1/topics/web/messages`, {
+      method: 'POST',
+      body: 'hello over http',
+      headers: { 'waymark-key': 'cart-9', traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' },
+    });
+    assert.equal(posted.status, 200);
+    assert.equal(posted.body.channel, channelForKey('cart-9', 2));
+    assert.match(posted.body.msgId, /^[0-9a-f]{32}$/);
+    const read = await httpJson(`${broker.http}/v1/topics/web/messages?channel=${posted.body.channel}&offset=${posted.body.offset}&max=5`);
+    assert.equal(read.status, 200);
+    assert.equal(read.body.messages[0].body, 'hello over http');
+    assert.equal(read.body.messages[0].headers.traceid, '4bf92f3577b34da6a3ce929d0e0e4736');
+    const byId = await httpJson(`${broker.http}/v1/messages/${posted.body.msgId}?topic=web`);
+    assert.equal(byId.body.key, 'cart-9');
+    const byIdAnyTopic = await httpJson(`${broker.http}/v1/messages/${posted.body.msgId}`);
+    assert.equal(byIdAnyTopic.body.offset, posted.body.offset);
+    const byKey = await httpJson(`${broker.http}/v1/topics/web/keys/cart-9`);
+    assert.equal(byKey.body.messages.length, 1);
+    const listed = await httpJson(`${broker.http}/v1/topics`);
+    assert.deepEqual(listed.body.topics.map((t: { name: string }) => t.name), ['web']);
+    const described = await httpJson(`${broker.http}/v1/topics/web`);
+    assert.equal(described.body.channelStates.length, 2);
+    const health = await httpJson(`${broker.http}/healthz`);
+    assert.equal(health.body.status, 'ok');
+    const metrics = await fetch(`${broker.http}/metrics`).then((r) => r.text());
+    assert.match(metrics, /waymark_appended_messages_total\{topic="web",channel="\d"\} 1/);
+    assert.match(metrics, /waymark_group_commit_seconds_count \d+/);
+    const deleted = await httpJson(`${broker.http}/v1/topics/web`, { method: 'DELETE' });
+    assert.equal(deleted.status, 200);
+    assert.equal((await httpJson(`${broker.http}/v1/topics/web`)).status, 404);
+  });
+
+  it('answers bad input with the error table and changes nothing', async () => {
+    await httpJson(`${broker.http}/v1/topics/strict`, { method: 'PUT', body: JSON.stringify({ channels: 1 }) });
+    const cases: Array<[string, RequestInit, number, string]> = [
+      ['/v1/topics/none/messages', { method: 'POST', body: 'x' }, 404, 'TOPIC_NOT_FOUND'],
+      ['/v1/topics/strict', { method: 'PUT', body: '{"channels":1}' }, 409, 'TOPIC_EXISTS'],
+      ['/v1/topics/bad%2Fname', { method: 'PUT', body: '{}' }, 400, 'INVALID_NAME'],
+      ['/v1/topics/other', { method: 'PUT', body: 'not json' }, 400, 'BAD_REQUEST'],
+      ['/v1/topics/other2', { method: 'PUT', body: '{"channels":100000}' }, 400, 'TOO_MANY_CHANNELS'],
+      ['/v1/topics/strict/messages?offset=99', { method: 'GET' }, 416, 'OFFSET_OUT_OF_RANGE'],
+      ['/v1/topics/strict/messages?offset=-1', { method: 'GET' }, 400, 'INVALID_ARGUMENT'],
+      ['/v1/topics/strict/messages?channel=5', { method: 'GET' }, 404, 'CHANNEL_NOT_FOUND'],
+      ['/v1/topics/strict/messages', { method: 'POST', body: 'x', headers: { 'waymark-msg-id': 'zz' } }, 400, 'INVALID_ARGUMENT'],
+      ['/v1/topics/strict/messages', { method: 'POST', body: 'x', headers: { traceparent: 'garbage' } }, 400, 'INVALID_ARGUMENT'],
+      ['/v1/topics/strict/messages', { method: 'POST', body: Buffer.alloc(8 * 1024 * 1024 + 1) }, 413, 'MESSAGE_TOO_LARGE'],
+      ['/v1/messages/abc', { method: 'GET' }, 400, 'INVALID_ARGUMENT'],
+      ['/v1/messages/0123456789abcdef0123456789abcdef?topic=strict', { method: 'GET' }, 404, 'MESSAGE_NOT_FOUND'],
+      ['/v1/topics/__groups', { method: 'DELETE' }, 400, 'INVALID_NAME'],
+    ];
+    for (const [url, init, status, code] of cases) {
+      const r = await httpJson(`${broker.http}${url}`, init);
+      assert.equal(r.status, status, `${init.method} ${url}: ${JSON.stringify(r.body)}`);
+      assert.equal(r.body.error.code, code, `${init.method} ${url}`);
+      assert.equal(typeof r.body.error.message, 'string');
+    }
+    const state = await httpJson(`${broker.http}/v1/topics/strict`);
+    assert.equal(state.body.channelStates[0].highWatermark, 0, 'nothing was appended');
+  });
+});
+
+describe('broker: consumer groups across restarts', function () {
+  this.timeout(120_000);
+
+  it('a group resumes at its committed position after a broker restart: no loss, no duplicates', async () => {
+    const broker = new BrokerProcess(tempDir());
+    await broker.start();
+    let client = await connect(broker.url);
+    await client.admin.createTopic('resume', { channels: 2 });
+    const producer = await client.producer({ topic: 'resume' });
+    await Promise.all(Array.from({ length: 600 }, (_, i) => producer.send({ body: `r${i}`, key: `k${i}` })));
+    let consumer = await client.consumer({ topic: 'resume', group: 'workers', start: 'committed', autoCommitIntervalMs: 0 });
+    const firstPart = await take(consumer, 250);
+    await consumer.commit();
+    client.close();
+    await broker.restart('SIGTERM');
+    client = await connect(broker.url);
+    consumer = await client.consumer({ topic: 'resume', group: 'workers', autoCommitIntervalMs: 0 });
+    const rest = await take(consumer, 350);
+    const all = [...firstPart, ...rest].map(text);
+    assert.equal(new Set(all).size, 600, 'every message exactly once across the restart');
+    await consumer.commit();
+    const positions = await client.admin.positions('resume', 'workers');
+    assert.equal(positions.reduce((n, p) => n + p.offset, 0), 600);
+    client.close();
+    await broker.stop();
+  });
+
+  it('an SDK consumer and producer ride through a broker restart (reconnect with backoff, resume from where they were)', async () => {
+    const broker = new BrokerProcess(tempDir());
+    await broker.start();
+    const client = await connect(broker.url, { reconnectDelayMs: 20 });
+    await client.admin.createTopic('ride', { channels: 1 });
+    const producer = await client.producer({ topic: 'ride' });
+    await Promise.all(Array.from({ length: 100 }, (_, i) => producer.send({ body: `before ${i}` })));
+    const consumer = await client.consumer({ topic: 'ride', group: 'g', start: 'earliest', autoCommitIntervalMs: 0 });
+    const before = await take(consumer, 100);
+    let reconnected = false;
+    const back = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
+    await broker.restart('SIGKILL');
+    await back;
+    reconnected = true;
+    await Promise.all(Array.from({ length: 100 }, (_, i) => producer.send({ body: `after ${i}` })));
+    const after = await take(consumer, 100);
+    assert.ok(reconnected);
+    assert.deepEqual(before.map(text), Array.from({ length: 100 }, (_, i) => `before ${i}`));
+    assert.deepEqual(after.map(text), Array.from({ length: 100 }, (_, i) => `after ${i}`), 'no message skipped or repeated across the reconnect');
+    await consumer.close();
+    client.close();
+    await broker.stop();
+  });
+});
