@@ -43,7 +43,9 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     const sockets = new Set<uWS.WebSocket<SessionData>>();
     const app = uWS.App();
     app.ws<SessionData>('/v1/ws', {
-      maxPayloadLength: protocolLimits.frameBytesMax,
+      // Frames up to twice the limit reach the handler, which closes with 1009 and a reason;
+      // past that µWS drops the connection itself (1006).
+      maxPayloadLength: protocolLimits.frameBytesMax * 2,
       maxBackpressure: protocolLimits.socketBufferedBytesMax * 4,
       idleTimeout: 120,
       sendPingsAutomatically: true,

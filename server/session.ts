@@ -56,6 +56,13 @@ export class Session {
   }
 
   onMessage(message: ArrayBuffer, isBinary: boolean): void {
+    if (message.byteLength > protocolLimits.frameBytesMax) {
+      this.broker.metrics.frames.inc(['oversized']);
+      this.broker.metrics.errors.inc(['MESSAGE_TOO_LARGE']);
+      this.closed = true;
+      this.ws.end(1009, `frame of ${message.byteLength} bytes is over the ${protocolLimits.frameBytesMax}-byte limit`);
+      return;
+    }
     if (!isBinary) {
       this.broker.metrics.frames.inc(['text']);
       this.send(errorFrame(0, new WaymarkError('BAD_REQUEST', 'text frames are not part of the protocol; send binary frames')));
