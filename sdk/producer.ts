@@ -160,7 +160,7 @@ export class Producer {
       this.bufferedBytes += size;
       if (batch.messages.length >= this.options.batchMessagesMax || batch.bytes >= this.options.batchBytesMax) this.seal(channel);
       else if (batch.messages.length === 1) {
-        batch.timer = this.options.lingerMs > 0 ? setTimeout(() => this.seal(channel), this.options.lingerMs) : (setImmediate(() => this.seal(channel)) as unknown as ReturnType<typeof setTimeout>);
+        batch.timer = this.options.lingerMs > 0 ? setTimeout(() => this.seal(channel), this.options.lingerMs) : nextTurn(() => this.seal(channel));
       }
     });
   }
@@ -185,7 +185,7 @@ export class Producer {
     const open = state.open;
     if (!open || open.messages.length === 0) return;
     state.open = null;
-    if (open.timer) clearTimeout(open.timer);
+    if (open.timer && this.options.lingerMs > 0) clearTimeout(open.timer);
     let bytes: Uint8Array;
     try {
       bytes = encodeBatch(open.messages, { producerId: this.producerId, producerSequence: state.sequence, codec: this.codec() }).batch;
@@ -268,6 +268,10 @@ export class Producer {
     this.stopListening();
   }
 }
+
+/** Runs `fn` after the current turn (setImmediate in Node; browsers have only timers). */
+const nextTurn: (fn: () => void) => ReturnType<typeof setTimeout> =
+  typeof setImmediate === 'function' ? (fn) => setImmediate(fn) as unknown as ReturnType<typeof setTimeout> : (fn) => setTimeout(fn, 0);
 
 function sizeOf(message: OutgoingMessage): number {
   const body = typeof message.body === 'string' ? message.body.length * 3 : message.body.length;
