@@ -1,13 +1,85 @@
 /**
- * The `waymark` command: a thin dispatcher over library functions (tools/ parses flags,
- * engine/inspect and the server do the work). Exit codes: 0 ok, 1 failure, 2 bad arguments.
+ * The `waymark` command: a thin dispatcher over library functions (tools/ parses flags and
+ * formats; engine/inspect and the server do the work). Exit codes: 0 ok, 1 failure, 2 bad
+ * arguments (one line on stderr: `waymark: <command>: <what>`).
+ *
+ * To add a command, write a Command (tools/command.ts) and put it in `commands`, replacing
+ * its notYet entry.
  */
-export async function main(argv: string[]): Promise<number> {
-  const [command] = argv;
-  if (!command || command === '--help' || command === '-h') {
-    process.stdout.write('usage: waymark <serve|dump|verify|repair> [options]\n');
+import { WaymarkError } from '../engine/format/errors';
+import { formatHelp, parseArgs, UsageError } from './args';
+import { notYet, type Command } from './command';
+import { dumpCommand } from './dump';
+import { processIo, type Io } from './io';
+import { repairCommand } from './repair';
+import { verifyCommand } from './verify';
+import { serveCommand } from './serve';
+import { produceCommand } from './produce';
+import { consumeCommand } from './consume';
+import { topicsCommand } from './topics';
+
+/** Every command, in the order `waymark --help` lists them. */
+export const commands: readonly Command[] = [
+  serveCommand,
+  produceCommand,
+  consumeCommand,
+  notYet('trace', 'Follow a message by msgId, key or traceId.', 'the message track trace'),
+  topicsCommand,
+  dumpCommand,
+  verifyCommand,
+  repairCommand,
+  notYet('bench', 'Run the benchmarks (for now: npm run bench:engine).', 'the benchmark runner'),
+];
+
+function mainHelp(): string {
+  const width = Math.max(...commands.map((c) => c.spec.name.length));
+  const lines = ['usage: waymark <command> [options]', '', 'commands:'];
+  for (const c of commands) lines.push(`  ${c.spec.name.padEnd(width)}  ${c.spec.summary}`);
+  lines.push('', 'Run `waymark <command> --help` for its options.');
+  return `${lines.join('\n')}\n`;
+}
+
+/** Error codes that mean "the arguments point at something unusable" (exit 2) rather than a failure (exit 1). */
+const argumentCodes = new Set(['INVALID_ARGUMENT']);
+
+export async function main(argv: string[], io: Io = processIo()): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined) {
+    io.err('waymark: missing command; see waymark --help\n');
+    return 2;
+  }
+  if (name === '--help' || name === '-h' || name === 'help') {
+    io.out(mainHelp());
     return 0;
   }
-  process.stderr.write(`waymark: unknown command ${JSON.stringify(command)}; see waymark --help\n`);
-  return 2;
+  const command = commands.find((c) => c.spec.name === name);
+  if (!command) {
+    io.err(`waymark: unknown command ${JSON.stringify(name)}; see waymark --help\n`);
+    return 2;
+  }
+  try {
+    if (command.raw) {
+      if (rest.includes('--help') || rest.includes('-h')) {
+        io.out(formatHelp(command.spec));
+        return 0;
+      }
+      return await command.run({ flags: {}, positionals: rest }, io);
+    }
+    const parsed = parseArgs(command.spec, rest);
+    if (parsed.help) {
+      io.out(formatHelp(command.spec));
+      return 0;
+    }
+    return await command.run(parsed, io);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.err(`waymark: ${name}: ${err.message}\n`);
+      return 2;
+    }
+    if (err instanceof WaymarkError) {
+      io.err(`waymark: ${name}: ${err.message}\n`);
+      return argumentCodes.has(err.code) ? 2 : 1;
+    }
+    throw err;
+  }
 }

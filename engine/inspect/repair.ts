@@ -1,0 +1,233 @@
+/**
+ * repair: make a folder that verify passes and the broker opens, losing only what is damaged.
+ *
+ * Under the folder lock (a running broker makes repair fail with STORE_LOCKED), per channel:
+ *
+ * 1. scan (worker pool): walk every segment past damage (walk.ts); collect the batches whose
+ *    checksum holds and whose records decode, and the damaged ranges.
+ * 2. plan (repair-plan.ts, in offset order across the channel): keep every batch whose
+ *    checksum holds and whose records decode, unless it overlaps offsets already kept; a
+ *    wrong offset or broker time in a header (outside the checksum) is written back from its
+ *    neighbours. Kept batches are grouped into pieces, each dense in offsets; a piece ends
+ *    where a segment ends or where dropped batches leave a gap.
+ * 3. rewrite (worker pool): copy every dropped range to `<file>.dropped-<position>`; a
+ *    segment that is one piece from position 0 is kept or truncated in place, any other is
+ *    rewritten into staged piece files (`<channel>/.repair/`, fdatasynced), each named by its
+ *    first offset; index files are rebuilt for every segment by the engine's own code.
+ * 4. commit (here): rename staged files into place, delete the segments they replace, fsync
+ *    the folder, then write checkpoint.json (see commitChannel for the order).
+ *
+ * Why split at gaps: Segment.recover (open after a crash) treats an offset that is not the
+ * expected one as corruption and truncates from there. A segment with a hole in the middle
+ * would be cut at the hole the first time the broker scanned it. Pieces are dense, so a scan
+ * at any later open keeps every batch; the holes sit between segments, where the checkpoint
+ * absorbs them (a sealed segment's nextOffset = the next segment's base offset), and a
+ * rescan only logs a finding.
+ *
+ * Why write checkpoint.json (clean, every piece listed) rather than delete it: the broker
+ * then opens without reading a byte and trusts exactly the files repair just wrote and
+ * indexed. Without it, open would scan every segment and, because of the holes, log a
+ * finding for each at every open.
+ *
+ * Crash safety: sources are only replaced or deleted after their other pieces are renamed
+ * in; a crash in between leaves overlapping segments, which a second repair resolves
+ * (overlapping batches are dropped as duplicates, and copied aside anyway).
+ *
+ * Known limit: a damaged batch at the very end of the active segment leaves no trace of its
+ * offsets, so the broker hands them out again to new messages (the same as a torn tail).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { WaymarkError } from '../format/errors';
+import { lockFolder } from '../lock';
+import { syncDir, writeCheckpoint } from '../log/checkpoint';
+import { segmentFileName, type SegmentMeta } from '../log/segment';
+import { describePath, indexExtensions, stagingDirName } from './layout';
+import { runSegmentTasks, type PoolOptions } from './pool';
+import type { ProgressState } from './progress';
+import { planChannel, type ChannelPlan, type PlannedPatch } from './repair-plan';
+import { indexPath, scanSegmentFile, type Fault, type ScanResult } from './segment-check';
+import { rewriteSegmentFile, type RewriteAction, type RewriteResult, type RewriteTask } from './segment-rewrite';
+import { loadCheckpoint } from './verify';
+
+export interface RepairOptions extends PoolOptions {
+  onProgress?: (state: ProgressState) => void;
+}
+
+export interface DroppedRange {
+  file: string;
+  position: number;
+  bytes: number;
+  reason: string;
+  /** Where the bytes were copied before they were cut. */
+  savedTo: string | null;
+}
+
+export interface SegmentChange {
+  file: string;
+  /** patch: only broker-owned header fields were written back, in place. */
+  action: Exclude<RewriteAction, 'keep'> | 'patch';
+  /** The .log files it became (rewrite, truncate); empty when removed. */
+  into: string[];
+}
+
+export interface RepairReport {
+  target: string;
+  /** The folder whose LOCK repair held. */
+  lockedDir: string;
+  dropped: DroppedRange[];
+  /** Broker-owned header fields written back (they sit outside the checksum). */
+  patched: PlannedPatch[];
+  changed: SegmentChange[];
+  /** Offsets that no longer hold a message: [from, to) per channel. */
+  gaps: Array<{ channel: string; from: number; to: number }>;
+  channels: number;
+  segmentsBefore: number;
+  segmentsAfter: number;
+  recordsKept: number;
+  indexFilesWritten: number;
+  checkpointsWritten: number;
+  /** What repair could not fix (the channel was left as it was). */
+  problems: Fault[];
+}
+
+export async function repairStore(target: string, options: RepairOptions = {}): Promise<RepairReport> {
+  const first = describePath(target);
+  if (first.kind === 'segment' || first.kind === 'index') {
+    throw new WaymarkError('INVALID_ARGUMENT', `${target}: repair works on a store, topic or channel folder (it may split segments and rewrites checkpoint.json)`);
+  }
+  const lockedDir = first.storeDir ?? path.resolve(target);
+  const lock = lockFolder(lockedDir);
+  try {
+    const layout = describePath(target); // again, now that nobody else may change it
+    const report: RepairReport = {
+      target,
+      lockedDir,
+      dropped: [],
+      patched: [],
+      changed: [],
+      gaps: [],
+      channels: layout.channels.length,
+      segmentsBefore: 0,
+      segmentsAfter: 0,
+      recordsKept: 0,
+      indexFilesWritten: 0,
+      checkpointsWritten: 0,
+      problems: [],
+    };
+    for (const channel of layout.channels) fs.rmSync(path.join(channel.dir, stagingDirName), { recursive: true, force: true });
+
+    // 1. scan
+    const scanTasks = layout.channels.flatMap((channel) =>
+      channel.segments.map((s, i) => ({ file: s.file, baseOffset: s.baseOffset, isLast: i === channel.segments.length - 1, meta: null, wantBatches: true, fileBytes: s.fileBytes })),
+    );
+    report.segmentsBefore = scanTasks.length;
+    const scanBytes = scanTasks.reduce((n, t) => n + t.fileBytes, 0);
+    let done = 0;
+    let bytesDone = 0;
+    const scans = await runSegmentTasks('scan', scanTasks, options, scanSegmentFile, (t) => t.fileBytes, (r: ScanResult) => {
+      done++;
+      bytesDone += r.fileBytes;
+      options.onProgress?.({ phase: 'repair: scan', segmentsDone: done, segmentsTotal: scanTasks.length, bytesDone, bytesTotal: scanBytes });
+    });
+    const scanOf = new Map(scans.map((r) => [r.file, r]));
+
+    // 2. plan
+    const plans: ChannelPlan[] = [];
+    for (const channel of layout.channels) {
+      const results = channel.segments.map((s) => scanOf.get(s.file)!);
+      const unreadable = results.find((r) => r.batches === null);
+      if (unreadable) {
+        report.problems.push({ file: unreadable.file, position: null, what: `${unreadable.faults[0]?.what ?? 'unreadable'}; channel ${channel.label} left as it was` });
+        continue;
+      }
+      const producers = loadCheckpoint(channel.dir).checkpoint?.producers ?? [];
+      plans.push(planChannel(channel, results, path.join(channel.dir, stagingDirName), producers));
+    }
+
+    // 3. rewrite
+    const rewriteTasks = plans.flatMap((p) => p.tasks);
+    const weightOf = (t: RewriteTask): number => scanOf.get(t.file)?.fileBytes ?? 0;
+    const rewriteBytes = rewriteTasks.reduce((n, t) => n + weightOf(t), 0);
+    done = 0;
+    bytesDone = 0;
+    const rewrites = await runSegmentTasks('rewrite', rewriteTasks, options, rewriteSegmentFile, weightOf, (r: RewriteResult, t) => {
+      done++;
+      bytesDone += weightOf(t);
+      options.onProgress?.({ phase: 'repair: rewrite', segmentsDone: done, segmentsTotal: rewriteTasks.length, bytesDone, bytesTotal: rewriteBytes });
+    });
+    const rewriteOf = new Map(rewrites.map((r) => [r.file, r]));
+
+    // 4. commit
+    for (const plan of plans) commitChannel(plan, rewriteOf, report);
+    return report;
+  } finally {
+    lock.release();
+  }
+}
+
+/**
+ * Renames staged pieces in, deletes what they replace, fsyncs, writes the checkpoint.
+ *
+ * Order, so that at every moment each kept batch is in at least one file of the channel
+ * folder (the staging folder is swept at the start of the next repair): first the pieces
+ * whose names are new, then those that replace an existing file (a source with the same
+ * first offset), then the sources that no piece replaced are deleted. A crash in between
+ * leaves duplicates, never a loss.
+ */
+function commitChannel(plan: ChannelPlan, rewriteOf: Map<string, RewriteResult>, report: RepairReport): void {
+  const dir = plan.channel.dir;
+  const finals: SegmentMeta[] = [];
+  const staged: string[] = [];
+  for (const task of plan.tasks) {
+    const result = rewriteOf.get(task.file)!;
+    report.indexFilesWritten += result.indexFilesWritten;
+    const saved = new Map(result.savedTo.map((s) => [s.position, s.file]));
+    for (const d of plan.dropped.filter((x) => x.file === task.file)) report.dropped.push({ ...d, savedTo: saved.get(d.position) ?? null });
+    for (const piece of result.pieces) {
+      if (piece.stagedFile) staged.push(piece.stagedFile);
+      const { stagedFile: _staged, ...meta } = piece;
+      finals.push(meta);
+    }
+    const into = result.pieces.map((p) => path.join(dir, segmentFileName(p.baseOffset, 'log')));
+    const sameSize = task.action === 'truncate' && task.truncateTo === plan.channel.segments.find((x) => x.file === task.file)?.fileBytes;
+    if (task.action === 'keep' || sameSize) {
+      if (task.patches.length > 0) report.changed.push({ file: task.file, action: 'patch', into });
+    } else {
+      report.changed.push({ file: task.file, action: task.action, into });
+    }
+  }
+  const moveIn = (stagedLog: string): void => {
+    for (const ext of indexExtensions) {
+      const index = indexPath(stagedLog, ext);
+      if (fs.existsSync(index)) fs.renameSync(index, path.join(dir, path.basename(index)));
+    }
+    fs.renameSync(stagedLog, path.join(dir, path.basename(stagedLog))); // the .log last: it is what open looks for
+  };
+  const replacing = staged.filter((f) => fs.existsSync(path.join(dir, path.basename(f))));
+  for (const f of staged) if (!replacing.includes(f)) moveIn(f);
+  syncDir(dir);
+  for (const f of replacing) moveIn(f);
+  syncDir(dir);
+  const finalBases = new Set(finals.map((m) => m.baseOffset));
+  for (const task of plan.tasks) {
+    if (finalBases.has(task.baseOffset)) continue;
+    fs.rmSync(task.file, { force: true });
+    for (const ext of indexExtensions) fs.rmSync(indexPath(task.file, ext), { force: true });
+  }
+  syncDir(dir);
+
+  // Sealed segments end where the next one starts: a gap left by dropped batches belongs
+  // to the segment before it, as channel recovery expects (expectedBase = previous nextOffset).
+  for (let k = 0; k < finals.length - 1; k++) {
+    if (finals[k + 1]!.baseOffset < finals[k]!.nextOffset) throw new Error(`repair: ${dir}: planned segments overlap at ${finals[k + 1]!.baseOffset}`);
+    finals[k]!.nextOffset = finals[k + 1]!.baseOffset;
+  }
+  writeCheckpoint(dir, { clean: true, segments: finals.filter((m) => m.bytes > 0), producers: plan.producers });
+  report.checkpointsWritten++;
+  fs.rmSync(path.join(dir, stagingDirName), { recursive: true, force: true });
+  report.segmentsAfter += finals.length;
+  report.patched.push(...plan.patched);
+  report.recordsKept += plan.recordsKept;
+  for (const gap of plan.gaps) report.gaps.push({ channel: plan.channel.label, ...gap });
+}

@@ -1,0 +1,221 @@
+/**
+ * verify: read everything, change nothing, list every fault as `file, position, what`.
+ *
+ * Per segment (segment-check.ts, spread over the worker pool): every batch's header and
+ * checksum, every record, offsets and broker times in order, and the index files the
+ * checkpoint vouches for. Per channel (here): the checkpoint's claims against the files,
+ * and offsets continuous across segments. Per store/topic: topic.json and the channel
+ * folders it promises.
+ *
+ * What is a fault: anything that open would truncate, drop, rebuild or scan because it does
+ * not hold — a torn tail on the active segment included (it is cut on open). What is not:
+ * index files of an active segment the checkpoint does not vouch for (open rebuilds them
+ * from the log every time), and offset gaps that a repair left on purpose (a sealed
+ * segment's checkpoint entry then ends where the next segment starts, past its last batch).
+ *
+ * verify takes no lock and writes nothing; on a store a broker is writing, the active
+ * segments may change under it (a batch being written shows as a torn tail).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { checkpointFile, readCheckpoint, type Checkpoint } from '../log/checkpoint';
+import { segmentFileName, type SegmentMeta } from '../log/segment';
+import { describePath, indexNamePattern, stagingDirName, type ChannelRef, type Layout } from './layout';
+import { runSegmentTasks, type PoolOptions } from './pool';
+import type { ProgressState } from './progress';
+import { scanSegmentFile, type Fault, type ScanResult, type ScanTask } from './segment-check';
+
+export type { Fault } from './segment-check';
+
+export interface VerifyOptions extends PoolOptions {
+  onProgress?: (state: ProgressState) => void;
+}
+
+export interface VerifyReport {
+  target: string;
+  kind: Layout['kind'];
+  ok: boolean;
+  faults: Fault[];
+  /** Things worth knowing that are not faults (gaps left by repair, dropped-byte files). */
+  notes: string[];
+  channels: number;
+  segments: number;
+  batches: number;
+  records: number;
+  bytes: number;
+  indexFilesChecked: number;
+}
+
+export type CheckpointState = { state: 'ok'; checkpoint: Checkpoint } | { state: 'missing' | 'unreadable'; checkpoint: null };
+
+/** The checkpoint of a channel folder, telling a missing file from an unreadable one. */
+export function loadCheckpoint(dir: string): CheckpointState {
+  const checkpoint = readCheckpoint(dir);
+  if (checkpoint) return { state: 'ok', checkpoint };
+  return { state: fs.existsSync(path.join(dir, checkpointFile)) ? 'unreadable' : 'missing', checkpoint: null };
+}
+
+/**
+ * The checkpoint entry open would trust without reading: listed with the file's size, and
+ * for the active (last) segment only after a clean close (otherwise open scans it).
+ */
+export function vouchedMeta(cp: CheckpointState, base: number, fileBytes: number, isLast: boolean): SegmentMeta | null {
+  if (cp.state !== 'ok') return null;
+  const meta = cp.checkpoint.segments.find((m) => m.baseOffset === base);
+  if (!meta || meta.bytes !== fileBytes) return null;
+  if (isLast && !cp.checkpoint.clean) return null;
+  return meta;
+}
+
+export async function verifyStore(target: string, options: VerifyOptions = {}): Promise<VerifyReport> {
+  const layout = describePath(target);
+  const report: VerifyReport = {
+    target,
+    kind: layout.kind,
+    ok: true,
+    faults: [],
+    notes: [],
+    channels: layout.channels.length,
+    segments: 0,
+    batches: 0,
+    records: 0,
+    bytes: 0,
+    indexFilesChecked: 0,
+  };
+  checkTopics(layout, report);
+
+  const checkpoints = new Map<ChannelRef, CheckpointState>();
+  const tasks: ScanTask[] = [];
+  for (const channel of layout.channels) {
+    const cp = loadCheckpoint(channel.dir);
+    checkpoints.set(channel, cp);
+    const last = channel.segments[channel.segments.length - 1];
+    const selected = layout.kind === 'segment' || layout.kind === 'index' ? selectOne(channel, report) : channel.segments;
+    for (const s of selected) {
+      const isLast = s === last;
+      tasks.push({ file: s.file, baseOffset: s.baseOffset, isLast, meta: vouchedMeta(cp, s.baseOffset, s.fileBytes, isLast), wantBatches: false });
+    }
+  }
+
+  const fileBytes = new Map<string, number>();
+  for (const c of layout.channels) for (const s of c.segments) fileBytes.set(s.file, s.fileBytes);
+  const bytesOf = (t: ScanTask): number => fileBytes.get(t.file) ?? 0;
+  const bytesTotal = tasks.reduce((n, t) => n + bytesOf(t), 0);
+  let segmentsDone = 0;
+  let bytesDone = 0;
+  const results = await runSegmentTasks('scan', tasks, options, scanSegmentFile, bytesOf, (result) => {
+    segmentsDone++;
+    bytesDone += result.fileBytes;
+    options.onProgress?.({ phase: 'verify', segmentsDone, segmentsTotal: tasks.length, bytesDone, bytesTotal });
+  });
+  const byFile = new Map<string, ScanResult>();
+  for (const r of results) {
+    byFile.set(r.file, r);
+    report.segments++;
+    report.batches += r.batchCount;
+    report.records += r.recordCount;
+    report.bytes += r.fileBytes;
+    report.indexFilesChecked += r.indexFilesChecked;
+    report.faults.push(...r.faults);
+  }
+
+  if (layout.kind !== 'segment' && layout.kind !== 'index') {
+    for (const channel of layout.channels) checkChannel(channel, checkpoints.get(channel)!, byFile, report);
+  }
+  // File by file, in position order (the pool finishes segments in any order).
+  report.faults.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : (a.position ?? -1) - (b.position ?? -1)));
+  report.ok = report.faults.length === 0;
+  return report;
+}
+
+/** For a one-file target: the segment it is (a .log) or belongs to (an index file). */
+function selectOne(channel: ChannelRef, report: VerifyReport): ChannelRef['segments'] {
+  if (channel.only) return [channel.only];
+  // an index file: check the segment it indexes (the index check needs the log)
+  const name = path.basename(report.target);
+  const m = indexNamePattern.exec(name);
+  const segment = m ? channel.segments.find((s) => s.baseOffset === Number(m[1])) : undefined;
+  if (!segment) {
+    report.faults.push({ file: path.resolve(report.target), position: null, what: 'no segment (.log) beside it with the same base offset' });
+    return [];
+  }
+  return [segment];
+}
+
+function checkTopics(layout: Layout, report: VerifyReport): void {
+  for (const topic of layout.topics) {
+    if (topic.problem) {
+      report.faults.push({ file: path.join(topic.dir, 'topic.json'), position: null, what: `${topic.problem} (open fails on this topic)` });
+      continue;
+    }
+    const found = new Set(layout.channels.filter((c) => c.topic === topic.name).map((c) => c.channel));
+    for (let c = 0; c < topic.channelCount!; c++) {
+      if (!found.has(c)) report.faults.push({ file: path.join(topic.dir, String(c)), position: null, what: `channel folder missing (topic.json says ${topic.channelCount} channels; open would start it empty)` });
+    }
+    for (const c of found) {
+      if (c !== null && c >= topic.channelCount!) report.notes.push(`${path.join(topic.dir, String(c))}: channel folder beyond the ${topic.channelCount} channels of topic.json (ignored by open)`);
+    }
+  }
+  for (const leftover of layout.leftovers) report.notes.push(`${leftover}: leftover of an interrupted topic create or delete (open removes it)`);
+}
+
+/** The checkpoint's claims against the files, and offsets continuous across segments. */
+function checkChannel(channel: ChannelRef, cp: CheckpointState, byFile: Map<string, ScanResult>, report: VerifyReport): void {
+  const cpFile = path.join(channel.dir, checkpointFile);
+  const segments = channel.segments;
+  const dropped = fs.readdirSync(channel.dir).filter((n) => /\.log\.dropped-\d+$/.test(n));
+  if (fs.existsSync(path.join(channel.dir, stagingDirName))) report.notes.push(`${channel.label}: a staging folder (.repair) of an interrupted repair is left; run repair again`);
+  if (dropped.length > 0) report.notes.push(`${channel.label}: ${dropped.length} file(s) of bytes dropped by recovery or repair (*.dropped-*), kept for inspection`);
+  if (cp.state !== 'ok') {
+    if (segments.length > 0) {
+      report.faults.push({ file: cpFile, position: null, what: cp.state === 'missing' ? 'missing (open scans every segment and rebuilds every index)' : 'unreadable or of an unknown version (open scans every segment)' });
+    }
+  } else {
+    const present = new Set(segments.map((s) => s.baseOffset));
+    for (const meta of cp.checkpoint.segments) {
+      if (!present.has(meta.baseOffset)) report.faults.push({ file: cpFile, position: null, what: `lists segment ${segmentFileName(meta.baseOffset, 'log')}, which is missing` });
+    }
+  }
+
+  let previousEnd: number | null = null;
+  let previousWhole = true;
+  segments.forEach((s, i) => {
+    const isLast = i === segments.length - 1;
+    const scan = byFile.get(s.file);
+    const listed = cp.state === 'ok' ? cp.checkpoint.segments.find((m) => m.baseOffset === s.baseOffset) : undefined;
+    const nextBase = isLast ? null : segments[i + 1]!.baseOffset;
+    let end = scan?.endOffset ?? s.baseOffset; // where this segment's offsets end, as open will see it
+
+    if (cp.state === 'ok') {
+      if (!listed && !isLast) report.faults.push({ file: s.file, position: null, what: 'sealed segment not in checkpoint.json (open scans it and rebuilds its indexes)' });
+      if (listed && listed.bytes !== s.fileBytes && !(isLast && !cp.checkpoint.clean)) {
+        report.faults.push({ file: s.file, position: null, what: `checkpoint.json says ${listed.bytes} bytes, the file has ${s.fileBytes} (open scans it)` });
+      }
+    }
+    const meta = vouchedMeta(cp, s.baseOffset, s.fileBytes, isLast);
+    if (meta && scan) {
+      // A vouched segment is never read at open: its claims are what the broker serves.
+      if (scan.whole) {
+        const scanned = scan.endOffset ?? s.baseOffset;
+        if (meta.nextOffset < scanned || (meta.nextOffset > scanned && (isLast || meta.nextOffset !== nextBase))) {
+          report.faults.push({ file: cpFile, position: null, what: `says ${path.basename(s.file)} ends at offset ${meta.nextOffset}, its last batch ends at ${scanned}` });
+        } else if (meta.nextOffset > scanned) {
+          report.notes.push(`${channel.label}: offsets ${scanned}..${meta.nextOffset - 1} are empty (left by a repair)`);
+        }
+        if (scan.batchCount > 0 && (meta.firstTimestamp !== scan.firstTimestamp || meta.maxTimestamp !== scan.maxTimestamp)) {
+          report.faults.push({
+            file: cpFile,
+            position: null,
+            what: `says ${path.basename(s.file)} spans broker time ${meta.firstTimestamp}..${meta.maxTimestamp}, its batches span ${scan.firstTimestamp}..${scan.maxTimestamp}`,
+          });
+        }
+      }
+      end = meta.nextOffset;
+    }
+    if (previousEnd !== null && previousWhole && s.baseOffset !== previousEnd) {
+      report.faults.push({ file: s.file, position: null, what: `starts at offset ${s.baseOffset}, the previous segment ends at ${previousEnd}` });
+    }
+    previousEnd = end;
+    previousWhole = scan?.whole ?? false;
+  });
+}

@@ -1,0 +1,442 @@
+import { strict as assert } from 'node:assert';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { openStore } from '../engine/index';
+import { dumpPath, repairStore, verifyStore, type DumpItem } from '../engine/inspect/index';
+import { main } from '../tools/cli';
+import { bodyFor, copyFolder, flipByte, removeTempDirs, rejection, tempDir, truncateTail } from './helpers';
+import { batchCount, batchesOf, captureIo, channelDir, logsOf, makeStore, readEverything, recordsPerBatch } from './tools-helpers';
+
+after(removeTempDirs);
+
+const bin = path.join(__dirname, '..', '..', 'bin', 'waymark.js');
+
+function waymark(...args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const run = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8' });
+  return { status: run.status, stdout: run.stdout, stderr: run.stderr };
+}
+
+/** A fresh copy of a pristine store made once per file (making one costs more than copying it). */
+let pristine = '';
+async function freshStore(): Promise<string> {
+  pristine ||= await makeStore();
+  const dir = tempDir('waymark-tools-copy-');
+  copyFolder(pristine, dir);
+  return dir;
+}
+
+/** A middle batch of a sealed (not the last) segment of channel 0. */
+function sealedMiddleBatch(dir: string): { log: string; batch: ReturnType<typeof batchesOf>[number] } {
+  const logs = logsOf(dir);
+  assert.ok(logs.length >= 3, `want several segments, got ${logs.length}`);
+  const log = logs[1]!;
+  const batches = batchesOf(log);
+  return { log, batch: batches[Math.floor(batches.length / 2)]! };
+}
+
+const offsetsOf = (messages: Array<{ channel: number | null; offset: number }>, channel: number): number[] => messages.filter((m) => m.channel === channel).map((m) => m.offset);
+
+describe('tools: verify', () => {
+  it('CleanStorePasses: no fault, every record counted, the same with the worker pool and in-process', async () => {
+    const dir = await freshStore();
+    const pooled = await verifyStore(dir);
+    const inline = await verifyStore(dir, { threads: 0 });
+    assert.deepEqual(pooled.faults, []);
+    assert.ok(pooled.ok);
+    assert.equal(pooled.records, batchCount * recordsPerBatch);
+    assert.ok(pooled.segments >= 6, `segments: ${pooled.segments}`);
+    assert.equal(pooled.indexFilesChecked, pooled.segments * 3);
+    assert.deepEqual({ ...inline }, { ...pooled });
+  });
+
+  it('ChecksumMismatchInSealedSegment: a flipped record-body byte in a middle batch is named by file and position', async () => {
+    const dir = await freshStore();
+    const { log, batch } = sealedMiddleBatch(dir);
+    flipByte(log, batch.position + batch.length - 3); // inside the last record's body
+    const report = await verifyStore(dir);
+    assert.equal(report.ok, false);
+    assert.equal(report.faults.length, 1, JSON.stringify(report.faults));
+    const [fault] = report.faults;
+    assert.equal(fault!.file, log);
+    assert.equal(fault!.position, batch.position);
+    assert.match(fault!.what, /checksum mismatch/);
+  });
+
+  it('TornTailOnActiveSegment is a fault: open would truncate it', async () => {
+    const dir = await freshStore();
+    const logs = logsOf(dir, 1);
+    const last = batchesOf(logs[logs.length - 1]!).pop()!;
+    truncateTail(logs[logs.length - 1]!, last.position + Math.floor(last.length / 2));
+    const report = await verifyStore(dir);
+    const torn = report.faults.find((f) => /torn tail/.test(f.what));
+    assert.ok(torn, JSON.stringify(report.faults));
+    assert.equal(torn.file, logs[logs.length - 1]);
+    assert.equal(torn.position, last.position);
+  });
+
+  for (const ext of ['kix', 'oix', 'tix'] as const) {
+    it(`IndexBitRot: a flipped byte in a .${ext} file is reported naming that file`, async () => {
+      const dir = await freshStore();
+      const file = logsOf(dir)[0]!.replace(/\.log$/, `.${ext}`);
+      flipByte(file, Math.floor(fs.statSync(file).size / 2), 0x01);
+      const report = await verifyStore(dir);
+      assert.deepEqual(
+        report.faults.map((f) => f.file),
+        [file],
+      );
+    });
+  }
+
+  it('a checkpoint that lies about a sealed segment is a fault', async () => {
+    const dir = await freshStore();
+    const file = path.join(channelDir(dir), 'checkpoint.json');
+    const checkpoint = JSON.parse(fs.readFileSync(file, 'utf8')) as { segments: Array<{ nextOffset: number }> };
+    checkpoint.segments[0]!.nextOffset += 5;
+    fs.writeFileSync(file, JSON.stringify(checkpoint));
+    const report = await verifyStore(dir);
+    assert.ok(report.faults.some((f) => f.file === file && /ends at offset/.test(f.what)), JSON.stringify(report.faults));
+  });
+});
+
+describe('tools: repair', () => {
+  it('a damaged middle batch costs only that batch: everything after it is kept, verify passes, the store reads', async () => {
+    const dir = await freshStore();
+    const before = await readEverything(dir);
+    const { log, batch } = sealedMiddleBatch(dir);
+    flipByte(log, batch.position + batch.length - 3);
+
+    const report = await repairStore(dir);
+    assert.deepEqual(
+      report.dropped.map((d) => [d.file, d.position, d.bytes]),
+      [[log, batch.position, batch.length]],
+    );
+    assert.match(report.dropped[0]!.reason, /checksum mismatch/);
+    assert.equal(fs.statSync(report.dropped[0]!.savedTo!).size, batch.length);
+    assert.deepEqual(report.gaps, [{ channel: 'orders/0', from: batch.baseOffset, to: batch.baseOffset + batch.recordCount }]);
+    assert.deepEqual(report.problems, []);
+
+    assert.deepEqual((await verifyStore(dir)).faults, []);
+    const after = await readEverything(dir);
+    assert.equal(after.findings, 0);
+    assert.equal(after.messages.length, before.messages.length - batch.recordCount);
+    const lost = new Set(offsetsOf(before.messages, 0).filter((o) => !offsetsOf(after.messages, 0).includes(o)));
+    assert.deepEqual([...lost], Array.from({ length: batch.recordCount }, (_, i) => batch.baseOffset + i));
+    assert.deepEqual(offsetsOf(after.messages, 1), offsetsOf(before.messages, 1));
+    // What is kept is bit for bit what was written.
+    const bodies = new Map(before.messages.map((m) => [m.msgId, m.body.toString('hex')]));
+    for (const m of after.messages) assert.equal(m.body.toString('hex'), bodies.get(m.msgId));
+  });
+
+  it('TornTail: repair truncates the active segment at the cut batch and the store opens without findings', async () => {
+    const dir = await freshStore();
+    const before = await readEverything(dir);
+    const logs = logsOf(dir, 1);
+    const active = logs[logs.length - 1]!;
+    const last = batchesOf(active).pop()!;
+    truncateTail(active, last.position + 17);
+
+    const report = await repairStore(dir);
+    assert.equal(report.dropped.length, 1);
+    assert.equal(report.dropped[0]!.file, active);
+    assert.match(report.dropped[0]!.reason, /torn tail/);
+    assert.equal(fs.statSync(active).size, last.position);
+    assert.deepEqual((await verifyStore(dir)).faults, []);
+    const after = await readEverything(dir);
+    assert.equal(after.findings, 0);
+    assert.equal(after.messages.length, before.messages.length - last.recordCount);
+  });
+
+  for (const ext of ['kix', 'oix'] as const) {
+    it(`a corrupt .${ext} is rebuilt from the log, byte for byte, and nothing is dropped`, async () => {
+      const dir = await freshStore();
+      const file = logsOf(dir)[1]!.replace(/\.log$/, `.${ext}`);
+      const original = fs.readFileSync(file);
+      flipByte(file, original.length - 5);
+      assert.equal((await verifyStore(dir)).ok, false);
+      const report = await repairStore(dir);
+      assert.deepEqual(report.dropped, []);
+      assert.ok(fs.readFileSync(file).equals(original), `${ext} differs from the one the engine wrote`);
+      assert.deepEqual((await verifyStore(dir)).faults, []);
+    });
+  }
+
+  it('an offset flipped in a batch header (outside the checksum) is written back from its neighbours; nothing is dropped', async () => {
+    const dir = await freshStore();
+    const before = await readEverything(dir);
+    const { log, batch } = sealedMiddleBatch(dir);
+    flipByte(log, batch.position + 5, 0x40); // a high byte of baseOffset
+    const found = await verifyStore(dir);
+    assert.equal(found.faults.length, 1, JSON.stringify(found.faults));
+    assert.match(found.faults[0]!.what, new RegExp(`where ${batch.baseOffset} was expected`));
+
+    const report = await repairStore(dir);
+    assert.deepEqual(report.dropped, []);
+    assert.deepEqual(
+      report.patched.map((p) => [p.file, p.position, p.field, p.to]),
+      [[log, batch.position, 'baseOffset', batch.baseOffset]],
+    );
+    assert.deepEqual((await verifyStore(dir)).faults, []);
+    assert.equal((await readEverything(dir)).messages.length, before.messages.length);
+  });
+
+  it('a lone batch after damage whose offset field is absurd is dropped, never renumbered', async () => {
+    const dir = await freshStore();
+    const before = await readEverything(dir);
+    const log = logsOf(dir)[1]!;
+    const batches = batchesOf(log);
+    const [damaged, lone] = batches.slice(-2);
+    flipByte(log, damaged!.position + damaged!.length - 3); // checksum fails: damage
+    flipByte(log, lone!.position + 6, 0x10); // baseOffset += 2^52: outside the checksum, nothing after it in the run
+    const report = await repairStore(dir);
+    assert.deepEqual(
+      report.dropped.map((d) => d.position),
+      [damaged!.position, lone!.position],
+    );
+    assert.match(report.dropped[1]!.reason, /no neighbour corrects it/);
+    assert.deepEqual(report.patched, []);
+    assert.deepEqual((await verifyStore(dir)).faults, []);
+    const after = await readEverything(dir);
+    assert.equal(after.messages.length, before.messages.length - damaged!.recordCount - lone!.recordCount);
+    const kept = new Map(after.messages.map((m) => [`${m.channel}:${m.offset}`, m.msgId]));
+    for (const m of before.messages) {
+      const id = kept.get(`${m.channel}:${m.offset}`);
+      if (id !== undefined) assert.equal(id, m.msgId, `offset ${m.offset} now holds another message`);
+    }
+  });
+
+  it('a repair interrupted at any rename loses nothing: running it again keeps every good message exactly once', async function () {
+    this.timeout(120_000);
+    const damaged = await makeStore(100, 1); // one channel: every rename point is tried, each try repairs the whole folder
+    for (const log of logsOf(damaged).slice(0, 2)) {
+      const b = batchesOf(log)[1]!;
+      flipByte(log, b.position + b.length - 3);
+    }
+    const reference = tempDir();
+    copyFolder(damaged, reference);
+    await repairStore(reference, { threads: 0 });
+    const want = (await readEverything(reference, 1)).messages.map((m) => `${m.channel}:${m.offset}:${m.msgId}`);
+    assert.equal(want.length, (100 - 2) * recordsPerBatch); // only the two damaged batches are gone
+
+    // Patch the module object itself: an `import * as fs` namespace has getter-only bindings that read through to it.
+    const nodeFs = require('node:fs') as typeof fs;
+    const rename = nodeFs.renameSync;
+    let tried = 0;
+    for (let failAt = 1; ; failAt++) {
+      const dir = tempDir();
+      copyFolder(damaged, dir);
+      let renames = 0;
+      let interrupted = false;
+      nodeFs.renameSync = (from: fs.PathLike, to: fs.PathLike): void => {
+        if (!String(from).endsWith('.tmp') && ++renames === failAt) throw new Error('interrupted');
+        rename(from, to);
+      };
+      try {
+        await repairStore(dir, { threads: 0 });
+      } catch (err) {
+        interrupted = (err as Error).message === 'interrupted';
+        if (!interrupted) throw err;
+      } finally {
+        nodeFs.renameSync = rename;
+      }
+      if (!interrupted) break; // every rename point has been tried
+      tried++;
+      await repairStore(dir, { threads: 0 });
+      assert.deepEqual((await verifyStore(dir, { threads: 0 })).faults, [], `interrupted at rename ${failAt}`);
+      assert.deepEqual(
+        (await readEverything(dir, 1)).messages.map((m) => `${m.channel}:${m.offset}:${m.msgId}`),
+        want,
+        `interrupted at rename ${failAt}`,
+      );
+    }
+    assert.ok(tried >= 8, `only ${tried} rename points`); // two rewritten segments, each two pieces of four files
+  });
+
+  it('after dropping a batch in the active segment, appends to it survive a crash (no gap inside a segment)', async () => {
+    const dir = await freshStore();
+    const logs = logsOf(dir);
+    const active = logs[logs.length - 1]!;
+    const batches = batchesOf(active);
+    assert.ok(batches.length >= 3);
+    flipByte(active, batches[1]!.position + batches[1]!.length - 3);
+    await repairStore(dir);
+
+    const store = await openStore(dir);
+    const { highWatermark } = store.channelState('orders', 0);
+    for (let i = 0; i < 4; i++) await store.append('orders', 0, [{ body: `after repair ${i}` }]);
+    const image = tempDir();
+    copyFolder(dir, image); // what a crash would leave: the checkpoint is not clean
+    await store.close();
+
+    const { messages, findings } = await readEverything(image);
+    assert.equal(findings, 0);
+    assert.deepEqual(
+      messages.filter((m) => m.channel === 0 && m.offset >= highWatermark).map((m) => m.body.toString()),
+      ['after repair 0', 'after repair 1', 'after repair 2', 'after repair 3'],
+    );
+  });
+
+  it('idempotence state follows what repair kept: a retry of a dropped batch is not answered as stored', async () => {
+    const dir = tempDir('waymark-tools-');
+    const producerId = 7;
+    const batchOf = (b: number) => Array.from({ length: recordsPerBatch }, (_, i) => ({ body: bodyFor('producer', b * recordsPerBatch + i, 200) }));
+    let store = await openStore(dir, { compression: false });
+    await store.createTopic('orders', { channels: 1 });
+    for (let b = 0; b < 8; b++) await store.append('orders', 0, batchOf(b), { producerId, producerSequence: b * recordsPerBatch });
+    await store.close();
+    const log = logsOf(dir)[0]!;
+    const dropped = batchesOf(log)[6]!; // sequence 60, inside the channel's window of recent batches
+    flipByte(log, dropped.position + dropped.length - 3);
+    await repairStore(dir);
+
+    store = await openStore(dir);
+    try {
+      const kept = await store.append('orders', 0, batchOf(5), { producerId, producerSequence: 50 });
+      assert.deepEqual([kept.duplicate, kept.baseOffset], [true, 50]);
+      const retried = await store.append('orders', 0, batchOf(6), { producerId, producerSequence: 60 }).catch((err: Error & { code?: string }) => err.code);
+      assert.ok(retried === 'DUPLICATE_SEQUENCE' || (typeof retried === 'object' && !retried.duplicate), `a retry of the dropped batch was answered ${JSON.stringify(retried)}`);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('refuses a folder a store holds open (STORE_LOCKED) and changes nothing', async () => {
+    const dir = await freshStore();
+    const { log, batch } = sealedMiddleBatch(dir);
+    flipByte(log, batch.position + batch.length - 3);
+    const store = await openStore(dir);
+    try {
+      const err = await rejection(repairStore(dir));
+      assert.equal(err.code, 'STORE_LOCKED');
+    } finally {
+      await store.close();
+    }
+    assert.equal((await verifyStore(dir)).faults.length, 1);
+  });
+});
+
+describe('tools: dump', () => {
+  it('dump --json: every line parses; records carry topic, channel, offset, msgId, key, broker time, body length, checksum', async () => {
+    const dir = await freshStore();
+    const io = captureIo();
+    assert.equal(await main(['dump', dir, '--json'], io), 0);
+    const items = io.stdout.trimEnd().split('\n').map((line) => JSON.parse(line) as DumpItem);
+    const records = items.filter((i): i is Extract<DumpItem, { type: 'record' }> => i.type === 'record');
+    assert.equal(records.length, batchCount * recordsPerBatch);
+    for (const r of records) {
+      assert.equal(r.topic, 'orders');
+      assert.ok(r.channel === 0 || r.channel === 1);
+      assert.ok(Number.isSafeInteger(r.offset));
+      assert.match(r.msgId, /^[0-9a-f]{32}$/);
+      assert.match(r.key!, /^user-\d+-\d$/);
+      assert.ok(r.brokerTimestamp > 0);
+      assert.ok(r.bodyBytes > 0);
+      assert.equal(r.checksum, 'ok');
+    }
+    assert.deepEqual(offsetsOf(records, 0), Array.from({ length: (batchCount / 2) * recordsPerBatch }, (_, i) => i));
+  });
+
+  it('a batch whose checksum fails shows as BAD and the dump goes on past it', async () => {
+    const dir = await freshStore();
+    const { log, batch } = sealedMiddleBatch(dir);
+    flipByte(log, batch.position + batch.length - 3);
+    const items: DumpItem[] = [];
+    await dumpPath(log, {}, (item) => void items.push(item));
+    const records = items.filter((i): i is Extract<DumpItem, { type: 'record' }> => i.type === 'record');
+    const bad = records.filter((r) => r.checksum === 'BAD').map((r) => r.offset);
+    assert.deepEqual(bad, Array.from({ length: batch.recordCount }, (_, i) => batch.baseOffset + i));
+    assert.ok(records.some((r) => r.offset > batch.baseOffset + batch.recordCount && r.checksum === 'ok'));
+    assert.equal(items.filter((i) => i.type === 'damage').length, 1);
+  });
+
+  it('--from and --max pick a window of records', async () => {
+    const dir = await freshStore();
+    const items: DumpItem[] = [];
+    const summary = await dumpPath(channelDir(dir, 1), { from: 333, max: 5 }, (item) => void items.push(item));
+    assert.deepEqual(
+      items.flatMap((i) => (i.type === 'record' ? [i.offset] : [])),
+      [333, 334, 335, 336, 337],
+    );
+    assert.ok(summary.stopped);
+  });
+
+  it('--index on a .kix prints its header and every entry', async () => {
+    const dir = await freshStore();
+    const kix = logsOf(dir)[0]!.replace(/\.log$/, '.kix');
+    const io = captureIo();
+    assert.equal(await main(['dump', '--index', '--json', kix], io), 0);
+    const items = io.stdout.trimEnd().split('\n').map((line) => JSON.parse(line) as DumpItem);
+    const header = items[0]!;
+    assert.equal(header.type, 'index');
+    if (header.type !== 'index') return;
+    assert.equal(header.magic, 'WKIX');
+    assert.equal(header.problem, null);
+    const entries = items.filter((i) => i.type === 'kix-entry');
+    assert.equal(entries.length, header.entryCount);
+    // msgId, key and traceid per record
+    assert.equal(header.entryCount, 3 * (batchesOf(logsOf(dir)[0]!).length * recordsPerBatch));
+  });
+});
+
+describe('tools: the waymark command', () => {
+  it('--help, and <command> --help for every command, exit 0', () => {
+    const top = waymark('--help');
+    assert.equal(top.status, 0);
+    const names = ['serve', 'produce', 'consume', 'trace', 'topics', 'dump', 'verify', 'repair', 'bench'];
+    for (const name of names) {
+      assert.match(top.stdout, new RegExp(`^  ${name} `, 'm'));
+      const help = waymark(name, '--help');
+      assert.equal(help.status, 0, name);
+      assert.match(help.stdout, new RegExp(`^usage: waymark ${name}`));
+    }
+  });
+
+  it('a bad option exits 2 with one line on stderr', () => {
+    const run = waymark('dump', '--foo', 'x');
+    assert.equal(run.status, 2);
+    assert.equal(run.stderr, 'waymark: dump: unknown option --foo\n');
+    assert.equal(run.stdout, '');
+    for (const args of [['verify'], ['dump', '--max', 'many', 'x'], ['repair', 'a', 'b'], ['frobnicate']]) {
+      const bad = waymark(...args);
+      assert.equal(bad.status, 2, args.join(' '));
+      assert.equal(bad.stderr.split('\n').length, 2, bad.stderr); // one line and its newline
+    }
+  });
+
+  it('commands of the broker server say they are not available yet and exit 2', () => {
+    const run = waymark('serve', '--port', '8080');
+    assert.equal(run.status, 2);
+    assert.equal(run.stderr, 'waymark serve: not available yet (coming with the broker server)\n');
+  });
+
+  it('verify exits 0 with a summary line on a clean store, 1 with file, position, what per fault', async () => {
+    const dir = await freshStore();
+    const clean = waymark('verify', dir);
+    assert.equal(clean.status, 0, clean.stdout + clean.stderr);
+    assert.match(clean.stdout, /^verify: ok \(/m);
+    assert.equal(clean.stderr, ''); // no progress when stderr is not a terminal
+
+    const { log, batch } = sealedMiddleBatch(dir);
+    flipByte(log, batch.position + batch.length - 3);
+    const broken = waymark('verify', dir);
+    assert.equal(broken.status, 1);
+    assert.match(broken.stdout, new RegExp(`${path.basename(log)}, ${batch.position}, checksum mismatch`));
+
+    const repaired = waymark('repair', dir);
+    assert.equal(repaired.status, 0, repaired.stdout + repaired.stderr);
+    assert.match(repaired.stdout, new RegExp(`^dropped .*${path.basename(log)}, ${batch.position}, ${batch.length} bytes: checksum mismatch`, 'm'));
+    assert.equal(waymark('verify', dir).status, 0);
+  });
+
+  it('repair exits 1 with one clear line while a broker holds the folder', async () => {
+    const dir = await freshStore();
+    const store = await openStore(dir);
+    try {
+      const run = waymark('repair', dir);
+      assert.equal(run.status, 1);
+      assert.match(run.stderr, /^waymark: repair: data folder .* is locked by another process \(pid \d+\)\n$/);
+    } finally {
+      await store.close();
+    }
+  });
+});

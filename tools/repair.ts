@@ -1,0 +1,53 @@
+/** `waymark repair`: runs engine/inspect's repairStore and prints what it dropped, patched and rewrote. */
+import * as path from 'node:path';
+import { formatBytes, ProgressLine, repairStore } from '../engine/inspect';
+import type { Command } from './command';
+import { LineBuffer, shownPath } from './io';
+import { formatFault, jsonReportOption, threadsOption } from './verify';
+
+const actionWords = { truncate: 'truncated', rewrite: 'rewrote', remove: 'removed', patch: 'patched in place' } as const;
+
+export const repairCommand: Command = {
+  spec: {
+    name: 'repair',
+    summary: 'Truncate torn tails, drop only damaged batches, rebuild index files and checkpoints.',
+    positionals: ['DIR'],
+    options: { threads: threadsOption, json: jsonReportOption },
+    details:
+      'DIR is a store, topic or channel folder. repair takes the folder lock, so it fails while a broker runs on it.\n' +
+      'Every dropped byte range is copied to <segment>.dropped-<position> first. A segment with a damaged batch in\n' +
+      'the middle is rewritten without it, split where its offsets now jump; the offsets of a dropped batch hold\n' +
+      'no message afterwards. A wrong offset or broker time in a batch header (outside the checksum) is written\n' +
+      'back from its neighbours rather than dropped. Exit status: 0 when repaired, 1 when something could not be.',
+  },
+  async run(args, io) {
+    const progress = new ProgressLine({ isTTY: io.errIsTTY, write: (text) => io.err(text) });
+    const report = await repairStore(args.positionals[0]!, { threads: args.flags.threads as number | undefined, onProgress: progress.update });
+    progress.finish();
+    const lines = new LineBuffer(io);
+    if (args.flags.json === true) {
+      lines.push(JSON.stringify(report));
+      lines.flush();
+      return report.problems.length === 0 ? 0 : 1;
+    }
+    let droppedBytes = 0;
+    for (const d of report.dropped) {
+      droppedBytes += d.bytes;
+      lines.push(`dropped ${shownPath(d.file)}, ${d.position}, ${d.bytes} bytes: ${d.reason}${d.savedTo ? ` (saved to ${path.basename(d.savedTo)})` : ''}`);
+    }
+    for (const p of report.patched) lines.push(`patched ${shownPath(p.file)}, ${p.position}, ${p.field} ${p.from} -> ${p.to}: ${p.reason}`);
+    for (const c of report.changed) {
+      const into = c.into.length > 0 ? ` -> ${c.into.map((f) => path.basename(f)).join(', ')}` : '';
+      lines.push(`${actionWords[c.action]} ${shownPath(c.file)}${into}`);
+    }
+    for (const g of report.gaps) lines.push(`gap ${g.channel}: offsets ${g.from}..${g.to - 1} hold no message now`);
+    for (const p of report.problems) lines.push(`not repaired: ${formatFault(p)}`);
+    const counts =
+      `${report.channels} channels, ${report.segmentsBefore} -> ${report.segmentsAfter} segments, ${report.recordsKept} records kept, ` +
+      `dropped ${report.dropped.length} ranges (${formatBytes(droppedBytes)}), patched ${report.patched.length} header fields, ` +
+      `${report.indexFilesWritten} index files and ${report.checkpointsWritten} checkpoints written`;
+    lines.push(report.problems.length === 0 ? `repair: done (${counts})` : `repair: ${report.problems.length} problems left (${counts})`);
+    lines.flush();
+    return report.problems.length === 0 ? 0 : 1;
+  },
+};

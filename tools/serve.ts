@@ -1,0 +1,52 @@
+/** `waymark serve`: runs the broker (npm start runs this with the defaults). */
+import { startServer, serverDefaults } from '../server/index';
+import type { SyncMode } from '../engine/index';
+import { UsageError } from './args';
+import type { Command } from './command';
+
+export const serveCommand: Command = {
+  spec: {
+    name: 'serve',
+    summary: 'Run the broker: WebSocket protocol at /v1/ws and the HTTP API on one port.',
+    positionals: [],
+    options: {
+      port: { type: 'integer', valueName: 'PORT', help: `port to listen on (env WAYMARK_PORT; default ${serverDefaults.port})` },
+      host: { type: 'string', valueName: 'HOST', help: `address to listen on (env WAYMARK_HOST; default ${serverDefaults.host})` },
+      data: { type: 'string', valueName: 'DIR', help: `data folder (env WAYMARK_DATA; default ${serverDefaults.data})` },
+      sync: { type: 'string', valueName: 'MODE', help: 'batch (ack after fdatasync, default), interval (fsync every 50 ms) or none' },
+    },
+    details: 'Stops gracefully on SIGINT/SIGTERM: stops accepting, finishes group commits, closes the store.',
+  },
+  async run(args, io) {
+    const env = process.env;
+    const port = (args.flags.port as number | undefined) ?? envInteger('WAYMARK_PORT', env.WAYMARK_PORT) ?? serverDefaults.port;
+    if (port > 65535) throw new UsageError(`--port must be 0..65535, not ${port}`);
+    const host = (args.flags.host as string | undefined) ?? env.WAYMARK_HOST ?? serverDefaults.host;
+    const data = (args.flags.data as string | undefined) ?? env.WAYMARK_DATA ?? serverDefaults.data;
+    const sync = ((args.flags.sync as string | undefined) ?? serverDefaults.sync) as SyncMode;
+    if (!['batch', 'interval', 'none'].includes(sync)) throw new UsageError(`--sync must be batch, interval or none, not ${JSON.stringify(sync)}`);
+    const server = await startServer({
+      port,
+      host,
+      data,
+      sync,
+      onRecovery: (f) => io.err(`waymark: recovered ${f.file}: ${f.kind} at byte ${f.position}, ${f.bytesDropped} bytes dropped (${f.reason})${f.savedTo ? `; saved to ${f.savedTo}` : ''}\n`),
+    });
+    io.err(`waymark: serving ${server.url} and http://${server.host}:${server.port} (data ${data}, sync ${sync})\n`);
+    await new Promise<void>((resolve) => {
+      const stop = (signal: string): void => {
+        io.err(`waymark: ${signal}: shutting down\n`);
+        server.close().then(resolve, resolve);
+      };
+      process.once('SIGINT', () => stop('SIGINT'));
+      process.once('SIGTERM', () => stop('SIGTERM'));
+    });
+    return 0;
+  },
+};
+
+function envInteger(name: string, value: string | undefined): number | undefined {
+  if (value === undefined || value === '') return undefined;
+  if (!/^\d+$/.test(value)) throw new UsageError(`${name} must be a whole number, not ${JSON.stringify(value)}`);
+  return Number(value);
+}

@@ -1,0 +1,79 @@
+/** `waymark topics list|create|describe|delete`: topic administration over the protocol. */
+import { formatHelp, parseArgs, UsageError, type CommandSpec } from './args';
+import type { Command } from './command';
+import { connectForCommand, urlOption } from './broker-options';
+import type { TopicDescription } from '../sdk/index';
+
+const json = { type: 'boolean', help: 'print JSON' } as const;
+
+const actions: Record<string, CommandSpec> = {
+  list: { name: 'topics list', summary: 'List the topics.', positionals: [], options: { url: urlOption, json } },
+  create: {
+    name: 'topics create',
+    summary: 'Create a topic.',
+    positionals: ['NAME'],
+    options: {
+      channels: { type: 'integer', valueName: 'N', min: 1, help: 'channels (default 1)' },
+      'retention-ms': { type: 'integer', valueName: 'MS', help: 'delete whole segments older than this (default: keep)' },
+      'retention-bytes': { type: 'integer', valueName: 'BYTES', help: 'keep at most this many bytes per channel (default: no bound)' },
+      owner: { type: 'string', valueName: 'TEXT', help: 'who owns the topic' },
+      url: urlOption,
+      json,
+    },
+  },
+  describe: { name: 'topics describe', summary: 'Show a topic and its channels.', positionals: ['NAME'], options: { url: urlOption, json } },
+  delete: { name: 'topics delete', summary: 'Delete a topic and all its messages.', positionals: ['NAME'], options: { url: urlOption } },
+};
+
+function line(t: TopicDescription): string {
+  return `${t.name}  channels=${t.channels}  retentionMs=${t.retentionMs || '-'}  retentionBytes=${t.retentionBytes || '-'}${t.owner ? `  owner=${t.owner}` : ''}`;
+}
+
+export const topicsCommand: Command = {
+  spec: {
+    name: 'topics',
+    summary: 'List, create, describe and delete topics.',
+    positionals: ['list|create|describe|delete'],
+    options: { url: urlOption },
+    details: Object.values(actions)
+      .map((a) => `  waymark ${a.name}${a.positionals.map((p) => ` ${p}`).join('')} — ${a.summary}`)
+      .join('\n'),
+  },
+  raw: true,
+  async run(args, io) {
+    const [action, ...rest] = args.positionals;
+    const spec = action ? actions[action] : undefined;
+    if (!spec) throw new UsageError(action ? `unknown action ${JSON.stringify(action)}: use list, create, describe or delete` : 'missing action: list, create, describe or delete');
+    const parsed = parseArgs(spec, rest);
+    if (parsed.help) {
+      io.out(formatHelp(spec));
+      return 0;
+    }
+    const client = await connectForCommand(parsed.flags.url);
+    try {
+      const name = parsed.positionals[0]!;
+      if (action === 'list') {
+        const topics = await client.admin.listTopics();
+        io.out(parsed.flags.json ? `${JSON.stringify(topics)}\n` : topics.map((t) => `${line(t)}\n`).join('') || '(no topics)\n');
+      } else if (action === 'create') {
+        const t = await client.admin.createTopic(name, {
+          channels: (parsed.flags.channels as number | undefined) ?? 1,
+          retentionMs: parsed.flags['retention-ms'] as number | undefined,
+          retentionBytes: parsed.flags['retention-bytes'] as number | undefined,
+          owner: parsed.flags.owner as string | undefined,
+        });
+        io.out(parsed.flags.json ? `${JSON.stringify(t)}\n` : `created ${line(t)}\n`);
+      } else if (action === 'describe') {
+        const t = await client.admin.describeTopic(name);
+        if (parsed.flags.json) io.out(`${JSON.stringify(t)}\n`);
+        else io.out([line(t), ...t.channelStates.map((c) => `  channel ${c.channel}: offsets ${c.logStartOffset}..${c.highWatermark}, ${c.bytes} bytes in ${c.segments} segments`)].join('\n') + '\n');
+      } else {
+        await client.admin.deleteTopic(name);
+        io.out(`deleted ${name}\n`);
+      }
+      return 0;
+    } finally {
+      client.close();
+    }
+  },
+};
