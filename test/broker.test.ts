@@ -1,4 +1,6 @@
 import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
+import * as path from 'node:path';
 import { connect, channelForKey, type Client, type Message } from '../sdk/index';
 import { encodeBatch, loadChecksum } from '../engine/format/index';
 import { BrokerProcess, httpJson, RawClient } from './broker-helpers';
@@ -264,5 +266,73 @@ describe('broker: consumer groups across restarts', function () {
     await consumer.close();
     client.close();
     await broker.stop();
+  });
+});
+
+describe('broker: the waymark CLI against a real broker', function () {
+  this.timeout(120_000);
+  const broker = new BrokerProcess(tempDir());
+  const cli = path.join(__dirname, '..', '..', 'bin', 'waymark.js');
+  const run = (args: string[], input?: string): Promise<{ status: number | null; stdout: string; stderr: string }> =>
+    new Promise((resolve) => {
+      const proc = spawn(process.execPath, [cli, ...args, '--url', broker.url], { stdio: ['pipe', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      proc.stdout.on('data', (d: Buffer) => (stdout += d));
+      proc.stderr.on('data', (d: Buffer) => (stderr += d));
+      proc.stdin.end(input ?? '');
+      proc.on('close', (status) => resolve({ status, stdout, stderr }));
+    });
+  before(async () => {
+    await loadChecksum();
+    await broker.start();
+  });
+  after(() => broker.stop());
+
+  it('topics, produce (argument and stdin lines) and consume round-trip', async () => {
+    const created = await run(['topics', 'create', 'cli', '--channels', '2', '--owner', 'ops']);
+    assert.equal(created.status, 0, created.stderr);
+    assert.match(created.stdout, /created cli\s+channels=2/);
+    const one = await run(['produce', '--topic', 'cli', '--key', 'k1', '--count', '3', '--json', 'hello']);
+    assert.equal(one.status, 0, one.stderr);
+    const acks = one.stdout.trim().split('\n').map((l) => JSON.parse(l) as { channel: number; offset: number; msgId: string });
+    assert.equal(acks.length, 3);
+    assert.ok(acks.every((a) => a.channel === channelForKey('k1', 2)));
+    const lines = await run(['produce', '--topic', 'cli', '--channel', '1'], 'line one\nline two\n');
+    assert.equal(lines.status, 0, lines.stderr);
+    assert.equal(lines.stdout.trim().split('\n').length, 2);
+    const consumed = await run(['consume', '--topic', 'cli', '--group', 'cli-g', '--from', 'earliest', '--max', '5', '--json']);
+    assert.equal(consumed.status, 0, consumed.stderr);
+    const messages = consumed.stdout.trim().split('\n').map((l) => JSON.parse(l) as { body: string; key: string | null });
+    assert.deepEqual(messages.map((m) => m.body).sort(), ['hello', 'hello', 'hello', 'line one', 'line two']);
+    // The group committed at exit: the next run starts after those five.
+    await run(['produce', '--topic', 'cli', 'sixth']);
+    const next = await run(['consume', '--topic', 'cli', '--group', 'cli-g', '--max', '1']);
+    assert.match(next.stdout, / - sixth\n$/);
+    const described = await run(['topics', 'describe', 'cli']);
+    assert.match(described.stdout, /channel 1: offsets 0\.\.\d+/);
+    const listed = await run(['topics', 'list']);
+    assert.match(listed.stdout, /^cli\s+channels=2/m);
+    assert.equal((await run(['topics', 'delete', 'cli'])).status, 0);
+    const gone = await run(['topics', 'describe', 'cli']);
+    assert.equal(gone.status, 1);
+    assert.equal(gone.stderr, 'waymark: topics: topic "cli" does not exist\n');
+  });
+
+  it('bad arguments exit 2 with one line; an unreachable broker exits 1 with one line', async () => {
+    for (const args of [['produce', 'x'], ['consume', '--topic', 't'], ['topics', 'fly'], ['produce', '--topic', 't', '--count', 'many', 'x'], ['consume', '--topic', 't', '--group', 'g', '--from', 'yesterday']]) {
+      const r = await run(args);
+      assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.match(r.stderr, /^waymark: /);
+    }
+    const down = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
+      const proc = spawn(process.execPath, [cli, 'produce', '--topic', 't', 'x', '--url', 'ws://127.0.0.1:1/v1/ws']);
+      let stderr = '';
+      proc.stderr.on('data', (d: Buffer) => (stderr += d));
+      proc.on('close', (status) => resolve({ status, stderr }));
+    });
+    assert.equal(down.status, 1);
+    assert.match(down.stderr, /^waymark: produce: cannot connect to ws:\/\/127\.0\.0\.1:1\/v1\/ws/);
   });
 });
