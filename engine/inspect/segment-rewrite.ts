@@ -146,7 +146,8 @@ export function rewriteSegmentFile(task: RewriteTask): RewriteResult {
 function sealInPlace(dir: string, baseOffset: number, endOffset: number | null): SegmentMeta {
   const file = path.join(dir, segmentFileName(baseOffset, 'log'));
   const bytesBefore = fs.statSync(file).size;
-  const { segment, finding } = Segment.recover(dir, baseOffset);
+  const { segment, findings } = Segment.recover(dir, baseOffset);
+  const finding = findings[0];
   try {
     if (finding) throw new Error(`repair: ${file} is not whole after repair (${finding.reason} at ${finding.position}); the bytes were saved to ${finding.savedTo ?? 'nowhere'}`);
     if (segment.size !== bytesBefore) throw new Error(`repair: ${file} reads back as ${segment.size} bytes, it has ${bytesBefore}`);

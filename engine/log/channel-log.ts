@@ -158,8 +158,8 @@ export class ChannelLog {
           }
         }
       }
-      const { segment, finding } = Segment.recover(this.dir, base, ({ header }) => this.producers.recordHeader(header, header.baseOffset));
-      if (finding) report.push(finding);
+      const { segment, findings } = Segment.recover(this.dir, base, ({ header }) => this.producers.recordHeader(header, header.baseOffset));
+      report.push(...findings);
       if (segment.baseOffset !== expectedBase) {
         report.push({ file: segment.path('log'), position: 0, bytesDropped: 0, kind: 'corrupt', reason: `segment starts at ${segment.baseOffset}, previous ends at ${expectedBase}` });
       }

@@ -18,7 +18,7 @@ import * as path from 'node:path';
 import { lz4Codec } from '../codec';
 import { xxh32 } from '../format/checksum';
 import { forEachRecordKeys, IndexKind } from '../format/index-keys';
-import { recordsSection, type BatchHeader } from '../format/record-batch';
+import { patchBatch, recordsSection, type BatchHeader } from '../format/record-batch';
 import { checkKeyIndexBytes, KeyIndexBuilder, KeyIndexFile, type KeyHit, type TimeRange } from '../index/key-index';
 import { limits } from '../limits';
 import { CorruptIndexError } from './errors';
@@ -45,7 +45,8 @@ export interface RecoveryFinding {
   file: string;
   position: number;
   bytesDropped: number;
-  kind: 'torn' | 'corrupt';
+  /** torn: cut short at the end (a crash); corrupt: bytes dropped; patched: an offset field outside the checksum rewritten. */
+  kind: 'torn' | 'corrupt' | 'patched';
   reason: string;
   /** For corruption: where the dropped bytes were saved before truncation. */
   savedTo?: string;
@@ -106,40 +107,52 @@ export class Segment {
    * not know), truncates a torn tail silently and a corrupt tail loudly (the dropped bytes
    * are copied aside first), and rebuilds its indexes in memory.
    */
-  static recover(dir: string, baseOffset: number, onBatch?: (batch: RecoveredBatch) => void): { segment: Segment; finding: RecoveryFinding | null } {
+  static recover(dir: string, baseOffset: number, onBatch?: (batch: RecoveredBatch) => void): { segment: Segment; findings: RecoveryFinding[] } {
     const file = path.join(dir, segmentFileName(baseOffset, 'log'));
     const fd = fs.openSync(file, 'r+');
     const segment = new Segment(dir, baseOffset, fd);
     segment.startInMemoryIndexes();
     const fileBytes = fs.fstatSync(fd).size;
-    let finding: RecoveryFinding | null = null;
+    const findings: RecoveryFinding[] = [];
+    let end: RecoveryFinding | null = null;
     for (const event of scanSegment(fd)) {
       if (event.kind === 'batch') {
-        if (event.header.baseOffset !== segment.nextOffset || event.header.brokerTimestamp < segment.maxTimestamp) {
-          finding = {
+        const { header } = event;
+        // baseOffset sits outside the checksum (the broker patches it on append). The
+        // checksum holds, so the batch is sound; within a segment offsets are dense, so a
+        // disagreement is a flipped header bit: write back the offset its predecessor
+        // implies rather than drop the rest of the file. (Broker time is outside too, but it
+        // cannot be derived; the time index takes a running max, so a flipped time only
+        // misplaces that batch in time.)
+        const offset = segment.nextOffset;
+        if (header.baseOffset !== offset) {
+          findings.push({
             file,
             position: event.position,
-            bytesDropped: fileBytes - event.position,
-            kind: 'corrupt',
-            reason: `batch at offset ${event.header.baseOffset} where ${segment.nextOffset} was expected`,
-          };
-          break;
+            bytesDropped: 0,
+            kind: 'patched',
+            reason: `header said offset ${header.baseOffset}; rewrote ${offset} (a field outside the checksum)`,
+          });
+          patchBatch(event.bytes, offset, header.brokerTimestamp);
+          fs.writeSync(fd, event.bytes, 0, 8, event.position);
+          header.baseOffset = offset;
         }
-        segment.indexBatch(event.position, event.header, event.bytes);
-        segment.size = event.position + event.header.batchLength;
-        onBatch?.({ header: event.header, bytes: event.bytes });
+        segment.indexBatch(event.position, header, event.bytes);
+        segment.size = event.position + header.batchLength;
+        onBatch?.({ header, bytes: event.bytes });
       } else if (event.kind === 'torn') {
-        finding = { file, position: event.position, bytesDropped: event.bytesDropped, kind: 'torn', reason: 'batch cut short at end of file' };
+        end = { file, position: event.position, bytesDropped: event.bytesDropped, kind: 'torn', reason: 'batch cut short at end of file' };
       } else {
-        finding = { file, position: event.position, bytesDropped: fileBytes - event.position, kind: 'corrupt', reason: event.reason };
+        end = { file, position: event.position, bytesDropped: fileBytes - event.position, kind: 'corrupt', reason: event.reason };
       }
     }
-    if (finding) {
-      if (finding.kind === 'corrupt') finding.savedTo = saveDroppedBytes(fd, file, finding.position, fileBytes);
+    if (end) {
+      if (end.kind === 'corrupt') end.savedTo = saveDroppedBytes(fd, file, end.position, fileBytes);
       fs.ftruncateSync(fd, segment.size);
-      fs.fdatasyncSync(fd);
+      findings.push(end);
     }
-    return { segment, finding };
+    if (findings.length > 0) fs.fdatasyncSync(fd);
+    return { segment, findings };
   }
 
   /** A sealed segment the checkpoint vouches for; nothing is read until it is used. */
@@ -190,7 +203,7 @@ export class Segment {
   indexBatch(position: number, header: BatchHeader, bytes: Uint8Array): void {
     if (this.bytesSinceIndexEntry >= limits.indexIntervalBytes) {
       this.offsetIndex!.append(header.baseOffset, position);
-      this.timeIndex!.append(header.brokerTimestamp, header.baseOffset);
+      this.timeIndex!.append(Math.max(header.brokerTimestamp, this.maxTimestamp), header.baseOffset);
       this.bytesSinceIndexEntry = 0;
     }
     this.bytesSinceIndexEntry += header.batchLength;
@@ -245,6 +258,8 @@ export class Segment {
     this.keyFile = null;
     this.startInMemoryIndexes();
     const nextOffset = this.nextOffset;
+    this.firstTimestamp = -1; // recomputed batch by batch, as when the segment was written
+    this.maxTimestamp = -1;
     for (const event of scanSegment(this.fd, { end: this.size })) {
       if (event.kind !== 'batch') throw new CorruptIndexError(this.path('log'), `log damaged at ${event.position} while rebuilding indexes: run waymark repair`);
       this.indexBatch(event.position, event.header, event.bytes);
