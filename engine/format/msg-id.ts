@@ -56,7 +56,11 @@ export function msgIdTime(id: Uint8Array): number {
 
 const hexDigits = '0123456789abcdef';
 
+// Node's Buffer formats hex natively (several times faster than the loop); browsers use the loop.
+const NodeBuffer = (globalThis as { Buffer?: { from(b: ArrayBufferLike, o: number, l: number): { toString(e: string): string } } }).Buffer;
+
 export function msgIdToHex(id: Uint8Array): string {
+  if (NodeBuffer) return NodeBuffer.from(id.buffer, id.byteOffset, id.length).toString('hex');
   let out = '';
   for (let i = 0; i < id.length; i++) out += hexDigits[id[i]! >> 4]! + hexDigits[id[i]! & 15]!;
   return out;
