@@ -13,7 +13,7 @@
  *   resumes there, so only the uncommitted tail can be seen twice.
  */
 import { WaymarkError } from '../engine/format/errors';
-import type { Frame } from '../protocol/frames';
+import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
 import { decodeBatches, type Message } from './messages';
 
@@ -133,7 +133,7 @@ export class Consumer implements AsyncIterable<Message> {
 
   private onPush(frame: Frame): void {
     if (frame.error) {
-      this.fail(new WaymarkError('INTERNAL', frame.error.message ?? 'subscription ended'));
+      this.fail(errorFromFrame(frame.error)); // the subscription ended (e.g. its topic was deleted)
       return;
     }
     const push = frame.push;

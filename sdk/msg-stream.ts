@@ -6,7 +6,7 @@
  * — time-tick packs, so several channels are consumed in lockstep.
  */
 import { WaymarkError } from '../engine/format/errors';
-import type { Frame } from '../protocol/frames';
+import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
 import { decodeBatches, type Message } from './messages';
 import { Producer, type OutgoingMessage, type SendResult } from './producer';
@@ -106,7 +106,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
 
   private onPack(frame: Frame): void {
     if (frame.error) {
-      this.fail(new WaymarkError('INTERNAL', frame.error.message ?? 'subscription ended'));
+      this.fail(errorFromFrame(frame.error)); // the subscription ended (e.g. its topic was deleted)
       return;
     }
     const p = frame.pack;

@@ -148,6 +148,15 @@ export class RawClient {
     return this.closed;
   }
 
+  /** Stops reading from the socket (a consumer too slow to keep up), and starts again. */
+  pauseReading(): void {
+    (this.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+  }
+
+  resumeReading(): void {
+    (this.ws as unknown as { _socket: { resume(): void } })._socket.resume();
+  }
+
   close(): Promise<void> {
     this.ws.close();
     return this.closed;

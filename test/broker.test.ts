@@ -1,9 +1,11 @@
 import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as path from 'node:path';
 import { connect, channelForKey, type Client, type Message } from '../sdk/index';
 import { encodeBatch, loadChecksum } from '../engine/format/index';
 import { BrokerProcess, httpJson, RawClient } from './broker-helpers';
+import { countRecords } from '../sdk/consumer';
 import { removeTempDirs, tempDir } from './helpers';
 
 after(removeTempDirs);
@@ -133,6 +135,43 @@ describe('broker: SDK round trips against a real broker process', function () {
     assert.equal(seen.size, 300);
     await consumer.close();
     await stream.close();
+  });
+
+  it('a slow consumer slows only itself: a stalled socket holds its own pushes, another consumer gets everything', async () => {
+    await client.admin.createTopic('slow', { channels: 1 });
+    const stalled = await RawClient.open(broker.url);
+    await stalled.request({ subscribe: { topic: 'slow', group: 'stalled', start: 'earliest', subscription: 1, creditMessages: 1_000_000, creditBytes: 1 << 30 } });
+    stalled.pauseReading();
+    const producer = await client.producer({ topic: 'slow' });
+    const body = randomBytes(100 * 1024); // incompressible: 30 MiB on the wire, far past the 8 MiB socket bound
+    await Promise.all(Array.from({ length: 300 }, (_, i) => producer.send({ body, headers: { i: String(i) } })));
+    const healthy = await client.consumer({ topic: 'slow', group: 'healthy', start: 'earliest', autoCommitIntervalMs: 0 });
+    const got = await take(healthy, 300);
+    assert.deepEqual(got.map((m) => Number(m.headers.i)), Array.from({ length: 300 }, (_, i) => i));
+    await healthy.close();
+    // The stalled consumer gets everything too, once it reads again.
+    stalled.resumeReading();
+    await new Promise<void>((resolve) => {
+      const count = (): number => stalled.pushes.reduce((n, f) => n + countRecords(f.push?.batches), 0);
+      const check = (): void => (count() >= 300 ? resolve() : void (stalled.onFrame = check));
+      check();
+    });
+    await stalled.close();
+  });
+
+  it('deleting a topic ends its subscriptions with TOPIC_NOT_FOUND', async () => {
+    await client.admin.createTopic('doomed', { channels: 1 });
+    const consumer = await client.consumer({ topic: 'doomed', group: 'g', start: 'earliest', autoCommitIntervalMs: 0 });
+    const waiting = consumer.next().then(
+      () => null,
+      (err: { code?: string }) => err,
+    );
+    await client.admin.createTopic('bystander', { channels: 1 });
+    await client.admin.deleteTopic('doomed');
+    const producer = await client.producer({ topic: 'bystander' });
+    await producer.send({ body: 'unrelated traffic keeps flowing' });
+    const err = await waiting;
+    assert.equal(err?.code, 'TOPIC_NOT_FOUND');
   });
 
   it('custom repack function picks the channels', async () => {

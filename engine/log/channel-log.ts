@@ -531,6 +531,9 @@ export class ChannelLog {
       this.saveCheckpoint(true);
     }
     for (const s of this.segments) s.close();
+    // Watchers learn that the channel is gone (a deleted topic ends its subscriptions).
+    for (const watcher of [...this.watchers]) watcher();
+    this.watchers.clear();
   }
 
   /** Closes and deletes every file of the channel. */
