@@ -1,0 +1,187 @@
+/**
+ * Shared helpers of the benchmarks in bench/: JSON-line output, the machine line, sizes and
+ * flags, percentiles, page-cache dropping, and message bodies that lz4 cannot trivially
+ * shrink.
+ *
+ * House rule (STYLE.md "Benchmarks compare"): every figure is measured next to a baseline in
+ * the same process and run, and reported as a ratio, because the machines are noisy.
+ */
+import { execFileSync } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+
+export type Json = Record<string, unknown>;
+
+/** One result line on stdout. Nothing else goes to stdout (progress goes to stderr). */
+export function emit(line: Json): void {
+  process.stdout.write(`${JSON.stringify(line)}\n`);
+}
+
+export function progress(text: string): void {
+  process.stderr.write(`[bench] ${new Date().toISOString().slice(11, 19)} ${text}\n`);
+}
+
+/** Rounds to `digits` significant digits (figures, not accounting). */
+export function sig(value: number, digits = 4): number {
+  if (!Number.isFinite(value) || value === 0) return value;
+  return Number(value.toPrecision(digits));
+}
+
+const sizeUnits: Record<string, number> = { '': 1, b: 1, k: 1e3, kb: 1e3, kib: 1024, m: 1e6, mb: 1e6, mib: 1024 ** 2, g: 1e9, gb: 1e9, gib: 1024 ** 3 };
+
+/** Parses `1GiB`, `512MiB`, `5e6`, `100k`, `1000`. */
+export function parseSize(text: string): number {
+  const match = /^([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)$/i.exec(text.trim());
+  const unit = match ? sizeUnits[match[2]!.toLowerCase()] : undefined;
+  if (!match || unit === undefined) throw new Error(`not a size: ${JSON.stringify(text)} (use e.g. 1000, 100k, 512MiB, 1GiB)`);
+  return Math.round(Number(match[1]) * unit);
+}
+
+export function formatBytes(bytes: number): string {
+  if (bytes >= 1024 ** 3) return `${sig(bytes / 1024 ** 3, 3)} GiB`;
+  if (bytes >= 1024 ** 2) return `${sig(bytes / 1024 ** 2, 3)} MiB`;
+  if (bytes >= 1024) return `${sig(bytes / 1024, 3)} KiB`;
+  return `${bytes} B`;
+}
+
+/** Nearest-rank percentile of an ascending array. */
+export function percentile(sorted: ArrayLike<number>, p: number): number {
+  if (sorted.length === 0) return NaN;
+  const rank = Math.min(sorted.length, Math.max(1, Math.ceil(p * sorted.length)));
+  return sorted[rank - 1]!;
+}
+
+export function latencySummary(samplesMs: number[], unit: 'us' | 'ms'): Json {
+  const sorted = Float64Array.from(samplesMs).sort();
+  const scale = unit === 'us' ? 1000 : 1;
+  let sum = 0;
+  for (const v of sorted) sum += v;
+  return {
+    [`p50_${unit}`]: sig(percentile(sorted, 0.5) * scale, 3),
+    [`p90_${unit}`]: sig(percentile(sorted, 0.9) * scale, 3),
+    [`p99_${unit}`]: sig(percentile(sorted, 0.99) * scale, 3),
+    [`max_${unit}`]: sig(sorted[sorted.length - 1]! * scale, 3),
+    [`mean_${unit}`]: sig((sum / sorted.length) * scale, 3),
+    samples: sorted.length,
+  };
+}
+
+export function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+/** The machine line: first line of every benchmark's output. */
+export function machineLine(name: string, extra: Json = {}): Json {
+  const cpus = os.cpus();
+  let commit = 'unknown';
+  let engineDirty: boolean | string = 'unknown';
+  try {
+    commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    engineDirty = execFileSync('git', ['status', '--porcelain', '--', 'engine'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim() !== '';
+  } catch {
+    // not a git checkout: the commit is a courtesy
+  }
+  return {
+    name,
+    date: new Date().toISOString(),
+    nproc: os.availableParallelism(),
+    node: process.version,
+    v8: process.versions.v8,
+    platform: `${os.platform()} ${os.release()} ${os.arch()}`,
+    cpu: cpus[0]?.model ?? 'unknown',
+    memGiB: sig(os.totalmem() / 1024 ** 3, 3),
+    loadavg: os.loadavg().map((l) => sig(l, 3)),
+    commit,
+    engineDirty,
+    argv: process.argv.slice(2),
+    ...extra,
+  };
+}
+
+export function freeBytes(dir: string): number {
+  const s = fs.statfsSync(dir);
+  return s.bavail * s.bsize;
+}
+
+/**
+ * Writes back dirty pages and drops the page cache (needs root and a writable /proc/sys).
+ * Returns null when it worked, else why not. It slows every process on the machine for a
+ * moment (nothing else): callers only use it when asked for cold figures.
+ */
+export function dropCaches(): string | null {
+  try {
+    execFileSync('sync');
+    fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+    return null;
+  } catch (err) {
+    return (err as Error).message.split('\n')[0]!;
+  }
+}
+
+export type BodyKind = 'random' | 'text';
+
+/**
+ * Body sources: `random` is crypto-random bytes (lz4 gains nothing, so compression on only
+ * costs the attempt); `text` is JSON-ish event text with random ids and numbers (lz4
+ * shrinks it to roughly half). Bodies are views at random positions into one pool.
+ */
+export class BodySource {
+  private readonly pool: Buffer;
+
+  constructor(
+    readonly kind: BodyKind,
+    poolBytes = 16 * 1024 * 1024,
+  ) {
+    this.pool = kind === 'random' ? crypto.randomBytes(poolBytes) : textPool(poolBytes);
+  }
+
+  body(bytes: number): Uint8Array {
+    const at = Math.floor(Math.random() * (this.pool.length - bytes));
+    return this.pool.subarray(at, at + bytes);
+  }
+}
+
+const words = ['checkout', 'cart', 'search', 'login', 'logout', 'view', 'click', 'refund', 'payment', 'shipping', 'profile', 'invoice', 'coupon', 'review', 'wishlist', 'stock'];
+
+function textPool(bytes: number): Buffer {
+  const parts: string[] = [];
+  let length = 0;
+  while (length < bytes) {
+    const event = JSON.stringify({
+      user: `u${crypto.randomInt(1e7)}`,
+      event: words[crypto.randomInt(words.length)],
+      path: `/${words[crypto.randomInt(words.length)]}/${crypto.randomInt(1e6)}`,
+      ts: 1_760_000_000_000 + crypto.randomInt(1e9),
+      session: crypto.randomBytes(8).toString('hex'),
+      amount: crypto.randomInt(1e6) / 100,
+    });
+    parts.push(event);
+    length += event.length + 1;
+  }
+  return Buffer.from(parts.join('\n'), 'latin1').subarray(0, bytes);
+}
+
+/** Sizes of the .log files of a channel folder, in offset order. */
+export function segmentFiles(dir: string): Array<{ file: string; bytes: number }> {
+  return fs
+    .readdirSync(dir)
+    .filter((name) => /^\d{20}\.log$/.test(name))
+    .sort()
+    .map((name) => ({ file: `${dir}/${name}`, bytes: fs.statSync(`${dir}/${name}`).size }));
+}
+
+export function dirBytes(dir: string): number {
+  let total = 0;
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    const full = `${dir}/${entry.name}`;
+    total += entry.isDirectory() ? dirBytes(full) : fs.statSync(full).size;
+  }
+  return total;
+}
+
+export function now(): number {
+  return performance.now();
+}

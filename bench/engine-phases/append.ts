@@ -1,0 +1,166 @@
+/**
+ * Phase 1 of bench/engine.ts: append throughput against fs.write + fdatasync of the same bytes.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { encodeBatch, lz4Codec } from '../../engine/index';
+import { BodySource, emit, formatBytes, latencySummary, median, now, progress, sig, type BodyKind, type Json } from '../common';
+import { channelBytes, drive, freshStore, goal, messagePool, rawAppend, settle, type Options } from './shared';
+
+
+export async function appendPhase(o: Options): Promise<void> {
+  const root = path.join(o.dir, 'append');
+  fs.mkdirSync(root, { recursive: true });
+  const rawFile = path.join(root, 'raw.dat');
+  const bodyKinds: BodyKind[] = ['random', 'text'];
+  for (const bodyBytes of o.bodySizes) {
+    for (const kind of bodyKinds) {
+      const bodies = new BodySource(kind);
+      for (const compression of [true, false]) {
+        const codec = compression ? lz4Codec : null;
+        const pool = messagePool(bodies, bodyBytes, o.batchMessages);
+        // The baseline writes exactly what the engine stores per batch (compressed or not).
+        const encoded = pool.batches.map((b) => encodeBatch(b, { codec }).batch);
+        const batchBytes = encoded.reduce((n, b) => n + b.length, 0) / encoded.length;
+        const rawRecordBytes = pool.batches[0]!.reduce((n, m) => n + (m.body as Uint8Array).length, 0);
+        const label = `append ${bodyBytes} B ${kind} bodies, compression ${compression ? 'on' : 'off'}`;
+        progress(`${label}: ${o.rounds} rounds × ${o.appendBatches} batches of ${formatBytes(batchBytes)}`);
+
+        const storeDir = path.join(root, 'store');
+        const engine = async (inFlight: number): Promise<{ seconds: number; latencies: number[]; storedBytes: number }> => {
+          const store = await freshStore(storeDir, compression, 'bench');
+          try {
+            const t0 = now();
+            const latencies = await drive(o.appendBatches, inFlight, (i) => store.append('bench', 0, pool.batches[i % pool.batches.length]!));
+            const seconds = (now() - t0) / 1000;
+            return { seconds, latencies, storedBytes: channelBytes(store, 'bench') };
+          } finally {
+            await store.close();
+            fs.rmSync(storeDir, { recursive: true, force: true });
+          }
+        };
+        // Warm-up (JIT, file system): not recorded.
+        await rawAppend(rawFile, encoded, Math.min(20, o.appendBatches));
+        await engine(1);
+
+        const raw: number[] = [];
+        const seq: Array<{ seconds: number; latencies: number[]; storedBytes: number }> = [];
+        const par: Array<{ seconds: number; latencies: number[]; storedBytes: number }> = [];
+        for (let r = 0; r < o.rounds; r++) {
+          const steps = [async () => raw.push(await rawAppend(rawFile, encoded, o.appendBatches)), async () => seq.push(await engine(1)), async () => par.push(await engine(o.inFlight))];
+          if (r % 2 === 1) steps.reverse();
+          for (const step of steps) {
+            settle();
+            await step();
+          }
+        }
+        const total = o.appendBatches * o.rounds;
+        const rawSeconds = raw.reduce((a, b) => a + b, 0);
+        const rawBatchesPerSec = total / rawSeconds;
+        const line = (mode: 'sequential' | 'in-flight', runs: typeof seq, inFlight: number): Json => {
+          const seconds = runs.reduce((a, r) => a + r.seconds, 0);
+          const batchesPerSec = total / seconds;
+          const storedPerBatch = runs.reduce((a, r) => a + r.storedBytes, 0) / total;
+          const ratioRounds = runs.map((run, i) => raw[i]! / run.seconds);
+          const ratio = median(ratioRounds);
+          const out: Json = {
+            name: 'append',
+            api: 'store.append',
+            bodyBytes,
+            bodies: kind,
+            compression,
+            sync: 'batch',
+            mode,
+            inFlight,
+            batchMessages: o.batchMessages,
+            batches: total,
+            msgPerSec: sig(batchesPerSec * o.batchMessages),
+            payloadMBps: sig((batchesPerSec * rawRecordBytes) / 1e6),
+            storedMBps: sig((batchesPerSec * storedPerBatch) / 1e6),
+            storedBatchBytes: Math.round(storedPerBatch),
+            raw_batchBytes: Math.round(batchBytes),
+            raw_batchesPerSec: sig(rawBatchesPerSec),
+            raw_MBps: sig((rawBatchesPerSec * batchBytes) / 1e6),
+            ratio_vs_raw: sig(ratio, 3),
+            ratio_rounds: ratioRounds.map((r) => sig(r, 3)),
+            ...latencySummary(runs.flatMap((run) => run.latencies), 'ms'),
+          };
+          if (mode === 'sequential' && kind === 'random' && compression) {
+            Object.assign(out, goal(`append ${bodyBytes} B, sequential, ratio vs raw`, ratio, '>= 0.7', ratio >= 0.7));
+          }
+          return out;
+        };
+        emit(line('sequential', seq, 1));
+        emit(line('in-flight', par, o.inFlight));
+      }
+    }
+    await appendBatchLines(o, root, rawFile, bodyBytes);
+  }
+  fs.rmSync(root, { recursive: true, force: true });
+}
+
+/**
+ * store.appendBatch of batches encoded beforehand (what the server does with an SDK-built
+ * batch): checksum check, patch, index, write, fdatasync — no encoding. Splits the append
+ * cost into encoding and storing. Random bodies, lz4 on (it never wins on them).
+ */
+async function appendBatchLines(o: Options, root: string, rawFile: string, bodyBytes: number): Promise<void> {
+  const pool = messagePool(new BodySource('random'), bodyBytes, o.batchMessages);
+  // appendBatch patches a batch in place; a pool twice the window keeps in-flight batches apart.
+  const poolSize = Math.max(16, 2 * o.inFlight);
+  const encoded = Array.from({ length: poolSize }, (_, i) => encodeBatch(pool.batches[i % pool.batches.length]!, { codec: lz4Codec }).batch);
+  const batchBytes = encoded.reduce((n, b) => n + b.length, 0) / encoded.length;
+  progress(`appendBatch ${bodyBytes} B random bodies: ${o.rounds} rounds × ${o.appendBatches} batches`);
+  const storeDir = path.join(root, 'store');
+  const engine = async (inFlight: number): Promise<{ seconds: number; latencies: number[] }> => {
+    const store = await freshStore(storeDir, true, 'bench');
+    try {
+      const t0 = now();
+      const latencies = await drive(o.appendBatches, inFlight, (i) => store.appendBatch('bench', 0, encoded[i % encoded.length]!));
+      return { seconds: (now() - t0) / 1000, latencies };
+    } finally {
+      await store.close();
+      fs.rmSync(storeDir, { recursive: true, force: true });
+    }
+  };
+  await engine(1);
+  const raw: number[] = [];
+  const seq: Array<{ seconds: number; latencies: number[] }> = [];
+  const par: Array<{ seconds: number; latencies: number[] }> = [];
+  for (let r = 0; r < o.rounds; r++) {
+    const steps = [async () => raw.push(await rawAppend(rawFile, encoded, o.appendBatches)), async () => seq.push(await engine(1)), async () => par.push(await engine(o.inFlight))];
+    if (r % 2 === 1) steps.reverse();
+    for (const step of steps) {
+      settle();
+      await step();
+    }
+  }
+  const total = o.appendBatches * o.rounds;
+  const rawBatchesPerSec = total / raw.reduce((a, b) => a + b, 0);
+  for (const [mode, runs, inFlight] of [
+    ['sequential', seq, 1],
+    ['in-flight', par, o.inFlight],
+  ] as const) {
+    const batchesPerSec = total / runs.reduce((a, r) => a + r.seconds, 0);
+    emit({
+      name: 'append',
+      api: 'store.appendBatch (pre-encoded)',
+      bodyBytes,
+      bodies: 'random',
+      compression: true,
+      sync: 'batch',
+      mode,
+      inFlight,
+      batchMessages: o.batchMessages,
+      batches: total,
+      msgPerSec: sig(batchesPerSec * o.batchMessages),
+      storedMBps: sig((batchesPerSec * batchBytes) / 1e6),
+      storedBatchBytes: Math.round(batchBytes),
+      raw_batchesPerSec: sig(rawBatchesPerSec),
+      raw_MBps: sig((rawBatchesPerSec * batchBytes) / 1e6),
+      ratio_vs_raw: sig(median(runs.map((run, i) => raw[i]! / run.seconds)), 3),
+      ratio_rounds: runs.map((run, i) => sig(raw[i]! / run.seconds, 3)),
+      ...latencySummary(runs.flatMap((run) => run.latencies), 'ms'),
+    });
+  }
+}
