@@ -310,8 +310,9 @@ export class Store {
 
   // ---------------------------------------------------------------- reads
 
-  readBatches(topic: string, channel: number, options: { offset: number; maxBytes?: number }): Promise<BatchRead> {
-    return this.channel(topic, channel).readBatches(options.offset, options.maxBytes ?? 1024 * 1024);
+  /** Raw whole batches from an offset; with `buffer`, read into it (valid until the caller reuses it). */
+  readBatches(topic: string, channel: number, options: { offset: number; maxBytes?: number; buffer?: Buffer }): Promise<BatchRead> {
+    return this.channel(topic, channel).readBatches(options.offset, options.maxBytes ?? 1024 * 1024, options.buffer);
   }
 
   async read(topic: string, channel: number, options: ReadOptions): Promise<StoredMessage[]> {

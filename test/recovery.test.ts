@@ -159,6 +159,9 @@ describe('recovery: corruption', () => {
           assert.equal(found[0]!.offset, 3);
           const some = await store.read('t', 0, { offset: 2, maxMessages: 3 });
           assert.deepEqual(some.map((m) => m.offset), [2, 3, 4]);
+          const firstFive = await store.read('t', 0, { offset: 0, maxMessages: 5 });
+          const time = firstFive[3]!.brokerTimestamp;
+          assert.equal(await store.offsetForTime('t', 0, time), firstFive.find((m) => m.brokerTimestamp >= time)!.offset);
           assert.ok(fs.readFileSync(file).equals(original), `flip at ${position}: the rebuilt index equals the original`);
         } finally {
           await store.close();

@@ -15,6 +15,13 @@ export class MsgIdGenerator {
   private readonly tail = new Uint8Array(10);
 
   next(nowMs: number = Date.now()): Uint8Array {
+    const id = new Uint8Array(msgIdBytes);
+    this.writeNext(id, 0, nowMs);
+    return id;
+  }
+
+  /** Writes the next id at buf[pos..pos+16) (no allocation: the batch encoder's path). */
+  writeNext(buf: Uint8Array, pos: number, nowMs: number = Date.now()): void {
     if (nowMs > this.lastMs) {
       this.lastMs = nowMs;
       globalThis.crypto.getRandomValues(this.tail);
@@ -22,10 +29,8 @@ export class MsgIdGenerator {
     } else {
       increment(this.tail);
     }
-    const id = new Uint8Array(msgIdBytes);
-    writeMs(id, this.lastMs);
-    id.set(this.tail, 6);
-    return id;
+    writeMs(buf, pos, this.lastMs);
+    buf.set(this.tail, pos + 6);
   }
 }
 
@@ -39,10 +44,10 @@ function increment(bytes: Uint8Array): void {
   }
 }
 
-function writeMs(id: Uint8Array, ms: number): void {
+function writeMs(buf: Uint8Array, pos: number, ms: number): void {
   let rest = ms;
   for (let i = 5; i >= 0; i--) {
-    id[i] = rest % 256;
+    buf[pos + i] = rest % 256;
     rest = Math.floor(rest / 256);
   }
 }

@@ -128,6 +128,46 @@ function toBytes(value: string | Uint8Array): Uint8Array {
   return typeof value === 'string' ? textEncoder.encode(value) : value;
 }
 
+/** UTF-8 length of a string without encoding it (keys and bodies are measured, then written in place). */
+export function utf8Length(text: string): number {
+  let length = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x80) length += 1;
+    else if (c < 0x800) length += 2;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < text.length) {
+      const d = text.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        length += 4;
+        i++;
+      } else length += 3; // a lone surrogate becomes U+FFFD, 3 bytes
+    } else length += 3;
+  }
+  return length;
+}
+
+/** Writes a string as UTF-8 at buf[pos..pos+length): a plain loop for ASCII, encodeInto otherwise. */
+function writeUtf8(buf: Uint8Array, pos: number, text: string, length: number): void {
+  if (length === text.length) {
+    for (let i = 0; i < length; i++) buf[pos + i] = text.charCodeAt(i);
+    return;
+  }
+  textEncoder.encodeInto(text, buf.subarray(pos, pos + length));
+}
+
+/** A key or body as given: bytes, or a string with its UTF-8 length. */
+type Field = { bytes: Uint8Array; text: null; length: number } | { bytes: null; text: string; length: number };
+
+function field(value: string | Uint8Array): Field {
+  return typeof value === 'string' ? { bytes: null, text: value, length: utf8Length(value) } : { bytes: value, text: null, length: value.length };
+}
+
+function writeField(buf: Uint8Array, pos: number, f: Field): number {
+  if (f.bytes) buf.set(f.bytes, pos);
+  else writeUtf8(buf, pos, f.text, f.length);
+  return pos + f.length;
+}
+
 function normalizeHeaders(headers: MessageInput['headers']): Header[] {
   if (!headers) return [];
   if (Array.isArray(headers)) return headers as Header[];
@@ -137,23 +177,24 @@ function normalizeHeaders(headers: MessageInput['headers']): Header[] {
 }
 
 interface Prepared {
-  msgId: Uint8Array;
-  key: Uint8Array | null;
+  /** Null: a new id is written straight into the batch. */
+  msgId: Uint8Array | null;
+  key: Field | null;
   headerNames: Uint8Array[];
   headers: Header[];
-  body: Uint8Array;
+  body: Field;
   timestamp: number;
   deliverAt: number | null;
   size: number; // bytes after the length prefix
 }
 
 /** Validates one message against the format limits and measures its encoded size. */
-function prepare(message: MessageInput, index: number, firstTimestamp: number, ids: MsgIdGenerator): Prepared {
-  const body = toBytes(message.body);
+function prepare(message: MessageInput, index: number, firstTimestamp: number): Prepared {
+  const body = field(message.body);
   if (body.length > formatLimits.messageBytesMax) {
     throw new WaymarkError('MESSAGE_TOO_LARGE', `message ${index}: body is ${body.length} bytes, the limit is ${formatLimits.messageBytesMax}`);
   }
-  const key = message.key == null ? null : toBytes(message.key);
+  const key = message.key == null ? null : field(message.key);
   if (key && key.length > formatLimits.keyBytesMax) {
     throw new WaymarkError('KEY_TOO_LARGE', `message ${index}: key is ${key.length} bytes, the limit is ${formatLimits.keyBytesMax}`);
   }
@@ -161,8 +202,8 @@ function prepare(message: MessageInput, index: number, firstTimestamp: number, i
   if (headers.length > formatLimits.headerCountMax) {
     throw new WaymarkError('HEADERS_TOO_LARGE', `message ${index}: ${headers.length} headers, the limit is ${formatLimits.headerCountMax}`);
   }
-  const msgId = message.msgId ?? ids.next();
-  if (msgId.length !== msgIdBytes) {
+  const msgId = message.msgId ?? null;
+  if (msgId && msgId.length !== msgIdBytes) {
     throw new WaymarkError('INVALID_ARGUMENT', `message ${index}: msgId must be ${msgIdBytes} bytes, got ${msgId.length}`);
   }
   const timestamp = message.timestamp ?? firstTimestamp;
@@ -177,7 +218,7 @@ function prepare(message: MessageInput, index: number, firstTimestamp: number, i
   if (key) size += varintSize(key.length) + key.length;
   size += varintSize(headers.length);
   for (const header of headers) {
-    const name = textEncoder.encode(header.name);
+    const name = textEncoder.encode(header.name); // header names are few and short
     headerNames.push(name);
     headerBytes += name.length + header.value.length;
     size += varintSize(name.length) + name.length + varintSize(header.value.length) + header.value.length;
@@ -204,7 +245,7 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
   const prepared: Prepared[] = new Array(messages.length);
   let rawLength = 0;
   for (let i = 0; i < messages.length; i++) {
-    const p = prepare(messages[i]!, i, firstTimestamp, ids);
+    const p = prepare(messages[i]!, i, firstTimestamp);
     prepared[i] = p;
     rawLength += varintSize(p.size) + p.size;
   }
@@ -213,6 +254,8 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
   }
 
   const raw = new Uint8Array(batchHeaderBytes + rawLength);
+  const msgIds: Uint8Array[] = new Array(prepared.length);
+  const idTime = Date.now();
   let pos = batchHeaderBytes;
   for (let i = 0; i < prepared.length; i++) {
     const p = prepared[i]!;
@@ -222,12 +265,13 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
     raw[pos++] = (p.key ? RecordAttr.hasKey : 0) | (p.deliverAt !== null ? RecordAttr.hasDeliverAt : 0);
     pos = writeVarint(raw, pos, i);
     pos = writeVarint(raw, pos, zigzag(p.timestamp - firstTimestamp));
-    raw.set(p.msgId, pos);
+    if (p.msgId) raw.set(p.msgId, pos);
+    else ids.writeNext(raw, pos, idTime);
+    msgIds[i] = raw.subarray(pos, pos + msgIdBytes);
     pos += msgIdBytes;
     if (p.key) {
       pos = writeVarint(raw, pos, p.key.length);
-      raw.set(p.key, pos);
-      pos += p.key.length;
+      pos = writeField(raw, pos, p.key);
     }
     pos = writeVarint(raw, pos, p.headers.length);
     for (let h = 0; h < p.headers.length; h++) {
@@ -242,8 +286,7 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
     }
     if (p.deliverAt !== null) pos = writeVarint(raw, pos, zigzag(p.deliverAt - firstTimestamp));
     pos = writeVarint(raw, pos, p.body.length);
-    raw.set(p.body, pos);
-    pos += p.body.length;
+    pos = writeField(raw, pos, p.body);
     if (pos - recordStart !== p.size) throw new Error(`encodeBatch: record ${i} size ${pos - recordStart} != ${p.size} (start ${start})`);
   }
   if (pos !== raw.length) throw new Error('encodeBatch: records section length mismatch');
@@ -251,9 +294,9 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
   let batch = raw;
   let compression: CompressionId = Compression.none;
   const codec = options.codec;
-  if (codec && rawLength >= compressionBytesMin) {
+  if (codec && rawLength >= compressionBytesMin && worthCompressing(codec, raw.subarray(batchHeaderBytes))) {
     const compressed = codec.compress(raw.subarray(batchHeaderBytes));
-    if (compressed.length < rawLength) {
+    if (compressed.length <= rawLength - rawLength / compressionGainMin) {
       batch = new Uint8Array(batchHeaderBytes + compressed.length);
       batch.set(compressed, batchHeaderBytes);
       compression = codec.id;
@@ -269,7 +312,21 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
     recordsLength: batch.length - batchHeaderBytes,
     recordsLengthRaw: rawLength,
   });
-  return { batch, msgIds: prepared.map((p) => p.msgId) };
+  return { batch, msgIds };
+}
+
+/**
+ * Compression is kept only when it saves at least 1/compressionGainMin of the section:
+ * every reader (indexing, fetch, lookup) pays to decompress, so a 1 % gain is a loss.
+ * A sample decides first, so incompressible data costs one small compress, not a whole one.
+ */
+export const compressionGainMin = 8;
+const compressionSampleBytes = 4096;
+
+function worthCompressing(codec: Codec, section: Uint8Array): boolean {
+  if (section.length <= compressionSampleBytes * 2) return true;
+  const sample = section.subarray(0, compressionSampleBytes);
+  return codec.compress(sample).length <= compressionSampleBytes - compressionSampleBytes / compressionGainMin;
 }
 
 function view(buf: Uint8Array): DataView {
@@ -415,6 +472,19 @@ export function decodeRecords(buf: Uint8Array, pos: number, header: BatchHeader,
     throw new WaymarkError('CORRUPT_BATCH', `${section.length - reader.pos} bytes left after ${header.recordCount} records`);
   }
   return records;
+}
+
+/** Decodes only record `index` of the batch at `pos`: the records before it are skipped by their length prefix. */
+export function decodeRecordAt(buf: Uint8Array, pos: number, header: BatchHeader, codec: Codec | null, index: number): StoredRecord {
+  if (index < 0 || index >= header.recordCount) throw new WaymarkError('INVALID_ARGUMENT', `record ${index} of ${header.recordCount}`);
+  const section = recordsSection(buf, pos, header, codec);
+  const reader = new Reader(section, 0, section.length);
+  for (let i = 0; i < index; i++) {
+    const size = reader.varint();
+    if (reader.pos + size > section.length) throw new WaymarkError('CORRUPT_BATCH', `record ${i} runs past the records section`);
+    reader.pos += size;
+  }
+  return readRecord(reader, index, header);
 }
 
 function readRecord(reader: Reader, index: number, header: BatchHeader): StoredRecord {

@@ -20,7 +20,7 @@
  */
 import * as fs from 'node:fs';
 import { CorruptIndexError } from '../log/errors';
-import { EntryBuffer, fileChecksum } from '../log/index-file';
+import { fileChecksum } from '../log/index-file';
 
 export const keyIndexMagic = 'WKIX';
 export const keyIndexVersion = 1;
@@ -44,7 +44,9 @@ function inRange(timestamp: number, range: TimeRange): boolean {
 
 export class KeyIndexBuilder {
   private readonly slots: Uint32Array;
-  private readonly entries = new EntryBuffer(keyIndexEntryBytes, 1024);
+  /** Five u32 per entry: keyHash, position, relativeOffset, timeDelta, prevEntry (the file layout). */
+  private entries = new Uint32Array(5 * 1024);
+  private count = 0;
   private baseTimestamp = -1;
 
   constructor(
@@ -55,7 +57,7 @@ export class KeyIndexBuilder {
   }
 
   get entryCount(): number {
-    return this.entries.count;
+    return this.count;
   }
 
   /** Loads a sealed segment's whole file back into memory (reopening it as the active segment). */
@@ -64,57 +66,66 @@ export class KeyIndexBuilder {
     const builder = new KeyIndexBuilder(baseOffset, header.slotCount);
     bytes.copy(Buffer.from(builder.slots.buffer), 0, keyIndexHeaderBytes, keyIndexHeaderBytes + header.slotCount * 4);
     const entriesAt = keyIndexHeaderBytes + header.slotCount * 4;
-    for (let i = 0; i < header.entryCount; i++) builder.entries.push();
-    bytes.copy(builder.entries.bytes, 0, entriesAt, entriesAt + header.entryCount * keyIndexEntryBytes);
+    builder.entries = new Uint32Array(Math.max(5 * 1024, 5 * header.entryCount * 2));
+    bytes.copy(Buffer.from(builder.entries.buffer), 0, entriesAt, entriesAt + header.entryCount * keyIndexEntryBytes);
+    builder.count = header.entryCount;
     builder.baseTimestamp = header.entryCount > 0 ? header.baseTimestamp : -1;
     return builder;
   }
 
   add(hash: number, position: number, offset: number, timestamp: number): void {
     if (this.baseTimestamp < 0) this.baseTimestamp = timestamp;
+    if (5 * (this.count + 1) > this.entries.length) {
+      const grown = new Uint32Array(this.entries.length * 2);
+      grown.set(this.entries);
+      this.entries = grown;
+    }
     const slot = hash & (this.slotCount - 1);
-    const at = this.entries.push();
-    const bytes = this.entries.bytes;
-    bytes.writeUInt32LE(hash >>> 0, at);
-    bytes.writeUInt32LE(position, at + 4);
-    bytes.writeUInt32LE(offset - this.baseOffset, at + 8);
-    bytes.writeUInt32LE(Math.max(0, timestamp - this.baseTimestamp), at + 12);
-    bytes.writeUInt32LE(this.slots[slot]!, at + 16);
-    this.slots[slot] = this.entries.count; // entry number + 1
+    const at = 5 * this.count;
+    const e = this.entries;
+    e[at] = hash;
+    e[at + 1] = position;
+    e[at + 2] = offset - this.baseOffset;
+    e[at + 3] = Math.max(0, timestamp - this.baseTimestamp);
+    e[at + 4] = this.slots[slot]!;
+    this.count++;
+    this.slots[slot] = this.count; // entry number + 1
   }
 
   lookup(hash: number, range: TimeRange, limit: number): KeyHit[] {
     const hits: KeyHit[] = [];
-    const bytes = this.entries.bytes;
+    const e = this.entries;
+    const wanted = hash >>> 0;
     let next = this.slots[hash & (this.slotCount - 1)]!;
     let steps = 0;
-    while (next !== 0 && hits.length < limit && steps++ < this.entries.count) {
-      const at = (next - 1) * keyIndexEntryBytes;
-      if (bytes.readUInt32LE(at) === hash >>> 0) {
-        const timestamp = this.baseTimestamp + bytes.readUInt32LE(at + 12);
-        if (inRange(timestamp, range)) {
-          hits.push({ position: bytes.readUInt32LE(at + 4), offset: this.baseOffset + bytes.readUInt32LE(at + 8), timestamp });
-        }
+    while (next !== 0 && hits.length < limit && steps++ < this.count) {
+      const at = 5 * (next - 1);
+      if (e[at] === wanted) {
+        const timestamp = this.baseTimestamp + e[at + 3]!;
+        if (inRange(timestamp, range)) hits.push({ position: e[at + 1]!, offset: this.baseOffset + e[at + 2]!, timestamp });
       }
-      next = bytes.readUInt32LE(at + 16);
+      next = e[at + 4]!;
     }
     return hits;
   }
 
   encode(): Buffer {
-    const out = Buffer.alloc(keyIndexHeaderBytes + this.slotCount * 4 + this.entries.count * keyIndexEntryBytes);
+    // The u32 arrays are copied as they are: the file is little-endian, as is every host Node runs on.
+    const out = Buffer.alloc(keyIndexHeaderBytes + this.slotCount * 4 + this.count * keyIndexEntryBytes);
     out.write(keyIndexMagic, 0, 'latin1');
     out.writeUInt8(keyIndexVersion, 4);
     out.writeBigInt64LE(BigInt(this.baseOffset), 8);
     out.writeBigInt64LE(BigInt(Math.max(0, this.baseTimestamp)), 16);
     out.writeUInt32LE(this.slotCount, 24);
-    out.writeUInt32LE(this.entries.count, 28);
+    out.writeUInt32LE(this.count, 28);
     Buffer.from(this.slots.buffer, this.slots.byteOffset, this.slots.byteLength).copy(out, keyIndexHeaderBytes);
-    this.entries.bytes.copy(out, keyIndexHeaderBytes + this.slotCount * 4, 0, this.entries.count * keyIndexEntryBytes);
+    Buffer.from(this.entries.buffer, 0, this.count * keyIndexEntryBytes).copy(out, keyIndexHeaderBytes + this.slotCount * 4);
     out.writeBigUInt64LE(fileChecksum(out, 32), 32);
     return out;
   }
 }
+
+if (new Uint8Array(new Uint32Array([1]).buffer)[0] !== 1) throw new Error('key-index: a big-endian host needs byte swapping here');
 
 export interface KeyIndexHeader {
   baseOffset: number;
@@ -174,11 +185,17 @@ export class KeyIndexFile {
     readonly header: KeyIndexHeader,
   ) {}
 
-  /** Opens the file after checking all of it (checksum, chains, bounds) once. */
-  static open(file: string, baseOffset: number, segmentBytes: number, recordCount: number): KeyIndexFile {
+  /**
+   * Opens the file after checking its header, size and checksum (one sequential read). The
+   * entry-by-entry walk (chains, bounds) is verify's: lookups bound every chain step anyway
+   * and confirm every hit against the record.
+   */
+  static open(file: string, baseOffset: number): KeyIndexFile {
     const fd = fs.openSync(file, 'r');
     try {
-      const header = checkKeyIndexBytes(file, fs.readFileSync(fd), baseOffset, segmentBytes, recordCount);
+      const bytes = fs.readFileSync(fd);
+      const header = decodeKeyIndexHeader(file, bytes, bytes.length, baseOffset);
+      if (fileChecksum(bytes, 32) !== bytes.readBigUInt64LE(32)) throw new CorruptIndexError(file, 'checksum mismatch');
       return new KeyIndexFile(file, fd, header);
     } catch (err) {
       fs.closeSync(fd);

@@ -21,7 +21,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { WaymarkError } from '../format/errors';
-import { batchHeaderBytes, decodeRecords, patchBatch, probeHeader, type BatchHeader, type StoredRecord } from '../format/record-batch';
+import { batchHeaderBytes, decodeRecordAt, decodeRecords, patchBatch, probeHeader, type BatchHeader, type StoredRecord } from '../format/record-batch';
 import { checksumHolds } from '../format/record-batch';
 import { lz4Codec } from '../codec';
 import type { KeyHit, TimeRange } from '../index/key-index';
@@ -67,6 +67,15 @@ interface Pending {
   brokerTimestamp: number;
   resolve: (outcome: AppendOutcome) => void;
   reject: (err: Error) => void;
+}
+
+/** A lookup reads this much at a batch's position at once (most batches fit; a larger one takes a second read). */
+const lookupReadBytes = 128 * 1024;
+
+interface Written {
+  segment: Segment;
+  position: number;
+  pending: Pending;
 }
 
 export class ChannelLog {
@@ -230,8 +239,11 @@ export class ChannelLog {
       while (this.queue.length > 0 && !this.failure) {
         const group = this.takeGroup();
         try {
-          await this.writeGroup(group);
-          if (this.options.sync === 'batch') await fdatasync(this.active.fd);
+          const unindexed = await this.writeGroup(group);
+          // The sync runs in the thread pool while this thread indexes what was just written.
+          const synced = this.options.sync === 'batch' ? fdatasync(this.active.fd) : null;
+          this.indexWritten(unindexed);
+          if (synced) await synced;
           else this.dirty = true;
         } catch (err) {
           this.fail(err as Error, group);
@@ -263,10 +275,20 @@ export class ChannelLog {
     return group;
   }
 
-  private async writeGroup(group: Pending[]): Promise<void> {
+  /**
+   * Writes the group (rolling segments as needed) and returns the batches written to the
+   * active segment but not yet indexed; batches of a segment that rolled are indexed before
+   * it is sealed.
+   */
+  private async writeGroup(group: Pending[]): Promise<Written[]> {
+    let unindexed: Written[] = [];
     let start = 0;
     while (start < group.length) {
-      if (this.shouldRoll(group[start]!)) await this.roll();
+      if (this.shouldRoll(group[start]!)) {
+        this.indexWritten(unindexed);
+        unindexed = [];
+        await this.roll();
+      }
       const segment = this.active;
       let end = start;
       let bytes = 0;
@@ -279,12 +301,17 @@ export class ChannelLog {
       await writev(segment.fd, slice.map((p) => p.batch), position);
       let at = position;
       for (const p of slice) {
-        segment.indexBatch(at, p.header, p.batch);
+        unindexed.push({ segment, position: at, pending: p });
         at += p.batch.length;
       }
       segment.size = at;
       start = end;
     }
+    return unindexed;
+  }
+
+  private indexWritten(written: readonly Written[]): void {
+    for (const w of written) w.segment.indexBatch(w.position, w.pending.header, w.pending.batch);
   }
 
   private wouldOverflow(segment: Segment, pendingBytes: number, next: Pending): boolean {
@@ -371,45 +398,58 @@ export class ChannelLog {
     }
   }
 
-  /** Reads whole raw batches from `offset`, about `maxBytes` (always at least one batch). */
-  async readBatches(offset: number, maxBytes: number): Promise<BatchRead> {
+  /**
+   * Reads whole raw batches from `offset`, about `maxBytes` (always at least one whole
+   * batch). One read per call in the common case: from the offset index's position, skipping
+   * the batches before `offset` inside the chunk. With `into`, the chunk is read into that
+   * buffer (the caller reuses it; the result is valid until its next use).
+   */
+  async readBatches(offset: number, maxBytes: number, into?: Buffer): Promise<BatchRead> {
     this.checkOffset(offset);
-    maxBytes = Math.max(1, Math.min(maxBytes, limits.readBytesMax));
-    for (let index = this.segmentFor(offset); index < this.segments.length; index++) {
-      if (offset >= this.highWatermark) break;
+    maxBytes = Math.max(batchHeaderBytes, Math.min(maxBytes, limits.readBytesMax));
+    for (let index = this.segmentFor(offset); index < this.segments.length && offset < this.highWatermark; index++) {
       const segment = this.segments[index]!;
       const end = segment === this.active ? this.committedSize : segment.size;
       let position = segment.positionFor(offset);
-      // Skip the batches of this segment that end before `offset`.
-      for (;;) {
-        if (position >= end) break;
-        const head = await segment.read(position, batchHeaderBytes, end);
-        const probe = probeHeader(head, 0, head.length);
-        if (probe.kind === 'corrupt' || head.length < batchHeaderBytes) throw corruptAt(segment, position, probe.kind === 'corrupt' ? probe.reason : 'short header');
-        const h = probeFields(head);
-        if (h.baseOffset + h.recordCount > offset) break;
-        position += h.batchLength;
-      }
-      if (position >= end) continue;
-      const chunk = await segment.read(position, maxBytes, end);
-      let used = 0;
-      let batchCount = 0;
-      let nextOffset = offset;
-      while (used + batchHeaderBytes <= chunk.length) {
-        const h = probeFields(chunk.subarray(used));
-        if (used + h.batchLength > chunk.length) break;
-        used += h.batchLength;
-        batchCount++;
-        nextOffset = h.baseOffset + h.recordCount;
-        if (nextOffset >= this.highWatermark) break;
-      }
-      if (batchCount === 0) {
-        // The first batch is larger than maxBytes: return it whole.
-        const h = probeFields(chunk);
-        const whole = await segment.read(position, h.batchLength, end);
+      while (position < end) {
+        const chunk = await segment.read(position, maxBytes, end, into);
+        let at = 0;
+        let first = -1;
+        let count = 0;
+        let nextOffset = offset;
+        while (at + batchHeaderBytes <= chunk.length) {
+          const h = probeFields(chunk.subarray(at));
+          if (h.batchLength < batchHeaderBytes) throw corruptAt(segment, position + at, `batch length ${h.batchLength}`);
+          if (at + h.batchLength > chunk.length) break;
+          if (first < 0 && h.baseOffset + h.recordCount <= offset) {
+            at += h.batchLength; // before the asked offset
+            continue;
+          }
+          if (first < 0) first = at;
+          at += h.batchLength;
+          count++;
+          nextOffset = h.baseOffset + h.recordCount;
+          if (nextOffset >= this.highWatermark) break;
+        }
+        if (count > 0) return { bytes: chunk.subarray(first, at), batchCount: count, nextOffset };
+        if (at + batchHeaderBytes > chunk.length) {
+          // Only skipped batches (or a header cut by the chunk): read on from there.
+          if (at === 0) throw corruptAt(segment, position, `${chunk.length} bytes before the end, shorter than a batch header`);
+          position += at;
+          continue;
+        }
+        // The next batch is larger than the chunk: read just its missing tail.
+        const h = probeFields(chunk.subarray(at));
+        const whole = Buffer.allocUnsafe(h.batchLength);
+        chunk.copy(whole, 0, at);
+        const tail = await segment.read(position + chunk.length, h.batchLength - (chunk.length - at), end);
+        tail.copy(whole, chunk.length - at);
+        if (h.baseOffset + h.recordCount <= offset) {
+          position += at + h.batchLength;
+          continue;
+        }
         return { bytes: whole, batchCount: 1, nextOffset: h.baseOffset + h.recordCount };
       }
-      return { bytes: chunk.subarray(0, used), batchCount, nextOffset };
     }
     return { bytes: Buffer.alloc(0), batchCount: 0, nextOffset: offset };
   }
@@ -471,26 +511,33 @@ export class ChannelLog {
       if (range.timeTo !== undefined && segment.firstTimestamp > range.timeTo) continue;
       if (range.timeFrom !== undefined && segment.maxTimestamp < range.timeFrom) continue;
       const hits: KeyHit[] = segment.keyLookup(hash, range, limits.lookupResultCountMax);
-      let cached: { position: number; records: StoredRecord[]; brokerTimestamp: number } | null = null;
       for (const hit of hits) {
         if (hit.offset >= this.highWatermark || found.length >= limit) continue;
-        if (!cached || cached.position !== hit.position) cached = { position: hit.position, ...(await this.readBatchAt(segment, hit.position)) };
-        const record = cached.records[hit.offset - cached.records[0]!.offset];
-        if (record && record.offset === hit.offset && matches(record)) found.push({ record, brokerTimestamp: cached.brokerTimestamp });
+        const at = await this.recordAt(segment, hit.position, hit.offset);
+        if (at && matches(at.record)) found.push(at);
       }
     }
     return found;
   }
 
-  private async readBatchAt(segment: Segment, position: number): Promise<{ records: StoredRecord[]; brokerTimestamp: number }> {
+  /** The one record at `offset` in the batch at `position`: one read, checksum verified, only that record decoded. */
+  private async recordAt(segment: Segment, position: number, offset: number): Promise<{ record: StoredRecord; brokerTimestamp: number } | null> {
     const end = segment === this.active ? this.committedSize : segment.size;
-    const head = await segment.read(position, batchHeaderBytes, end);
-    if (head.length < batchHeaderBytes) throw corruptAt(segment, position, 'index points past the log');
-    const bytes = await segment.read(position, probeFields(head).batchLength, end);
+    let bytes = await segment.read(position, lookupReadBytes, end);
+    if (bytes.length < batchHeaderBytes) throw corruptAt(segment, position, 'index points past the log');
+    const length = probeFields(bytes).batchLength;
+    if (length > bytes.length) {
+      const whole = Buffer.allocUnsafe(length);
+      bytes.copy(whole);
+      (await segment.read(position + bytes.length, length - bytes.length, end)).copy(whole, bytes.length);
+      bytes = whole;
+    }
     const probe = probeHeader(bytes, 0);
     if (probe.kind !== 'ok') throw corruptAt(segment, position, probe.kind === 'corrupt' ? probe.reason : 'short batch');
     if (!checksumHolds(bytes, 0, probe.header)) throw corruptAt(segment, position, 'checksum mismatch');
-    return { records: decodeRecords(bytes, 0, probe.header, lz4Codec), brokerTimestamp: probe.header.brokerTimestamp };
+    const index = offset - probe.header.baseOffset;
+    if (index < 0 || index >= probe.header.recordCount) return null;
+    return { record: decodeRecordAt(bytes, 0, probe.header, lz4Codec, index), brokerTimestamp: probe.header.brokerTimestamp };
   }
 
   // ---------------------------------------------------------------- retention and close

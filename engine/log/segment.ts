@@ -232,13 +232,15 @@ export class Segment {
     this.sealed = true;
   }
 
-  /** Loads (and checks) the sealed indexes; rebuilds all of them from the log if any fails. */
-  private ensureIndexes(): void {
-    if (this.offsetIndex && this.timeIndex && (this.keyBuilder || this.keyFile)) return;
+  /**
+   * Loads (and checks) one sealed index when first needed — reads need only the offset
+   * index, lookups only the key index — and rebuilds all three from the log when one fails.
+   */
+  private ensureIndex(which: 'offset' | 'time' | 'key'): void {
     try {
-      this.offsetIndex ??= OffsetIndex.decode(this.path('oix'), readWhole(this.path('oix')), this.baseOffset, this.size, this.nextOffset);
-      this.timeIndex ??= TimeIndex.decode(this.path('tix'), readWhole(this.path('tix')), this.baseOffset, this.nextOffset);
-      this.keyFile ??= KeyIndexFile.open(this.path('kix'), this.baseOffset, this.size, this.recordCount);
+      if (which === 'offset') this.offsetIndex ??= OffsetIndex.decode(this.path('oix'), readWhole(this.path('oix')), this.baseOffset, this.size, this.nextOffset);
+      else if (which === 'time') this.timeIndex ??= TimeIndex.decode(this.path('tix'), readWhole(this.path('tix')), this.baseOffset, this.nextOffset);
+      else if (!this.keyBuilder) this.keyFile ??= KeyIndexFile.open(this.path('kix'), this.baseOffset);
     } catch (err) {
       if (!(err instanceof CorruptIndexError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       this.rebuildIndexes();
@@ -267,30 +269,30 @@ export class Segment {
     this.nextOffset = nextOffset;
     this.sealed = false;
     this.seal();
-    this.keyFile = KeyIndexFile.open(this.path('kix'), this.baseOffset, this.size, this.recordCount);
+    this.keyFile = KeyIndexFile.open(this.path('kix'), this.baseOffset);
   }
 
   /** Position of the last indexed batch at or before `offset` (scan forward from there). */
   positionFor(offset: number): number {
-    this.ensureIndexes();
+    this.ensureIndex('offset');
     return this.offsetIndex!.lookup(offset);
   }
 
   /** An offset at or before the first message with broker time ≥ `timestamp`. */
   offsetForTime(timestamp: number): number {
-    this.ensureIndexes();
+    this.ensureIndex('time');
     return this.timeIndex!.lookup(timestamp);
   }
 
   keyLookup(hash: number, range: TimeRange, limit: number): KeyHit[] {
-    this.ensureIndexes();
+    this.ensureIndex('key');
     return this.keyBuilder ? this.keyBuilder.lookup(hash, range, limit) : this.keyFile!.lookup(hash, range, limit);
   }
 
-  /** Reads up to `length` bytes at `position`, never past `end`. */
-  read(position: number, length: number, end: number = this.size): Promise<Buffer> {
+  /** Reads up to `length` bytes at `position`, never past `end` (into `into` when it is large enough). */
+  read(position: number, length: number, end: number = this.size, into?: Buffer): Promise<Buffer> {
     const want = Math.max(0, Math.min(length, end - position));
-    const buf = Buffer.allocUnsafe(want);
+    const buf = into && into.length >= want ? into.subarray(0, want) : Buffer.allocUnsafe(want);
     return new Promise((resolve, reject) => {
       const step = (got: number): void => {
         if (got >= want) return resolve(buf);
