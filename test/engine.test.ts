@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { openStore, encodeBatch, type Store, type StoreOptions, type SyncMode } from '../engine/index';
+import { openStore, encodeBatch, validateBatch, type Store, type StoreOptions, type SyncMode } from '../engine/index';
 import { bodyFor, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
 const variants: Array<{ sync: SyncMode; compression: boolean }> = [];
@@ -114,6 +114,28 @@ for (const variant of variants) {
       const afterRestart = await store.append('t', 0, [{ body: 'c' }], { producerId: 9, producerSequence: 2 });
       assert.equal(afterRestart.duplicate, true, 'producer state survives a restart');
       assert.equal(store.channelState('t', 0).highWatermark, 3);
+    });
+
+    it('readBatches returns whole batches, one larger than maxBytes included, with or without a caller buffer', async () => {
+      await store.createTopic('t', { channels: 1 });
+      for (let b = 0; b < 6; b++) await store.append('t', 0, Array.from({ length: 3 }, (_, i) => ({ body: bodyFor('big', b * 3 + i, 30_000) })));
+      for (const buffer of [undefined, Buffer.alloc(1 << 20)]) {
+        let offset = 0;
+        let batches = 0;
+        while (offset < 18) {
+          const read = await store.readBatches('t', 0, { offset, maxBytes: 8 * 1024, buffer });
+          assert.ok(read.batchCount >= 1);
+          const dv = new DataView(read.bytes.buffer, read.bytes.byteOffset, read.bytes.byteLength);
+          assert.equal(Number(dv.getBigInt64(0, true)), offset, 'starts at the asked batch');
+          assert.equal(validateBatch(read.bytes.subarray(0, dv.getUint32(28, true))).recordCount, 3, 'a whole, sound batch');
+          offset = read.nextOffset;
+          batches += read.batchCount;
+        }
+        assert.equal(batches, 6);
+      }
+      // From the middle of a batch: the batch holding the offset comes back whole.
+      const mid = await store.readBatches('t', 0, { offset: 7, maxBytes: 8 * 1024 });
+      assert.equal(new DataView(mid.bytes.buffer, mid.bytes.byteOffset).getBigInt64(0, true), 6n);
     });
 
     it('finds offsets by broker time', async () => {

@@ -13,9 +13,12 @@ async function readBatchesAll(store: Store, topic: string, maxBytes: number): Pr
   let offset = logStartOffset;
   let bytes = 0;
   let calls = 0;
+  // One buffer reused for every call, as the raw baseline does and as a broker's push path
+  // can (it copies each chunk into a frame before the next read).
+  const buffer = Buffer.allocUnsafe(Math.max(maxBytes, limits.batchBytesMax)); // room for one whole batch larger than maxBytes
   const t0 = now();
   while (offset < highWatermark) {
-    const chunk = await store.readBatches(topic, 0, { offset, maxBytes });
+    const chunk = await store.readBatches(topic, 0, { offset, maxBytes, buffer });
     if (chunk.batchCount === 0) throw new Error(`readBatches returned nothing at offset ${offset} (high watermark ${highWatermark})`);
     bytes += chunk.bytes.length;
     offset = chunk.nextOffset;

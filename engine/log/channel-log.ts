@@ -438,12 +438,13 @@ export class ChannelLog {
           position += at;
           continue;
         }
-        // The next batch is larger than the chunk: read just its missing tail.
+        // The next batch is larger than the chunk: keep what was read of it and read just
+        // its missing tail (in the caller's buffer when the batch fits there).
         const h = probeFields(chunk.subarray(at));
-        const whole = Buffer.allocUnsafe(h.batchLength);
-        chunk.copy(whole, 0, at);
-        const tail = await segment.read(position + chunk.length, h.batchLength - (chunk.length - at), end);
-        tail.copy(whole, chunk.length - at);
+        const whole = into && into.length >= h.batchLength ? into.subarray(0, h.batchLength) : Buffer.allocUnsafe(h.batchLength);
+        chunk.copy(whole, 0, at, chunk.length); // copy, not view: `whole` may share memory with `chunk` (copy handles the overlap)
+        const tail = await segment.read(position + chunk.length, h.batchLength - (chunk.length - at), end, whole.subarray(chunk.length - at));
+        if (tail.length !== h.batchLength - (chunk.length - at)) throw corruptAt(segment, position + at, 'batch runs past the end of the log');
         if (h.baseOffset + h.recordCount <= offset) {
           position += at + h.batchLength;
           continue;
