@@ -17,6 +17,7 @@ import { serveCommand } from './serve';
 import { produceCommand } from './produce';
 import { consumeCommand } from './consume';
 import { topicsCommand } from './topics';
+import { benchCommand } from './bench';
 
 /** Every command, in the order `waymark --help` lists them. */
 export const commands: readonly Command[] = [
@@ -28,7 +29,7 @@ export const commands: readonly Command[] = [
   dumpCommand,
   verifyCommand,
   repairCommand,
-  notYet('bench', 'Run the benchmarks (for now: npm run bench:engine).', 'the benchmark runner'),
+  benchCommand,
 ];
 
 function mainHelp(): string {
@@ -59,7 +60,8 @@ export async function main(argv: string[], io: Io = processIo()): Promise<number
   }
   try {
     if (command.raw) {
-      if (rest.includes('--help') || rest.includes('-h')) {
+      // A raw command gets its own help only when asked first: `bench engine --help` is the suite's.
+      if (rest[0] === '--help' || rest[0] === '-h') {
         io.out(formatHelp(command.spec));
         return 0;
       }
