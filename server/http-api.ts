@@ -15,6 +15,8 @@ interface Reply {
   status: number;
   body: string;
   contentType?: string;
+  /** Set on error replies (for the errors-by-code metric). */
+  errorCode?: string;
 }
 
 const json = (value: unknown, status = 200): Reply => ({ status, body: JSON.stringify(value) });
@@ -52,10 +54,7 @@ function route(
       .catch((err) => errorReply(err))
       .then((reply) => {
         ctx.broker.metrics.httpRequests.inc([pattern, reply.status]);
-        if (reply.status >= 400) {
-          const code = (JSON.parse(reply.body) as { error?: { code?: string } }).error?.code;
-          if (code) ctx.broker.metrics.errors.inc([code]);
-        }
+        if (reply.errorCode) ctx.broker.metrics.errors.inc([reply.errorCode]);
         if (aborted) return;
         res.cork(() => {
           res.writeStatus(`${reply.status} ${statusText[reply.status] ?? ''}`.trim());
@@ -68,7 +67,7 @@ function route(
 
 function errorReply(err: unknown): Reply {
   const typed = toWaymarkError(err);
-  return json({ error: { code: typed.code, message: typed.message } }, ErrorTable[typed.code].http);
+  return { ...json({ error: { code: typed.code, message: typed.message } }, ErrorTable[typed.code].http), errorCode: typed.code };
 }
 
 /** Collects a request body up to `bytesMax`; past it, rejects with MESSAGE_TOO_LARGE. */

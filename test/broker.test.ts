@@ -188,7 +188,10 @@ describe('broker: SDK round trips against a real broker process', function () {
 describe('broker: HTTP API', function () {
   this.timeout(60_000);
   const broker = new BrokerProcess(tempDir());
-  before(() => broker.start());
+  before(async () => {
+    await loadChecksum(); // channelForKey below
+    await broker.start();
+  });
   after(() => broker.stop());
 
   it('creates a topic, posts messages, reads by offset, msgId and key', async () => {
