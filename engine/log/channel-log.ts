@@ -412,7 +412,11 @@ export class ChannelLog {
       const end = segment === this.active ? this.committedSize : segment.size;
       let position = segment.positionFor(offset);
       while (position < end) {
-        const chunk = await segment.read(position, maxBytes, end, into);
+        // End the read on a batch start the offset index knows, so it returns whole batches
+        // (no partial batch read twice, no second read for a batch larger than maxBytes).
+        const boundary = segment.readBoundary(position, position + maxBytes);
+        const length = boundary > position && boundary <= end ? boundary - position : maxBytes;
+        const chunk = await segment.read(position, length, end, into);
         let at = 0;
         let first = -1;
         let count = 0;
@@ -442,7 +446,9 @@ export class ChannelLog {
         // its missing tail (in the caller's buffer when the batch fits there).
         const h = probeFields(chunk.subarray(at));
         const whole = into && into.length >= h.batchLength ? into.subarray(0, h.batchLength) : Buffer.allocUnsafe(h.batchLength);
-        chunk.copy(whole, 0, at, chunk.length); // copy, not view: `whole` may share memory with `chunk` (copy handles the overlap)
+        // The part already read moves to the front (copy handles overlap); when the batch starts
+        // the chunk and the chunk is the caller's buffer, it is already in place.
+        if (whole.buffer !== chunk.buffer || whole.byteOffset !== chunk.byteOffset + at) chunk.copy(whole, 0, at, chunk.length);
         const tail = await segment.read(position + chunk.length, h.batchLength - (chunk.length - at), end, whole.subarray(chunk.length - at));
         if (tail.length !== h.batchLength - (chunk.length - at)) throw corruptAt(segment, position + at, 'batch runs past the end of the log');
         if (h.baseOffset + h.recordCount <= offset) {

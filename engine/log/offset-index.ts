@@ -54,6 +54,35 @@ export class OffsetIndex {
     return found;
   }
 
+  /**
+   * A batch start at which a read beginning at `position` can end: the last indexed position
+   * ≤ `limit` when that is past `position`, else the first indexed position after `position`
+   * (the batch there is larger than the limit allows). -1 when the index has none.
+   */
+  readBoundary(position: number, limit: number): number {
+    const bytes = this.entries.bytes;
+    let lo = 0;
+    let hi = this.entries.count - 1;
+    let after = -1; // first entry position > position
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      if (bytes.readUInt32LE(mid * entryBytes + 4) > position) {
+        after = mid;
+        hi = mid - 1;
+      } else lo = mid + 1;
+    }
+    if (after < 0) return -1;
+    let best = -1;
+    for (lo = after, hi = this.entries.count - 1; lo <= hi; ) {
+      const mid = (lo + hi) >>> 1;
+      if (bytes.readUInt32LE(mid * entryBytes + 4) <= limit) {
+        best = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return bytes.readUInt32LE((best >= 0 ? best : after) * entryBytes + 4);
+  }
+
   sanityCheck(file: string, segmentBytes: number, nextOffset: number): void {
     const bytes = this.entries.bytes;
     let lastOffset = -1;

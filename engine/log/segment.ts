@@ -278,6 +278,12 @@ export class Segment {
     return this.offsetIndex!.lookup(offset);
   }
 
+  /** See OffsetIndex.readBoundary: where a read from `position` may end on a known batch start. */
+  readBoundary(position: number, limit: number): number {
+    this.ensureIndex('offset');
+    return this.offsetIndex!.readBoundary(position, limit);
+  }
+
   /** An offset at or before the first message with broker time ≥ `timestamp`. */
   offsetForTime(timestamp: number): number {
     this.ensureIndex('time');
