@@ -520,7 +520,7 @@ export class ChannelLog {
       const hits: KeyHit[] = segment.keyLookup(hash, range, limits.lookupResultCountMax);
       for (const hit of hits) {
         if (hit.offset >= this.highWatermark || found.length >= limit) continue;
-        const at = await this.recordAt(segment, hit.position, hit.offset);
+        const at = this.recordAt(segment, hit.position, hit.offset);
         if (at && matches(at.record)) found.push(at);
       }
     }
@@ -528,17 +528,12 @@ export class ChannelLog {
   }
 
   /** The one record at `offset` in the batch at `position`: one read, checksum verified, only that record decoded. */
-  private async recordAt(segment: Segment, position: number, offset: number): Promise<{ record: StoredRecord; brokerTimestamp: number } | null> {
+  private recordAt(segment: Segment, position: number, offset: number): { record: StoredRecord; brokerTimestamp: number } | null {
     const end = segment === this.active ? this.committedSize : segment.size;
-    let bytes = await segment.read(position, lookupReadBytes, end);
+    let bytes = segment.readNow(position, lookupReadBytes, end);
     if (bytes.length < batchHeaderBytes) throw corruptAt(segment, position, 'index points past the log');
     const length = probeFields(bytes).batchLength;
-    if (length > bytes.length) {
-      const whole = Buffer.allocUnsafe(length);
-      bytes.copy(whole);
-      (await segment.read(position + bytes.length, length - bytes.length, end)).copy(whole, bytes.length);
-      bytes = whole;
-    }
+    if (length > bytes.length) bytes = segment.readNow(position, length, end);
     const probe = probeHeader(bytes, 0);
     if (probe.kind !== 'ok') throw corruptAt(segment, position, probe.kind === 'corrupt' ? probe.reason : 'short batch');
     if (!checksumHolds(bytes, 0, probe.header)) throw corruptAt(segment, position, 'checksum mismatch');
