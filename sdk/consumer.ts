@@ -34,19 +34,20 @@ export interface ConsumerOptions {
   prefetchBytes?: number;
 }
 
-interface Queued {
-  message: Message;
-  /** Credit returned when this message is taken (the last message of its batch carries its batch). */
-  creditMessages: number;
-  creditBytes: number;
-}
 
 export class Consumer implements AsyncIterable<Message> {
   readonly topic: string;
   readonly group: string;
   private subscription = 0;
   private stopPush: (() => void) | null = null;
-  private readonly queue: Queued[] = [];
+  /**
+   * Messages not yet handed out, from queueHead on. In parallel, the credit returned when each
+   * is taken: the last message of a batch carries its batch's records and bytes, the others 0
+   * (parallel arrays: no wrapper object per message).
+   */
+  private readonly queue: Message[] = [];
+  private readonly queueCreditMessages: number[] = [];
+  private readonly queueCreditBytes: number[] = [];
   private queueHead = 0;
   private readonly delivered = new Map<number, number>();
   /** The epoch in which each channel's `delivered` last moved by a taken message. */
@@ -126,6 +127,8 @@ export class Consumer implements AsyncIterable<Message> {
 
   private dropQueued(): void {
     this.queue.length = 0;
+    this.queueCreditMessages.length = 0;
+    this.queueCreditBytes.length = 0;
     this.queueHead = 0;
     this.returnMessages = 0;
     this.returnBytes = 0;
@@ -160,8 +163,16 @@ export class Consumer implements AsyncIterable<Message> {
         this.giveBack(batch.header.recordCount, batch.bytes);
         continue;
       }
-      const last = batch.messages.length - 1;
-      batch.messages.forEach((message, i) => this.queue.push({ message, creditMessages: i === last ? batch.header.recordCount : 0, creditBytes: i === last ? batch.bytes : 0 }));
+      const messages = batch.messages;
+      const last = messages.length - 1;
+      for (let i = 0; i < last; i++) {
+        this.queue.push(messages[i]!);
+        this.queueCreditMessages.push(0);
+        this.queueCreditBytes.push(0);
+      }
+      this.queue.push(messages[last]!);
+      this.queueCreditMessages.push(batch.header.recordCount);
+      this.queueCreditBytes.push(batch.bytes);
     }
     this.wake();
   }
@@ -177,25 +188,36 @@ export class Consumer implements AsyncIterable<Message> {
   }
 
   private take(): Message | null {
-    if (this.queueHead >= this.queue.length) return null;
-    const item = this.queue[this.queueHead++]!;
+    const head = this.queueHead;
+    if (head >= this.queue.length) return null;
+    const m = this.queue[head]!;
+    const creditMessages = this.queueCreditMessages[head]!;
+    const creditBytes = this.queueCreditBytes[head]!;
+    this.queueHead = head + 1;
     if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {
       this.queue.splice(0, this.queueHead);
+      this.queueCreditMessages.splice(0, this.queueHead);
+      this.queueCreditBytes.splice(0, this.queueHead);
       this.queueHead = 0;
     }
-    const m = item.message;
     this.delivered.set(m.channel, m.offset + 1);
     this.deliveredEpoch.set(m.channel, this.epoch);
     this.lastTimestamp.set(m.channel, m.brokerTimestamp);
-    if (item.creditMessages > 0) this.giveBack(item.creditMessages, item.creditBytes);
+    if (creditMessages > 0) this.giveBack(creditMessages, creditBytes);
     return m;
   }
 
-  /** Returns credit in chunks of a quarter window, so credit frames stay rare. */
+  /**
+   * Returns credit in chunks of a quarter window, so credit frames stay rare. Holding back
+   * less than a quarter never starves the broker: what it may still send + what is queued
+   * here + what is held back = the window, so with nothing queued the broker holds more than
+   * three quarters of it. (Credit used to go back also whenever the queue ran empty: at
+   * 10,000 messages a second that was a Credit request for nearly every push.)
+   */
   private giveBack(messages: number, bytes: number): void {
     this.returnMessages += messages;
     this.returnBytes += bytes;
-    if (this.returnMessages >= this.options.prefetchMessages / 4 || this.returnBytes >= this.options.prefetchBytes / 4 || this.queueHead >= this.queue.length) {
+    if (this.returnMessages >= this.options.prefetchMessages / 4 || this.returnBytes >= this.options.prefetchBytes / 4) {
       const m = this.returnMessages;
       const b = this.returnBytes;
       this.returnMessages = 0;
@@ -265,8 +287,8 @@ export class Consumer implements AsyncIterable<Message> {
     let messages = 0;
     let bytes = 0;
     for (let i = this.queueHead; i < this.queue.length; i++) {
-      messages += this.queue[i]!.creditMessages;
-      bytes += this.queue[i]!.creditBytes;
+      messages += this.queueCreditMessages[i]!;
+      bytes += this.queueCreditBytes[i]!;
     }
     this.dropQueued();
     this.grant(messages, bytes);

@@ -1,10 +1,18 @@
 /**
  * Messages as users see them, decoded from the record batches a broker pushes. Every batch's
  * checksum is verified here: the same xxh64 the producer computed, end to end.
+ *
+ * The records are parsed straight into Message objects (the record layout is in
+ * engine/FORMAT.md; engine/format/record-batch.ts readRecord is the reference reader, and
+ * this one checks the same things: every length against the record's end, attribute bits,
+ * offset deltas, header count, no bytes left over). It does not go through decodeRecords:
+ * at a million messages a second its per-record objects (a Reader, a StoredRecord, a
+ * headers array, msgId and body views) were most of a consumer's CPU and garbage.
  */
 import { WaymarkError } from '../engine/format/errors';
-import { msgIdToHex } from '../engine/format/msg-id';
-import { checksumHolds, decodeRecords, probeHeader, type BatchHeader } from '../engine/format/record-batch';
+import { formatLimits } from '../engine/format/limits';
+import { msgIdBytes, msgIdToHex } from '../engine/format/msg-id';
+import { checksumHolds, probeHeader, recordsSection, RecordAttr, type BatchHeader } from '../engine/format/record-batch';
 import { nodeCodec } from './codec';
 
 export interface Message {
@@ -31,34 +39,136 @@ export interface DecodedBatch {
   messages: Message[];
 }
 
+type NodeBufferLike = Uint8Array & { toString(encoding: string, start?: number, end?: number): string };
+// In Node a push arrives as a Buffer, and views of a Buffer are Buffers (each a costly
+// FastBuffer): records are parsed from a plain Uint8Array over the same memory, and only a
+// body is handed out as a Buffer, as before (Message.body is a Uint8Array either way).
+const NodeBuffer = (globalThis as { Buffer?: { from(b: ArrayBufferLike, offset: number, length: number): NodeBufferLike } }).Buffer;
+
+function bodyView(section: Uint8Array, start: number, length: number): Uint8Array {
+  return NodeBuffer ? NodeBuffer.from(section.buffer, section.byteOffset + start, length) : section.subarray(start, start + length);
+}
+
+let hexScratch: Uint8Array | null = null;
+
+/** The msgIds at these positions of `section` as one string of 32 hex digits each (one native call in Node). */
+function msgIdsHex(section: Uint8Array, positions: readonly number[]): string {
+  if (!NodeBuffer) {
+    let out = '';
+    for (const at of positions) out += msgIdToHex(section.subarray(at, at + msgIdBytes));
+    return out;
+  }
+  const bytes = positions.length * msgIdBytes;
+  if (!hexScratch || hexScratch.length < bytes) hexScratch = new Uint8Array(Math.max(bytes, 16 * 1024));
+  const scratch = hexScratch;
+  for (let i = 0; i < positions.length; i++) {
+    const from = positions[i]!;
+    const to = i * msgIdBytes;
+    for (let b = 0; b < msgIdBytes; b++) scratch[to + b] = section[from + b]!;
+  }
+  return NodeBuffer.from(scratch.buffer, scratch.byteOffset, bytes).toString('hex');
+}
+
+function corrupt(what: string): WaymarkError {
+  return new WaymarkError('CORRUPT_BATCH', `corrupt record: ${what}`);
+}
+
+// The parser's cursor: decoding is synchronous, so one module-level position serves (no
+// reader object per record).
+let at = 0;
+
+function varint(buf: Uint8Array, end: number): number {
+  let result = 0;
+  let multiplier = 1;
+  for (let i = 0; i < 8; i++) {
+    if (at >= end) throw corrupt('varint runs past the end');
+    const byte = buf[at++]!;
+    result += (byte & 0x7f) * multiplier;
+    if (byte < 0x80) return result;
+    multiplier *= 0x80;
+  }
+  throw corrupt('varint longer than 8 bytes');
+}
+
+function signedVarint(buf: Uint8Array, end: number): number {
+  const value = varint(buf, end);
+  return value % 2 === 0 ? value / 2 : -(value + 1) / 2;
+}
+
+/** Skips `length` bytes (checked against `end`); returns where they start. */
+function skip(length: number, end: number): number {
+  if (length < 0 || at + length > end) throw corrupt(`${length} bytes run past the end`);
+  const start = at;
+  at += length;
+  return start;
+}
+
 /** Decodes whole batches back to back, dropping records before `fromOffset`. */
 export function decodeBatches(topic: string, channel: number, bytes: Uint8Array, fromOffset: number): DecodedBatch[] {
   const out: DecodedBatch[] = [];
-  for (let pos = 0; pos < bytes.length; ) {
-    const probe = probeHeader(bytes, pos);
+  const plain = bytes.constructor === Uint8Array ? bytes : new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let pos = 0; pos < plain.length; ) {
+    const probe = probeHeader(plain, pos);
     if (probe.kind !== 'ok') throw new WaymarkError('CORRUPT_BATCH', `batch at byte ${pos} of a push is ${probe.kind === 'short' ? 'cut short' : probe.reason}`);
     const header = probe.header;
-    if (!checksumHolds(bytes, pos, header)) throw new WaymarkError('CORRUPT_BATCH', `batch at offset ${header.baseOffset} fails its checksum`);
-    const messages: Message[] = [];
-    for (const r of decodeRecords(bytes, pos, header, nodeCodec())) {
-      if (r.offset < fromOffset) continue;
-      const headers: Record<string, string> = {};
-      for (const h of r.headers) headers[h.name] = decoder.decode(h.value);
-      messages.push({
-        topic,
-        channel,
-        offset: r.offset,
-        msgId: msgIdToHex(r.msgId),
-        key: r.key ? decoder.decode(r.key) : null,
-        headers,
-        body: r.body,
-        timestamp: r.timestamp,
-        brokerTimestamp: header.brokerTimestamp,
-        deliverAt: r.deliverAt,
-      });
-    }
-    out.push({ header, bytes: header.batchLength, messages });
+    if (!checksumHolds(plain, pos, header)) throw new WaymarkError('CORRUPT_BATCH', `batch at offset ${header.baseOffset} fails its checksum`);
+    const stored = recordsSection(plain, pos, header, nodeCodec());
+    const section = stored.constructor === Uint8Array ? stored : new Uint8Array(stored.buffer, stored.byteOffset, stored.byteLength);
+    out.push({ header, bytes: header.batchLength, messages: decodeMessages(topic, channel, section, header, fromOffset) });
     pos += header.batchLength;
   }
   return out;
+}
+
+/** The records of one batch's (decompressed) records section, from `fromOffset` on. */
+function decodeMessages(topic: string, channel: number, section: Uint8Array, header: BatchHeader, fromOffset: number): Message[] {
+  const messages: Message[] = [];
+  const idPositions: number[] = [];
+  const sectionEnd = section.length;
+  const { baseOffset, firstTimestamp, brokerTimestamp, recordCount } = header;
+  at = 0;
+  for (let index = 0; index < recordCount; index++) {
+    const size = varint(section, sectionEnd);
+    const end = at + size;
+    if (end > sectionEnd) throw new WaymarkError('CORRUPT_BATCH', `record ${index} runs past the records section`);
+    const attributes = section[skip(1, end)]!;
+    if ((attributes & ~RecordAttr.knownMask) !== 0) throw new WaymarkError('CORRUPT_BATCH', `record ${index}: unknown attribute bits`);
+    const offsetDelta = varint(section, end);
+    if (offsetDelta !== index) throw new WaymarkError('CORRUPT_BATCH', `record ${index} has offsetDelta ${offsetDelta}`);
+    const offset = baseOffset + index;
+    if (offset < fromOffset) {
+      at = end; // before the asked offset: skipped whole (its checksum was verified with the batch)
+      continue;
+    }
+    const timestamp = firstTimestamp + signedVarint(section, end);
+    idPositions.push(skip(msgIdBytes, end));
+    let key: string | null = null;
+    if (attributes & RecordAttr.hasKey) {
+      const length = varint(section, end);
+      const start = skip(length, end);
+      key = decoder.decode(section.subarray(start, start + length));
+    }
+    const headerCount = varint(section, end);
+    if (headerCount > formatLimits.headerCountMax) throw new WaymarkError('CORRUPT_BATCH', `record ${index}: ${headerCount} headers`);
+    const headers: Record<string, string> = {};
+    for (let h = 0; h < headerCount; h++) {
+      const nameLength = varint(section, end);
+      const nameStart = skip(nameLength, end);
+      const valueLength = varint(section, end);
+      const valueStart = skip(valueLength, end);
+      headers[decoder.decode(section.subarray(nameStart, nameStart + nameLength))] = decoder.decode(section.subarray(valueStart, valueStart + valueLength));
+    }
+    const deliverAt = attributes & RecordAttr.hasDeliverAt ? firstTimestamp + signedVarint(section, end) : null;
+    const bodyLength = varint(section, end);
+    const bodyStart = skip(bodyLength, end);
+    if (at !== end) throw new WaymarkError('CORRUPT_BATCH', `record ${index}: ${end - at} trailing bytes`);
+    messages.push({ topic, channel, offset, msgId: '', key, headers, body: bodyView(section, bodyStart, bodyLength), timestamp, brokerTimestamp, deliverAt });
+  }
+  if (at !== sectionEnd) throw new WaymarkError('CORRUPT_BATCH', `${sectionEnd - at} bytes left after ${recordCount} records`);
+  if (messages.length > 0) {
+    const hex = msgIdsHex(section, idPositions);
+    // slice() of the batch's hex string is a view, not a copy (V8 sliced strings).
+    for (let i = 0; i < messages.length; i++) messages[i]!.msgId = hex.slice(i * 32, i * 32 + 32);
+  }
+  return messages;
 }

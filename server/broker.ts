@@ -3,7 +3,7 @@
  * start positions for subscriptions. No business logic the engine should own lives here —
  * only the wiring of store, group positions and metrics.
  */
-import { WaymarkError, type Store } from '../engine/index';
+import { WaymarkError, type AppendOutcome, type Store } from '../engine/index';
 import { GroupPositions, checkGroupName, type GroupPosition } from './groups';
 import { BrokerMetrics } from './metrics';
 
@@ -44,18 +44,25 @@ export class Broker {
    */
   async produce(topic: string, channel: number, batch: Uint8Array, broadcast: boolean): Promise<ChannelAppend[]> {
     if (topic.startsWith('__')) throw new WaymarkError('INVALID_NAME', `system topic ${topic} is written by the broker only`);
-    const channels = broadcast ? [...Array(this.store.topicInfo(topic).channels).keys()] : [channel];
     const started = performance.now();
+    if (!broadcast) {
+      // One channel (every produce but a broadcast): no arrays of promises per request.
+      const o = await this.store.appendBatch(topic, channel, batch);
+      this.metrics.commitLatency.observe((performance.now() - started) / 1000);
+      return [this.appended(topic, channel, batch.length, o)];
+    }
+    const channels = [...Array(this.store.topicInfo(topic).channels).keys()];
     const outcomes = await Promise.all(channels.map((c, i) => this.store.appendBatch(topic, c, i === 0 ? batch : batch.slice())));
     this.metrics.commitLatency.observe((performance.now() - started) / 1000);
-    return outcomes.map((o, i) => {
-      const c = channels[i]!;
-      if (!o.duplicate) {
-        this.metrics.appendedMessages.inc([topic, c], o.recordCount);
-        this.metrics.appendedBytes.inc([topic, c], batch.length);
-      }
-      return { channel: c, baseOffset: o.baseOffset, recordCount: o.recordCount, brokerTimestamp: o.brokerTimestamp, duplicate: o.duplicate };
-    });
+    return outcomes.map((o, i) => this.appended(topic, channels[i]!, batch.length, o));
+  }
+
+  private appended(topic: string, channel: number, bytes: number, o: AppendOutcome): ChannelAppend {
+    if (!o.duplicate) {
+      this.metrics.appendedMessages.inc([topic, channel], o.recordCount);
+      this.metrics.appendedBytes.inc([topic, channel], bytes);
+    }
+    return { channel, baseOffset: o.baseOffset, recordCount: o.recordCount, brokerTimestamp: o.brokerTimestamp, duplicate: o.duplicate };
   }
 
   /** The channels a subscription covers: the asked ones (checked) or all. */

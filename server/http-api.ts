@@ -28,6 +28,9 @@ export interface HttpContext {
   metricsExtra: (out: string[]) => void;
 }
 
+/** The query of a request without one (routes only read it). */
+const noQuery = new URLSearchParams();
+
 /** Serves one route: reads what it needs from req synchronously, then runs `work`. */
 function route(
   app: TemplatedApp,
@@ -43,8 +46,13 @@ function route(
     res.onAborted(() => {
       aborted = true;
     });
-    const params = Array.from({ length: paramCount }, (_, i) => decodeURIComponent(req.getParameter(i) ?? ''));
-    const query = new URLSearchParams(req.getQuery() ?? '');
+    const params: string[] = new Array(paramCount);
+    for (let i = 0; i < paramCount; i++) {
+      const raw = req.getParameter(i) ?? '';
+      params[i] = raw.includes('%') ? decodeURIComponent(raw) : raw; // nothing to decode: skip the call
+    }
+    const rawQuery = req.getQuery();
+    const query = rawQuery ? new URLSearchParams(rawQuery) : noQuery;
     const headers = new Map<string, string>();
     req.forEach((k, v) => headers.set(k, v));
     const body = options.readBody ? readBody(res, formatLimits.messageBytesMax) : Promise.resolve(Buffer.alloc(0));

@@ -1,0 +1,199 @@
+/**
+ * Latency phase of bench/ws.ts: end-to-end, produce → consumer, at a fixed rate (10,000
+ * messages a second by default) of 100 B messages. One SDK producer and one stream-group
+ * consumer (start "latest"), each on its own connection, in this process; the producer's
+ * defaults (lingerMs 0: a batch goes at the end of the current turn; acknowledged after
+ * fdatasync). Message i is due at t0 + i / rate; the sender polls the clock with
+ * setImmediate and sends every message that is due, with its due time in the body. The
+ * latency of a message is (consumer has it) − (its due time), so time the sender spent behind
+ * schedule counts too (no coordinated omission). The first second is warm-up, not counted.
+ *
+ * Floors measured in the same run, at the same rate:
+ *   engine store.appendBatch of one-message batches in the broker process (paced by a 1 ms
+ *          timer): the engine's own latency to durable at this rate, no network or SDK;
+ *   echo   a produce frame of one 100 B message sent with `ws` to a bare µWS server in the
+ *          broker process, answered with 16 bytes: one round trip through the transport
+ *          (a produce → push also crosses the loopback twice);
+ *   fsync  the duration of one write + fdatasync of one message's bytes to a plain file in
+ *          the broker process, back to back: what an acknowledged-after-fdatasync produce
+ *          cannot beat (at 10,000 msg/s the broker's group commit puts several messages in
+ *          one fdatasync).
+ */
+import { WebSocket } from 'ws';
+import { connect } from '../../sdk/index';
+import { encodeBatch } from '../../engine/index';
+import { encodeFrame } from '../../protocol/frames';
+import { emit, latencySummary, now, progress, sig } from '../common';
+import { brokerBusy, type BrokerChild, type Options } from './shared';
+
+const warmupMs = 1000;
+
+export async function latencyPhase(o: Options, broker: BrokerChild): Promise<{ p50: number; p99: number; max: number }> {
+  const topic = 'latency';
+  const admin = await connect(broker.url, { clientName: 'bench-admin' });
+  await admin.admin.createTopic(topic, { channels: 1 });
+  admin.close();
+
+  progress(`latency: SDK produce → consume at ${o.latencyRate.toLocaleString('en')} msg/s for ${o.latencySeconds} s`);
+  const { result: sdk, brokerBusy: busy } = await brokerBusy(broker, () => sdkLatency(broker.url, topic, o));
+  const floorSeconds = Math.min(o.latencySeconds, 10);
+  progress(`latency: engine floor (appendBatch of one-message batches in the broker process) at the same rate for ${floorSeconds} s`);
+  await broker.call({ cmd: 'gc' });
+  const engine = await brokerBusy(broker, () => broker.call({ cmd: 'engineAppendLatency', topic, rate: o.latencyRate, seconds: floorSeconds, bodyBytes: 100 }));
+
+  progress(`latency: echo floor at the same rate for ${floorSeconds} s`);
+  const echoPort = ((await broker.call({ cmd: 'echoStart' })) as { port: number }).port;
+  const echo = await echoLatency(echoPort, o.latencyRate, floorSeconds);
+  progress(`latency: fdatasync floor, back to back, for ${floorSeconds} s`);
+  const fsync = await broker.call({ cmd: 'fsyncLatency', seconds: floorSeconds, bytes: 128 });
+
+  const summary = latencySummary(sdk.fromDue, 'ms');
+  emit({
+    name: 'latency',
+    what: 'produce → consumer, from the due time',
+    rate: o.latencyRate,
+    seconds: o.latencySeconds,
+    bodyBytes: 100,
+    ...summary,
+    fromSendCall: latencySummary(sdk.fromSend, 'ms'),
+    produceAck: latencySummary(sdk.acks, 'ms'),
+    received: sdk.received,
+    sent: sdk.sent,
+    produceRequests: sdk.produceRequests,
+    brokerBusy: busy,
+    engineFloor: { ...engine.result, brokerBusy: engine.brokerBusy },
+    echoFloor: latencySummary(echo, 'ms'),
+    fsyncFloor: fsync,
+  });
+  await broker.call({ cmd: 'deleteTopic', topic });
+  return { p50: summary.p50_ms as number, p99: summary.p99_ms as number, max: summary.max_ms as number };
+}
+
+interface SdkLatency {
+  fromDue: number[];
+  fromSend: number[];
+  /** send() call → its promise resolved (durable on the broker). */
+  acks: number[];
+  sent: number;
+  received: number;
+  /** Produce frames the broker saw (its metrics): how many batches the producer made. */
+  produceRequests: number;
+}
+
+async function sdkLatency(url: string, topic: string, o: Options): Promise<SdkLatency> {
+  const producerClient = await connect(url, { clientName: 'bench-latency-producer' });
+  const consumerClient = await connect(url, { clientName: 'bench-latency-consumer' });
+  try {
+    const producer = await producerClient.producer({ topic });
+    const consumer = await consumerClient.consumer({ topic, group: 'bench-latency', start: 'latest' });
+    const count = Math.round(o.latencyRate * o.latencySeconds);
+    const intervalMs = 1000 / o.latencyRate;
+    const fromDue: number[] = [];
+    const fromSend: number[] = [];
+    let received = 0;
+    const t0 = now() + 50;
+    const receiving = (async () => {
+      while (received < count) {
+        const r = await consumer.next();
+        if (r.done) break;
+        const at = now();
+        const body = r.value.body;
+        const dv = new DataView(body.buffer, body.byteOffset, body.byteLength);
+        const due = dv.getFloat64(0, true);
+        received++;
+        if (due - t0 >= warmupMs) {
+          fromDue.push(at - due);
+          fromSend.push(at - dv.getFloat64(8, true));
+        }
+      }
+    })();
+    let acked = 0;
+    let failure: unknown = null;
+    const acks: number[] = [];
+    const produceFrames0 = await produceFrames(url);
+    await paced(t0, intervalMs, count, (due) => {
+      const body = new Uint8Array(100);
+      const dv = new DataView(body.buffer);
+      const sentAt = now();
+      dv.setFloat64(0, due, true);
+      dv.setFloat64(8, sentAt, true);
+      producer.send({ body }).then(
+        () => {
+          acked++;
+          if (due - t0 >= warmupMs) acks.push(now() - sentAt);
+        },
+        (err: unknown) => (failure = err),
+      );
+      return !failure;
+    });
+    if (failure) throw failure;
+    await producer.flush();
+    for (let i = 0; i < 100 && acked < count && !failure; i++) await new Promise((resolve) => setImmediate(resolve));
+    if (failure || acked < count) throw failure ?? new Error(`${count - acked} sends unacknowledged after flush`);
+    // Everything is acknowledged; give the consumer a moment for the tail, then stop.
+    await Promise.race([receiving, new Promise((resolve) => setTimeout(resolve, 5000))]);
+    await consumer.close();
+    await producer.close();
+    return { fromDue, fromSend, acks, sent: count, received, produceRequests: (await produceFrames(url)) - produceFrames0 };
+  } finally {
+    producerClient.close();
+    consumerClient.close();
+  }
+}
+
+/** The broker's count of produce frames so far (from /metrics on the same port). */
+async function produceFrames(wsUrl: string): Promise<number> {
+  const text = await (await fetch(wsUrl.replace(/^ws/, 'http').replace(/\/v1\/ws$/, '/metrics'))).text();
+  const m = /^waymark_frames_total\{type="produce"\} (\d+)/m.exec(text);
+  return m ? Number(m[1]) : 0; // no line yet: no produce frame so far
+}
+
+/**
+ * Calls `send(due)` for message i at its due time t0 + i × intervalMs (every message that is
+ * due when the loop comes round). The loop polls the clock with setImmediate callbacks — no
+ * promise per turn: a promise-based poll loop allocated so fast that its own scavenges (2–3
+ * ms every 40 ms) showed up in the percentiles. Stops early when `send` returns false.
+ */
+function paced(t0: number, intervalMs: number, count: number, send: (due: number) => boolean): Promise<void> {
+  return new Promise((resolve) => {
+    let sent = 0;
+    const turn = (): void => {
+      const t = now();
+      while (sent < count && t0 + sent * intervalMs <= t) {
+        if (!send(t0 + sent * intervalMs)) return resolve();
+        sent++;
+      }
+      if (sent < count) setImmediate(turn);
+      else resolve();
+    };
+    turn();
+  });
+}
+
+/** Round trips of one-message produce frames to the bare echo server, at the rate, one at a time when due. */
+async function echoLatency(port: number, ratePerSecond: number, seconds: number): Promise<number[]> {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/echo`, { perMessageDeflate: false });
+  await new Promise<void>((resolve, reject) => {
+    ws.once('open', () => resolve());
+    ws.once('error', reject);
+  });
+  const frame = encodeFrame({ id: 1, produce: { topic: 'echo', channel: 0, batch: encodeBatch([{ body: new Uint8Array(100) }]).batch } });
+  const samples: number[] = [];
+  const intervalMs = 1000 / ratePerSecond;
+  const count = Math.round(ratePerSecond * seconds);
+  const dues: number[] = [];
+  let answered = 0;
+  const t0 = now() + 50;
+  ws.on('message', () => {
+    const due = dues[answered++]!;
+    if (due - t0 >= warmupMs) samples.push(now() - due);
+  });
+  await paced(t0, intervalMs, count, (due) => {
+    dues.push(due);
+    ws.send(frame, { binary: true });
+    return true;
+  });
+  while (answered < count) await new Promise((resolve) => setTimeout(resolve, 5));
+  ws.close();
+  return samples.map((x) => sig(x, 6));
+}
