@@ -47,9 +47,15 @@ function route(
       aborted = true;
     });
     const params: string[] = new Array(paramCount);
+    let badParameter: string | null = null;
     for (let i = 0; i < paramCount; i++) {
       const raw = req.getParameter(i) ?? '';
-      params[i] = raw.includes('%') ? decodeURIComponent(raw) : raw; // nothing to decode: skip the call
+      try {
+        params[i] = raw.includes('%') ? decodeURIComponent(raw) : raw; // nothing to decode: skip the call
+      } catch {
+        badParameter = raw; // a malformed %-escape: answered below, never thrown out of the handler
+        params[i] = raw;
+      }
     }
     const rawQuery = req.getQuery();
     const query = rawQuery ? new URLSearchParams(rawQuery) : noQuery;
@@ -58,7 +64,10 @@ function route(
     const body = options.readBody ? readBody(res, formatLimits.messageBytesMax) : Promise.resolve(Buffer.alloc(0));
     body.catch(() => undefined); // an aborted or oversized body is answered below
     Promise.resolve()
-      .then(() => work({ params, query, headers, body }))
+      .then(() => {
+        if (badParameter !== null) throw new WaymarkError('BAD_REQUEST', `malformed %-escape in the path: ${JSON.stringify(badParameter)}`);
+        return work({ params, query, headers, body });
+      })
       .catch((err) => errorReply(err))
       .then((reply) => {
         ctx.broker.metrics.httpRequests.inc([pattern, reply.status]);

@@ -247,6 +247,8 @@ describe('broker: HTTP API', function () {
       ['/v1/messages/abc', { method: 'GET' }, 400, 'INVALID_ARGUMENT'],
       ['/v1/messages/0123456789abcdef0123456789abcdef?topic=strict', { method: 'GET' }, 404, 'MESSAGE_NOT_FOUND'],
       ['/v1/topics/__groups', { method: 'DELETE' }, 400, 'INVALID_NAME'],
+      ['/v1/topics/%E0%A4%A', { method: 'GET' }, 400, 'BAD_REQUEST'],
+      ['/v1/topics/strict/keys/%ZZ', { method: 'GET' }, 400, 'BAD_REQUEST'],
     ];
     for (const [url, init, status, code] of cases) {
       const r = await httpJson(`${broker.http}${url}`, init);
