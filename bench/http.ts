@@ -231,6 +231,7 @@ async function main(): Promise<void> {
       machineLine('machine', {
         bench: 'http',
         nproc,
+        execArgv: process.execArgv,
         quick: o.quick,
         dataDir: o.dir,
         layout: { broker: `child process ${broker.pid}, ${broker.pinned}`, ceiling: `child process ${ceiling.proc.pid}, ${ceiling.pinned}`, autocannon: `this process ${process.pid}, ${clientPinned}` },

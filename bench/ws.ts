@@ -225,6 +225,7 @@ async function main(): Promise<void> {
     machineLine('machine', {
       bench: 'ws',
       nproc,
+      execArgv: process.execArgv, // node flags of the client process (e.g. --max-semi-space-size)
       quick: o.quick,
       dataDir: o.dir,
       diskFreeBytes: free,

@@ -16,7 +16,7 @@ import * as path from 'node:path';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { encodeBatch, lz4Codec, type MessageInput } from '../../engine/index';
-import { BodySource, progress, sig, type Json } from '../common';
+import { BodySource, sig, type Json } from '../common';
 
 export type Phase = 'produce' | 'consume' | 'latency';
 export const phases: Phase[] = ['produce', 'consume', 'latency'];
@@ -208,10 +208,3 @@ export async function brokerBusy<T>(broker: BrokerChild, work: () => Promise<T>)
   return { result, brokerBusy: sig((b.cpuMicros - a.cpuMicros) / 1000 / (b.wallMs - a.wallMs), 3) };
 }
 
-export function rate(count: number, seconds: number): number {
-  return sig(count / seconds, 4);
-}
-
-export function note(text: string): void {
-  progress(text);
-}
