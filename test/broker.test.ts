@@ -60,6 +60,35 @@ describe('broker: SDK round trips against a real broker process', function () {
     }
   });
 
+  it('sendBatch: one promise for many messages, results in order; a bad message rejects the call and is never stored', async () => {
+    await client.admin.createTopic('bulk', { channels: 3 });
+    const producer = await client.producer({ topic: 'bulk' });
+    const results = await producer.sendBatch(Array.from({ length: 3000 }, (_, i) => ({ key: `k${i % 11}`, body: `bulk ${i}` })));
+    assert.equal(results.length, 3000);
+    assert.equal(new Set(results.map((r) => r.msgId)).size, 3000);
+    results.forEach((r, i) => assert.equal(r.channel, channelForKey(`k${i % 11}`, 3), `result ${i} in order`));
+    const bad = await producer.sendBatch([{ body: 'fine' }, { body: 'too long', key: 'x'.repeat(5000) }]).then(
+      () => null,
+      (err: { code?: string }) => err,
+    );
+    assert.equal(bad?.code, 'KEY_TOO_LARGE');
+    const consumer = await client.consumer({ topic: 'bulk', group: 'g', start: 'earliest', autoCommitIntervalMs: 0 });
+    const got = await take(consumer, 3000);
+    const byId = new Map(got.map((m) => [m.msgId, m]));
+    results.forEach((r, i) => {
+      const m = byId.get(r.msgId)!;
+      assert.equal(text(m), `bulk ${i}`);
+      assert.equal(m.offset, r.offset);
+    });
+    // As with Promise.all over send(): the refused message is never stored; the good one of that call may be.
+    const described = await client.admin.describeTopic('bulk');
+    const stored = described.channelStates.reduce((n, c) => n + c.highWatermark, 0);
+    assert.ok(stored === 3000 || stored === 3001, `stored ${stored}`);
+    const rest = await take(consumer, stored - 3000);
+    assert.ok(rest.every((m) => text(m) === 'fine'));
+    await consumer.close();
+  });
+
   it('a retried batch (same producer id + sequence) is not appended twice', async () => {
     await client.admin.createTopic('idem', { channels: 1 });
     const raw = await RawClient.open(broker.url);
