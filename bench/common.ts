@@ -10,8 +10,34 @@ import { execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
+import * as path from 'node:path';
 
 export type Json = Record<string, unknown>;
+
+/** A bad flag of a benchmark entry point: printed as one line, exit 2. */
+export class UsageError extends Error {}
+
+/** A whole-number flag value (sizes like 64MiB or 5e6 allowed), at least `min`. */
+export function countFlag(flag: string, text: string | undefined, min = 1): number {
+  if (text === undefined) throw new UsageError(`${flag} needs a value`);
+  const value = parseSize(text);
+  if (!Number.isSafeInteger(value) || value < min) throw new UsageError(`${flag} must be a whole number ≥ ${min}, not ${text}`);
+  return value;
+}
+
+/** `--only a,b`: a non-empty subset of `allowed`. */
+export function onlyFlag<T extends string>(text: string | undefined, allowed: readonly T[]): Set<T> {
+  const list = (text ?? '').split(',').filter(Boolean);
+  const bad = list.filter((p) => !allowed.includes(p as T));
+  if (list.length === 0 || bad.length > 0) throw new UsageError(`--only takes ${allowed.join(',')}, not ${bad.join(',') || 'nothing'}`);
+  return new Set(list as T[]);
+}
+
+/** `--dir PATH`: the benchmark's own folder inside PATH. */
+export function dirFlag(text: string | undefined, name: string): string {
+  if (!text) throw new UsageError('--dir needs a path');
+  return path.resolve(text, name);
+}
 
 /** One result line on stdout. Nothing else goes to stdout (progress goes to stderr). */
 export function emit(line: Json): void {

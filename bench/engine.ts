@@ -29,12 +29,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { limits, loadChecksum } from '../engine/index';
-import { dropCaches, emit, formatBytes, freeBytes, machineLine, now, parseSize, sig } from './common';
+import { countFlag, dirFlag, onlyFlag, UsageError, dropCaches, emit, formatBytes, freeBytes, machineLine, now, sig } from './common';
 import { appendPhase } from './engine-phases/append';
 import { lookupPhase } from './engine-phases/lookup';
 import { childWriter, openPhase, type WriterConfig } from './engine-phases/open';
 import { readPhase } from './engine-phases/read';
-import { goals, phases, type Options, type Phase } from './engine-phases/shared';
+import { goals, phases, type Options } from './engine-phases/shared';
 
 const usage = `usage: node dist/bench/engine.js [options]        (npm run bench:engine -- [options])
 
@@ -58,7 +58,6 @@ const usage = `usage: node dist/bench/engine.js [options]        (npm run bench:
   --no-cold               skip the cold (page cache dropped) figures
   --help                  this text`;
 
-class UsageError extends Error {}
 
 function parseArgs(argv: string[]): Options {
   const quick = argv.includes('--quick');
@@ -81,12 +80,7 @@ function parseArgs(argv: string[]): Options {
     openBodyBytes: 100,
     cold: true,
   };
-  const count = (flag: string, text: string | undefined, min = 1): number => {
-    if (text === undefined) throw new UsageError(`${flag} needs a value`);
-    const value = parseSize(text);
-    if (!Number.isSafeInteger(value) || value < min) throw new UsageError(`${flag} must be a whole number ≥ ${min}, not ${text}`);
-    return value;
-  };
+  const count = countFlag;
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
     const value = (): string | undefined => argv[++i];
@@ -97,19 +91,12 @@ function parseArgs(argv: string[]): Options {
       case '-h':
         process.stdout.write(`${usage}\n`);
         process.exit(0);
-      case '--only': {
-        const list = (value() ?? '').split(',').filter(Boolean);
-        const bad = list.filter((p) => !phases.includes(p as Phase));
-        if (list.length === 0 || bad.length > 0) throw new UsageError(`--only takes ${phases.join(',')}, not ${bad.join(',') || 'nothing'}`);
-        o.only = new Set(list as Phase[]);
+      case '--only':
+        o.only = onlyFlag(value(), phases);
         break;
-      }
-      case '--dir': {
-        const dir = value();
-        if (!dir) throw new UsageError('--dir needs a path');
-        o.dir = path.resolve(dir, `engine-${process.pid}`);
+      case '--dir':
+        o.dir = dirFlag(value(), `engine-${process.pid}`);
         break;
-      }
       case '--keep':
         o.keep = true;
         break;

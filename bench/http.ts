@@ -18,7 +18,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { emit, machineLine, median, now, parseSize, progress, sig } from './common';
+import { countFlag, dirFlag, UsageError, emit, machineLine, median, now, progress, sig } from './common';
 import { BrokerChild, pin } from './ws-phases/shared';
 
 interface AutocannonResult {
@@ -62,7 +62,6 @@ const usage = `usage: node dist/bench/http.js [options]        (npm run bench:ht
   --broker-cpu-prof    write a V8 CPU profile of the broker process into .bench-data/
   --help               this text`;
 
-class UsageError extends Error {}
 
 function parseArgs(argv: string[]): Options {
   const quick = argv.includes('--quick');
@@ -79,12 +78,7 @@ function parseArgs(argv: string[]): Options {
     channels: 1,
     brokerCpuProf: false,
   };
-  const count = (flag: string, text: string | undefined, min = 1): number => {
-    if (text === undefined) throw new UsageError(`${flag} needs a value`);
-    const value = parseSize(text);
-    if (!Number.isSafeInteger(value) || value < min) throw new UsageError(`${flag} must be a whole number ≥ ${min}, not ${text}`);
-    return value;
-  };
+  const count = countFlag;
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
     const value = (): string | undefined => argv[++i];
@@ -110,12 +104,9 @@ function parseArgs(argv: string[]): Options {
       case '--channels':
         o.channels = count(flag, value());
         break;
-      case '--dir': {
-        const dir = value();
-        if (!dir) throw new UsageError('--dir needs a path');
-        o.dir = path.resolve(dir, `http-${process.pid}`);
+      case '--dir':
+        o.dir = dirFlag(value(), `http-${process.pid}`);
         break;
-      }
       case '--keep':
         o.keep = true;
         break;

@@ -38,7 +38,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { connect } from '../sdk/index';
 import { loadChecksum } from '../engine/index';
-import { emit, machineLine, now, parseSize, progress, sig } from './common';
+import { countFlag, onlyFlag, UsageError, emit, machineLine, now, progress, sig } from './common';
 import { sdkRound as waymarkConsume } from './ws-phases/consume';
 import { sdkRound as waymarkProduce } from './ws-phases/produce';
 import { bodyRing, BrokerChild, phases, pin, settle, type Options as WsOptions } from './ws-phases/shared';
@@ -62,7 +62,6 @@ const usage = `usage: node dist/bench/peers.js [options]        (npm run bench:p
   --no-pin               do not pin servers and client to one CPU each
   --help                 this text`;
 
-class UsageError extends Error {}
 
 function parseArgs(argv: string[]): Options {
   const quick = argv.includes('--quick');
@@ -75,11 +74,7 @@ function parseArgs(argv: string[]): Options {
     window: 16_000,
     only: new Set(['waymark', 'nats', 'redis']),
   };
-  const count = (flag: string, text: string | undefined): number => {
-    const value = text === undefined ? NaN : parseSize(text);
-    if (!Number.isSafeInteger(value) || value < 1000) throw new UsageError(`${flag} must be a whole number ≥ 1000, not ${text}`);
-    return value;
-  };
+  const count = (flag: string, text: string | undefined): number => countFlag(flag, text, 1000);
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
     const value = (): string | undefined => argv[++i];
@@ -96,13 +91,9 @@ function parseArgs(argv: string[]): Options {
       case '--backlog':
         o.backlogMessages = count(flag, value());
         break;
-      case '--only': {
-        const list = (value() ?? '').split(',').filter(Boolean);
-        const bad = list.filter((s) => !['waymark', 'nats', 'redis'].includes(s));
-        if (list.length === 0 || bad.length > 0) throw new UsageError(`--only takes waymark,nats,redis, not ${bad.join(',') || 'nothing'}`);
-        o.only = new Set(list);
+      case '--only':
+        o.only = onlyFlag(value(), ['waymark', 'nats', 'redis']);
         break;
-      }
       case '--no-pin':
         o.pin = false;
         break;

@@ -27,11 +27,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { loadChecksum } from '../engine/index';
-import { emit, formatBytes, freeBytes, machineLine, median, now, parseSize, sig } from './common';
+import { countFlag, dirFlag, onlyFlag, UsageError, emit, formatBytes, freeBytes, machineLine, median, now, sig } from './common';
 import { consumePhase } from './ws-phases/consume';
 import { latencyPhase } from './ws-phases/latency';
 import { producePhase } from './ws-phases/produce';
-import { BrokerChild, phases, pin, type Options, type Phase } from './ws-phases/shared';
+import { BrokerChild, phases, pin, type Options } from './ws-phases/shared';
 
 const usage = `usage: node dist/bench/ws.js [options]        (npm run bench:ws -- [options])
 
@@ -56,7 +56,6 @@ const usage = `usage: node dist/bench/ws.js [options]        (npm run bench:ws -
   --client-cpu-prof         same for this process (run node with --cpu-prof yourself, or use this)
   --help                    this text`;
 
-class UsageError extends Error {}
 
 function parseArgs(argv: string[]): Options {
   const quick = argv.includes('--quick');
@@ -79,12 +78,7 @@ function parseArgs(argv: string[]): Options {
     brokerCpuProf: false,
     clientCpuProf: false,
   };
-  const count = (flag: string, text: string | undefined, min = 1): number => {
-    if (text === undefined) throw new UsageError(`${flag} needs a value`);
-    const value = parseSize(text);
-    if (!Number.isSafeInteger(value) || value < min) throw new UsageError(`${flag} must be a whole number ≥ ${min}, not ${text}`);
-    return value;
-  };
+  const count = countFlag;
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
     const value = (): string | undefined => argv[++i];
@@ -95,19 +89,12 @@ function parseArgs(argv: string[]): Options {
       case '-h':
         process.stdout.write(`${usage}\n`);
         process.exit(0);
-      case '--only': {
-        const list = (value() ?? '').split(',').filter(Boolean);
-        const bad = list.filter((p) => !phases.includes(p as Phase));
-        if (list.length === 0 || bad.length > 0) throw new UsageError(`--only takes ${phases.join(',')}, not ${bad.join(',') || 'nothing'}`);
-        o.only = new Set(list as Phase[]);
+      case '--only':
+        o.only = onlyFlag(value(), phases);
         break;
-      }
-      case '--dir': {
-        const dir = value();
-        if (!dir) throw new UsageError('--dir needs a path');
-        o.dir = path.resolve(dir, `ws-${process.pid}`);
+      case '--dir':
+        o.dir = dirFlag(value(), `ws-${process.pid}`);
         break;
-      }
       case '--keep':
         o.keep = true;
         break;
