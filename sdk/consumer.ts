@@ -12,9 +12,9 @@
  * - a commit stores `delivered` (or what the caller passes): after a restart the group
  *   resumes there, so only the uncommitted tail can be seen twice.
  */
-import { WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
+import { Pull } from './pull';
 import { decodeBatches, type Message } from './messages';
 
 export type StartAt = 'committed' | 'earliest' | 'latest' | { offsets: Record<number, number> } | { timestamp: number };
@@ -56,8 +56,7 @@ export class Consumer implements AsyncIterable<Message> {
   private readonly lastTimestamp = new Map<number, number>();
   private returnMessages = 0;
   private returnBytes = 0;
-  private waiting: { resolve: (m: IteratorResult<Message>) => void; reject: (e: Error) => void } | null = null;
-  private failure: Error | null = null;
+  private readonly pull = new Pull<Message>();
   private closed = false;
   /** Epoch of the last seek sent; pushes from an older epoch are stale and dropped. */
   private epoch = 0;
@@ -178,13 +177,7 @@ export class Consumer implements AsyncIterable<Message> {
   }
 
   private wake(): void {
-    if (!this.waiting) return;
-    const next = this.take();
-    if (next) {
-      const waiting = this.waiting;
-      this.waiting = null;
-      waiting.resolve({ value: next, done: false });
-    }
+    this.pull.wake(() => this.take());
   }
 
   private take(): Message | null {
@@ -232,22 +225,12 @@ export class Consumer implements AsyncIterable<Message> {
   }
 
   private fail(err: Error): void {
-    this.failure = err;
-    if (this.waiting) {
-      const waiting = this.waiting;
-      this.waiting = null;
-      waiting.reject(err);
-    }
+    this.pull.fail(err);
   }
 
   /** The next message (waits for one). */
   next(): Promise<IteratorResult<Message>> {
-    if (this.failure) return Promise.reject(this.failure);
-    if (this.closed) return Promise.resolve({ value: undefined, done: true });
-    const m = this.take();
-    if (m) return Promise.resolve({ value: m, done: false });
-    if (this.waiting) return Promise.reject(new WaymarkError('INVALID_ARGUMENT', 'next() called again before the previous call resolved'));
-    return new Promise((resolve, reject) => (this.waiting = { resolve, reject }));
+    return this.pull.next(() => this.take(), this.closed);
   }
 
   [Symbol.asyncIterator](): AsyncIterator<Message> {
@@ -308,11 +291,7 @@ export class Consumer implements AsyncIterable<Message> {
     for (const stop of this.stopListening) stop();
     this.stopPush?.();
     if (!this.connection.isClosed) await this.connection.request({ unsubscribe: { subscription: this.subscription } }).catch(() => undefined);
-    if (this.waiting) {
-      const waiting = this.waiting;
-      this.waiting = null;
-      waiting.resolve({ value: undefined, done: true });
-    }
+    this.pull.end();
   }
 }
 

@@ -8,6 +8,7 @@
 import { WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
+import { Pull } from './pull';
 import { decodeBatches, type Message } from './messages';
 import { Producer, type OutgoingMessage, type SendResult } from './producer';
 
@@ -41,8 +42,8 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   private consuming: { topic: string; group: string; subscription: number } | null = null;
   private stopPush: (() => void) | null = null;
   private readonly packs: Array<{ pack: MsgPack; credit: [number, number] }> = [];
-  private waiting: { resolve: (r: IteratorResult<MsgPack>) => void; reject: (e: Error) => void } | null = null;
-  private failure: Error | null = null;
+  private readonly pull = new Pull<MsgPack>();
+  private failed = false;
   private closed = false;
   private prefetch: [number, number] = [10_000, 8 * 1024 * 1024];
   private epoch = 0;
@@ -142,11 +143,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
       endPositions: (p.channels ?? []).map((c) => ({ channel: c.channel ?? 0, offset: c.endOffset ?? 0 })),
     };
     this.packs.push({ pack, credit: [records, bytes] });
-    if (this.waiting) {
-      const waiting = this.waiting;
-      this.waiting = null;
-      waiting.resolve({ value: this.takePack()!, done: false });
-    }
+    this.pull.wake(() => this.takePack());
   }
 
   private takePack(): MsgPack | null {
@@ -162,22 +159,14 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   }
 
   private fail(err: Error): void {
-    this.failure = err;
-    if (this.waiting) {
-      const waiting = this.waiting;
-      this.waiting = null;
-      waiting.reject(err);
-    }
+    this.failed = true;
+    this.pull.fail(err);
   }
 
   /** The next pack (Milvus Chan()). */
   next(): Promise<IteratorResult<MsgPack>> {
-    if (this.failure) return Promise.reject(this.failure);
-    if (this.closed) return Promise.resolve({ value: undefined, done: true });
-    if (!this.consuming) return Promise.reject(new WaymarkError('INVALID_ARGUMENT', 'call asConsumer(topic, subName) first'));
-    const pack = this.takePack();
-    if (pack) return Promise.resolve({ value: pack, done: false });
-    return new Promise((resolve, reject) => (this.waiting = { resolve, reject }));
+    if (!this.failed && !this.closed && !this.consuming) return Promise.reject(new WaymarkError('INVALID_ARGUMENT', 'call asConsumer(topic, subName) first'));
+    return this.pull.next(() => this.takePack(), this.closed);
   }
 
   [Symbol.asyncIterator](): AsyncIterator<MsgPack> {
@@ -208,6 +197,6 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     await this.producer?.close();
     this.stopPush?.();
     if (this.consuming && !this.connection.isClosed) await this.connection.request({ unsubscribe: { subscription: this.consuming.subscription } }).catch(() => undefined);
-    if (this.waiting) this.waiting.resolve({ value: undefined, done: true });
+    this.pull.end();
   }
 }
