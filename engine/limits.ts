@@ -28,6 +28,8 @@ export const limits = {
   readBytesMax: 64 * 1024 * 1024,
   /** Messages a single read returns at most. */
   readMessagesMax: 100_000,
+  /** Newest bytes a watched channel keeps in memory for tail reads (engine/log/tail-cache.ts). */
+  tailCacheBytesDefault: 1024 * 1024,
   /** Batches gathered into one group commit write at most. */
   groupCommitBatchCountMax: 4096,
   /** Bytes gathered into one group commit write at most. */

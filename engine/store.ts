@@ -34,6 +34,11 @@ export interface StoreOptions {
   segmentMs?: number;
   /** Compress batches the engine encodes with lz4 when that makes them smaller (default true). */
   compression?: boolean;
+  /**
+   * Bytes of its newest batches a channel keeps in memory while someone watches it, so tail
+   * reads need no file read (default limits.tailCacheBytesDefault; 0 = off).
+   */
+  tailCacheBytes?: number;
   /** Called for every torn tail or corruption found while opening. */
   onRecovery?: (finding: RecoveryFinding) => void;
 }
@@ -148,6 +153,7 @@ export class Store {
         segmentBytes: options.segmentBytes ?? limits.segmentBytesDefault,
         segmentMs: options.segmentMs ?? limits.segmentMsDefault,
         compression: options.compression ?? true,
+        tailCacheBytes: nonNegative('tailCacheBytes', options.tailCacheBytes ?? limits.tailCacheBytesDefault),
         onRecovery: options.onRecovery,
       };
       if (!['batch', 'interval', 'none'].includes(resolved.sync)) throw new WaymarkError('INVALID_ARGUMENT', `sync must be batch, interval or none, not ${resolved.sync}`);
@@ -199,6 +205,7 @@ export class Store {
       segmentMs: info.segmentMs,
       retentionMs: info.retentionMs,
       retentionBytes: info.retentionBytes,
+      tailCacheBytes: this.options.tailCacheBytes,
     };
   }
 

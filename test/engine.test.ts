@@ -1,7 +1,9 @@
 import { strict as assert } from 'node:assert';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openStore, encodeBatch, validateBatch, type Store, type StoreOptions, type SyncMode } from '../engine/index';
+import { TailCache } from '../engine/log/tail-cache';
 import { bodyFor, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
 const variants: Array<{ sync: SyncMode; compression: boolean }> = [];
@@ -136,6 +138,57 @@ for (const variant of variants) {
       // From the middle of a batch: the batch holding the offset comes back whole.
       const mid = await store.readBatches('t', 0, { offset: 7, maxBytes: 8 * 1024 });
       assert.equal(new DataView(mid.bytes.buffer, mid.bytes.byteOffset).getBigInt64(0, true), 6n);
+    });
+
+    it('a watched channel serves tail reads from memory, byte for byte what the files hold', async () => {
+      await store.close();
+      store = await openStore(dir, { ...options, tailCacheBytes: 8 * 1024 });
+      await store.createTopic('t', { channels: 1 });
+      const stop = store.watch('t', 0, () => undefined);
+      // Batches of 1–5 messages of 50–1,500 B: the newest ~8 KiB stay cached, the rest are read from the file.
+      for (let b = 0; b < 40; b++) await store.append('t', 0, Array.from({ length: 1 + (b % 5) }, (_, i) => ({ key: `k${b}`, body: bodyFor('tail', b * 5 + i, 50 + ((b * 337) % 1450)) })));
+      const hwm = store.describeTopic('t').channelInfo[0]!.highWatermark;
+      // Each read: whole, sound, consecutive batches from the one holding the offset (how many
+      // may differ between memory and file: both stop near maxBytes). Compared by each batch's digest.
+      const readAll = async (): Promise<string[]> => {
+        const seen: string[] = [];
+        for (let offset = 0; offset < hwm; offset++) {
+          for (const maxBytes of [1, 3000, 64 * 1024]) {
+            const read = await store.readBatches('t', 0, { offset, maxBytes, buffer: offset % 2 ? Buffer.alloc(16 * 1024) : undefined });
+            let at = 0;
+            let next = -1;
+            for (let b = 0; b < read.batchCount; b++) {
+              const length = read.bytes.readUInt32LE(at + 28);
+              const batch = read.bytes.subarray(at, at + length);
+              const base = Number(batch.readBigInt64LE(0));
+              if (b === 0) assert.ok(base <= offset && offset < base + validateBatch(batch).recordCount, `offset ${offset} is in the first batch`);
+              else assert.equal(base, next, 'batches are consecutive');
+              next = base + validateBatch(batch).recordCount;
+              seen.push(`${base}: ${createHash('sha256').update(batch).digest('hex').slice(0, 16)}`);
+              at += length;
+            }
+            assert.equal(at, read.bytes.length, 'whole batches only');
+            assert.equal(read.nextOffset, next);
+          }
+        }
+        return [...new Set(seen)].sort();
+      };
+      const whileWatched = await readAll();
+      // Proof the newest batch comes from memory: rot its last byte on disk; the watched read is still sound.
+      const file = segmentFiles(path.join(dir, 'topics', 't', '0')).pop()!;
+      const fd = fs.openSync(file, 'r+');
+      const size = fs.fstatSync(fd).size;
+      const original = Buffer.alloc(1);
+      fs.readSync(fd, original, 0, 1, size - 1);
+      fs.writeSync(fd, Buffer.from([original[0]! ^ 0xff]), 0, 1, size - 1);
+      const fromMemory = await store.readBatches('t', 0, { offset: hwm - 1, maxBytes: 1 });
+      assert.equal(validateBatch(fromMemory.bytes).recordCount >= 1, true);
+      stop(); // the last watcher gone: the cache is dropped and every read goes to the file
+      const fromFile = await store.readBatches('t', 0, { offset: hwm - 1, maxBytes: 1 });
+      assert.throws(() => validateBatch(fromFile.bytes), /checksum/);
+      fs.writeSync(fd, original, 0, 1, size - 1);
+      fs.closeSync(fd);
+      assert.deepEqual(whileWatched, await readAll());
     });
 
     it('finds offsets by broker time', async () => {
@@ -302,5 +355,29 @@ describe('engine store: concurrency', () => {
       }
     }
     await store.close();
+  });
+});
+
+describe('engine tail cache', () => {
+  it('holds at most its byte bound, only contiguous batches, and misses outside them', () => {
+    const cache = new TailCache(1000);
+    const batch = (n: number): Uint8Array => new Uint8Array(n).fill(n & 0xff);
+    cache.add(batch(400), 0, 4);
+    cache.add(batch(400), 4, 8);
+    assert.equal(cache.heldBytes, 800);
+    cache.add(batch(300), 8, 9); // 1,100 > 1,000: the oldest goes
+    assert.equal(cache.heldBytes, 700);
+    assert.equal(cache.read(3, 1), null, 'evicted offsets miss');
+    const r = cache.read(5, 1)!; // maxBytes below one batch: still one whole batch
+    assert.deepEqual([r.batchCount, r.nextOffset, r.bytes.length, r.bytes[0]], [1, 8, 400, 400 & 0xff]);
+    const both = cache.read(4, 10_000)!;
+    assert.deepEqual([both.batchCount, both.nextOffset, both.bytes.length], [2, 9, 700]);
+    assert.equal(cache.read(9, 1), null, 'past the end misses');
+    cache.add(batch(10), 20, 21); // a gap: start over rather than serve around it
+    assert.equal(cache.read(8, 1), null);
+    assert.equal(cache.heldBytes, 10);
+    cache.add(batch(2000), 21, 22); // larger than the bound: nothing held
+    assert.equal(cache.heldBytes, 0);
+    assert.equal(cache.read(21, 1), null);
   });
 });

@@ -6,7 +6,9 @@
  * - offsets are assigned at enqueue, in call order, densely; the group commit writes
  *   batches in that same order, so a batch's offsets never depend on when it is flushed;
  * - `highWatermark` (one past the last acknowledged offset) only moves after a group is
- *   written and, in sync mode "batch", fdatasynced; readers never see past it;
+ *   written and, in sync mode "batch", durable (the active segment is opened O_DSYNC, so
+ *   the write returns only once its data is on disk, like a write + fdatasync); readers
+ *   and lookups never see past it;
  * - a failed write or fsync is sticky: `failure` is set, every queued and later append is
  *   rejected with STORAGE_FAILED, and the channel must be reopened (DESIGN §3);
  * - broker timestamps never decrease within a channel.
@@ -30,6 +32,7 @@ import { CorruptIndexError } from './errors';
 import { readCheckpoint, writeCheckpoint } from './checkpoint';
 import { ProducerStates } from './producer-state';
 import { Segment, segmentFileName, type RecoveryFinding, type SegmentMeta } from './segment';
+import { TailCache } from './tail-cache';
 
 export type SyncMode = 'batch' | 'interval' | 'none';
 
@@ -42,6 +45,8 @@ export interface ChannelOptions {
   retentionMs: number;
   /** 0 = no size bound. */
   retentionBytes: number;
+  /** Newest bytes kept in memory while the channel has watchers (0 = none). */
+  tailCacheBytes: number;
 }
 
 export interface AppendOutcome {
@@ -72,12 +77,6 @@ interface Pending {
 /** A lookup reads this much at a batch's position at once (most batches fit; a larger one takes a second read). */
 const lookupReadBytes = 128 * 1024;
 
-interface Written {
-  segment: Segment;
-  position: number;
-  pending: Pending;
-}
-
 export class ChannelLog {
   private readonly segments: Segment[] = [];
   private queue: Pending[] = [];
@@ -92,6 +91,10 @@ export class ChannelLog {
   private syncTimer: NodeJS.Timeout | null = null;
   private readonly producers = new ProducerStates();
   private readonly watchers = new Set<() => void>();
+  /** The newest acknowledged batches, kept only while someone watches (tail readers). */
+  private readonly tail: TailCache;
+  /** Sync mode "batch": the active segment is opened O_DSYNC, so a finished write is durable. */
+  private readonly dsync: boolean;
   /** Broker time of the oldest appended-but-unacknowledged batch, null when none. */
   private uncommittedFirstTimestamp: number | null = null;
   highWatermark = 0;
@@ -99,7 +102,10 @@ export class ChannelLog {
   private constructor(
     readonly dir: string,
     private options: ChannelOptions,
-  ) {}
+  ) {
+    this.tail = new TailCache(options.tailCacheBytes);
+    this.dsync = options.sync === 'batch';
+  }
 
   /** Opens (creating when absent) and recovers a channel folder. Findings are pushed to `report`. */
   static open(dir: string, options: ChannelOptions, report: RecoveryFinding[]): ChannelLog {
@@ -159,7 +165,7 @@ export class ChannelLog {
         }
         if (checkpoint!.clean) {
           try {
-            this.segments.push(Segment.reopenActive(this.dir, meta));
+            this.segments.push(Segment.reopenActive(this.dir, meta, this.dsync));
             continue;
           } catch (err) {
             if (!(err instanceof CorruptIndexError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
@@ -167,7 +173,7 @@ export class ChannelLog {
           }
         }
       }
-      const { segment, findings } = Segment.recover(this.dir, base, ({ header }) => this.producers.recordHeader(header, header.baseOffset));
+      const { segment, findings } = Segment.recover(this.dir, base, ({ header }) => this.producers.recordHeader(header, header.baseOffset), this.dsync);
       report.push(...findings);
       if (segment.baseOffset !== expectedBase) {
         report.push({ file: segment.path('log'), position: 0, bytesDropped: 0, kind: 'corrupt', reason: `segment starts at ${segment.baseOffset}, previous ends at ${expectedBase}` });
@@ -176,7 +182,7 @@ export class ChannelLog {
       this.segments.push(segment);
     }
 
-    if (this.segments.length === 0) this.segments.push(Segment.create(this.dir, 0));
+    if (this.segments.length === 0) this.segments.push(Segment.create(this.dir, 0, this.dsync));
     this.nextOffset = this.active.nextOffset;
     this.highWatermark = this.nextOffset;
     this.committedSize = this.active.size;
@@ -239,12 +245,9 @@ export class ChannelLog {
       while (this.queue.length > 0 && !this.failure) {
         const group = this.takeGroup();
         try {
-          const unindexed = await this.writeGroup(group);
-          // The sync runs in the thread pool while this thread indexes what was just written.
-          const synced = this.options.sync === 'batch' ? fdatasync(this.active.fd) : null;
-          this.indexWritten(unindexed);
-          if (synced) await synced;
-          else this.dirty = true;
+          // In sync mode "batch" the active segment is O_DSYNC: a finished write is durable.
+          await this.writeGroup(group);
+          if (!this.dsync) this.dirty = true;
         } catch (err) {
           this.fail(err as Error, group);
           return;
@@ -254,7 +257,10 @@ export class ChannelLog {
         this.committedSize = this.active.size;
         this.uncommittedFirstTimestamp = this.queue.length > 0 ? this.queue[0]!.brokerTimestamp : null;
         for (const p of group) p.resolve({ baseOffset: p.baseOffset, recordCount: p.header.recordCount, brokerTimestamp: p.brokerTimestamp, duplicate: false });
-        if (this.watchers.size > 0) for (const watcher of this.watchers) watcher();
+        if (this.watchers.size > 0) {
+          for (const p of group) this.tail.add(p.batch, p.baseOffset, p.baseOffset + p.header.recordCount);
+          for (const watcher of this.watchers) watcher();
+        }
       }
     } finally {
       this.flushing = null;
@@ -276,19 +282,14 @@ export class ChannelLog {
   }
 
   /**
-   * Writes the group (rolling segments as needed) and returns the batches written to the
-   * active segment but not yet indexed; batches of a segment that rolled are indexed before
-   * it is sealed.
+   * Writes the group, rolling segments as needed. Each slice is indexed while its write runs
+   * in the thread pool: readers and lookups stop at the high watermark, which moves only
+   * after the write (and in sync mode "batch" its O_DSYNC) is done.
    */
-  private async writeGroup(group: Pending[]): Promise<Written[]> {
-    let unindexed: Written[] = [];
+  private async writeGroup(group: Pending[]): Promise<void> {
     let start = 0;
     while (start < group.length) {
-      if (this.shouldRoll(group[start]!)) {
-        this.indexWritten(unindexed);
-        unindexed = [];
-        await this.roll();
-      }
+      if (this.shouldRoll(group[start]!)) await this.roll();
       const segment = this.active;
       let end = start;
       let bytes = 0;
@@ -297,21 +298,16 @@ export class ChannelLog {
         end++;
       }
       const slice = group.slice(start, end);
-      const position = segment.size;
-      await writev(segment.fd, slice.map((p) => p.batch), position);
-      let at = position;
+      const writing = writev(segment.fd, slice.map((p) => p.batch), segment.size);
+      let at = segment.size;
       for (const p of slice) {
-        unindexed.push({ segment, position: at, pending: p });
+        segment.indexBatch(at, p.header, p.batch);
         at += p.batch.length;
       }
+      await writing;
       segment.size = at;
       start = end;
     }
-    return unindexed;
-  }
-
-  private indexWritten(written: readonly Written[]): void {
-    for (const w of written) w.segment.indexBatch(w.position, w.pending.header, w.pending.batch);
   }
 
   private wouldOverflow(segment: Segment, pendingBytes: number, next: Pending): boolean {
@@ -332,7 +328,7 @@ export class ChannelLog {
     old.seal();
     this.committedSize = old.size;
     this.saveCheckpoint(false);
-    this.segments.push(Segment.create(this.dir, old.nextOffset));
+    this.segments.push(Segment.create(this.dir, old.nextOffset, this.dsync));
     this.committedSize = 0;
   }
 
@@ -358,7 +354,10 @@ export class ChannelLog {
   /** Calls `watcher` each time the high watermark advances; returns the way to stop. */
   watch(watcher: () => void): () => void {
     this.watchers.add(watcher);
-    return () => this.watchers.delete(watcher);
+    return () => {
+      this.watchers.delete(watcher);
+      if (this.watchers.size === 0) this.tail.clear();
+    };
   }
 
   /**
@@ -407,6 +406,8 @@ export class ChannelLog {
   async readBatches(offset: number, maxBytes: number, into?: Buffer): Promise<BatchRead> {
     this.checkOffset(offset);
     maxBytes = Math.max(batchHeaderBytes, Math.min(maxBytes, limits.readBytesMax));
+    const cached = this.tail.read(offset, maxBytes, into);
+    if (cached) return cached;
     for (let index = this.segmentFor(offset); index < this.segments.length && offset < this.highWatermark; index++) {
       const segment = this.segments[index]!;
       const end = segment === this.active ? this.committedSize : segment.size;

@@ -93,10 +93,14 @@ export class Segment {
     return { baseOffset: this.baseOffset, bytes: this.size, nextOffset: this.nextOffset, firstTimestamp: this.firstTimestamp, maxTimestamp: this.maxTimestamp };
   }
 
-  /** A new, empty active segment. */
-  static create(dir: string, baseOffset: number): Segment {
+  /**
+   * A new, empty active segment. With `dsync` the file is opened O_DSYNC: each write returns
+   * once its data is durable (a write and an fdatasync in one call, one thread-pool hand-off
+   * instead of two).
+   */
+  static create(dir: string, baseOffset: number, dsync = false): Segment {
     const file = path.join(dir, segmentFileName(baseOffset, 'log'));
-    const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o644);
+    const fd = fs.openSync(file, writableFlags(dsync) | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o644);
     const segment = new Segment(dir, baseOffset, fd);
     segment.startInMemoryIndexes();
     return segment;
@@ -107,9 +111,9 @@ export class Segment {
    * not know), truncates a torn tail silently and a corrupt tail loudly (the dropped bytes
    * are copied aside first), and rebuilds its indexes in memory.
    */
-  static recover(dir: string, baseOffset: number, onBatch?: (batch: RecoveredBatch) => void): { segment: Segment; findings: RecoveryFinding[] } {
+  static recover(dir: string, baseOffset: number, onBatch?: (batch: RecoveredBatch) => void, dsync = false): { segment: Segment; findings: RecoveryFinding[] } {
     const file = path.join(dir, segmentFileName(baseOffset, 'log'));
-    const fd = fs.openSync(file, 'r+');
+    const fd = fs.openSync(file, writableFlags(dsync));
     const segment = new Segment(dir, baseOffset, fd);
     segment.startInMemoryIndexes();
     const fileBytes = fs.fstatSync(fd).size;
@@ -172,8 +176,8 @@ export class Segment {
    * loaded (and fully checked) into memory. Throws CorruptIndexError when they fail, and the
    * caller falls back to recover().
    */
-  static reopenActive(dir: string, meta: SegmentMeta): Segment {
-    const fd = fs.openSync(path.join(dir, segmentFileName(meta.baseOffset, 'log')), 'r+');
+  static reopenActive(dir: string, meta: SegmentMeta, dsync = false): Segment {
+    const fd = fs.openSync(path.join(dir, segmentFileName(meta.baseOffset, 'log')), writableFlags(dsync));
     const segment = new Segment(dir, meta.baseOffset, fd);
     try {
       segment.size = meta.bytes;
@@ -347,6 +351,11 @@ function readWhole(file: string): Buffer {
 }
 
 /** Copies bytes about to be truncated because of corruption to a side file, so nothing is lost for good. */
+/** Flags of a segment that may be written: read-write, and O_DSYNC when every write must be durable on return. */
+function writableFlags(dsync: boolean): number {
+  return fs.constants.O_RDWR | (dsync ? fs.constants.O_DSYNC : 0);
+}
+
 function saveDroppedBytes(fd: number, file: string, from: number, to: number): string {
   const target = `${file}.dropped-${from}`;
   const length = to - from;
