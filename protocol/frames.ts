@@ -35,6 +35,77 @@ export function encodeFrame(frame: FrameInit): Uint8Array {
   return Frame.encode(frame).finish();
 }
 
+/**
+ * A Produce frame written straight around the batch: the same bytes `encodeFrame` makes
+ * for `{ id, produce: { topic, channel, batch } }` (a test holds them equal), without the
+ * encoder's per-field objects — the producer sends one of these per batch, and at small
+ * batches that garbage was most of what its collector did. Field order and presence follow
+ * the generated code: id (1), then produce (10) holding topic (1), channel (2), batch (3),
+ * each scalar left out when it is the proto3 default (0, empty).
+ */
+export function encodeProduceFrame(id: number, topic: string, channel: number, batch: Uint8Array): Uint8Array {
+  const topicBytes = utf8Length(topic);
+  const produceBytes = field(topicBytes, topicBytes + varintLength(topicBytes)) + field(channel, varintLength(channel)) + field(batch.length, batch.length + varintLength(batch.length));
+  const total = field(id, varintLength(id)) + 1 + varintLength(produceBytes) + produceBytes;
+  const out = allocBytes(total);
+  let at = 0;
+  if (id !== 0) {
+    out[at++] = 0x08; // Frame.id, varint
+    at = writeVarint(out, at, id);
+  }
+  out[at++] = 0x52; // Frame.produce (10), length-delimited
+  at = writeVarint(out, at, produceBytes);
+  if (topicBytes !== 0) {
+    out[at++] = 0x0a; // Produce.topic
+    at = writeVarint(out, at, topicBytes);
+    at += writeUtf8(out, at, topic);
+  }
+  if (channel !== 0) {
+    out[at++] = 0x10; // Produce.channel
+    at = writeVarint(out, at, channel);
+  }
+  if (batch.length !== 0) {
+    out[at++] = 0x1a; // Produce.batch
+    at = writeVarint(out, at, batch.length);
+    out.set(batch, at);
+  }
+  return out;
+}
+
+/** Bytes of a field with its one-byte tag, or none when its value is the default. */
+function field(value: number, bytes: number): number {
+  return value === 0 ? 0 : 1 + bytes;
+}
+
+function varintLength(value: number): number {
+  return value < 0x80 ? 1 : value < 0x4000 ? 2 : value < 0x200000 ? 3 : value < 0x10000000 ? 4 : 5;
+}
+
+/** Unsigned 32-bit varint. */
+function writeVarint(out: Uint8Array, at: number, value: number): number {
+  while (value >= 0x80) {
+    out[at++] = (value & 0x7f) | 0x80;
+    value >>>= 7;
+  }
+  out[at++] = value;
+  return at;
+}
+
+const textEncoder = new TextEncoder();
+
+function utf8Length(text: string): number {
+  let ascii = true;
+  for (let i = 0; i < text.length && ascii; i++) ascii = text.charCodeAt(i) < 0x80;
+  return ascii ? text.length : textEncoder.encode(text).length;
+}
+
+function writeUtf8(out: Uint8Array, at: number, text: string): number {
+  return textEncoder.encodeInto(text, out.subarray(at)).written;
+}
+
+/** A Buffer in Node (pooled for small sizes, what ws sends without converting), a Uint8Array elsewhere. */
+const allocBytes: (size: number) => Uint8Array = typeof Buffer === 'function' ? (size) => Buffer.allocUnsafe(size) : (size) => new Uint8Array(size);
+
 /** Decodes untrusted bytes; anything unparseable is a BAD_REQUEST, never a crash. */
 export function decodeFrame(bytes: Uint8Array): Frame {
   let frame: Frame;

@@ -12,7 +12,7 @@
  */
 import { loadChecksum } from '../engine/format/checksum';
 import { WaymarkError } from '../engine/format/errors';
-import { decodeFrame, encodeFrame, errorFromFrame, type Frame, type FrameInit } from '../protocol/frames';
+import { decodeFrame, encodeFrame, encodeProduceFrame, errorFromFrame, type Frame, type FrameInit } from '../protocol/frames';
 import { protocolVersion } from '../protocol/limits';
 import { openSocket, type Socket } from './transport';
 
@@ -177,26 +177,35 @@ export class Connection {
   }
 
   private sendRaw(frame: FrameInit, onReply: (frame: Frame) => void, onError?: (err: WaymarkError) => void): void {
-    const id = frame.id!;
+    this.sendEncoded(frame.id!, encodeFrame(frame), onReply, onError);
+  }
+
+  private sendEncoded(id: number, bytes: Uint8Array, onReply: (frame: Frame) => void, onError?: (err: WaymarkError) => void): void {
     const timer = setTimeout(() => {
       this.pending.delete(id);
       onError?.(new WaymarkError('TIMEOUT', `no reply to request ${id} within ${this.options.requestTimeoutMs} ms`));
     }, this.options.requestTimeoutMs);
     this.pending.set(id, { resolve: onReply, reject: onError ?? (() => undefined), timer });
-    this.socket!.send(encodeFrame(frame));
+    this.socket!.send(bytes);
   }
 
   /** Sends a request and resolves with the reply; an Error reply rejects with its typed error. */
-  async request(body: Omit<FrameInit, 'id'>): Promise<Frame> {
-    if (this.closed) throw new WaymarkError('CLIENT_CLOSED');
-    if (!this.socket) await this.waitReady();
-    if (this.closed) throw new WaymarkError('CLIENT_CLOSED');
+  request(body: Omit<FrameInit, 'id'>): Promise<Frame> {
+    return this.call((id) => encodeFrame({ ...body, id }));
+  }
+
+  /** request({ produce: { topic, channel, batch } }), the frame written around the batch (encodeProduceFrame). */
+  produce(topic: string, channel: number, batch: Uint8Array): Promise<Frame> {
+    return this.call((id) => encodeProduceFrame(id, topic, channel, batch));
+  }
+
+  /** Not an async function: with the socket up (the common case) one promise per request, not three. */
+  private call(encode: (id: number) => Uint8Array): Promise<Frame> {
+    if (this.closed) return Promise.reject(new WaymarkError('CLIENT_CLOSED'));
+    if (!this.socket) return this.waitReady().then(() => this.call(encode));
     return new Promise((resolve, reject) => {
-      this.sendRaw(
-        { ...body, id: this.takeId() },
-        (frame) => (frame.error ? reject(errorFromFrame(frame.error)) : resolve(frame)),
-        reject,
-      );
+      const id = this.takeId();
+      this.sendEncoded(id, encode(id), (frame) => (frame.error ? reject(errorFromFrame(frame.error)) : resolve(frame)), reject);
     });
   }
 

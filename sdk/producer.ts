@@ -378,7 +378,7 @@ export class Producer {
 
   private transmit(batch: SealedBatch): void {
     batch.sent = true;
-    this.connection.request({ produce: { topic: this.topic, channel: batch.channel, batch: batch.bytes } }).then(
+    this.connection.produce(this.topic, batch.channel, batch.bytes).then(
       (reply) => this.acknowledged(batch, reply.produceOk?.appends?.[0]),
       (err: WaymarkError) => {
         // A lost connection keeps the batch: it is resent, as the same bytes, on reconnect.
