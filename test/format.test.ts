@@ -23,6 +23,9 @@ import {
   ErrorTable,
   type MessageInput,
 } from '../engine/format/index';
+import { randomBytes } from 'node:crypto';
+import { xxh32, xxh32Range, xxh32Wasm } from '../engine/format/checksum';
+import { forEachRecordKeys } from '../engine/format/index-keys';
 import { lz4Codec } from '../engine/codec';
 import { thrown } from './helpers';
 
@@ -51,6 +54,45 @@ describe('format: varints', () => {
   it('VarintPastEndIsCorrupt', () => {
     const err = thrown(() => new Reader(new Uint8Array([0x80, 0x80]), 0, 2).varint());
     assert.equal(err.code, 'CORRUPT_BATCH');
+  });
+});
+
+describe('format: key hashes', () => {
+  before(loadChecksum);
+
+  it('xxh32 in JavaScript equals xxhash-wasm at every length 0..300, several seeds, any start', () => {
+    const buf = randomBytes(400);
+    let compared = 0;
+    for (let length = 0; length <= 300; length++) {
+      for (const seed of [0, 1, 2, 3, 0x7fffffff, 0xffffffff]) {
+        const start = (length * 7) % 64;
+        const expected = xxh32Wasm(buf.subarray(start, start + length), seed);
+        assert.equal(xxh32Range(buf, start, start + length, seed), expected, `length ${length} seed ${seed}`);
+        assert.equal(xxh32(buf.subarray(start, start + length), seed), expected);
+        compared++;
+      }
+    }
+    assert.equal(compared, 301 * 6);
+  });
+
+  it('the key walk finds each record\'s msgId, key and traceid header where they are', () => {
+    const messages: MessageInput[] = [
+      { body: 'a' },
+      { key: 'k-1', body: 'b', headers: { other: 'x', traceid: 'trace-1' } },
+      { key: '', body: 'c', headers: { traceid: '' } },
+      { key: 'ü', body: new Uint8Array(0), headers: { traceidx: 'no', trace: 'no' } },
+    ];
+    const { batch } = encodeBatch(messages, { codec: null });
+    const header = validateBatch(batch);
+    const section = batch.subarray(batchHeaderBytes);
+    const decoded = decodeRecords(batch, 0, header, null);
+    const seen: string[] = [];
+    forEachRecordKeys(section, header.recordCount, (k) => {
+      const text = (at: number, length: number): string => (length < 0 ? '-' : `'${Buffer.from(section.subarray(at, at + length)).toString()}'`);
+      assert.deepEqual(section.subarray(k.msgIdAt, k.msgIdAt + 16), decoded[k.index]!.msgId);
+      seen.push(`${k.index} key=${text(k.keyAt, k.keyLength)} trace=${text(k.traceIdAt, k.traceIdLength)}`);
+    });
+    assert.deepEqual(seen, ["0 key=- trace=-", "1 key='k-1' trace='trace-1'", "2 key='' trace=''", "3 key='ü' trace=-"]);
   });
 });
 

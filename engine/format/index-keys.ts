@@ -15,41 +15,61 @@ export type IndexKindId = (typeof IndexKind)[keyof typeof IndexKind];
 export const traceIdHeaderName = 'traceid';
 const traceIdName = new TextEncoder().encode(traceIdHeaderName);
 
+/** Where one record's index keys sit in the records section: byte positions, length -1 when absent. */
 export interface RecordKeys {
   index: number;
-  msgId: Uint8Array;
-  key: Uint8Array | null;
-  traceId: Uint8Array | null;
+  /** The 16-byte msgId starts here. */
+  msgIdAt: number;
+  keyAt: number;
+  keyLength: number;
+  traceIdAt: number;
+  traceIdLength: number;
 }
 
-/** Calls `visit` for every record of an (uncompressed) records section. */
+/**
+ * Calls `visit` for every record of an (uncompressed) records section with the positions of
+ * its keys. One cursor and one RecordKeys object for the whole walk (`visit` must not keep
+ * it): no views, no objects per record.
+ */
 export function forEachRecordKeys(section: Uint8Array, recordCount: number, visit: (keys: RecordKeys) => void): void {
-  const reader = new Reader(section, 0, section.length);
-  const keys: RecordKeys = { index: 0, msgId: section, key: null, traceId: null };
+  const outer = new Reader(section, 0, section.length);
+  const r = new Reader(section, 0, 0);
+  const keys: RecordKeys = { index: 0, msgIdAt: 0, keyAt: 0, keyLength: -1, traceIdAt: 0, traceIdLength: -1 };
   for (let i = 0; i < recordCount; i++) {
-    const size = reader.varint();
-    const end = reader.pos + size;
+    const size = outer.varint();
+    const end = outer.pos + size;
     if (end > section.length) throw new WaymarkError('CORRUPT_BATCH', `record ${i} runs past the records section`);
-    const r = new Reader(section, reader.pos, end);
+    r.pos = outer.pos;
+    r.end = end;
     const attributes = r.u8();
     r.varint(); // offsetDelta
     r.varint(); // timestampDelta
     keys.index = i;
-    keys.msgId = r.bytes(msgIdBytes);
-    keys.key = attributes & RecordAttr.hasKey ? r.bytes(r.varint()) : null;
-    keys.traceId = null;
+    keys.msgIdAt = r.skip(msgIdBytes);
+    if (attributes & RecordAttr.hasKey) {
+      keys.keyLength = r.varint();
+      keys.keyAt = r.skip(keys.keyLength);
+    } else {
+      keys.keyLength = -1;
+    }
+    keys.traceIdLength = -1;
     const headerCount = r.varint();
     for (let h = 0; h < headerCount; h++) {
-      const name = r.bytes(r.varint());
-      const value = r.bytes(r.varint());
-      if (keys.traceId === null && name.length === traceIdName.length && sameBytes(name, traceIdName)) keys.traceId = value;
+      const nameLength = r.varint();
+      const nameAt = r.skip(nameLength);
+      const valueLength = r.varint();
+      const valueAt = r.skip(valueLength);
+      if (keys.traceIdLength < 0 && nameLength === traceIdName.length && sameBytes(section, nameAt, traceIdName)) {
+        keys.traceIdAt = valueAt;
+        keys.traceIdLength = valueLength;
+      }
     }
     visit(keys);
-    reader.pos = end;
+    outer.pos = end;
   }
 }
 
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+function sameBytes(buf: Uint8Array, at: number, b: Uint8Array): boolean {
+  for (let i = 0; i < b.length; i++) if (buf[at + i] !== b[i]) return false;
   return true;
 }

@@ -47,12 +47,14 @@ export function unzigzag(value: number): number {
  */
 export class Reader {
   pos: number;
+  end: number;
   constructor(
     readonly buf: Uint8Array,
     pos: number,
-    readonly end: number,
+    end: number,
   ) {
     this.pos = pos;
+    this.end = end;
   }
 
   varint(): number {
@@ -75,6 +77,14 @@ export class Reader {
   u8(): number {
     if (this.pos >= this.end) throw corrupt('byte past the end');
     return this.buf[this.pos++]!;
+  }
+
+  /** Steps over `length` bytes (bounds-checked) and returns where they start. */
+  skip(length: number): number {
+    if (length < 0 || this.pos + length > this.end) throw corrupt(`${length} bytes run past the end`);
+    const at = this.pos;
+    this.pos += length;
+    return at;
   }
 
   bytes(length: number): Uint8Array {

@@ -82,6 +82,8 @@ export class ChannelLog {
   private queue: Pending[] = [];
   private flushing: Promise<void> | null = null;
   private syncing: Promise<void> | null = null;
+  /** Background seals of rolled segments (roll), chained in roll order. */
+  private sealing: Promise<void> | null = null;
   private failure: WaymarkError | null = null;
   private closed = false;
   private nextOffset = 0;
@@ -289,7 +291,7 @@ export class ChannelLog {
   private async writeGroup(group: Pending[]): Promise<void> {
     let start = 0;
     while (start < group.length) {
-      if (this.shouldRoll(group[start]!)) await this.roll();
+      if (this.shouldRoll(group[start]!)) this.roll();
       const segment = this.active;
       let end = start;
       let bytes = 0;
@@ -322,14 +324,25 @@ export class ChannelLog {
     return next.brokerTimestamp - segment.firstTimestamp >= this.options.segmentMs;
   }
 
-  /** Seals the active segment, records it in the checkpoint, then starts the next one. */
-  private async roll(): Promise<void> {
+  /**
+   * Starts the next segment at once and seals the old one in the background
+   * (Segment.sealInBackground); once sealed, a checkpoint records it. Seals run one after
+   * another in roll order; a failed one fails the channel (sticky), as a failed write does.
+   */
+  private roll(): void {
     const old = this.active;
-    old.seal();
-    this.committedSize = old.size;
-    this.saveCheckpoint(false);
     this.segments.push(Segment.create(this.dir, old.nextOffset, this.dsync));
     this.committedSize = 0;
+    const sealed: Promise<void> = (this.sealing ?? Promise.resolve())
+      .then(() => old.sealInBackground(this.dsync))
+      .then(
+        () => this.saveCheckpoint(false),
+        (err: Error) => this.fail(err, []),
+      )
+      .finally(() => {
+        if (this.sealing === sealed) this.sealing = null;
+      });
+    this.sealing = sealed;
   }
 
   private fail(err: Error, group: Pending[]): void {
@@ -552,6 +565,7 @@ export class ChannelLog {
     let total = this.totalBytes;
     while (this.segments.length > 1) {
       const oldest = this.segments[0]!;
+      if (!oldest.sealed) break; // still being sealed in the background (roll)
       const tooOld = retentionMs > 0 && oldest.maxTimestamp >= 0 && oldest.maxTimestamp < now - retentionMs;
       const tooBig = retentionBytes > 0 && total > retentionBytes;
       if (!tooOld && !tooBig) break;
@@ -571,6 +585,7 @@ export class ChannelLog {
     if (this.syncTimer) clearInterval(this.syncTimer);
     while (this.flushing) await this.flushing;
     if (this.syncing) await this.syncing;
+    while (this.sealing) await this.sealing;
     if (!this.failure) {
       const active = this.active;
       if (active.size > 0) active.seal();

@@ -3,8 +3,8 @@
  *
  *   { "version": 1, "clean": bool, "segments": [SegmentMeta…], "producers": [[id, firstSeq, lastSeq, baseOffset, count]…] }
  *
- * Written atomically (temp file, fdatasync, rename, fsync of the folder) at every roll, after
- * retention, at open (clean=false) and at clean close (clean=true, the active segment
+ * Written atomically (temp file, fdatasync, rename, fsync of the folder) once a rolled segment
+ * is sealed (its index files written, in the background), after retention, at open (clean=false) and at clean close (clean=true, the active segment
  * included). Sealed segments it lists whose file size matches are trusted; everything else
  * is scanned.
  */

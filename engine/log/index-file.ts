@@ -79,6 +79,21 @@ export function writeFileSynced(file: string, bytes: Uint8Array): void {
   }
 }
 
+/**
+ * Writes a file through the thread pool, not synced: for index files, which are derived data
+ * — each carries a checksum, is checked when first loaded, and is rebuilt from the (synced)
+ * log when missing or torn — so their bytes may reach the disk with the kernel's writeback.
+ */
+export async function writeIndexFileAsync(file: string, bytes: Uint8Array): Promise<void> {
+  const handle = await fs.promises.open(file, 'w');
+  try {
+    let written = 0;
+    while (written < bytes.length) written += (await handle.write(bytes, written, bytes.length - written, written)).bytesWritten;
+  } finally {
+    await handle.close();
+  }
+}
+
 /** A growable array of fixed-size little-endian entries. */
 export class EntryBuffer {
   bytes: Buffer;
