@@ -86,7 +86,7 @@ export async function appendPhase(o: Options): Promise<void> {
             ...latencySummary(runs.flatMap((run) => run.latencies), 'ms'),
           };
           if (mode === 'sequential' && kind === 'random' && compression) {
-            Object.assign(out, goal(`append ${bodyBytes} B, sequential, ratio vs raw`, ratio, '>= 0.7', ratio >= 0.7));
+            Object.assign(out, goal(`append ${bodyBytes} B, store.append (the engine encodes), sequential, ratio vs raw`, ratio, '>= 0.7', ratio >= 0.7));
           }
           return out;
         };
@@ -142,6 +142,8 @@ async function appendBatchLines(o: Options, root: string, rawFile: string, bodyB
     ['in-flight', par, o.inFlight],
   ] as const) {
     const batchesPerSec = total / runs.reduce((a, r) => a + r.seconds, 0);
+    const ratio = median(runs.map((run, i) => raw[i]! / run.seconds));
+    const met = mode === 'sequential' ? goal(`append ${bodyBytes} B, store.appendBatch (SDK-encoded: the broker's produce path), sequential, ratio vs raw`, ratio, '>= 0.7', ratio >= 0.7) : {};
     emit({
       name: 'append',
       api: 'store.appendBatch (pre-encoded)',
@@ -158,9 +160,10 @@ async function appendBatchLines(o: Options, root: string, rawFile: string, bodyB
       storedBatchBytes: Math.round(batchBytes),
       raw_batchesPerSec: sig(rawBatchesPerSec),
       raw_MBps: sig((rawBatchesPerSec * batchBytes) / 1e6),
-      ratio_vs_raw: sig(median(runs.map((run, i) => raw[i]! / run.seconds)), 3),
+      ratio_vs_raw: sig(ratio, 3),
       ratio_rounds: runs.map((run, i) => sig(raw[i]! / run.seconds, 3)),
       ...latencySummary(runs.flatMap((run) => run.latencies), 'ms'),
+      ...met,
     });
   }
 }
