@@ -51,7 +51,9 @@ const usage = `usage: node dist/bench/ws.js [options]        (npm run bench:ws -
   --backlog N               messages in the consume backlog (10e6; quick 1e6)
   --consume-body-bytes N    body size of the backlog (100)
   --latency-rate N          messages a second in the latency phase (10000)
-  --latency-seconds N       seconds of the latency phase (20; quick 5)
+  --latency-seconds N       seconds of the latency phase that are measured (20; quick 5)
+  --latency-warmup-seconds N  seconds of the same traffic before them, not measured (5; quick 2):
+                            the broker's and client's JIT and heap settle first
   --broker-cpu-prof         write a V8 CPU profile of the broker process (into the data folder's parent)
   --client-cpu-prof         same for this process (run node with --cpu-prof yourself, or use this)
   --help                    this text`;
@@ -75,6 +77,7 @@ function parseArgs(argv: string[]): Options {
     consumeBodyBytes: 100,
     latencyRate: 10_000,
     latencySeconds: quick ? 5 : 20,
+    latencyWarmupSeconds: quick ? 2 : 5,
     brokerCpuProf: false,
     clientCpuProf: false,
   };
@@ -130,6 +133,9 @@ function parseArgs(argv: string[]): Options {
         break;
       case '--latency-seconds':
         o.latencySeconds = count(flag, value(), 2);
+        break;
+      case '--latency-warmup-seconds':
+        o.latencyWarmupSeconds = count(flag, value(), 1);
         break;
       case '--broker-cpu-prof':
         o.brokerCpuProf = true;
@@ -229,6 +235,7 @@ async function main(): Promise<void> {
         consumeBodyBytes: o.consumeBodyBytes,
         latencyRate: o.latencyRate,
         latencySeconds: o.latencySeconds,
+        latencyWarmupSeconds: o.latencyWarmupSeconds,
       },
     }),
   );

@@ -35,14 +35,22 @@ type PushHandler = (frame: Frame) => void;
 interface PendingRequest {
   resolve: (frame: Frame) => void;
   reject: (err: WaymarkError) => void;
-  timer: ReturnType<typeof setTimeout>;
+  /** performance.now() past which the request fails with TIMEOUT. */
+  deadline: number;
 }
 
 export type ClientEvent = 'reconnect' | 'disconnect';
 
 export class Connection {
   private socket: Socket | null = null;
+  /**
+   * Requests awaiting a reply, in the order sent. Every request has the same timeout, so this
+   * is also deadline order: one timer, armed for the oldest deadline, serves them all
+   * (expireRequests) — a timer per request was, at thousands of requests a second, a large
+   * share of the objects the producer's collector had to move.
+   */
   private readonly pending = new Map<number, PendingRequest>();
+  private timeoutTimer: ReturnType<typeof setTimeout> | null = null;
   private readonly pushHandlers = new Map<number, PushHandler>();
   private readonly listeners: Record<ClientEvent, Set<() => void>> = { reconnect: new Set(), disconnect: new Set() };
   private nextId = 1;
@@ -124,11 +132,10 @@ export class Connection {
 
   private onSocketLost(code: number, reason: string): void {
     const lost = new WaymarkError('CONNECTION_LOST', `connection to ${this.url} lost (${code}${reason ? ` ${reason}` : ''})`);
-    for (const [, p] of this.pending) {
-      clearTimeout(p.timer);
-      p.reject(lost);
-    }
+    this.stopTimeouts();
+    const waiting = [...this.pending.values()];
     this.pending.clear();
+    for (const p of waiting) p.reject(lost);
     this.pushHandlers.clear(); // subscriptions die with the socket; consumers subscribe again
     this.ready = new Promise((resolve) => (this.markReady = resolve));
     for (const listener of this.listeners.disconnect) listener();
@@ -172,7 +179,7 @@ export class Connection {
     const pending = this.pending.get(frame.id);
     if (!pending) return;
     this.pending.delete(frame.id);
-    clearTimeout(pending.timer);
+    if (this.pending.size === 0) holdProcess(this.timeoutTimer, false);
     pending.resolve(frame);
   }
 
@@ -181,12 +188,32 @@ export class Connection {
   }
 
   private sendEncoded(id: number, bytes: Uint8Array, onReply: (frame: Frame) => void, onError?: (err: WaymarkError) => void): void {
-    const timer = setTimeout(() => {
-      this.pending.delete(id);
-      onError?.(new WaymarkError('TIMEOUT', `no reply to request ${id} within ${this.options.requestTimeoutMs} ms`));
-    }, this.options.requestTimeoutMs);
-    this.pending.set(id, { resolve: onReply, reject: onError ?? (() => undefined), timer });
+    const deadline = performance.now() + this.options.requestTimeoutMs;
+    this.pending.set(id, { resolve: onReply, reject: onError ?? (() => undefined), deadline });
+    if (!this.timeoutTimer) this.armTimeouts(deadline);
+    else if (this.pending.size === 1) holdProcess(this.timeoutTimer, true);
     this.socket!.send(bytes);
+  }
+
+  private armTimeouts(deadline: number): void {
+    this.timeoutTimer = setTimeout(() => this.expireRequests(), Math.max(0, deadline - performance.now()));
+    holdProcess(this.timeoutTimer, this.pending.size > 0);
+  }
+
+  /** Fails every request past its deadline (the oldest first) and re-arms for the next. */
+  private expireRequests(): void {
+    this.timeoutTimer = null;
+    const now = performance.now();
+    for (const [id, p] of this.pending) {
+      if (p.deadline > now) return this.armTimeouts(p.deadline);
+      this.pending.delete(id);
+      p.reject(new WaymarkError('TIMEOUT', `no reply to request ${id} within ${this.options.requestTimeoutMs} ms`));
+    }
+  }
+
+  private stopTimeouts(): void {
+    if (this.timeoutTimer) clearTimeout(this.timeoutTimer);
+    this.timeoutTimer = null;
   }
 
   /** Sends a request and resolves with the reply; an Error reply rejects with its typed error. */
@@ -239,13 +266,22 @@ export class Connection {
     if (this.closed) return;
     this.closed = true;
     const closedError = new WaymarkError('CLIENT_CLOSED');
-    for (const [, p] of this.pending) {
-      clearTimeout(p.timer);
-      p.reject(closedError);
-    }
+    this.stopTimeouts();
+    const waiting = [...this.pending.values()];
     this.pending.clear();
+    for (const p of waiting) p.reject(closedError);
     this.socket?.close(1000, 'client closed');
     this.socket = null;
     this.markReady();
   }
+}
+
+/**
+ * Whether the timeout timer keeps a Node process alive: only while requests wait for replies,
+ * as a timer per request did. Browsers' timers have no such notion.
+ */
+function holdProcess(timer: ReturnType<typeof setTimeout> | null, hold: boolean): void {
+  const t = timer as { ref?: () => void; unref?: () => void } | null;
+  if (hold) t?.ref?.();
+  else t?.unref?.();
 }

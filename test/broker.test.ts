@@ -214,6 +214,40 @@ describe('broker: SDK round trips against a real broker process', function () {
   });
 });
 
+describe('broker: request timeouts', function () {
+  this.timeout(60_000);
+  const broker = new BrokerProcess(tempDir());
+  before(async () => {
+    await loadChecksum();
+    await broker.start();
+  });
+  after(async () => {
+    process.kill(broker.pid, 'SIGCONT');
+    await broker.stop();
+  });
+
+  it('a broker that stops answering fails each waiting request with TIMEOUT, none before requestTimeoutMs; the connection then serves again', async () => {
+    const client = await connect(broker.url, { requestTimeoutMs: 300 });
+    try {
+      await client.admin.createTopic('slow', { channels: 1 });
+      const producer = await client.producer({ topic: 'slow' });
+      process.kill(broker.pid, 'SIGSTOP'); // frozen: the socket stays open, nothing is answered
+      const started = performance.now();
+      const outcome = (what: string) => (err: { code: string }) => `${what} ${err.code} ${performance.now() - started >= 300 ? 'after' : 'before'} the timeout`;
+      const failed = await Promise.all([
+        producer.send({ body: 'one' }).then(() => 'one answered', outcome('one')),
+        client.admin.listTopics().then(() => 'list answered', outcome('list')),
+        client.admin.describeTopic('slow').then(() => 'describe answered', outcome('describe')),
+      ]);
+      assert.deepEqual(failed, ['one TIMEOUT after the timeout', 'list TIMEOUT after the timeout', 'describe TIMEOUT after the timeout']);
+      process.kill(broker.pid, 'SIGCONT');
+      assert.ok((await client.admin.listTopics()).some((t) => t.name === 'slow'), 'served again once the broker runs');
+    } finally {
+      client.close();
+    }
+  });
+});
+
 describe('broker: HTTP API', function () {
   this.timeout(60_000);
   const broker = new BrokerProcess(tempDir());

@@ -380,4 +380,29 @@ describe('engine tail cache', () => {
     assert.equal(cache.heldBytes, 0);
     assert.equal(cache.read(21, 1), null);
   });
+
+  it('in its ring, never hands out bytes another batch overwrote: 20,000 random batches checked against a plain list', () => {
+    const bound = 1000;
+    const cache = new TailCache(bound);
+    const all: Array<{ base: number; bytes: Buffer }> = [];
+    let next = 0;
+    let seed = 7;
+    const random = (n: number): number => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % n);
+    for (let i = 0; i < 20_000; i++) {
+      const bytes = Buffer.alloc(1 + random(i % 100 === 0 ? 1200 : 400), i & 0xff);
+      if (bytes.length >= 4) bytes.writeUInt32LE(i, 0); // a per-batch stamp where it fits
+      const count = 1 + random(3);
+      cache.add(bytes, next, next + count);
+      all.push({ base: next, bytes });
+      next += count;
+      assert.ok(cache.heldBytes <= bound, `held ${cache.heldBytes} bytes`);
+      if (bytes.length <= bound) assert.ok(cache.read(next - 1, 1), 'the newest batch is always held when it fits');
+      // Every offset the cache answers for comes back as exactly the batches the list holds.
+      for (let k = all.length - 1; k >= 0 && k >= all.length - 12; k--) {
+        const got = cache.read(all[k]!.base, 1);
+        if (!got) break;
+        assert.ok(Buffer.from(got.bytes).equals(all[k]!.bytes), `batch ${k} read back after batch ${i}`);
+      }
+    }
+  });
 });

@@ -3,8 +3,8 @@
  * messages a second by default) of 100 B messages. One SDK producer and one stream-group
  * consumer (start "latest"), each on its own connection, in this process; the producer's
  * defaults (lingerMs 0: a batch goes at the end of the current turn; acknowledged after
- * fdatasync). Message i is due at t0 + i / rate; the sender polls the clock with
- * setImmediate and sends every message that is due, with its due time in the body. The
+ * fdatasync). Message i is due at t0 + i / rate; the sender (paced, below) sends every
+ * message when it is due, with its due time in the body. The
  * latency of a message is (consumer has it) − (its due time), so time the sender spent behind
  * schedule counts too (no coordinated omission). The first second is warm-up, not counted.
  *
@@ -26,7 +26,8 @@ import { encodeFrame } from '../../protocol/frames';
 import { emit, latencySummary, now, progress, sig } from '../common';
 import { brokerBusy, type BrokerChild, type Options } from './shared';
 
-const warmupMs = 1000;
+/** Warm-up of the floors (they run after the SDK pass, in processes already warm). */
+const floorWarmupMs = 1000;
 
 export async function latencyPhase(o: Options, broker: BrokerChild): Promise<{ p50: number; p99: number; max: number }> {
   const topic = 'latency';
@@ -34,7 +35,7 @@ export async function latencyPhase(o: Options, broker: BrokerChild): Promise<{ p
   await admin.admin.createTopic(topic, { channels: 1 });
   admin.close();
 
-  progress(`latency: SDK produce → consume at ${o.latencyRate.toLocaleString('en')} msg/s for ${o.latencySeconds} s`);
+  progress(`latency: SDK produce → consume at ${o.latencyRate.toLocaleString('en')} msg/s for ${o.latencyWarmupSeconds} s of warm-up, then ${o.latencySeconds} s measured`);
   const { result: sdk, brokerBusy: busy } = await brokerBusy(broker, () => sdkLatency(broker.url, topic, o));
   const floorSeconds = Math.min(o.latencySeconds, 10);
   progress(`latency: engine floor (appendBatch of one-message batches in the broker process) at the same rate for ${floorSeconds} s`);
@@ -53,6 +54,7 @@ export async function latencyPhase(o: Options, broker: BrokerChild): Promise<{ p
     what: 'produce → consumer, from the due time',
     rate: o.latencyRate,
     seconds: o.latencySeconds,
+    warmupSeconds: o.latencyWarmupSeconds,
     bodyBytes: 100,
     ...summary,
     fromSendCall: latencySummary(sdk.fromSend, 'ms'),
@@ -86,7 +88,8 @@ async function sdkLatency(url: string, topic: string, o: Options): Promise<SdkLa
   try {
     const producer = await producerClient.producer({ topic });
     const consumer = await consumerClient.consumer({ topic, group: 'bench-latency', start: 'latest' });
-    const count = Math.round(o.latencyRate * o.latencySeconds);
+    const count = Math.round(o.latencyRate * (o.latencyWarmupSeconds + o.latencySeconds));
+    const warmupMs = o.latencyWarmupSeconds * 1000;
     const intervalMs = 1000 / o.latencyRate;
     const fromDue: number[] = [];
     const fromSend: number[] = [];
@@ -150,11 +153,16 @@ async function produceFrames(wsUrl: string): Promise<number> {
 
 /**
  * Calls `send(due)` for message i at its due time t0 + i × intervalMs (every message that is
- * due when the loop comes round). The loop polls the clock with setImmediate callbacks — no
- * promise per turn: a promise-based poll loop allocated so fast that its own scavenges (2–3
- * ms every 40 ms) showed up in the percentiles. Stops early when `send` returns false.
+ * due when the loop comes round), then yields to the event loop once (setImmediate) so
+ * replies and pushes are handled. When the next message is due within 2 ms the loop sleeps
+ * until then with Atomics.wait (sub-millisecond, no allocation) instead of spinning through
+ * setImmediate turns: a poll loop of ~1M turns a second made a third of this process's
+ * garbage (Immediate objects), and its scavenges showed up in the percentiles. The sleep
+ * holds back I/O callbacks by at most the gap to the next message (0.1 ms at 10,000 msg/s),
+ * which can only add to the measured latency. Stops early when `send` returns false.
  */
 function paced(t0: number, intervalMs: number, count: number, send: (due: number) => boolean): Promise<void> {
+  const sleeper = new Int32Array(new SharedArrayBuffer(4));
   return new Promise((resolve) => {
     let sent = 0;
     const turn = (): void => {
@@ -163,8 +171,14 @@ function paced(t0: number, intervalMs: number, count: number, send: (due: number
         if (!send(t0 + sent * intervalMs)) return resolve();
         sent++;
       }
-      if (sent < count) setImmediate(turn);
-      else resolve();
+      if (sent >= count) return resolve();
+      const wait = t0 + sent * intervalMs - t;
+      if (wait > 2) {
+        setTimeout(turn, wait - 1);
+        return;
+      }
+      if (wait > 0) Atomics.wait(sleeper, 0, 0, wait);
+      setImmediate(turn);
     };
     turn();
   });
@@ -186,7 +200,7 @@ async function echoLatency(port: number, ratePerSecond: number, seconds: number)
   const t0 = now() + 50;
   ws.on('message', () => {
     const due = dues[answered++]!;
-    if (due - t0 >= warmupMs) samples.push(now() - due);
+    if (due - t0 >= floorWarmupMs) samples.push(now() - due);
   });
   await paced(t0, intervalMs, count, (due) => {
     dues.push(due);

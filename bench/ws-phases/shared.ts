@@ -40,6 +40,7 @@ export interface Options {
   consumeBodyBytes: number;
   latencyRate: number;
   latencySeconds: number;
+  latencyWarmupSeconds: number;
   brokerCpuProf: boolean;
   clientCpuProf: boolean;
 }

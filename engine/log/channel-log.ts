@@ -369,7 +369,7 @@ export class ChannelLog {
     this.watchers.add(watcher);
     return () => {
       this.watchers.delete(watcher);
-      if (this.watchers.size === 0) this.tail.clear();
+      if (this.watchers.size === 0) this.tail.release();
     };
   }
 
