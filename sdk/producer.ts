@@ -354,7 +354,7 @@ export class Producer {
     try {
       const encoded = encodeBatch(open.messages, { producerId: this.producerId, producerSequence: state.sequence, codec: this.codec(), msgIds: this.ids });
       bytes = encoded.batch;
-      msgIds = packIds(encoded.msgIds);
+      msgIds = encoded.packedMsgIds;
     } catch (err) {
       this.release(open.bytes);
       for (const owner of open.runOwners) owner.fail(err as Error);
@@ -461,17 +461,6 @@ function sizeOf(message: OutgoingMessage): number {
   let headers = 0;
   if (message.headers) for (const [name, value] of Object.entries(message.headers)) headers += name.length + (typeof value === 'string' ? value.length * 3 : value.length);
   return body + key + headers + 32;
-}
-
-/** The msgIds (views into the encoded batch) copied back to back into one small array. */
-function packIds(ids: readonly Uint8Array[]): Uint8Array {
-  const packed = new Uint8Array(ids.length * 16);
-  for (let i = 0; i < ids.length; i++) {
-    const id = ids[i]!;
-    const at = i * 16;
-    for (let b = 0; b < 16; b++) packed[at + b] = id[b]!;
-  }
-  return packed;
 }
 
 // Node's Buffer turns all the ids of a batch into hex in one native call; browsers use msgIdToHex per id.

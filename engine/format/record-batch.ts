@@ -155,139 +155,148 @@ function writeUtf8(buf: Uint8Array, pos: number, text: string, length: number): 
   textEncoder.encodeInto(text, buf.subarray(pos, pos + length));
 }
 
-/** A key or body as given: bytes, or a string with its UTF-8 length. */
-type Field = { bytes: Uint8Array; text: null; length: number } | { bytes: null; text: string; length: number };
-
-function field(value: string | Uint8Array): Field {
-  return typeof value === 'string' ? { bytes: null, text: value, length: utf8Length(value) } : { bytes: value, text: null, length: value.length };
+function lengthOf(value: string | Uint8Array): number {
+  return typeof value === 'string' ? utf8Length(value) : value.length;
 }
 
-function writeField(buf: Uint8Array, pos: number, f: Field): number {
-  if (f.bytes) buf.set(f.bytes, pos);
-  else writeUtf8(buf, pos, f.text, f.length);
-  return pos + f.length;
+function writeValue(buf: Uint8Array, pos: number, value: string | Uint8Array, length: number): number {
+  if (typeof value === 'string') writeUtf8(buf, pos, value, length);
+  else buf.set(value, pos);
+  return pos + length;
 }
 
 function normalizeHeaders(headers: MessageInput['headers']): Header[] {
-  if (!headers) return [];
+  if (!headers) return noHeaders;
   if (Array.isArray(headers)) return headers as Header[];
   const out: Header[] = [];
   for (const [name, value] of Object.entries(headers)) out.push({ name, value: toBytes(value) });
   return out;
 }
 
-interface Prepared {
-  /** Null: a new id is written straight into the batch. */
-  msgId: Uint8Array | null;
-  key: Field | null;
-  headerNames: Uint8Array[];
-  headers: Header[];
-  body: Field;
-  timestamp: number;
-  deliverAt: number | null;
-  size: number; // bytes after the length prefix
-}
+const noHeaders: Header[] = [];
 
-/** Validates one message against the format limits and measures its encoded size. */
-function prepare(message: MessageInput, index: number, firstTimestamp: number): Prepared {
-  const body = field(message.body);
-  if (body.length > formatLimits.messageBytesMax) {
-    throw new WaymarkError('MESSAGE_TOO_LARGE', `message ${index}: body is ${body.length} bytes, the limit is ${formatLimits.messageBytesMax}`);
-  }
-  const key = message.key == null ? null : field(message.key);
-  if (key && key.length > formatLimits.keyBytesMax) {
-    throw new WaymarkError('KEY_TOO_LARGE', `message ${index}: key is ${key.length} bytes, the limit is ${formatLimits.keyBytesMax}`);
-  }
-  const headers = normalizeHeaders(message.headers);
-  if (headers.length > formatLimits.headerCountMax) {
-    throw new WaymarkError('HEADERS_TOO_LARGE', `message ${index}: ${headers.length} headers, the limit is ${formatLimits.headerCountMax}`);
-  }
-  const msgId = message.msgId ?? null;
-  if (msgId && msgId.length !== msgIdBytes) {
-    throw new WaymarkError('INVALID_ARGUMENT', `message ${index}: msgId must be ${msgIdBytes} bytes, got ${msgId.length}`);
-  }
-  const timestamp = message.timestamp ?? firstTimestamp;
-  const deliverAt = message.deliverAt ?? null;
-  if (!Number.isSafeInteger(timestamp) || timestamp < 0) throw new WaymarkError('INVALID_ARGUMENT', `message ${index}: bad timestamp`);
-  if (deliverAt !== null && (!Number.isSafeInteger(deliverAt) || deliverAt < 0)) {
-    throw new WaymarkError('INVALID_ARGUMENT', `message ${index}: bad deliverAt`);
-  }
-  const headerNames: Uint8Array[] = [];
-  let headerBytes = 0;
-  let size = 1 + varintSize(index) + varintSize(zigzag(timestamp - firstTimestamp)) + msgIdBytes;
-  if (key) size += varintSize(key.length) + key.length;
-  size += varintSize(headers.length);
-  for (const header of headers) {
-    const name = textEncoder.encode(header.name); // header names are few and short
-    headerNames.push(name);
-    headerBytes += name.length + header.value.length;
-    size += varintSize(name.length) + name.length + varintSize(header.value.length) + header.value.length;
-  }
-  if (headerBytes > formatLimits.headersBytesMax) {
-    throw new WaymarkError('HEADERS_TOO_LARGE', `message ${index}: headers are ${headerBytes} bytes, the limit is ${formatLimits.headersBytesMax}`);
-  }
-  if (deliverAt !== null) size += varintSize(zigzag(deliverAt - firstTimestamp));
-  size += varintSize(body.length) + body.length;
-  return { msgId, key, headerNames, headers, body, timestamp, deliverAt, size };
+/** A message's headers, names encoded: kept between the two passes only for messages that have any. */
+interface PreparedHeaders {
+  names: Uint8Array[];
+  headers: Header[];
 }
 
 /**
  * Encodes messages into one batch with baseOffset 0 and brokerTimestamp 0 (the broker
- * patches both on append). Returns the batch and the msgIds in record order.
+ * patches both on append). Returns the batch and its msgIds: `packedMsgIds` back to back
+ * (16 bytes per record, in record order) and, made on first use, `msgIds` as views.
+ *
+ * Two passes over the messages — measure and check, then write — with the per-message
+ * numbers in typed arrays: a producer encodes every message it sends, and per-message
+ * objects here were a large share of its garbage.
  */
-export function encodeBatch(messages: readonly MessageInput[], options: EncodeOptions = {}): { batch: Uint8Array; msgIds: Uint8Array[] } {
-  if (messages.length === 0) throw new WaymarkError('INVALID_ARGUMENT', 'a batch needs at least one message');
-  if (messages.length > formatLimits.batchRecordCountMax) {
-    throw new WaymarkError('BATCH_TOO_LARGE', `${messages.length} messages in one batch, the limit is ${formatLimits.batchRecordCountMax}`);
+export function encodeBatch(messages: readonly MessageInput[], options: EncodeOptions = {}): EncodedBatch {
+  const count = messages.length;
+  if (count === 0) throw new WaymarkError('INVALID_ARGUMENT', 'a batch needs at least one message');
+  if (count > formatLimits.batchRecordCountMax) {
+    throw new WaymarkError('BATCH_TOO_LARGE', `${count} messages in one batch, the limit is ${formatLimits.batchRecordCountMax}`);
   }
   const ids = options.msgIds ?? defaultIds;
   const firstTimestamp = messages[0]!.timestamp ?? Date.now();
-  const prepared: Prepared[] = new Array(messages.length);
+  const sizes = new Int32Array(count);
+  const bodyLengths = new Int32Array(count);
+  const keyLengths = new Int32Array(count); // -1: no key
+  let withHeaders: Array<PreparedHeaders | undefined> | null = null;
   let rawLength = 0;
-  for (let i = 0; i < messages.length; i++) {
-    const p = prepare(messages[i]!, i, firstTimestamp);
-    prepared[i] = p;
-    rawLength += varintSize(p.size) + p.size;
+  for (let i = 0; i < count; i++) {
+    const message = messages[i]!;
+    const bodyLength = lengthOf(message.body);
+    if (bodyLength > formatLimits.messageBytesMax) {
+      throw new WaymarkError('MESSAGE_TOO_LARGE', `message ${i}: body is ${bodyLength} bytes, the limit is ${formatLimits.messageBytesMax}`);
+    }
+    const keyLength = message.key == null ? -1 : lengthOf(message.key);
+    if (keyLength > formatLimits.keyBytesMax) {
+      throw new WaymarkError('KEY_TOO_LARGE', `message ${i}: key is ${keyLength} bytes, the limit is ${formatLimits.keyBytesMax}`);
+    }
+    const msgId = message.msgId;
+    if (msgId && msgId.length !== msgIdBytes) {
+      throw new WaymarkError('INVALID_ARGUMENT', `message ${i}: msgId must be ${msgIdBytes} bytes, got ${msgId.length}`);
+    }
+    const timestamp = message.timestamp ?? firstTimestamp;
+    const deliverAt = message.deliverAt ?? null;
+    if (!Number.isSafeInteger(timestamp) || timestamp < 0) throw new WaymarkError('INVALID_ARGUMENT', `message ${i}: bad timestamp`);
+    if (deliverAt !== null && (!Number.isSafeInteger(deliverAt) || deliverAt < 0)) {
+      throw new WaymarkError('INVALID_ARGUMENT', `message ${i}: bad deliverAt`);
+    }
+    let size = 1 + varintSize(i) + varintSize(zigzag(timestamp - firstTimestamp)) + msgIdBytes;
+    if (keyLength >= 0) size += varintSize(keyLength) + keyLength;
+    const headers = normalizeHeaders(message.headers);
+    if (headers.length > formatLimits.headerCountMax) {
+      throw new WaymarkError('HEADERS_TOO_LARGE', `message ${i}: ${headers.length} headers, the limit is ${formatLimits.headerCountMax}`);
+    }
+    size += varintSize(headers.length);
+    if (headers.length > 0) {
+      const names: Uint8Array[] = [];
+      let headerBytes = 0;
+      for (const header of headers) {
+        const name = textEncoder.encode(header.name); // header names are few and short
+        names.push(name);
+        headerBytes += name.length + header.value.length;
+        size += varintSize(name.length) + name.length + varintSize(header.value.length) + header.value.length;
+      }
+      if (headerBytes > formatLimits.headersBytesMax) {
+        throw new WaymarkError('HEADERS_TOO_LARGE', `message ${i}: headers are ${headerBytes} bytes, the limit is ${formatLimits.headersBytesMax}`);
+      }
+      (withHeaders ??= new Array(count))[i] = { names, headers };
+    }
+    if (deliverAt !== null) size += varintSize(zigzag(deliverAt - firstTimestamp));
+    size += varintSize(bodyLength) + bodyLength;
+    sizes[i] = size;
+    bodyLengths[i] = bodyLength;
+    keyLengths[i] = keyLength;
+    rawLength += varintSize(size) + size;
   }
   if (batchHeaderBytes + rawLength > formatLimits.batchBytesMax) {
     throw new WaymarkError('BATCH_TOO_LARGE', `batch would be ${batchHeaderBytes + rawLength} bytes, the limit is ${formatLimits.batchBytesMax}`);
   }
 
   const raw = new Uint8Array(batchHeaderBytes + rawLength);
-  const msgIds: Uint8Array[] = new Array(prepared.length);
+  const msgIdBytesPacked = new Uint8Array(count * msgIdBytes);
   const idTime = Date.now();
   let pos = batchHeaderBytes;
-  for (let i = 0; i < prepared.length; i++) {
-    const p = prepared[i]!;
-    const start = pos;
-    pos = writeVarint(raw, pos, p.size);
+  for (let i = 0; i < count; i++) {
+    const message = messages[i]!;
+    const size = sizes[i]!;
+    pos = writeVarint(raw, pos, size);
     const recordStart = pos;
-    raw[pos++] = (p.key ? RecordAttr.hasKey : 0) | (p.deliverAt !== null ? RecordAttr.hasDeliverAt : 0);
+    const keyLength = keyLengths[i]!;
+    const deliverAt = message.deliverAt ?? null;
+    raw[pos++] = (keyLength >= 0 ? RecordAttr.hasKey : 0) | (deliverAt !== null ? RecordAttr.hasDeliverAt : 0);
     pos = writeVarint(raw, pos, i);
-    pos = writeVarint(raw, pos, zigzag(p.timestamp - firstTimestamp));
-    if (p.msgId) raw.set(p.msgId, pos);
+    pos = writeVarint(raw, pos, zigzag((message.timestamp ?? firstTimestamp) - firstTimestamp));
+    if (message.msgId) raw.set(message.msgId, pos);
     else ids.writeNext(raw, pos, idTime);
-    msgIds[i] = raw.subarray(pos, pos + msgIdBytes);
+    msgIdBytesPacked.set(raw.subarray(pos, pos + msgIdBytes), i * msgIdBytes);
     pos += msgIdBytes;
-    if (p.key) {
-      pos = writeVarint(raw, pos, p.key.length);
-      pos = writeField(raw, pos, p.key);
+    if (keyLength >= 0) {
+      pos = writeVarint(raw, pos, keyLength);
+      pos = writeValue(raw, pos, message.key!, keyLength);
     }
-    pos = writeVarint(raw, pos, p.headers.length);
-    for (let h = 0; h < p.headers.length; h++) {
-      const name = p.headerNames[h]!;
-      const value = p.headers[h]!.value;
-      pos = writeVarint(raw, pos, name.length);
-      raw.set(name, pos);
-      pos += name.length;
-      pos = writeVarint(raw, pos, value.length);
-      raw.set(value, pos);
-      pos += value.length;
+    const prepared = withHeaders?.[i];
+    if (prepared) {
+      pos = writeVarint(raw, pos, prepared.headers.length);
+      for (let h = 0; h < prepared.headers.length; h++) {
+        const name = prepared.names[h]!;
+        const value = prepared.headers[h]!.value;
+        pos = writeVarint(raw, pos, name.length);
+        raw.set(name, pos);
+        pos += name.length;
+        pos = writeVarint(raw, pos, value.length);
+        raw.set(value, pos);
+        pos += value.length;
+      }
+    } else {
+      raw[pos++] = 0; // no headers
     }
-    if (p.deliverAt !== null) pos = writeVarint(raw, pos, zigzag(p.deliverAt - firstTimestamp));
-    pos = writeVarint(raw, pos, p.body.length);
-    pos = writeField(raw, pos, p.body);
-    if (pos - recordStart !== p.size) throw new Error(`encodeBatch: record ${i} size ${pos - recordStart} != ${p.size} (start ${start})`);
+    if (deliverAt !== null) pos = writeVarint(raw, pos, zigzag(deliverAt - firstTimestamp));
+    pos = writeVarint(raw, pos, bodyLengths[i]!);
+    pos = writeValue(raw, pos, message.body, bodyLengths[i]!);
+    if (pos - recordStart !== size) throw new Error(`encodeBatch: record ${i} size ${pos - recordStart} != ${size}`);
   }
   if (pos !== raw.length) throw new Error('encodeBatch: records section length mismatch');
 
@@ -307,12 +316,32 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
     flags,
     producerId: options.producerId ?? -1,
     producerSequence: options.producerSequence ?? -1,
-    recordCount: messages.length,
+    recordCount: count,
     firstTimestamp,
     recordsLength: batch.length - batchHeaderBytes,
     recordsLengthRaw: rawLength,
   });
-  return { batch, msgIds };
+  return new EncodedBatch(batch, msgIdBytesPacked);
+}
+
+/** encodeBatch's result. */
+export class EncodedBatch {
+  private views: Uint8Array[] | null = null;
+  constructor(
+    readonly batch: Uint8Array,
+    /** The records' msgIds, 16 bytes each, back to back in record order. */
+    readonly packedMsgIds: Uint8Array,
+  ) {}
+
+  /** The msgIds as one 16-byte view each (made on first use). */
+  get msgIds(): Uint8Array[] {
+    if (!this.views) {
+      const views: Uint8Array[] = new Array(this.packedMsgIds.length / msgIdBytes);
+      for (let i = 0; i < views.length; i++) views[i] = this.packedMsgIds.subarray(i * msgIdBytes, (i + 1) * msgIdBytes);
+      this.views = views;
+    }
+    return this.views;
+  }
 }
 
 /**
