@@ -248,6 +248,23 @@ describe('engine store: errors change nothing', () => {
     assert.equal((await store.lookupKey('t', 'sdk'))[0]!.body.toString(), 'from the sdk');
   });
 
+  it('a checkpoint that cannot be written after a roll fails that channel (sticky), not the process', async () => {
+    await store.createTopic('small', { channels: 2, segmentBytes: 4096 });
+    // A directory where the checkpoint's temp file goes: its next write fails for real (EISDIR).
+    fs.mkdirSync(path.join(dir, 'topics', 'small', '0', 'checkpoint.json.tmp'));
+    let refused: { code?: string } | null = null;
+    for (let i = 0; i < 200 && !refused; i++) {
+      refused = await store.append('small', 0, [{ body: 'x'.repeat(200) }]).then(
+        () => null,
+        (err: { code?: string }) => err,
+      );
+    }
+    assert.equal(refused?.code, 'STORAGE_FAILED', 'the channel refuses appends once its roll could not be recorded');
+    assert.equal((await rejection(store.append('small', 0, [{ body: 'still refused' }]))).code, 'STORAGE_FAILED');
+    await store.append('small', 1, [{ body: 'other channels still work' }]);
+    fs.rmdirSync(path.join(dir, 'topics', 'small', '0', 'checkpoint.json.tmp'));
+  });
+
   it('StickyWriteError: a failed write refuses every later append until reopened', async () => {
     // Close the active segment's descriptor behind the engine's back: the next write fails for real (EBADF).
     const channel = (store as unknown as { topics: Map<string, { channels: Array<{ segments: Array<{ fd: number }> }> }> }).topics.get('t')!.channels[0]!;

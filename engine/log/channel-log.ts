@@ -185,6 +185,10 @@ export class ChannelLog {
     }
 
     if (this.segments.length === 0) this.segments.push(Segment.create(this.dir, 0, this.dsync));
+    // O_DSYNC makes durable what each write covers, not bytes an earlier run left unsynced in
+    // the page cache (sync "none" or "interval", then a crash of the process): sync them once
+    // now, or an acknowledged append could come to sit after bytes a power cut then loses.
+    if (this.dsync && this.active.size > 0) fs.fdatasyncSync(this.active.fd);
     this.nextOffset = this.active.nextOffset;
     this.highWatermark = this.nextOffset;
     this.committedSize = this.active.size;
@@ -327,18 +331,19 @@ export class ChannelLog {
   /**
    * Starts the next segment at once and seals the old one in the background
    * (Segment.sealInBackground); once sealed, a checkpoint records it. Seals run one after
-   * another in roll order; a failed one fails the channel (sticky), as a failed write does.
+   * another in roll order; a failed seal or checkpoint write fails the channel (sticky), as a
+   * failed write does — never the process.
    */
   private roll(): void {
     const old = this.active;
     this.segments.push(Segment.create(this.dir, old.nextOffset, this.dsync));
     this.committedSize = 0;
     const sealed: Promise<void> = (this.sealing ?? Promise.resolve())
-      .then(() => old.sealInBackground(this.dsync))
-      .then(
-        () => this.saveCheckpoint(false),
-        (err: Error) => this.fail(err, []),
-      )
+      .then(async () => {
+        await old.sealInBackground();
+        this.saveCheckpoint(false);
+      })
+      .catch((err: Error) => this.fail(err, []))
       .finally(() => {
         if (this.sealing === sealed) this.sealing = null;
       });
