@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openStore, encodeBatch, validateBatch, type Store, type StoreOptions, type SyncMode } from '../engine/index';
+import { ProducerStates } from '../engine/log/producer-state';
 import { TailCache } from '../engine/log/tail-cache';
 import { bodyFor, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
@@ -421,5 +422,22 @@ describe('engine tail cache', () => {
         assert.ok(Buffer.from(got.bytes).equals(all[k]!.bytes), `batch ${k} read back after batch ${i}`);
       }
     }
+  });
+});
+
+describe('engine producer state', () => {
+  it('the checkpoint lists only durable batches of a producer, never one still being written', async () => {
+    const states = new ProducerStates();
+    states.record(7, 0, 10, 100); // recovered from the log: durable
+    let finish!: () => void;
+    const pending = states.record(7, 10, 10, 110, new Promise<void>((resolve) => (finish = resolve)));
+    assert.deepEqual(states.entries(), [[7, 0, 9, 100, 10]], 'the batch being written is not vouched for');
+    finish();
+    await pending.done;
+    pending.done = null; // what ChannelLog does once the write is durable
+    assert.deepEqual(states.entries(), [
+      [7, 0, 9, 100, 10],
+      [7, 10, 19, 110, 10],
+    ]);
   });
 });

@@ -55,10 +55,15 @@ export class ProducerStates {
     if (ProducerStates.isIdempotent(header)) this.record(header.producerId, header.producerSequence, header.recordCount, baseOffset);
   }
 
-  /** Checkpoint entries, oldest batch first per producer. */
+  /**
+   * Checkpoint entries, oldest batch first per producer: durable batches only. A batch still
+   * queued or being written is left out — were it listed and then lost in a crash, its retry
+   * would be answered as a duplicate with offsets that hold nothing. If it becomes durable in
+   * the active segment, recovery learns it again by scanning that segment.
+   */
   entries(): ProducerEntry[] {
     const out: ProducerEntry[] = [];
-    for (const [id, batches] of this.producers) for (const b of batches) out.push([id, b.firstSeq, b.firstSeq + b.count - 1, b.baseOffset, b.count]);
+    for (const [id, batches] of this.producers) for (const b of batches) if (!b.done) out.push([id, b.firstSeq, b.firstSeq + b.count - 1, b.baseOffset, b.count]);
     return out;
   }
 
