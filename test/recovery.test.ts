@@ -89,6 +89,26 @@ describe('recovery: torn tails', () => {
     await store.close();
   });
 
+  it('a checkpoint whose fields are not numbers in range is not trusted: open scans, nothing is lost', async () => {
+    const { image } = await crashImage(40, 4 * 1024);
+    const file = path.join(channelDir(image), 'checkpoint.json');
+    const checkpoint = JSON.parse(fs.readFileSync(file, 'utf8')) as { segments: Array<Record<string, unknown>>; producers: unknown[] };
+    for (const bad of [null, 7, { bytes: 'many' }, { nextOffset: -3 }, { baseOffset: 1.5 }, { maxTimestamp: null }]) {
+      const first = bad !== null && typeof bad === 'object' ? { ...checkpoint.segments[0], ...bad } : bad;
+      fs.writeFileSync(file, JSON.stringify({ ...checkpoint, segments: [first, ...checkpoint.segments.slice(1)] }));
+      const store = await openStore(image, { segmentBytes: 4 * 1024 });
+      assert.equal((await readAll(store)).length, 120, JSON.stringify(bad));
+      assert.deepEqual((await store.lookupKey('t', 'k3')).map((m) => m.offset), [11, 10, 9]);
+      await store.close();
+    }
+    for (const producers of [[null], [['x', 0, 0, 0, 1]]]) {
+      fs.writeFileSync(file, JSON.stringify({ ...checkpoint, producers }));
+      const store = await openStore(image, { segmentBytes: 4 * 1024 });
+      assert.equal((await readAll(store)).length, 120, `producers ${JSON.stringify(producers)}`);
+      await store.close();
+    }
+  });
+
   it('a crash mid-seal (the rolled segment unknown to the checkpoint, its index files torn or absent) opens by scanning that segment', async () => {
     const { image } = await crashImage(40, 4 * 1024);
     const dir = channelDir(image);
@@ -116,6 +136,8 @@ describe('recovery: corruption', () => {
     const size = fs.statSync(log).size;
     const victim = 4;
     flipByte(log, starts[victim]! + batchHeaderBytes + 10);
+    const earlier = `${log}.dropped-${starts[victim]}`; // bytes an earlier cut at this position saved
+    fs.writeFileSync(earlier, 'an earlier cut');
     const findings: unknown[] = [];
     const store = await openStore(image, { onRecovery: (f) => findings.push(f) });
     try {
@@ -127,6 +149,8 @@ describe('recovery: corruption', () => {
       assert.match(finding.reason, /checksum/);
       assert.equal(findings.length, 1, 'the onRecovery hook saw it');
       assert.equal(fs.statSync(finding.savedTo!).size, finding.bytesDropped, 'dropped bytes are kept in a side file');
+      assert.equal(finding.savedTo, `${earlier}.2`, 'next to the earlier side file');
+      assert.equal(fs.readFileSync(earlier, 'utf8'), 'an earlier cut', 'which is not overwritten');
       const messages = await readAll(store);
       assert.equal(messages.length, victim * 3);
     } finally {

@@ -22,7 +22,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BatchOffset } from '../format/record-batch';
-import { Segment, segmentFileName, type SegmentMeta } from '../log/segment';
+import { droppedBytesPath, Segment, segmentFileName, type SegmentMeta } from '../log/segment';
 import { inspectLimits } from './limits';
 import { indexPath } from './segment-check';
 import { readFully } from './walk';
@@ -186,9 +186,9 @@ function copyRuns(source: number, target: string, runs: Array<[number, number]>,
   return written;
 }
 
-/** Copies a dropped range to `<file>.dropped-<position>` and syncs it (the engine's naming). */
+/** Copies a dropped range to `<file>.dropped-<position>` and syncs it (the engine's naming: droppedBytesPath). */
 function saveAside(fd: number, file: string, position: number, length: number): string {
-  const target = `${file}.dropped-${position}`;
+  const target = droppedBytesPath(file, position);
   const out = fs.openSync(target, 'w');
   try {
     const buf = Buffer.allocUnsafe(Math.min(copyChunkBytes, Math.max(length, 1)));

@@ -163,7 +163,7 @@ function checkTopics(layout: Layout, report: VerifyReport): void {
 function checkChannel(channel: ChannelRef, cp: CheckpointState, byFile: Map<string, ScanResult>, report: VerifyReport): void {
   const cpFile = path.join(channel.dir, checkpointFile);
   const segments = channel.segments;
-  const dropped = fs.readdirSync(channel.dir).filter((n) => /\.log\.dropped-\d+$/.test(n));
+  const dropped = fs.readdirSync(channel.dir).filter((n) => /\.log\.dropped-\d+(\.\d+)?$/.test(n));
   if (fs.existsSync(path.join(channel.dir, stagingDirName))) report.notes.push(`${channel.label}: a staging folder (.repair) of an interrupted repair is left; run repair again`);
   if (dropped.length > 0) report.notes.push(`${channel.label}: ${dropped.length} file(s) of bytes dropped by recovery or repair (*.dropped-*), kept for inspection`);
   if (cp.state !== 'ok') {

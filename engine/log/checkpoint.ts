@@ -33,11 +33,35 @@ export function readCheckpoint(dir: string): Checkpoint | null {
   }
   try {
     const parsed = JSON.parse(text) as { version?: number } & Checkpoint;
-    if (parsed.version !== checkpointVersion || !Array.isArray(parsed.segments)) return null;
-    return { clean: parsed.clean === true, segments: parsed.segments, producers: Array.isArray(parsed.producers) ? parsed.producers : [] };
+    if (parsed.version !== checkpointVersion || !Array.isArray(parsed.segments) || !parsed.segments.every(isSegmentMeta)) return null;
+    const producers = Array.isArray(parsed.producers) ? parsed.producers : [];
+    if (!producers.every(isProducerEntry)) return null;
+    return { clean: parsed.clean === true, segments: parsed.segments, producers };
   } catch {
     return null; // an unreadable checkpoint only costs a full scan
   }
+}
+
+/** Non-negative safe integers in the right relations; anything else makes the checkpoint untrusted (a full scan). */
+function isSegmentMeta(value: unknown): value is SegmentMeta {
+  const m = value as Partial<Record<keyof SegmentMeta, unknown>> | null;
+  if (typeof m !== 'object' || m === null) return false;
+  const { baseOffset, bytes, nextOffset, firstTimestamp, maxTimestamp } = m;
+  if (!count(baseOffset) || !count(bytes) || !count(nextOffset) || nextOffset < baseOffset) return false;
+  return timestamp(firstTimestamp) && timestamp(maxTimestamp);
+}
+
+function isProducerEntry(value: unknown): value is ProducerEntry {
+  return Array.isArray(value) && value.length === 5 && value.every((n) => Number.isSafeInteger(n)) && value[4] > 0 && value[0] >= 0;
+}
+
+function count(value: unknown): value is number {
+  return Number.isSafeInteger(value) && (value as number) >= 0;
+}
+
+/** A broker time in ms, or -1 for none yet. */
+function timestamp(value: unknown): boolean {
+  return Number.isSafeInteger(value) && (value as number) >= -1;
 }
 
 export function writeCheckpoint(dir: string, checkpoint: Checkpoint): void {

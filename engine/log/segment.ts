@@ -383,8 +383,19 @@ function writableFlags(dsync: boolean): number {
   return fs.constants.O_RDWR | (dsync ? fs.constants.O_DSYNC : 0);
 }
 
+/**
+ * Where bytes cut from `file` at `position` are kept: `<file>.dropped-<position>`, or with
+ * `.2`, `.3`, … after it when an earlier cut at the same position is already there (a
+ * second crash, or a repair after recovery) — saved bytes are never overwritten.
+ */
+export function droppedBytesPath(file: string, position: number): string {
+  const first = `${file}.dropped-${position}`;
+  if (!fs.existsSync(first)) return first;
+  for (let n = 2; ; n++) if (!fs.existsSync(`${first}.${n}`)) return `${first}.${n}`;
+}
+
 function saveDroppedBytes(fd: number, file: string, from: number, to: number): string {
-  const target = `${file}.dropped-${from}`;
+  const target = droppedBytesPath(file, from);
   const length = to - from;
   const buf = Buffer.allocUnsafe(Math.min(length, 8 * 1024 * 1024));
   const out = fs.openSync(target, 'w');
