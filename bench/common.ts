@@ -11,6 +11,8 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
 
 export type Json = Record<string, unknown>;
 
@@ -25,6 +27,23 @@ export function countFlag(flag: string, text: string | undefined, min = 1): numb
   return value;
 }
 
+/**
+ * The flag loop every entry point shares: `--quick` is skipped (read before, it sets the
+ * defaults), `--help`/`-h` prints `usage` and exits 0, every other flag goes to `on` with a
+ * way to take its value; `on` returns false for a flag it does not know (a UsageError).
+ */
+export function eachFlag(argv: readonly string[], usage: string, on: (flag: string, value: () => string | undefined) => boolean): void {
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i]!;
+    if (flag === '--quick') continue;
+    if (flag === '--help' || flag === '-h') {
+      process.stdout.write(`${usage}\n`);
+      process.exit(0);
+    }
+    if (!on(flag, () => argv[++i])) throw new UsageError(`unknown option ${flag} (see --help)`);
+  }
+}
+
 /** `--only a,b`: a non-empty subset of `allowed`. */
 export function onlyFlag<T extends string>(text: string | undefined, allowed: readonly T[]): Set<T> {
   const list = (text ?? '').split(',').filter(Boolean);
@@ -37,6 +56,33 @@ export function onlyFlag<T extends string>(text: string | undefined, allowed: re
 export function dirFlag(text: string | undefined, name: string): string {
   if (!text) throw new UsageError('--dir needs a path');
   return path.resolve(text, name);
+}
+
+/**
+ * A full garbage collection before a timed pass, so that the garbage a previous pass left is
+ * not collected on the next pass's clock; each pass still pays for its own. Uses V8's gc()
+ * exposed at run time; a no-op if that is refused.
+ */
+const fullGc: (() => void) | null = (() => {
+  try {
+    v8.setFlagsFromString('--expose-gc');
+    return vm.runInNewContext('gc') as () => void;
+  } catch {
+    return null;
+  }
+})();
+
+export function settle(): void {
+  fullGc?.();
+}
+
+/** The JSON lines of a results file (other lines, e.g. progress, skipped): the report scripts' input. */
+export function loadJsonLines<T = Record<string, unknown>>(file: string): T[] {
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as T);
 }
 
 /** One result line on stdout. Nothing else goes to stdout (progress goes to stderr). */

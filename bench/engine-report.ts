@@ -5,17 +5,10 @@
  *
  *   node dist/bench/engine-report.js run1.jsonl [run2.jsonl …]
  */
-import * as fs from 'node:fs';
+import { loadJsonLines } from './common';
 
 type Line = Record<string, unknown>;
 
-function load(file: string): Line[] {
-  return fs
-    .readFileSync(file, 'utf8')
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Line);
-}
 
 function num(value: unknown): string {
   if (typeof value !== 'number') return value === undefined ? '–' : String(value);
@@ -39,7 +32,7 @@ function main(): void {
     process.stderr.write('usage: node dist/bench/engine-report.js run1.jsonl [run2.jsonl …]\n');
     process.exit(2);
   }
-  const runs = files.map(load);
+  const runs = files.map((file) => loadJsonLines<Line>(file));
   const first = runs[0]!;
   const out: string[] = [];
   const machines = runs.map((r) => r.find((l) => l.name === 'machine') ?? {});

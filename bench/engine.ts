@@ -29,7 +29,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { limits, loadChecksum } from '../engine/index';
-import { countFlag, dirFlag, onlyFlag, UsageError, dropCaches, emit, formatBytes, freeBytes, machineLine, now, sig } from './common';
+import { countFlag, dirFlag, onlyFlag, UsageError, dropCaches, emit, formatBytes, freeBytes, machineLine, now, sig, eachFlag } from './common';
 import { appendPhase } from './engine-phases/append';
 import { lookupPhase } from './engine-phases/lookup';
 import { childWriter, openPhase, type WriterConfig } from './engine-phases/open';
@@ -81,16 +81,8 @@ function parseArgs(argv: string[]): Options {
     cold: true,
   };
   const count = countFlag;
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i]!;
-    const value = (): string | undefined => argv[++i];
+  eachFlag(argv, usage, (flag, value) => {
     switch (flag) {
-      case '--quick':
-        break;
-      case '--help':
-      case '-h':
-        process.stdout.write(`${usage}\n`);
-        process.exit(0);
       case '--only':
         o.only = onlyFlag(value(), phases);
         break;
@@ -140,9 +132,10 @@ function parseArgs(argv: string[]): Options {
         o.cold = false;
         break;
       default:
-        throw new UsageError(`unknown option ${flag} (see --help)`);
+        return false;
     }
-  }
+    return true;
+  });
   if (o.decodeBytes < 0) o.decodeBytes = Math.min(o.readBytes, 256 * 1024 ** 2);
   if (o.bodySizes.length === 0) throw new UsageError('--body-sizes needs at least one size');
   if (o.batchMessages > limits.batchRecordCountMax) throw new UsageError(`--batch-messages is at most ${limits.batchRecordCountMax}`);

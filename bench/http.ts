@@ -18,7 +18,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { countFlag, dirFlag, UsageError, emit, machineLine, median, now, progress, sig } from './common';
+import { countFlag, dirFlag, emit, machineLine, median, now, progress, sig, eachFlag } from './common';
 import { BrokerChild, pin } from './ws-phases/shared';
 
 interface AutocannonResult {
@@ -79,16 +79,8 @@ function parseArgs(argv: string[]): Options {
     brokerCpuProf: false,
   };
   const count = countFlag;
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i]!;
-    const value = (): string | undefined => argv[++i];
+  eachFlag(argv, usage, (flag, value) => {
     switch (flag) {
-      case '--quick':
-        break;
-      case '--help':
-      case '-h':
-        process.stdout.write(`${usage}\n`);
-        process.exit(0);
       case '--rounds':
         o.rounds = count(flag, value());
         break;
@@ -117,9 +109,10 @@ function parseArgs(argv: string[]): Options {
         o.brokerCpuProf = true;
         break;
       default:
-        throw new UsageError(`unknown option ${flag} (see --help)`);
+        return false;
     }
-  }
+    return true;
+  });
   return o;
 }
 

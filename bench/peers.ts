@@ -38,7 +38,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { connect } from '../sdk/index';
 import { loadChecksum } from '../engine/index';
-import { countFlag, onlyFlag, UsageError, emit, machineLine, now, progress, sig } from './common';
+import { countFlag, onlyFlag, emit, machineLine, now, progress, sig, eachFlag } from './common';
 import { sdkRound as waymarkConsume } from './ws-phases/consume';
 import { sdkRound as waymarkProduce } from './ws-phases/produce';
 import { bodyRing, BrokerChild, phases, pin, settle, type Options as WsOptions } from './ws-phases/shared';
@@ -75,16 +75,8 @@ function parseArgs(argv: string[]): Options {
     only: new Set(['waymark', 'nats', 'redis']),
   };
   const count = (flag: string, text: string | undefined): number => countFlag(flag, text, 1000);
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i]!;
-    const value = (): string | undefined => argv[++i];
+  eachFlag(argv, usage, (flag, value) => {
     switch (flag) {
-      case '--quick':
-        break;
-      case '--help':
-      case '-h':
-        process.stdout.write(`${usage}\n`);
-        process.exit(0);
       case '--produce-messages':
         o.produceMessages = count(flag, value());
         break;
@@ -98,9 +90,10 @@ function parseArgs(argv: string[]): Options {
         o.pin = false;
         break;
       default:
-        throw new UsageError(`unknown option ${flag} (see --help)`);
+        return false;
     }
-  }
+    return true;
+  });
   return o;
 }
 

@@ -6,17 +6,10 @@
  * Files are matched to runs by their order per bench (first ws file = run 1, …); each cell
  * shows "run 1 / run 2". Prints Markdown on stdout.
  */
-import * as fs from 'node:fs';
+import { loadJsonLines } from './common';
 
 type Line = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
-function load(file: string): Line[] {
-  return fs
-    .readFileSync(file, 'utf8')
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Line);
-}
 
 function num(value: unknown): string {
   if (typeof value !== 'number' || !Number.isFinite(value)) return '–';
@@ -40,7 +33,7 @@ function main(): void {
   const ws: Line[][] = [];
   const http: Line[][] = [];
   for (const file of files) {
-    const lines = load(file);
+    const lines = loadJsonLines<Line>(file);
     const bench = lines.find((l) => l.name === 'machine')?.bench;
     if (bench === 'ws') ws.push(lines);
     else if (bench === 'http') http.push(lines);

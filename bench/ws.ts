@@ -27,7 +27,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { loadChecksum } from '../engine/index';
-import { countFlag, dirFlag, onlyFlag, UsageError, emit, formatBytes, freeBytes, machineLine, median, now, sig } from './common';
+import { countFlag, dirFlag, onlyFlag, UsageError, emit, formatBytes, freeBytes, machineLine, median, now, sig, eachFlag } from './common';
 import { consumePhase } from './ws-phases/consume';
 import { latencyPhase } from './ws-phases/latency';
 import { producePhase } from './ws-phases/produce';
@@ -82,16 +82,8 @@ function parseArgs(argv: string[]): Options {
     clientCpuProf: false,
   };
   const count = countFlag;
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i]!;
-    const value = (): string | undefined => argv[++i];
+  eachFlag(argv, usage, (flag, value) => {
     switch (flag) {
-      case '--quick':
-        break;
-      case '--help':
-      case '-h':
-        process.stdout.write(`${usage}\n`);
-        process.exit(0);
       case '--only':
         o.only = onlyFlag(value(), phases);
         break;
@@ -144,9 +136,10 @@ function parseArgs(argv: string[]): Options {
         o.clientCpuProf = true;
         break;
       default:
-        throw new UsageError(`unknown option ${flag} (see --help)`);
+        return false;
     }
-  }
+    return true;
+  });
   if (o.bodySizes.length === 0) throw new UsageError('--body-sizes needs at least one size');
   return o;
 }

@@ -3,7 +3,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { encodeBatch, lz4Codec } from '../../engine/index';
+import { encodeBatch, lz4Codec, type Store } from '../../engine/index';
 import { BodySource, emit, formatBytes, latencySummary, median, now, progress, sig, type BodyKind, type Json } from '../common';
 import { channelBytes, drive, freshStore, goal, messagePool, rawAppend, settle, type Options } from './shared';
 
@@ -26,34 +26,12 @@ export async function appendPhase(o: Options): Promise<void> {
         const label = `append ${bodyBytes} B ${kind} bodies, compression ${compression ? 'on' : 'off'}`;
         progress(`${label}: ${o.rounds} rounds × ${o.appendBatches} batches of ${formatBytes(batchBytes)}`);
 
-        const storeDir = path.join(root, 'store');
-        const engine = async (inFlight: number): Promise<{ seconds: number; latencies: number[]; storedBytes: number }> => {
-          const store = await freshStore(storeDir, compression, 'bench');
-          try {
-            const t0 = now();
-            const latencies = await drive(o.appendBatches, inFlight, (i) => store.append('bench', 0, pool.batches[i % pool.batches.length]!));
-            const seconds = (now() - t0) / 1000;
-            return { seconds, latencies, storedBytes: channelBytes(store, 'bench') };
-          } finally {
-            await store.close();
-            fs.rmSync(storeDir, { recursive: true, force: true });
-          }
-        };
+        const engine = (inFlight: number): Promise<EngineRun> =>
+          timedAppends(o, path.join(root, 'store'), compression, inFlight, (store, i) => store.append('bench', 0, pool.batches[i % pool.batches.length]!));
         // Warm-up (JIT, file system): not recorded.
         await rawAppend(rawFile, encoded, Math.min(20, o.appendBatches));
         await engine(1);
-
-        const raw: number[] = [];
-        const seq: Array<{ seconds: number; latencies: number[]; storedBytes: number }> = [];
-        const par: Array<{ seconds: number; latencies: number[]; storedBytes: number }> = [];
-        for (let r = 0; r < o.rounds; r++) {
-          const steps = [async () => raw.push(await rawAppend(rawFile, encoded, o.appendBatches)), async () => seq.push(await engine(1)), async () => par.push(await engine(o.inFlight))];
-          if (r % 2 === 1) steps.reverse();
-          for (const step of steps) {
-            settle();
-            await step();
-          }
-        }
+        const { raw, seq, par } = await alternatingRounds(o, rawFile, encoded, engine);
         const total = o.appendBatches * o.rounds;
         const rawSeconds = raw.reduce((a, b) => a + b, 0);
         const rawBatchesPerSec = total / rawSeconds;
@@ -111,30 +89,10 @@ async function appendBatchLines(o: Options, root: string, rawFile: string, bodyB
   const encoded = Array.from({ length: poolSize }, (_, i) => encodeBatch(pool.batches[i % pool.batches.length]!, { codec: lz4Codec }).batch);
   const batchBytes = encoded.reduce((n, b) => n + b.length, 0) / encoded.length;
   progress(`appendBatch ${bodyBytes} B random bodies: ${o.rounds} rounds × ${o.appendBatches} batches`);
-  const storeDir = path.join(root, 'store');
-  const engine = async (inFlight: number): Promise<{ seconds: number; latencies: number[] }> => {
-    const store = await freshStore(storeDir, true, 'bench');
-    try {
-      const t0 = now();
-      const latencies = await drive(o.appendBatches, inFlight, (i) => store.appendBatch('bench', 0, encoded[i % encoded.length]!));
-      return { seconds: (now() - t0) / 1000, latencies };
-    } finally {
-      await store.close();
-      fs.rmSync(storeDir, { recursive: true, force: true });
-    }
-  };
+  const engine = (inFlight: number): Promise<EngineRun> =>
+    timedAppends(o, path.join(root, 'store'), true, inFlight, (store, i) => store.appendBatch('bench', 0, encoded[i % encoded.length]!));
   await engine(1);
-  const raw: number[] = [];
-  const seq: Array<{ seconds: number; latencies: number[] }> = [];
-  const par: Array<{ seconds: number; latencies: number[] }> = [];
-  for (let r = 0; r < o.rounds; r++) {
-    const steps = [async () => raw.push(await rawAppend(rawFile, encoded, o.appendBatches)), async () => seq.push(await engine(1)), async () => par.push(await engine(o.inFlight))];
-    if (r % 2 === 1) steps.reverse();
-    for (const step of steps) {
-      settle();
-      await step();
-    }
-  }
+  const { raw, seq, par } = await alternatingRounds(o, rawFile, encoded, engine);
   const total = o.appendBatches * o.rounds;
   const rawBatchesPerSec = total / raw.reduce((a, b) => a + b, 0);
   for (const [mode, runs, inFlight] of [
@@ -166,4 +124,40 @@ async function appendBatchLines(o: Options, root: string, rawFile: string, bodyB
       ...met,
     });
   }
+}
+
+interface EngineRun {
+  seconds: number;
+  latencies: number[];
+  storedBytes: number;
+}
+
+/** `o.appendBatches` appends with `inFlight` in flight into a fresh one-channel store, timed; the store is removed after. */
+async function timedAppends(o: Options, storeDir: string, compression: boolean, inFlight: number, append: (store: Store, i: number) => Promise<unknown>): Promise<EngineRun> {
+  const store = await freshStore(storeDir, compression, 'bench');
+  try {
+    const t0 = now();
+    const latencies = await drive(o.appendBatches, inFlight, (i) => append(store, i));
+    const seconds = (now() - t0) / 1000;
+    return { seconds, latencies, storedBytes: channelBytes(store, 'bench') };
+  } finally {
+    await store.close();
+    fs.rmSync(storeDir, { recursive: true, force: true });
+  }
+}
+
+/** `o.rounds` rounds of raw, engine with one in flight and with `o.inFlight`, the order reversed every other round. */
+async function alternatingRounds(o: Options, rawFile: string, encoded: Uint8Array[], engine: (inFlight: number) => Promise<EngineRun>): Promise<{ raw: number[]; seq: EngineRun[]; par: EngineRun[] }> {
+  const raw: number[] = [];
+  const seq: EngineRun[] = [];
+  const par: EngineRun[] = [];
+  for (let r = 0; r < o.rounds; r++) {
+    const steps = [async () => raw.push(await rawAppend(rawFile, encoded, o.appendBatches)), async () => seq.push(await engine(1)), async () => par.push(await engine(o.inFlight))];
+    if (r % 2 === 1) steps.reverse();
+    for (const step of steps) {
+      settle();
+      await step();
+    }
+  }
+  return { raw, seq, par };
 }

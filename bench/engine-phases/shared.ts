@@ -4,10 +4,9 @@
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import * as v8 from 'node:v8';
-import * as vm from 'node:vm';
 import { openStore, type MessageInput, type Store } from '../../engine/index';
 import { BodySource, formatBytes, now, progress, sig } from '../common';
+export { settle } from '../common';
 
 export type Phase = 'append' | 'read' | 'lookup' | 'open';
 export const phases: Phase[] = ['append', 'read', 'lookup', 'open'];
@@ -32,23 +31,6 @@ export interface Options {
   cold: boolean;
 }
 
-/**
- * A full garbage collection before a timed pass, so that the garbage a previous pass left
- * (decoding makes plenty) is not collected on the next pass's clock. Each pass still pays for
- * its own garbage. Uses V8's gc() exposed at run time; a no-op if that is refused.
- */
-const fullGc: (() => void) | null = (() => {
-  try {
-    v8.setFlagsFromString('--expose-gc');
-    return vm.runInNewContext('gc') as () => void;
-  } catch {
-    return null;
-  }
-})();
-
-export function settle(): void {
-  fullGc?.();
-}
 
 // ------------------------------------------------------------------ plain-file baselines
 

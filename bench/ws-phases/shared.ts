@@ -13,10 +13,9 @@ import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as v8 from 'node:v8';
-import * as vm from 'node:vm';
 import { encodeBatch, lz4Codec, type MessageInput } from '../../engine/index';
 import { BodySource, sig, type Json } from '../common';
+export { settle } from '../common';
 
 export type Phase = 'produce' | 'consume' | 'latency';
 export const phases: Phase[] = ['produce', 'consume', 'latency'];
@@ -45,22 +44,6 @@ export interface Options {
   clientCpuProf: boolean;
 }
 
-/**
- * A full garbage collection before a timed pass, so that the garbage of the previous pass is
- * not collected on the next pass's clock (the engine bench's settle()).
- */
-const fullGc: (() => void) | null = (() => {
-  try {
-    v8.setFlagsFromString('--expose-gc');
-    return vm.runInNewContext('gc') as () => void;
-  } catch {
-    return null;
-  }
-})();
-
-export function settle(): void {
-  fullGc?.();
-}
 
 // ------------------------------------------------------------------ pinning
 

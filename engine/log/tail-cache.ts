@@ -111,10 +111,6 @@ export class TailCache {
     return this.bytes;
   }
 
-  get heldBatches(): number {
-    return this.count;
-  }
-
   private slot(i: number): number {
     return (this.head + i) % entryCountMax;
   }
