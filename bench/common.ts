@@ -124,8 +124,8 @@ export function percentile(sorted: ArrayLike<number>, p: number): number {
   return sorted[rank - 1]!;
 }
 
-export function latencySummary(samplesMs: number[], unit: 'us' | 'ms'): Json {
-  const sorted = Float64Array.from(samplesMs).sort();
+export function latencySummary(samplesMs: ArrayLike<number> | Samples, unit: 'us' | 'ms'): Json {
+  const sorted = (samplesMs instanceof Samples ? samplesMs.values().slice() : Float64Array.from(samplesMs)).sort();
   const scale = unit === 'us' ? 1000 : 1;
   let sum = 0;
   for (const v of sorted) sum += v;
@@ -137,6 +137,27 @@ export function latencySummary(samplesMs: number[], unit: 'us' | 'ms'): Json {
     [`mean_${unit}`]: sig((sum / sorted.length) * scale, 3),
     samples: sorted.length,
   };
+}
+
+/**
+ * A preallocated list of samples: recording one allocates nothing (a growing number[] is
+ * garbage that lives through the whole run, and its copies on growth are promoted).
+ */
+export class Samples {
+  private readonly data: Float64Array;
+  length = 0;
+
+  constructor(capacity: number) {
+    this.data = new Float64Array(capacity);
+  }
+
+  push(value: number): void {
+    if (this.length < this.data.length) this.data[this.length++] = value;
+  }
+
+  values(): Float64Array {
+    return this.data.subarray(0, this.length);
+  }
 }
 
 export function median(values: number[]): number {

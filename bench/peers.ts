@@ -192,7 +192,7 @@ async function runWaymark(o: Options, sizes: number[]): Promise<Figure[]> {
     const ws: WsOptions = {
       quick: o.quick, only: new Set(phases), dir: o.dir, keep: false, pin: o.pin, rounds: 1, bodySizes: sizes, produceMessages: o.produceMessages,
       sendWindowMessages: o.window, sendBatchMessages: 1000, compression: true, backlogMessages: o.backlogMessages, consumeBodyBytes: 100,
-      latencyRate: 0, latencySeconds: 0, latencyWarmupSeconds: 0, brokerCpuProf: false, clientCpuProf: false,
+      latencyRate: 0, latencySeconds: 0, latencyWarmupSeconds: 0, brokerCpuProf: false, clientCpuProf: false, brokerNodeFlags: [],
     };
     const admin = await connect(broker.url, { clientName: 'bench-peers' });
     for (const bytes of sizes) {

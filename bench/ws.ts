@@ -56,6 +56,7 @@ const usage = `usage: node dist/bench/ws.js [options]        (npm run bench:ws -
                             the broker's and client's JIT and heap settle first
   --broker-cpu-prof         write a V8 CPU profile of the broker process (into the data folder's parent)
   --client-cpu-prof         same for this process (run node with --cpu-prof yourself, or use this)
+  --broker-node-flags "F…"  node flags for the broker process, space separated (e.g. "--trace-gc")
   --help                    this text`;
 
 
@@ -80,6 +81,7 @@ function parseArgs(argv: string[]): Options {
     latencyWarmupSeconds: quick ? 2 : 5,
     brokerCpuProf: false,
     clientCpuProf: false,
+    brokerNodeFlags: [],
   };
   const count = countFlag;
   eachFlag(argv, usage, (flag, value) => {
@@ -134,6 +136,9 @@ function parseArgs(argv: string[]): Options {
         break;
       case '--client-cpu-prof':
         o.clientCpuProf = true;
+        break;
+      case '--broker-node-flags':
+        o.brokerNodeFlags = (value() ?? '').split(/\s+/).filter(Boolean);
         break;
       default:
         return false;
@@ -191,7 +196,7 @@ async function main(): Promise<void> {
   }
   await loadChecksum(); // the baselines encode batches here
   const nproc = os.availableParallelism(); // before pinning narrows what this process sees
-  const broker = await BrokerChild.start(path.join(o.dir, 'broker'), { pin: o.pin, cpuProf: o.brokerCpuProf, profDir: path.dirname(o.dir) });
+  const broker = await BrokerChild.start(path.join(o.dir, 'broker'), { pin: o.pin, cpuProf: o.brokerCpuProf, profDir: path.dirname(o.dir), nodeFlags: o.brokerNodeFlags });
   const clientPinned = o.pin ? pin(process.pid, 1) : 'not pinned (--no-pin)';
   const cleanUp = async (): Promise<void> => {
     await broker.stop();

@@ -40,15 +40,8 @@ export class Consumer implements AsyncIterable<Message> {
   readonly group: string;
   private subscription = 0;
   private stopPush: (() => void) | null = null;
-  /**
-   * Messages not yet handed out, from queueHead on. In parallel, the credit returned when each
-   * is taken: the last message of a batch carries its batch's records and bytes, the others 0
-   * (parallel arrays: no wrapper object per message).
-   */
-  private readonly queue: Message[] = [];
-  private readonly queueCreditMessages: number[] = [];
-  private readonly queueCreditBytes: number[] = [];
-  private queueHead = 0;
+  /** Messages not yet handed out, each with the credit returned when it is taken. */
+  private readonly queue = new MessageQueue();
   private readonly delivered = new Map<number, number>();
   /** The epoch in which each channel's `delivered` last moved by a taken message. */
   private readonly deliveredEpoch = new Map<number, number>();
@@ -125,10 +118,7 @@ export class Consumer implements AsyncIterable<Message> {
   }
 
   private dropQueued(): void {
-    this.queue.length = 0;
-    this.queueCreditMessages.length = 0;
-    this.queueCreditBytes.length = 0;
-    this.queueHead = 0;
+    this.queue.clear();
     this.returnMessages = 0;
     this.returnBytes = 0;
   }
@@ -164,14 +154,8 @@ export class Consumer implements AsyncIterable<Message> {
       }
       const messages = batch.messages;
       const last = messages.length - 1;
-      for (let i = 0; i < last; i++) {
-        this.queue.push(messages[i]!);
-        this.queueCreditMessages.push(0);
-        this.queueCreditBytes.push(0);
-      }
-      this.queue.push(messages[last]!);
-      this.queueCreditMessages.push(batch.header.recordCount);
-      this.queueCreditBytes.push(batch.bytes);
+      for (let i = 0; i < last; i++) this.queue.push(messages[i]!, 0, 0);
+      this.queue.push(messages[last]!, batch.header.recordCount, batch.bytes);
     }
     this.wake();
   }
@@ -181,18 +165,11 @@ export class Consumer implements AsyncIterable<Message> {
   }
 
   private take(): Message | null {
-    const head = this.queueHead;
-    if (head >= this.queue.length) return null;
-    const m = this.queue[head]!;
-    const creditMessages = this.queueCreditMessages[head]!;
-    const creditBytes = this.queueCreditBytes[head]!;
-    this.queueHead = head + 1;
-    if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {
-      this.queue.splice(0, this.queueHead);
-      this.queueCreditMessages.splice(0, this.queueHead);
-      this.queueCreditBytes.splice(0, this.queueHead);
-      this.queueHead = 0;
-    }
+    const queue = this.queue;
+    if (queue.size === 0) return null;
+    const creditMessages = queue.headCreditMessages;
+    const creditBytes = queue.headCreditBytes;
+    const m = queue.shift();
     this.delivered.set(m.channel, m.offset + 1);
     this.deliveredEpoch.set(m.channel, this.epoch);
     this.lastTimestamp.set(m.channel, m.brokerTimestamp);
@@ -267,12 +244,7 @@ export class Consumer implements AsyncIterable<Message> {
     else if ('offsets' in to) request.positions = Object.entries(to.offsets).map(([channel, offset]) => ({ channel: Number(channel), offset }));
     else request.timestamp = to.timestamp;
     // Buffered messages are from before the seek: drop them and return their credit.
-    let messages = 0;
-    let bytes = 0;
-    for (let i = this.queueHead; i < this.queue.length; i++) {
-      messages += this.queueCreditMessages[i]!;
-      bytes += this.queueCreditBytes[i]!;
-    }
+    const { messages, bytes } = this.queue.credit();
     this.dropQueued();
     this.grant(messages, bytes);
     const reply = await this.connection.request({ seek: request });
@@ -292,6 +264,81 @@ export class Consumer implements AsyncIterable<Message> {
     this.stopPush?.();
     if (!this.connection.isClosed) await this.connection.request({ unsubscribe: { subscription: this.subscription } }).catch(() => undefined);
     this.pull.end();
+  }
+}
+
+/**
+ * A FIFO ring of messages with, beside each, the credit (records, bytes) returned when it is
+ * taken: the last message of a pushed batch carries its batch's, the others 0. A slot is
+ * cleared when its message is taken, so the queue holds nothing the application already has
+ * (an array with a moving head kept up to a thousand taken messages reachable, and a
+ * tail consumer's messages then outlived a scavenge for nothing). Grows by doubling; never
+ * shrinks (its size is bounded by the prefetch window).
+ */
+class MessageQueue {
+  private items: Array<Message | undefined> = new Array(64);
+  private creditMessages = new Float64Array(64);
+  private creditBytes = new Float64Array(64);
+  private head = 0;
+  size = 0;
+
+  push(message: Message, creditMessages: number, creditBytes: number): void {
+    if (this.size === this.items.length) this.grow();
+    const at = (this.head + this.size) & (this.items.length - 1);
+    this.items[at] = message;
+    this.creditMessages[at] = creditMessages;
+    this.creditBytes[at] = creditBytes;
+    this.size++;
+  }
+
+  get headCreditMessages(): number {
+    return this.creditMessages[this.head]!;
+  }
+
+  get headCreditBytes(): number {
+    return this.creditBytes[this.head]!;
+  }
+
+  /** Takes the oldest message (size > 0). */
+  shift(): Message {
+    const m = this.items[this.head]!;
+    this.items[this.head] = undefined;
+    this.head = (this.head + 1) & (this.items.length - 1);
+    this.size--;
+    return m;
+  }
+
+  /** The credit of every queued message. */
+  credit(): { messages: number; bytes: number } {
+    let messages = 0;
+    let bytes = 0;
+    for (let i = 0, at = this.head; i < this.size; i++, at = (at + 1) & (this.items.length - 1)) {
+      messages += this.creditMessages[at]!;
+      bytes += this.creditBytes[at]!;
+    }
+    return { messages, bytes };
+  }
+
+  clear(): void {
+    this.items.fill(undefined);
+    this.head = 0;
+    this.size = 0;
+  }
+
+  private grow(): void {
+    const capacity = this.items.length * 2;
+    const items: Array<Message | undefined> = new Array(capacity);
+    const creditMessages = new Float64Array(capacity);
+    const creditBytes = new Float64Array(capacity);
+    for (let i = 0, at = this.head; i < this.size; i++, at = (at + 1) & (this.items.length - 1)) {
+      items[i] = this.items[at];
+      creditMessages[i] = this.creditMessages[at]!;
+      creditBytes[i] = this.creditBytes[at]!;
+    }
+    this.items = items;
+    this.creditMessages = creditMessages;
+    this.creditBytes = creditBytes;
+    this.head = 0;
   }
 }
 

@@ -23,7 +23,7 @@ import { WebSocket } from 'ws';
 import { connect } from '../../sdk/index';
 import { encodeBatch } from '../../engine/index';
 import { encodeFrame } from '../../protocol/frames';
-import { emit, latencySummary, now, progress, sig } from '../common';
+import { emit, latencySummary, now, progress, Samples, sig } from '../common';
 import { brokerBusy, type BrokerChild, type Options } from './shared';
 
 /** Warm-up of the floors (they run after the SDK pass, in processes already warm). */
@@ -72,10 +72,10 @@ export async function latencyPhase(o: Options, broker: BrokerChild): Promise<{ p
 }
 
 interface SdkLatency {
-  fromDue: number[];
-  fromSend: number[];
+  fromDue: Samples;
+  fromSend: Samples;
   /** send() call → its promise resolved (durable on the broker). */
-  acks: number[];
+  acks: Samples;
   sent: number;
   received: number;
   /** Produce frames the broker saw (its metrics): how many batches the producer made. */
@@ -91,8 +91,12 @@ async function sdkLatency(url: string, topic: string, o: Options): Promise<SdkLa
     const count = Math.round(o.latencyRate * (o.latencyWarmupSeconds + o.latencySeconds));
     const warmupMs = o.latencyWarmupSeconds * 1000;
     const intervalMs = 1000 / o.latencyRate;
-    const fromDue: number[] = [];
-    const fromSend: number[] = [];
+    // Preallocated: the harness itself should add as little garbage as it can (see Samples).
+    const fromDue = new Samples(count);
+    const fromSend = new Samples(count);
+    // Times go into and out of bodies through one scratch pair (no DataView per message).
+    const scratch = new Float64Array(2);
+    const scratchBytes = new Uint8Array(scratch.buffer);
     let received = 0;
     const t0 = now() + 50;
     const receiving = (async () => {
@@ -100,26 +104,25 @@ async function sdkLatency(url: string, topic: string, o: Options): Promise<SdkLa
         const r = await consumer.next();
         if (r.done) break;
         const at = now();
-        const body = r.value.body;
-        const dv = new DataView(body.buffer, body.byteOffset, body.byteLength);
-        const due = dv.getFloat64(0, true);
+        scratchBytes.set(r.value.body.subarray(0, 16));
+        const due = scratch[0]!;
         received++;
         if (due - t0 >= warmupMs) {
           fromDue.push(at - due);
-          fromSend.push(at - dv.getFloat64(8, true));
+          fromSend.push(at - scratch[1]!);
         }
       }
     })();
     let acked = 0;
     let failure: unknown = null;
-    const acks: number[] = [];
+    const acks = new Samples(count);
     const produceFrames0 = await produceFrames(url);
     await paced(t0, intervalMs, count, (due) => {
-      const body = new Uint8Array(100);
-      const dv = new DataView(body.buffer);
+      const body = new Uint8Array(100); // a new body per message, as an application would have
       const sentAt = now();
-      dv.setFloat64(0, due, true);
-      dv.setFloat64(8, sentAt, true);
+      scratch[0] = due;
+      scratch[1] = sentAt;
+      body.set(scratchBytes, 0);
       producer.send({ body }).then(
         () => {
           acked++;

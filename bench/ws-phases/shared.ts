@@ -42,6 +42,8 @@ export interface Options {
   latencyWarmupSeconds: number;
   brokerCpuProf: boolean;
   clientCpuProf: boolean;
+  /** Extra node flags for the broker child (e.g. --trace-gc). */
+  brokerNodeFlags: string[];
 }
 
 
@@ -155,9 +157,9 @@ export class BrokerChild {
   }
 
   /** Starts `node <this tree>/bench/ws-phases/broker.js --data DIR` and waits for it to listen. */
-  static async start(data: string, options: { pin: boolean; cpuProf: boolean; profDir: string }): Promise<BrokerChild> {
+  static async start(data: string, options: { pin: boolean; cpuProf: boolean; profDir: string; nodeFlags?: string[] }): Promise<BrokerChild> {
     const script = path.join(__dirname, 'broker.js');
-    const execArgv = options.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${options.profDir}`] : [];
+    const execArgv = [...(options.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${options.profDir}`] : []), ...(options.nodeFlags ?? [])];
     const proc = fork(script, ['--data', data], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv });
     const port = await new Promise<number>((resolve, reject) => {
       proc.once('message', (m: { listening?: number; error?: string }) => (m.listening ? resolve(m.listening) : reject(new Error(`broker child: ${m.error}`))));
