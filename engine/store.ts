@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import { loadChecksum, xxh32 } from './format/checksum';
 import { WaymarkError } from './format/errors';
 import { IndexKind, traceIdHeaderName } from './format/index-keys';
-import { bytesEqual, msgIdFromHex, msgIdToHex, msgIdTime } from './format/msg-id';
+import { bytesEqual, msgIdFromHex, msgIdToHex, msgIdTime, packedMsgIdsToHexList } from './format/msg-id';
 import { encodeBatch, headerValue, probeHeader, validateBatch, BatchFlag, type Header, type MessageInput, type StoredRecord } from './format/record-batch';
 import { lz4Codec } from './codec';
 import type { TimeRange } from './index/key-index';
@@ -296,11 +296,13 @@ export class Store {
   /** Encodes messages into one batch and appends it; resolves once durable (per the sync mode). */
   async append(topic: string, channel: number, messages: readonly MessageInput[], options: AppendOptions = {}): Promise<AppendResult> {
     const log = this.channel(topic, channel);
-    const { batch, msgIds } = encodeBatch(messages, { ...options, codec: this.options.compression ? lz4Codec : null });
+    const { batch, packedMsgIds } = encodeBatch(messages, { ...options, codec: this.options.compression ? lz4Codec : null });
     const probe = probeHeader(batch, 0);
     if (probe.kind !== 'ok') throw new Error(`append: encoded batch fails its own probe (${probe.kind})`);
-    const outcome = await log.append(batch, probe.header);
-    return { channel, baseOffset: outcome.baseOffset, brokerTimestamp: outcome.brokerTimestamp, msgIds: msgIds.map(msgIdToHex), duplicate: outcome.duplicate };
+    const appended = log.append(batch, probe.header);
+    const msgIds = packedMsgIdsToHexList(packedMsgIds); // while the write is in flight
+    const outcome = await appended;
+    return { channel, baseOffset: outcome.baseOffset, brokerTimestamp: outcome.brokerTimestamp, msgIds, duplicate: outcome.duplicate };
   }
 
   /**

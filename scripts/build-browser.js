@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Bundles the SDK for browsers (dist/browser/waymark.js, global `Waymark`). Node-only
-// modules (the ws transport, lz4-napi) are left out: in a browser the SDK uses the global
-// WebSocket and sends uncompressed batches.
+// modules (the ws transport, lz4-napi, the native xxh64) are left out: in a browser the SDK
+// uses the global WebSocket, sends uncompressed batches and hashes in WebAssembly.
 'use strict';
 const path = require('node:path');
 const esbuild = require('esbuild');
@@ -15,7 +15,7 @@ esbuild
     globalName: 'Waymark',
     platform: 'browser',
     target: ['es2022'],
-    external: ['ws', 'lz4-napi'],
+    external: ['ws', 'lz4-napi', '@node-rs/xxhash'],
     outfile: path.join(root, 'dist', 'browser', 'waymark.js'),
     logLevel: 'warning',
   })

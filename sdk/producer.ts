@@ -12,7 +12,7 @@
  */
 import { WaymarkError } from '../engine/format/errors';
 import { formatLimits } from '../engine/format/limits';
-import { MsgIdGenerator, msgIdToHex, msgIdFromHex } from '../engine/format/msg-id';
+import { MsgIdGenerator, msgIdToHex, msgIdFromHex, packedMsgIdsToHex } from '../engine/format/msg-id';
 import { encodeBatch, type MessageInput } from '../engine/format/record-batch';
 import { channelForKey } from '../engine/format/repack';
 import type { Connection } from './client';
@@ -398,7 +398,7 @@ export class Producer {
     const brokerTimestamp = append?.brokerTimestamp ?? 0;
     const duplicate = !!append?.duplicate;
     const { runOwners, runFirst, runCount, channel } = batch;
-    const hex = idsToHex(batch.msgIds);
+    const hex = packedMsgIdsToHex(batch.msgIds);
     let i = 0;
     for (let r = 0; r < runOwners.length; r++) {
       const owner = runOwners[r]!;
@@ -463,13 +463,3 @@ function sizeOf(message: OutgoingMessage): number {
   return body + key + headers + 32;
 }
 
-// Node's Buffer turns all the ids of a batch into hex in one native call; browsers use msgIdToHex per id.
-const NodeBuffer = (globalThis as { Buffer?: { from(b: ArrayBufferLike, offset: number, length: number): { toString(encoding: string): string } } }).Buffer;
-
-/** Packed msgIds as one string of 32 hex digits per id. */
-function idsToHex(packed: Uint8Array): string {
-  if (NodeBuffer) return NodeBuffer.from(packed.buffer, packed.byteOffset, packed.byteLength).toString('hex');
-  let out = '';
-  for (let at = 0; at < packed.length; at += 16) out += msgIdToHex(packed.subarray(at, at + 16));
-  return out;
-}

@@ -24,7 +24,7 @@ import {
   type MessageInput,
 } from '../engine/format/index';
 import { randomBytes } from 'node:crypto';
-import { xxh32, xxh32Range, xxh32Wasm } from '../engine/format/checksum';
+import { nativeXxh64MinBytes, xxh32, xxh32Range, xxh32Wasm, xxh64, xxh64Implementations } from '../engine/format/checksum';
 import { forEachRecordKeys } from '../engine/format/index-keys';
 import { lz4Codec } from '../engine/codec';
 import { thrown } from './helpers';
@@ -73,6 +73,27 @@ describe('format: key hashes', () => {
       }
     }
     assert.equal(compared, 301 * 6);
+  });
+
+  it('xxh64: the native hasher (Node) equals xxhash-wasm at every length around its threshold and at 1 MiB, any start', () => {
+    const { wasm, native } = xxh64Implementations();
+    assert.ok(native, 'the native xxh64 (@node-rs/xxhash) loads in Node on this platform');
+    const buf = randomBytes(nativeXxh64MinBytes + 300);
+    const lengths: number[] = [];
+    for (let length = 0; length <= 300; length++) lengths.push(length, nativeXxh64MinBytes - 150 + length);
+    for (const length of lengths) {
+      const start = (length * 7) % 64;
+      const bytes = buf.subarray(start, Math.min(buf.length, start + length));
+      const expected = wasm(bytes);
+      assert.equal(native(bytes), expected, `length ${bytes.length}`);
+      assert.equal(xxh64(bytes), expected, `length ${bytes.length}`);
+    }
+    const mib = randomBytes(1 << 20);
+    assert.equal(native(mib.subarray(5)), wasm(mib.subarray(5)));
+    // A flipped bit changes it (the check can fail).
+    const flipped = Uint8Array.from(mib);
+    flipped[123_456]! ^= 1;
+    assert.notEqual(xxh64(flipped), xxh64(mib));
   });
 
   it('the key walk finds each record\'s msgId, key and traceid header where they are', () => {

@@ -269,9 +269,13 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
     raw[pos++] = (keyLength >= 0 ? RecordAttr.hasKey : 0) | (deliverAt !== null ? RecordAttr.hasDeliverAt : 0);
     pos = writeVarint(raw, pos, i);
     pos = writeVarint(raw, pos, zigzag((message.timestamp ?? firstTimestamp) - firstTimestamp));
-    if (message.msgId) raw.set(message.msgId, pos);
-    else ids.writeNext(raw, pos, idTime);
-    msgIdBytesPacked.set(raw.subarray(pos, pos + msgIdBytes), i * msgIdBytes);
+    // The id goes into the packed list, then 16 byte stores copy it into the record (cheaper
+    // than a subarray and a TypedArray.set per message).
+    const packedAt = i * msgIdBytes;
+    const given = message.msgId;
+    if (given) for (let b = 0; b < msgIdBytes; b++) msgIdBytesPacked[packedAt + b] = given[b]!;
+    else ids.writeNext(msgIdBytesPacked, packedAt, idTime);
+    for (let b = 0; b < msgIdBytes; b++) raw[pos + b] = msgIdBytesPacked[packedAt + b]!;
     pos += msgIdBytes;
     if (keyLength >= 0) {
       pos = writeVarint(raw, pos, keyLength);
