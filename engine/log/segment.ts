@@ -352,15 +352,19 @@ export class Segment {
    * on what else is queued there.
    */
   readNow(position: number, length: number, end: number = this.size): Buffer {
-    const want = Math.max(0, Math.min(length, end - position));
-    const buf = Buffer.allocUnsafe(want);
+    return this.readNowInto(Buffer.allocUnsafe(Math.max(0, Math.min(length, end - position))), position, end);
+  }
+
+  /** readNow into `buf` (as many bytes as it holds, up to `end`); returns the part filled. */
+  readNowInto(buf: Buffer, position: number, end: number = this.size): Buffer {
+    const want = Math.max(0, Math.min(buf.length, end - position));
     let got = 0;
     while (got < want) {
       const n = fs.readSync(this.fd, buf, got, want - got, position + got);
       if (n === 0) break;
       got += n;
     }
-    return got === want ? buf : buf.subarray(0, got);
+    return buf.subarray(0, got);
   }
 
   close(): void {
