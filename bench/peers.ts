@@ -11,7 +11,7 @@
  * .bench-data/peers-<pid>/ and is stopped at the end. The workload, for every system:
  *
  *   produce  one producer, one connection, N messages of 100 B and N/5 of 1 KiB (random
- *            bytes), a window of 16,000 messages outstanding (the one bench:ws uses); a
+ *            bytes), a window of 8,000 messages outstanding (the one bench:ws uses); a
  *            message counts when the server acknowledged it:
  *              Waymark  producer.send() and producer.sendBatch(1000), acknowledged after
  *                       fdatasync (sync "batch", the default);
@@ -71,7 +71,7 @@ function parseArgs(argv: string[]): Options {
     pin: true,
     produceMessages: quick ? 200_000 : 2_000_000,
     backlogMessages: quick ? 200_000 : 2_000_000,
-    window: 16_000,
+    window: 8_000,
     only: new Set(['waymark', 'nats', 'redis']),
   };
   const count = (flag: string, text: string | undefined): number => countFlag(flag, text, 1000);

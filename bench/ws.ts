@@ -44,8 +44,8 @@ const usage = `usage: node dist/bench/ws.js [options]        (npm run bench:ws -
   --body-sizes LIST         produce body sizes in bytes (100,1024)
   --produce-messages N      messages per produce round at 100 B (3e6; quick 300k); bodies of
                             1 KiB and more send a fifth as many
-  --send-window N           messages handed to send() before awaiting the window before (16000:
-                            two windows ≈ the producer's 16 in-flight batches of 1,000, twice)
+  --send-window N           messages handed to send() before awaiting the window before (8000:
+                            8,000-16,000 outstanding; BENCHMARKS.md has the sweep that chose it)
   --send-batch N            also run producer.sendBatch with arrays of N messages (1000; 0 = off)
   --no-compression          producers (and the baselines' batches) without lz4
   --backlog N               messages in the consume backlog (10e6; quick 1e6)
@@ -71,7 +71,7 @@ function parseArgs(argv: string[]): Options {
     rounds: quick ? 2 : 3,
     bodySizes: [100, 1024],
     produceMessages: quick ? 300_000 : 3_000_000,
-    sendWindowMessages: 16_000,
+    sendWindowMessages: 8_000,
     sendBatchMessages: 1000,
     compression: true,
     backlogMessages: quick ? 1_000_000 : 10_000_000,

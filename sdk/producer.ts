@@ -56,23 +56,25 @@ export interface SendResult {
 }
 
 /**
- * Who waits for a message's result: the promise of one send(), or one slot of a
- * sendBatch() array (one owner for the whole array: no promise or waiter object per message).
+ * Who waits for the results of a sendBatch() array: one owner for the whole array, no
+ * promise or waiter object per message (a send() run keeps its promise's functions instead).
  */
 interface Owner {
   settle(slot: number, result: SendResult): void;
   fail(err: Error): void;
 }
 
-class SendOwner implements Owner {
-  constructor(
-    readonly resolve: (result: SendResult) => void,
-    readonly fail: (err: Error) => void,
-  ) {}
-
-  settle(_slot: number, result: SendResult): void {
-    this.resolve(result);
-  }
+/**
+ * The one executor of send()'s promises: it hands the promise's functions out through
+ * `captured` instead of being a new closure (and context) per call. Read right after
+ * `new Promise(capture)`, which runs it synchronously. A send() run keeps these two functions
+ * (runOwners, runRejects) and no owner object of its own: every object a message keeps alive
+ * while its batch is in flight is one more for each scavenge to copy.
+ */
+const captured: { resolve: ((result: SendResult) => void) | null; reject: ((err: Error) => void) | null } = { resolve: null, reject: null };
+function capture(resolve: (result: SendResult) => void, reject: (err: Error) => void): void {
+  captured.resolve = resolve;
+  captured.reject = reject;
 }
 
 class ArrayOwner implements Owner {
@@ -110,9 +112,21 @@ class ArrayOwner implements Owner {
  * sendBatch() array. (Few and small objects stay alive while batches are in flight.)
  */
 interface Runs {
-  runOwners: Owner[];
+  /** A sendBatch() array's owner, or a send() promise's resolve function. */
+  runOwners: Array<Owner | ((result: SendResult) => void)>;
+  /** A send() promise's reject function; null for an owner (it fails itself). */
+  runRejects: Array<((err: Error) => void) | null>;
   runFirst: number[];
   runCount: number[];
+}
+
+/** Fails every run of a batch. */
+function failRuns(runs: Runs, err: Error): void {
+  for (let r = 0; r < runs.runOwners.length; r++) {
+    const reject = runs.runRejects[r];
+    if (reject) reject(err);
+    else (runs.runOwners[r] as Owner).fail(err);
+  }
 }
 
 interface OpenBatch extends Runs {
@@ -203,7 +217,9 @@ export class Producer {
       const size = sizeOf(message);
       const input = this.input(message, size);
       if (this.mustWait(size)) return this.sendLater(channel, input, size);
-      return new Promise<SendResult>((resolve, reject) => this.enqueue(channel, input, size, new SendOwner(resolve, reject), 0));
+      const promise = new Promise<SendResult>(capture);
+      this.enqueue(channel, input, size, captured.resolve!, captured.reject!, 0);
+      return promise;
     } catch (err) {
       return Promise.reject(err);
     }
@@ -244,7 +260,7 @@ export class Producer {
     const done = new Promise<SendResult[]>((resolve, reject) => (owner = new ArrayOwner(count, resolve, reject)));
     let i = 0;
     while (i < count && !this.mustWait(sizes[i]!)) {
-      this.enqueue(channels[i]!, inputs[i]!, sizes[i]!, owner, i);
+      this.enqueue(channels[i]!, inputs[i]!, sizes[i]!, owner, null, i);
       i++;
     }
     if (i < count) this.enqueueLater(channels, sizes, inputs, owner, i).catch((err: Error) => owner.fail(err));
@@ -256,7 +272,7 @@ export class Producer {
     for (let i = from; i < inputs.length; i++) {
       while (this.mustWait(sizes[i]!)) await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
       if (this.closed) throw new WaymarkError('CLIENT_CLOSED', 'the producer is closed');
-      this.enqueue(channels[i]!, inputs[i]!, sizes[i]!, owner, i);
+      this.enqueue(channels[i]!, inputs[i]!, sizes[i]!, owner, null, i);
     }
   }
 
@@ -288,10 +304,10 @@ export class Producer {
   private async sendLater(channel: number, input: MessageInput, size: number): Promise<SendResult> {
     while (this.mustWait(size)) await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
     if (this.closed) throw new WaymarkError('CLIENT_CLOSED', 'the producer is closed');
-    return new Promise<SendResult>((resolve, reject) => this.enqueue(channel, input, size, new SendOwner(resolve, reject), 0));
+    return new Promise<SendResult>((resolve, reject) => this.enqueue(channel, input, size, resolve, reject, 0));
   }
 
-  private enqueue(channel: number, input: MessageInput, size: number, owner: Owner, slot: number): void {
+  private enqueue(channel: number, input: MessageInput, size: number, owner: Owner | ((result: SendResult) => void), reject: ((err: Error) => void) | null, slot: number): void {
     const state = this.channels[channel]!;
     const open = (state.open ??= newOpenBatch());
     if (open.messages.length > 0 && open.bytes + size > this.options.batchBytesMax) this.seal(channel);
@@ -301,6 +317,7 @@ export class Producer {
     if (last >= 0 && batch.runOwners[last] === owner && batch.runFirst[last]! + batch.runCount[last]! === slot) batch.runCount[last]!++;
     else {
       batch.runOwners.push(owner);
+      batch.runRejects.push(reject);
       batch.runFirst.push(slot);
       batch.runCount.push(1);
     }
@@ -357,11 +374,11 @@ export class Producer {
       msgIds = encoded.packedMsgIds;
     } catch (err) {
       this.release(open.bytes);
-      for (const owner of open.runOwners) owner.fail(err as Error);
+      failRuns(open, err as Error);
       return;
     }
     state.sequence += open.messages.length;
-    state.ready.push({ channel, bytes, bufferedBytes: open.bytes, msgIds, runOwners: open.runOwners, runFirst: open.runFirst, runCount: open.runCount, sent: false });
+    state.ready.push({ channel, bytes, bufferedBytes: open.bytes, msgIds, runOwners: open.runOwners, runRejects: open.runRejects, runFirst: open.runFirst, runCount: open.runCount, sent: false });
     this.pump(channel);
   }
 
@@ -387,7 +404,7 @@ export class Producer {
           return;
         }
         this.finish(batch);
-        for (const owner of batch.runOwners) owner.fail(err);
+        failRuns(batch, err);
       },
     );
   }
@@ -405,7 +422,9 @@ export class Producer {
       const first = runFirst[r]!;
       for (let j = 0; j < runCount[r]!; j++, i++) {
         // slice() of a long string makes a view, not a copy (V8 sliced strings).
-        owner.settle(first + j, { msgId: hex.slice(i * 32, i * 32 + 32), channel, offset: base + i, brokerTimestamp, duplicate });
+        const result: SendResult = { msgId: hex.slice(i * 32, i * 32 + 32), channel, offset: base + i, brokerTimestamp, duplicate };
+        if (typeof owner === 'function') owner(result);
+        else owner.settle(first + j, result);
       }
     }
   }
@@ -452,7 +471,7 @@ const nextTurn: (fn: () => void) => ReturnType<typeof setTimeout> =
   typeof setImmediate === 'function' ? (fn) => setImmediate(fn) as unknown as ReturnType<typeof setTimeout> : (fn) => setTimeout(fn, 0);
 
 function newOpenBatch(): OpenBatch {
-  return { messages: [], runOwners: [], runFirst: [], runCount: [], bytes: 0, timer: null, due: false };
+  return { messages: [], runOwners: [], runRejects: [], runFirst: [], runCount: [], bytes: 0, timer: null, due: false };
 }
 
 function sizeOf(message: OutgoingMessage): number {

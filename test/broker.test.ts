@@ -89,6 +89,24 @@ describe('broker: SDK round trips against a real broker process', function () {
     await consumer.close();
   });
 
+  it('a batch the broker refuses rejects every send() and sendBatch() in it with the broker\'s typed error', async () => {
+    await client.admin.createTopic('doomed', { channels: 1 });
+    const producer = await client.producer({ topic: 'doomed' });
+    await producer.send({ body: 'before' });
+    await client.admin.deleteTopic('doomed');
+    // Same turn: one batch holding three send() runs and one sendBatch() run.
+    const outcomes = await Promise.allSettled([
+      producer.send({ body: 'a' }),
+      producer.sendBatch([{ body: 'b' }, { body: 'c' }]),
+      producer.send({ body: 'd' }),
+      producer.send({ body: 'e' }),
+    ]);
+    assert.deepEqual(
+      outcomes.map((o) => (o.status === 'rejected' ? (o.reason as { code?: string }).code : 'fulfilled')),
+      ['TOPIC_NOT_FOUND', 'TOPIC_NOT_FOUND', 'TOPIC_NOT_FOUND', 'TOPIC_NOT_FOUND'],
+    );
+  });
+
   it('a retried batch (same producer id + sequence) is not appended twice', async () => {
     await client.admin.createTopic('idem', { channels: 1 });
     const raw = await RawClient.open(broker.url);

@@ -13,9 +13,12 @@
  *           bytes: the transport ceiling, with no storage behind it.
  *
  * Bodies are random bytes (lz4 gains nothing), 1,024 distinct ones back to back in memory,
- * handed out in turn (bodyRing in shared.ts says why). The driver keeps about two windows of
- * 16,000 messages outstanding: after each window it awaits the last promise of the window
- * before; with sendBatch it hands over arrays of 1,000 messages, 16 arrays a window.
+ * handed out in turn (bodyRing in shared.ts says why). The driver keeps one to two windows of
+ * 8,000 messages outstanding: after each window it awaits the last promise of the window
+ * before; with sendBatch it hands over arrays of 1,000 messages, 8 arrays a window. That is
+ * several times what keeps the pipe full (an acknowledgement takes 1-2 ms, ~2,000 messages at
+ * 1M msg/s); a deeper window only keeps more messages, promises and results alive across
+ * the client's scavenges (16,000: send() 100 B ran 0.6-0.7x as fast; see BENCHMARKS.md).
  *
  * Rounds alternate the order of the sides so that noise does not land on one side only.
  */
