@@ -13,7 +13,7 @@
 import { WaymarkError } from '../engine/format/errors';
 import { formatLimits } from '../engine/format/limits';
 import { MsgIdGenerator, msgIdToHex, msgIdFromHex, packedMsgIdsToHex } from '../engine/format/msg-id';
-import { encodeBatch, type MessageInput } from '../engine/format/record-batch';
+import { checkMessage, encodeBatch, type MessageInput } from '../engine/format/record-batch';
 import { channelForKey } from '../engine/format/repack';
 import type { Connection } from './client';
 import { nodeCodec } from './codec';
@@ -215,7 +215,7 @@ export class Producer {
     try {
       const channel = this.route(message);
       const size = sizeOf(message);
-      const input = this.input(message, size);
+      const input = this.input(message);
       if (this.mustWait(size)) return this.sendLater(channel, input, size);
       const promise = new Promise<SendResult>(capture);
       this.enqueue(channel, input, size, captured.resolve!, captured.reject!, 0);
@@ -251,7 +251,7 @@ export class Producer {
         const message = messages[i]!;
         channels[i] = this.route(message);
         sizes[i] = sizeOf(message);
-        inputs[i] = this.input(message, sizes[i]!);
+        inputs[i] = this.input(message, i);
       }
     } catch (err) {
       return Promise.reject(err);
@@ -284,16 +284,21 @@ export class Producer {
     return channel;
   }
 
-  /** The message as the batch encoder takes it; a msgId made here is written by the encoder. */
-  private input(message: OutgoingMessage, size: number): MessageInput {
-    if (size > formatLimits.messageBytesMax + 64 * 1024) throw new WaymarkError('MESSAGE_TOO_LARGE', `message is about ${size} bytes, the limit is ${formatLimits.messageBytesMax}`);
+  /**
+   * The message as the batch encoder takes it, checked against the limits now: a bad message
+   * fails its own send() (or its sendBatch() call) and never the batch it would have joined.
+   * A msgId made here is written by the encoder.
+   */
+  private input(message: OutgoingMessage, index?: number): MessageInput {
     let msgId: Uint8Array | undefined;
     if (message.msgId) {
       const parsed = msgIdFromHex(message.msgId);
-      if (!parsed) throw new WaymarkError('INVALID_ARGUMENT', 'msgId must be 32 hex digits');
+      if (!parsed) throw new WaymarkError('INVALID_ARGUMENT', `${index === undefined ? '' : `message ${index}: `}msgId must be 32 hex digits`);
       msgId = parsed;
     }
-    return { msgId, key: message.key ?? null, headers: message.headers, body: message.body };
+    const input: MessageInput = { msgId, key: message.key ?? null, headers: message.headers, body: message.body };
+    checkMessage(input, index);
+    return input;
   }
 
   private mustWait(size: number): boolean {

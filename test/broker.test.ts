@@ -107,6 +107,24 @@ describe('broker: SDK round trips against a real broker process', function () {
     );
   });
 
+  it('a send() past a limit fails alone: the other sends of its turn (its batch-to-be) are stored', async () => {
+    await client.admin.createTopic('mixed', { channels: 1 });
+    const producer = await client.producer({ topic: 'mixed' });
+    const outcomes = await Promise.allSettled([
+      producer.send({ body: 'good 1' }),
+      producer.send({ body: 'bad', key: 'x'.repeat(5000) }),
+      producer.send({ body: 'bad', headers: { h: 'v'.repeat(70_000) } }),
+      producer.send({ body: 'good 2' }),
+    ]);
+    assert.deepEqual(
+      outcomes.map((o) => (o.status === 'rejected' ? (o.reason as { code?: string }).code : 'stored')),
+      ['stored', 'KEY_TOO_LARGE', 'HEADERS_TOO_LARGE', 'stored'],
+    );
+    const consumer = await client.consumer({ topic: 'mixed', group: 'g', start: 'earliest', autoCommitIntervalMs: 0 });
+    assert.deepEqual((await take(consumer, 2)).map(text), ['good 1', 'good 2']);
+    await consumer.close();
+  });
+
   it('a retried batch (same producer id + sequence) is not appended twice', async () => {
     await client.admin.createTopic('idem', { channels: 1 });
     const raw = await RawClient.open(broker.url);

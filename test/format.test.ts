@@ -21,6 +21,7 @@ import {
   Compression,
   errorCodeFromWire,
   ErrorTable,
+  checkMessage,
   type MessageInput,
 } from '../engine/format/index';
 import { randomBytes } from 'node:crypto';
@@ -213,6 +214,35 @@ describe('format: record batches', () => {
     const big = Array.from({ length: 3 }, () => ({ body: new Uint8Array(formatLimits.messageBytesMax) }));
     assert.equal(thrown(() => encodeBatch(big)).code, 'BATCH_TOO_LARGE');
     assert.equal(thrown(() => encodeBatch([{ body: '', msgId: new Uint8Array(3) }])).code, 'INVALID_ARGUMENT');
+  });
+
+  it('checkMessage refuses exactly what encodeBatch refuses, one message at a time, and passes what it encodes', () => {
+    const many: Record<string, string> = {};
+    for (let i = 0; i <= formatLimits.headerCountMax; i++) many[`h${i}`] = '';
+    const bad: Array<[MessageInput, string]> = [
+      [{ body: new Uint8Array(formatLimits.messageBytesMax + 1) }, 'MESSAGE_TOO_LARGE'],
+      [{ key: 'k'.repeat(formatLimits.keyBytesMax + 1), body: '' }, 'KEY_TOO_LARGE'],
+      [{ key: 'é'.repeat(formatLimits.keyBytesMax / 2 + 1), body: '' }, 'KEY_TOO_LARGE'], // counted in UTF-8 bytes
+      [{ headers: many, body: '' }, 'HEADERS_TOO_LARGE'],
+      [{ headers: { big: 'v'.repeat(formatLimits.headersBytesMax) }, body: '' }, 'HEADERS_TOO_LARGE'],
+      [{ headers: [{ name: 'big', value: new Uint8Array(formatLimits.headersBytesMax) }], body: '' }, 'HEADERS_TOO_LARGE'],
+      [{ body: '', msgId: new Uint8Array(3) }, 'INVALID_ARGUMENT'],
+      [{ body: '', timestamp: -1 }, 'INVALID_ARGUMENT'],
+      [{ body: '', deliverAt: 1.5 }, 'INVALID_ARGUMENT'],
+    ];
+    for (const [message, code] of bad) {
+      assert.equal(thrown(() => checkMessage(message, 7)).code, code);
+      assert.match(thrown(() => checkMessage(message, 7)).message, /^message 7: /);
+      assert.equal(thrown(() => encodeBatch([message])).code, code);
+    }
+    const atLimits: MessageInput[] = [
+      { key: 'k'.repeat(formatLimits.keyBytesMax), body: new Uint8Array(1000), headers: { a: 'v'.repeat(formatLimits.headersBytesMax - 1) } },
+      { body: 'x', timestamp: 0, deliverAt: 0, msgId: new Uint8Array(16) },
+    ];
+    for (const message of atLimits) {
+      checkMessage(message);
+      assert.equal(encodeBatch([message]).msgIds.length, 1);
+    }
   });
 
   it('keeps its checksum when the broker patches offset and time', () => {

@@ -182,6 +182,59 @@ interface PreparedHeaders {
 }
 
 /**
+ * Checks one message against the per-message limits (body, key, headers, msgId, times) and
+ * throws the typed error encodeBatch would, without encoding anything. A producer calls it
+ * when a message is handed over, so that a bad message fails alone instead of failing the
+ * batch it would have joined. `index` names the message in the error ("message 3: …").
+ */
+export function checkMessage(message: MessageInput, index?: number): void {
+  const bodyLength = lengthOf(message.body);
+  if (bodyLength > formatLimits.messageBytesMax) {
+    throw new WaymarkError('MESSAGE_TOO_LARGE', `${which(index)}body is ${bodyLength} bytes, the limit is ${formatLimits.messageBytesMax}`);
+  }
+  const keyLength = message.key == null ? -1 : lengthOf(message.key);
+  if (keyLength > formatLimits.keyBytesMax) {
+    throw new WaymarkError('KEY_TOO_LARGE', `${which(index)}key is ${keyLength} bytes, the limit is ${formatLimits.keyBytesMax}`);
+  }
+  const msgId = message.msgId;
+  if (msgId && msgId.length !== msgIdBytes) {
+    throw new WaymarkError('INVALID_ARGUMENT', `${which(index)}msgId must be ${msgIdBytes} bytes, got ${msgId.length}`);
+  }
+  const timestamp = message.timestamp;
+  if (timestamp !== undefined && (!Number.isSafeInteger(timestamp) || timestamp < 0)) throw new WaymarkError('INVALID_ARGUMENT', `${which(index)}bad timestamp`);
+  const deliverAt = message.deliverAt ?? null;
+  if (deliverAt !== null && (!Number.isSafeInteger(deliverAt) || deliverAt < 0)) {
+    throw new WaymarkError('INVALID_ARGUMENT', `${which(index)}bad deliverAt`);
+  }
+  const headers = message.headers;
+  if (!headers) return;
+  let headerCount = 0;
+  let headerBytes = 0;
+  if (Array.isArray(headers)) {
+    for (const header of headers as readonly Header[]) {
+      headerCount++;
+      headerBytes += utf8Length(header.name) + header.value.length;
+    }
+  } else {
+    for (const name of Object.keys(headers)) {
+      headerCount++;
+      headerBytes += utf8Length(name) + lengthOf((headers as Record<string, string | Uint8Array>)[name]!);
+    }
+  }
+  if (headerCount > formatLimits.headerCountMax) {
+    throw new WaymarkError('HEADERS_TOO_LARGE', `${which(index)}${headerCount} headers, the limit is ${formatLimits.headerCountMax}`);
+  }
+  if (headerBytes > formatLimits.headersBytesMax) {
+    throw new WaymarkError('HEADERS_TOO_LARGE', `${which(index)}headers are ${headerBytes} bytes, the limit is ${formatLimits.headersBytesMax}`);
+  }
+}
+
+/** "message 3: " (made only when an error is thrown: no string per checked message). */
+function which(index: number | undefined): string {
+  return index === undefined ? '' : `message ${index}: `;
+}
+
+/**
  * Encodes messages into one batch with baseOffset 0 and brokerTimestamp 0 (the broker
  * patches both on append). Returns the batch and its msgIds: `packedMsgIds` back to back
  * (16 bytes per record, in record order) and, made on first use, `msgIds` as views.
@@ -205,42 +258,21 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
   let rawLength = 0;
   for (let i = 0; i < count; i++) {
     const message = messages[i]!;
+    checkMessage(message, i);
     const bodyLength = lengthOf(message.body);
-    if (bodyLength > formatLimits.messageBytesMax) {
-      throw new WaymarkError('MESSAGE_TOO_LARGE', `message ${i}: body is ${bodyLength} bytes, the limit is ${formatLimits.messageBytesMax}`);
-    }
     const keyLength = message.key == null ? -1 : lengthOf(message.key);
-    if (keyLength > formatLimits.keyBytesMax) {
-      throw new WaymarkError('KEY_TOO_LARGE', `message ${i}: key is ${keyLength} bytes, the limit is ${formatLimits.keyBytesMax}`);
-    }
-    const msgId = message.msgId;
-    if (msgId && msgId.length !== msgIdBytes) {
-      throw new WaymarkError('INVALID_ARGUMENT', `message ${i}: msgId must be ${msgIdBytes} bytes, got ${msgId.length}`);
-    }
     const timestamp = message.timestamp ?? firstTimestamp;
     const deliverAt = message.deliverAt ?? null;
-    if (!Number.isSafeInteger(timestamp) || timestamp < 0) throw new WaymarkError('INVALID_ARGUMENT', `message ${i}: bad timestamp`);
-    if (deliverAt !== null && (!Number.isSafeInteger(deliverAt) || deliverAt < 0)) {
-      throw new WaymarkError('INVALID_ARGUMENT', `message ${i}: bad deliverAt`);
-    }
     let size = 1 + varintSize(i) + varintSize(zigzag(timestamp - firstTimestamp)) + msgIdBytes;
     if (keyLength >= 0) size += varintSize(keyLength) + keyLength;
     const headers = normalizeHeaders(message.headers);
-    if (headers.length > formatLimits.headerCountMax) {
-      throw new WaymarkError('HEADERS_TOO_LARGE', `message ${i}: ${headers.length} headers, the limit is ${formatLimits.headerCountMax}`);
-    }
     size += varintSize(headers.length);
     if (headers.length > 0) {
       const names: Uint8Array[] = [];
-      let headerBytes = 0;
       for (const header of headers) {
         const name = textEncoder.encode(header.name); // header names are few and short
         names.push(name);
-        headerBytes += name.length + header.value.length;
         size += varintSize(name.length) + name.length + varintSize(header.value.length) + header.value.length;
-      }
-      if (headerBytes > formatLimits.headersBytesMax) {
-        throw new WaymarkError('HEADERS_TOO_LARGE', `message ${i}: headers are ${headerBytes} bytes, the limit is ${formatLimits.headersBytesMax}`);
       }
       (withHeaders ??= new Array(count))[i] = { names, headers };
     }
