@@ -15,6 +15,7 @@ import { WaymarkError } from '../engine/format/errors';
 import { decodeFrame, encodeFrame, encodeProduceFrame, errorFromFrame, type Frame, type FrameInit } from '../protocol/frames';
 import { protocolVersion } from '../protocol/limits';
 import { openSocket, type Socket } from './transport';
+import { RequestTable } from './request-table';
 
 export interface ConnectOptions {
   /** Shown to the broker in Hello. */
@@ -44,12 +45,11 @@ export type ClientEvent = 'reconnect' | 'disconnect';
 export class Connection {
   private socket: Socket | null = null;
   /**
-   * Requests awaiting a reply, in the order sent. Every request has the same timeout, so this
-   * is also deadline order: one timer, armed for the oldest deadline, serves them all
-   * (expireRequests) — a timer per request was, at thousands of requests a second, a large
-   * share of the objects the producer's collector had to move.
+   * Requests awaiting a reply (RequestTable says why not a Map). One timer, armed for the
+   * oldest deadline, serves them all (expireRequests) — a timer per request was, at thousands
+   * of requests a second, a large share of the objects the producer's collector had to move.
    */
-  private readonly pending = new Map<number, PendingRequest>();
+  private readonly pending = new RequestTable<PendingRequest>();
   private timeoutTimer: ReturnType<typeof setTimeout> | null = null;
   private readonly pushHandlers = new Map<number, PushHandler>();
   private readonly listeners: Record<ClientEvent, Set<() => void>> = { reconnect: new Set(), disconnect: new Set() };
@@ -133,9 +133,7 @@ export class Connection {
   private onSocketLost(code: number, reason: string): void {
     const lost = new WaymarkError('CONNECTION_LOST', `connection to ${this.url} lost (${code}${reason ? ` ${reason}` : ''})`);
     this.stopTimeouts();
-    const waiting = [...this.pending.values()];
-    this.pending.clear();
-    for (const p of waiting) p.reject(lost);
+    for (const p of this.pending.takeAll()) p.reject(lost);
     this.pushHandlers.clear(); // subscriptions die with the socket; consumers subscribe again
     this.ready = new Promise((resolve) => (this.markReady = resolve));
     for (const listener of this.listeners.disconnect) listener();
@@ -176,9 +174,8 @@ export class Connection {
       this.pushHandlers.get(subscription)?.(frame);
       return;
     }
-    const pending = this.pending.get(frame.id);
+    const pending = this.pending.take(frame.id);
     if (!pending) return;
-    this.pending.delete(frame.id);
     if (this.pending.size === 0) holdProcess(this.timeoutTimer, false);
     pending.resolve(frame);
   }
@@ -189,7 +186,7 @@ export class Connection {
 
   private sendEncoded(id: number, bytes: Uint8Array, onReply: (frame: Frame) => void, onError?: (err: WaymarkError) => void): void {
     const deadline = performance.now() + this.options.requestTimeoutMs;
-    this.pending.set(id, { resolve: onReply, reject: onError ?? (() => undefined), deadline });
+    this.pending.add(id, { resolve: onReply, reject: onError ?? (() => undefined), deadline });
     if (!this.timeoutTimer) this.armTimeouts(deadline);
     else if (this.pending.size === 1) holdProcess(this.timeoutTimer, true);
     this.socket!.send(bytes);
@@ -200,15 +197,26 @@ export class Connection {
     holdProcess(this.timeoutTimer, this.pending.size > 0);
   }
 
-  /** Fails every request past its deadline (the oldest first) and re-arms for the next. */
+  /**
+   * Fails every request past its deadline (the oldest first) and re-arms for the earliest
+   * deadline left. Runs about once per timeout period while requests wait, so going through
+   * the whole table costs nothing that matters.
+   */
   private expireRequests(): void {
     this.timeoutTimer = null;
     const now = performance.now();
-    for (const [id, p] of this.pending) {
-      if (p.deadline > now) return this.armTimeouts(p.deadline);
-      this.pending.delete(id);
+    let next = Infinity;
+    const expired: Array<[number, PendingRequest]> = [];
+    for (const entry of this.pending.entries()) {
+      if (entry[1].deadline <= now) expired.push(entry);
+      else next = Math.min(next, entry[1].deadline);
+    }
+    expired.sort((a, b) => a[1].deadline - b[1].deadline);
+    for (const [id, p] of expired) {
+      this.pending.take(id);
       p.reject(new WaymarkError('TIMEOUT', `no reply to request ${id} within ${this.options.requestTimeoutMs} ms`));
     }
+    if (next !== Infinity && !this.timeoutTimer) this.armTimeouts(next);
   }
 
   private stopTimeouts(): void {
@@ -267,9 +275,7 @@ export class Connection {
     this.closed = true;
     const closedError = new WaymarkError('CLIENT_CLOSED');
     this.stopTimeouts();
-    const waiting = [...this.pending.values()];
-    this.pending.clear();
-    for (const p of waiting) p.reject(closedError);
+    for (const p of this.pending.takeAll()) p.reject(closedError);
     this.socket?.close(1000, 'client closed');
     this.socket = null;
     this.markReady();
