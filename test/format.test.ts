@@ -25,6 +25,8 @@ import {
   type MessageInput,
 } from '../engine/format/index';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
 import { nativeXxh64MinBytes, xxh32, xxh32Range, xxh32Wasm, xxh64, xxh64Implementations } from '../engine/format/checksum';
 import { forEachRecordKeys } from '../engine/format/index-keys';
 import { lz4Codec } from '../engine/codec';
@@ -243,6 +245,30 @@ describe('format: record batches', () => {
       checkMessage(message);
       assert.equal(encodeBatch([message]).msgIds.length, 1);
     }
+  });
+
+  it('encodes the worked example of engine/FORMAT.md byte for byte', () => {
+    const doc = readFileSync(path.join(__dirname, '..', '..', 'engine', 'FORMAT.md'), 'utf8');
+    const section = doc.slice(doc.indexOf('### Worked example'));
+    const dump = section.slice(section.indexOf('```') + 3, section.indexOf('```', section.indexOf('```') + 3));
+    const expected = Buffer.from(
+      dump
+        .trim()
+        .split('\n')
+        .map((line) => line.slice(line.indexOf(':') + 1).trim().replace(/ /g, ''))
+        .join(''),
+      'hex',
+    );
+    assert.equal(expected.length, 102);
+    const { batch } = encodeBatch(
+      [{ msgId: Buffer.from('019a8f3c2e007f001122334455667788', 'hex'), key: 'k1', headers: { traceid: 'ab' }, body: 'hi', timestamp: 1763726400000 }],
+      { producerId: 7, producerSequence: 0, codec: null },
+    );
+    patchBatch(batch, 42, 1763726400005);
+    assert.equal(Buffer.from(batch).toString('hex'), expected.toString('hex'));
+    // And the negative defaults (no producer): -1 as eight 0xff, -1 as four.
+    const plain = encodeBatch([{ body: 'x' }], { codec: null }).batch;
+    assert.equal(Buffer.from(plain.subarray(BatchOffset.producerId, BatchOffset.producerId + 12)).toString('hex'), 'ff'.repeat(12));
   });
 
   it('keeps its checksum when the broker patches offset and time', () => {

@@ -229,6 +229,14 @@ export function checkMessage(message: MessageInput, index?: number): void {
   }
 }
 
+let lanesScratch = new Int32Array(3 * 1024);
+
+/** encodeBatch's per-message scratch, three lanes for `count` messages. */
+function laneScratch(count: number): Int32Array {
+  if (lanesScratch.length < 3 * count) lanesScratch = new Int32Array(3 * count);
+  return lanesScratch;
+}
+
 /** "message 3: " (made only when an error is thrown: no string per checked message). */
 function which(index: number | undefined): string {
   return index === undefined ? '' : `message ${index}: `;
@@ -251,9 +259,11 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
   }
   const ids = options.msgIds ?? defaultIds;
   const firstTimestamp = messages[0]!.timestamp ?? Date.now();
-  const sizes = new Int32Array(count);
-  const bodyLengths = new Int32Array(count);
-  const keyLengths = new Int32Array(count); // -1: no key
+  // Per message: record size, body length, key length (-1: no key), three lanes of one
+  // scratch array shared by every call (encodeBatch never runs inside itself): a producer at
+  // 10,000 msg/s seals a batch of one to three messages every turn, and three typed arrays per
+  // batch were a tenth of its garbage.
+  const lanes = laneScratch(count);
   let withHeaders: Array<PreparedHeaders | undefined> | null = null;
   let rawLength = 0;
   for (let i = 0; i < count; i++) {
@@ -278,9 +288,9 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
     }
     if (deliverAt !== null) size += varintSize(zigzag(deliverAt - firstTimestamp));
     size += varintSize(bodyLength) + bodyLength;
-    sizes[i] = size;
-    bodyLengths[i] = bodyLength;
-    keyLengths[i] = keyLength;
+    lanes[3 * i] = size;
+    lanes[3 * i + 1] = bodyLength;
+    lanes[3 * i + 2] = keyLength;
     rawLength += varintSize(size) + size;
   }
   if (batchHeaderBytes + rawLength > formatLimits.batchBytesMax) {
@@ -293,10 +303,10 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
   let pos = batchHeaderBytes;
   for (let i = 0; i < count; i++) {
     const message = messages[i]!;
-    const size = sizes[i]!;
+    const size = lanes[3 * i]!;
     pos = writeVarint(raw, pos, size);
     const recordStart = pos;
-    const keyLength = keyLengths[i]!;
+    const keyLength = lanes[3 * i + 2]!;
     const deliverAt = message.deliverAt ?? null;
     raw[pos++] = (keyLength >= 0 ? RecordAttr.hasKey : 0) | (deliverAt !== null ? RecordAttr.hasDeliverAt : 0);
     pos = writeVarint(raw, pos, i);
@@ -330,8 +340,8 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
       raw[pos++] = 0; // no headers
     }
     if (deliverAt !== null) pos = writeVarint(raw, pos, zigzag(deliverAt - firstTimestamp));
-    pos = writeVarint(raw, pos, bodyLengths[i]!);
-    pos = writeValue(raw, pos, message.body, bodyLengths[i]!);
+    pos = writeVarint(raw, pos, lanes[3 * i + 1]!);
+    pos = writeValue(raw, pos, message.body, lanes[3 * i + 1]!);
     if (pos - recordStart !== size) throw new Error(`encodeBatch: record ${i} size ${pos - recordStart} != ${size}`);
   }
   if (pos !== raw.length) throw new Error('encodeBatch: records section length mismatch');
@@ -402,20 +412,36 @@ function writeHeader(
   batch: Uint8Array,
   h: { flags: number; producerId: number; producerSequence: number; recordCount: number; firstTimestamp: number; recordsLength: number; recordsLengthRaw: number },
 ): void {
-  const dv = view(batch);
-  dv.setBigInt64(BatchOffset.baseOffset, 0n, true);
-  dv.setBigInt64(BatchOffset.brokerTimestamp, 0n, true);
-  dv.setUint8(BatchOffset.magic, batchMagic);
-  dv.setUint8(BatchOffset.version, batchVersion);
-  dv.setUint16(BatchOffset.flags, h.flags, true);
-  dv.setUint32(BatchOffset.batchLength, batch.length, true);
-  dv.setBigInt64(BatchOffset.producerId, BigInt(h.producerId), true);
-  dv.setInt32(BatchOffset.producerSequence, h.producerSequence, true);
-  dv.setUint32(BatchOffset.recordCount, h.recordCount, true);
-  dv.setBigInt64(BatchOffset.firstTimestamp, BigInt(h.firstTimestamp), true);
-  dv.setUint32(BatchOffset.recordsLength, h.recordsLength, true);
-  dv.setUint32(BatchOffset.recordsLengthRaw, h.recordsLengthRaw, true);
-  dv.setBigUint64(BatchOffset.checksum, computeChecksum(batch), true);
+  // Byte stores, not a DataView and three BigInts: a producer writes one header per batch.
+  writeInt64(batch, BatchOffset.baseOffset, 0);
+  writeInt64(batch, BatchOffset.brokerTimestamp, 0);
+  batch[BatchOffset.magic] = batchMagic;
+  batch[BatchOffset.version] = batchVersion;
+  batch[BatchOffset.flags] = h.flags & 0xff;
+  batch[BatchOffset.flags + 1] = (h.flags >>> 8) & 0xff;
+  writeUint32(batch, BatchOffset.batchLength, batch.length);
+  writeInt64(batch, BatchOffset.producerId, h.producerId);
+  writeUint32(batch, BatchOffset.producerSequence, h.producerSequence >>> 0);
+  writeUint32(batch, BatchOffset.recordCount, h.recordCount);
+  writeInt64(batch, BatchOffset.firstTimestamp, h.firstTimestamp);
+  writeUint32(batch, BatchOffset.recordsLength, h.recordsLength);
+  writeUint32(batch, BatchOffset.recordsLengthRaw, h.recordsLengthRaw);
+  view(batch).setBigUint64(BatchOffset.checksum, computeChecksum(batch), true);
+}
+
+/** Little-endian u32 (0 <= value < 2^32). */
+function writeUint32(buf: Uint8Array, at: number, value: number): void {
+  buf[at] = value & 0xff;
+  buf[at + 1] = (value >>> 8) & 0xff;
+  buf[at + 2] = (value >>> 16) & 0xff;
+  buf[at + 3] = (value >>> 24) & 0xff;
+}
+
+/** Little-endian two's-complement i64 of a safe integer (negative ones too: -1 is eight 0xff). */
+function writeInt64(buf: Uint8Array, at: number, value: number): void {
+  const high = Math.floor(value / 0x1_0000_0000);
+  writeUint32(buf, at, value - high * 0x1_0000_0000);
+  writeUint32(buf, at + 4, high >>> 0);
 }
 
 export function computeChecksum(batch: Uint8Array): bigint {
