@@ -76,6 +76,21 @@ export function settle(): void {
   fullGc?.();
 }
 
+/**
+ * Waits for the file system to write back what earlier phases left (`sync`): a phase that
+ * times fdatasyncs must not start while the kernel is still flushing or freeing what the
+ * previous phase wrote or deleted (the consume phase ends by deleting a 1.3 GB backlog;
+ * latency measured right after it had p99 19-38 ms with the engine floor itself at p99
+ * 4.8 ms and max 72 ms, against 2.4-3.1 ms when run on its own).
+ */
+export function quiesceDisk(): void {
+  try {
+    execFileSync('sync', { stdio: 'ignore' });
+  } catch {
+    // no sync(1): nothing to wait for that we can wait for
+  }
+}
+
 /** The JSON lines of a results file (other lines, e.g. progress, skipped): the report scripts' input. */
 export function loadJsonLines<T = Record<string, unknown>>(file: string): T[] {
   return fs

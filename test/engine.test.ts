@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openStore, encodeBatch, validateBatch, type Store, type StoreOptions, type SyncMode } from '../engine/index';
 import { ProducerStates } from '../engine/log/producer-state';
+import { limits } from '../engine/limits';
 import { TailCache } from '../engine/log/tail-cache';
 import { bodyFor, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
@@ -426,6 +427,23 @@ describe('engine tail cache', () => {
 });
 
 describe('engine producer state', () => {
+  it('forgets the least recently used producer past the limit; a producer that keeps appending is never the one forgotten', () => {
+    const states = new ProducerStates();
+    const max = limits.producerStateCountMax;
+    states.record(0, 0, 1, 0); // the busy one: first in, then used again and again
+    for (let id = 1; id < max; id++) states.record(id, 0, 1, id);
+    for (let seq = 1; seq <= 3; seq++) states.record(0, seq, 1, max + seq); // recorded last several times in a row
+    states.record(max, 0, 1, 2 * max); // one more producer: the least recently used (1) goes
+    const ids = new Set(states.entries().map((e) => e[0]));
+    assert.equal(ids.size, max);
+    assert.ok(ids.has(0), 'the busy producer is kept');
+    assert.ok(!ids.has(1), 'the least recently used is forgotten');
+    assert.ok(ids.has(2) && ids.has(max));
+    assert.equal(states.check({ producerId: 0, producerSequence: 2, recordCount: 1 } as never).kind, 'duplicate');
+    assert.equal(states.check({ producerId: 0, producerSequence: 4, recordCount: 1 } as never).kind, 'new');
+  });
+
+
   it('the checkpoint lists only durable batches of a producer, never one still being written', async () => {
     const states = new ProducerStates();
     states.record(7, 0, 10, 100); // recovered from the log: durable

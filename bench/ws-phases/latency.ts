@@ -23,7 +23,7 @@ import { WebSocket } from 'ws';
 import { connect } from '../../sdk/index';
 import { encodeBatch } from '../../engine/index';
 import { encodeFrame } from '../../protocol/frames';
-import { emit, latencySummary, now, progress, Samples, sig } from '../common';
+import { emit, latencySummary, now, progress, quiesceDisk, Samples, sig } from '../common';
 import { brokerBusy, type BrokerChild, type Options } from './shared';
 
 /** Warm-up of the floors (they run after the SDK pass, in processes already warm). */
@@ -31,6 +31,7 @@ const floorWarmupMs = 1000;
 
 export async function latencyPhase(o: Options, broker: BrokerChild): Promise<{ p50: number; p99: number; max: number }> {
   const topic = 'latency';
+  quiesceDisk(); // the consume phase just deleted its backlog (see quiesceDisk)
   const admin = await connect(broker.url, { clientName: 'bench-admin' });
   await admin.admin.createTopic(topic, { channels: 1 });
   admin.close();

@@ -24,6 +24,8 @@ export type ProducerCheck = { kind: 'new' } | { kind: 'duplicate'; batch: Produc
 
 export class ProducerStates {
   private readonly producers = new Map<number, ProducerBatch[]>();
+  /** The producer recorded last: the last in the Map's order. */
+  private newest = -1;
 
   static isIdempotent(header: BatchHeader): boolean {
     return header.producerId >= 0 && header.producerSequence >= 0;
@@ -41,12 +43,20 @@ export class ProducerStates {
 
   record(producerId: number, firstSeq: number, count: number, baseOffset: number, done: Promise<unknown> | null = null): ProducerBatch {
     let batches = this.producers.get(producerId);
-    if (batches) this.producers.delete(producerId); // re-insert: most recently used last
-    else batches = [];
+    if (!batches) {
+      batches = [];
+      this.producers.set(producerId, batches);
+    } else if (producerId !== this.newest) {
+      // Re-insert: most recently used last. Not for the producer recorded last (it is last
+      // already): a delete + set per batch rehashed the Map every few batches, and V8 keeps
+      // discarded tables linked to their successors (sdk/request-table.ts has the cost).
+      this.producers.delete(producerId);
+      this.producers.set(producerId, batches);
+    }
+    this.newest = producerId;
     const batch: ProducerBatch = { firstSeq, count, baseOffset, done };
     batches.push(batch);
     if (batches.length > limits.producerBatchCountMax) batches.shift();
-    this.producers.set(producerId, batches);
     if (this.producers.size > limits.producerStateCountMax) this.producers.delete(this.producers.keys().next().value!);
     return batch;
   }
