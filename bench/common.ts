@@ -167,7 +167,8 @@ export class Samples {
   }
 
   push(value: number): void {
-    if (this.length < this.data.length) this.data[this.length++] = value;
+    if (this.length === this.data.length) throw new Error(`Samples: more than the ${this.data.length} samples it was made for`);
+    this.data[this.length++] = value;
   }
 
   values(): Float64Array {

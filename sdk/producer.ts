@@ -13,7 +13,7 @@
 import { WaymarkError } from '../engine/format/errors';
 import { formatLimits } from '../engine/format/limits';
 import { MsgIdGenerator, msgIdToHex, msgIdFromHex, packedMsgIdsToHex } from '../engine/format/msg-id';
-import { checkMessage, encodeBatch, type MessageInput } from '../engine/format/record-batch';
+import { checkMessage, encodeBatch, messagePrefix, type MessageInput } from '../engine/format/record-batch';
 import { channelForKey } from '../engine/format/repack';
 import type { Connection } from './client';
 import { nodeCodec } from './codec';
@@ -295,7 +295,7 @@ export class Producer {
     let msgId: Uint8Array | undefined;
     if (message.msgId) {
       const parsed = msgIdFromHex(message.msgId);
-      if (!parsed) throw new WaymarkError('INVALID_ARGUMENT', `${index === undefined ? '' : `message ${index}: `}msgId must be 32 hex digits`);
+      if (!parsed) throw new WaymarkError('INVALID_ARGUMENT', `${messagePrefix(index)}msgId must be 32 hex digits`);
       msgId = parsed;
     }
     const input: MessageInput = { msgId, key: message.key ?? null, headers: message.headers, body: message.body };
@@ -372,7 +372,7 @@ export class Producer {
     let bytes: Uint8Array;
     let msgIds: Uint8Array;
     try {
-      const encoded = encodeBatch(open.messages, { producerId: this.producerId, producerSequence: state.sequence, codec: this.codec(), msgIds: this.ids });
+      const encoded = encodeBatch(open.messages, { producerId: this.producerId, producerSequence: state.sequence, codec: this.codec(), msgIds: this.ids, checked: true });
       bytes = encoded.batch;
       msgIds = encoded.packedMsgIds;
     } catch (err) {

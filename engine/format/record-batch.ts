@@ -118,6 +118,8 @@ export interface EncodeOptions {
   /** Compress the records section with this codec when that makes the batch smaller. */
   codec?: Codec | null;
   msgIds?: MsgIdGenerator;
+  /** Every message already passed checkMessage (a producer checks each when it is handed over): not checked again. */
+  checked?: boolean;
 }
 
 const textEncoder = new TextEncoder();
@@ -190,21 +192,21 @@ interface PreparedHeaders {
 export function checkMessage(message: MessageInput, index?: number): void {
   const bodyLength = lengthOf(message.body);
   if (bodyLength > formatLimits.messageBytesMax) {
-    throw new WaymarkError('MESSAGE_TOO_LARGE', `${which(index)}body is ${bodyLength} bytes, the limit is ${formatLimits.messageBytesMax}`);
+    throw new WaymarkError('MESSAGE_TOO_LARGE', `${messagePrefix(index)}body is ${bodyLength} bytes, the limit is ${formatLimits.messageBytesMax}`);
   }
   const keyLength = message.key == null ? -1 : lengthOf(message.key);
   if (keyLength > formatLimits.keyBytesMax) {
-    throw new WaymarkError('KEY_TOO_LARGE', `${which(index)}key is ${keyLength} bytes, the limit is ${formatLimits.keyBytesMax}`);
+    throw new WaymarkError('KEY_TOO_LARGE', `${messagePrefix(index)}key is ${keyLength} bytes, the limit is ${formatLimits.keyBytesMax}`);
   }
   const msgId = message.msgId;
   if (msgId && msgId.length !== msgIdBytes) {
-    throw new WaymarkError('INVALID_ARGUMENT', `${which(index)}msgId must be ${msgIdBytes} bytes, got ${msgId.length}`);
+    throw new WaymarkError('INVALID_ARGUMENT', `${messagePrefix(index)}msgId must be ${msgIdBytes} bytes, got ${msgId.length}`);
   }
   const timestamp = message.timestamp;
-  if (timestamp !== undefined && (!Number.isSafeInteger(timestamp) || timestamp < 0)) throw new WaymarkError('INVALID_ARGUMENT', `${which(index)}bad timestamp`);
+  if (timestamp !== undefined && (!Number.isSafeInteger(timestamp) || timestamp < 0)) throw new WaymarkError('INVALID_ARGUMENT', `${messagePrefix(index)}bad timestamp`);
   const deliverAt = message.deliverAt ?? null;
   if (deliverAt !== null && (!Number.isSafeInteger(deliverAt) || deliverAt < 0)) {
-    throw new WaymarkError('INVALID_ARGUMENT', `${which(index)}bad deliverAt`);
+    throw new WaymarkError('INVALID_ARGUMENT', `${messagePrefix(index)}bad deliverAt`);
   }
   const headers = message.headers;
   if (!headers) return;
@@ -222,10 +224,10 @@ export function checkMessage(message: MessageInput, index?: number): void {
     }
   }
   if (headerCount > formatLimits.headerCountMax) {
-    throw new WaymarkError('HEADERS_TOO_LARGE', `${which(index)}${headerCount} headers, the limit is ${formatLimits.headerCountMax}`);
+    throw new WaymarkError('HEADERS_TOO_LARGE', `${messagePrefix(index)}${headerCount} headers, the limit is ${formatLimits.headerCountMax}`);
   }
   if (headerBytes > formatLimits.headersBytesMax) {
-    throw new WaymarkError('HEADERS_TOO_LARGE', `${which(index)}headers are ${headerBytes} bytes, the limit is ${formatLimits.headersBytesMax}`);
+    throw new WaymarkError('HEADERS_TOO_LARGE', `${messagePrefix(index)}headers are ${headerBytes} bytes, the limit is ${formatLimits.headersBytesMax}`);
   }
 }
 
@@ -237,8 +239,8 @@ function laneScratch(count: number): Int32Array {
   return lanesScratch;
 }
 
-/** "message 3: " (made only when an error is thrown: no string per checked message). */
-function which(index: number | undefined): string {
+/** "message 3: " for an error about one message of several; "" for a message on its own. Made only when an error is thrown. */
+export function messagePrefix(index: number | undefined): string {
   return index === undefined ? '' : `message ${index}: `;
 }
 
@@ -268,7 +270,7 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
   let rawLength = 0;
   for (let i = 0; i < count; i++) {
     const message = messages[i]!;
-    checkMessage(message, i);
+    if (!options.checked) checkMessage(message, i);
     const bodyLength = lengthOf(message.body);
     const keyLength = message.key == null ? -1 : lengthOf(message.key);
     const timestamp = message.timestamp ?? firstTimestamp;
@@ -450,9 +452,8 @@ export function computeChecksum(batch: Uint8Array): bigint {
 
 /** Sets the two broker-assigned fields in place (outside the checksum: no re-encoding). */
 export function patchBatch(batch: Uint8Array, baseOffset: number, brokerTimestamp: number): void {
-  const dv = view(batch);
-  dv.setBigInt64(BatchOffset.baseOffset, BigInt(baseOffset), true);
-  dv.setBigInt64(BatchOffset.brokerTimestamp, BigInt(brokerTimestamp), true);
+  writeInt64(batch, BatchOffset.baseOffset, baseOffset);
+  writeInt64(batch, BatchOffset.brokerTimestamp, brokerTimestamp);
 }
 
 /** Outcome of looking at the bytes at a position where a batch should start. */

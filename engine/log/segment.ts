@@ -364,7 +364,7 @@ export class Segment {
       if (n === 0) break;
       got += n;
     }
-    return buf.subarray(0, got);
+    return got === buf.length ? buf : buf.subarray(0, got);
   }
 
   close(): void {
