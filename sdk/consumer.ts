@@ -214,12 +214,23 @@ export class Consumer implements AsyncIterable<Message> {
     return { next: () => this.next(), return: async () => { await this.close(); return { value: undefined, done: true }; } };
   }
 
-  /** Callback style: runs `handler` for each message in order until close(); a throw stops it. */
+  /**
+   * Callback style: runs `handler` for each message in order until close(); a throw or a
+   * rejected promise from it stops the run and rejects run(). Messages already received are
+   * handed over one after another without a promise each (unless the handler returns one):
+   * at 10,000 messages a second, a promise and an iterator result per message were most of
+   * a consuming application's garbage, and its collections were the latency tail.
+   */
   async run(handler: (message: Message) => Promise<void> | void): Promise<void> {
     for (;;) {
       const r = await this.next();
       if (r.done) return;
-      await handler(r.value);
+      let message: Message | null = r.value;
+      while (message !== null) {
+        const handled = handler(message);
+        if (handled) await handled;
+        message = this.closed || this.pull.failed ? null : this.take();
+      }
     }
   }
 

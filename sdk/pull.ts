@@ -19,6 +19,11 @@ export class Pull<T> {
     return new Promise((resolve, reject) => (this.waiting = { resolve, reject }));
   }
 
+  /** Set once fail() was called: next() rejects from then on. */
+  get failed(): boolean {
+    return this.failure !== null;
+  }
+
   /** Items arrived: hands one to a waiting next(). */
   wake(take: () => T | null): void {
     if (!this.waiting) return;

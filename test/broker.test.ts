@@ -60,6 +60,38 @@ describe('broker: SDK round trips against a real broker process', function () {
     }
   });
 
+  it('callback style: run() hands every message over once, in order, awaits a handler\'s promise, and a throwing handler rejects run()', async () => {
+    await client.admin.createTopic('callbacks', { channels: 1 });
+    const producer = await client.producer({ topic: 'callbacks' });
+    await producer.sendBatch(Array.from({ length: 500 }, (_, i) => ({ body: `m${i}` })));
+    const consumer = await client.consumer({ topic: 'callbacks', group: 'cb', start: 'earliest', autoCommitIntervalMs: 0 });
+    const seen: string[] = [];
+    let inHandler = 0;
+    let overlapped = false;
+    const running = consumer.run(async (m) => {
+      overlapped ||= inHandler > 0;
+      inHandler++;
+      seen.push(text(m));
+      if (seen.length % 100 === 0) await new Promise((resolve) => setImmediate(resolve)); // an async handler now and then
+      inHandler--;
+      if (seen.length === 500) void consumer.close();
+    });
+    await running;
+    assert.deepEqual(seen, Array.from({ length: 500 }, (_, i) => `m${i}`));
+    assert.equal(overlapped, false, 'a handler\'s promise is awaited before the next message');
+
+    const failing = await client.consumer({ topic: 'callbacks', group: 'cb-fail', start: 'earliest', autoCommitIntervalMs: 0 });
+    let calls = 0;
+    await assert.rejects(
+      failing.run(() => {
+        if (++calls === 3) throw new Error('handler failed');
+      }),
+      /handler failed/,
+    );
+    assert.equal(calls, 3, 'no message after the throw');
+    await failing.close();
+  });
+
   it('sendBatch: one promise for many messages, results in order; a bad message rejects the call and is never stored', async () => {
     await client.admin.createTopic('bulk', { channels: 3 });
     const producer = await client.producer({ topic: 'bulk' });

@@ -100,20 +100,21 @@ async function sdkLatency(url: string, topic: string, o: Options): Promise<SdkLa
     const scratchBytes = new Uint8Array(scratch.buffer);
     let received = 0;
     const t0 = now() + 50;
-    const receiving = (async () => {
-      while (received < count) {
-        const r = await consumer.next();
-        if (r.done) break;
-        const at = now();
-        scratchBytes.set(r.value.body.subarray(0, 16));
-        const due = scratch[0]!;
-        received++;
-        if (due - t0 >= warmupMs) {
-          fromDue.push(at - due);
-          fromSend.push(at - scratch[1]!);
-        }
+    // The callback style (consumer.run): messages that arrive together are handed over without
+    // a promise each, as a consuming application would take them.
+    let allReceived!: () => void;
+    const receivedAll = new Promise<void>((resolve) => (allReceived = resolve));
+    const receiving = consumer.run((message) => {
+      const at = now();
+      const body = message.body;
+      for (let b = 0; b < 16; b++) scratchBytes[b] = body[b]!;
+      const due = scratch[0]!;
+      if (due - t0 >= warmupMs) {
+        fromDue.push(at - due);
+        fromSend.push(at - scratch[1]!);
       }
-    })();
+      if (++received === count) allReceived();
+    });
     let acked = 0;
     let failure: unknown = null;
     const acks = new Samples(count);
@@ -138,7 +139,7 @@ async function sdkLatency(url: string, topic: string, o: Options): Promise<SdkLa
     for (let i = 0; i < 100 && acked < count && !failure; i++) await new Promise((resolve) => setImmediate(resolve));
     if (failure || acked < count) throw failure ?? new Error(`${count - acked} sends unacknowledged after flush`);
     // Everything is acknowledged; give the consumer a moment for the tail, then stop.
-    await Promise.race([receiving, new Promise((resolve) => setTimeout(resolve, 5000))]);
+    await Promise.race([receivedAll, receiving, new Promise((resolve) => setTimeout(resolve, 5000))]);
     await consumer.close();
     await producer.close();
     return { fromDue, fromSend, acks, sent: count, received, produceRequests: (await produceFrames(url)) - produceFrames0 };
