@@ -5,7 +5,7 @@
  */
 import { WaymarkError, type AppendOutcome, type Store } from '../engine/index';
 import { GroupPositions, checkGroupName, type GroupPosition } from './groups';
-import { BrokerMetrics } from './metrics';
+import { BrokerMetrics, type CounterCell } from './metrics';
 
 export interface ChannelAppend {
   channel: number;
@@ -28,6 +28,8 @@ export interface StartRequest {
 }
 
 export class Broker {
+  private readonly appendCounters = new Map<string, Array<{ messages: CounterCell; bytes: CounterCell }>>();
+
   constructor(
     readonly store: Store,
     readonly groups: GroupPositions,
@@ -59,10 +61,18 @@ export class Broker {
 
   private appended(topic: string, channel: number, bytes: number, o: AppendOutcome): ChannelAppend {
     if (!o.duplicate) {
-      this.metrics.appendedMessages.inc([topic, channel], o.recordCount);
-      this.metrics.appendedBytes.inc([topic, channel], bytes);
+      const cells = this.appendCells(topic, channel);
+      cells.messages.value += o.recordCount;
+      cells.bytes.value += bytes;
     }
     return { channel, baseOffset: o.baseOffset, recordCount: o.recordCount, brokerTimestamp: o.brokerTimestamp, duplicate: o.duplicate };
+  }
+
+  /** The appended-messages and -bytes counters of one channel, looked up once per topic and channel. */
+  private appendCells(topic: string, channel: number): { messages: CounterCell; bytes: CounterCell } {
+    let perChannel = this.appendCounters.get(topic);
+    if (!perChannel) this.appendCounters.set(topic, (perChannel = []));
+    return (perChannel[channel] ??= { messages: this.metrics.appendedMessages.cell([topic, channel]), bytes: this.metrics.appendedBytes.cell([topic, channel]) });
   }
 
   /** The channels a subscription covers: the asked ones (checked) or all. */

@@ -3,8 +3,13 @@
  * and one histogram do not need a client library. Hot paths only bump numbers in maps;
  * the text is built when /metrics is scraped.
  */
+/** One label combination's value; hot paths keep it and add to `value` (no key string per increment). */
+export interface CounterCell {
+  value: number;
+}
+
 export class Counter {
-  private readonly values = new Map<string, number>();
+  private readonly cells = new Map<string, CounterCell & { labels: readonly string[] }>();
   constructor(
     readonly name: string,
     readonly help: string,
@@ -12,13 +17,23 @@ export class Counter {
   ) {}
 
   inc(labels: readonly (string | number)[], by = 1): void {
-    const key = labels.join('\u0000');
-    this.values.set(key, (this.values.get(key) ?? 0) + by);
+    this.cell(labels).value += by;
+  }
+
+  /** The cell of these label values, made on first use. */
+  cell(labels: readonly (string | number)[]): CounterCell {
+    const key = labels.length === 1 ? String(labels[0]) : labels.join('\u0000');
+    let cell = this.cells.get(key);
+    if (!cell) {
+      cell = { value: 0, labels: labels.map(String) };
+      this.cells.set(key, cell);
+    }
+    return cell;
   }
 
   render(out: string[]): void {
     out.push(`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} counter`);
-    for (const [key, value] of this.values) out.push(`${this.name}${labelText(this.labelNames, key.split('\u0000'))} ${value}`);
+    for (const cell of this.cells.values()) out.push(`${this.name}${labelText(this.labelNames, cell.labels)} ${cell.value}`);
   }
 }
 

@@ -16,7 +16,7 @@
  * ChannelLog.stableTimestamp), batches share one broker time so a pack never splits one, and
  * the next pack begins where the last one ended.
  */
-import { batchHeaderBytes, WaymarkError, type Store } from '../engine/index';
+import { BatchOffset, batchHeaderBytes, readInt64, readUint32, WaymarkError, type Store } from '../engine/index';
 import { protocolLimits } from '../protocol/limits';
 import { toWaymarkError, type FrameInit } from '../protocol/frames';
 import { clampPosition } from './broker';
@@ -308,11 +308,16 @@ export class Subscription {
 /** The batches in a buffer of whole batches (validated when written; read without checks). */
 export function batchSpans(bytes: Uint8Array): BatchSpan[] {
   const spans: BatchSpan[] = [];
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   for (let pos = 0; pos + batchHeaderBytes <= bytes.length; ) {
-    const length = dv.getUint32(pos + 28, true);
+    const length = readUint32(bytes, pos + BatchOffset.batchLength);
     if (length < batchHeaderBytes || pos + length > bytes.length) break;
-    spans.push({ start: pos, length, baseOffset: Number(dv.getBigInt64(pos, true)), recordCount: dv.getUint32(pos + 44, true), brokerTimestamp: Number(dv.getBigInt64(pos + 8, true)) });
+    spans.push({
+      start: pos,
+      length,
+      baseOffset: readInt64(bytes, pos + BatchOffset.baseOffset),
+      recordCount: readUint32(bytes, pos + BatchOffset.recordCount),
+      brokerTimestamp: readInt64(bytes, pos + BatchOffset.brokerTimestamp),
+    });
     pos += length;
   }
   return spans;

@@ -22,6 +22,7 @@ import {
   errorCodeFromWire,
   ErrorTable,
   checkMessage,
+  type BatchHeader,
   type MessageInput,
 } from '../engine/format/index';
 import { randomBytes } from 'node:crypto';
@@ -153,6 +154,32 @@ describe('format: error table', () => {
 
 describe('format: record batches', () => {
   before(() => loadChecksum());
+
+  it('header 64-bit fields read back exactly across the safe-integer range, negatives included (byte loads against a DataView)', () => {
+    const { batch } = encodeBatch([{ body: 'x', timestamp: 1_795_000_000_000 }], { producerId: Number.MAX_SAFE_INTEGER, producerSequence: 2 ** 31 - 1 });
+    for (const [offset, time] of [
+      [0, 0],
+      [2 ** 32 - 1, 2 ** 32],
+      [2 ** 32 + 5, 1_795_000_000_123],
+      [Number.MAX_SAFE_INTEGER - 1, Number.MAX_SAFE_INTEGER],
+    ] as const) {
+      patchBatch(batch, offset, time);
+      const probe = probeHeader(batch, 0);
+      assert.equal(probe.kind, 'ok');
+      const header = (probe as { header: BatchHeader }).header;
+      const dv = new DataView(batch.buffer, batch.byteOffset, batch.byteLength);
+      assert.equal(header.baseOffset, offset);
+      assert.equal(header.brokerTimestamp, time);
+      assert.equal(header.producerId, Number(dv.getBigInt64(BatchOffset.producerId, true)));
+      assert.equal(header.producerId, Number.MAX_SAFE_INTEGER);
+      assert.equal(header.producerSequence, 2 ** 31 - 1);
+      assert.equal(header.firstTimestamp, 1_795_000_000_000);
+      assert.equal(header.checksum, dv.getBigUint64(BatchOffset.checksum, true));
+    }
+    const anonymous = probeHeader(encodeBatch([{ body: 'y' }]).batch, 0) as { header: BatchHeader };
+    assert.equal(anonymous.header.producerId, -1, 'no producer: -1, eight 0xff bytes');
+    assert.equal(anonymous.header.producerSequence, -1);
+  });
 
   for (const { name, codec } of codecs) {
     it(`round-trips every field (${name})`, () => {

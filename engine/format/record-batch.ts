@@ -470,45 +470,60 @@ export type HeaderProbe =
  */
 export function probeHeader(buf: Uint8Array, pos: number, end: number = buf.length): HeaderProbe {
   if (end - pos < batchHeaderBytes) return { kind: 'short', needBytes: batchHeaderBytes };
-  const dv = new DataView(buf.buffer, buf.byteOffset + pos, batchHeaderBytes);
-  const magic = dv.getUint8(BatchOffset.magic);
+  // Byte loads, not a DataView and five BigInts: every produce, push and lookup probes headers.
+  const magic = buf[pos + BatchOffset.magic]!;
   if (magic !== batchMagic) return { kind: 'corrupt', reason: `bad magic 0x${magic.toString(16)}` };
-  const version = dv.getUint8(BatchOffset.version);
+  const version = buf[pos + BatchOffset.version]!;
   if (version !== batchVersion) return { kind: 'corrupt', reason: `unknown batch version ${version}` };
-  const flags = dv.getUint16(BatchOffset.flags, true);
+  const flags = buf[pos + BatchOffset.flags]! | (buf[pos + BatchOffset.flags + 1]! << 8);
   if ((flags & ~BatchFlag.knownMask) !== 0) return { kind: 'corrupt', reason: `unknown flag bits 0x${flags.toString(16)}` };
   const compression = flags & BatchFlag.compressionMask;
   if (compression !== Compression.none && compression !== Compression.lz4) return { kind: 'corrupt', reason: `unknown compression ${compression}` };
-  const batchLength = dv.getUint32(BatchOffset.batchLength, true);
-  const recordsLength = dv.getUint32(BatchOffset.recordsLength, true);
+  const batchLength = readUint32(buf, pos + BatchOffset.batchLength);
+  const recordsLength = readUint32(buf, pos + BatchOffset.recordsLength);
   if (batchLength !== batchHeaderBytes + recordsLength) {
     return { kind: 'corrupt', reason: `batchLength ${batchLength} does not match recordsLength ${recordsLength} + ${batchHeaderBytes}` };
   }
   if (batchLength > formatLimits.batchBytesMax) return { kind: 'corrupt', reason: `batchLength ${batchLength} over the limit` };
-  const recordsLengthRaw = dv.getUint32(BatchOffset.recordsLengthRaw, true);
+  const recordsLengthRaw = readUint32(buf, pos + BatchOffset.recordsLengthRaw);
   if (compression === Compression.none && recordsLengthRaw !== recordsLength) {
     return { kind: 'corrupt', reason: 'uncompressed batch with recordsLengthRaw != recordsLength' };
   }
   if (recordsLengthRaw > formatLimits.batchBytesMax) return { kind: 'corrupt', reason: `recordsLengthRaw ${recordsLengthRaw} over the limit` };
-  const recordCount = dv.getUint32(BatchOffset.recordCount, true);
+  const recordCount = readUint32(buf, pos + BatchOffset.recordCount);
   if (recordCount === 0 || recordCount > formatLimits.batchRecordCountMax) return { kind: 'corrupt', reason: `recordCount ${recordCount} out of range` };
   if (end - pos < batchLength) return { kind: 'short', needBytes: batchLength };
   return {
     kind: 'ok',
     header: {
-      baseOffset: Number(dv.getBigInt64(BatchOffset.baseOffset, true)),
-      brokerTimestamp: Number(dv.getBigInt64(BatchOffset.brokerTimestamp, true)),
-      checksum: dv.getBigUint64(BatchOffset.checksum, true),
+      baseOffset: readInt64(buf, pos + BatchOffset.baseOffset),
+      brokerTimestamp: readInt64(buf, pos + BatchOffset.brokerTimestamp),
+      checksum: readUint64Big(buf, pos + BatchOffset.checksum),
       flags,
       batchLength,
-      producerId: Number(dv.getBigInt64(BatchOffset.producerId, true)),
-      producerSequence: dv.getInt32(BatchOffset.producerSequence, true),
+      producerId: readInt64(buf, pos + BatchOffset.producerId),
+      producerSequence: readUint32(buf, pos + BatchOffset.producerSequence) | 0,
       recordCount,
-      firstTimestamp: Number(dv.getBigInt64(BatchOffset.firstTimestamp, true)),
+      firstTimestamp: readInt64(buf, pos + BatchOffset.firstTimestamp),
       recordsLength,
       recordsLengthRaw,
     },
   };
+}
+
+/** Little-endian u32 at `at`. */
+export function readUint32(buf: Uint8Array, at: number): number {
+  return (buf[at]! | (buf[at + 1]! << 8) | (buf[at + 2]! << 16) | (buf[at + 3]! << 24)) >>> 0;
+}
+
+/** Little-endian two's-complement i64 at `at` as a number (exact within ±2^53, as writeInt64 writes them). */
+export function readInt64(buf: Uint8Array, at: number): number {
+  return (readUint32(buf, at + 4) | 0) * 0x1_0000_0000 + readUint32(buf, at);
+}
+
+/** Little-endian u64 at `at` as a bigint (the checksum: all 64 bits count). */
+function readUint64Big(buf: Uint8Array, at: number): bigint {
+  return new DataView(buf.buffer, buf.byteOffset + at, 8).getBigUint64(0, true);
 }
 
 /** True when the stored checksum matches the bytes of the batch at `pos`. */
