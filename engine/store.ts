@@ -235,9 +235,10 @@ export class Store {
     checkTopicName(name, internal.system);
     if (this.topics.has(name)) throw new WaymarkError('TOPIC_EXISTS', `topic ${name} already exists`, { topic: name });
     const channels = config.channels;
-    if (!Number.isInteger(channels) || channels < 1 || channels > limits.channelCountMax) {
-      throw new WaymarkError('TOO_MANY_CHANNELS', `channels must be 1..${limits.channelCountMax}, not ${channels}`);
+    if (!Number.isInteger(channels) || channels < 1) {
+      throw new WaymarkError('INVALID_ARGUMENT', `channels must be a whole number from 1 to ${limits.channelCountMax}, not ${JSON.stringify(channels)}`);
     }
+    if (channels > limits.channelCountMax) throw new WaymarkError('TOO_MANY_CHANNELS', `channels must be 1..${limits.channelCountMax}, not ${channels}`);
     const info: TopicInfo = {
       name,
       channels,

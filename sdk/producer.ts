@@ -207,8 +207,9 @@ export class Producer {
     if (message.channel !== undefined) return message.channel;
     if (this.options.channel !== undefined) return this.options.channel;
     if (message.key != null) return channelForKey(message.key, this.channels.length);
-    this.roundRobin = (this.roundRobin + 1) % this.channels.length;
-    return this.roundRobin;
+    const channel = this.roundRobin; // channel 0 first, as the HTTP route does
+    this.roundRobin = (channel + 1) % this.channels.length;
+    return channel;
   }
 
   /** Queues one message; resolves once it is durable on the broker. */

@@ -3,7 +3,9 @@
  * ordinary segment set (DESIGN §3: no second storage engine). Each commit appends one record
  * per channel with key `<topic>/<group>/<channel>` and body `{"offset":N,"timestamp":T}`;
  * the latest position of a key is found through the key index (newest first), so nothing is
- * scanned at start-up and a cache holds what was read or written since.
+ * scanned before the broker serves and a cache holds what was read or written since. After
+ * open, one background pass reads `__groups` from its start so that every group's lag is in
+ * /metrics after a restart, not only the groups a consumer has touched since (`loaded`).
  *
  * Invariant: a commit is acknowledged only once its record is durable (the store's sync
  * mode), so an acknowledged commit survives a restart.
@@ -32,12 +34,36 @@ export function checkGroupName(group: string): void {
 
 export class GroupPositions {
   private readonly cache = new Map<string, GroupPosition | null>();
+  /** Settles once the background pass over `__groups` is done (it never rejects). */
+  loaded: Promise<void> = Promise.resolve();
 
   private constructor(private readonly store: Store) {}
 
   static async open(store: Store): Promise<GroupPositions> {
     if (!store.hasTopic(groupsTopic)) await store.createTopic(groupsTopic, { channels: 1, owner: 'waymark' }, { system: true });
-    return new GroupPositions(store);
+    const groups = new GroupPositions(store);
+    groups.loaded = groups.loadAll().catch(() => undefined); // a store closed mid-pass: lag then shows what is cached
+    return groups;
+  }
+
+  /**
+   * Reads `__groups` from its start and caches each key's last position, except keys that
+   * were committed or read meanwhile (those are newer). Memory: one entry per group and
+   * channel, within the cache's bound.
+   */
+  private async loadAll(): Promise<void> {
+    const { logStartOffset, highWatermark } = this.store.channelState(groupsTopic, 0);
+    const latest = new Map<string, GroupPosition>();
+    for (let offset = logStartOffset; offset < highWatermark; ) {
+      const messages = await this.store.read(groupsTopic, 0, { offset, maxMessages: 1000 });
+      if (messages.length === 0) break;
+      for (const m of messages) {
+        const position = m.key ? parsePosition(m.key, m.body) : null;
+        if (position) latest.set(m.key!, position);
+      }
+      offset = messages[messages.length - 1]!.offset + 1;
+    }
+    for (const [key, position] of latest) if (!this.cache.has(key)) this.remember(key, position);
   }
 
   private static key(topic: string, group: string, channel: number): string {
@@ -87,5 +113,17 @@ export class GroupPositions {
     this.cache.delete(key);
     this.cache.set(key, position);
     if (this.cache.size > cachedPositionCountMax) this.cache.delete(this.cache.keys().next().value!);
+  }
+}
+
+/** A `__groups` record's position, or null when its key or body is not one (skipped, never fatal). */
+function parsePosition(key: string, body: Buffer): GroupPosition | null {
+  const channel = Number(key.slice(key.lastIndexOf('/') + 1));
+  try {
+    const parsed = JSON.parse(body.toString('utf8')) as { offset?: unknown; timestamp?: unknown };
+    if (!Number.isInteger(channel) || typeof parsed.offset !== 'number') return null;
+    return { channel, offset: parsed.offset, timestamp: typeof parsed.timestamp === 'number' ? parsed.timestamp : 0 };
+  } catch {
+    return null;
   }
 }

@@ -122,13 +122,22 @@ export function messageJson(m: StoredMessage, encoding: string): Record<string, 
   };
 }
 
-function intParam(value: string | null, name: string, fallback?: number): number {
+function intParam(value: string | null, name: string, fallback?: number, min = 0): number {
   if (value === null || value === '') {
     if (fallback !== undefined) return fallback;
     throw new WaymarkError('INVALID_ARGUMENT', `${name} is required`);
   }
-  if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value))) throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number ≥ 0, not ${JSON.stringify(value)}`);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value)) || Number(value) < min) {
+    throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number ≥ ${min}, not ${JSON.stringify(value)}`);
+  }
   return Number(value);
+}
+
+/** `?encoding=`: how bodies are put in JSON, utf8 (default) or base64. */
+function encodingParam(query: URLSearchParams): 'utf8' | 'base64' {
+  const value = query.get('encoding') ?? 'utf8';
+  if (value !== 'utf8' && value !== 'base64') throw new WaymarkError('INVALID_ARGUMENT', `encoding must be utf8 or base64, not ${JSON.stringify(value)}`);
+  return value;
 }
 
 function parseJsonBody(body: Buffer): Record<string, unknown> {
@@ -155,7 +164,11 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
   const roundRobin = new Map<string, number>();
 
   route(app, 'get', '/healthz', ctx, () => json({ status: 'ok' }));
-  route(app, 'get', '/metrics', ctx, () => ({ status: 200, body: broker.metrics.render(ctx.metricsExtra), contentType: 'text/plain; version=0.0.4' }));
+  // Lag rows cover every group once the start-up pass over __groups is done (groups.ts).
+  route(app, 'get', '/metrics', ctx, async () => {
+    await broker.groups.loaded;
+    return { status: 200, body: broker.metrics.render(ctx.metricsExtra), contentType: 'text/plain; version=0.0.4' };
+  });
 
   route(app, 'get', '/v1/topics', ctx, () => json({ topics: store.listTopics().filter((t) => !t.name.startsWith('__')) }));
   route(app, 'get', '/v1/topics/:topic', ctx, ({ params }) => json(describe(params[0]!)));
@@ -229,10 +242,10 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
     const topic = params[0]!;
     const channel = intParam(query.get('channel'), 'channel', 0);
     const offset = intParam(query.get('offset'), 'offset', store.channelState(topic, channel).logStartOffset);
-    const max = Math.min(intParam(query.get('max'), 'max', 100), 10_000);
+    const max = Math.min(intParam(query.get('max'), 'max', 100, 1), 10_000);
+    const encoding = encodingParam(query);
     const state = store.channelState(topic, channel);
     const messages = offset >= state.highWatermark && offset === state.highWatermark ? [] : await store.read(topic, channel, { offset, maxMessages: max, maxBytes: 8 * 1024 * 1024 });
-    const encoding = query.get('encoding') ?? 'utf8';
     return json({
       topic,
       channel,
@@ -246,21 +259,23 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
   route(app, 'get', '/v1/messages/:msgId', ctx, async ({ params, query }) => {
     const msgId = params[0]!;
     const wanted = query.get('topic');
+    const encoding = encodingParam(query);
     const topics = wanted ? [wanted] : store.listTopics().map((t) => t.name).filter((n) => !n.startsWith('__'));
     for (const topic of topics) {
       const found = await store.lookupMsgId(topic, msgId);
-      if (found) return json(messageJson(found, query.get('encoding') ?? 'utf8'));
+      if (found) return json(messageJson(found, encoding));
     }
     throw new WaymarkError('MESSAGE_NOT_FOUND', `no message ${msgId}${wanted ? ` in topic ${wanted}` : ''}`);
   });
 
   route(app, 'get', '/v1/topics/:topic/keys/:key', ctx, async ({ params, query }) => {
+    const encoding = encodingParam(query);
     const messages = await store.lookupKey(params[0]!, params[1]!, {
-      limit: intParam(query.get('limit'), 'limit', 100),
+      limit: intParam(query.get('limit'), 'limit', 100, 1),
       timeFrom: query.get('from') ? intParam(query.get('from'), 'from') : undefined,
       timeTo: query.get('to') ? intParam(query.get('to'), 'to') : undefined,
     });
-    return json({ messages: messages.map((m) => messageJson(m, query.get('encoding') ?? 'utf8')) });
+    return json({ messages: messages.map((m) => messageJson(m, encoding)) });
   });
 
   app.any('/*', (res, req) => {

@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as path from 'node:path';
-import { connect, channelForKey, type Client, type Message } from '../sdk/index';
+import { connect, channelForKey, type Client, type Message, type SendResult } from '../sdk/index';
 import { encodeBatch, loadChecksum } from '../engine/format/index';
 import { BrokerProcess, httpJson, RawClient } from './broker-helpers';
 import { countRecords } from '../sdk/consumer';
@@ -90,6 +90,35 @@ describe('broker: SDK round trips against a real broker process', function () {
     );
     assert.equal(calls, 3, 'no message after the throw');
     await failing.close();
+  });
+
+  it('for await over a consumer: break closes it and commits where it stopped; automatic commits follow the interval', async () => {
+    await client.admin.createTopic('iterate', { channels: 1 });
+    const producer = await client.producer({ topic: 'iterate' });
+    await producer.sendBatch(Array.from({ length: 50 }, (_, i) => ({ body: `i${i}` })));
+    const consumer = await client.consumer({ topic: 'iterate', group: 'loop', start: 'earliest' });
+    const got: string[] = [];
+    for await (const m of consumer) {
+      got.push(text(m));
+      if (got.length === 10) break;
+    }
+    assert.deepEqual(got, Array.from({ length: 10 }, (_, i) => `i${i}`));
+    const afterBreak = await client.admin.positions('iterate', 'loop');
+    assert.deepEqual(afterBreak.map((p) => [p.channel, p.offset]), [[0, 10]], 'committed at the break');
+    const resumed = await client.consumer({ topic: 'iterate', group: 'loop', autoCommitIntervalMs: 0 });
+    assert.equal(text((await resumed.next()).value as Message), 'i10', 'the closed subscription ended; a new one resumes after the break');
+    await resumed.close();
+
+    // Automatic commit without close(): the position moves on its own every autoCommitIntervalMs.
+    const auto = await client.consumer({ topic: 'iterate', group: 'auto', start: 'earliest', autoCommitIntervalMs: 20 });
+    await take(auto, 30);
+    let committed = 0;
+    for (let polls = 0; committed !== 30 && polls < 500; polls++) {
+      committed = (await client.admin.positions('iterate', 'auto'))[0]?.offset ?? 0;
+      if (committed !== 30) await new Promise((resolve) => setTimeout(resolve, 10)); // polling for the timer's commit
+    }
+    assert.equal(committed, 30, 'committed by the timer');
+    await auto.close();
   });
 
   it('sendBatch: one promise for many messages, results in order; a bad message rejects the call and is never stored', async () => {
@@ -369,6 +398,12 @@ describe('broker: HTTP API', function () {
       ['/v1/topics/bad%2Fname', { method: 'PUT', body: '{}' }, 400, 'INVALID_NAME'],
       ['/v1/topics/other', { method: 'PUT', body: 'not json' }, 400, 'BAD_REQUEST'],
       ['/v1/topics/other2', { method: 'PUT', body: '{"channels":100000}' }, 400, 'TOO_MANY_CHANNELS'],
+      ['/v1/topics/other3', { method: 'PUT', body: '{"channels":"3"}' }, 400, 'INVALID_ARGUMENT'],
+      ['/v1/topics/other4', { method: 'PUT', body: '{"channels":2.5}' }, 400, 'INVALID_ARGUMENT'],
+      ['/v1/topics/other5', { method: 'PUT', body: '{"channels":0}' }, 400, 'INVALID_ARGUMENT'],
+      ['/v1/topics/strict/messages?max=0', { method: 'GET' }, 400, 'INVALID_ARGUMENT'],
+      ['/v1/topics/strict/messages?encoding=zzz', { method: 'GET' }, 400, 'INVALID_ARGUMENT'],
+      ['/v1/topics/strict/keys/k?limit=0', { method: 'GET' }, 400, 'INVALID_ARGUMENT'],
       ['/v1/topics/strict/messages?offset=99', { method: 'GET' }, 416, 'OFFSET_OUT_OF_RANGE'],
       ['/v1/topics/strict/messages?offset=-1', { method: 'GET' }, 400, 'INVALID_ARGUMENT'],
       ['/v1/topics/strict/messages?channel=5', { method: 'GET' }, 404, 'CHANNEL_NOT_FOUND'],
@@ -389,6 +424,7 @@ describe('broker: HTTP API', function () {
     }
     const state = await httpJson(`${broker.http}/v1/topics/strict`);
     assert.equal(state.body.channelStates[0].highWatermark, 0, 'nothing was appended');
+    for (const refused of ['other', 'other2', 'other3', 'other4', 'other5']) assert.equal((await httpJson(`${broker.http}/v1/topics/${refused}`)).status, 404, `${refused} was not created`);
   });
 });
 
@@ -405,8 +441,16 @@ describe('broker: consumer groups across restarts', function () {
     let consumer = await client.consumer({ topic: 'resume', group: 'workers', start: 'committed', autoCommitIntervalMs: 0 });
     const firstPart = await take(consumer, 250);
     await consumer.commit();
+    const committed = await client.admin.positions('resume', 'workers');
+    const { channelStates } = await client.admin.describeTopic('resume');
+    const expectedLag = committed.map((p) => `${p.channel}=${channelStates[p.channel]!.highWatermark - p.offset}`).sort();
     client.close();
     await broker.restart('SIGTERM');
+    // Before any consumer of the group is back, /metrics already shows its lag (read from __groups at start).
+    const metrics = await (await fetch(`${broker.http}/metrics`)).text();
+    const lag = [...metrics.matchAll(/^waymark_consumer_lag_messages\{topic="resume",group="workers",channel="(\d)"\} (\d+)$/gm)].map((m) => `${m[1]}=${m[2]}`).sort();
+    assert.ok(expectedLag.length > 0);
+    assert.deepEqual(lag, expectedLag, `a lag row per committed channel after the restart:\n${metrics}`);
     client = await connect(broker.url);
     consumer = await client.consumer({ topic: 'resume', group: 'workers', autoCommitIntervalMs: 0 });
     const rest = await take(consumer, 350);
@@ -415,6 +459,56 @@ describe('broker: consumer groups across restarts', function () {
     await consumer.commit();
     const positions = await client.admin.positions('resume', 'workers');
     assert.equal(positions.reduce((n, p) => n + p.offset, 0), 600);
+    client.close();
+    await broker.stop();
+  });
+
+  it('a producer resends what was unacknowledged when the broker died: after the reconnect every send resolves and no message is stored twice', async () => {
+    const broker = new BrokerProcess(tempDir());
+    await broker.start();
+    const client = await connect(broker.url, { reconnectDelayMs: 20 });
+    await client.admin.createTopic('resend', { channels: 1 });
+    const producer = await client.producer({ topic: 'resend', batchMessagesMax: 50 });
+    const count = 4000;
+    const window = 600;
+    let acked = 0;
+    let killAt!: () => void;
+    const enoughAcked = new Promise<void>((resolve) => (killAt = resolve));
+    const results: Array<Promise<SendResult>> = [];
+    let issued = 0;
+    // Keeps `window` sends outstanding; the broker is killed once 1,000 are acknowledged.
+    const pump = async (): Promise<void> => {
+      while (issued < count) {
+        while (issued < count && issued - acked < window) {
+          const sent = producer.send({ body: `m${issued}` });
+          sent.then(() => {
+            if (++acked === 1000) killAt();
+          }, () => undefined);
+          results.push(sent);
+          issued++;
+        }
+        await Promise.race([results[acked]!, new Promise((resolve) => setImmediate(resolve))]);
+      }
+    };
+    const pumping = pump();
+    await enoughAcked;
+    const back = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
+    await broker.stop('SIGKILL');
+    const unacknowledgedAtKill = issued - acked;
+    await broker.start();
+    await back;
+    await pumping;
+    const all = await Promise.all(results);
+    assert.ok(unacknowledgedAtKill > 0, 'sends were in flight when the broker died');
+    assert.equal(all.length, count);
+    const offsets = all.map((r) => r.offset);
+    assert.equal(new Set(offsets).size, count, 'every send has its own offset');
+    const consumer = await client.consumer({ topic: 'resend', group: 'check', start: 'earliest', autoCommitIntervalMs: 0 });
+    const stored = await take(consumer, count);
+    assert.deepEqual(stored.map(text), Array.from({ length: count }, (_, i) => `m${i}`), 'each message once, in send order');
+    const described = await client.admin.describeTopic('resend');
+    assert.equal(described.channelStates[0]!.highWatermark, count, 'nothing appended twice');
+    await consumer.close();
     client.close();
     await broker.stop();
   });
@@ -484,14 +578,57 @@ describe('broker: the waymark CLI against a real broker', function () {
     await run(['produce', '--topic', 'cli', 'sixth']);
     const next = await run(['consume', '--topic', 'cli', '--group', 'cli-g', '--max', '1']);
     assert.match(next.stdout, / - sixth\n$/);
+    // --from OFFSET on uneven channels: where the offset is past a channel's end, that channel starts at its end (said on stderr).
+    const fromThree = await run(['consume', '--topic', 'cli', '--group', 'cli-from', '--from', '3', '--max', '1', '--json']);
+    assert.equal(fromThree.status, 0, fromThree.stderr);
+    assert.equal((JSON.parse(fromThree.stdout) as { offset: number }).offset, 3);
+    assert.match(fromThree.stderr, /^channel \d: offset 3 is outside 0\.\.2; starting at 2\n$/);
     const described = await run(['topics', 'describe', 'cli']);
-    assert.match(described.stdout, /channel 1: offsets 0\.\.\d+/);
+    assert.match(described.stdout, /channel 1: \d+ messages?, offsets 0\.\.\d+ \(next \d+\)/);
     const listed = await run(['topics', 'list']);
     assert.match(listed.stdout, /^cli\s+channels=2/m);
     assert.equal((await run(['topics', 'delete', 'cli'])).status, 0);
     const gone = await run(['topics', 'describe', 'cli']);
     assert.equal(gone.status, 1);
     assert.equal(gone.stderr, 'waymark: topics: topic "cli" does not exist\n');
+  });
+
+  it('waymark serve (what npm start runs): port and data from the environment, a flag for sync; SIGINT shuts it down with exit 0 and keeps what was acknowledged', async () => {
+    const data = tempDir();
+    const serve = (sync: string): { proc: ReturnType<typeof spawn>; url: Promise<string>; stderr: () => string } => {
+      const proc = spawn(process.execPath, [cli, 'serve', '--sync', sync], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, WAYMARK_PORT: '0', WAYMARK_DATA: data } });
+      let stderr = '';
+      const url = new Promise<string>((resolve, reject) => {
+        proc.stderr!.on('data', (d: Buffer) => {
+          stderr += d;
+          const m = /serving (ws:\/\/\S+)/.exec(stderr);
+          if (m) resolve(m[1]!);
+        });
+        proc.on('exit', (code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
+      });
+      return { proc, url, stderr: () => stderr };
+    };
+    const first = serve('none');
+    const url = await first.url;
+    assert.match(first.stderr(), new RegExp(`data ${data.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}, sync none`));
+    const client = await connect(url);
+    await client.admin.createTopic('served', { channels: 1 });
+    const producer = await client.producer({ topic: 'served' });
+    await producer.sendBatch([{ body: 'a' }, { body: 'b' }]);
+    client.close();
+    const exited = new Promise<number | null>((resolve) => first.proc.on('exit', (code) => resolve(code)));
+    first.proc.kill('SIGINT');
+    assert.equal(await exited, 0);
+    assert.match(first.stderr(), /SIGINT: shutting down/);
+
+    const second = serve('batch');
+    const again = await connect(await second.url);
+    const consumer = await again.consumer({ topic: 'served', group: 'g', start: 'earliest', autoCommitIntervalMs: 0 });
+    assert.deepEqual((await take(consumer, 2)).map(text), ['a', 'b'], 'sync none, then a graceful stop: nothing acknowledged is lost');
+    again.close();
+    const stopped = new Promise<number | null>((resolve) => second.proc.on('exit', (code) => resolve(code)));
+    second.proc.kill('SIGTERM');
+    assert.equal(await stopped, 0);
   });
 
   it('bad arguments exit 2 with one line; an unreachable broker exits 1 with one line', async () => {

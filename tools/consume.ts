@@ -13,7 +13,7 @@ export const consumeCommand: Command = {
     options: {
       topic: { type: 'string', valueName: 'T', help: 'the topic (required)' },
       group: { type: 'string', valueName: 'G', help: 'the consumer group (required); its position is committed as it goes' },
-      from: { type: 'string', valueName: 'WHERE', help: 'committed (default, else earliest), earliest, latest, or an OFFSET in every channel' },
+      from: { type: 'string', valueName: 'WHERE', help: 'committed (default, else earliest), earliest, latest, or an OFFSET in every channel (clamped to each channel\'s range)' },
       channel: { type: 'integer', valueName: 'C', help: 'read only this channel' },
       max: { type: 'integer', valueName: 'N', min: 1, help: 'stop after N messages (default: run until Ctrl-C)' },
       json: { type: 'boolean', help: 'print one JSON object per message (body as UTF-8 text)' },
@@ -37,7 +37,14 @@ export const consumeCommand: Command = {
       const channels = channel !== undefined ? [channel] : undefined;
       if (typeof start === 'object' && 'offsets' in start) {
         const info = await client.admin.describeTopic(topic);
-        for (const c of channels ?? info.channelStates.map((s) => s.channel)) start.offsets[c] = Number(from);
+        // One OFFSET for every channel: a channel whose range does not hold it starts at its nearer end (said on stderr).
+        const wanted = Number(from);
+        for (const c of channels ?? info.channelStates.map((s) => s.channel)) {
+          const range = info.channelStates.find((s) => s.channel === c);
+          const offset = range ? Math.min(Math.max(wanted, range.logStartOffset), range.highWatermark) : wanted;
+          if (offset !== wanted) io.err(`channel ${c}: offset ${wanted} is outside ${range!.logStartOffset}..${range!.highWatermark}; starting at ${offset}\n`);
+          start.offsets[c] = offset;
+        }
       }
       const consumer = await client.consumer({ topic, group, channels, start, fallback: 'earliest' });
       const max = (args.flags.max as number | undefined) ?? Infinity;

@@ -35,9 +35,13 @@ export const topicsCommand: Command = {
     summary: 'List, create, describe and delete topics.',
     positionals: ['list|create|describe|delete'],
     options: { url: urlOption },
-    details: Object.values(actions)
-      .map((a) => `  waymark ${a.name}${a.positionals.map((p) => ` ${p}`).join('')} — ${a.summary}`)
-      .join('\n'),
+    details:
+      Object.values(actions)
+        .map((a) => {
+          const flags = Object.keys(a.options).filter((o) => o !== 'url' && o !== 'json');
+          return `  waymark ${a.name}${a.positionals.map((p) => ` ${p}`).join('')}${flags.map((f) => ` [--${f}]`).join('')} — ${a.summary}`;
+        })
+        .join('\n') + '\nEach action has its own --help (waymark topics create --help).',
   },
   raw: true,
   async run(args, io) {
@@ -66,7 +70,7 @@ export const topicsCommand: Command = {
       } else if (action === 'describe') {
         const t = await client.admin.describeTopic(name);
         if (parsed.flags.json) io.out(`${JSON.stringify(t)}\n`);
-        else io.out([line(t), ...t.channelStates.map((c) => `  channel ${c.channel}: offsets ${c.logStartOffset}..${c.highWatermark}, ${c.bytes} bytes in ${c.segments} segments`)].join('\n') + '\n');
+        else io.out([line(t), ...t.channelStates.map(channelLine)].join('\n') + '\n');
       } else {
         await client.admin.deleteTopic(name);
         io.out(`deleted ${name}\n`);
@@ -77,3 +81,10 @@ export const topicsCommand: Command = {
     }
   },
 };
+
+/** `channel 1: 3 messages, offsets 4..6 (next 7), 512 bytes in 1 segment`: both ends of the range are messages. */
+function channelLine(c: { channel: number; logStartOffset: number; highWatermark: number; bytes: number; segments: number }): string {
+  const count = c.highWatermark - c.logStartOffset;
+  const range = count === 0 ? `no messages (next offset ${c.highWatermark})` : `${count} message${count === 1 ? '' : 's'}, offsets ${c.logStartOffset}..${c.highWatermark - 1} (next ${c.highWatermark})`;
+  return `  channel ${c.channel}: ${range}, ${c.bytes} bytes in ${c.segments} segment${c.segments === 1 ? '' : 's'}`;
+}
