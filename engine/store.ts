@@ -359,11 +359,16 @@ export class Store {
   async lookupMsgId(topic: string, msgId: string): Promise<StoredMessage | null> {
     const id = msgIdFromHex(msgId);
     if (!id) throw new WaymarkError('INVALID_ARGUMENT', `msgId must be 32 hex digits, got ${JSON.stringify(msgId)}`);
-    // A msgId carries its producer's clock; broker time is later unless clocks disagree by more than a day.
-    const producedAt = msgIdTime(id);
-    const range = { timeFrom: producedAt - 24 * 3600 * 1000 };
-    const found = await this.lookupAll(topic, xxh32(id, IndexKind.msgId), range, 1, (r) => bytesEqual(r.msgId, id));
-    return found[0] ?? null;
+    // An id the producer made carries its clock, and broker time is later unless the clocks
+    // disagree by more than a day: segments older than that are skipped. An id the
+    // application chose need not start with a time at all, so a miss there searches the rest.
+    const hash = xxh32(id, IndexKind.msgId);
+    const matches = (r: StoredRecord): boolean => bytesEqual(r.msgId, id);
+    const timeFrom = msgIdTime(id) - 24 * 3600 * 1000;
+    const found = await this.lookupAll(topic, hash, { timeFrom }, 1, matches);
+    if (found.length > 0) return found[0]!;
+    const older = await this.lookupAll(topic, hash, { timeTo: timeFrom - 1 }, 1, matches);
+    return older[0] ?? null;
   }
 
   /** Messages with this key, newest first, optionally within a broker-time range. */

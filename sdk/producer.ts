@@ -168,7 +168,9 @@ export class Producer {
   private readonly options: Required<Omit<ProducerOptions, 'channel' | 'topic'>> & { channel: number | undefined };
   private roundRobin = 0;
   private bufferedBytes = 0;
-  private roomWaiters: Array<() => void> = [];
+  /** Messages waiting for room in the buffer, in send order (from parkedHead on). */
+  private parked: Array<{ channel: number; input: MessageInput; size: number; owner: Owner | ((result: SendResult) => void); reject: ((err: Error) => void) | null; slot: number }> = [];
+  private parkedHead = 0;
   private idleWaiters: Array<() => void> = [];
   private closed = false;
   private readonly stopListening: () => void;
@@ -219,9 +221,9 @@ export class Producer {
       const channel = this.route(message);
       const size = sizeOf(message);
       const input = this.input(message);
-      if (this.mustWait(size)) return this.sendLater(channel, input, size);
       const promise = new Promise<SendResult>(capture);
-      this.enqueue(channel, input, size, captured.resolve!, captured.reject!, 0);
+      if (this.mustWait(size)) this.park(channel, input, size, captured.resolve!, captured.reject!, 0);
+      else this.enqueue(channel, input, size, captured.resolve!, captured.reject!, 0);
       return promise;
     } catch (err) {
       return Promise.reject(err);
@@ -261,22 +263,11 @@ export class Producer {
     }
     let owner!: ArrayOwner;
     const done = new Promise<SendResult[]>((resolve, reject) => (owner = new ArrayOwner(count, resolve, reject)));
-    let i = 0;
-    while (i < count && !this.mustWait(sizes[i]!)) {
-      this.enqueue(channels[i]!, inputs[i]!, sizes[i]!, owner, null, i);
-      i++;
+    for (let i = 0; i < count; i++) {
+      if (this.mustWait(sizes[i]!)) this.park(channels[i]!, inputs[i]!, sizes[i]!, owner, null, i);
+      else this.enqueue(channels[i]!, inputs[i]!, sizes[i]!, owner, null, i);
     }
-    if (i < count) this.enqueueLater(channels, sizes, inputs, owner, i).catch((err: Error) => owner.fail(err));
     return done;
-  }
-
-  /** The rest of a sendBatch() array, each message once the buffer has room for it. */
-  private async enqueueLater(channels: number[], sizes: number[], inputs: MessageInput[], owner: ArrayOwner, from: number): Promise<void> {
-    for (let i = from; i < inputs.length; i++) {
-      while (this.mustWait(sizes[i]!)) await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
-      if (this.closed) throw new WaymarkError('CLIENT_CLOSED', 'the producer is closed');
-      this.enqueue(channels[i]!, inputs[i]!, sizes[i]!, owner, null, i);
-    }
   }
 
   /** Checks a message and routes it (throws on a closed producer or a bad channel). */
@@ -304,15 +295,28 @@ export class Producer {
     return input;
   }
 
+  /** True when a message of `size` bytes must wait: the buffer is full, or earlier messages wait (send order is kept). */
   private mustWait(size: number): boolean {
-    return this.bufferedBytes + size > this.options.bufferedBytesMax && this.bufferedBytes > 0;
+    return this.parked.length > this.parkedHead || (this.bufferedBytes + size > this.options.bufferedBytesMax && this.bufferedBytes > 0);
   }
 
-  /** send() when the buffer is full: waits for room, then queues. */
-  private async sendLater(channel: number, input: MessageInput, size: number): Promise<SendResult> {
-    while (this.mustWait(size)) await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
-    if (this.closed) throw new WaymarkError('CLIENT_CLOSED', 'the producer is closed');
-    return new Promise<SendResult>((resolve, reject) => this.enqueue(channel, input, size, resolve, reject, 0));
+  /** A message that found the buffer full (or others waiting): queued in send order until there is room. */
+  private park(channel: number, input: MessageInput, size: number, owner: Owner | ((result: SendResult) => void), reject: ((err: Error) => void) | null, slot: number): void {
+    this.parked.push({ channel, input, size, owner, reject, slot });
+  }
+
+  /** Moves waiting messages into batches, oldest first, while the buffer has room for the next one. */
+  private unpark(): void {
+    while (this.parkedHead < this.parked.length) {
+      const p = this.parked[this.parkedHead]!;
+      if (this.bufferedBytes + p.size > this.options.bufferedBytesMax && this.bufferedBytes > 0) break;
+      this.parked[this.parkedHead++] = undefined!;
+      this.enqueue(p.channel, p.input, p.size, p.owner, p.reject, p.slot);
+    }
+    if (this.parkedHead === this.parked.length) {
+      this.parked = [];
+      this.parkedHead = 0;
+    }
   }
 
   private enqueue(channel: number, input: MessageInput, size: number, owner: Owner | ((result: SendResult) => void), reject: ((err: Error) => void) | null, slot: number): void {
@@ -445,7 +449,7 @@ export class Producer {
 
   private release(bytes: number): void {
     this.bufferedBytes = Math.max(0, this.bufferedBytes - bytes);
-    for (const resolve of this.roomWaiters.splice(0)) resolve();
+    if (this.parkedHead < this.parked.length) this.unpark();
   }
 
   private resendAll(): void {
@@ -453,7 +457,7 @@ export class Producer {
   }
 
   private isIdle(): boolean {
-    return this.channels.every((s) => !s.open && s.ready.length === 0 && s.inflight.length === 0);
+    return this.parkedHead === this.parked.length && this.channels.every((s) => !s.open && s.ready.length === 0 && s.inflight.length === 0);
   }
 
   /** Sends what is gathered now and resolves when everything sent so far is acknowledged. */

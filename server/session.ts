@@ -231,10 +231,14 @@ export class Session {
   private async seek(request: waymark.v1.Seek): Promise<FrameInit> {
     const subscription = this.subscription(request.subscription);
     const offsets = new Map<number, number>();
+    // The next pack begins where the seek puts the stream in time: at the asked time, or at 0
+    // (as a subscription without a start time does) when positions or "earliest" may go back
+    // before the last pack's end — every message of a pack stays inside (beginTs, endTs].
     let packBeginTs: number | undefined;
     const current = subscription.currentPositions();
     if ((request.positions ?? []).length > 0) {
       for (const p of request.positions) offsets.set(p.channel ?? 0, p.offset ?? 0);
+      packBeginTs = 0;
     } else if (request.timestamp > 0) {
       for (const { channel } of current) offsets.set(channel, await this.broker.store.offsetForTime(subscription.topic, channel, request.timestamp));
       packBeginTs = request.timestamp - 1;
@@ -243,6 +247,7 @@ export class Session {
         const state = this.broker.store.channelState(subscription.topic, channel);
         offsets.set(channel, request.to === 'earliest' ? state.logStartOffset : state.highWatermark);
       }
+      if (request.to === 'earliest') packBeginTs = 0;
     } else {
       throw new WaymarkError('INVALID_ARGUMENT', 'seek needs positions, a timestamp, or to = earliest|latest');
     }

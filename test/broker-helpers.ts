@@ -2,6 +2,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
+import { connect, type Client, type Message } from '../sdk/index';
+import { loadChecksum } from '../engine/format/index';
+import { tempDir } from './helpers';
 
 const child = path.join(__dirname, 'fixtures', 'broker-child.js');
 
@@ -162,3 +165,39 @@ export class RawClient {
     return this.closed;
   }
 }
+
+/**
+ * Registers the suite's before/after hooks: one broker process and one client connected to
+ * it (unless `connect: false`) for all of the suite's tests. `client()` is valid from the
+ * suite's first test on.
+ */
+export function brokerForSuite(options: { connect?: boolean } = {}): { broker: BrokerProcess; client(): Client } {
+  const broker = new BrokerProcess(tempDir());
+  let client: Client | null = null;
+  before(async () => {
+    await loadChecksum();
+    await broker.start();
+    if (options.connect !== false) client = await connect(broker.url);
+  });
+  after(async () => {
+    client?.close();
+    // A test may have paused the broker (SIGSTOP) and failed before resuming it.
+    if (broker.pid) process.kill(broker.pid, 'SIGCONT');
+    await broker.stop();
+  });
+  return { broker, client: () => client! };
+}
+
+/** The next `count` messages of a consumer (next() directly: no loop to leave). */
+export async function take(consumer: { next(): Promise<IteratorResult<Message>> }, count: number): Promise<Message[]> {
+  const out: Message[] = [];
+  while (out.length < count) {
+    const r = await consumer.next();
+    if (r.done) throw new Error(`consumer ended after ${out.length} of ${count} messages`);
+    out.push(r.value);
+  }
+  return out;
+}
+
+/** A message body as UTF-8 text. */
+export const text = (m: Message): string => Buffer.from(m.body).toString('utf8');

@@ -4,39 +4,20 @@ import { randomBytes } from 'node:crypto';
 import * as path from 'node:path';
 import { connect, channelForKey, type Client, type Message, type SendResult } from '../sdk/index';
 import { encodeBatch, loadChecksum } from '../engine/format/index';
-import { BrokerProcess, httpJson, RawClient } from './broker-helpers';
+import { BrokerProcess, brokerForSuite, httpJson, RawClient, take, text } from './broker-helpers';
 import { countRecords } from '../sdk/consumer';
 import { removeTempDirs, tempDir } from './helpers';
 
 after(removeTempDirs);
 
 /** The next `count` messages (next() directly: leaving a for-await loop would close the consumer). */
-async function take(consumer: { next(): Promise<IteratorResult<Message>> }, count: number): Promise<Message[]> {
-  const out: Message[] = [];
-  while (out.length < count) {
-    const r = await consumer.next();
-    if (r.done) throw new Error(`consumer ended after ${out.length} of ${count} messages`);
-    out.push(r.value);
-  }
-  return out;
-}
-
-const text = (m: Message): string => Buffer.from(m.body).toString('utf8');
 
 describe('broker: SDK round trips against a real broker process', function () {
   this.timeout(60_000);
-  const broker = new BrokerProcess(tempDir());
+  const suite = brokerForSuite();
+  const broker = suite.broker;
   let client: Client;
-
-  before(async () => {
-    await loadChecksum();
-    await broker.start();
-    client = await connect(broker.url);
-  });
-  after(async () => {
-    client?.close();
-    await broker.stop();
-  });
+  before(() => (client = suite.client()));
 
   it('produces with keys and consumes every message once, in order per channel', async () => {
     await client.admin.createTopic('orders', { channels: 4, owner: 'billing' });
@@ -313,15 +294,7 @@ describe('broker: SDK round trips against a real broker process', function () {
 
 describe('broker: request timeouts', function () {
   this.timeout(60_000);
-  const broker = new BrokerProcess(tempDir());
-  before(async () => {
-    await loadChecksum();
-    await broker.start();
-  });
-  after(async () => {
-    process.kill(broker.pid, 'SIGCONT');
-    await broker.stop();
-  });
+  const { broker } = brokerForSuite({ connect: false });
 
   it('a broker that stops answering fails each waiting request with TIMEOUT, none before requestTimeoutMs; the connection then serves again', async () => {
     const client = await connect(broker.url, { requestTimeoutMs: 300 });

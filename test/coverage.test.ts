@@ -1,0 +1,359 @@
+/** Coverage of capabilities the other suites do not reach: msgStream, producer options, HTTP details, dump text, the in-flight cap. */
+import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as path from 'node:path';
+import { connect, channelForKey, WaymarkError, type Client, type Message, type MsgPack, type MsgStream, type SendResult } from '../sdk/index';
+import { loadChecksum } from '../engine/format/index';
+import type { Frame } from '../protocol/frames';
+import { BrokerProcess, brokerForSuite, httpJson, RawClient, text } from './broker-helpers';
+import { rejection, removeTempDirs, tempDir } from './helpers';
+
+after(removeTempDirs);
+
+const where = (m: Message): string => `${m.channel}:${m.offset}`;
+
+/** Packs from a stream until they hold `count` messages (next() directly: no loop to leave). */
+async function packs(stream: MsgStream, count: number): Promise<{ msgs: Message[]; packs: MsgPack[] }> {
+  const out = { msgs: [] as Message[], packs: [] as MsgPack[] };
+  while (out.msgs.length < count) {
+    const r = await stream.next();
+    if (r.done) throw new Error(`stream ended after ${out.msgs.length} of ${count} messages`);
+    out.packs.push(r.value);
+    out.msgs.push(...r.value.msgs);
+  }
+  return out;
+}
+
+const byPosition = (a: Message, b: Message): number => a.channel - b.channel || a.offset - b.offset;
+
+/** The value of one sample line of /metrics (0 when absent). */
+async function metric(http: string, line: string): Promise<number> {
+  const body = await (await fetch(`${http}/metrics`)).text();
+  const found = body.split('\n').find((l) => l.startsWith(`${line} `));
+  return found ? Number(found.slice(line.length + 1)) : 0;
+}
+
+describe('coverage: SDK and HTTP against a real broker', function () {
+  this.timeout(60_000);
+  const suite = brokerForSuite();
+  const broker = suite.broker;
+  let client: Client;
+  before(() => (client = suite.client()));
+  const highWatermarks = async (topic: string): Promise<number[]> => (await client.admin.describeTopic(topic)).channelStates.map((c) => c.highWatermark);
+
+  it('msgStream broadcast puts each message of the pack once in every channel, under one msgId, read back through chan()', async () => {
+    await client.admin.createTopic('ms-bcast', { channels: 3 });
+    const stream = client.msgStream();
+    await stream.asProducer('ms-bcast');
+    const results = await stream.broadcast({ msgs: [{ body: 'first' }, { body: 'second', key: 'k' }] });
+    assert.equal(results.length, 2);
+    for (const perMessage of results) {
+      assert.deepEqual(perMessage.map((r) => r.channel).sort(), [0, 1, 2]);
+      assert.equal(new Set(perMessage.map((r) => r.msgId)).size, 1, 'one msgId per broadcast message');
+    }
+    assert.notEqual(results[0]![0]!.msgId, results[1]![0]!.msgId);
+    const consumer = client.msgStream();
+    await consumer.asConsumer('ms-bcast', 'reader', { start: 'earliest', tickIntervalMs: 10 });
+    const got: Message[] = [];
+    for await (const pack of consumer.chan()) {
+      got.push(...pack.msgs);
+      if (got.length >= 6) break;
+    }
+    got.sort(byPosition);
+    assert.deepEqual(got.map((m) => `${where(m)} ${text(m)} ${m.key}`), [0, 1, 2].flatMap((c) => [`${c}:0 first null`, `${c}:1 second k`]));
+    assert.deepEqual(got.map((m) => m.msgId), [0, 1, 2].flatMap(() => [results[0]![0]!.msgId, results[1]![0]!.msgId]));
+    await consumer.close();
+    await stream.close();
+  });
+
+  it('msgStream seek by positions and by broker time re-delivers from there', async () => {
+    await client.admin.createTopic('ms-seek', { channels: 2 });
+    const stream = client.msgStream();
+    await stream.asProducer('ms-seek');
+    const all = await stream.produce({ msgs: Array.from({ length: 6 }, (_, i) => ({ body: `e${i}`, channel: i % 2 })) });
+    const earlyMax = Math.max(...all.map((r) => r.brokerTimestamp));
+    let late: SendResult;
+    do {
+      late = (await stream.produce({ msgs: [{ body: 'late', channel: 0 }] }))[0]!; // until a later millisecond
+      all.push(late);
+    } while (late.brokerTimestamp <= earlyMax);
+    all.push(...(await stream.produce({ msgs: [{ body: 'late', channel: 1 }] })));
+    const consumer = client.msgStream();
+    await consumer.asConsumer('ms-seek', 'seeker', { start: 'earliest', tickIntervalMs: 10 });
+    const first = await packs(consumer, all.length);
+    assert.deepEqual(first.msgs.map(where).sort(), all.map((r) => `${r.channel}:${r.offset}`).sort());
+
+    await consumer.seek({ positions: [{ channel: 0, offset: 2 }, { channel: 1, offset: 1 }] });
+    const expected = all.filter((r) => r.offset >= (r.channel === 0 ? 2 : 1)).map((r) => `${r.channel}:${r.offset}`);
+    const again = await packs(consumer, expected.length);
+    assert.deepEqual(again.msgs.map(where).sort(), expected.sort(), 'everything from the positions, once');
+    for (const pack of again.packs) for (const m of pack.msgs) assert.ok(m.brokerTimestamp > pack.beginTs && m.brokerTimestamp <= pack.endTs, `after a seek back by positions, ${m.brokerTimestamp} in (${pack.beginTs}, ${pack.endTs}]`);
+
+    const time = late.brokerTimestamp;
+    await consumer.seek({ timestamp: time });
+    const fromTime = await packs(consumer, all.filter((r) => r.brokerTimestamp >= time).length);
+    assert.deepEqual(fromTime.msgs.map(where).sort(), all.filter((r) => r.brokerTimestamp >= time).map((r) => `${r.channel}:${r.offset}`).sort());
+    assert.equal(fromTime.packs[0]!.beginTs, time - 1, 'the first pack after a time seek begins just before that time');
+    for (const pack of fromTime.packs) for (const m of pack.msgs) assert.ok(m.brokerTimestamp > pack.beginTs && m.brokerTimestamp <= pack.endTs);
+    await consumer.close();
+    await stream.close();
+  });
+
+  it('msgStream commit: a new asConsumer of the same subName resumes at the committed positions', async () => {
+    await client.admin.createTopic('ms-commit', { channels: 2 });
+    const stream = client.msgStream();
+    await stream.asProducer('ms-commit');
+    const sent = await stream.produce({ msgs: Array.from({ length: 8 }, (_, i) => ({ body: `c${i}`, channel: i % 2 })) });
+    const first = client.msgStream();
+    await first.asConsumer('ms-commit', 'indexer', { start: 'earliest', tickIntervalMs: 10 });
+    const read = await packs(first, 8);
+    assert.deepEqual(read.packs[read.packs.length - 1]!.endPositions.sort((a, b) => a.channel - b.channel), [{ channel: 0, offset: 4 }, { channel: 1, offset: 4 }]);
+    await first.commit([{ channel: 0, offset: 3 }, { channel: 1, offset: 1 }]);
+    await first.close();
+    assert.deepEqual((await client.admin.positions('ms-commit', 'indexer')).map((p) => [p.channel, p.offset]), [[0, 3], [1, 1]]);
+    const resumed = client.msgStream();
+    await resumed.asConsumer('ms-commit', 'indexer', { tickIntervalMs: 10 });
+    const rest = await packs(resumed, 4);
+    const expected = sent.filter((r) => r.offset >= (r.channel === 0 ? 3 : 1));
+    assert.deepEqual(rest.msgs.map(where).sort(), expected.map((r) => `${r.channel}:${r.offset}`).sort());
+    assert.deepEqual(rest.msgs.sort(byPosition).map(text), ['c6', 'c3', 'c5', 'c7']);
+    await resumed.close();
+    await stream.close();
+  });
+
+  it('producer: an explicit msgId is the stored one (found over HTTP); a malformed one is refused', async () => {
+    await client.admin.createTopic('with-id', { channels: 2 });
+    const producer = await client.producer({ topic: 'with-id' });
+    const msgId = Date.now().toString(16).padStart(12, '0') + randomBytes(10).toString('hex'); // the msgId layout: 48-bit ms time, then 80 bits
+    const result = await producer.send({ body: 'named', key: 'n', msgId });
+    assert.equal(result.msgId, msgId);
+    const found = await httpJson(`${broker.http}/v1/messages/${msgId}?topic=with-id`);
+    assert.equal(found.status, 200, JSON.stringify(found.body));
+    assert.deepEqual([found.body.msgId, found.body.body, found.body.key, found.body.channel, found.body.offset], [msgId, 'named', 'n', result.channel, result.offset]);
+    // An id that does not start with a time (here: one from "the future") is found as well.
+    const chosen = 'ffeeddccbbaa99887766554433221100';
+    const named = await producer.send({ body: 'chosen', msgId: chosen });
+    const byChosen = await httpJson(`${broker.http}/v1/messages/${chosen}?topic=with-id`);
+    assert.equal(byChosen.status, 200, JSON.stringify(byChosen.body));
+    assert.deepEqual([byChosen.body.body, byChosen.body.offset], ['chosen', named.offset]);
+    assert.equal((await httpJson(`${broker.http}/v1/messages/${'0'.repeat(31)}7?topic=with-id`)).status, 404, 'a miss is still a miss');
+    const bad = await rejection(producer.send({ body: 'x', msgId: 'not-hex' }));
+    assert.equal(bad.code, 'INVALID_ARGUMENT');
+    assert.equal((await highWatermarks('with-id')).reduce((a, b) => a + b), 2);
+  });
+
+  it('producer: flush() sends lingering messages and resolves once every send so far is acknowledged', async () => {
+    await client.admin.createTopic('flushed', { channels: 3 });
+    const producer = await client.producer({ topic: 'flushed', lingerMs: 60_000 });
+    const settled: SendResult[] = [];
+    const sends = Array.from({ length: 30 }, (_, i) => producer.send({ key: `k${i}`, body: `f${i}` }).then((r) => (settled.push(r), r)));
+    assert.deepEqual(await highWatermarks('flushed'), [0, 0, 0], 'still lingering after a round trip');
+    assert.equal(settled.length, 0);
+    await producer.flush();
+    assert.equal(settled.length, 30, 'every send resolved before flush() did');
+    assert.equal((await highWatermarks('flushed')).reduce((a, b) => a + b), 30);
+    const results = await Promise.all(sends);
+    results.forEach((r, i) => assert.equal(r.channel, channelForKey(`k${i}`, 3)));
+    await producer.flush(); // nothing pending: resolves at once
+    await producer.close();
+  });
+
+  it('producer: a small bufferedBytesMax makes sends wait for room, and all are delivered in order', async () => {
+    await client.admin.createTopic('buffered', { channels: 1 });
+    const framesBefore = await metric(broker.http, 'waymark_frames_total{type="produce"}');
+    const producer = await client.producer({ topic: 'buffered', bufferedBytesMax: 1000 }); // a 200-byte body counts 232: four at a time
+    const results = await Promise.all(Array.from({ length: 40 }, (_, i) => producer.send({ body: Buffer.alloc(200, i) })));
+    assert.deepEqual(results.map((r) => r.offset), Array.from({ length: 40 }, (_, i) => i));
+    const frames = (await metric(broker.http, 'waymark_frames_total{type="produce"}')) - framesBefore;
+    assert.ok(frames >= 10, `at most four messages per batch: ${frames} produce frames for 40 messages`);
+    const read = await httpJson(`${broker.http}/v1/topics/buffered/messages?channel=0&offset=0&max=100&encoding=base64`);
+    assert.deepEqual(read.body.messages.map((m: { bodyBase64: string }) => Buffer.from(m.bodyBase64, 'base64')), Array.from({ length: 40 }, (_, i) => Buffer.alloc(200, i)));
+    await producer.close();
+  });
+
+  it('producer: with the buffer full, a later small message does not overtake a waiting larger one (send() and sendBatch())', async () => {
+    await client.admin.createTopic('ordered', { channels: 1 });
+    const producer = await client.producer({ topic: 'ordered', bufferedBytesMax: 1000 });
+    const sends = [
+      ...Array.from({ length: 5 }, (_, i) => producer.send({ body: Buffer.alloc(200, i) })), // the fifth must wait
+      producer.send({ body: Buffer.alloc(10, 5) }), // would fit, but comes after a waiting one
+    ];
+    const batch = producer.sendBatch(Array.from({ length: 6 }, (_, i) => ({ body: Buffer.alloc(200, 6 + i) })));
+    const last = producer.send({ body: Buffer.alloc(10, 12) });
+    const results = [...(await Promise.all(sends)), ...(await batch), await last];
+    assert.deepEqual(results.map((r) => r.offset), Array.from({ length: 13 }, (_, i) => i), 'offsets in send order');
+    await producer.close();
+  });
+
+  it('producer: a channel option out of range (or not a whole number) is refused with CHANNEL_NOT_FOUND, and nothing is stored', async () => {
+    await client.admin.createTopic('two', { channels: 2 });
+    for (const channel of [2, -1, 0.5]) {
+      const err = await rejection(client.producer({ topic: 'two', channel }));
+      assert.ok(err instanceof WaymarkError, `channel ${channel}`);
+      assert.equal(err.code, 'CHANNEL_NOT_FOUND', `channel ${channel}`);
+    }
+    const producer = await client.producer({ topic: 'two', channel: 1 });
+    assert.equal((await rejection(producer.send({ body: 'x', channel: 7 }))).code, 'CHANNEL_NOT_FOUND');
+    assert.equal((await producer.send({ body: 'ok' })).channel, 1);
+    assert.deepEqual(await highWatermarks('two'), [0, 1]);
+  });
+
+  it('HTTP: waymark-channel picks the channel (over the key); a bad one is refused', async () => {
+    await httpJson(`${broker.http}/v1/topics/pick`, { method: 'PUT', body: '{"channels":3}' });
+    const key = ['a', 'b', 'c', 'd'].find((k) => channelForKey(k, 3) !== 2)!;
+    const posted = await httpJson(`${broker.http}/v1/topics/pick/messages`, { method: 'POST', body: 'picked', headers: { 'waymark-channel': '2', 'waymark-key': key } });
+    assert.equal(posted.status, 200);
+    assert.equal(posted.body.channel, 2);
+    const read = await httpJson(`${broker.http}/v1/topics/pick/messages?channel=2&offset=${posted.body.offset}`);
+    assert.equal(read.body.messages[0].body, 'picked');
+    for (const [value, status, code] of [['3', 404, 'CHANNEL_NOT_FOUND'], ['x', 400, 'INVALID_ARGUMENT'], ['-1', 400, 'INVALID_ARGUMENT']] as const) {
+      const r = await httpJson(`${broker.http}/v1/topics/pick/messages`, { method: 'POST', body: 'no', headers: { 'waymark-channel': value } });
+      assert.deepEqual([r.status, r.body.error?.code], [status, code], `waymark-channel: ${value}`);
+    }
+    assert.deepEqual(await highWatermarks('pick'), [0, 0, 1]);
+  });
+
+  it('HTTP: without key or channel, posts go round robin from channel 0', async () => {
+    await httpJson(`${broker.http}/v1/topics/rr`, { method: 'PUT', body: '{"channels":3}' });
+    const channels: number[] = [];
+    for (let i = 0; i < 7; i++) channels.push((await httpJson(`${broker.http}/v1/topics/rr/messages`, { method: 'POST', body: `r${i}` })).body.channel);
+    assert.deepEqual(channels, [0, 1, 2, 0, 1, 2, 0]);
+  });
+
+  it('HTTP: key lookup filters by broker time (from/to inclusive), bounds the count with limit, newest first', async () => {
+    await client.admin.createTopic('keyed', { channels: 2 });
+    const producer = await client.producer({ topic: 'keyed' });
+    const sent: SendResult[] = [];
+    for (let n = 0; new Set(sent.map((r) => r.brokerTimestamp)).size < 3 || sent.length < 5; n++) {
+      assert.ok(n < 10_000, 'three distinct broker milliseconds');
+      sent.push(await producer.send({ key: 'user-1', body: `v${n}` }));
+    }
+    await producer.send({ key: 'user-2', body: 'other key' });
+    const times = [...new Set(sent.map((r) => r.brokerTimestamp))].sort((a, b) => a - b);
+    const mid = times[1]!;
+    const lookup = async (query: string): Promise<number[]> => {
+      const r = await httpJson(`${broker.http}/v1/topics/keyed/keys/user-1${query}`);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      return r.body.messages.map((m: { offset: number }) => m.offset);
+    };
+    const offsets = (keep: (r: SendResult) => boolean): number[] => sent.filter(keep).map((r) => r.offset).reverse();
+    assert.deepEqual(await lookup(''), offsets(() => true), 'every message of the key, newest first');
+    assert.deepEqual(await lookup(`?from=${mid}&to=${mid}`), offsets((r) => r.brokerTimestamp === mid));
+    assert.deepEqual(await lookup(`?from=${mid}`), offsets((r) => r.brokerTimestamp >= mid));
+    assert.deepEqual(await lookup(`?to=${mid}`), offsets((r) => r.brokerTimestamp <= mid));
+    assert.deepEqual(await lookup(`?from=${times[times.length - 1]! + 1}`), []);
+    assert.deepEqual(await lookup('?limit=2'), offsets(() => true).slice(0, 2), 'limit keeps the newest');
+    assert.deepEqual(await lookup(`?limit=1&to=${mid}`), offsets((r) => r.brokerTimestamp <= mid).slice(0, 1));
+  });
+
+  it('HTTP: ?encoding=base64 gives bodyBase64 (binary bodies intact) on every read route', async () => {
+    await httpJson(`${broker.http}/v1/topics/binary`, { method: 'PUT', body: '{"channels":1}' });
+    const bytes = Buffer.from([0xff, 0x00, 0xfe, 0x80, 0x41]);
+    const posted = await httpJson(`${broker.http}/v1/topics/binary/messages`, { method: 'POST', body: bytes, headers: { 'waymark-key': 'bin' } });
+    for (const url of [`/v1/topics/binary/messages?encoding=base64`, `/v1/messages/${posted.body.msgId}?topic=binary&encoding=base64`, `/v1/topics/binary/keys/bin?encoding=base64`]) {
+      const r = await httpJson(`${broker.http}${url}`);
+      const m = r.body.messages?.[0] ?? r.body;
+      assert.equal(m.bodyBase64, bytes.toString('base64'), url);
+      assert.equal('body' in m, false, `${url}: no utf8 body beside it`);
+    }
+    const plain = await httpJson(`${broker.http}/v1/topics/binary/messages`);
+    assert.equal(plain.body.messages[0].body, bytes.toString('utf8'));
+    assert.equal('bodyBase64' in plain.body.messages[0], false);
+  });
+
+  it('HTTP: waymark-delay-ms and waymark-deliver-at answer 501 UNSUPPORTED and store nothing', async () => {
+    await httpJson(`${broker.http}/v1/topics/later`, { method: 'PUT', body: '{"channels":2}' });
+    for (const headers of [{ 'waymark-delay-ms': '1000' } as Record<string, string>, { 'waymark-deliver-at': String(Date.now() + 60_000) }, { 'waymark-delay-ms': '5', 'waymark-key': 'k' }]) {
+      const r = await httpJson(`${broker.http}/v1/topics/later/messages`, { method: 'POST', body: 'not yet', headers });
+      assert.equal(r.status, 501, JSON.stringify(headers));
+      assert.equal(r.body.error.code, 'UNSUPPORTED');
+    }
+    assert.deepEqual(await highWatermarks('later'), [0, 0]);
+  });
+});
+
+describe('coverage: waymark dump prints one text line per record', function () {
+  this.timeout(60_000);
+  const data = tempDir();
+  const broker = new BrokerProcess(data);
+  after(() => broker.stop());
+
+  it('topic/channel, offset, msgId, key, body length and checksum status, for a stopped broker\'s folder', async () => {
+    await loadChecksum();
+    await broker.start();
+    const client = await connect(broker.url);
+    let sent: SendResult[];
+    try {
+      await client.admin.createTopic('dumped', { channels: 2 });
+      const producer = await client.producer({ topic: 'dumped' });
+      sent = await producer.sendBatch([
+        { key: 'alpha', body: 'hello', channel: 0 },
+        { body: Buffer.alloc(1000, 7), channel: 0, headers: { a: '1', b: '2' } },
+        { key: 'with space', body: '', channel: 1 },
+      ]);
+    } finally {
+      client.close();
+    }
+    assert.equal(await broker.stop(), 0, 'stopped first: the folder is locked while it runs');
+    const cli = path.join(__dirname, '..', '..', 'bin', 'waymark.js');
+    const run = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+      const proc = spawn(process.execPath, [cli, 'dump', data], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      proc.stdout.on('data', (d: Buffer) => (stdout += d));
+      proc.stderr.on('data', (d: Buffer) => (stderr += d));
+      proc.on('close', (status) => resolve({ status, stdout, stderr }));
+    });
+    assert.equal(run.status, 0, run.stderr);
+    const lines = run.stdout.trim().split('\n');
+    const records = lines.filter((l) => l.startsWith('dumped/'));
+    const iso = '\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z';
+    assert.equal(records.length, 3, run.stdout);
+    assert.match(records[0]!, new RegExp(`^dumped/0 offset=0 position=0 msgId=${sent[0]!.msgId} key=alpha brokerTime=${iso} bodyBytes=5 checksum=ok$`));
+    assert.match(records[1]!, new RegExp(`^dumped/0 offset=1 position=0 msgId=${sent[1]!.msgId} key=- brokerTime=${iso} bodyBytes=1000 headers=2 checksum=ok$`));
+    assert.match(records[2]!, new RegExp(`^dumped/1 offset=0 position=0 msgId=${sent[2]!.msgId} key="with space" brokerTime=${iso} bodyBytes=0 checksum=ok$`));
+    assert.ok(lines.some((l) => /^# .*dumped.*\.log \(\d+ bytes, base offset 0\)$/.test(l)), 'a header line per segment');
+    assert.match(lines[lines.length - 1]!, /^# \d+ segments, \d+ batches \(0 BAD\), \d+ records, 0 damaged ranges$/);
+  });
+});
+
+describe('coverage: the in-flight request cap of a connection', function () {
+  this.timeout(60_000);
+  const { broker } = brokerForSuite({ connect: false });
+
+  it('past inflightRequestCountMax (10,000) requests are answered TOO_MANY_REQUESTS; the connection and broker keep serving', async () => {
+    const client = await connect(broker.url);
+    const raw = await RawClient.open(broker.url);
+    try {
+      await client.admin.createTopic('busy', { channels: 1 });
+      const producer = await client.producer({ topic: 'busy' });
+      await producer.sendBatch(Array.from({ length: 10 }, (_, i) => ({ body: `b${i}` })));
+      // Frozen while 15,000 tiny fetches are queued: thawed, it reads them in one go, and each
+      // fetch waits for a thread-pool read that cannot finish before the last one is decoded.
+      process.kill(broker.pid, 'SIGSTOP');
+      let replies: Frame[];
+      try {
+        const pending = Array.from({ length: 15_000 }, () => raw.request({ fetch: { topic: 'busy', channel: 0, offset: 0, maxBytes: 1 } }));
+        process.kill(broker.pid, 'SIGCONT');
+        replies = await Promise.all(pending);
+      } finally {
+        process.kill(broker.pid, 'SIGCONT');
+      }
+      const refused = replies.filter((r) => r.error);
+      const served = replies.filter((r) => r.fetchOk);
+      assert.ok(refused.length > 0, 'some requests were over the cap');
+      assert.equal(refused.length + served.length, 15_000, 'each request answered once');
+      assert.ok(served.length >= 10_000, `the first 10,000 are always served: ${served.length}`);
+      for (const r of refused) assert.deepEqual([r.error!.name, r.error!.message], ['TOO_MANY_REQUESTS', 'more than 10000 requests in flight']);
+      for (const r of served) assert.equal(r.fetchOk!.highWatermark, 10);
+      assert.equal(await metric(broker.http, 'waymark_errors_total{code="TOO_MANY_REQUESTS"}'), refused.length);
+      const after = await raw.request({ fetch: { topic: 'busy', channel: 0, offset: 5, maxBytes: 1 << 20 } });
+      assert.equal(after.fetchOk?.nextOffset, 10, 'the same connection serves again');
+      assert.equal((await producer.send({ body: 'after' })).offset, 10, 'and so does the broker');
+    } finally {
+      await raw.close();
+      client.close();
+    }
+  });
+});
