@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { connect, channelForKey, WaymarkError, type Client, type Message, type MsgPack, type MsgStream, type SendResult } from '../sdk/index';
 import { loadChecksum } from '../engine/format/index';
 import type { Frame } from '../protocol/frames';
-import { BrokerProcess, brokerForSuite, httpJson, RawClient, text } from './broker-helpers';
+import { BrokerProcess, brokerForSuite, httpJson, RawClient, take, text } from './broker-helpers';
 import { rejection, removeTempDirs, tempDir } from './helpers';
 
 after(removeTempDirs);
@@ -120,6 +120,56 @@ describe('coverage: SDK and HTTP against a real broker', function () {
     assert.deepEqual(rest.msgs.sort(byPosition).map(text), ['c6', 'c3', 'c5', 'c7']);
     await resumed.close();
     await stream.close();
+  });
+
+  it('consumer start options: offsets per channel, a broker time, a channel subset, fallback latest, commit(message)', async () => {
+    await client.admin.createTopic('starts', { channels: 2 });
+    const producer = await client.producer({ topic: 'starts' });
+    const early = await producer.sendBatch(Array.from({ length: 6 }, (_, i) => ({ body: `s${i}`, channel: i % 2 })));
+    let later: SendResult;
+    do later = await producer.send({ body: 'later', channel: 1 }); // until a later broker millisecond
+    while (later.brokerTimestamp <= Math.max(...early.map((r) => r.brokerTimestamp)));
+
+    const byOffsets = await client.consumer({ topic: 'starts', group: 'o', start: { offsets: { 0: 2, 1: 1 } }, autoCommitIntervalMs: 0 });
+    const fromOffsets = await take(byOffsets, 4);
+    assert.deepEqual(fromOffsets.map(where).sort(), ['0:2', '1:1', '1:2', `1:${later.offset}`].sort());
+    await byOffsets.close();
+
+    const byTime = await client.consumer({ topic: 'starts', group: 't', start: { timestamp: later.brokerTimestamp }, autoCommitIntervalMs: 0 });
+    assert.deepEqual(where((await byTime.next()).value as Message), `1:${later.offset}`, 'only what is at or after the time');
+    await byTime.close();
+
+    const subset = await client.consumer({ topic: 'starts', group: 'sub', channels: [1], start: 'earliest', autoCommitIntervalMs: 0 });
+    const ones = await take(subset, 4);
+    assert.ok(ones.every((m) => m.channel === 1), 'only channel 1');
+    await subset.commit(ones[1]!); // the position after that message, on its channel
+    assert.deepEqual((await client.admin.positions('starts', 'sub')).map((p) => [p.channel, p.offset]), [[1, 2]]);
+    await subset.close();
+
+    const fresh = await client.consumer({ topic: 'starts', group: 'never-committed', fallback: 'latest', autoCommitIntervalMs: 0 });
+    const next = fresh.next();
+    const after = await producer.send({ body: 'after', channel: 0 });
+    assert.deepEqual(where((await next).value as Message), `0:${after.offset}`, 'no committed position + fallback latest: only new messages');
+    await fresh.close();
+    await producer.close();
+  });
+
+  it('a request made while the connection is down waits for the reconnect and is answered then', async () => {
+    const own = new BrokerProcess(tempDir());
+    await own.start();
+    const c = await connect(own.url, { reconnectDelayMs: 20 });
+    try {
+      await c.admin.createTopic('while-down', { channels: 1 });
+      await own.stop('SIGKILL');
+      const listing = c.admin.listTopics(); // asked while there is no broker
+      const back = new Promise<void>((resolve) => c.on('reconnect', () => resolve()));
+      await own.start();
+      await back;
+      assert.deepEqual((await listing).map((t) => t.name), ['while-down']);
+    } finally {
+      c.close();
+      await own.stop();
+    }
   });
 
   it('producer: an explicit msgId is the stored one (found over HTTP); a malformed one is refused', async () => {
