@@ -5,6 +5,7 @@
  * Shutdown (close()): stop accepting, close every socket with 1001 "going away", let
  * queued group commits finish, close the store (clean checkpoints), release the lock.
  */
+import * as fs from 'node:fs';
 import * as net from 'node:net';
 import uWS from 'uWebSockets.js';
 import { openStore, WaymarkError, type Store, type SyncMode, type RecoveryFinding } from '../engine/index';
@@ -36,7 +37,9 @@ export const serverDefaults = { host: '127.0.0.1', port: 7070, data: './data', s
 
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
   const host = options.host ?? serverDefaults.host;
-  const store = await openStore(options.data ?? serverDefaults.data, { sync: options.sync ?? serverDefaults.sync, onRecovery: options.onRecovery });
+  const data = options.data ?? serverDefaults.data;
+  const dataExisted = fs.existsSync(data);
+  const store = await openStore(data, { sync: options.sync ?? serverDefaults.sync, onRecovery: options.onRecovery });
   try {
     const broker = await Broker.open(store);
     const sessions = new Set<Session>();
@@ -111,6 +114,8 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     };
   } catch (err) {
     await store.close();
+    // A broker that could not start (the port is taken, say) leaves no data folder behind that it made.
+    if (!dataExisted) fs.rmSync(data, { recursive: true, force: true });
     throw err;
   }
 }

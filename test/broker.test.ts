@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { connect, channelForKey, type Client, type Message, type SendResult } from '../sdk/index';
 import { encodeBatch, loadChecksum } from '../engine/format/index';
@@ -584,6 +585,14 @@ describe('broker: the waymark CLI against a real broker', function () {
     const first = serve('none');
     const url = await first.url;
     assert.match(first.stderr(), new RegExp(`data ${data.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}, sync none`));
+    // A second broker on the same port fails at once, and leaves no data folder of its own behind.
+    const otherData = path.join(tempDir(), 'never-made');
+    const taken = spawn(process.execPath, [cli, 'serve', '--port', new URL(url).port, '--data', otherData], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let takenErr = '';
+    taken.stderr!.on('data', (d: Buffer) => (takenErr += d));
+    assert.equal(await new Promise((resolve) => taken.on('exit', resolve)), 2, takenErr); // as for a bad --port or --host
+    assert.match(takenErr, /cannot listen on 127\.0\.0\.1:\d+/);
+    assert.equal(fs.existsSync(otherData), false, 'no data folder made by a broker that did not start');
     const client = await connect(url);
     await client.admin.createTopic('served', { channels: 1 });
     const producer = await client.producer({ topic: 'served' });
