@@ -614,7 +614,7 @@ describe('broker: the waymark CLI against a real broker', function () {
   });
 
   it('bad arguments exit 2 with one line; an unreachable broker exits 1 with one line', async () => {
-    for (const args of [['produce', 'x'], ['consume', '--topic', 't'], ['topics', 'fly'], ['produce', '--topic', 't', '--count', 'many', 'x'], ['consume', '--topic', 't', '--group', 'g', '--from', 'yesterday']]) {
+    for (const args of [['produce', 'x'], ['consume', '--topic', 't'], ['topics', 'fly'], ['produce', '--topic', 't', '--count', 'many', 'x'], ['consume', '--topic', 't', '--group', 'g', '--from', 'yesterday'], ['topics', 'create', 'huge', '--channels', '100000'], ['topics', 'create', 'bad/name']]) {
       const r = await run(args);
       assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
       assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);

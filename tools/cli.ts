@@ -41,7 +41,7 @@ function mainHelp(): string {
 }
 
 /** Error codes that mean "the arguments point at something unusable" (exit 2) rather than a failure (exit 1). */
-const argumentCodes = new Set(['INVALID_ARGUMENT']);
+const argumentCodes = new Set(['INVALID_ARGUMENT', 'INVALID_NAME', 'TOO_MANY_CHANNELS', 'MESSAGE_TOO_LARGE', 'KEY_TOO_LARGE', 'HEADERS_TOO_LARGE', 'BATCH_TOO_LARGE']);
 
 export async function main(argv: string[], io: Io = processIo()): Promise<number> {
   const [name, ...rest] = argv;
