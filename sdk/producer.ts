@@ -171,6 +171,7 @@ export class Producer {
   /** Messages waiting for room in the buffer, in send order (from parkedHead on). */
   private parked: Array<{ channel: number; input: MessageInput; size: number; owner: Owner | ((result: SendResult) => void); reject: ((err: Error) => void) | null; slot: number }> = [];
   private parkedHead = 0;
+  private unparking = false;
   private idleWaiters: Array<() => void> = [];
   private closed = false;
   private readonly stopListening: () => void;
@@ -305,18 +306,34 @@ export class Producer {
     this.parked.push({ channel, input, size, owner, reject, slot });
   }
 
-  /** Moves waiting messages into batches, oldest first, while the buffer has room for the next one. */
+  /**
+   * Moves waiting messages into batches, oldest first, while the buffer has room for the next
+   * one. Not re-entered (a batch failing while being sealed releases its bytes and would call
+   * back in, queueing later messages before the one in hand); the queue's taken head is
+   * dropped as it grows, so a producer that always has sends waiting keeps only those.
+   * While a flush() waits, what moves into a batch is sealed at once instead of lingering.
+   */
   private unpark(): void {
-    while (this.parkedHead < this.parked.length) {
-      const p = this.parked[this.parkedHead]!;
-      if (this.bufferedBytes + p.size > this.options.bufferedBytesMax && this.bufferedBytes > 0) break;
-      this.parked[this.parkedHead++] = undefined!;
-      this.enqueue(p.channel, p.input, p.size, p.owner, p.reject, p.slot);
+    if (this.unparking) return;
+    this.unparking = true;
+    try {
+      while (this.parkedHead < this.parked.length) {
+        const p = this.parked[this.parkedHead]!;
+        if (this.bufferedBytes + p.size > this.options.bufferedBytesMax && this.bufferedBytes > 0) break;
+        this.parked[this.parkedHead++] = undefined!;
+        this.enqueue(p.channel, p.input, p.size, p.owner, p.reject, p.slot);
+      }
+    } finally {
+      this.unparking = false;
     }
     if (this.parkedHead === this.parked.length) {
       this.parked = [];
       this.parkedHead = 0;
+    } else if (this.parkedHead >= 1024 && this.parkedHead * 2 >= this.parked.length) {
+      this.parked = this.parked.slice(this.parkedHead);
+      this.parkedHead = 0;
     }
+    if (this.idleWaiters.length > 0) for (let c = 0; c < this.channels.length; c++) this.seal(c);
   }
 
   private enqueue(channel: number, input: MessageInput, size: number, owner: Owner | ((result: SendResult) => void), reject: ((err: Error) => void) | null, slot: number): void {

@@ -36,13 +36,21 @@ export class GroupPositions {
   private readonly cache = new Map<string, GroupPosition | null>();
   /** Settles once the background pass over `__groups` is done (it never rejects). */
   loaded: Promise<void> = Promise.resolve();
+  /** True once that pass is over (done, or stopped by a closing store). */
+  isLoaded = false;
 
   private constructor(private readonly store: Store) {}
 
   static async open(store: Store): Promise<GroupPositions> {
     if (!store.hasTopic(groupsTopic)) await store.createTopic(groupsTopic, { channels: 1, owner: 'waymark' }, { system: true });
     const groups = new GroupPositions(store);
-    groups.loaded = groups.loadAll().catch(() => undefined); // a store closed mid-pass: lag then shows what is cached
+    groups.loaded = groups
+      .loadAll()
+      .catch((err: Error) => {
+        // A store closed mid-pass is expected at shutdown; anything else is said, and lag shows what is cached.
+        if (!(err instanceof WaymarkError && err.code === 'STORE_CLOSED')) process.emitWarning(`waymark: reading __groups at start failed: ${err.message}`);
+      })
+      .finally(() => (groups.isLoaded = true));
     return groups;
   }
 
@@ -59,7 +67,11 @@ export class GroupPositions {
       if (messages.length === 0) break;
       for (const m of messages) {
         const position = m.key ? parsePosition(m.key, m.body) : null;
-        if (position) latest.set(m.key!, position);
+        if (!position) continue;
+        // A commit older than its topic belongs to a deleted topic of the same name.
+        const topic = m.key!.slice(0, m.key!.indexOf('/'));
+        if (!this.store.hasTopic(topic) || m.brokerTimestamp < this.store.topicInfo(topic).createdAt) continue;
+        latest.set(m.key!, position);
       }
       offset = messages[messages.length - 1]!.offset + 1;
     }
@@ -73,7 +85,8 @@ export class GroupPositions {
   async get(topic: string, group: string, channel: number): Promise<GroupPosition | null> {
     const key = GroupPositions.key(topic, group, channel);
     if (this.cache.has(key)) return this.cache.get(key)!;
-    const [latest] = await this.store.lookupKey(groupsTopic, key, { limit: 1 });
+    // Only commits made since the topic was created count: older ones belong to a deleted topic of that name.
+    const [latest] = await this.store.lookupKey(groupsTopic, key, { limit: 1, timeFrom: this.store.topicInfo(topic).createdAt });
     let position: GroupPosition | null = null;
     if (latest) {
       const parsed = JSON.parse(latest.body.toString('utf8')) as { offset: number; timestamp: number };
@@ -98,6 +111,11 @@ export class GroupPositions {
       positions.map((p) => ({ key: GroupPositions.key(topic, group, p.channel), body: JSON.stringify({ offset: p.offset, timestamp: p.timestamp }) })),
     );
     for (const p of positions) this.remember(GroupPositions.key(topic, group, p.channel), { ...p });
+  }
+
+  /** Drops the cached positions of a deleted topic (a new topic of that name starts with none). */
+  forgetTopic(topic: string): void {
+    for (const key of [...this.cache.keys()]) if (key.startsWith(`${topic}/`)) this.cache.delete(key);
   }
 
   /** Every cached position (for /metrics lag), as [topic, group, position]. */

@@ -164,11 +164,8 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
   const roundRobin = new Map<string, number>();
 
   route(app, 'get', '/healthz', ctx, () => json({ status: 'ok' }));
-  // Lag rows cover every group once the start-up pass over __groups is done (groups.ts).
-  route(app, 'get', '/metrics', ctx, async () => {
-    await broker.groups.loaded;
-    return { status: 200, body: broker.metrics.render(ctx.metricsExtra), contentType: 'text/plain; version=0.0.4' };
-  });
+  // Never waits: until the start-up pass over __groups is done (waymark_group_positions_loaded 0), lag rows cover the groups used since.
+  route(app, 'get', '/metrics', ctx, () => ({ status: 200, body: broker.metrics.render(ctx.metricsExtra), contentType: 'text/plain; version=0.0.4' }));
 
   route(app, 'get', '/v1/topics', ctx, () => json({ topics: store.listTopics().filter((t) => !t.name.startsWith('__')) }));
   route(app, 'get', '/v1/topics/:topic', ctx, ({ params }) => json(describe(params[0]!)));
@@ -193,6 +190,7 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
     const name = params[0]!;
     if (name.startsWith('__')) throw new WaymarkError('INVALID_NAME', `system topic ${name} cannot be deleted`);
     await store.deleteTopic(name);
+    broker.groups.forgetTopic(name);
     return json({ deleted: name });
   });
 

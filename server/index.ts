@@ -75,11 +75,13 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       metricsExtra: (out) => {
         const rows: Array<[Record<string, string | number>, number]> = [];
         for (const [topic, group, position] of broker.groups.cached()) {
-          if (!store.hasTopic(topic)) continue;
+          // A position of a deleted topic, or of a channel an older topic of that name had, is not a lag.
+          if (!store.hasTopic(topic) || position.channel >= store.topicInfo(topic).channels) continue;
           const { highWatermark } = store.channelState(topic, position.channel);
           rows.push([{ topic, group, channel: position.channel }, Math.max(0, highWatermark - position.offset)]);
         }
         gauge(out, 'waymark_consumer_lag_messages', 'Messages between a group committed position and the high watermark.', rows);
+        gauge(out, 'waymark_group_positions_loaded', '1 once every group position has been read at start (until then lag rows cover the groups used since).', [[{}, broker.groups.isLoaded ? 1 : 0]]);
         const hw: Array<[Record<string, string | number>, number]> = [];
         for (const t of store.listTopics()) for (const c of store.describeTopic(t.name).channelInfo) hw.push([{ topic: t.name, channel: c.channel }, c.highWatermark]);
         gauge(out, 'waymark_high_watermark', 'Next offset to be written, by topic and channel.', hw);

@@ -420,8 +420,11 @@ describe('broker: consumer groups across restarts', function () {
     const expectedLag = committed.map((p) => `${p.channel}=${channelStates[p.channel]!.highWatermark - p.offset}`).sort();
     client.close();
     await broker.restart('SIGTERM');
-    // Before any consumer of the group is back, /metrics already shows its lag (read from __groups at start).
-    const metrics = await (await fetch(`${broker.http}/metrics`)).text();
+    // Before any consumer of the group is back, /metrics shows its lag (read from __groups at start, in the background).
+    let metrics = '';
+    for (let polls = 0; polls < 1000 && !/^waymark_group_positions_loaded 1$/m.test(metrics); polls++) {
+      metrics = await (await fetch(`${broker.http}/metrics`)).text(); // polling the start-up pass's gauge
+    }
     const lag = [...metrics.matchAll(/^waymark_consumer_lag_messages\{topic="resume",group="workers",channel="(\d)"\} (\d+)$/gm)].map((m) => `${m[1]}=${m[2]}`).sort();
     assert.ok(expectedLag.length > 0);
     assert.deepEqual(lag, expectedLag, `a lag row per committed channel after the restart:\n${metrics}`);
@@ -433,6 +436,39 @@ describe('broker: consumer groups across restarts', function () {
     await consumer.commit();
     const positions = await client.admin.positions('resume', 'workers');
     assert.equal(positions.reduce((n, p) => n + p.offset, 0), 600);
+    client.close();
+    await broker.stop();
+  });
+
+  it('a deleted and re-created topic starts with no group positions: none carried over, none in /metrics, before or after a restart', async () => {
+    const broker = new BrokerProcess(tempDir());
+    await broker.start();
+    let client = await connect(broker.url);
+    await client.admin.createTopic('again', { channels: 4 });
+    const producer = await client.producer({ topic: 'again' });
+    await producer.sendBatch(Array.from({ length: 8 }, (_, i) => ({ body: `a${i}`, channel: i % 4 })));
+    const consumer = await client.consumer({ topic: 'again', group: 'old', start: 'earliest', autoCommitIntervalMs: 0 });
+    await take(consumer, 8);
+    await consumer.commit();
+    await consumer.close();
+    assert.equal((await client.admin.positions('again', 'old')).length, 4);
+    await client.admin.deleteTopic('again');
+    await client.admin.createTopic('again', { channels: 2 });
+    const check = async (): Promise<void> => {
+      assert.deepEqual(await client.admin.positions('again', 'old'), [], 'the new topic has no positions of the old one');
+      let metrics = '';
+      for (let polls = 0; polls < 1000 && !/^waymark_group_positions_loaded 1$/m.test(metrics); polls++) {
+        const res = await fetch(`${broker.http}/metrics`); // polling the start-up pass's gauge
+        assert.equal(res.status, 200);
+        metrics = await res.text();
+      }
+      assert.doesNotMatch(metrics, /waymark_consumer_lag_messages\{topic="again"/);
+    };
+    await check();
+    client.close();
+    await broker.restart('SIGTERM');
+    client = await connect(broker.url);
+    await check();
     client.close();
     await broker.stop();
   });
@@ -556,7 +592,7 @@ describe('broker: the waymark CLI against a real broker', function () {
     const fromThree = await run(['consume', '--topic', 'cli', '--group', 'cli-from', '--from', '3', '--max', '1', '--json']);
     assert.equal(fromThree.status, 0, fromThree.stderr);
     assert.equal((JSON.parse(fromThree.stdout) as { offset: number }).offset, 3);
-    assert.match(fromThree.stderr, /^channel \d: offset 3 is outside 0\.\.2; starting at 2\n$/);
+    assert.match(fromThree.stderr, /^channel \d: offset 3 is past its end \(next offset 2\); starting at 2\n$/);
     const described = await run(['topics', 'describe', 'cli']);
     assert.match(described.stdout, /channel 1: \d+ messages?, offsets 0\.\.\d+ \(next \d+\)/);
     const listed = await run(['topics', 'list']);

@@ -160,7 +160,9 @@ describe('coverage: SDK and HTTP against a real broker', function () {
     const c = await connect(own.url, { reconnectDelayMs: 20 });
     try {
       await c.admin.createTopic('while-down', { channels: 1 });
+      const down = new Promise<void>((resolve) => c.on('disconnect', () => resolve()));
       await own.stop('SIGKILL');
+      await down; // the client has seen its socket close: the request below waits for the next one
       const listing = c.admin.listTopics(); // asked while there is no broker
       const back = new Promise<void>((resolve) => c.on('reconnect', () => resolve()));
       await own.start();
@@ -219,6 +221,16 @@ describe('coverage: SDK and HTTP against a real broker', function () {
     assert.ok(frames >= 10, `at most four messages per batch: ${frames} produce frames for 40 messages`);
     const read = await httpJson(`${broker.http}/v1/topics/buffered/messages?channel=0&offset=0&max=100&encoding=base64`);
     assert.deepEqual(read.body.messages.map((m: { bodyBase64: string }) => Buffer.from(m.bodyBase64, 'base64')), Array.from({ length: 40 }, (_, i) => Buffer.alloc(200, i)));
+    await producer.close();
+  });
+
+  it('producer: flush() with sends still waiting for buffer room does not wait out the linger for each refill', async () => {
+    await client.admin.createTopic('flush-parked', { channels: 1 });
+    const producer = await client.producer({ topic: 'flush-parked', bufferedBytesMax: 1000, lingerMs: 600_000 });
+    const sends = Array.from({ length: 12 }, (_, i) => producer.send({ body: Buffer.alloc(200, i) })); // three buffers' worth
+    await producer.flush(); // would take 3 × 600 s (far past this test's timeout) if refills lingered
+    const results = await Promise.all(sends);
+    assert.deepEqual(results.map((r) => r.offset), Array.from({ length: 12 }, (_, i) => i));
     await producer.close();
   });
 

@@ -42,7 +42,7 @@ export const consumeCommand: Command = {
         for (const c of channels ?? info.channelStates.map((s) => s.channel)) {
           const range = info.channelStates.find((s) => s.channel === c);
           const offset = range ? Math.min(Math.max(wanted, range.logStartOffset), range.highWatermark) : wanted;
-          if (offset !== wanted) io.err(`channel ${c}: offset ${wanted} is outside ${range!.logStartOffset}..${range!.highWatermark}; starting at ${offset}\n`);
+          if (offset !== wanted) io.err(`channel ${c}: offset ${wanted} is ${offset > wanted ? `before its first offset` : `past its end (next offset ${offset})`}; starting at ${offset}\n`);
           start.offsets[c] = offset;
         }
       }

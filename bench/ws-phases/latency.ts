@@ -115,6 +115,7 @@ async function sdkLatency(url: string, topic: string, o: Options): Promise<SdkLa
       }
       if (++received === count) allReceived();
     });
+    receiving.catch(() => undefined); // a failure surfaces where `receiving` is awaited below, not as an unhandled rejection
     let acked = 0;
     let failure: unknown = null;
     const acks = new Samples(count);
