@@ -46,6 +46,8 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   private failed = false;
   private closed = false;
   private prefetch: [number, number] = [10_000, 8 * 1024 * 1024];
+  /** Credit granted past the window on the broker's asking, not yet taken back (messages, bytes). */
+  private extra: [number, number] = [0, 0];
   private epoch = 0;
 
   constructor(private readonly connection: Connection) {}
@@ -113,6 +115,10 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     const p = frame.pack;
     if (!p || !this.consuming) return;
     if ((p.needMessages ?? 0) > 0 || (p.needBytes ?? 0) > 0) {
+      // A pack bigger than the window (one broker millisecond can be): grant the difference
+      // once, and keep it back from what the next packs return, so the window stays prefetch.
+      this.extra[0] += p.needMessages ?? 0;
+      this.extra[1] += p.needBytes ?? 0;
       this.grant(p.needMessages ?? 0, p.needBytes ?? 0);
       return;
     }
@@ -149,7 +155,12 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   private takePack(): MsgPack | null {
     const item = this.packs.shift();
     if (!item) return null;
-    this.grant(item.credit[0], item.credit[1]);
+    const [messages, bytes] = item.credit;
+    const keepMessages = Math.min(this.extra[0], messages);
+    const keepBytes = Math.min(this.extra[1], bytes);
+    this.extra[0] -= keepMessages;
+    this.extra[1] -= keepBytes;
+    this.grant(messages - keepMessages, bytes - keepBytes);
     return item.pack;
   }
 

@@ -220,8 +220,36 @@ export class Subscription {
     this.stalled = true;
     const needMessages = Math.max(0, span.recordCount - this.creditMessages);
     const needBytes = Math.max(0, span.length - this.creditBytes);
-    if (this.packs) this.sink.send({ id: 0, pack: { subscription: this.id, beginTs: this.packBeginTs, endTs: this.packBeginTs, channels: [], needMessages, needBytes, epoch: this.epoch } });
-    else this.sink.send({ id: 0, push: { subscription: this.id, channel, startOffset: this.positions.get(channel)!, nextOffset: this.positions.get(channel)!, needMessages, needBytes, epoch: this.epoch } });
+    this.sink.send({ id: 0, push: { subscription: this.id, channel, startOffset: this.positions.get(channel)!, nextOffset: this.positions.get(channel)!, needMessages, needBytes, epoch: this.epoch } });
+  }
+
+  /**
+   * Not even the smallest pack fits the credit. A pack cannot split a millisecond: the
+   * smallest one holds every batch, in every channel, with the earliest broker time waiting
+   * (`t`). Asks for what that needs beyond the credit (at least one unit, so the client
+   * always answers), then waits for the grant.
+   */
+  private askForPackCredit(taken: Map<number, { spans: BatchSpan[] }>, firstLeftOut: BatchSpan): void {
+    this.stalled = true;
+    let t = firstLeftOut.brokerTimestamp;
+    for (const mine of taken.values()) if (mine.spans.length > 0) t = Math.min(t, mine.spans[0]!.brokerTimestamp);
+    let messages = 0;
+    let bytes = 0;
+    for (const mine of taken.values()) {
+      for (const span of mine.spans) {
+        if (span.brokerTimestamp > t) break;
+        messages += span.recordCount;
+        bytes += span.length;
+      }
+    }
+    if (firstLeftOut.brokerTimestamp <= t && !Array.from(taken.values()).some((m) => m.spans.includes(firstLeftOut))) {
+      messages += firstLeftOut.recordCount; // cut by the read budget, not taken
+      bytes += firstLeftOut.length;
+    }
+    let needMessages = Math.max(0, messages - this.creditMessages);
+    const needBytes = Math.max(0, bytes - this.creditBytes);
+    if (needMessages === 0 && needBytes === 0) needMessages = 1;
+    this.sink.send({ id: 0, pack: { subscription: this.id, beginTs: this.packBeginTs, endTs: this.packBeginTs, channels: [], needMessages, needBytes, epoch: this.epoch } });
   }
 
   /**
@@ -292,7 +320,7 @@ export class Subscription {
       chosen = this.selectPack(taken, endTs);
     }
     if (endTs <= this.packBeginTs) {
-      if (firstLeftOut) this.askForCredit(firstLeftOut, 0);
+      if (firstLeftOut) this.askForPackCredit(taken, firstLeftOut);
       return;
     }
     const { channels, messages, bytes } = chosen;

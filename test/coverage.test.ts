@@ -100,6 +100,32 @@ describe('coverage: SDK and HTTP against a real broker', function () {
     await stream.close();
   });
 
+  it('msgStream packs under a small credit: a millisecond holding more than the credit is asked for and comes; packs chain, lose and repeat nothing', async () => {
+    await client.admin.createTopic('ms-credit', { channels: 3 });
+    const producer = await client.producer({ topic: 'ms-credit', batchMessagesMax: 1 }); // one message per batch: packs can be cut anywhere
+    const single = await Promise.all(Array.from({ length: 45 }, (_, i) => producer.send({ body: `c${i}`, channel: i % 3 })));
+    const big = await client.producer({ topic: 'ms-credit' });
+    const bundle = await big.sendBatch(Array.from({ length: 12 }, (_, i) => ({ body: `big${i}`, channel: 1 }))); // one batch of 12 > the credit of 5
+    const stream = client.msgStream();
+    await stream.asConsumer('ms-credit', 'credit', { start: 'earliest', prefetchMessages: 5, tickIntervalMs: 10 });
+    const total = single.length + bundle.length;
+    const got = await packs(stream, total); // stalled for good before the broker asked for what a whole millisecond needs
+    assert.ok(got.packs.length >= 3, `the credit split the backlog: ${got.packs.length} packs`);
+    assert.deepEqual(got.msgs.map(where).sort(), [...single, ...bundle].map((r) => `${r.channel}:${r.offset}`).sort(), 'every message once');
+    for (let i = 0; i < got.packs.length; i++) {
+      const pack = got.packs[i]!;
+      if (i > 0) assert.equal(pack.beginTs, got.packs[i - 1]!.endTs, 'packs chain');
+      for (const m of pack.msgs) assert.ok(m.brokerTimestamp > pack.beginTs && m.brokerTimestamp <= pack.endTs);
+    }
+    for (const channel of [0, 1, 2]) {
+      const offsets = got.msgs.filter((m) => m.channel === channel).map((m) => m.offset);
+      assert.deepEqual(offsets, [...offsets].sort((a, b) => a - b), `channel ${channel} in offset order`);
+    }
+    await stream.close();
+    await producer.close();
+    await big.close();
+  });
+
   it('msgStream commit: a new asConsumer of the same subName resumes at the committed positions', async () => {
     await client.admin.createTopic('ms-commit', { channels: 2 });
     const stream = client.msgStream();
