@@ -12,6 +12,7 @@
  * - a commit stores `delivered` (or what the caller passes): after a restart the group
  *   resumes there, so only the uncommitted tail can be seen twice.
  */
+import { BatchOffset, batchHeaderBytes, readUint32 } from '../engine/format/record-batch';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
 import { Pull } from './pull';
@@ -353,14 +354,15 @@ class MessageQueue {
   }
 }
 
-/** Records in a buffer of whole batches (header field recordCount at byte 44). */
+/** Records in a buffer of whole batches (their headers' recordCount). */
 export function countRecords(bytes: Uint8Array | null | undefined): number {
   if (!bytes) return 0;
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   let count = 0;
-  for (let pos = 0; pos + 64 <= bytes.length; pos += dv.getUint32(pos + 28, true)) {
-    count += dv.getUint32(pos + 44, true);
-    if (dv.getUint32(pos + 28, true) < 64) break;
+  for (let pos = 0; pos + batchHeaderBytes <= bytes.length; ) {
+    const length = readUint32(bytes, pos + BatchOffset.batchLength);
+    count += readUint32(bytes, pos + BatchOffset.recordCount);
+    if (length < batchHeaderBytes) break;
+    pos += length;
   }
   return count;
 }

@@ -296,9 +296,14 @@ export class Producer {
     return input;
   }
 
-  /** True when a message of `size` bytes must wait: the buffer is full, or earlier messages wait (send order is kept). */
+  /** True when a message of `size` bytes must wait: earlier messages wait (send order is kept), or the buffer has no room. */
   private mustWait(size: number): boolean {
-    return this.parked.length > this.parkedHead || (this.bufferedBytes + size > this.options.bufferedBytesMax && this.bufferedBytes > 0);
+    return this.parked.length > this.parkedHead || !this.hasRoom(size);
+  }
+
+  /** The buffer takes `size` more bytes (an empty buffer takes any message, however large). */
+  private hasRoom(size: number): boolean {
+    return this.bufferedBytes + size <= this.options.bufferedBytesMax || this.bufferedBytes === 0;
   }
 
   /** A message that found the buffer full (or others waiting): queued in send order until there is room. */
@@ -319,7 +324,7 @@ export class Producer {
     try {
       while (this.parkedHead < this.parked.length) {
         const p = this.parked[this.parkedHead]!;
-        if (this.bufferedBytes + p.size > this.options.bufferedBytesMax && this.bufferedBytes > 0) break;
+        if (!this.hasRoom(p.size)) break;
         this.parked[this.parkedHead++] = undefined!;
         this.enqueue(p.channel, p.input, p.size, p.owner, p.reject, p.slot);
       }

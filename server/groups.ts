@@ -5,7 +5,7 @@
  * the latest position of a key is found through the key index (newest first), so nothing is
  * scanned before the broker serves and a cache holds what was read or written since. After
  * open, one background pass reads `__groups` from its start so that every group's lag is in
- * /metrics after a restart, not only the groups a consumer has touched since (`loaded`).
+ * /metrics after a restart, not only the groups a consumer has touched since (`isLoaded`).
  *
  * Invariant: a commit is acknowledged only once its record is durable (the store's sync
  * mode), so an acknowledged commit survives a restart.
@@ -34,9 +34,7 @@ export function checkGroupName(group: string): void {
 
 export class GroupPositions {
   private readonly cache = new Map<string, GroupPosition | null>();
-  /** Settles once the background pass over `__groups` is done (it never rejects). */
-  loaded: Promise<void> = Promise.resolve();
-  /** True once that pass is over (done, or stopped by a closing store). */
+  /** True once the background pass over `__groups` is over (done, or stopped by a closing store). */
   isLoaded = false;
 
   private constructor(private readonly store: Store) {}
@@ -44,7 +42,7 @@ export class GroupPositions {
   static async open(store: Store): Promise<GroupPositions> {
     if (!store.hasTopic(groupsTopic)) await store.createTopic(groupsTopic, { channels: 1, owner: 'waymark' }, { system: true });
     const groups = new GroupPositions(store);
-    groups.loaded = groups
+    void groups
       .loadAll()
       .catch((err: Error) => {
         // A store closed mid-pass is expected at shutdown; anything else is said, and lag shows what is cached.
@@ -56,26 +54,27 @@ export class GroupPositions {
 
   /**
    * Reads `__groups` from its start and caches each key's last position, except keys that
-   * were committed or read meanwhile (those are newer). Memory: one entry per group and
+   * were committed or read meanwhile (those are newer) and keys whose last commit is older
+   * than their topic (a deleted topic of the same name). Memory: one entry per group and
    * channel, within the cache's bound.
    */
   private async loadAll(): Promise<void> {
     const { logStartOffset, highWatermark } = this.store.channelState(groupsTopic, 0);
-    const latest = new Map<string, GroupPosition>();
+    const latest = new Map<string, { position: GroupPosition; committedAt: number }>();
     for (let offset = logStartOffset; offset < highWatermark; ) {
       const messages = await this.store.read(groupsTopic, 0, { offset, maxMessages: 1000 });
       if (messages.length === 0) break;
       for (const m of messages) {
         const position = m.key ? parsePosition(m.key, m.body) : null;
-        if (!position) continue;
-        // A commit older than its topic belongs to a deleted topic of the same name.
-        const topic = m.key!.slice(0, m.key!.indexOf('/'));
-        if (!this.store.hasTopic(topic) || m.brokerTimestamp < this.store.topicInfo(topic).createdAt) continue;
-        latest.set(m.key!, position);
+        if (position) latest.set(m.key!, { position, committedAt: m.brokerTimestamp });
       }
       offset = messages[messages.length - 1]!.offset + 1;
     }
-    for (const [key, position] of latest) if (!this.cache.has(key)) this.remember(key, position);
+    for (const [key, { position, committedAt }] of latest) {
+      const topic = key.slice(0, key.indexOf('/'));
+      if (this.cache.has(key) || !this.store.hasTopic(topic) || committedAt < this.store.topicInfo(topic).createdAt) continue;
+      this.remember(key, position);
+    }
   }
 
   private static key(topic: string, group: string, channel: number): string {
@@ -87,11 +86,7 @@ export class GroupPositions {
     if (this.cache.has(key)) return this.cache.get(key)!;
     // Only commits made since the topic was created count: older ones belong to a deleted topic of that name.
     const [latest] = await this.store.lookupKey(groupsTopic, key, { limit: 1, timeFrom: this.store.topicInfo(topic).createdAt });
-    let position: GroupPosition | null = null;
-    if (latest) {
-      const parsed = JSON.parse(latest.body.toString('utf8')) as { offset: number; timestamp: number };
-      position = { channel, offset: parsed.offset, timestamp: parsed.timestamp };
-    }
+    const position = latest ? parsePosition(key, latest.body) : null;
     this.remember(key, position);
     return position;
   }

@@ -23,7 +23,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { WaymarkError } from '../format/errors';
-import { batchHeaderBytes, decodeRecordAt, decodeRecords, patchBatch, probeHeader, type BatchHeader, type StoredRecord } from '../format/record-batch';
+import { BatchOffset, batchHeaderBytes, decodeRecordAt, decodeRecords, patchBatch, probeHeader, readInt64, readUint32, type BatchHeader, type StoredRecord } from '../format/record-batch';
 import { checksumHolds } from '../format/record-batch';
 import { lz4Codec } from '../codec';
 import type { KeyHit, TimeRange } from '../index/key-index';
@@ -636,8 +636,7 @@ function ownedRecord(r: StoredRecord): StoredRecord {
 
 /** Header fields read without checks, for bytes already validated when written. */
 function probeFields(head: Uint8Array): { baseOffset: number; batchLength: number; recordCount: number } {
-  const dv = new DataView(head.buffer, head.byteOffset, batchHeaderBytes);
-  return { baseOffset: Number(dv.getBigInt64(0, true)), batchLength: dv.getUint32(28, true), recordCount: dv.getUint32(44, true) };
+  return { baseOffset: readInt64(head, BatchOffset.baseOffset), batchLength: readUint32(head, BatchOffset.batchLength), recordCount: readUint32(head, BatchOffset.recordCount) };
 }
 
 function corruptAt(segment: Segment, position: number, reason: string): WaymarkError {
