@@ -409,6 +409,17 @@ export class Store {
     return removed;
   }
 
+  /**
+   * Deletes the whole segments of one channel that hold only offsets before `offset` (never
+   * the active segment); the channel's log start moves to the first segment kept. For data
+   * the caller has rewritten further on (the broker's `__groups` compaction). Returns how many.
+   */
+  deleteSegmentsBefore(topic: string, channel: number, offset: number): number {
+    this.check();
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `offset ${offset} is not a valid position`);
+    return this.channel(topic, channel).deleteSegmentsBefore(offset);
+  }
+
   /** Finishes queued appends, writes clean checkpoints, and releases the folder lock. */
   async close(): Promise<void> {
     if (this.closed) return;

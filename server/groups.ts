@@ -7,10 +7,19 @@
  * open, one background pass reads `__groups` from its start so that every group's lag is in
  * /metrics after a restart, not only the groups a consumer has touched since (`isLoaded`).
  *
+ * Compaction keeps `__groups` bounded (Kafka compacts its offsets topic for the same reason):
+ * once it spans `compactionSegmentCount` segments and has taken at least as many records since
+ * the last compaction as that one rewrote, one background pass reads it up to its high
+ * watermark H, appends again each live key's last record (a key of a topic that still exists,
+ * committed since that topic was created, and not committed again during the pass), and then
+ * deletes the whole segments below H. Every record below H is by then superseded — by the
+ * rewrite, by a newer commit, or because its topic is gone — so nothing a lookup could want is
+ * lost; a crash in between leaves only duplicates.
+ *
  * Invariant: a commit is acknowledged only once its record is durable (the store's sync
  * mode), so an acknowledged commit survives a restart.
  */
-import { checkTopicName, WaymarkError, type Store } from '../engine/index';
+import { checkTopicName, WaymarkError, type MessageInput, type Store } from '../engine/index';
 import { protocolLimits } from '../protocol/limits';
 
 export const groupsTopic = '__groups';
@@ -26,6 +35,26 @@ export interface GroupPosition {
 /** Positions cached at most (a bound on memory; evicted ones are read back from the index). */
 const cachedPositionCountMax = 100_000;
 
+/** Segment size of `__groups` when the broker creates it: compaction frees whole segments. */
+export const groupsSegmentBytesDefault = 16 * 1024 * 1024;
+
+/** Segments of `__groups` (the active one included) from which a commit starts a compaction. */
+export const compactionSegmentCount = 3;
+
+/** Records a compaction rewrites per append. */
+const compactionBatchRecords = 1000;
+
+export interface GroupPositionsOptions {
+  /** Segment size of `__groups` if this open creates it (default groupsSegmentBytesDefault). */
+  segmentBytes?: number;
+}
+
+/** A key's last record in `__groups`. */
+interface LastCommit {
+  body: Buffer;
+  committedAt: number;
+}
+
 export function checkGroupName(group: string): void {
   if (typeof group !== 'string' || group.length === 0 || Buffer.byteLength(group) > protocolLimits.groupNameBytesMax || !/^[A-Za-z0-9_][A-Za-z0-9._-]*$/.test(group)) {
     throw new WaymarkError('INVALID_NAME', `group name ${JSON.stringify(group)}: use 1-${protocolLimits.groupNameBytesMax} characters of A-Z a-z 0-9 . _ -`);
@@ -36,13 +65,33 @@ export class GroupPositions {
   private readonly cache = new Map<string, GroupPosition | null>();
   /** True once the background pass over `__groups` is over (done, or stopped by a closing store). */
   isLoaded = false;
+  /** Compactions finished since open. */
+  compactions = 0;
+  /** The compaction in flight, and the keys committed since it started (it must not rewrite those). */
+  private compaction: { done: Promise<void>; touched: Set<string> } | null = null;
+  /** What the last compaction rewrote and where it started: the next waits for as many new records. */
+  private lastCompaction = { records: 0, end: 0 };
+
+  private loading: Promise<void> = Promise.resolve();
 
   private constructor(private readonly store: Store) {}
 
-  static async open(store: Store): Promise<GroupPositions> {
-    if (!store.hasTopic(groupsTopic)) await store.createTopic(groupsTopic, { channels: 1, owner: 'waymark' }, { system: true });
+  /** Resolves when the start-up pass over `__groups` is over (isLoaded). */
+  loaded(): Promise<void> {
+    return this.loading;
+  }
+
+  /** True while a compaction runs. */
+  get compacting(): boolean {
+    return this.compaction !== null;
+  }
+
+  static async open(store: Store, options: GroupPositionsOptions = {}): Promise<GroupPositions> {
+    if (!store.hasTopic(groupsTopic)) {
+      await store.createTopic(groupsTopic, { channels: 1, owner: 'waymark', segmentBytes: options.segmentBytes ?? groupsSegmentBytesDefault }, { system: true });
+    }
     const groups = new GroupPositions(store);
-    void groups
+    groups.loading = groups
       .loadAll()
       .catch((err: Error) => {
         // A store closed mid-pass is expected at shutdown; anything else is said, and lag shows what is cached.
@@ -60,21 +109,69 @@ export class GroupPositions {
    */
   private async loadAll(): Promise<void> {
     const { logStartOffset, highWatermark } = this.store.channelState(groupsTopic, 0);
-    const latest = new Map<string, { position: GroupPosition; committedAt: number }>();
-    for (let offset = logStartOffset; offset < highWatermark; ) {
+    for (const [key, { body, committedAt }] of await this.lastCommits(logStartOffset, highWatermark)) {
+      if (this.cache.has(key) || !this.isLive(key, committedAt)) continue;
+      const position = parsePosition(key, body);
+      if (position) this.remember(key, position);
+    }
+  }
+
+  /** Each key's last record among offsets [from, to) of `__groups`. Memory: one entry per key. */
+  private async lastCommits(from: number, to: number): Promise<Map<string, LastCommit>> {
+    const latest = new Map<string, LastCommit>();
+    for (let offset = from; offset < to; ) {
       const messages = await this.store.read(groupsTopic, 0, { offset, maxMessages: 1000 });
       if (messages.length === 0) break;
       for (const m of messages) {
-        const position = m.key ? parsePosition(m.key, m.body) : null;
-        if (position) latest.set(m.key!, { position, committedAt: m.brokerTimestamp });
+        if (m.offset >= to) break;
+        if (m.key) latest.set(m.key, { body: m.body, committedAt: m.brokerTimestamp });
       }
       offset = messages[messages.length - 1]!.offset + 1;
     }
-    for (const [key, { position, committedAt }] of latest) {
-      const topic = key.slice(0, key.indexOf('/'));
-      if (this.cache.has(key) || !this.store.hasTopic(topic) || committedAt < this.store.topicInfo(topic).createdAt) continue;
-      this.remember(key, position);
+    return latest;
+  }
+
+  /** Whether a key's commit still counts: its topic exists and was created before the commit. */
+  private isLive(key: string, committedAt: number): boolean {
+    const topic = key.slice(0, key.indexOf('/'));
+    return this.store.hasTopic(topic) && committedAt >= this.store.topicInfo(topic).createdAt;
+  }
+
+  /** Starts a compaction when `__groups` has grown enough since the last one (see the file comment). */
+  private maybeCompact(): void {
+    if (this.compaction || !this.isLoaded) return;
+    const { segments, highWatermark } = this.store.describeTopic(groupsTopic).channelInfo[0]!;
+    if (segments < compactionSegmentCount || highWatermark - this.lastCompaction.end < this.lastCompaction.records) return;
+    const touched = new Set<string>();
+    const done = this.compact(touched)
+      .catch((err: Error) => {
+        if (!(err instanceof WaymarkError && err.code === 'STORE_CLOSED')) process.emitWarning(`waymark: compacting __groups failed: ${err.message}`);
+      })
+      .finally(() => (this.compaction = null));
+    this.compaction = { done, touched };
+  }
+
+  /** Waits for the compaction in flight, if any. */
+  async compacted(): Promise<void> {
+    await this.compaction?.done;
+  }
+
+  private async compact(touched: Set<string>): Promise<void> {
+    const { logStartOffset, highWatermark: end } = this.store.channelState(groupsTopic, 0);
+    const keep = [...(await this.lastCommits(logStartOffset, end))].filter(([key, last]) => this.isLive(key, last.committedAt));
+    let rewritten = 0;
+    for (let i = 0; i < keep.length; i += compactionBatchRecords) {
+      // Filtered right before the append call: a commit made before it is in `touched` (and
+      // newer than what we hold), one made after it lands after the rewrite.
+      const batch: MessageInput[] = [];
+      for (const [key, { body }] of keep.slice(i, i + compactionBatchRecords)) if (!touched.has(key)) batch.push({ key, body });
+      if (batch.length === 0) continue;
+      await this.store.append(groupsTopic, 0, batch);
+      rewritten += batch.length;
     }
+    this.store.deleteSegmentsBefore(groupsTopic, 0, end);
+    this.lastCompaction = { records: rewritten, end };
+    this.compactions++;
   }
 
   private static key(topic: string, group: string, channel: number): string {
@@ -100,12 +197,11 @@ export class GroupPositions {
       if (!Number.isInteger(p.channel) || p.channel < 0 || p.channel >= channels) throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${topic} has no channel ${p.channel}`);
       if (!Number.isSafeInteger(p.offset) || p.offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `offset ${p.offset} is not a valid position`);
     }
-    await this.store.append(
-      groupsTopic,
-      0,
-      positions.map((p) => ({ key: GroupPositions.key(topic, group, p.channel), body: JSON.stringify({ offset: p.offset, timestamp: p.timestamp }) })),
-    );
+    const records = positions.map((p) => ({ key: GroupPositions.key(topic, group, p.channel), body: JSON.stringify({ offset: p.offset, timestamp: p.timestamp }) }));
+    if (this.compaction) for (const r of records) this.compaction.touched.add(r.key);
+    await this.store.append(groupsTopic, 0, records);
     for (const p of positions) this.remember(GroupPositions.key(topic, group, p.channel), { ...p });
+    this.maybeCompact();
   }
 
   /** Drops the cached positions of a deleted topic (a new topic of that name starts with none). */

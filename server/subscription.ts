@@ -59,6 +59,12 @@ export class Subscription {
   private readonly packs: boolean;
   private readonly tickIntervalMs: number;
   private packBeginTs = 0;
+  /**
+   * Bytes the smallest pack was last seen to need (askForPackCredit): the next read may go
+   * that far past the usual budget, or a millisecond larger than the budget (one 5 MiB
+   * message will do) would be cut at the same place after every grant, for good.
+   */
+  private packNeedBytes = 0;
   private pumping = false;
   private again = false;
   private stalled = false;
@@ -246,6 +252,7 @@ export class Subscription {
       messages += firstLeftOut.recordCount; // cut by the read budget, not taken
       bytes += firstLeftOut.length;
     }
+    this.packNeedBytes = bytes;
     let needMessages = Math.max(0, messages - this.creditMessages);
     const needBytes = Math.max(0, bytes - this.creditBytes);
     if (needMessages === 0 && needBytes === 0) needMessages = 1;
@@ -285,7 +292,7 @@ export class Subscription {
     for (const channel of this.channels) endTs = Math.min(endTs, this.store.stableTimestamp(this.topic, channel));
     if (endTs <= this.packBeginTs) return;
     const generation = this.generation;
-    const budgetBytes = Math.min(this.creditBytes, protocolLimits.pushBytesMax * 4);
+    const budgetBytes = Math.min(this.creditBytes, Math.max(protocolLimits.pushBytesMax * 4, this.packNeedBytes));
     const taken = new Map<number, { bytes: Buffer[]; spans: BatchSpan[] }>();
     let usedBytes = 0;
     let firstLeftOut: BatchSpan | null = null;
@@ -326,6 +333,7 @@ export class Subscription {
     const { channels, messages, bytes } = chosen;
     const beginTs = this.packBeginTs;
     this.packBeginTs = endTs;
+    this.packNeedBytes = 0;
     for (const entry of channels) this.positions.set(entry.channel, entry.endOffset);
     this.creditMessages -= messages;
     this.creditBytes -= bytes;

@@ -126,6 +126,22 @@ describe('coverage: SDK and HTTP against a real broker', function () {
     await big.close();
   });
 
+  it('msgStream packs: one batch larger than the pack read budget (4 push frames) still comes, between its neighbours', async () => {
+    await client.admin.createTopic('ms-huge', { channels: 2 });
+    const producer = await client.producer({ topic: 'ms-huge' });
+    const before = await producer.send({ body: 'before', channel: 1 });
+    const huge = randomBytes(5 * 1024 * 1024); // one 5 MiB message (random: lz4 cannot shrink it): one batch past 4 × pushBytesMax
+    const bigOne = await producer.send({ body: huge, channel: 0 });
+    const after = await producer.send({ body: 'after', channel: 1 });
+    const stream = client.msgStream();
+    await stream.asConsumer('ms-huge', 'huge', { start: 'earliest', tickIntervalMs: 10 });
+    const got = await packs(stream, 3); // the broker asked for credit round after round and never read further
+    assert.deepEqual(got.msgs.map(where).sort(), [before, bigOne, after].map((r) => `${r.channel}:${r.offset}`).sort());
+    assert.ok(Buffer.from(got.msgs.find((m) => m.channel === 0)!.body).equals(huge), 'the big message whole');
+    await stream.close();
+    await producer.close();
+  });
+
   it('msgStream commit: a new asConsumer of the same subName resumes at the committed positions', async () => {
     await client.admin.createTopic('ms-commit', { channels: 2 });
     const stream = client.msgStream();

@@ -590,6 +590,24 @@ export class ChannelLog {
     return removed;
   }
 
+  /**
+   * Deletes whole sealed segments that hold only offsets before `offset` (the active segment
+   * and a segment still being sealed are kept). Returns how many. The caller vouches that
+   * nothing before `offset` is needed any more (the `__groups` compaction rewrote it).
+   */
+  deleteSegmentsBefore(offset: number): number {
+    let removed = 0;
+    while (this.segments.length > 1) {
+      const oldest = this.segments[0]!;
+      if (!oldest.sealed || oldest.nextOffset > offset) break;
+      this.segments.shift();
+      oldest.remove();
+      removed++;
+    }
+    if (removed > 0) this.saveCheckpoint(false);
+    return removed;
+  }
+
   /** Waits for queued appends, seals nothing, writes the active indexes and a clean checkpoint. */
   async close(): Promise<void> {
     if (this.closed) return;
