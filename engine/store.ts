@@ -412,9 +412,10 @@ export class Store {
   /**
    * Deletes the whole segments of one channel that hold only offsets before `offset` (never
    * the active segment); the channel's log start moves to the first segment kept. For data
-   * the caller has rewritten further on (the broker's `__groups` compaction). Returns how many.
+   * the caller has rewritten further on (the broker's `__groups` compaction): whatever is
+   * written to the channel is made durable first, in every sync mode. Resolves to how many.
    */
-  deleteSegmentsBefore(topic: string, channel: number, offset: number): number {
+  deleteSegmentsBefore(topic: string, channel: number, offset: number): Promise<number> {
     this.check();
     if (!Number.isSafeInteger(offset) || offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `offset ${offset} is not a valid position`);
     return this.channel(topic, channel).deleteSegmentsBefore(offset);

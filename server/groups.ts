@@ -169,7 +169,7 @@ export class GroupPositions {
       await this.store.append(groupsTopic, 0, batch);
       rewritten += batch.length;
     }
-    this.store.deleteSegmentsBefore(groupsTopic, 0, end);
+    await this.store.deleteSegmentsBefore(groupsTopic, 0, end);
     this.lastCompaction = { records: rewritten, end };
     this.compactions++;
   }

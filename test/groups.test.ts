@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { openStore, type Store } from '../engine/index';
+import { openStore, type Store, type SyncMode } from '../engine/index';
 import { compactionSegmentCount, GroupPositions, groupsTopic } from '../server/groups';
 import { removeTempDirs, tempDir } from './helpers';
 
@@ -8,8 +8,8 @@ after(removeTempDirs);
 /** __groups with the smallest segments the engine allows, so a few hundred commits span many. */
 const segmentBytes = 4096;
 
-async function openGroups(dir: string): Promise<{ store: Store; groups: GroupPositions }> {
-  const store = await openStore(dir);
+async function openGroups(dir: string, sync: SyncMode = 'batch'): Promise<{ store: Store; groups: GroupPositions }> {
+  const store = await openStore(dir, { sync });
   const groups = await GroupPositions.open(store, { segmentBytes });
   await groups.loaded();
   return { store, groups };
@@ -27,9 +27,10 @@ async function groupsKeys(store: Store): Promise<string[]> {
 }
 
 describe('__groups compaction', () => {
-  it('keeps every live position, drops deleted topics, and stays within a few segments', async () => {
+  for (const sync of ['batch', 'interval'] as const)
+  it(`keeps every live position, drops deleted topics, and stays within a few segments (sync ${sync})`, async () => {
     const dir = tempDir();
-    let { store, groups } = await openGroups(dir);
+    let { store, groups } = await openGroups(dir, sync);
     await store.createTopic('orders', { channels: 2 });
     await store.createTopic('gone', { channels: 1 });
     await groups.commit('gone', 'old', [{ channel: 0, offset: 7, timestamp: 1 }]);
@@ -55,7 +56,7 @@ describe('__groups compaction', () => {
     assert.ok(store.channelState(groupsTopic, 0).logStartOffset > 0);
 
     await store.close();
-    ({ store, groups } = await openGroups(dir));
+    ({ store, groups } = await openGroups(dir, sync));
     for (const [key, offset] of expected) {
       const [group, channel] = key.split('/');
       assert.equal((await groups.get('orders', group!, Number(channel)))?.offset, offset, key);

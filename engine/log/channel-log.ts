@@ -595,7 +595,14 @@ export class ChannelLog {
    * and a segment still being sealed are kept). Returns how many. The caller vouches that
    * nothing before `offset` is needed any more (the `__groups` compaction rewrote it).
    */
-  deleteSegmentsBefore(offset: number): number {
+  async deleteSegmentsBefore(offset: number): Promise<number> {
+    // What the caller rewrote at `offset` and after must be durable before what it replaces
+    // goes: in sync modes "interval" and "none" its writes may still be only in the page cache.
+    if (!this.dsync) {
+      await this.sealing;
+      if (this.closed) throw new WaymarkError('STORE_CLOSED');
+      await fdatasync(this.active.fd);
+    }
     let removed = 0;
     while (this.segments.length > 1) {
       const oldest = this.segments[0]!;
