@@ -23,7 +23,9 @@ import { limits } from './limits';
 import { lockFolder, type FolderLock } from './lock';
 import { ChannelLog, type AppendOutcome, type BatchRead, type ChannelOptions, type SyncMode } from './log/channel-log';
 import { writeFileAtomic } from './log/checkpoint';
+import { DamageBeforeSoundBatchesError } from './log/errors';
 import type { RecoveryFinding } from './log/segment';
+import { repairStore } from './inspect/repair';
 
 export interface StoreOptions {
   /** "batch" (default): acknowledge after fdatasync; "interval": after write, fsync every syncIntervalMs; "none": after write. */
@@ -129,6 +131,13 @@ export function checkTopicName(name: string, allowSystem = false): void {
   if (!allowSystem && name.startsWith('__')) throw new WaymarkError('INVALID_NAME', `topic names starting with __ are reserved for system topics`);
 }
 
+/** A channel to repair before the store opens (see Store.repairAtOpen). */
+interface DamagedChannel {
+  topic: Topic;
+  channel: number;
+  error: DamageBeforeSoundBatchesError;
+}
+
 export class Store {
   private readonly topics = new Map<string, Topic>();
   private closed = false;
@@ -159,7 +168,8 @@ export class Store {
       if (!['batch', 'interval', 'none'].includes(resolved.sync)) throw new WaymarkError('INVALID_ARGUMENT', `sync must be batch, interval or none, not ${resolved.sync}`);
       checkSegmentBytes(resolved.segmentBytes);
       const store = new Store(dir, resolved, lock);
-      store.openAll();
+      const damaged = store.openAll();
+      for (const d of damaged) await store.repairAtOpen(d);
       store.retentionTimer = setInterval(() => store.applyRetention(), limits.retentionSweepMs);
       store.retentionTimer.unref();
       return store;
@@ -169,7 +179,40 @@ export class Store {
     }
   }
 
-  private openAll(): void {
+  /**
+   * A channel whose recovery found damage with sound batches after it (see
+   * DamageBeforeSoundBatchesError): repaired as `waymark repair` would — every sound batch
+   * kept, the damaged bytes saved aside, the damaged offsets left as a gap, never handed out
+   * again — then opened. The repair's drops are reported like any recovery finding.
+   */
+  private async repairAtOpen({ topic, channel, error }: DamagedChannel): Promise<void> {
+    const dir = path.join(topic.dir, String(channel));
+    const repaired = await repairStore(dir, { lockHeld: true });
+    if (repaired.problems.length > 0) {
+      throw new WaymarkError('CORRUPT_FILE', `${error.message}; repair could not mend ${dir}: ${repaired.problems.map((p) => p.what).join('; ')}`, { file: error.file });
+    }
+    const report: RecoveryFinding[] = repaired.dropped.map((d) => ({
+      file: d.file,
+      position: d.position,
+      bytesDropped: d.bytes,
+      kind: 'corrupt',
+      reason: `${d.reason}; the sound batches after it were kept (repaired at open)`,
+      ...(d.savedTo ? { savedTo: d.savedTo } : {}),
+    }));
+    topic.channels[channel] = ChannelLog.open(dir, this.channelOptions(topic.info), report);
+    this.report(report);
+  }
+
+  private report(findings: readonly RecoveryFinding[]): void {
+    for (const finding of findings) {
+      this.recoveryReport.push(finding);
+      this.options.onRecovery?.(finding);
+    }
+  }
+
+  /** Opens every topic; returns the channels that need a repair before they can open. */
+  private openAll(): DamagedChannel[] {
+    const damaged: DamagedChannel[] = [];
     const storeFile = path.join(this.dir, 'store.json');
     if (!fs.existsSync(storeFile)) writeFileAtomic(storeFile, JSON.stringify({ format: 'waymark', version: 1 }));
     const topicsDir = path.join(this.dir, 'topics');
@@ -180,19 +223,29 @@ export class Store {
         continue;
       }
       const info = JSON.parse(fs.readFileSync(path.join(dir, 'topic.json'), 'utf8')) as TopicInfo;
-      this.openTopic(info, dir);
+      this.openTopic(info, dir, damaged);
     }
+    return damaged;
   }
 
-  private openTopic(info: TopicInfo, dir: string): Topic {
+  /**
+   * Opens a topic's channels. A channel that needs a repair first (only a recovering open,
+   * `damaged` given) is left out of `channels` until Store.open has repaired it.
+   */
+  private openTopic(info: TopicInfo, dir: string, damaged?: DamagedChannel[]): Topic {
     const channels: ChannelLog[] = [];
     const report: RecoveryFinding[] = [];
-    for (let c = 0; c < info.channels; c++) channels.push(ChannelLog.open(path.join(dir, String(c)), this.channelOptions(info), report));
-    for (const finding of report) {
-      this.recoveryReport.push(finding);
-      this.options.onRecovery?.(finding);
-    }
     const topic = { info, dir, channels };
+    for (let c = 0; c < info.channels; c++) {
+      try {
+        channels.push(ChannelLog.open(path.join(dir, String(c)), this.channelOptions(info), report));
+      } catch (err) {
+        if (!(err instanceof DamageBeforeSoundBatchesError) || !damaged) throw err;
+        damaged.push({ topic, channel: c, error: err });
+        channels.push(null as unknown as ChannelLog); // filled by repairAtOpen before open returns
+      }
+    }
+    this.report(report);
     this.topics.set(info.name, topic);
     return topic;
   }

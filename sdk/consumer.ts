@@ -16,7 +16,7 @@ import { BatchOffset, batchHeaderBytes, readUint32 } from '../engine/format/reco
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
 import { Pull } from './pull';
-import { decodeBatches, type Message } from './messages';
+import { decodeBatches, type DecodedBatch, type Message } from './messages';
 
 export type StartAt = 'committed' | 'earliest' | 'latest' | { offsets: Record<number, number> } | { timestamp: number };
 
@@ -141,12 +141,12 @@ export class Consumer implements AsyncIterable<Message> {
       return;
     }
     const channel = push.channel ?? 0;
-    let batches;
+    const batches: DecodedBatch[] = [];
+    let corrupt: Error | null = null;
     try {
-      batches = decodeBatches(this.topic, channel, push.batches ?? new Uint8Array(0), push.startOffset ?? 0);
+      decodeBatches(this.topic, channel, push.batches ?? new Uint8Array(0), push.startOffset ?? 0, batches);
     } catch (err) {
-      this.fail(err as Error);
-      return;
+      corrupt = err as Error; // the batches before the bad one are good: they go out first
     }
     for (const batch of batches) {
       if (batch.messages.length === 0) {
@@ -159,6 +159,7 @@ export class Consumer implements AsyncIterable<Message> {
       this.queue.push(messages[last]!, batch.header.recordCount, batch.bytes);
     }
     this.wake();
+    if (corrupt) this.pull.failAfterQueued(corrupt);
   }
 
   private wake(): void {

@@ -103,9 +103,12 @@ function skip(length: number, end: number): number {
   return start;
 }
 
-/** Decodes whole batches back to back, dropping records before `fromOffset`. */
-export function decodeBatches(topic: string, channel: number, bytes: Uint8Array, fromOffset: number): DecodedBatch[] {
-  const out: DecodedBatch[] = [];
+/**
+ * Decodes whole batches back to back, dropping records before `fromOffset`. Throws
+ * CORRUPT_BATCH at the first batch that fails; with `out` given, the batches decoded before
+ * it are in `out` (a consumer hands those out first).
+ */
+export function decodeBatches(topic: string, channel: number, bytes: Uint8Array, fromOffset: number, out: DecodedBatch[] = []): DecodedBatch[] {
   const plain = bytes.constructor === Uint8Array ? bytes : new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   for (let pos = 0; pos < plain.length; ) {
     const probe = probeHeader(plain, pos);

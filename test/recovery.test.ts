@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openStore, batchHeaderBytes, type Store } from '../engine/index';
+import { verifyStore } from '../engine/inspect/index';
 import { bodyFor, copyFolder, flipByte, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
 
 after(removeTempDirs);
@@ -130,29 +131,54 @@ describe('recovery: torn tails', () => {
 });
 
 describe('recovery: corruption', () => {
-  it('ChecksumMismatch in the middle of the active segment is reported with the bytes dropped, and the bytes are saved aside', async () => {
-    const { image, starts } = await crashImage(8);
+  it('ChecksumMismatch in the middle of the active segment costs only that batch: the sound batches after it are kept, its offsets never handed out again, its bytes saved aside', async () => {
+    const { image, starts, sizes } = await crashImage(8);
     const log = segmentFiles(channelDir(image))[0]!;
-    const size = fs.statSync(log).size;
     const victim = 4;
     flipByte(log, starts[victim]! + batchHeaderBytes + 10);
     const earlier = `${log}.dropped-${starts[victim]}`; // bytes an earlier cut at this position saved
     fs.writeFileSync(earlier, 'an earlier cut');
     const findings: unknown[] = [];
-    const store = await openStore(image, { onRecovery: (f) => findings.push(f) });
+    let store = await openStore(image, { onRecovery: (f) => findings.push(f) });
     try {
       assert.equal(store.recoveryReport.length, 1);
       const finding = store.recoveryReport[0]!;
       assert.equal(finding.kind, 'corrupt');
       assert.equal(finding.position, starts[victim]);
-      assert.equal(finding.bytesDropped, size - starts[victim]!);
-      assert.match(finding.reason, /checksum/);
+      assert.equal(finding.bytesDropped, sizes[victim], 'only the damaged batch');
+      assert.match(finding.reason, /kept/);
       assert.equal(findings.length, 1, 'the onRecovery hook saw it');
       assert.equal(fs.statSync(finding.savedTo!).size, finding.bytesDropped, 'dropped bytes are kept in a side file');
       assert.equal(finding.savedTo, `${earlier}.2`, 'next to the earlier side file');
       assert.equal(fs.readFileSync(earlier, 'utf8'), 'an earlier cut', 'which is not overwritten');
-      const messages = await readAll(store);
-      assert.equal(messages.length, victim * 3);
+      const lost = [victim * 3, victim * 3 + 1, victim * 3 + 2];
+      const offsets = [...Array(24).keys()].filter((o) => !lost.includes(o));
+      assert.deepEqual((await readAll(store)).map((m) => m.offset), offsets, 'every sound batch, before and after the damage');
+      const next = await store.append('t', 0, [{ body: 'after the repair' }]);
+      assert.equal(next.baseOffset, 24, 'the offsets of the kept batches are not handed out again');
+      await store.close();
+      store = await openStore(image);
+      assert.deepEqual(store.recoveryReport, [], 'the next open finds nothing to mend');
+      assert.deepEqual((await readAll(store)).map((m) => m.offset), [...offsets, 24]);
+    } finally {
+      await store.close();
+    }
+    const report = await verifyStore(image);
+    assert.deepEqual(report.faults, [], 'verify passes');
+  });
+
+  it('ChecksumMismatch in the last batch of the active segment (nothing sound after it) is cut, reported, and saved aside', async () => {
+    const { image, starts } = await crashImage(8);
+    const log = segmentFiles(channelDir(image))[0]!;
+    const size = fs.statSync(log).size;
+    flipByte(log, starts[7]! + batchHeaderBytes + 10);
+    const store = await openStore(image);
+    try {
+      assert.equal(store.recoveryReport.length, 1);
+      const finding = store.recoveryReport[0]!;
+      assert.deepEqual([finding.kind, finding.position, finding.bytesDropped], ['corrupt', starts[7], size - starts[7]!]);
+      assert.equal(fs.statSync(finding.savedTo!).size, finding.bytesDropped);
+      assert.equal((await readAll(store)).length, 7 * 3);
     } finally {
       await store.close();
     }

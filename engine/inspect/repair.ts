@@ -52,6 +52,8 @@ import { loadCheckpoint } from './verify';
 
 export interface RepairOptions extends PoolOptions {
   onProgress?: (state: ProgressState) => void;
+  /** The caller holds the store's folder lock (the store repairing a channel at open). */
+  lockHeld?: boolean;
 }
 
 export interface DroppedRange {
@@ -97,7 +99,7 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
     throw new WaymarkError('INVALID_ARGUMENT', `${target}: repair works on a store, topic or channel folder (it may split segments and rewrites checkpoint.json)`);
   }
   const lockedDir = first.storeDir ?? path.resolve(target);
-  const lock = lockFolder(lockedDir);
+  const lock = options.lockHeld ? null : lockFolder(lockedDir);
   try {
     const layout = describePath(target); // again, now that nobody else may change it
     const report: RepairReport = {
@@ -162,7 +164,7 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
     for (const plan of plans) commitChannel(plan, rewriteOf, report);
     return report;
   } finally {
-    lock.release();
+    lock?.release();
   }
 }
 

@@ -115,7 +115,12 @@ export class ChannelLog {
   static open(dir: string, options: ChannelOptions, report: RecoveryFinding[]): ChannelLog {
     fs.mkdirSync(dir, { recursive: true });
     const channel = new ChannelLog(dir, options);
-    channel.recover(report);
+    try {
+      channel.recover(report);
+    } catch (err) {
+      for (const segment of channel.segments) segment.close();
+      throw err;
+    }
     if (options.sync === 'interval') {
       channel.syncTimer = setInterval(() => channel.syncIfDirty(), options.syncIntervalMs);
       channel.syncTimer.unref();
@@ -496,6 +501,8 @@ export class ChannelLog {
       while (pos < chunk.bytes.length && records.length < maxMessages) {
         const probe = probeHeader(chunk.bytes, pos);
         if (probe.kind !== 'ok' || !checksumHolds(chunk.bytes, pos, probe.header)) {
+          // The good records before it go out; the read that starts at the bad batch fails.
+          if (records.length > 0) return { records, brokerTimestamps, nextOffset: records[records.length - 1]!.offset + 1 };
           throw new WaymarkError('CORRUPT_FILE', `batch at offset ${probeFields(chunk.bytes.subarray(pos)).baseOffset} in ${this.dir} fails its checksum: run waymark verify`);
         }
         for (const record of decodeRecords(chunk.bytes, pos, probe.header, lz4Codec)) {

@@ -9,3 +9,21 @@ export class CorruptIndexError extends WaymarkError {
     super('CORRUPT_FILE', `corrupt index ${file}: ${reason}`, { file });
   }
 }
+
+/**
+ * Recovery found a damaged batch with whole, checksum-sound batches after it: cutting the
+ * segment there (what a torn tail gets) would drop acknowledged messages and hand their
+ * offsets out again. Thrown before anything is changed; the store repairs the channel
+ * (engine/inspect/repair.ts keeps every sound batch) and opens it again.
+ */
+export class DamageBeforeSoundBatchesError extends WaymarkError {
+  constructor(
+    readonly dir: string,
+    readonly file: string,
+    readonly position: number,
+    readonly soundAt: number,
+    readonly reason: string,
+  ) {
+    super('CORRUPT_FILE', `${file}: ${reason} at byte ${position}, sound batches from byte ${soundAt} on`, { file, position });
+  }
+}

@@ -22,10 +22,10 @@ import { msgIdBytes } from '../format/msg-id';
 import { patchBatch, recordsSection, type BatchHeader } from '../format/record-batch';
 import { checkKeyIndexBytes, KeyIndexBuilder, KeyIndexFile, type KeyHit, type TimeRange } from '../index/key-index';
 import { limits } from '../limits';
-import { CorruptIndexError } from './errors';
+import { CorruptIndexError, DamageBeforeSoundBatchesError } from './errors';
 import { writeFileSynced, writeIndexFileAsync } from './index-file';
 import { OffsetIndex } from './offset-index';
-import { scanSegment } from './segment-scanner';
+import { findNextBatch, scanSegment } from './segment-scanner';
 import { TimeIndex } from './time-index';
 
 export function segmentFileName(baseOffset: number, extension: string): string {
@@ -110,7 +110,8 @@ export class Segment {
   /**
    * Scans an untrusted segment (the active one after a crash, or one the checkpoint does
    * not know), truncates a torn tail silently and a corrupt tail loudly (the dropped bytes
-   * are copied aside first), and rebuilds its indexes in memory.
+   * are copied aside first), and rebuilds its indexes in memory. Damage with sound batches
+   * after it is not a tail: DamageBeforeSoundBatchesError, nothing changed (the store repairs).
    */
   static recover(dir: string, baseOffset: number, onBatch?: (batch: RecoveredBatch) => void, dsync = false): { segment: Segment; findings: RecoveryFinding[] } {
     const file = path.join(dir, segmentFileName(baseOffset, 'log'));
@@ -148,6 +149,11 @@ export class Segment {
       } else if (event.kind === 'torn') {
         end = { file, position: event.position, bytesDropped: event.bytesDropped, kind: 'torn', reason: 'batch cut short at end of file' };
       } else {
+        const soundAt = findNextBatch(fd, event.position + 1, fileBytes);
+        if (soundAt >= 0) {
+          fs.closeSync(fd);
+          throw new DamageBeforeSoundBatchesError(dir, file, event.position, soundAt, event.reason);
+        }
         end = { file, position: event.position, bytesDropped: fileBytes - event.position, kind: 'corrupt', reason: event.reason };
       }
     }

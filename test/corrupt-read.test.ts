@@ -1,0 +1,59 @@
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { connect, type Message } from '../sdk/index';
+import { BatchOffset } from '../engine/format/index';
+import { BrokerProcess, httpJson } from './broker-helpers';
+import { flipByte, removeTempDirs, segmentFiles, tempDir } from './helpers';
+
+after(removeTempDirs);
+
+/** Start position of every batch in a segment file (walking batchLength fields). */
+function batchStarts(file: string): number[] {
+  const bytes = fs.readFileSync(file);
+  const starts: number[] = [];
+  for (let at = 0; at < bytes.length; at += bytes.readUInt32LE(at + BatchOffset.batchLength)) starts.push(at);
+  return starts;
+}
+
+describe('a damaged batch in the middle of what a consumer reads', function () {
+  this.timeout(60_000);
+  const broker = new BrokerProcess(tempDir());
+  after(() => broker.stop('SIGKILL'));
+
+  it('costs only what comes after it: the SDK consumer and HTTP hand out the sound messages before it, then the error', async () => {
+    await broker.start();
+    let client = await connect(broker.url);
+    await client.admin.createTopic('rot', { channels: 1 });
+    const producer = await client.producer({ topic: 'rot' });
+    for (let b = 0; b < 10; b++) await producer.sendBatch(Array.from({ length: 5 }, (_, i) => ({ body: `b${b}-m${i}`, channel: 0 })));
+    await producer.close();
+    await client.close();
+    await broker.stop('SIGTERM');
+
+    const log = segmentFiles(path.join(broker.data, 'topics', 'rot', '0'))[0]!;
+    const starts = batchStarts(log);
+    assert.equal(starts.length, 10);
+    flipByte(log, starts[6]! + 70); // inside batch 6's records: its checksum fails (offsets 30–34)
+    await broker.start(); // a clean shutdown before: the active segment is trusted, not scanned
+
+    const page = await httpJson(`${broker.http}/v1/topics/rot/messages?channel=0&offset=0&max=100`);
+    assert.equal(page.status, 200);
+    assert.deepEqual((page.body.messages as Array<{ offset: number }>).map((m) => m.offset), [...Array(30).keys()], 'HTTP: the 30 messages before the damage');
+    const bad = await httpJson(`${broker.http}/v1/topics/rot/messages?channel=0&offset=30&max=100`);
+    assert.equal(bad.body.error?.code, 'CORRUPT_FILE');
+
+    client = await connect(broker.url);
+    const consumer = await client.consumer({ topic: 'rot', group: 'g', start: 'earliest' });
+    const got: Message[] = [];
+    let failure: (Error & { code?: string }) | null = null;
+    try {
+      for await (const m of consumer) got.push(m);
+    } catch (err) {
+      failure = err as Error & { code?: string };
+    }
+    assert.deepEqual(got.map((m) => m.offset), [...Array(30).keys()], 'SDK: the 30 messages before the damage, then the error');
+    assert.equal(failure?.code, 'CORRUPT_BATCH');
+    await client.close();
+  });
+});
