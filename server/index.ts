@@ -82,7 +82,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         }
         gauge(out, 'waymark_consumer_lag_messages', 'Messages between a group committed position and the high watermark.', rows);
         gauge(out, 'waymark_group_positions_loaded', '1 once every group position has been read at start (until then lag rows cover the groups used since).', [[{}, broker.groups.isLoaded ? 1 : 0]]);
-        gauge(out, 'waymark_group_compactions', 'Compactions of __groups since start (each rewrites the live positions and deletes the segments below them).', [[{}, broker.groups.compactions]]);
+        gauge(out, 'waymark_group_compactions_total', 'Compactions of __groups since start (each rewrites the live positions and deletes the segments below them).', [[{}, broker.groups.compactions]], 'counter');
         const hw: Array<[Record<string, string | number>, number]> = [];
         for (const t of store.listTopics()) for (const c of store.describeTopic(t.name).channelInfo) hw.push([{ topic: t.name, channel: c.channel }, c.highWatermark]);
         gauge(out, 'waymark_high_watermark', 'Next offset to be written, by topic and channel.', hw);

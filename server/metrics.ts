@@ -62,8 +62,9 @@ export class Histogram {
   }
 }
 
-export function gauge(out: string[], name: string, help: string, rows: Array<[Record<string, string | number>, number]>): void {
-  out.push(`# HELP ${name} ${help}`, `# TYPE ${name} gauge`);
+/** One metric family from rows of [labels, value]: a gauge, or a counter kept elsewhere. */
+export function gauge(out: string[], name: string, help: string, rows: Array<[Record<string, string | number>, number]>, type: 'gauge' | 'counter' = 'gauge'): void {
+  out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
   for (const [labels, value] of rows) out.push(`${name}${labelText(Object.keys(labels), Object.values(labels).map(String))} ${value}`);
 }
 
