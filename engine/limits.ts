@@ -20,7 +20,8 @@ export const limits = {
   segmentMsDefault: 7 * 24 * 3600 * 1000,
   /** A sparse offset/time index entry is written at most every this many log bytes. */
   indexIntervalBytes: 4096,
-  /** Hash slots per key index file (a power of two). */
+  /** Hash slots a key index starts with, and has at most (powers of two); it doubles past two entries a slot. */
+  keyIndexSlotCountMin: 64,
   keyIndexSlotCount: 1 << 18,
   /** Entries per key index file; when the active segment's index is full the segment rolls. */
   keyIndexEntryCountMax: 1_000_000,
@@ -53,5 +54,6 @@ function assert(condition: boolean, message: string): void {
 assert(limits.segmentBytesMax <= 0xffffffff, 'segment positions must fit u32');
 assert(limits.batchBytesMax <= limits.groupCommitBytesMax, 'one batch must fit in one group commit');
 assert((limits.keyIndexSlotCount & (limits.keyIndexSlotCount - 1)) === 0, 'slot count is a power of two');
+assert((limits.keyIndexSlotCountMin & (limits.keyIndexSlotCountMin - 1)) === 0 && limits.keyIndexSlotCountMin <= limits.keyIndexSlotCount, 'the first slot count is a power of two, at most the last');
 assert(limits.messageBytesMax <= limits.batchBytesMax, 'a message must fit in a batch');
 assert(limits.readBytesMax >= limits.batchBytesMax, 'a read must be able to return one whole batch');

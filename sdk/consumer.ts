@@ -126,7 +126,8 @@ export class Consumer implements AsyncIterable<Message> {
 
   private onPush(frame: Frame): void {
     if (frame.error) {
-      this.fail(errorFromFrame(frame.error)); // the subscription ended (e.g. its topic was deleted)
+      // The subscription ended (its topic was deleted, a damaged batch): what was pushed before goes out first.
+      this.pull.failAfterQueued(errorFromFrame(frame.error));
       return;
     }
     const push = frame.push;

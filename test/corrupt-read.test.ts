@@ -56,4 +56,33 @@ describe('a damaged batch in the middle of what a consumer reads', function () {
     assert.equal(failure?.code, 'CORRUPT_BATCH');
     await client.close();
   });
+
+  it('a flipped offset field (outside the checksum) stops the consumer at that batch with CORRUPT_FILE; it never jumps ahead or commits past it', async () => {
+    let client = await connect(broker.url);
+    await client.admin.createTopic('jump', { channels: 1 });
+    const producer = await client.producer({ topic: 'jump' });
+    for (let b = 0; b < 10; b++) await producer.sendBatch(Array.from({ length: 5 }, (_, i) => ({ body: `b${b}-m${i}`, channel: 0 })));
+    await producer.close();
+    await client.close();
+    await broker.stop('SIGTERM');
+    const log = segmentFiles(path.join(broker.data, 'topics', 'jump', '0'))[0]!;
+    flipByte(log, batchStarts(log)[6]! + BatchOffset.baseOffset + 1, 0x01); // offset 30 now says 286
+    await broker.start();
+
+    client = await connect(broker.url);
+    const consumer = await client.consumer({ topic: 'jump', group: 'g', start: 'earliest' });
+    const got: Message[] = [];
+    let failure: (Error & { code?: string }) | null = null;
+    try {
+      for await (const m of consumer) got.push(m);
+    } catch (err) {
+      failure = err as Error & { code?: string };
+    }
+    assert.deepEqual(got.map((m) => m.offset), [...Array(30).keys()]);
+    assert.equal(failure?.code, 'CORRUPT_FILE');
+    await consumer.close();
+    const positions = await client.admin.positions('jump', 'g');
+    assert.ok(positions.every((p) => p.offset <= 30), `committed ${JSON.stringify(positions)}`);
+    await client.close();
+  });
 });

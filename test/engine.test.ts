@@ -6,6 +6,8 @@ import { openStore, encodeBatch, validateBatch, type Store, type StoreOptions, t
 import { ProducerStates } from '../engine/log/producer-state';
 import { limits } from '../engine/limits';
 import { TailCache } from '../engine/log/tail-cache';
+import { KeyIndexBuilder } from '../engine/index/key-index';
+import { xxh32 } from '../engine/format/checksum';
 import { bodyFor, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
 const variants: Array<{ sync: SyncMode; compression: boolean }> = [];
@@ -457,5 +459,38 @@ describe('engine producer state', () => {
       [7, 0, 9, 100, 10],
       [7, 10, 19, 110, 10],
     ]);
+  });
+});
+
+describe('engine key index: slots grow with the entries', () => {
+  it('a builder that doubled its slots writes exactly the file of one made with the final slot count, and finds every key', () => {
+    const growing = new KeyIndexBuilder(0, limits.keyIndexSlotCountMin, 1 << 13);
+    const hashes = Array.from({ length: 5000 }, (_, i) => xxh32(Buffer.from(`key-${i % 1700}`), 2));
+    hashes.forEach((hash, i) => growing.add(hash, i * 10, i, 1000 + i));
+    assert.equal(growing.slotCount, 4096, 'doubled from 64 each time entries passed two a slot');
+    const capped = new KeyIndexBuilder(0, limits.keyIndexSlotCountMin, 1024);
+    hashes.forEach((hash, i) => capped.add(hash, i * 10, i, 1000 + i));
+    assert.equal(capped.slotCount, 1024, 'never past its maximum');
+    const fixed = new KeyIndexBuilder(0, growing.slotCount);
+    hashes.forEach((hash, i) => fixed.add(hash, i * 10, i, 1000 + i));
+    assert.ok(growing.encode().equals(fixed.encode()), 'same bytes');
+    for (const i of [0, 1, 1699, 1700, 4999]) {
+      const offsets = growing.lookup(hashes[i]!, {}, 10).map((h) => h.offset);
+      const expected = [...Array(5000).keys()].filter((n) => n % 1700 === i % 1700).reverse();
+      assert.deepEqual(offsets.filter((o) => expected.includes(o)), expected, `key-${i % 1700}, newest first`);
+    }
+  });
+
+  it('a segment with a few messages gets a small .kix, and a 64-channel topic does not cost 64 MiB of index', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir);
+    await store.createTopic('wide', { channels: 64 });
+    for (let c = 0; c < 64; c++) await store.append('wide', c, [{ key: `k${c}`, body: 'x' }]);
+    await store.close();
+    const kix = path.join(dir, 'topics', 'wide', '5', '00000000000000000000.kix');
+    assert.equal(fs.statSync(kix).size, 64 + limits.keyIndexSlotCountMin * 4 + 2 * 20, 'header, the first slots, two entries (msgId and key)');
+    const again = await openStore(dir);
+    assert.equal((await again.lookupKey('wide', 'k5'))[0]?.channel, 5);
+    await again.close();
   });
 });

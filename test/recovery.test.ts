@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openStore, batchHeaderBytes, type Store } from '../engine/index';
 import { verifyStore } from '../engine/inspect/index';
-import { bodyFor, copyFolder, flipByte, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
+import { bodyFor, copyFolder, flipByte, rejection, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
 
 after(removeTempDirs);
 
@@ -259,6 +259,32 @@ describe('recovery: fields outside the checksum', () => {
     const again = await openStore(image);
     assert.deepEqual(again.recoveryReport, [], 'the fix was written to disk');
     await again.close();
+  });
+
+  it("a flipped bit in a sealed segment's offset field: reads stop before that batch and fail at it, never jump ahead; reads past it still serve", async () => {
+    const dir = tempDir();
+    let store = await openStore(dir, { segmentBytes: 4 * 1024 });
+    await store.createTopic('t', { channels: 1 });
+    for (let b = 0; b < 30; b++) await store.append('t', 0, [{ body: bodyFor('off', b, 400) }]);
+    await store.close();
+    const first = segmentFiles(channelDir(dir))[0]!;
+    const bytes = fs.readFileSync(first);
+    let at = 0;
+    for (let b = 0; b < 2; b++) at += bytes.readUInt32LE(at + 28); // batch 2 (offset 2)
+    flipByte(first, at, 0x40); // its baseOffset now says 66
+    store = await openStore(dir, { segmentBytes: 4 * 1024 });
+    try {
+      const head = await store.read('t', 0, { offset: 0, maxMessages: 100 });
+      assert.deepEqual(head.map((m) => m.offset), [0, 1], 'the sound records before it, not a jump to 66');
+      assert.equal((await rejection(store.read('t', 0, { offset: 2 }))).code, 'CORRUPT_FILE');
+      const batches = await rejection(store.readBatches('t', 0, { offset: 2 }));
+      assert.match(batches.message, /offset 66 where 2 was expected/);
+      const later = await store.read('t', 0, { offset: 3, maxMessages: 3 });
+      assert.deepEqual(later.map((m) => m.offset), [3, 4, 5], 'reads past the damaged batch are served');
+      later.forEach((m) => assert.ok(m.body.equals(bodyFor('off', m.offset, 400))));
+    } finally {
+      await store.close();
+    }
   });
 
   it("a flipped bit in a middle batch's broker time costs nothing: every record kept, the indexes stay sane", async () => {

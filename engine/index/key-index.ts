@@ -1,5 +1,5 @@
 /**
- * Key index of one segment (.kix): a fixed-slot hash file with chained entries, after
+ * Key index of one segment (.kix): a hash file with chained entries (its slot count in the header), after
  * RocketMQ's IndexFile. msgId, key and the `traceid` header are indexed, each hashed with its
  * own seed (format/index-keys.ts), so the three kinds share one file.
  *
@@ -20,6 +20,7 @@
  */
 import * as fs from 'node:fs';
 import { CorruptIndexError } from '../log/errors';
+import { limits } from '../limits';
 import { fileChecksum } from '../log/index-file';
 
 export const keyIndexMagic = 'WKIX';
@@ -51,18 +52,46 @@ const chunkEntriesShift = 12;
 const chunkEntries = 1 << chunkEntriesShift; // 4,096 entries, 80 KiB a chunk
 const chunkMask = chunkEntries - 1;
 
+/**
+ * The in-memory key index of the active segment. It starts with few slots and doubles them
+ * whenever entries pass two per slot, up to `slotCountMax`: a fixed 262,144 slots cost 1 MiB
+ * of memory per channel and 1 MiB of file per segment however little it held (a 256-channel
+ * topic with one message per channel took 263 MB). A doubling relinks every entry in the
+ * order it was added, so the chains — and the file — are exactly what a builder made with
+ * the final slot count would have; total work stays linear in the entries.
+ */
 export class KeyIndexBuilder {
-  private readonly slots: Uint32Array;
+  private slots: Uint32Array;
   /** Five u32 per entry: keyHash, position, relativeOffset, timeDelta, prevEntry (the file layout), in chunks of chunkEntries. */
   private chunks: Uint32Array[] = [];
   private count = 0;
   private baseTimestamp = -1;
 
+  /** `slotCountMax` defaults to `slotCount`: a builder that never grows (verify compares files with one). */
   constructor(
     readonly baseOffset: number,
-    readonly slotCount: number,
+    slotCount: number,
+    private readonly slotCountMax: number = slotCount,
   ) {
     this.slots = new Uint32Array(slotCount);
+  }
+
+  get slotCount(): number {
+    return this.slots.length;
+  }
+
+  /** Doubles the slots and relinks every entry, oldest first, so each chain runs newest → oldest as before. */
+  private grow(): void {
+    const slots = new Uint32Array(this.slots.length * 2);
+    const mask = slots.length - 1;
+    for (let i = 0; i < this.count; i++) {
+      const e = this.chunks[i >>> chunkEntriesShift]!;
+      const at = 5 * (i & chunkMask);
+      const slot = e[at]! & mask;
+      e[at + 4] = slots[slot]!;
+      slots[slot] = i + 1;
+    }
+    this.slots = slots;
   }
 
   get entryCount(): number {
@@ -72,7 +101,7 @@ export class KeyIndexBuilder {
   /** Loads a sealed segment's whole file back into memory (reopening it as the active segment). */
   static fromBytes(file: string, bytes: Buffer, baseOffset: number, segmentBytes: number, recordCount: number): KeyIndexBuilder {
     const header = checkKeyIndexBytes(file, bytes, baseOffset, segmentBytes, recordCount);
-    const builder = new KeyIndexBuilder(baseOffset, header.slotCount);
+    const builder = new KeyIndexBuilder(baseOffset, header.slotCount, Math.max(header.slotCount, limits.keyIndexSlotCount));
     bytes.copy(Buffer.from(builder.slots.buffer), 0, keyIndexHeaderBytes, keyIndexHeaderBytes + header.slotCount * 4);
     const entriesAt = keyIndexHeaderBytes + header.slotCount * 4;
     for (let first = 0; first < header.entryCount; first += chunkEntries) {
@@ -88,6 +117,7 @@ export class KeyIndexBuilder {
 
   add(hash: number, position: number, offset: number, timestamp: number): void {
     if (this.baseTimestamp < 0) this.baseTimestamp = timestamp;
+    if (this.count >= 2 * this.slots.length && this.slots.length < this.slotCountMax) this.grow();
     const within = this.count & chunkMask;
     if (within === 0) this.chunks.push(new Uint32Array(5 * chunkEntries));
     const e = this.chunks[this.count >>> chunkEntriesShift]!;

@@ -436,7 +436,10 @@ export class ChannelLog {
     for (let index = this.segmentFor(offset); index < this.segments.length && offset < this.highWatermark; index++) {
       const segment = this.segments[index]!;
       const end = segment === this.active ? this.committedSize : segment.size;
-      let position = segment.positionFor(offset);
+      // Offsets are dense within a segment: each batch must start where the one before it
+      // ended. baseOffset sits outside the checksum, so a flipped bit there would otherwise
+      // make a reader jump ahead (and a consumer skip, and commit, what it never saw).
+      let { position, offset: expected } = segment.entryFor(offset);
       while (position < end) {
         // End the read on a batch start the offset index knows, so it returns whole batches
         // (no partial batch read twice, no second read for a batch larger than maxBytes).
@@ -450,15 +453,24 @@ export class ChannelLog {
         while (at + batchHeaderBytes <= chunk.length) {
           const h = probeFields(chunk.subarray(at));
           if (h.batchLength < batchHeaderBytes) throw corruptAt(segment, position + at, `batch length ${h.batchLength}`);
+          // A damaged offset field in a batch before the asked offset costs nothing: it is
+          // skipped by where it stands. One that would be handed out fails the read (after the
+          // sound batches before it).
+          if (h.baseOffset !== expected && !(first < 0 && expected + h.recordCount <= offset)) {
+            if (count > 0) break; // the next read starts at it
+            throw corruptAt(segment, position + at, `batch has offset ${h.baseOffset} where ${expected} was expected`);
+          }
           if (at + h.batchLength > chunk.length) break;
-          if (first < 0 && h.baseOffset + h.recordCount <= offset) {
+          const batchEnd = expected + h.recordCount;
+          expected = batchEnd;
+          if (first < 0 && batchEnd <= offset) {
             at += h.batchLength; // before the asked offset
             continue;
           }
           if (first < 0) first = at;
           at += h.batchLength;
           count++;
-          nextOffset = h.baseOffset + h.recordCount;
+          nextOffset = batchEnd;
           if (nextOffset >= this.highWatermark) break;
         }
         if (count > 0) return { bytes: chunk.subarray(first, at), batchCount: count, nextOffset };
@@ -477,11 +489,13 @@ export class ChannelLog {
         if (whole.buffer !== chunk.buffer || whole.byteOffset !== chunk.byteOffset + at) chunk.copy(whole, 0, at, chunk.length);
         const tail = await segment.read(position + chunk.length, h.batchLength - (chunk.length - at), end, whole.subarray(chunk.length - at));
         if (tail.length !== h.batchLength - (chunk.length - at)) throw corruptAt(segment, position + at, 'batch runs past the end of the log');
-        if (h.baseOffset + h.recordCount <= offset) {
+        const batchEnd = expected + h.recordCount;
+        expected = batchEnd;
+        if (batchEnd <= offset) {
           position += at + h.batchLength;
           continue;
         }
-        return { bytes: whole, batchCount: 1, nextOffset: h.baseOffset + h.recordCount };
+        return { bytes: whole, batchCount: 1, nextOffset: batchEnd };
       }
     }
     return { bytes: Buffer.alloc(0), batchCount: 0, nextOffset: offset };
@@ -495,7 +509,14 @@ export class ChannelLog {
     const brokerTimestamps: number[] = [];
     let next = offset;
     while (records.length < maxMessages && next < this.highWatermark) {
-      const chunk = await this.readBatches(next, maxBytes);
+      let chunk: BatchRead;
+      try {
+        chunk = await this.readBatches(next, maxBytes);
+      } catch (err) {
+        // Damage after sound records: those go out; the read that starts at it fails.
+        if (records.length > 0 && err instanceof WaymarkError && err.code === 'CORRUPT_FILE') break;
+        throw err;
+      }
       if (chunk.batchCount === 0) break;
       let pos = 0;
       while (pos < chunk.bytes.length && records.length < maxMessages) {

@@ -39,19 +39,25 @@ export class OffsetIndex {
 
   /** Position of the last entry whose offset ≤ `offset`, or 0. */
   lookup(offset: number): number {
+    return this.entryFor(offset).position;
+  }
+
+  /** The last entry whose offset ≤ `offset` — the batch starting at `position` has base offset `offset` — or the segment's start. */
+  entryFor(offset: number): { offset: number; position: number } {
     const relative = offset - this.baseOffset;
     const bytes = this.entries.bytes;
     let lo = 0;
     let hi = this.entries.count - 1;
-    let found = 0;
+    let found = -1;
     while (lo <= hi) {
       const mid = (lo + hi) >>> 1;
       if (bytes.readUInt32LE(mid * entryBytes) <= relative) {
-        found = bytes.readUInt32LE(mid * entryBytes + 4);
+        found = mid;
         lo = mid + 1;
       } else hi = mid - 1;
     }
-    return found;
+    if (found < 0) return { offset: this.baseOffset, position: 0 };
+    return { offset: this.baseOffset + bytes.readUInt32LE(found * entryBytes), position: bytes.readUInt32LE(found * entryBytes + 4) };
   }
 
   /**

@@ -206,7 +206,7 @@ export class Segment {
   private startInMemoryIndexes(): void {
     this.offsetIndex = OffsetIndex.empty(this.baseOffset);
     this.timeIndex = TimeIndex.empty(this.baseOffset);
-    this.keyBuilder = new KeyIndexBuilder(this.baseOffset, limits.keyIndexSlotCount);
+    this.keyBuilder = new KeyIndexBuilder(this.baseOffset, limits.keyIndexSlotCountMin, limits.keyIndexSlotCount);
     this.bytesSinceIndexEntry = Infinity;
   }
 
@@ -316,6 +316,12 @@ export class Segment {
   positionFor(offset: number): number {
     this.ensureIndex('offset');
     return this.offsetIndex!.lookup(offset);
+  }
+
+  /** positionFor, with the base offset of the batch there (what its header must say). */
+  entryFor(offset: number): { offset: number; position: number } {
+    this.ensureIndex('offset');
+    return this.offsetIndex!.entryFor(offset);
   }
 
   /** See OffsetIndex.readBoundary: where a read from `position` may end on a known batch start. */
