@@ -21,17 +21,38 @@ describe('a damaged batch in the middle of what a consumer reads', function () {
   const broker = new BrokerProcess(tempDir());
   after(() => broker.stop('SIGKILL'));
 
-  it('costs only what comes after it: the SDK consumer and HTTP hand out the sound messages before it, then the error', async () => {
-    await broker.start();
-    let client = await connect(broker.url);
-    await client.admin.createTopic('rot', { channels: 1 });
-    const producer = await client.producer({ topic: 'rot' });
+  /** Ten batches of five messages in channel 0 of a new topic, then a clean stop: returns the segment file. */
+  async function tenBatchesThenStop(topic: string): Promise<string> {
+    const client = await connect(broker.url);
+    await client.admin.createTopic(topic, { channels: 1 });
+    const producer = await client.producer({ topic });
     for (let b = 0; b < 10; b++) await producer.sendBatch(Array.from({ length: 5 }, (_, i) => ({ body: `b${b}-m${i}`, channel: 0 })));
     await producer.close();
     await client.close();
     await broker.stop('SIGTERM');
+    return segmentFiles(path.join(broker.data, 'topics', topic, '0'))[0]!;
+  }
 
-    const log = segmentFiles(path.join(broker.data, 'topics', 'rot', '0'))[0]!;
+  /** What a group consumer from the earliest offset gets before it fails, and the failure. */
+  async function consumeUntilFailure(topic: string): Promise<{ offsets: number[]; failure: (Error & { code?: string }) | null; positions: Array<{ offset: number }> }> {
+    const client = await connect(broker.url);
+    const consumer = await client.consumer({ topic, group: 'g', start: 'earliest' });
+    const got: Message[] = [];
+    let failure: (Error & { code?: string }) | null = null;
+    try {
+      for await (const m of consumer) got.push(m);
+    } catch (err) {
+      failure = err as Error & { code?: string };
+    }
+    await consumer.close();
+    const positions = await client.admin.positions(topic, 'g');
+    await client.close();
+    return { offsets: got.map((m) => m.offset), failure, positions };
+  }
+
+  it('costs only what comes after it: the SDK consumer and HTTP hand out the sound messages before it, then the error', async () => {
+    await broker.start();
+    const log = await tenBatchesThenStop('rot');
     const starts = batchStarts(log);
     assert.equal(starts.length, 10);
     flipByte(log, starts[6]! + 70); // inside batch 6's records: its checksum fails (offsets 30–34)
@@ -43,46 +64,18 @@ describe('a damaged batch in the middle of what a consumer reads', function () {
     const bad = await httpJson(`${broker.http}/v1/topics/rot/messages?channel=0&offset=30&max=100`);
     assert.equal(bad.body.error?.code, 'CORRUPT_FILE');
 
-    client = await connect(broker.url);
-    const consumer = await client.consumer({ topic: 'rot', group: 'g', start: 'earliest' });
-    const got: Message[] = [];
-    let failure: (Error & { code?: string }) | null = null;
-    try {
-      for await (const m of consumer) got.push(m);
-    } catch (err) {
-      failure = err as Error & { code?: string };
-    }
-    assert.deepEqual(got.map((m) => m.offset), [...Array(30).keys()], 'SDK: the 30 messages before the damage, then the error');
+    const { offsets, failure } = await consumeUntilFailure('rot');
+    assert.deepEqual(offsets, [...Array(30).keys()], 'SDK: the 30 messages before the damage, then the error');
     assert.equal(failure?.code, 'CORRUPT_BATCH');
-    await client.close();
   });
 
   it('a flipped offset field (outside the checksum) stops the consumer at that batch with CORRUPT_FILE; it never jumps ahead or commits past it', async () => {
-    let client = await connect(broker.url);
-    await client.admin.createTopic('jump', { channels: 1 });
-    const producer = await client.producer({ topic: 'jump' });
-    for (let b = 0; b < 10; b++) await producer.sendBatch(Array.from({ length: 5 }, (_, i) => ({ body: `b${b}-m${i}`, channel: 0 })));
-    await producer.close();
-    await client.close();
-    await broker.stop('SIGTERM');
-    const log = segmentFiles(path.join(broker.data, 'topics', 'jump', '0'))[0]!;
+    const log = await tenBatchesThenStop('jump');
     flipByte(log, batchStarts(log)[6]! + BatchOffset.baseOffset + 1, 0x01); // offset 30 now says 286
     await broker.start();
-
-    client = await connect(broker.url);
-    const consumer = await client.consumer({ topic: 'jump', group: 'g', start: 'earliest' });
-    const got: Message[] = [];
-    let failure: (Error & { code?: string }) | null = null;
-    try {
-      for await (const m of consumer) got.push(m);
-    } catch (err) {
-      failure = err as Error & { code?: string };
-    }
-    assert.deepEqual(got.map((m) => m.offset), [...Array(30).keys()]);
+    const { offsets, failure, positions } = await consumeUntilFailure('jump');
+    assert.deepEqual(offsets, [...Array(30).keys()]);
     assert.equal(failure?.code, 'CORRUPT_FILE');
-    await consumer.close();
-    const positions = await client.admin.positions('jump', 'g');
     assert.ok(positions.every((p) => p.offset <= 30), `committed ${JSON.stringify(positions)}`);
-    await client.close();
   });
 });
