@@ -356,7 +356,20 @@ export class Store {
     const appended = log.append(batch, probe.header);
     const msgIds = packedMsgIdsToHexList(packedMsgIds); // while the write is in flight
     const outcome = await appended;
-    return { channel, baseOffset: outcome.baseOffset, brokerTimestamp: outcome.brokerTimestamp, msgIds, duplicate: outcome.duplicate };
+    if (outcome.duplicate) return this.storedAppend(topic, channel, outcome);
+    return { channel, baseOffset: outcome.baseOffset, brokerTimestamp: outcome.brokerTimestamp, msgIds, duplicate: false };
+  }
+
+  /**
+   * A retried producer sequence: what the first append stored, read back (the ids encoded
+   * for the retry are new ones, never stored). Rare: a resend after a lost acknowledgement.
+   */
+  private async storedAppend(topic: string, channel: number, outcome: AppendOutcome): Promise<AppendResult> {
+    const stored = await this.read(topic, channel, { offset: outcome.baseOffset, maxMessages: outcome.recordCount, maxBytes: limits.batchBytesMax });
+    if (stored.length !== outcome.recordCount || stored[0]?.offset !== outcome.baseOffset) {
+      throw new WaymarkError('CORRUPT_FILE', `the batch a retried sequence matched (offsets ${outcome.baseOffset}…) cannot be read back`);
+    }
+    return { channel, baseOffset: outcome.baseOffset, brokerTimestamp: stored[0].brokerTimestamp, msgIds: stored.map((m) => m.msgId), duplicate: true };
   }
 
   /**

@@ -110,6 +110,9 @@ for (const variant of variants) {
       const again = await store.append('t', 0, [{ body: 'a' }, { body: 'b' }], { producerId: 9, producerSequence: 0 });
       assert.equal(again.duplicate, true);
       assert.equal(again.baseOffset, a.baseOffset);
+      assert.deepEqual(again.msgIds, a.msgIds, 'the ids that were stored, not the ones encoded for the retry');
+      assert.equal(again.brokerTimestamp, a.brokerTimestamp);
+      assert.equal((await store.lookupMsgId('t', again.msgIds[1]!))?.offset, 1);
       const next = await store.append('t', 0, [{ body: 'c' }], { producerId: 9, producerSequence: 2 });
       assert.equal(next.baseOffset, 2);
       const old = await rejection(store.append('t', 0, [{ body: 'z' }], { producerId: 9, producerSequence: 1 }));
@@ -119,6 +122,7 @@ for (const variant of variants) {
       store = await openStore(dir, options);
       const afterRestart = await store.append('t', 0, [{ body: 'c' }], { producerId: 9, producerSequence: 2 });
       assert.equal(afterRestart.duplicate, true, 'producer state survives a restart');
+      assert.deepEqual(afterRestart.msgIds, next.msgIds);
       assert.equal(store.channelState('t', 0).highWatermark, 3);
     });
 
