@@ -28,7 +28,8 @@ export function lockFolder(dir: string): FolderLock {
       } catch {
         // the pid is a courtesy; the lock is what matters
       }
-      throw new WaymarkError('STORE_LOCKED', `data folder ${path.resolve(dir)} is locked by another process (pid ${holder})`, { dir, pid: holder });
+      const who = holder === String(process.pid) ? `this process (pid ${holder}): it is already open here` : `another process (pid ${holder})`;
+      throw new WaymarkError('STORE_LOCKED', `data folder ${path.resolve(dir)} is locked by ${who}`, { dir, pid: holder });
     }
     throw err;
   }

@@ -131,6 +131,55 @@ export function checkTopicName(name: string, allowSystem = false): void {
   if (!allowSystem && name.startsWith('__')) throw new WaymarkError('INVALID_NAME', `topic names starting with __ are reserved for system topics`);
 }
 
+/**
+ * A topic folder's topic.json, checked: a channel count in range, and every number a
+ * non-negative integer (absent ones take the store's defaults). Throws CORRUPT_FILE saying what is wrong.
+ */
+function readTopicFile(dir: string, defaults: { segmentBytes: number; segmentMs: number }): TopicInfo {
+  const file = path.join(dir, 'topic.json');
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error('not a JSON object');
+  } catch (err) {
+    throw new WaymarkError('CORRUPT_FILE', `${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : (err as Error).message}`, { file });
+  }
+  const number = (field: string, fallback: number): number => {
+    const value = raw[field] ?? fallback;
+    if (!Number.isSafeInteger(value) || (value as number) < 0) throw new WaymarkError('CORRUPT_FILE', `${file}: ${field} ${JSON.stringify(raw[field])} is not a non-negative integer`, { file });
+    return value as number;
+  };
+  const channels = number('channels', 0);
+  if (channels < 1 || channels > limits.channelCountMax) throw new WaymarkError('CORRUPT_FILE', `${file}: channels ${channels} is not 1..${limits.channelCountMax}`, { file });
+  const segmentBytes = number('segmentBytes', defaults.segmentBytes) || defaults.segmentBytes;
+  if (segmentBytes < limits.segmentBytesMin || segmentBytes > limits.segmentBytesMax) {
+    throw new WaymarkError('CORRUPT_FILE', `${file}: segmentBytes ${segmentBytes} is not ${limits.segmentBytesMin}..${limits.segmentBytesMax}`, { file });
+  }
+  return {
+    name: path.basename(dir),
+    channels,
+    retentionMs: number('retentionMs', 0),
+    retentionBytes: number('retentionBytes', 0),
+    segmentBytes,
+    segmentMs: number('segmentMs', defaults.segmentMs) || defaults.segmentMs,
+    owner: typeof raw.owner === 'string' ? raw.owner : '',
+    createdAt: number('createdAt', 0),
+  };
+}
+
+/** store.json names the folder's format and version; anything else is refused before a byte is read. */
+function checkStoreFile(file: string): void {
+  let parsed: { format?: unknown; version?: unknown };
+  try {
+    parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as typeof parsed;
+  } catch (err) {
+    throw new WaymarkError('CORRUPT_FILE', `${file}: ${(err as Error).message} (it should be {"format":"waymark","version":1}; remove it to have it written again)`, { file });
+  }
+  if (parsed?.format !== 'waymark' || parsed.version !== 1) {
+    throw new WaymarkError('CORRUPT_FILE', `${file}: ${JSON.stringify(parsed)} is not a waymark store of format version 1 (this build reads version 1)`, { file });
+  }
+}
+
 /** A channel to repair before the store opens (see Store.repairAtOpen). */
 interface DamagedChannel {
   topic: Topic;
@@ -215,6 +264,7 @@ export class Store {
     const damaged: DamagedChannel[] = [];
     const storeFile = path.join(this.dir, 'store.json');
     if (!fs.existsSync(storeFile)) writeFileAtomic(storeFile, JSON.stringify({ format: 'waymark', version: 1 }));
+    else checkStoreFile(storeFile);
     const topicsDir = path.join(this.dir, 'topics');
     for (const name of fs.readdirSync(topicsDir)) {
       const dir = path.join(topicsDir, name);
@@ -222,7 +272,14 @@ export class Store {
         fs.rmSync(dir, { recursive: true, force: true }); // an interrupted create or delete
         continue;
       }
-      const info = JSON.parse(fs.readFileSync(path.join(dir, 'topic.json'), 'utf8')) as TopicInfo;
+      let info: TopicInfo;
+      try {
+        info = readTopicFile(dir, this.options);
+      } catch (err) {
+        // One unreadable topic must not keep the others from serving: it is left closed and said.
+        this.report([{ file: path.join(dir, 'topic.json'), position: 0, bytesDropped: 0, kind: 'corrupt', reason: `topic ${name} not opened: ${(err as Error).message}; waymark repair rebuilds topic.json from its channel folders` }]);
+        continue;
+      }
       this.openTopic(info, dir, damaged);
     }
     return damaged;
@@ -303,6 +360,9 @@ export class Store {
       createdAt: Date.now(),
     };
     const topicsDir = path.join(this.dir, 'topics');
+    if (fs.existsSync(path.join(topicsDir, name))) {
+      throw new WaymarkError('TOPIC_EXISTS', `a folder for topic ${name} exists but was not opened (its topic.json is unreadable; see the start-up report, or run waymark repair)`, { topic: name });
+    }
     const temp = path.join(topicsDir, `.creating-${name}`);
     fs.rmSync(temp, { recursive: true, force: true });
     fs.mkdirSync(temp);

@@ -498,3 +498,23 @@ describe('engine key index: slots grow with the entries', () => {
     await again.close();
   });
 });
+
+describe('engine store: the folder itself', () => {
+  it('a second open in the same process is refused and says so; store.json that is not ours is refused before anything is read', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir);
+    const twice = await rejection(openStore(dir));
+    assert.equal(twice.code, 'STORE_LOCKED');
+    assert.match(twice.message, /this process \(pid \d+\): it is already open here/);
+    await store.close();
+    for (const text of ['{bad', '{"format":"kafka","version":1}', '{"format":"waymark","version":2}']) {
+      fs.writeFileSync(path.join(dir, 'store.json'), text);
+      const err = await rejection(openStore(dir));
+      assert.equal(err.code, 'CORRUPT_FILE', text);
+      assert.match(err.message, /store\.json/);
+    }
+    fs.rmSync(path.join(dir, 'store.json'));
+    await (await openStore(dir)).close();
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 1 }, 'written again');
+  });
+});

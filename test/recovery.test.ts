@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openStore, batchHeaderBytes, type Store } from '../engine/index';
-import { verifyStore } from '../engine/inspect/index';
+import { repairStore, verifyStore } from '../engine/inspect/index';
 import { bodyFor, copyFolder, flipByte, rejection, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
 
 after(removeTempDirs);
@@ -304,5 +304,47 @@ describe('recovery: fields outside the checksum', () => {
     const again = await openStore(image);
     assert.equal((await readAll(again)).length, 24, 'and the sealed indexes pass their checks on the next open');
     await again.close();
+  });
+});
+
+describe('recovery: an unreadable topic folder', () => {
+  it('is left closed and reported while every other topic serves; repair rebuilds its topic.json from the channel folders and removes an empty stray folder', async () => {
+    const dir = tempDir();
+    let store = await openStore(dir);
+    await store.createTopic('ok', { channels: 1 });
+    await store.createTopic('t', { channels: 3, retentionMs: 1000 });
+    await store.append('ok', 0, [{ body: 'fine' }]);
+    for (let c = 0; c < 3; c++) await store.append('t', c, [{ body: `t${c}` }]);
+    await store.close();
+    fs.writeFileSync(path.join(dir, 'topics', 't', 'topic.json'), '{bad');
+    fs.mkdirSync(path.join(dir, 'topics', 'junk'));
+
+    store = await openStore(dir);
+    try {
+      const reasons = store.recoveryReport.map((f) => f.reason);
+      assert.equal(reasons.length, 2);
+      assert.ok(reasons.some((r) => /topic junk not opened: .*missing/.test(r)), reasons.join(' | '));
+      assert.ok(reasons.some((r) => /topic t not opened: .*topic\.json/.test(r)), reasons.join(' | '));
+      assert.deepEqual(store.listTopics().map((t) => t.name), ['ok']);
+      assert.equal((await store.read('ok', 0, { offset: 0 }))[0]!.body.toString(), 'fine', 'the other topic serves');
+      assert.equal((await rejection(store.createTopic('t', { channels: 1 }))).code, 'TOPIC_EXISTS', 'the folder is not overwritten');
+    } finally {
+      await store.close();
+    }
+    assert.ok((await verifyStore(dir)).faults.some((f) => /topic\.json/.test(f.file)), 'verify finds it');
+
+    const report = await repairStore(dir);
+    assert.deepEqual(report.problems, []);
+    assert.deepEqual(report.topicsRebuilt.map((t) => [path.basename(path.dirname(t.file)), t.channels]), [['t', 3]]);
+    assert.deepEqual(report.foldersRemoved, [path.join(dir, 'topics', 'junk')]);
+    assert.deepEqual((await verifyStore(dir)).faults, [], 'verify passes after repair');
+    store = await openStore(dir);
+    try {
+      assert.deepEqual(store.recoveryReport, []);
+      assert.equal(store.topicInfo('t').retentionMs, 0, 'no retention is guessed');
+      for (let c = 0; c < 3; c++) assert.equal((await store.read('t', c, { offset: 0 }))[0]!.body.toString(), `t${c}`);
+    } finally {
+      await store.close();
+    }
   });
 });

@@ -41,6 +41,8 @@ export const repairCommand: Command = {
       lines.push(`${actionWords[c.action]} ${shownPath(c.file)}${into}`);
     }
     for (const g of report.gaps) lines.push(`gap ${g.channel}: offsets ${g.from}..${g.to - 1} hold no message now`);
+    for (const t of report.topicsRebuilt) lines.push(`rebuilt ${shownPath(t.file)}: ${t.channels} channels from the channel folders, no retention, default segment sizes (was: ${t.reason})`);
+    for (const f of report.foldersRemoved) lines.push(`removed ${shownPath(f)}: an empty folder without topic.json`);
     for (const p of report.problems) lines.push(`not repaired: ${formatFault(p)}`);
     const counts =
       `${report.channels} channels, ${report.segmentsBefore} -> ${report.segmentsAfter} segments, ${report.recordsKept} records kept, ` +

@@ -40,9 +40,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { WaymarkError } from '../format/errors';
 import { lockFolder } from '../lock';
-import { syncDir, writeCheckpoint } from '../log/checkpoint';
+import { limits } from '../limits';
+import { syncDir, writeCheckpoint, writeFileAtomic } from '../log/checkpoint';
 import { segmentFileName, type SegmentMeta } from '../log/segment';
-import { describePath, indexExtensions, stagingDirName } from './layout';
+import { describePath, indexExtensions, stagingDirName, type Layout } from './layout';
 import { runSegmentTasks, type PoolOptions } from './pool';
 import type { ProgressState } from './progress';
 import { planChannel, type ChannelPlan, type PlannedPatch } from './repair-plan';
@@ -91,6 +92,10 @@ export interface RepairReport {
   checkpointsWritten: number;
   /** What repair could not fix (the channel was left as it was). */
   problems: Fault[];
+  /** topic.json files written anew from the channel folders (the old one was unreadable). */
+  topicsRebuilt: Array<{ file: string; channels: number; reason: string }>;
+  /** Empty folders under topics/ without a topic.json, removed. */
+  foldersRemoved: string[];
 }
 
 export async function repairStore(target: string, options: RepairOptions = {}): Promise<RepairReport> {
@@ -116,7 +121,10 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
       indexFilesWritten: 0,
       checkpointsWritten: 0,
       problems: [],
+      topicsRebuilt: [],
+      foldersRemoved: [],
     };
+    mendTopicFiles(layout, report);
     for (const channel of layout.channels) fs.rmSync(path.join(channel.dir, stagingDirName), { recursive: true, force: true });
 
     // 1. scan
@@ -165,6 +173,36 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
     return report;
   } finally {
     lock?.release();
+  }
+}
+
+/**
+ * A topic folder whose topic.json is unreadable (the store leaves such a topic closed): with
+ * channel folders in it, topic.json is written anew — channels = the highest channel folder
+ * + 1, no retention (nothing is ever deleted by a guess), default segment sizes, createdAt 0
+ * (group positions committed before stay valid); an empty folder is removed; anything else
+ * is a problem left for a person.
+ */
+function mendTopicFiles(layout: Layout, report: RepairReport): void {
+  for (const topic of layout.topics) {
+    if (topic.problem === null) continue;
+    const file = path.join(topic.dir, 'topic.json');
+    const channels = fs.readdirSync(topic.dir).filter((name) => /^\d+$/.test(name) && fs.statSync(path.join(topic.dir, name)).isDirectory()).map(Number);
+    if (channels.length > 0) {
+      const count = Math.max(...channels) + 1;
+      if (count > limits.channelCountMax) {
+        report.problems.push({ file, position: null, what: `${topic.problem}; channel folders up to ${count - 1}, past the ${limits.channelCountMax} a topic may have` });
+        continue;
+      }
+      const info = { name: topic.name, channels: count, retentionMs: 0, retentionBytes: 0, segmentBytes: limits.segmentBytesDefault, segmentMs: limits.segmentMsDefault, owner: '', createdAt: 0 };
+      writeFileAtomic(file, JSON.stringify(info, null, 2));
+      report.topicsRebuilt.push({ file, channels: count, reason: topic.problem });
+    } else if (fs.readdirSync(topic.dir).length === 0) {
+      fs.rmdirSync(topic.dir);
+      report.foldersRemoved.push(topic.dir);
+    } else {
+      report.problems.push({ file, position: null, what: `${topic.problem}; no channel folders to rebuild it from` });
+    }
   }
 }
 

@@ -145,7 +145,7 @@ function selectOne(channel: ChannelRef, report: VerifyReport): ChannelRef['segme
 function checkTopics(layout: Layout, report: VerifyReport): void {
   for (const topic of layout.topics) {
     if (topic.problem) {
-      report.faults.push({ file: path.join(topic.dir, 'topic.json'), position: null, what: `${topic.problem} (open fails on this topic)` });
+      report.faults.push({ file: path.join(topic.dir, 'topic.json'), position: null, what: `${topic.problem} (open leaves this topic closed; repair rebuilds topic.json from its channel folders)` });
       continue;
     }
     const found = new Set(layout.channels.filter((c) => c.topic === topic.name).map((c) => c.channel));
