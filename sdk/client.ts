@@ -92,41 +92,55 @@ export class Connection {
     return () => this.listeners[event].delete(listener);
   }
 
-  /** Opens a socket and says hello; rejects if either fails. */
+  /**
+   * Opens a socket and says hello; rejects if either fails. The connect timer is armed only
+   * once the socket exists: a socket constructor throws at once on a URL it cannot use, and a
+   * timer armed before it was left running and, firing on a socket never made, crashed the
+   * process long after the caller had caught the rejection.
+   */
   private dial(timeoutMs: number): Promise<void> {
     return new Promise((resolve, reject) => {
       let settled = false;
+      let timer: ReturnType<typeof setTimeout> | undefined;
       const fail = (err: WaymarkError): void => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
         reject(err);
       };
-      const timer = setTimeout(() => {
+      let socket: Socket;
+      try {
+        socket = openSocket(this.url, {
+          open: () => {
+            this.socket = socket;
+            this.sendRaw({ id: this.takeId(), hello: { client: this.options.clientName, protocolVersion } }, (frame) => {
+              if (frame.error) return fail(errorFromFrame(frame.error));
+              settled = true;
+              clearTimeout(timer);
+              this.attempt = 0;
+              this.markReady();
+              resolve();
+            });
+          },
+          message: (bytes) => this.onMessage(bytes),
+          close: (code, reason) => {
+            const wasOpen = this.socket === socket;
+            if (wasOpen) this.socket = null;
+            fail(new WaymarkError('CONNECTION_LOST', `connection to ${this.url} closed (${code}${reason ? ` ${reason}` : ''})`));
+            if (wasOpen) this.onSocketLost(code, reason);
+          },
+          error: (message) => fail(new WaymarkError('CONNECTION_LOST', `cannot connect to ${this.url}: ${message}`)),
+        });
+      } catch (err) {
+        // ws and a browser's WebSocket throw (a SyntaxError) at construction only for the URL:
+        // the caller's argument, so a typed INVALID_ARGUMENT, not a raw SyntaxError without a code.
+        fail(err instanceof WaymarkError ? err : new WaymarkError('INVALID_ARGUMENT', `not a usable broker URL ${JSON.stringify(this.url)}: ${(err as Error).message}`));
+        return;
+      }
+      timer = setTimeout(() => {
         fail(new WaymarkError('TIMEOUT', `no connection to ${this.url} within ${timeoutMs} ms`));
         socket.close();
       }, timeoutMs);
-      const socket = openSocket(this.url, {
-        open: () => {
-          this.socket = socket;
-          this.sendRaw({ id: this.takeId(), hello: { client: this.options.clientName, protocolVersion } }, (frame) => {
-            if (frame.error) return fail(errorFromFrame(frame.error));
-            settled = true;
-            clearTimeout(timer);
-            this.attempt = 0;
-            this.markReady();
-            resolve();
-          });
-        },
-        message: (bytes) => this.onMessage(bytes),
-        close: (code, reason) => {
-          const wasOpen = this.socket === socket;
-          if (wasOpen) this.socket = null;
-          fail(new WaymarkError('CONNECTION_LOST', `connection to ${this.url} closed (${code}${reason ? ` ${reason}` : ''})`));
-          if (wasOpen) this.onSocketLost(code, reason);
-        },
-        error: (message) => fail(new WaymarkError('CONNECTION_LOST', `cannot connect to ${this.url}: ${message}`)),
-      });
     });
   }
 

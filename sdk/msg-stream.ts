@@ -4,6 +4,15 @@
  * AsConsumer / Chan (async iterator of MsgPacks) / Seek on the consuming side, where each
  * MsgPack holds every message of the consumed channels with broker time in (beginTs, endTs]
  * — time-tick packs, so several channels are consumed in lockstep.
+ *
+ * Invariants (consuming side):
+ * - `resume` is where the stream stands for the application: per channel one past the last
+ *   message of the packs handed out, and the end time of the last of them (the next pack's
+ *   beginTs);
+ * - a reconnect subscribes again from `resume` with the same packs options, and drops the
+ *   packs received but not handed out, so packs keep chaining and no message is lost or
+ *   handed out twice (a subscription dies with its socket: without this the stream waited
+ *   for ever, with no error).
  */
 import { WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
@@ -39,8 +48,12 @@ export interface AsConsumerOptions {
 export class MsgStream implements AsyncIterable<MsgPack> {
   private producer: Producer | null = null;
   private repack: RepackFunc | null = null;
-  private consuming: { topic: string; group: string; subscription: number } | null = null;
+  private consuming: { topic: string; group: string; subscription: number; channels: number[]; tickIntervalMs: number } | null = null;
+  private resume: { positions: Map<number, number>; beginTs: number } = { positions: new Map(), beginTs: 0 };
+  /** The epoch of the last pack handed out (resume moved in it). */
+  private resumeEpoch = 0;
   private stopPush: (() => void) | null = null;
+  private stopReconnect: (() => void) | null = null;
   private readonly packs: Array<{ pack: MsgPack; credit: [number, number] }> = [];
   private readonly pull = new Pull<MsgPack>();
   private failed = false;
@@ -87,24 +100,60 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   async asConsumer(topic: string, subName: string, options: AsConsumerOptions = {}): Promise<void> {
     this.prefetch = [options.prefetchMessages ?? 10_000, options.prefetchBytes ?? 8 * 1024 * 1024];
     const start = options.start ?? 'committed';
-    const request: Record<string, unknown> = {
-      topic,
-      group: subName,
-      channels: options.channels ?? [],
-      packs: true,
-      tickIntervalMs: options.tickIntervalMs ?? 0,
-      creditMessages: this.prefetch[0],
-      creditBytes: this.prefetch[1],
-    };
+    const request: Record<string, unknown> = {};
     if (typeof start === 'string') request.start = start;
     else if ('timestamp' in start) request.startTimestamp = start.timestamp;
     else request.positions = start.positions;
+    // The broker begins the first pack just before a start time, else at 0 (session.subscribe).
+    this.resume = { positions: new Map(), beginTs: typeof start === 'object' && 'timestamp' in start && start.timestamp > 0 ? start.timestamp - 1 : 0 };
+    this.consuming = { topic, group: subName, subscription: 0, channels: options.channels ?? [], tickIntervalMs: options.tickIntervalMs ?? 0 };
+    await this.subscribe(request);
+    // Only once subscribed: a stream whose asConsumer failed has nowhere to resume from.
+    this.stopReconnect ??= this.connection.on('reconnect', () => void this.resubscribe());
+  }
+
+  private async subscribe(start: Record<string, unknown>): Promise<void> {
+    const consuming = this.consuming!;
     // The handler is in place before the request leaves: packs may follow the reply at once.
-    const subscription = this.connection.takeSubscriptionId();
-    request.subscription = subscription;
-    this.consuming = { topic, group: subName, subscription };
-    this.stopPush = this.connection.onPush(subscription, (frame) => this.onPack(frame));
-    await this.connection.request({ subscribe: request });
+    this.stopPush?.();
+    consuming.subscription = this.connection.takeSubscriptionId();
+    this.epoch = 0; // a new subscription's pushes carry epoch 0 until its first seek
+    this.resumeEpoch = 0;
+    this.stopPush = this.connection.onPush(consuming.subscription, (frame) => this.onPack(frame));
+    const reply = await this.connection.request({
+      subscribe: {
+        ...start,
+        topic: consuming.topic,
+        group: consuming.group,
+        channels: consuming.channels,
+        packs: true,
+        tickIntervalMs: consuming.tickIntervalMs,
+        creditMessages: this.prefetch[0],
+        creditBytes: this.prefetch[1],
+        subscription: consuming.subscription,
+      },
+    });
+    // Where the subscription starts, for the channels no pack handed out has moved yet.
+    for (const p of reply.subscribeOk?.positions ?? []) if (!this.resume.positions.has(p.channel ?? 0)) this.resume.positions.set(p.channel ?? 0, p.offset ?? 0);
+  }
+
+  /**
+   * After a reconnect: subscribes again from after the last pack handed out — explicit
+   * positions for every channel, and start_timestamp = the last end time + 1, which with a
+   * position for every channel moves no offset and only makes the broker begin the next pack
+   * at that end time (packBeginTs = start_timestamp - 1).
+   */
+  private async resubscribe(): Promise<void> {
+    if (this.closed || this.failed || !this.consuming) return;
+    this.packs.length = 0; // from the dead subscription, not handed out: they come again
+    this.extra = [0, 0];
+    const { positions, beginTs } = this.resume;
+    try {
+      await this.subscribe({ positions: [...positions].map(([channel, offset]) => ({ channel, offset })), startTimestamp: beginTs > 0 ? beginTs + 1 : 0 });
+    } catch (err) {
+      // Lost again before the reply: the next reconnect subscribes again from the same place.
+      if ((err as WaymarkError).code !== 'CONNECTION_LOST') this.fail(err as Error);
+    }
   }
 
   private onPack(frame: Frame): void {
@@ -155,6 +204,9 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   private takePack(): MsgPack | null {
     const item = this.packs.shift();
     if (!item) return null;
+    for (const p of item.pack.endPositions) this.resume.positions.set(p.channel, p.offset);
+    this.resume.beginTs = item.pack.endTs;
+    this.resumeEpoch = this.epoch;
     const [messages, bytes] = item.credit;
     const keepMessages = Math.min(this.extra[0], messages);
     const keepBytes = Math.min(this.extra[1], bytes);
@@ -193,7 +245,12 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     if (!this.consuming) throw new WaymarkError('INVALID_ARGUMENT', 'call asConsumer(topic, subName) first');
     const epoch = ++this.epoch;
     for (const item of this.packs.splice(0)) this.grant(item.credit[0], item.credit[1]);
-    await this.connection.request({ seek: { subscription: this.consuming.subscription, epoch, ...('positions' in to ? { positions: to.positions } : { timestamp: to.timestamp }) } });
+    const reply = await this.connection.request({ seek: { subscription: this.consuming.subscription, epoch, ...('positions' in to ? { positions: to.positions } : { timestamp: to.timestamp }) } });
+    // The stream now stands where the seek put it (the broker's packBeginTs after a seek, in
+    // session.seek), unless a pack of this seek was handed out already, or a newer seek was sent.
+    if (this.epoch === epoch && this.resumeEpoch !== epoch) {
+      this.resume = { positions: new Map((reply.seekOk?.positions ?? []).map((p) => [p.channel ?? 0, p.offset ?? 0])), beginTs: 'positions' in to ? 0 : to.timestamp - 1 };
+    }
   }
 
   /** Commits the group's positions (typically a consumed pack's endPositions). */
@@ -206,6 +263,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     if (this.closed) return;
     this.closed = true;
     await this.producer?.close();
+    this.stopReconnect?.();
     this.stopPush?.();
     if (this.consuming && !this.connection.isClosed) await this.connection.request({ unsubscribe: { subscription: this.consuming.subscription } }).catch(() => undefined);
     this.pull.end();

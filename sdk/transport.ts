@@ -2,6 +2,8 @@
  * The socket under the client: the `ws` package in Node (Node 20 has no global WebSocket),
  * the global WebSocket in a browser. Both are driven through the same small surface.
  */
+import { WaymarkError } from '../engine/format/errors';
+
 export interface Socket {
   readonly bufferedAmount: number;
   send(bytes: Uint8Array): void;
@@ -50,7 +52,7 @@ export function openSocket(url: string, handlers: SocketHandlers): Socket {
     };
   }
   const Ctor = (globalThis as unknown as { WebSocket?: new (url: string) => BrowserWebSocket }).WebSocket;
-  if (!Ctor) throw new Error('no WebSocket implementation available');
+  if (!Ctor) throw new WaymarkError('UNSUPPORTED', 'no WebSocket implementation available');
   const ws = new Ctor(url);
   ws.binaryType = 'arraybuffer';
   ws.onopen = () => handlers.open();

@@ -1,0 +1,165 @@
+/** The SDK recovering from what goes wrong around it: a broker that restarts under a msgStream, a URL it cannot use. */
+import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
+import * as path from 'node:path';
+import { connect, type Client, type Message, type MsgPack, type MsgStream } from '../sdk/index';
+import { BrokerProcess, text } from './broker-helpers';
+import { rejection, removeTempDirs, tempDir } from './helpers';
+
+after(removeTempDirs);
+
+const sdkPath = path.join(__dirname, '..', 'sdk', 'index.js');
+const cli = path.join(__dirname, '..', '..', 'bin', 'waymark.js');
+
+/**
+ * Reads packs in the background, as an application's for-await loop does, so the loop is
+ * waiting in next() when the broker goes away. `until(n)` resolves once n messages came and
+ * rejects if the stream fails (an error must fail the test, not leave it waiting).
+ */
+function readPacks(stream: MsgStream): { packs: MsgPack[]; msgs: Message[]; until(count: number): Promise<void> } {
+  const packs: MsgPack[] = [];
+  const msgs: Message[] = [];
+  const waiters: Array<{ count: number; resolve: () => void; reject: (err: Error) => void }> = [];
+  let failure: Error | null = null;
+  const settle = (): void => {
+    for (const w of waiters.splice(0)) {
+      if (failure) w.reject(failure);
+      else if (msgs.length >= w.count) w.resolve();
+      else waiters.push(w);
+    }
+  };
+  void (async () => {
+    try {
+      for (;;) {
+        const r = await stream.next();
+        if (r.done) throw new Error(`stream ended after ${msgs.length} messages`);
+        packs.push(r.value);
+        msgs.push(...r.value.msgs);
+        settle();
+      }
+    } catch (err) {
+      failure = err as Error;
+      settle();
+    }
+  })();
+  return {
+    packs,
+    msgs,
+    until: (count) =>
+      new Promise<void>((resolve, reject) => {
+        waiters.push({ count, resolve, reject });
+        settle();
+      }),
+  };
+}
+
+/** Runs a process to its end: exit code, signal, and what it wrote. */
+function run(args: string[]): Promise<{ status: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    proc.stdout.on('data', (d: Buffer) => (stdout += d));
+    proc.stderr.on('data', (d: Buffer) => (stderr += d));
+    proc.on('close', (status, signal) => resolve({ status, signal, stdout, stderr }));
+  });
+}
+
+describe('sdk recovery: a msgStream pack consumer across a broker restart', function () {
+  this.timeout(60_000);
+  const broker = new BrokerProcess(tempDir());
+  let opened: Client | null = null;
+  // Here, not at the test's end: a failed test must not leave a broker process behind.
+  after(async () => {
+    opened?.close();
+    await broker.stop();
+  });
+
+  it('resubscribes after a SIGKILL restart from after the last pack handed out: every message once, in offset order, packs chained', async () => {
+    await broker.start();
+    const client = (opened = await connect(broker.url, { reconnectDelayMs: 20 }));
+    await client.admin.createTopic('msr', { channels: 2 });
+    const producing = client.msgStream();
+    await producing.asProducer('msr');
+    const produce = async (from: number, count: number): Promise<void> => {
+      // Ten at a time, each round acknowledged before the next: many broker milliseconds, so many packs.
+      for (let i = from; i < from + count; i += 10) await producing.produce({ msgs: Array.from({ length: 10 }, (_, j) => ({ key: `k${i + j}`, body: `m${i + j}` })) });
+    };
+    await produce(0, 300);
+    const consuming = client.msgStream();
+    // A window of 50 messages: the backlog comes as many packs, so the broker dies with the
+    // stream mid-way (packs handed out, others perhaps received but not yet handed out).
+    await consuming.asConsumer('msr', 'mg1', { start: 'earliest', tickIntervalMs: 10, prefetchMessages: 50 });
+    const reader = readPacks(consuming);
+    await reader.until(100);
+    let handedOutAtDisconnect = -1;
+    client.on('disconnect', () => (handedOutAtDisconnect = reader.msgs.length));
+    const back = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
+    await broker.restart('SIGKILL');
+    await back;
+    await produce(300, 300);
+    await reader.until(600); // waited for ever: the stream's subscription died with the socket
+
+    assert.ok(handedOutAtDisconnect >= 100 && handedOutAtDisconnect <= 300, `the stream was mid-way when the broker died (${handedOutAtDisconnect} handed out)`);
+    const bodies = reader.msgs.map(text);
+    assert.equal(bodies.length, 600, 'nothing repeated');
+    assert.deepEqual([...bodies].sort(), Array.from({ length: 600 }, (_, i) => `m${i}`).sort(), 'nothing lost');
+    for (const channel of [0, 1]) {
+      const offsets = reader.msgs.filter((m) => m.channel === channel).map((m) => m.offset);
+      assert.deepEqual(offsets, offsets.map((_, i) => i), `channel ${channel}: every offset once, in order`);
+    }
+    for (let i = 0; i < reader.packs.length; i++) {
+      const pack = reader.packs[i]!;
+      for (const m of pack.msgs) assert.ok(m.brokerTimestamp > pack.beginTs && m.brokerTimestamp <= pack.endTs, `pack ${i}: message time ${m.brokerTimestamp} in (${pack.beginTs}, ${pack.endTs}]`);
+      if (i === 0) continue;
+      const previous = reader.packs[i - 1]!;
+      assert.equal(pack.beginTs, previous.endTs, `pack ${i} begins where pack ${i - 1} ended`);
+      assert.deepEqual(pack.startPositions, previous.endPositions, `pack ${i} starts at pack ${i - 1}'s end positions`);
+    }
+    await consuming.close();
+    await producing.close();
+  });
+});
+
+describe('sdk recovery: connect() with a URL it cannot use', function () {
+  this.timeout(60_000);
+
+  it('rejects with INVALID_ARGUMENT naming the URL', async () => {
+    const err = await rejection(connect('notaurl', { connectTimeoutMs: 2000 }));
+    assert.equal(err.name, 'WaymarkError');
+    assert.equal(err.code, 'INVALID_ARGUMENT');
+    assert.match(err.message, /notaurl/);
+  });
+
+  it('leaves no timer or socket behind: a process that caught the error runs out of work and exits 0', async () => {
+    // No keep-alive: the process ends when nothing is left to run, so a timer left armed by
+    // connect() would hold it until the timer fired (and crashed it).
+    const script = `
+      const { connect } = require(${JSON.stringify(sdkPath)});
+      (async () => {
+        try {
+          await connect('notaurl', { connectTimeoutMs: 2000 });
+          console.log('connected?');
+        } catch (err) {
+          console.log(err.code, JSON.stringify(process.getActiveResourcesInfo()));
+        }
+      })();
+    `;
+    const result = await run(['-e', script]);
+    assert.equal(result.stderr, '', 'nothing uncaught');
+    assert.equal(result.signal, null);
+    assert.equal(result.status, 0);
+    const [code, resources] = result.stdout.trim().split(' ');
+    assert.equal(code, 'INVALID_ARGUMENT');
+    const left = (JSON.parse(resources!) as string[]).filter((r) => r === 'Timeout' || r.startsWith('TCP'));
+    assert.deepEqual(left, [], 'no timer or socket left once connect() rejected');
+  });
+
+  it('the CLI prints one line and exits 2 (bad arguments)', async () => {
+    const result = await run([cli, 'produce', '--topic', 'orders', 'x', '--url', 'notaurl']);
+    assert.equal(result.status, 2, result.stderr);
+    assert.equal(result.stdout, '');
+    assert.match(result.stderr, /^waymark: produce: .*notaurl.*\n$/);
+    assert.equal(result.stderr.split('\n').length, 2, `one line: ${result.stderr}`);
+  });
+});
