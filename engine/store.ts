@@ -106,7 +106,8 @@ export interface StoredMessage {
 }
 
 export interface ReadOptions {
-  offset: number;
+  /** Where to start; the channel's log start when absent. */
+  offset?: number;
   maxMessages?: number;
   maxBytes?: number;
 }
@@ -451,9 +452,14 @@ export class Store {
     return this.channel(topic, channel).readBatches(options.offset, options.maxBytes ?? 1024 * 1024, options.buffer);
   }
 
-  async read(topic: string, channel: number, options: ReadOptions): Promise<StoredMessage[]> {
+  async read(topic: string, channel: number, options: ReadOptions = {}): Promise<StoredMessage[]> {
     const log = this.channel(topic, channel);
-    const { records, brokerTimestamps } = await log.read(options.offset, options.maxMessages ?? 1000, options.maxBytes ?? 1024 * 1024);
+    const offset = options.offset ?? log.logStartOffset;
+    const maxMessages = options.maxMessages ?? 1000;
+    const maxBytes = options.maxBytes ?? 1024 * 1024;
+    if (!Number.isSafeInteger(maxMessages) || maxMessages < 1) throw new WaymarkError('INVALID_ARGUMENT', `maxMessages ${maxMessages}: at least 1`);
+    if (!Number.isSafeInteger(maxBytes) || maxBytes < 1) throw new WaymarkError('INVALID_ARGUMENT', `maxBytes ${maxBytes}: at least 1`);
+    const { records, brokerTimestamps } = await log.read(offset, maxMessages, maxBytes);
     return records.map((r, i) => toMessage(topic, channel, r, brokerTimestamps[i]!));
   }
 

@@ -13,6 +13,7 @@
  *   resumes there, so only the uncommitted tail can be seen twice.
  */
 import { BatchOffset, batchHeaderBytes, readUint32 } from '../engine/format/record-batch';
+import { WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
 import { Pull } from './pull';
@@ -252,11 +253,14 @@ export class Consumer implements AsyncIterable<Message> {
 
   /** Moves the consumer: explicit offsets per channel, a broker timestamp, or earliest/latest. */
   async seek(to: { offsets: Record<number, number> } | { timestamp: number } | 'earliest' | 'latest'): Promise<void> {
-    const epoch = ++this.epoch;
-    const request: Record<string, unknown> = { subscription: this.subscription, epoch };
+    const request: Record<string, unknown> = { subscription: this.subscription };
     if (typeof to === 'string') request.to = to;
     else if ('offsets' in to) request.positions = Object.entries(to.offsets).map(([channel, offset]) => ({ channel: Number(channel), offset }));
-    else request.timestamp = to.timestamp;
+    // Time 0 is before every message: the earliest (on the wire 0 means "no timestamp").
+    else if (checkSeekTime(to.timestamp) > 0) request.timestamp = to.timestamp;
+    else request.to = 'earliest';
+    const epoch = ++this.epoch;
+    request.epoch = epoch;
     // Buffered messages are from before the seek: drop them and return their credit.
     const { messages, bytes } = this.queue.credit();
     this.dropQueued();
@@ -367,4 +371,10 @@ export function countRecords(bytes: Uint8Array | null | undefined): number {
     pos += length;
   }
   return count;
+}
+
+/** A seek's broker time: a whole number of ms, 0 or more (0: from the earliest). */
+export function checkSeekTime(timestamp: number): number {
+  if (!Number.isSafeInteger(timestamp) || timestamp < 0) throw new WaymarkError('INVALID_ARGUMENT', `seek timestamp ${timestamp}: a broker time in ms, 0 or more`);
+  return timestamp;
 }

@@ -17,6 +17,7 @@
 import { WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
+import { checkSeekTime } from './consumer';
 import { Pull } from './pull';
 import { decodeBatches, type Message } from './messages';
 import { Producer, type OutgoingMessage, type SendResult } from './producer';
@@ -243,13 +244,15 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   /** Moves the consumer to positions (per channel) or to a broker timestamp. */
   async seek(to: { positions: MsgPosition[] } | { timestamp: number }): Promise<void> {
     if (!this.consuming) throw new WaymarkError('INVALID_ARGUMENT', 'call asConsumer(topic, subName) first');
+    // Time 0 is before every message: the earliest (on the wire 0 means "no timestamp").
+    const where = 'positions' in to ? { positions: to.positions } : checkSeekTime(to.timestamp) > 0 ? { timestamp: to.timestamp } : { to: 'earliest' };
     const epoch = ++this.epoch;
     for (const item of this.packs.splice(0)) this.grant(item.credit[0], item.credit[1]);
-    const reply = await this.connection.request({ seek: { subscription: this.consuming.subscription, epoch, ...('positions' in to ? { positions: to.positions } : { timestamp: to.timestamp }) } });
+    const reply = await this.connection.request({ seek: { subscription: this.consuming.subscription, epoch, ...where } });
     // The stream now stands where the seek put it (the broker's packBeginTs after a seek, in
     // session.seek), unless a pack of this seek was handed out already, or a newer seek was sent.
     if (this.epoch === epoch && this.resumeEpoch !== epoch) {
-      this.resume = { positions: new Map((reply.seekOk?.positions ?? []).map((p) => [p.channel ?? 0, p.offset ?? 0])), beginTs: 'positions' in to ? 0 : to.timestamp - 1 };
+      this.resume = { positions: new Map((reply.seekOk?.positions ?? []).map((p) => [p.channel ?? 0, p.offset ?? 0])), beginTs: 'positions' in to ? 0 : Math.max(0, to.timestamp - 1) };
     }
   }
 

@@ -7,7 +7,7 @@ import { connect, channelForKey, type Client, type Message, type SendResult } fr
 import { encodeBatch, loadChecksum } from '../engine/format/index';
 import { BrokerProcess, brokerForSuite, httpJson, RawClient, take, text } from './broker-helpers';
 import { countRecords } from '../sdk/consumer';
-import { removeTempDirs, tempDir } from './helpers';
+import { rejection, removeTempDirs, tempDir } from './helpers';
 
 after(removeTempDirs);
 
@@ -195,6 +195,22 @@ describe('broker: SDK round trips against a real broker process', function () {
     assert.ok(got.every((m) => text(m) === 'to everyone'));
   });
 
+  it('one group split by channels: each member reads only its channels, and both positions are kept', async () => {
+    await client.admin.createTopic('split', { channels: 2 });
+    const producer = await client.producer({ topic: 'split' });
+    await Promise.all(Array.from({ length: 10 }, (_, i) => producer.send({ body: `s${i}`, channel: i % 2 })));
+    const a = await client.consumer({ topic: 'split', group: 'w', channels: [0], start: 'earliest', autoCommitIntervalMs: 0 });
+    const b = await client.consumer({ topic: 'split', group: 'w', channels: [1], start: 'earliest', autoCommitIntervalMs: 0 });
+    const fromA = await take(a, 5);
+    const fromB = await take(b, 5);
+    assert.ok(fromA.every((m) => m.channel === 0) && fromB.every((m) => m.channel === 1));
+    await a.commit();
+    await b.commit();
+    assert.deepEqual((await client.admin.positions('split', 'w')).map((p) => [p.channel, p.offset]).sort(), [[0, 5], [1, 5]]);
+    await a.close();
+    await b.close();
+  });
+
   it('seeks to an offset, to a time, to earliest and to latest', async () => {
     await client.admin.createTopic('seek', { channels: 1 });
     const producer = await client.producer({ topic: 'seek' });
@@ -211,6 +227,10 @@ describe('broker: SDK round trips against a real broker process', function () {
     const afterTime = await take(consumer, 1);
     assert.ok(afterTime[0]!.brokerTimestamp >= later.brokerTimestamp);
     assert.ok(afterTime[0]!.offset <= later.offset);
+    await consumer.seek({ timestamp: 0 });
+    assert.equal((await take(consumer, 1))[0]!.offset, 0, 'time 0: from the earliest');
+    assert.equal((await rejection(consumer.seek({ timestamp: -5 }))).code, 'INVALID_ARGUMENT');
+    assert.equal((await take(consumer, 1))[0]!.offset, 1, 'a refused seek moves nothing');
     await consumer.seek('latest');
     const fresh = await producer.send({ body: 'after latest' });
     const next = await take(consumer, 1);

@@ -96,6 +96,11 @@ describe('coverage: SDK and HTTP against a real broker', function () {
     assert.deepEqual(fromTime.msgs.map(where).sort(), all.filter((r) => r.brokerTimestamp >= time).map((r) => `${r.channel}:${r.offset}`).sort());
     assert.equal(fromTime.packs[0]!.beginTs, time - 1, 'the first pack after a time seek begins just before that time');
     for (const pack of fromTime.packs) for (const m of pack.msgs) assert.ok(m.brokerTimestamp > pack.beginTs && m.brokerTimestamp <= pack.endTs);
+
+    await consumer.seek({ timestamp: 0 }); // time 0: from the earliest
+    const fromZero = await packs(consumer, all.length);
+    assert.deepEqual(fromZero.msgs.map(where).sort(), all.map((r) => `${r.channel}:${r.offset}`).sort());
+    assert.equal(fromZero.packs[0]!.beginTs, 0);
     await consumer.close();
     await stream.close();
   });

@@ -518,3 +518,19 @@ describe('engine store: the folder itself', () => {
     assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 1 }, 'written again');
   });
 });
+
+describe('engine store: read options', () => {
+  it('reads from the log start when no offset is given, and refuses maxMessages or maxBytes below 1', async () => {
+    const store = await openStore(tempDir());
+    try {
+      await store.createTopic('t', { channels: 1 });
+      await store.append('t', 0, [{ body: 'a' }, { body: 'b' }]);
+      assert.deepEqual((await store.read('t', 0)).map((m) => m.body.toString()), ['a', 'b']);
+      assert.equal((await rejection(store.read('t', 0, { maxMessages: 0 }))).code, 'INVALID_ARGUMENT');
+      assert.equal((await rejection(store.read('t', 0, { maxBytes: 0 }))).code, 'INVALID_ARGUMENT');
+      assert.equal((await rejection(store.read('t', 0, { offset: -1 }))).code, 'OFFSET_OUT_OF_RANGE');
+    } finally {
+      await store.close();
+    }
+  });
+});
