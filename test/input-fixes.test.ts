@@ -5,7 +5,7 @@
  * HTTP header values, and a few small HTTP/CLI edges.
  */
 import { strict as assert } from 'node:assert';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openStore } from '../engine/index';
@@ -41,8 +41,47 @@ function run(args: string[], input: string | Buffer = ''): Promise<Ran> {
   });
 }
 
+/** A running `waymark` command whose stdout lines can be waited for. */
+class Running {
+  readonly proc: ChildProcessWithoutNullStreams;
+  stdout = '';
+  stderr = '';
+  readonly exited: Promise<number | null>;
+  private waiter: { count: number; resolve: () => void } | null = null;
+
+  constructor(args: string[]) {
+    this.proc = spawn(process.execPath, [cli, ...args]);
+    this.proc.stdin.end();
+    this.proc.stdout.on('data', (d: Buffer) => {
+      this.stdout += d;
+      if (this.waiter && this.lines().length >= this.waiter.count) this.waiter.resolve();
+    });
+    this.proc.stderr.on('data', (d: Buffer) => (this.stderr += d));
+    this.exited = new Promise((resolve) => this.proc.on('close', (status) => resolve(status)));
+  }
+
+  lines(): string[] {
+    return this.stdout.split('\n').filter((l) => l !== '');
+  }
+
+  /** Resolves once `count` lines are printed (fails if the command exits first). */
+  linesPrinted(count: number): Promise<void> {
+    if (this.lines().length >= count) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.waiter = { count, resolve };
+      void this.exited.then((status) => reject(new Error(`exited ${status} after ${this.lines().length} lines: ${this.stderr}`)));
+    });
+  }
+}
+
 /** A reply frame, said in an assertion message. */
 const shown = (frame: Frame): string => (frame.error ? `${frame.error.name}: ${frame.error.message}` : Object.keys(frame).join(','));
+
+/** One line on stderr and no stack trace. */
+function assertOneLine(stderr: string): void {
+  assert.equal(stderr.split('\n').length, 2, `one line and its newline: ${JSON.stringify(stderr.slice(0, 500))}`);
+  assert.doesNotMatch(stderr, /\n\s+at /);
+}
 
 async function post(broker: BrokerProcess, topic: string, body: string): Promise<void> {
   const r = await httpJson(`${broker.http}/v1/topics/${topic}/messages`, { method: 'POST', body });
@@ -163,6 +202,67 @@ describe('input fixes: start positions (in process)', () => {
       assert.equal(await startOf('inside', 'latest'), end - 1, 'a position inside the channel is used as it is');
     } finally {
       await store.close();
+    }
+  });
+});
+
+describe('input fixes: waymark consume stops', function () {
+  this.timeout(120_000);
+
+  for (const signal of ['SIGKILL', 'SIGTERM'] as const) {
+    it(`exits 1 with one line when the broker goes away (${signal}), not 0 in silence`, async () => {
+      const broker = new BrokerProcess(tempDir());
+      await broker.start();
+      try {
+        await httpJson(`${broker.http}/v1/topics/orders`, { method: 'PUT', body: '{}' });
+        await post(broker, 'orders', 'hello');
+        const consume = new Running(['consume', '--topic', 'orders', '--group', 'idle3', '--url', broker.url]);
+        await consume.linesPrinted(1); // subscribed, and waiting for more
+        await broker.stop(signal);
+        assert.equal(await consume.exited, 1, consume.stderr);
+        assertOneLine(consume.stderr);
+        assert.match(consume.stderr, /^waymark: consume: lost the connection to ws:\/\/127\.0\.0\.1:\d+\/v1\/ws/);
+        assert.equal(consume.stdout, '0 0 - hello\n');
+      } finally {
+        await broker.stop();
+      }
+    });
+  }
+
+  it('SIGINT while messages keep coming: exit 0, and the group committed exactly what was printed', async () => {
+    const broker = new BrokerProcess(tempDir());
+    await broker.start();
+    const client = await connect(broker.url);
+    let producing = true;
+    let producer: Awaited<ReturnType<typeof client.producer>> | null = null;
+    let flow: Promise<void> = Promise.resolve();
+    try {
+      await client.admin.createTopic('flow', { channels: 1 });
+      producer = await client.producer({ topic: 'flow' });
+      const p = producer;
+      flow = (async () => {
+        for (let i = 0; producing; i++) await p.send({ body: `m${i}` }); // a push for the consumer about every round trip
+      })();
+      const consume = new Running(['consume', '--topic', 'flow', '--group', 'sig', '--from', 'earliest', '--url', broker.url]);
+      await consume.linesPrinted(200);
+      consume.proc.kill('SIGINT');
+      assert.equal(await consume.exited, 0, consume.stderr);
+      assert.equal(consume.stderr, '');
+      const printed = consume.lines().map((l) => Number(l.split(' ')[1]));
+      assert.deepEqual(printed, printed.map((_, i) => i), 'every offset once, in order');
+      const [position] = await client.admin.positions('flow', 'sig');
+      assert.equal(position?.offset, printed.length, 'the commit at exit covers the last message printed, and nothing after it');
+      producing = false;
+      await flow;
+      const next = await run(['consume', '--topic', 'flow', '--group', 'sig', '--max', '1', '--url', broker.url]);
+      assert.equal(next.status, 0, next.stderr);
+      assert.match(next.stdout, new RegExp(`^0 ${printed.length} - m${printed.length}\\n$`), 'the next run starts right after');
+    } finally {
+      producing = false;
+      await flow.catch(() => undefined);
+      await producer?.close();
+      client.close();
+      await broker.stop();
     }
   });
 });
