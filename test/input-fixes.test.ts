@@ -266,3 +266,40 @@ describe('input fixes: waymark consume stops', function () {
     }
   });
 });
+
+describe('input fixes: waymark produce with an oversized stdin line', function () {
+  this.timeout(120_000);
+  const broker = new BrokerProcess(tempDir());
+  const huge = 'a'.repeat(9_000_000);
+  before(async () => {
+    await loadChecksum();
+    await broker.start();
+    for (const topic of ['t1', 't2', 't3']) await httpJson(`${broker.http}/v1/topics/${topic}`, { method: 'PUT', body: '{}' });
+  });
+  after(() => broker.stop());
+
+  it('a too-large line ending in a newline: one line, exit 2, nothing sent (it was an unhandled rejection and a stack)', async () => {
+    const r = await run(['produce', '--topic', 't1', '--url', broker.url], `${huge}\n`);
+    assert.equal(r.status, 2, r.stderr.slice(0, 500));
+    assertOneLine(r.stderr);
+    assert.equal(r.stderr, 'waymark: produce: line 1: body is 9000000 bytes, the limit is 8388608; nothing was sent\n');
+    assert.equal(r.stdout, '');
+    assert.equal(await highWatermark(broker, 't1'), 0);
+  });
+
+  it('without the newline: the same', async () => {
+    const r = await run(['produce', '--topic', 't2', '--url', broker.url], huge);
+    assert.equal(r.status, 2);
+    assert.equal(r.stderr, 'waymark: produce: line 1: body is 9000000 bytes, the limit is 8388608; nothing was sent\n');
+    assert.equal(await highWatermark(broker, 't2'), 0);
+  });
+
+  it('first, a too-large line, last: first is sent and printed, the run stops at line 2, last is never sent', async () => {
+    const r = await run(['produce', '--topic', 't3', '--url', broker.url], `first\n${huge}\nlast\n`);
+    assert.equal(r.status, 2, r.stderr.slice(0, 500));
+    assert.equal(r.stderr, 'waymark: produce: line 2: body is 9000000 bytes, the limit is 8388608; the line before it was sent, none after it\n');
+    assert.match(r.stdout, /^0 0 [0-9a-f]{32}\n$/, 'the acknowledgement of the first line');
+    const read = await httpJson(`${broker.http}/v1/topics/t3/messages`);
+    assert.deepEqual(read.body.messages.map((m: { body: string }) => m.body), ['first']);
+  });
+});
