@@ -7,13 +7,14 @@
 import { strict as assert } from 'node:assert';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { openStore } from '../engine/index';
 import { loadChecksum } from '../engine/format/index';
 import { Broker } from '../server/broker';
 import { GroupPositions } from '../server/groups';
 import type { Frame } from '../protocol/frames';
-import { connect } from '../sdk/index';
+import { channelForKey, connect } from '../sdk/index';
 import { BrokerProcess, RawClient, httpJson, take, text } from './broker-helpers';
 import { copyFolder, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
 
@@ -81,6 +82,25 @@ const shown = (frame: Frame): string => (frame.error ? `${frame.error.name}: ${f
 function assertOneLine(stderr: string): void {
   assert.equal(stderr.split('\n').length, 2, `one line and its newline: ${JSON.stringify(stderr.slice(0, 500))}`);
   assert.doesNotMatch(stderr, /\n\s+at /);
+}
+
+/** An HTTP request written byte by byte on a socket: header values exactly as given (fetch refuses non-latin1 ones). */
+function rawHttp(port: number, method: string, target: string, headers: Array<[string, Buffer | string]>, body = ''): Promise<{ status: number; body: any }> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    const parts: Buffer[] = [Buffer.from(`${method} ${target} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n`)];
+    for (const [name, value] of headers) parts.push(Buffer.from(`${name}: `), Buffer.from(value), Buffer.from('\r\n'));
+    parts.push(Buffer.from('\r\n'), Buffer.from(body));
+    socket.write(Buffer.concat(parts)); // not end(): µWS takes a half-close for an aborted request and never answers
+    const chunks: Buffer[] = [];
+    socket.on('data', (d) => chunks.push(d));
+    socket.on('error', reject);
+    socket.on('close', () => {
+      const response = Buffer.concat(chunks).toString('utf8');
+      const status = Number(/^HTTP\/1\.1 (\d+)/.exec(response)?.[1]);
+      resolve({ status, body: JSON.parse(response.slice(response.indexOf('\r\n\r\n') + 4)) });
+    });
+  });
 }
 
 async function post(broker: BrokerProcess, topic: string, body: string): Promise<void> {
@@ -302,4 +322,51 @@ describe('input fixes: waymark produce with an oversized stdin line', function (
     const read = await httpJson(`${broker.http}/v1/topics/t3/messages`);
     assert.deepEqual(read.body.messages.map((m: { body: string }) => m.body), ['first']);
   });
+});
+
+describe('input fixes: HTTP', function () {
+  this.timeout(60_000);
+  const broker = new BrokerProcess(tempDir());
+  const keyUtf8 = 'ключ';
+  before(async () => {
+    await loadChecksum();
+    await broker.start();
+    await httpJson(`${broker.http}/v1/topics/events`, { method: 'PUT', body: JSON.stringify({ channels: 4 }) });
+  });
+  after(() => broker.stop());
+
+  it('a non-ASCII waymark-key header (raw UTF-8 bytes) is refused with INVALID_ARGUMENT, not stored without its key', async () => {
+    for (const value of [Buffer.from(keyUtf8), Buffer.from(`k ${keyUtf8} k`), Buffer.from([0x61, 0xff, 0x62])]) {
+      const r = await rawHttp(broker.port, 'POST', '/v1/topics/events/messages', [['waymark-key', value]], 'k');
+      assert.equal(r.status, 400, `${value.toString('hex')}: ${JSON.stringify(r.body)}`);
+      assert.equal(r.body.error.code, 'INVALID_ARGUMENT');
+    }
+    for (const name of ['waymark-msg-id', 'waymark-channel', 'traceparent']) {
+      const r = await rawHttp(broker.port, 'POST', '/v1/topics/events/messages', [[name, Buffer.from(`1${keyUtf8}1`)]], 'k');
+      assert.equal(r.body.error?.code, 'INVALID_ARGUMENT', name);
+    }
+    for (let channel = 0; channel < 4; channel++) assert.equal(await highWatermark(broker, 'events', channel), 0, 'nothing was appended');
+    const ascii = await rawHttp(broker.port, 'POST', '/v1/topics/events/messages', [['waymark-key', 'cart-1']], 'k');
+    assert.equal(ascii.status, 200);
+    assert.equal(ascii.body.channel, channelForKey('cart-1', 4));
+  });
+
+  it('a non-ASCII key goes in the query, percent-encoded UTF-8: stored with its key and routed by it', async () => {
+    const posted = await httpJson(`${broker.http}/v1/topics/events/messages?key=${encodeURIComponent(keyUtf8)}`, { method: 'POST', body: 'by key' });
+    assert.equal(posted.status, 200, JSON.stringify(posted.body));
+    assert.equal(posted.body.channel, channelForKey(keyUtf8, 4));
+    const found = await httpJson(`${broker.http}/v1/topics/events/keys/${encodeURIComponent(keyUtf8)}`);
+    assert.deepEqual(found.body.messages.map((m: { key: string; body: string }) => [m.key, m.body]), [[keyUtf8, 'by key']]);
+    const cases: Array<[string, Record<string, string>]> = [
+      ['?key=%FF', {}], // not UTF-8
+      ['?key=', {}],
+      [`?key=${encodeURIComponent(keyUtf8)}`, { 'waymark-key': 'also' }],
+    ];
+    for (const [query, headers] of cases) {
+      const r = await httpJson(`${broker.http}/v1/topics/events/messages${query}`, { method: 'POST', body: 'x', headers });
+      assert.equal(r.status, 400, `${query}: ${JSON.stringify(r.body)}`);
+      assert.equal(r.body.error.code, 'INVALID_ARGUMENT');
+    }
+  });
+
 });
