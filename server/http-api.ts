@@ -122,16 +122,20 @@ export function messageJson(m: StoredMessage, encoding: string): Record<string, 
   };
 }
 
-function intParam(value: string | null, name: string, fallback?: number, min = 0): number {
+function intParam(value: string | null, name: string, fallback?: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
   if (value === null || value === '') {
     if (fallback !== undefined) return fallback;
     throw new WaymarkError('INVALID_ARGUMENT', `${name} is required`);
   }
-  if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value)) || Number(value) < min) {
-    throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number ≥ ${min}, not ${JSON.stringify(value)}`);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value)) || Number(value) < min || Number(value) > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `≥ ${min}` : `from ${min} to ${max}`;
+    throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number ${range}, not ${JSON.stringify(value)}`);
   }
   return Number(value);
 }
+
+/** Messages one GET of /v1/topics/T/messages returns at most (`max`, documented as 1–10,000). */
+const readMessagesMax = 10_000;
 
 /**
  * A header the API reads, or null when it is absent.
@@ -215,7 +219,7 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
         channels: config.channels === undefined ? 1 : (config.channels as number),
         retentionMs: config.retentionMs as number | undefined,
         retentionBytes: config.retentionBytes as number | undefined,
-        owner: config.owner as string | undefined,
+        owner: config.owner as string | undefined, // checked by the store: a string or absent
       });
       return json(topicInfoWire(info, store), 201);
     },
@@ -277,7 +281,7 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
     const topic = params[0]!;
     const channel = intParam(query.get('channel'), 'channel', 0);
     const offset = intParam(query.get('offset'), 'offset', store.channelState(topic, channel).logStartOffset);
-    const max = Math.min(intParam(query.get('max'), 'max', 100, 1), 10_000);
+    const max = intParam(query.get('max'), 'max', 100, 1, readMessagesMax);
     const encoding = encodingParam(query);
     const state = store.channelState(topic, channel);
     const messages = offset >= state.highWatermark && offset === state.highWatermark ? [] : await store.read(topic, channel, { offset, maxMessages: max, maxBytes: 8 * 1024 * 1024 });
@@ -316,10 +320,13 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
   app.any('/*', (res, req) => {
     const url = req.getUrl();
     const method = req.getMethod().toUpperCase();
+    // NOT_FOUND, not BAD_REQUEST: the status a client sees is the table's for the code it reads.
+    const reply = errorReply(new WaymarkError('NOT_FOUND', `no route ${method} ${url}`));
+    ctx.broker.metrics.errors.inc([reply.errorCode!]);
     res.cork(() => {
-      res.writeStatus('404 Not Found');
+      res.writeStatus(`${reply.status} ${statusText[reply.status]}`);
       res.writeHeader('content-type', 'application/json');
-      res.end(JSON.stringify({ error: { code: 'BAD_REQUEST', message: `no route ${method} ${url}` } }));
+      res.end(reply.body);
     });
   });
 

@@ -14,7 +14,7 @@ import { loadChecksum } from '../engine/format/index';
 import { Broker } from '../server/broker';
 import { GroupPositions } from '../server/groups';
 import type { Frame } from '../protocol/frames';
-import { channelForKey, connect } from '../sdk/index';
+import { channelForKey, connect, ErrorTable } from '../sdk/index';
 import { BrokerProcess, RawClient, httpJson, take, text } from './broker-helpers';
 import { copyFolder, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
 
@@ -369,4 +369,43 @@ describe('input fixes: HTTP', function () {
     }
   });
 
+  it('max above 10,000 is INVALID_ARGUMENT like max=0 (it was capped in silence); 10,000 is served', async () => {
+    const over = await httpJson(`${broker.http}/v1/topics/events/messages?max=10001`);
+    assert.equal(over.status, 400);
+    assert.equal(over.body.error.code, 'INVALID_ARGUMENT');
+    assert.equal((await httpJson(`${broker.http}/v1/topics/events/messages?max=10000`)).status, 200);
+  });
+
+  it('a topic owner that is not a string is refused (it was stored as its text) and no topic is made', async () => {
+    const r = await httpJson(`${broker.http}/v1/topics/owned`, { method: 'PUT', body: '{"owner": 5}' });
+    assert.equal(r.status, 400);
+    assert.equal(r.body.error.code, 'INVALID_ARGUMENT');
+    assert.equal((await httpJson(`${broker.http}/v1/topics/owned`)).body.error.code, 'TOPIC_NOT_FOUND');
+    const ok = await httpJson(`${broker.http}/v1/topics/owned`, { method: 'PUT', body: '{"owner": "ops"}' });
+    assert.equal(ok.body.owner, 'ops');
+  });
+
+  it('an unknown route answers 404 with NOT_FOUND, whose table status is 404 (BAD_REQUEST is 400)', async () => {
+    assert.equal(ErrorTable.NOT_FOUND.http, 404);
+    for (const [method, url] of [['GET', '/nope'], ['POST', '/v1/nope/deeper'], ['PATCH', '/v1/topics/events']]) {
+      const r = await httpJson(`${broker.http}${url}`, { method });
+      assert.equal(r.status, 404, `${method} ${url}`);
+      assert.equal(r.body.error.code, 'NOT_FOUND');
+      assert.equal(r.body.error.message, `no route ${method} ${url}`);
+    }
+  });
+});
+
+describe('input fixes: waymark serve --data', () => {
+  it('a file as the data folder, or on its path: one line, exit 2 (it was an ENOTDIR stack)', async () => {
+    const file = path.join(tempDir(), 'a-file');
+    fs.writeFileSync(file, 'not a folder');
+    for (const data of [file, path.join(file, 'data')]) {
+      const r = await run(['serve', '--port', '0', '--data', data]);
+      assert.equal(r.status, 2, r.stderr);
+      assertOneLine(r.stderr);
+      assert.match(r.stderr, /^waymark: serve: data folder .* (is a file|a part of the path is a file), not a folder\n$/);
+    }
+    assert.equal(fs.readFileSync(file, 'utf8'), 'not a folder');
+  });
 });
