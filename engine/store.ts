@@ -350,6 +350,8 @@ export class Store {
       throw new WaymarkError('INVALID_ARGUMENT', `channels must be a whole number from 1 to ${limits.channelCountMax}, not ${JSON.stringify(channels)}`);
     }
     if (channels > limits.channelCountMax) throw new WaymarkError('TOO_MANY_CHANNELS', `channels must be 1..${limits.channelCountMax}, not ${channels}`);
+    // Checked, not coerced: configs come from JSON too (HTTP), where {"owner": 5} was stored as "5".
+    if (config.owner != null && typeof config.owner !== 'string') throw new WaymarkError('INVALID_ARGUMENT', `owner must be a string, not ${JSON.stringify(config.owner)}`);
     const info: TopicInfo = {
       name,
       channels,
@@ -357,7 +359,7 @@ export class Store {
       retentionBytes: nonNegative('retentionBytes', config.retentionBytes ?? 0),
       segmentBytes: checkSegmentBytes(config.segmentBytes ?? this.options.segmentBytes),
       segmentMs: nonNegative('segmentMs', config.segmentMs ?? this.options.segmentMs) || this.options.segmentMs,
-      owner: String(config.owner ?? ''),
+      owner: config.owner ?? '',
       createdAt: Date.now(),
     };
     const topicsDir = path.join(this.dir, 'topics');

@@ -3,7 +3,7 @@
  * start positions for subscriptions. No business logic the engine should own lives here —
  * only the wiring of store, group positions and metrics.
  */
-import { WaymarkError, type AppendOutcome, type Store } from '../engine/index';
+import { checkTopicName, WaymarkError, type AppendOutcome, type Store } from '../engine/index';
 import { GroupPositions, checkGroupName, type GroupPosition } from './groups';
 import { BrokerMetrics, type CounterCell } from './metrics';
 
@@ -97,15 +97,41 @@ export class Broker {
       else if (request.start === 'latest') offset = state.highWatermark;
       else {
         const committed = await this.groups.get(request.topic, request.group, channel);
-        offset = committed ? committed.offset : request.fallback === 'latest' ? state.highWatermark : state.logStartOffset;
+        // A committed position outside the channel is not the client's mistake: retention
+        // deleted the segments under it, or recovery cut a torn tail back below it. As Kafka's
+        // auto.offset.reset does, the channel starts at the fallback instead of failing the
+        // subscribe (which would fail every later one of the group too).
+        const inRange = committed !== null && committed.offset >= state.logStartOffset && committed.offset <= state.highWatermark;
+        offset = inRange ? committed.offset : request.fallback === 'latest' ? state.highWatermark : state.logStartOffset;
       }
       positions.set(channel, clampPosition(offset, state, channel));
     }
     return positions;
   }
+
+  /**
+   * Stores a group's positions (Commit). A position past a channel's high watermark is
+   * refused (OFFSET_OUT_OF_RANGE) and nothing of the request is stored: the group would
+   * otherwise point at offsets that do not exist yet. A position below the log start is
+   * stored (a consumer may commit what retention has just deleted); subscribe moves it to
+   * the fallback. Names and the shape of each position are checked by GroupPositions.commit.
+   */
+  async commit(topic: string, group: string, positions: readonly GroupPosition[]): Promise<void> {
+    checkTopicName(topic, true);
+    checkGroupName(group);
+    if (positions.length === 0) return;
+    this.channelsOf(topic, positions.map((p) => p.channel));
+    for (const p of positions) {
+      const { logStartOffset, highWatermark } = this.store.channelState(topic, p.channel);
+      if (Number.isSafeInteger(p.offset) && p.offset > highWatermark) {
+        throw new WaymarkError('OFFSET_OUT_OF_RANGE', `channel ${p.channel}: cannot commit offset ${p.offset}, past the channel's end [${logStartOffset}, ${highWatermark}]`);
+      }
+    }
+    await this.groups.commit(topic, group, positions);
+  }
 }
 
-/** An explicit position must lie in [logStartOffset, highWatermark]; a committed one below the start (retention) moves up. */
+/** An explicit position (or a seek) must lie in [logStartOffset, highWatermark]; one below the start (retention) moves up. */
 export function clampPosition(offset: number, state: { logStartOffset: number; highWatermark: number }, channel: number): number {
   if (!Number.isSafeInteger(offset) || offset < 0 || offset > state.highWatermark) {
     throw new WaymarkError('OFFSET_OUT_OF_RANGE', `channel ${channel}: offset ${offset} is outside [${state.logStartOffset}, ${state.highWatermark}]`);

@@ -122,15 +122,54 @@ export function messageJson(m: StoredMessage, encoding: string): Record<string, 
   };
 }
 
-function intParam(value: string | null, name: string, fallback?: number, min = 0): number {
+function intParam(value: string | null, name: string, fallback?: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
   if (value === null || value === '') {
     if (fallback !== undefined) return fallback;
     throw new WaymarkError('INVALID_ARGUMENT', `${name} is required`);
   }
-  if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value)) || Number(value) < min) {
-    throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number ≥ ${min}, not ${JSON.stringify(value)}`);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value)) || Number(value) < min || Number(value) > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `≥ ${min}` : `from ${min} to ${max}`;
+    throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number ${range}, not ${JSON.stringify(value)}`);
   }
   return Number(value);
+}
+
+/** Messages one GET of /v1/topics/T/messages returns at most (`max`, documented as 1–10,000). */
+const readMessagesMax = 10_000;
+
+/**
+ * A header the API reads, or null when it is absent.
+ *
+ * µWebSockets.js (20.30) gives header values to JS decoded as UTF-8, but its parser first
+ * trims "whitespace" off both ends with a signed-char test (`c < 33`), which also takes every
+ * byte ≥ 0x80 there: `waymark-key: ключ` arrives as "" and `ключ-1` as "-1" (checked with raw
+ * requests; Bun fixed its copy of the parser, oven-sh/bun#27269). What reaches us of a
+ * non-ASCII value may have lost bytes, and nothing tells how many, so such a value is refused:
+ * one with non-ASCII characters left (from its middle; U+FFFD stands for bytes that are not
+ * UTF-8), and an empty one (what a value of only non-ASCII bytes becomes). A value whose
+ * non-ASCII bytes were all at its ends arrives as plain ASCII and cannot be caught here: the
+ * README says to send a non-ASCII key as `?key=` (the query is not trimmed).
+ */
+function headerValue(headers: Map<string, string>, name: string): string | null {
+  const value = headers.get(name);
+  if (value === undefined) return null;
+  if (value === '') throw new WaymarkError('INVALID_ARGUMENT', `header ${name} is empty (a value of only non-ASCII bytes arrives empty; send a non-ASCII key as ?key=<percent-encoded UTF-8>)`);
+  if (!/^[\t\x20-\x7e]*$/.test(value)) {
+    throw new WaymarkError('INVALID_ARGUMENT', `header ${name} must be ASCII: non-ASCII bytes at the start or end of a header value are lost on the way in; send a non-ASCII key as ?key=<percent-encoded UTF-8>`);
+  }
+  return value;
+}
+
+/** The message key: the `waymark-key` header (ASCII) or `?key=` (percent-encoded UTF-8), not both. */
+function keyOf(headers: Map<string, string>, query: URLSearchParams): string | null {
+  const fromHeader = headerValue(headers, 'waymark-key');
+  const fromQuery = query.get('key');
+  if (fromQuery === null) return fromHeader;
+  if (fromHeader !== null) throw new WaymarkError('INVALID_ARGUMENT', 'give the key once: the waymark-key header or ?key=, not both');
+  if (fromQuery === '') throw new WaymarkError('INVALID_ARGUMENT', '?key= is empty; leave it out for a message without a key');
+  // URLSearchParams decodes a %-escape that is not UTF-8 as U+FFFD rather than failing.
+  if (fromQuery.includes('\uFFFD')) throw new WaymarkError('INVALID_ARGUMENT', '?key= is not percent-encoded UTF-8');
+  return fromQuery;
 }
 
 /** `?encoding=`: how bodies are put in JSON, utf8 (default) or base64. */
@@ -180,7 +219,7 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
         channels: config.channels === undefined ? 1 : (config.channels as number),
         retentionMs: config.retentionMs as number | undefined,
         retentionBytes: config.retentionBytes as number | undefined,
-        owner: config.owner as string | undefined,
+        owner: config.owner as string | undefined, // checked by the store: a string or absent
       });
       return json(topicInfoWire(info, store), 201);
     },
@@ -199,16 +238,17 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
     'post',
     '/v1/topics/:topic/messages',
     ctx,
-    async ({ params, headers, body }) => {
+    async ({ params, query, headers, body }) => {
       const topic = params[0]!;
       const info = store.topicInfo(topic);
       if (topic.startsWith('__')) throw new WaymarkError('INVALID_NAME', `system topic ${topic} is written by the broker only`);
       if (headers.has('waymark-deliver-at') || headers.has('waymark-delay-ms')) {
         throw new WaymarkError('UNSUPPORTED', 'scheduled delivery (waymark-deliver-at / waymark-delay-ms) is not available on this broker yet');
       }
-      const key = headers.get('waymark-key') || null;
+      const key = keyOf(headers, query);
+      const channelHeader = headerValue(headers, 'waymark-channel');
       let channel: number;
-      if (headers.has('waymark-channel')) channel = intParam(headers.get('waymark-channel')!, 'waymark-channel');
+      if (channelHeader !== null) channel = intParam(channelHeader, 'waymark-channel');
       else if (key !== null) channel = channelForKey(key, info.channels);
       else {
         channel = (roundRobin.get(topic) ?? -1) + 1;
@@ -216,13 +256,14 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
         roundRobin.set(topic, channel);
       }
       let msgId: Uint8Array | undefined;
-      if (headers.has('waymark-msg-id')) {
-        msgId = msgIdFromHex(headers.get('waymark-msg-id')!) ?? undefined;
+      const msgIdHeader = headerValue(headers, 'waymark-msg-id');
+      if (msgIdHeader !== null) {
+        msgId = msgIdFromHex(msgIdHeader) ?? undefined;
         if (!msgId) throw new WaymarkError('INVALID_ARGUMENT', 'waymark-msg-id must be 32 hex digits');
       }
       const messageHeaders: Record<string, string> = {};
-      const traceparent = headers.get('traceparent');
-      if (traceparent) {
+      const traceparent = headerValue(headers, 'traceparent');
+      if (traceparent !== null) {
         const traceId = traceIdOf(traceparent);
         if (!traceId) throw new WaymarkError('INVALID_ARGUMENT', 'traceparent is not a W3C trace context (00-<32 hex>-<16 hex>-<2 hex>)');
         messageHeaders.traceparent = traceparent.trim();
@@ -240,7 +281,7 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
     const topic = params[0]!;
     const channel = intParam(query.get('channel'), 'channel', 0);
     const offset = intParam(query.get('offset'), 'offset', store.channelState(topic, channel).logStartOffset);
-    const max = Math.min(intParam(query.get('max'), 'max', 100, 1), 10_000);
+    const max = intParam(query.get('max'), 'max', 100, 1, readMessagesMax);
     const encoding = encodingParam(query);
     const state = store.channelState(topic, channel);
     const messages = offset >= state.highWatermark && offset === state.highWatermark ? [] : await store.read(topic, channel, { offset, maxMessages: max, maxBytes: 8 * 1024 * 1024 });
@@ -279,10 +320,13 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
   app.any('/*', (res, req) => {
     const url = req.getUrl();
     const method = req.getMethod().toUpperCase();
+    // NOT_FOUND, not BAD_REQUEST: the status a client sees is the table's for the code it reads.
+    const reply = errorReply(new WaymarkError('NOT_FOUND', `no route ${method} ${url}`));
+    ctx.broker.metrics.errors.inc([reply.errorCode!]);
     res.cork(() => {
-      res.writeStatus('404 Not Found');
+      res.writeStatus(`${reply.status} ${statusText[reply.status]}`);
       res.writeHeader('content-type', 'application/json');
-      res.end(JSON.stringify({ error: { code: 'BAD_REQUEST', message: `no route ${method} ${url}` } }));
+      res.end(reply.body);
     });
   });
 

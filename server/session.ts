@@ -141,7 +141,7 @@ export class Session {
       }
       case 'commit': {
         const c = (frame.commit as waymark.v1.Commit);
-        await this.broker.groups.commit(c.topic, c.group, (c.positions ?? []).map((p) => ({ channel: p.channel ?? 0, offset: p.offset ?? 0, timestamp: p.timestamp ?? 0 })));
+        await this.broker.commit(c.topic, c.group, (c.positions ?? []).map((p) => ({ channel: p.channel ?? 0, offset: p.offset ?? 0, timestamp: p.timestamp ?? 0 })));
         return { ok: {} };
       }
       case 'seek':

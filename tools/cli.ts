@@ -82,6 +82,17 @@ export async function main(argv: string[], io: Io = processIo()): Promise<number
       io.err(`waymark: ${name}: ${err.message}\n`);
       return argumentCodes.has(err.code) ? 2 : 1;
     }
+    if (isSystemError(err)) {
+      // A failed system call (EACCES on the data folder, ENOSPC, …): its message names the
+      // call and the path, which is the one line the user needs; the stack is ours, not theirs.
+      io.err(`waymark: ${name}: ${err.message}\n`);
+      return 1;
+    }
     throw err;
   }
+}
+
+/** An error from a Node system call (it carries an errno code such as EACCES and the call's name). */
+function isSystemError(err: unknown): err is NodeJS.ErrnoException {
+  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string' && typeof (err as NodeJS.ErrnoException).syscall === 'string';
 }

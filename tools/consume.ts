@@ -1,4 +1,5 @@
 /** `waymark consume`: reads a topic as a consumer group and prints each message. */
+import { WaymarkError } from '../engine/format/errors';
 import { UsageError } from './args';
 import type { Command } from './command';
 import { connectForCommand, urlOption } from './broker-options';
@@ -19,7 +20,7 @@ export const consumeCommand: Command = {
       json: { type: 'boolean', help: 'print one JSON object per message (body as UTF-8 text)' },
       url: urlOption,
     },
-    details: 'Lines: channel offset key body. The group position is committed every second and at exit.',
+    details: 'Lines: channel offset key body. The group position is committed every second and at exit (--max reached, SIGINT or SIGTERM): a later run starts after the last message printed. If the connection to the broker is lost it says so on stderr and exits 1; messages printed since the last commit are read again by the next run.',
   },
   async run(args, io) {
     const topic = args.flags.topic as string | undefined;
@@ -49,28 +50,50 @@ export const consumeCommand: Command = {
       const consumer = await client.consumer({ topic, group, channels, start, fallback: 'earliest' });
       const max = (args.flags.max as number | undefined) ?? Infinity;
       const out = new LineBuffer(io);
-      let stopping = false;
+      // What ends the run besides --max: a signal (a normal end, committed) or a lost
+      // connection (a failure: the command connects without reconnecting, so no message would
+      // ever come and the process would drain its event loop and exit 0, as if done).
+      let ended = null as 'signal' | WaymarkError | null; // (a cast: set in callbacks, so TS must not narrow it to null)
+      let wake: () => void = () => undefined;
+      const interrupted = new Promise<null>((resolve) => (wake = () => resolve(null)));
       const onSignal = (): void => {
-        stopping = true;
-        void consumer.close();
+        ended ??= 'signal';
+        wake();
       };
+      const stopWatching = client.on('disconnect', () => {
+        ended ??= new WaymarkError('CONNECTION_LOST', `lost the connection to ${client.url}; the group resumes from its last commit`);
+        wake();
+      });
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
-      let seen = 0;
-      while (seen < max && !stopping) {
-        const r = await consumer.next();
-        if (r.done) break;
-        const m = r.value;
-        const body = Buffer.from(m.body).toString('utf8');
-        const ok = out.push(args.flags.json ? JSON.stringify({ ...m, body }) : `${m.channel} ${m.offset} ${m.key ?? '-'} ${body}`);
-        seen++;
-        if (!ok) break;
-        out.flush(); // a live tail shows each message as it comes
+      try {
+        // Every message taken from the consumer is printed before anything else happens, so
+        // the consumer's delivered positions (what it commits) are exactly what was printed.
+        // The last next() may be left waiting when a signal ends the run: a message it takes
+        // after that is neither printed nor in the final commit, whose positions are read when
+        // close() is called, right after this loop (the next run of the group reads it).
+        let seen = 0;
+        while (seen < max && ended === null) {
+          const r = await Promise.race([consumer.next(), interrupted]);
+          if (r === null || r.done) break;
+          const m = r.value;
+          const body = Buffer.from(m.body).toString('utf8');
+          const ok = out.push(args.flags.json ? JSON.stringify({ ...m, body }) : `${m.channel} ${m.offset} ${m.key ?? '-'} ${body}`);
+          seen++;
+          if (!ok || !out.flush()) break; // flushed per message: a live tail shows each as it comes
+        }
+        out.flush();
+      } finally {
+        process.removeListener('SIGINT', onSignal);
+        process.removeListener('SIGTERM', onSignal);
+        stopWatching();
       }
-      out.flush();
-      process.removeListener('SIGINT', onSignal);
-      process.removeListener('SIGTERM', onSignal);
-      await consumer.close();
+      if (ended instanceof WaymarkError) {
+        client.close(); // first: a commit on a connection that will never come back would wait for its timeout
+        await consumer.close();
+        throw ended;
+      }
+      await consumer.close(); // commits the delivered (= printed) positions
       return 0;
     } finally {
       client.close();

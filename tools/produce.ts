@@ -4,7 +4,8 @@ import { UsageError } from './args';
 import type { Command } from './command';
 import { connectForCommand, urlOption } from './broker-options';
 import { LineBuffer } from './io';
-import type { SendResult } from '../sdk/index';
+import { WaymarkError, type SendResult } from '../sdk/index';
+import { checkMessage } from '../engine/format/record-batch';
 
 export const produceCommand: Command = {
   spec: {
@@ -21,7 +22,8 @@ export const produceCommand: Command = {
       json: { type: 'boolean', help: 'print one JSON object per acknowledged message' },
       url: urlOption,
     },
-    details: 'Prints channel, offset and msgId of each message once the broker has made it durable.',
+    details:
+      'Prints channel, offset and msgId of each message once the broker has made it durable. From stdin, lines are sent as they are read; a line the broker would refuse (over 8 MiB, say) stops the run before it is sent: the lines before it are sent and printed, none after it, and the command exits 2 naming the line.',
   },
   async run(args, io) {
     const topic = args.flags.topic as string | undefined;
@@ -44,19 +46,47 @@ export const produceCommand: Command = {
     try {
       const producer = await client.producer({ topic, channel: args.flags.channel as number | undefined });
       const key = args.flags.key as string | undefined;
+      // Every send's failure is taken at once (a rejection left for Promise.all after the read
+      // loop came out as an unhandled rejection and a stack trace); the first one stops the run.
+      let failure: unknown = null;
       const sends: Array<Promise<void>> = [];
+      const send = (text: string): void => {
+        sends.push(producer.send({ body: text, key, headers }).then(print, (err: unknown) => void (failure ??= err)));
+      };
       if (body !== undefined && body !== '-') {
-        for (let i = 0; i < count; i++) sends.push(producer.send({ body, key, headers }).then(print));
+        for (let i = 0; i < count; i++) send(body);
       } else {
+        // Lines are sent as they are read (stdin may be endless). A line the broker would refuse
+        // (checkMessage: the SDK's own limits) stops the read before it is sent: the lines
+        // before it are sent and their acknowledgements printed, no line after it is sent.
         const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
-        for await (const text of lines) sends.push(producer.send({ body: text, key, headers }).then(print));
+        let lineNumber = 0;
+        for await (const text of lines) {
+          lineNumber++;
+          try {
+            checkMessage({ body: text, key, headers });
+          } catch (err) {
+            if (!(err instanceof WaymarkError)) throw err;
+            failure ??= new WaymarkError(err.code, `line ${lineNumber}: ${err.message}; ${sentBefore(lineNumber - 1)}`);
+          }
+          if (failure !== null) break;
+          send(text);
+        }
+        lines.close();
       }
       await Promise.all(sends);
-      await producer.close();
       out.flush();
+      if (failure !== null) throw failure;
+      await producer.close();
       return 0;
     } finally {
       client.close();
     }
   },
 };
+
+/** What a run stopped at a refused line had sent. */
+function sentBefore(lines: number): string {
+  if (lines === 0) return 'nothing was sent';
+  return `the ${lines === 1 ? 'line' : `${lines} lines`} before it ${lines === 1 ? 'was' : 'were'} sent, none after it`;
+}

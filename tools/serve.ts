@@ -1,4 +1,5 @@
 /** `waymark serve`: runs the broker (npm start runs this with the defaults). */
+import * as fs from 'node:fs';
 import { startServer, serverDefaults } from '../server/index';
 import type { SyncMode } from '../engine/index';
 import { UsageError } from './args';
@@ -25,6 +26,7 @@ export const serveCommand: Command = {
     const data = (args.flags.data as string | undefined) ?? env.WAYMARK_DATA ?? serverDefaults.data;
     const sync = ((args.flags.sync as string | undefined) ?? serverDefaults.sync) as SyncMode;
     if (!['batch', 'interval', 'none'].includes(sync)) throw new UsageError(`--sync must be batch, interval or none, not ${JSON.stringify(sync)}`);
+    checkDataFolder(data);
     const server = await startServer({
       port,
       host,
@@ -49,4 +51,23 @@ function envInteger(name: string, value: string | undefined): number | undefined
   if (value === undefined || value === '') return undefined;
   if (!/^\d+$/.test(value)) throw new UsageError(`${name} must be a whole number, not ${JSON.stringify(value)}`);
   return Number(value);
+}
+
+/**
+ * The data folder must be a folder or not exist yet (the broker makes it). A file there, or
+ * on the way to it, is a bad argument (exit 2, one line) — it used to surface as the store's
+ * ENOTDIR stack trace. Other errors (no permission, say) are left to the store and printed
+ * as one line by the dispatcher (exit 1).
+ */
+function checkDataFolder(data: string): void {
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(data);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return;
+    if (code === 'ENOTDIR') throw new UsageError(`data folder ${data}: a part of the path is a file, not a folder`);
+    throw err;
+  }
+  if (!stat.isDirectory()) throw new UsageError(`data folder ${data} is a file, not a folder`);
 }

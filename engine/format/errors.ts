@@ -36,6 +36,7 @@ export const ErrorTable = {
   CONNECTION_LOST: { wire: 21, http: 503, text: 'the connection to the broker was lost' },
   TIMEOUT: { wire: 22, http: 504, text: 'the broker did not answer in time' },
   CLIENT_CLOSED: { wire: 23, http: 400, text: 'the client is closed' },
+  NOT_FOUND: { wire: 24, http: 404, text: 'no such route' },
   // --- server-side conditions (5xx / 503) ---
   STORE_CLOSED: { wire: 40, http: 503, text: 'the store is closed' },
   STORE_LOCKED: { wire: 41, http: 503, text: 'the data folder is locked by another process' },

@@ -1,0 +1,411 @@
+/**
+ * Regression tests for inputs a black-box review found mishandled: commits past a channel's
+ * end, committed positions that fell outside their channel, `waymark consume` when the broker
+ * goes away or a signal stops it, `waymark produce` with an oversized stdin line, non-ASCII
+ * HTTP header values, and a few small HTTP/CLI edges.
+ */
+import { strict as assert } from 'node:assert';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { openStore } from '../engine/index';
+import { loadChecksum } from '../engine/format/index';
+import { Broker } from '../server/broker';
+import { GroupPositions } from '../server/groups';
+import type { Frame } from '../protocol/frames';
+import { channelForKey, connect, ErrorTable } from '../sdk/index';
+import { BrokerProcess, RawClient, httpJson, take, text } from './broker-helpers';
+import { copyFolder, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
+
+after(removeTempDirs);
+
+const cli = path.join(__dirname, '..', '..', 'bin', 'waymark.js');
+
+interface Ran {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `waymark ARGS` to its end, with `input` on stdin. */
+function run(args: string[], input: string | Buffer = ''): Promise<Ran> {
+  return new Promise((resolve) => {
+    const proc = spawn(process.execPath, [cli, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    proc.stdout.on('data', (d: Buffer) => (stdout += d));
+    proc.stderr.on('data', (d: Buffer) => (stderr += d));
+    proc.stdin.on('error', () => undefined); // the command may exit before reading all of it
+    proc.stdin.end(input);
+    proc.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
+}
+
+/** A running `waymark` command whose stdout lines can be waited for. */
+class Running {
+  readonly proc: ChildProcessWithoutNullStreams;
+  stdout = '';
+  stderr = '';
+  readonly exited: Promise<number | null>;
+  private waiter: { count: number; resolve: () => void } | null = null;
+
+  constructor(args: string[]) {
+    this.proc = spawn(process.execPath, [cli, ...args]);
+    this.proc.stdin.end();
+    this.proc.stdout.on('data', (d: Buffer) => {
+      this.stdout += d;
+      if (this.waiter && this.lines().length >= this.waiter.count) this.waiter.resolve();
+    });
+    this.proc.stderr.on('data', (d: Buffer) => (this.stderr += d));
+    this.exited = new Promise((resolve) => this.proc.on('close', (status) => resolve(status)));
+  }
+
+  lines(): string[] {
+    return this.stdout.split('\n').filter((l) => l !== '');
+  }
+
+  /** Resolves once `count` lines are printed (fails if the command exits first). */
+  linesPrinted(count: number): Promise<void> {
+    if (this.lines().length >= count) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.waiter = { count, resolve };
+      void this.exited.then((status) => reject(new Error(`exited ${status} after ${this.lines().length} lines: ${this.stderr}`)));
+    });
+  }
+}
+
+/** A reply frame, said in an assertion message. */
+const shown = (frame: Frame): string => (frame.error ? `${frame.error.name}: ${frame.error.message}` : Object.keys(frame).join(','));
+
+/** One line on stderr and no stack trace. */
+function assertOneLine(stderr: string): void {
+  assert.equal(stderr.split('\n').length, 2, `one line and its newline: ${JSON.stringify(stderr.slice(0, 500))}`);
+  assert.doesNotMatch(stderr, /\n\s+at /);
+}
+
+/** An HTTP request written byte by byte on a socket: header values exactly as given (fetch refuses non-latin1 ones). */
+function rawHttp(port: number, method: string, target: string, headers: Array<[string, Buffer | string]>, body = ''): Promise<{ status: number; body: any }> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    const parts: Buffer[] = [Buffer.from(`${method} ${target} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n`)];
+    for (const [name, value] of headers) parts.push(Buffer.from(`${name}: `), Buffer.from(value), Buffer.from('\r\n'));
+    parts.push(Buffer.from('\r\n'), Buffer.from(body));
+    socket.write(Buffer.concat(parts)); // not end(): µWS takes a half-close for an aborted request and never answers
+    const chunks: Buffer[] = [];
+    socket.on('data', (d) => chunks.push(d));
+    socket.on('error', reject);
+    socket.on('close', () => {
+      const response = Buffer.concat(chunks).toString('utf8');
+      const status = Number(/^HTTP\/1\.1 (\d+)/.exec(response)?.[1]);
+      resolve({ status, body: JSON.parse(response.slice(response.indexOf('\r\n\r\n') + 4)) });
+    });
+  });
+}
+
+async function post(broker: BrokerProcess, topic: string, body: string): Promise<void> {
+  const r = await httpJson(`${broker.http}/v1/topics/${topic}/messages`, { method: 'POST', body });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+}
+
+const highWatermark = async (broker: BrokerProcess, topic: string, channel = 0): Promise<number> =>
+  (await httpJson(`${broker.http}/v1/topics/${topic}`)).body.channelStates[channel].highWatermark;
+
+describe('input fixes: group positions outside their channel', function () {
+  this.timeout(120_000);
+  const broker = new BrokerProcess(tempDir());
+  before(async () => {
+    await loadChecksum();
+    await broker.start();
+  });
+  after(() => broker.stop());
+
+  it('CommitPastHighWatermarkIsRefused: OFFSET_OUT_OF_RANGE, nothing of the request stored, and the group still consumes', async () => {
+    await httpJson(`${broker.http}/v1/topics/orders`, { method: 'PUT', body: JSON.stringify({ channels: 2 }) });
+    for (const body of ['a', 'b']) {
+      const r = await httpJson(`${broker.http}/v1/topics/orders/messages`, { method: 'POST', body, headers: { 'waymark-channel': '0' } });
+      assert.equal(r.status, 200);
+    }
+    const raw = await RawClient.open(broker.url);
+    try {
+      const past = await raw.request({ commit: { topic: 'orders', group: 'cg9', positions: [{ channel: 0, offset: 999999 }] } });
+      assert.equal(past.error?.name, 'OFFSET_OUT_OF_RANGE', shown(past));
+      // One good position beside a bad one: neither is stored.
+      const mixed = await raw.request({ commit: { topic: 'orders', group: 'cg9', positions: [{ channel: 0, offset: 1 }, { channel: 1, offset: 1 }] } });
+      assert.equal(mixed.error?.name, 'OFFSET_OUT_OF_RANGE');
+      const stored = await raw.request({ getPositions: { topic: 'orders', group: 'cg9' } });
+      assert.deepEqual(stored.positions?.positions ?? [], []);
+      // The end itself is a position (everything consumed).
+      const atEnd = await raw.request({ commit: { topic: 'orders', group: 'cg-end', positions: [{ channel: 0, offset: 2 }] } });
+      assert.ok(atEnd.ok && !atEnd.error, shown(atEnd));
+    } finally {
+      await raw.close();
+    }
+    const consumed = await run(['consume', '--topic', 'orders', '--group', 'cg9', '--max', '2', '--url', broker.url]);
+    assert.equal(consumed.status, 0, consumed.stderr);
+    assert.equal(consumed.stdout, '0 0 - a\n0 1 - b\n');
+  });
+
+  it('a committed position past the end after recovery cut the log back starts at the fallback: SDK (latest) and CLI (earliest)', async () => {
+    // A crash image: three one-message batches, the group committed after all three, then
+    // the last batch torn at the end of the active segment (recovery drops it: the end is 2).
+    const live = tempDir();
+    const store = await openStore(live);
+    await store.createTopic('cut', { channels: 1 });
+    const segment = (dir: string): string => segmentFiles(path.join(dir, 'topics', 'cut', '0'))[0]!;
+    const starts: number[] = [];
+    for (const body of ['m0', 'm1', 'm2']) {
+      starts.push(fs.statSync(segment(live)).size);
+      await store.append('cut', 0, [{ body }]);
+    }
+    const groups = await GroupPositions.open(store);
+    await groups.loaded();
+    for (const group of ['cg', 'cg-sdk']) await groups.commit('cut', group, [{ channel: 0, offset: 3, timestamp: 0 }]);
+    const image = tempDir();
+    copyFolder(live, image);
+    await store.close();
+    truncateTail(segment(image), starts[2]! + 10);
+
+    const crashed = new BrokerProcess(image);
+    await crashed.start();
+    const client = await connect(crashed.url);
+    try {
+      assert.equal(await highWatermark(crashed, 'cut'), 2, 'recovery dropped the torn batch');
+      assert.deepEqual((await client.admin.positions('cut', 'cg')).map((p) => p.offset), [3], 'the group still points past the end');
+      const raw = await RawClient.open(crashed.url);
+      const subscribed = await raw.request({ subscribe: { topic: 'cut', group: 'cg', start: 'committed', fallback: 'earliest', subscription: 1, creditMessages: 10, creditBytes: 1 << 20 } });
+      assert.deepEqual(subscribed.subscribeOk?.positions?.map((p) => p.offset), [0], shown(subscribed));
+      await raw.close();
+
+      // While the end is still 2 (a message at offset 3 would make the position valid again).
+      const consumed = await run(['consume', '--topic', 'cut', '--group', 'cg', '--max', '2', '--url', crashed.url]);
+      assert.equal(consumed.status, 0, consumed.stderr);
+      assert.equal(consumed.stdout, '0 0 - m0\n0 1 - m1\n', 'the CLI falls back to earliest');
+
+      const latest = await client.consumer({ topic: 'cut', group: 'cg-sdk', fallback: 'latest', autoCommitIntervalMs: 0 });
+      await post(crashed, 'cut', 'after');
+      const [first] = await take(latest, 1);
+      assert.deepEqual([first!.offset, text(first!)], [2, 'after'], 'fallback latest: only what came after the subscribe');
+      await latest.close();
+    } finally {
+      client.close();
+      await crashed.stop();
+    }
+  });
+});
+
+describe('input fixes: start positions (in process)', () => {
+  it('a committed position below the log start (retention) or past the end goes to the fallback, earliest or latest', async () => {
+    const store = await openStore(tempDir());
+    try {
+      await store.createTopic('kept', { channels: 1, segmentBytes: 4096 });
+      while (store.describeTopic('kept').channelInfo[0]!.segments < 4) await store.append('kept', 0, [{ body: 'x'.repeat(500) }]);
+      const broker = await Broker.open(store);
+      await broker.groups.loaded();
+      await broker.groups.commit('kept', 'behind', [{ channel: 0, offset: 1, timestamp: 0 }]);
+      const { highWatermark: end } = store.channelState('kept', 0);
+      await broker.groups.commit('kept', 'inside', [{ channel: 0, offset: end - 1, timestamp: 0 }]);
+      // What recovery can leave behind: a stored position the log no longer reaches. (Positions
+      // are written through GroupPositions, which stores them as given; Broker.commit is what
+      // refuses one past the end.)
+      await broker.groups.commit('kept', 'ahead', [{ channel: 0, offset: end + 5, timestamp: 0 }]);
+      await store.deleteSegmentsBefore('kept', 0, end - 1);
+      const { logStartOffset: start } = store.channelState('kept', 0);
+      assert.ok(start > 1, `retention moved the start past the committed position (start ${start})`);
+
+      const startOf = async (group: string, fallback: 'earliest' | 'latest'): Promise<number> =>
+        (await broker.startPositions({ topic: 'kept', group, channels: [0], start: 'committed', fallback, positions: [], startTimestamp: 0 })).get(0)!;
+      assert.equal(await startOf('behind', 'earliest'), start);
+      assert.equal(await startOf('behind', 'latest'), end);
+      assert.equal(await startOf('ahead', 'earliest'), start);
+      assert.equal(await startOf('ahead', 'latest'), end);
+      assert.equal(await startOf('inside', 'latest'), end - 1, 'a position inside the channel is used as it is');
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+describe('input fixes: waymark consume stops', function () {
+  this.timeout(120_000);
+
+  for (const signal of ['SIGKILL', 'SIGTERM'] as const) {
+    it(`exits 1 with one line when the broker goes away (${signal}), not 0 in silence`, async () => {
+      const broker = new BrokerProcess(tempDir());
+      await broker.start();
+      try {
+        await httpJson(`${broker.http}/v1/topics/orders`, { method: 'PUT', body: '{}' });
+        await post(broker, 'orders', 'hello');
+        const consume = new Running(['consume', '--topic', 'orders', '--group', 'idle3', '--url', broker.url]);
+        await consume.linesPrinted(1); // subscribed, and waiting for more
+        await broker.stop(signal);
+        assert.equal(await consume.exited, 1, consume.stderr);
+        assertOneLine(consume.stderr);
+        assert.match(consume.stderr, /^waymark: consume: lost the connection to ws:\/\/127\.0\.0\.1:\d+\/v1\/ws/);
+        assert.equal(consume.stdout, '0 0 - hello\n');
+      } finally {
+        await broker.stop();
+      }
+    });
+  }
+
+  it('SIGINT while messages keep coming: exit 0, and the group committed exactly what was printed', async () => {
+    const broker = new BrokerProcess(tempDir());
+    await broker.start();
+    const client = await connect(broker.url);
+    let producing = true;
+    let producer: Awaited<ReturnType<typeof client.producer>> | null = null;
+    let flow: Promise<void> = Promise.resolve();
+    try {
+      await client.admin.createTopic('flow', { channels: 1 });
+      producer = await client.producer({ topic: 'flow' });
+      const p = producer;
+      flow = (async () => {
+        for (let i = 0; producing; i++) await p.send({ body: `m${i}` }); // a push for the consumer about every round trip
+      })();
+      const consume = new Running(['consume', '--topic', 'flow', '--group', 'sig', '--from', 'earliest', '--url', broker.url]);
+      await consume.linesPrinted(200);
+      consume.proc.kill('SIGINT');
+      assert.equal(await consume.exited, 0, consume.stderr);
+      assert.equal(consume.stderr, '');
+      const printed = consume.lines().map((l) => Number(l.split(' ')[1]));
+      assert.deepEqual(printed, printed.map((_, i) => i), 'every offset once, in order');
+      const [position] = await client.admin.positions('flow', 'sig');
+      assert.equal(position?.offset, printed.length, 'the commit at exit covers the last message printed, and nothing after it');
+      producing = false;
+      await flow;
+      const next = await run(['consume', '--topic', 'flow', '--group', 'sig', '--max', '1', '--url', broker.url]);
+      assert.equal(next.status, 0, next.stderr);
+      assert.match(next.stdout, new RegExp(`^0 ${printed.length} - m${printed.length}\\n$`), 'the next run starts right after');
+    } finally {
+      producing = false;
+      await flow.catch(() => undefined);
+      await producer?.close();
+      client.close();
+      await broker.stop();
+    }
+  });
+});
+
+describe('input fixes: waymark produce with an oversized stdin line', function () {
+  this.timeout(120_000);
+  const broker = new BrokerProcess(tempDir());
+  const huge = 'a'.repeat(9_000_000);
+  before(async () => {
+    await loadChecksum();
+    await broker.start();
+    for (const topic of ['t1', 't2', 't3']) await httpJson(`${broker.http}/v1/topics/${topic}`, { method: 'PUT', body: '{}' });
+  });
+  after(() => broker.stop());
+
+  it('a too-large line ending in a newline: one line, exit 2, nothing sent (it was an unhandled rejection and a stack)', async () => {
+    const r = await run(['produce', '--topic', 't1', '--url', broker.url], `${huge}\n`);
+    assert.equal(r.status, 2, r.stderr.slice(0, 500));
+    assertOneLine(r.stderr);
+    assert.equal(r.stderr, 'waymark: produce: line 1: body is 9000000 bytes, the limit is 8388608; nothing was sent\n');
+    assert.equal(r.stdout, '');
+    assert.equal(await highWatermark(broker, 't1'), 0);
+  });
+
+  it('without the newline: the same', async () => {
+    const r = await run(['produce', '--topic', 't2', '--url', broker.url], huge);
+    assert.equal(r.status, 2);
+    assert.equal(r.stderr, 'waymark: produce: line 1: body is 9000000 bytes, the limit is 8388608; nothing was sent\n');
+    assert.equal(await highWatermark(broker, 't2'), 0);
+  });
+
+  it('first, a too-large line, last: first is sent and printed, the run stops at line 2, last is never sent', async () => {
+    const r = await run(['produce', '--topic', 't3', '--url', broker.url], `first\n${huge}\nlast\n`);
+    assert.equal(r.status, 2, r.stderr.slice(0, 500));
+    assert.equal(r.stderr, 'waymark: produce: line 2: body is 9000000 bytes, the limit is 8388608; the line before it was sent, none after it\n');
+    assert.match(r.stdout, /^0 0 [0-9a-f]{32}\n$/, 'the acknowledgement of the first line');
+    const read = await httpJson(`${broker.http}/v1/topics/t3/messages`);
+    assert.deepEqual(read.body.messages.map((m: { body: string }) => m.body), ['first']);
+  });
+});
+
+describe('input fixes: HTTP', function () {
+  this.timeout(60_000);
+  const broker = new BrokerProcess(tempDir());
+  const keyUtf8 = 'ключ';
+  before(async () => {
+    await loadChecksum();
+    await broker.start();
+    await httpJson(`${broker.http}/v1/topics/events`, { method: 'PUT', body: JSON.stringify({ channels: 4 }) });
+  });
+  after(() => broker.stop());
+
+  it('a non-ASCII waymark-key header (raw UTF-8 bytes) is refused with INVALID_ARGUMENT, not stored without its key', async () => {
+    for (const value of [Buffer.from(keyUtf8), Buffer.from(`k ${keyUtf8} k`), Buffer.from([0x61, 0xff, 0x62])]) {
+      const r = await rawHttp(broker.port, 'POST', '/v1/topics/events/messages', [['waymark-key', value]], 'k');
+      assert.equal(r.status, 400, `${value.toString('hex')}: ${JSON.stringify(r.body)}`);
+      assert.equal(r.body.error.code, 'INVALID_ARGUMENT');
+    }
+    for (const name of ['waymark-msg-id', 'waymark-channel', 'traceparent']) {
+      const r = await rawHttp(broker.port, 'POST', '/v1/topics/events/messages', [[name, Buffer.from(`1${keyUtf8}1`)]], 'k');
+      assert.equal(r.body.error?.code, 'INVALID_ARGUMENT', name);
+    }
+    for (let channel = 0; channel < 4; channel++) assert.equal(await highWatermark(broker, 'events', channel), 0, 'nothing was appended');
+    const ascii = await rawHttp(broker.port, 'POST', '/v1/topics/events/messages', [['waymark-key', 'cart-1']], 'k');
+    assert.equal(ascii.status, 200);
+    assert.equal(ascii.body.channel, channelForKey('cart-1', 4));
+  });
+
+  it('a non-ASCII key goes in the query, percent-encoded UTF-8: stored with its key and routed by it', async () => {
+    const posted = await httpJson(`${broker.http}/v1/topics/events/messages?key=${encodeURIComponent(keyUtf8)}`, { method: 'POST', body: 'by key' });
+    assert.equal(posted.status, 200, JSON.stringify(posted.body));
+    assert.equal(posted.body.channel, channelForKey(keyUtf8, 4));
+    const found = await httpJson(`${broker.http}/v1/topics/events/keys/${encodeURIComponent(keyUtf8)}`);
+    assert.deepEqual(found.body.messages.map((m: { key: string; body: string }) => [m.key, m.body]), [[keyUtf8, 'by key']]);
+    const cases: Array<[string, Record<string, string>]> = [
+      ['?key=%FF', {}], // not UTF-8
+      ['?key=', {}],
+      [`?key=${encodeURIComponent(keyUtf8)}`, { 'waymark-key': 'also' }],
+    ];
+    for (const [query, headers] of cases) {
+      const r = await httpJson(`${broker.http}/v1/topics/events/messages${query}`, { method: 'POST', body: 'x', headers });
+      assert.equal(r.status, 400, `${query}: ${JSON.stringify(r.body)}`);
+      assert.equal(r.body.error.code, 'INVALID_ARGUMENT');
+    }
+  });
+
+  it('max above 10,000 is INVALID_ARGUMENT like max=0 (it was capped in silence); 10,000 is served', async () => {
+    const over = await httpJson(`${broker.http}/v1/topics/events/messages?max=10001`);
+    assert.equal(over.status, 400);
+    assert.equal(over.body.error.code, 'INVALID_ARGUMENT');
+    assert.equal((await httpJson(`${broker.http}/v1/topics/events/messages?max=10000`)).status, 200);
+  });
+
+  it('a topic owner that is not a string is refused (it was stored as its text) and no topic is made', async () => {
+    const r = await httpJson(`${broker.http}/v1/topics/owned`, { method: 'PUT', body: '{"owner": 5}' });
+    assert.equal(r.status, 400);
+    assert.equal(r.body.error.code, 'INVALID_ARGUMENT');
+    assert.equal((await httpJson(`${broker.http}/v1/topics/owned`)).body.error.code, 'TOPIC_NOT_FOUND');
+    const ok = await httpJson(`${broker.http}/v1/topics/owned`, { method: 'PUT', body: '{"owner": "ops"}' });
+    assert.equal(ok.body.owner, 'ops');
+  });
+
+  it('an unknown route answers 404 with NOT_FOUND, whose table status is 404 (BAD_REQUEST is 400)', async () => {
+    assert.equal(ErrorTable.NOT_FOUND.http, 404);
+    for (const [method, url] of [['GET', '/nope'], ['POST', '/v1/nope/deeper'], ['PATCH', '/v1/topics/events']]) {
+      const r = await httpJson(`${broker.http}${url}`, { method });
+      assert.equal(r.status, 404, `${method} ${url}`);
+      assert.equal(r.body.error.code, 'NOT_FOUND');
+      assert.equal(r.body.error.message, `no route ${method} ${url}`);
+    }
+  });
+});
+
+describe('input fixes: waymark serve --data', () => {
+  it('a file as the data folder, or on its path: one line, exit 2 (it was an ENOTDIR stack)', async () => {
+    const file = path.join(tempDir(), 'a-file');
+    fs.writeFileSync(file, 'not a folder');
+    for (const data of [file, path.join(file, 'data')]) {
+      const r = await run(['serve', '--port', '0', '--data', data]);
+      assert.equal(r.status, 2, r.stderr);
+      assertOneLine(r.stderr);
+      assert.match(r.stderr, /^waymark: serve: data folder .* (is a file|a part of the path is a file), not a folder\n$/);
+    }
+    assert.equal(fs.readFileSync(file, 'utf8'), 'not a folder');
+  });
+});
