@@ -508,6 +508,8 @@ export class Store {
   /** Messages with this key, newest first, optionally within a broker-time range. */
   lookupKey(topic: string, key: string | Uint8Array, options: LookupOptions = {}): Promise<StoredMessage[]> {
     const bytes = typeof key === 'string' ? Buffer.from(key) : key;
+    // No stored key is longer: say so rather than answer "none found".
+    if (bytes.length > limits.keyBytesMax) return Promise.reject(new WaymarkError('KEY_TOO_LARGE', `key is ${bytes.length} bytes, the limit is ${limits.keyBytesMax}`));
     return this.lookupAll(topic, xxh32(bytes, IndexKind.key), options, options.limit ?? 100, (r) => r.key !== null && bytesEqual(r.key, bytes));
   }
 

@@ -572,9 +572,10 @@ describe('broker: the waymark CLI against a real broker', function () {
   this.timeout(120_000);
   const broker = new BrokerProcess(tempDir());
   const cli = path.join(__dirname, '..', '..', 'bin', 'waymark.js');
-  const run = (args: string[], input?: string): Promise<{ status: number | null; stdout: string; stderr: string }> =>
+  /** Runs the CLI with `--url` appended (`urlLast` false: the caller places it). */
+  const run = (args: string[], input?: string, urlLast = true): Promise<{ status: number | null; stdout: string; stderr: string }> =>
     new Promise((resolve) => {
-      const proc = spawn(process.execPath, [cli, ...args, '--url', broker.url], { stdio: ['pipe', 'pipe', 'pipe'] });
+      const proc = spawn(process.execPath, [cli, ...args, ...(urlLast ? ['--url', broker.url] : [])], { stdio: ['pipe', 'pipe', 'pipe'] });
       let stdout = '';
       let stderr = '';
       proc.stdout.on('data', (d: Buffer) => (stdout += d));
@@ -617,6 +618,9 @@ describe('broker: the waymark CLI against a real broker', function () {
     assert.match(described.stdout, /channel 1: \d+ messages?, offsets 0\.\.\d+ \(next \d+\)/);
     const listed = await run(['topics', 'list']);
     assert.match(listed.stdout, /^cli\s+channels=2/m);
+    const urlFirst = await run(['topics', '--url', broker.url, 'describe', 'cli', '--json'], undefined, false);
+    assert.equal(urlFirst.status, 0, urlFirst.stderr);
+    assert.equal((JSON.parse(urlFirst.stdout) as { channels: number }).channels, 2, 'options may come before the action');
     assert.equal((await run(['topics', 'delete', 'cli'])).status, 0);
     const gone = await run(['topics', 'describe', 'cli']);
     assert.equal(gone.status, 1);

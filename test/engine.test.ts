@@ -101,6 +101,7 @@ for (const variant of variants) {
       assert.ok(traced.every((m) => m.channel === 1));
       const future = Date.now() + 3_600_000;
       assert.deepEqual(await store.lookupKey('t', 'user-3', { timeFrom: future }), [], 'time range filters');
+      assert.equal((await rejection(store.lookupKey('t', 'k'.repeat(limits.keyBytesMax + 1)))).code, 'KEY_TOO_LARGE', 'a key no message can have');
       assert.equal((await rejection(store.lookupMsgId('t', 'nothex'))).code, 'INVALID_ARGUMENT');
     });
 

@@ -45,7 +45,18 @@ export const topicsCommand: Command = {
   },
   raw: true,
   async run(args, io) {
-    const [action, ...rest] = args.positionals;
+    // Options may come before the action (`waymark topics --url U create T`): they are kept
+    // for the action's own parse, with the value of --url.
+    const argv = args.positionals;
+    const lead: string[] = [];
+    let at = 0;
+    while (at < argv.length && argv[at]!.startsWith('--') && argv[at] !== '--help') {
+      lead.push(argv[at]!);
+      if (argv[at] === '--url' && at + 1 < argv.length) lead.push(argv[++at]!);
+      at++;
+    }
+    const action = argv[at];
+    const rest = [...lead, ...argv.slice(at + 1)];
     const spec = action ? actions[action] : undefined;
     if (!spec) throw new UsageError(action ? `unknown action ${JSON.stringify(action)}: use list, create, describe or delete` : 'missing action: list, create, describe or delete');
     const parsed = parseArgs(spec, rest);
