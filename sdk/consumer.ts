@@ -51,6 +51,12 @@ export class Consumer implements AsyncIterable<Message> {
   private readonly lastTimestamp = new Map<number, number>();
   private returnMessages = 0;
   private returnBytes = 0;
+  /**
+   * Credit granted beyond the window when the broker asked for it (a batch larger than the
+   * window): kept back from what later goes back, so the window returns to prefetch instead
+   * of growing by every such batch for good.
+   */
+  private extra: [number, number] = [0, 0];
   private readonly pull = new Pull<Message>();
   private closed = false;
   /** Epoch of the last seek sent; pushes from an older epoch are stale and dropped. */
@@ -112,6 +118,7 @@ export class Consumer implements AsyncIterable<Message> {
   private async resubscribe(): Promise<void> {
     if (this.closed) return;
     this.dropQueued();
+    this.extra = [0, 0]; // a new subscription starts with the window alone
     try {
       await this.subscribe({ offsets: Object.fromEntries(this.delivered) });
     } catch (err) {
@@ -139,6 +146,8 @@ export class Consumer implements AsyncIterable<Message> {
       return;
     }
     if ((push.needMessages ?? 0) > 0 || (push.needBytes ?? 0) > 0) {
+      this.extra[0] += push.needMessages ?? 0;
+      this.extra[1] += push.needBytes ?? 0;
       this.grant(push.needMessages ?? 0, push.needBytes ?? 0);
       return;
     }
@@ -189,8 +198,12 @@ export class Consumer implements AsyncIterable<Message> {
    * 10,000 messages a second that was a Credit request for nearly every push.)
    */
   private giveBack(messages: number, bytes: number): void {
-    this.returnMessages += messages;
-    this.returnBytes += bytes;
+    const keepMessages = Math.min(this.extra[0], messages);
+    const keepBytes = Math.min(this.extra[1], bytes);
+    this.extra[0] -= keepMessages;
+    this.extra[1] -= keepBytes;
+    this.returnMessages += messages - keepMessages;
+    this.returnBytes += bytes - keepBytes;
     if (this.returnMessages >= this.options.prefetchMessages / 4 || this.returnBytes >= this.options.prefetchBytes / 4) {
       const m = this.returnMessages;
       const b = this.returnBytes;

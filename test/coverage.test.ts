@@ -147,6 +147,32 @@ describe('coverage: SDK and HTTP against a real broker', function () {
     await producer.close();
   });
 
+  it('consumer credit: a batch larger than the window is asked for and granted once; the window then comes back to prefetch, not past it', async () => {
+    await client.admin.createTopic('window', { channels: 1 });
+    const producer = await client.producer({ topic: 'window' });
+    const big = await producer.send({ body: randomBytes(256 * 1024) }); // past the 64 KiB window
+    const small = await Promise.all(Array.from({ length: 200 }, (_, i) => producer.send({ body: `w${i}` })));
+    const prefetchBytes = 64 * 1024;
+    // Every credit frame sent on this connection, summed (the broker's credit = window + grants − what it pushed).
+    const own = await connect(broker.url);
+    const connection = (own as unknown as { connection: { request(body: { credit?: { bytes: number } }): Promise<unknown> } }).connection;
+    const request = connection.request.bind(connection);
+    let grantedBytes = 0;
+    connection.request = (body) => {
+      grantedBytes += body.credit?.bytes ?? 0;
+      return request(body);
+    };
+    const consumer = await own.consumer({ topic: 'window', group: 'window', start: 'earliest', prefetchBytes, autoCommitIntervalMs: 0 });
+    const got = await take(consumer, 1 + small.length);
+    assert.equal(got[0]!.offset, big.offset);
+    const pushedBytes = got.reduce((n, m) => n + m.body.length, 0); // a lower bound of the batch bytes pushed
+    assert.ok(grantedBytes >= 256 * 1024 - prefetchBytes, 'the big batch was asked for and granted');
+    assert.ok(prefetchBytes + grantedBytes - pushedBytes <= prefetchBytes + 200 * 80, `the broker holds about the window again, not the window plus the big batch's grant (granted ${grantedBytes}, pushed ≥ ${pushedBytes})`);
+    await consumer.close();
+    own.close();
+    await producer.close();
+  });
+
   it('msgStream commit: a new asConsumer of the same subName resumes at the committed positions', async () => {
     await client.admin.createTopic('ms-commit', { channels: 2 });
     const stream = client.msgStream();
