@@ -56,6 +56,8 @@ export class Connection {
   private nextId = 1;
   private nextSubscription = 1;
   private closed = false;
+  /** Set when the socket is lost and reconnect is off: what every later request fails with. */
+  private gone: WaymarkError | null = null;
   private attempt = 0;
   private ready: Promise<void>;
   private markReady: () => void = () => undefined;
@@ -85,6 +87,11 @@ export class Connection {
 
   get isClosed(): boolean {
     return this.closed;
+  }
+
+  /** Whether a lost connection comes back by itself (not closed, reconnect on, not given up). */
+  get willReconnect(): boolean {
+    return !this.closed && this.gone === null && this.options.reconnect;
   }
 
   on(event: ClientEvent, listener: () => void): () => void {
@@ -146,6 +153,9 @@ export class Connection {
 
   private onSocketLost(code: number, reason: string): void {
     const lost = new WaymarkError('CONNECTION_LOST', `connection to ${this.url} lost (${code}${reason ? ` ${reason}` : ''})`);
+    // Without reconnect the connection is over: every later request fails at once with this
+    // (it used to wait for a reconnect that never came, and a producer's sends never settled).
+    if (!this.options.reconnect) this.gone = lost;
     this.stopTimeouts();
     for (const p of this.pending.takeAll()) p.reject(lost);
     this.pushHandlers.clear(); // subscriptions die with the socket; consumers subscribe again
@@ -251,6 +261,7 @@ export class Connection {
   /** Not an async function: with the socket up (the common case) one promise per request, not three. */
   private call(encode: (id: number) => Uint8Array): Promise<Frame> {
     if (this.closed) return Promise.reject(new WaymarkError('CLIENT_CLOSED'));
+    if (this.gone) return Promise.reject(this.gone);
     if (!this.socket) return this.waitReady().then(() => this.call(encode));
     return new Promise((resolve, reject) => {
       const id = this.takeId();

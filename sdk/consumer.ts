@@ -84,6 +84,8 @@ export class Consumer implements AsyncIterable<Message> {
   async start(): Promise<void> {
     await this.subscribe(this.options.start ?? 'committed');
     this.stopListening.push(this.connection.on('reconnect', () => void this.resubscribe()));
+    // Without reconnect nothing more will come: what was received goes out, then CONNECTION_LOST.
+    this.stopListening.push(this.connection.on('disconnect', () => this.connectionGone()));
     if (this.options.autoCommitIntervalMs > 0) {
       this.commitTimer = setInterval(() => void this.commit().catch(() => undefined), this.options.autoCommitIntervalMs);
       (this.commitTimer as { unref?: () => void }).unref?.();
@@ -124,6 +126,10 @@ export class Consumer implements AsyncIterable<Message> {
     } catch (err) {
       this.fail(err as Error);
     }
+  }
+
+  private connectionGone(): void {
+    if (!this.connection.willReconnect && !this.closed) this.pull.failAfterQueued(new WaymarkError('CONNECTION_LOST', `connection to ${this.connection.url} lost, and reconnect is off`));
   }
 
   private dropQueued(): void {

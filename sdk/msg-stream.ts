@@ -110,7 +110,17 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     this.consuming = { topic, group: subName, subscription: 0, channels: options.channels ?? [], tickIntervalMs: options.tickIntervalMs ?? 0 };
     await this.subscribe(request);
     // Only once subscribed: a stream whose asConsumer failed has nowhere to resume from.
-    this.stopReconnect ??= this.connection.on('reconnect', () => void this.resubscribe());
+    if (!this.stopReconnect) {
+      const stopReconnect = this.connection.on('reconnect', () => void this.resubscribe());
+      // Without reconnect nothing more will come: the packs received go out, then CONNECTION_LOST.
+      const stopDisconnect = this.connection.on('disconnect', () => {
+        if (!this.connection.willReconnect && !this.closed) this.pull.failAfterQueued(new WaymarkError('CONNECTION_LOST', `connection to ${this.connection.url} lost, and reconnect is off`));
+      });
+      this.stopReconnect = () => {
+        stopReconnect();
+        stopDisconnect();
+      };
+    }
   }
 
   private async subscribe(start: Record<string, unknown>): Promise<void> {

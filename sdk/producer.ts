@@ -428,8 +428,9 @@ export class Producer {
     this.connection.produce(this.topic, batch.channel, batch.bytes).then(
       (reply) => this.acknowledged(batch, reply.produceOk?.appends?.[0]),
       (err: WaymarkError) => {
-        // A lost connection keeps the batch: it is resent, as the same bytes, on reconnect.
-        if (err.code === 'CONNECTION_LOST' && !this.connection.isClosed) {
+        // A lost connection keeps the batch: it is resent, as the same bytes, on reconnect
+        // (when there will be one; without, the sends fail with CONNECTION_LOST).
+        if (err.code === 'CONNECTION_LOST' && this.connection.willReconnect) {
           batch.sent = false;
           return;
         }

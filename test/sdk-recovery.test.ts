@@ -163,3 +163,36 @@ describe('sdk recovery: connect() with a URL it cannot use', function () {
     assert.equal(result.stderr.split('\n').length, 2, `one line: ${result.stderr}`);
   });
 });
+
+describe('sdk recovery: a connection without reconnect that loses its broker', function () {
+  this.timeout(60_000);
+  const broker = new BrokerProcess(tempDir());
+  after(() => broker.stop('SIGKILL'));
+
+  it('settles every send (acknowledged, or CONNECTION_LOST), fails later calls at once, and ends its consumer with CONNECTION_LOST', async () => {
+    await broker.start();
+    const client = await connect(broker.url, { reconnect: false });
+    await client.admin.createTopic('once', { channels: 1 });
+    const consumer = await client.consumer({ topic: 'once', group: 'g', start: 'earliest' });
+    const producer = await client.producer({ topic: 'once' });
+    const settled: Array<Promise<string>> = [];
+    for (let i = 0; i < 200; i++) settled.push(producer.send({ body: `m${i}` }).then(() => 'ok', (err: { code?: string }) => err.code ?? 'no code'));
+    await settled[0]; // the first is acknowledged: the broker is there
+    const lost = new Promise<void>((resolve) => client.on('disconnect', resolve));
+    for (let i = 200; i < 2000; i++) settled.push(producer.send({ body: `m${i}` }).then(() => 'ok', (err: { code?: string }) => err.code ?? 'no code'));
+    await broker.stop('SIGKILL');
+    await lost;
+    const outcomes = await Promise.all(settled); // hung for good before: the batches waited for a reconnect that never comes
+    assert.ok(outcomes.every((o) => o === 'ok' || o === 'CONNECTION_LOST'), [...new Set(outcomes)].join(', '));
+    assert.equal((await rejection(producer.send({ body: 'later' }))).code, 'CONNECTION_LOST', 'a later send fails at once');
+    assert.equal((await rejection(client.admin.listTopics())).code, 'CONNECTION_LOST');
+    let failure: (Error & { code?: string }) | null = null;
+    try {
+      for await (const m of consumer) void m;
+    } catch (err) {
+      failure = err as Error & { code?: string };
+    }
+    assert.equal(failure?.code, 'CONNECTION_LOST', 'the consumer ends instead of waiting for ever');
+    client.close();
+  });
+});

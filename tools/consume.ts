@@ -74,7 +74,13 @@ export const consumeCommand: Command = {
         // close() is called, right after this loop (the next run of the group reads it).
         let seen = 0;
         while (seen < max && ended === null) {
-          const r = await Promise.race([consumer.next(), interrupted]);
+          let r;
+          try {
+            r = await Promise.race([consumer.next(), interrupted]);
+          } catch (err) {
+            if (ended instanceof WaymarkError) break; // the consumer saw the lost connection too: said below, once
+            throw err;
+          }
           if (r === null || r.done) break;
           const m = r.value;
           const body = Buffer.from(m.body).toString('utf8');
