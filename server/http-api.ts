@@ -24,6 +24,8 @@ const statusText: Record<number, string> = { 200: 'OK', 201: 'Created', 400: 'Ba
 
 export interface HttpContext {
   broker: Broker;
+  /** True once the broker is shutting down: /healthz says so, and every reply closes its connection. */
+  isClosing: () => boolean;
   /** Extra metrics text (lag gauges etc.) appended to /metrics. */
   metricsExtra: (out: string[]) => void;
 }
@@ -76,7 +78,8 @@ function route(
         res.cork(() => {
           res.writeStatus(`${reply.status} ${statusText[reply.status] ?? ''}`.trim());
           res.writeHeader('content-type', reply.contentType ?? 'application/json');
-          res.end(reply.body);
+          // While shutting down a keep-alive client is told to go (it kept a stopping broker busy for good).
+          res.end(reply.body, ctx.isClosing());
         });
       });
   });
@@ -202,7 +205,7 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
   const ids = new MsgIdGenerator();
   const roundRobin = new Map<string, number>();
 
-  route(app, 'get', '/healthz', ctx, () => json({ status: 'ok' }));
+  route(app, 'get', '/healthz', ctx, () => (ctx.isClosing() ? json({ status: 'shutting down' }, 503) : json({ status: 'ok' })));
   // Never waits: until the start-up pass over __groups is done (waymark_group_positions_loaded 0), lag rows cover the groups used since.
   route(app, 'get', '/metrics', ctx, () => ({ status: 200, body: broker.metrics.render(ctx.metricsExtra), contentType: 'text/plain; version=0.0.4' }));
 
@@ -326,7 +329,7 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
     res.cork(() => {
       res.writeStatus(`${reply.status} ${statusText[reply.status]}`);
       res.writeHeader('content-type', 'application/json');
-      res.end(reply.body);
+      res.end(reply.body, ctx.isClosing());
     });
   });
 

@@ -44,6 +44,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     const broker = await Broker.open(store);
     const sessions = new Set<Session>();
     const sockets = new Set<uWS.WebSocket<SessionData>>();
+    let closing: Promise<void> | null = null;
     const app = uWS.App();
     app.ws<SessionData>('/v1/ws', {
       // Frames up to twice the limit reach the handler, which closes with 1009 and a reason;
@@ -72,6 +73,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     });
     installHttpApi(app, {
       broker,
+      isClosing: () => closing !== null,
       metricsExtra: (out) => {
         const rows: Array<[Record<string, string | number>, number]> = [];
         for (const [topic, group, position] of broker.groups.cached()) {
@@ -100,7 +102,6 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         socket ? resolve(socket) : reject(new WaymarkError('INVALID_ARGUMENT', `cannot listen on ${host}:${port}: the port is in use or the address is not local`)),
       );
     });
-    let closing: Promise<void> | null = null;
     return {
       host,
       port,

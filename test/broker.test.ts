@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
 import * as path from 'node:path';
 import { connect, channelForKey, type Client, type Message, type SendResult } from '../sdk/index';
 import { encodeBatch, loadChecksum } from '../engine/format/index';
@@ -668,9 +669,31 @@ describe('broker: the waymark CLI against a real broker', function () {
     const consumer = await again.consumer({ topic: 'served', group: 'g', start: 'earliest', autoCommitIntervalMs: 0 });
     assert.deepEqual((await take(consumer, 2)).map(text), ['a', 'b'], 'sync none, then a graceful stop: nothing acknowledged is lost');
     again.close();
+    // A client that keeps one keep-alive HTTP connection busy must not keep a stopping broker up
+    // (it used to be served for good, /healthz saying ok): replies close the connection, /healthz says 503.
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const base = (await second.url).replace(/^ws/, 'http').replace(/\/v1\/ws$/, '');
+    const healthz = (): Promise<number> =>
+      new Promise((resolve) => {
+        const req = http.get(`${base}/healthz`, { agent }, (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        });
+        req.on('error', () => resolve(-1)); // the connection was closed, or nobody listens any more
+      });
+    assert.equal(await healthz(), 200);
+    let running = true;
+    const statuses: number[] = [];
+    const poller = (async () => {
+      while (running) statuses.push(await healthz());
+    })();
     const stopped = new Promise<number | null>((resolve) => second.proc.on('exit', (code) => resolve(code)));
     second.proc.kill('SIGTERM');
-    assert.equal(await stopped, 0);
+    assert.equal(await stopped, 0, 'exited while a keep-alive client kept asking');
+    running = false;
+    await poller;
+    agent.destroy();
+    assert.ok(statuses.every((s) => s === 200 || s === 503 || s === -1), statuses.join(','));
   });
 
   it('bad arguments exit 2 with one line; an unreachable broker exits 1 with one line', async () => {

@@ -78,7 +78,8 @@ export const consumeCommand: Command = {
           try {
             r = await Promise.race([consumer.next(), interrupted]);
           } catch (err) {
-            if (ended instanceof WaymarkError) break; // the consumer saw the lost connection too: said below, once
+            // The consumer saw the lost connection too: said below, once. (A cast: `ended` is set in callbacks.)
+            if ((ended as 'signal' | WaymarkError | null) instanceof WaymarkError) break;
             throw err;
           }
           if (r === null || r.done) break;

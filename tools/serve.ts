@@ -16,7 +16,7 @@ export const serveCommand: Command = {
       data: { type: 'string', valueName: 'DIR', help: `data folder (env WAYMARK_DATA; default ${serverDefaults.data})` },
       sync: { type: 'string', valueName: 'MODE', help: 'batch (ack after fdatasync, default), interval (fsync every 50 ms) or none' },
     },
-    details: 'Stops gracefully on SIGINT/SIGTERM: stops accepting, finishes group commits, closes the store.',
+    details: 'Stops gracefully on SIGINT/SIGTERM: stops accepting, finishes group commits, closes the store, and exits; meanwhile /healthz answers 503 and every HTTP reply closes its connection.',
   },
   async run(args, io) {
     const env = process.env;
@@ -43,6 +43,11 @@ export const serveCommand: Command = {
       process.once('SIGINT', () => stop('SIGINT'));
       process.once('SIGTERM', () => stop('SIGTERM'));
     });
+    // The store is closed: everything acknowledged is durable and the lock released. An HTTP
+    // keep-alive connection a client holds open would keep the process up until its idle
+    // timeout (each reply since the signal closed its connection; an idle one gets no reply):
+    // the process ends once this command's exit code is set.
+    setTimeout(() => process.exit(), 50).unref();
     return 0;
   },
 };
