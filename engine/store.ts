@@ -168,6 +168,16 @@ function readTopicFile(dir: string, defaults: { segmentBytes: number; segmentMs:
   };
 }
 
+/**
+ * Out of file descriptors is the operator's to fix, and says how: every segment file is kept
+ * open. Other errors pass as they are.
+ */
+function storageError(err: unknown, what: string): unknown {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code !== 'EMFILE' && code !== 'ENFILE') return err;
+  return new WaymarkError('STORAGE_FAILED', `${what}: too many open files (${code}); every segment file is kept open: raise the limit (ulimit -n) or use fewer channels`, { cause: code });
+}
+
 /** store.json names the folder's format and version; anything else is refused before a byte is read. */
 function checkStoreFile(file: string): void {
   let parsed: { format?: unknown; version?: unknown };
@@ -298,7 +308,10 @@ export class Store {
       try {
         channels.push(ChannelLog.open(path.join(dir, String(c)), this.channelOptions(info), report));
       } catch (err) {
-        if (!(err instanceof DamageBeforeSoundBatchesError) || !damaged) throw err;
+        if (!(err instanceof DamageBeforeSoundBatchesError) || !damaged) {
+          for (const opened of channels) opened?.closeNow(); // no file left open by a topic that did not open
+          throw storageError(err, `opening topic ${info.name}`);
+        }
         damaged.push({ topic, channel: c, error: err });
         channels.push(null as unknown as ChannelLog); // filled by repairAtOpen before open returns
       }
@@ -372,7 +385,16 @@ export class Store {
     writeFileAtomic(path.join(temp, 'topic.json'), JSON.stringify(info, null, 2));
     const dir = path.join(topicsDir, name);
     fs.renameSync(temp, dir);
-    this.openTopic(info, dir);
+    try {
+      this.openTopic(info, dir);
+    } catch (err) {
+      // Half made (out of file descriptors, say): nothing of it stays, on disk or open, so
+      // it neither comes back at the next start nor blocks a later create of the name.
+      const away = path.join(topicsDir, `.deleted-${name}-${Date.now()}`);
+      fs.renameSync(dir, away);
+      fs.rmSync(away, { recursive: true, force: true });
+      throw storageError(err, `creating topic ${name}`);
+    }
     return { ...info };
   }
 

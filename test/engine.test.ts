@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -533,5 +534,31 @@ describe('engine store: read options', () => {
     } finally {
       await store.close();
     }
+  });
+});
+
+describe('engine store: out of file descriptors', () => {
+  it('a topic that cannot open all its channels is not left half made: STORAGE_FAILED says why, nothing stays on disk, the name can be created again', () => {
+    const dir = tempDir();
+    const engine = path.join(__dirname, '..', 'engine', 'index.js');
+    // A child under `ulimit -n 64` asks for a 200-channel topic (one open segment per channel), then a 4-channel one of the same name.
+    const script = `
+      const { openStore } = require(${JSON.stringify(engine)});
+      (async () => {
+        const store = await openStore(${JSON.stringify(dir)});
+        const first = await store.createTopic('wide', { channels: 200 }).then(() => 'created', (e) => e.code + ': ' + e.message);
+        const left = require('fs').readdirSync(${JSON.stringify(path.join(dir, 'topics'))});
+        const second = await store.createTopic('wide', { channels: 4 }).then(() => 'created', (e) => e.code);
+        await store.append('wide', 3, [{ body: 'x' }]);
+        await store.close();
+        console.log(JSON.stringify({ first, left, second }));
+      })();`;
+    const run = spawnSync('bash', ['-c', `ulimit -n 64 && exec "${process.execPath}" -e "$SCRIPT"`], { env: { ...process.env, SCRIPT: script }, encoding: 'utf8' });
+    assert.equal(run.status, 0, run.stderr);
+    const out = JSON.parse(run.stdout) as { first: string; left: string[]; second: string };
+    assert.match(out.first, /^STORAGE_FAILED: opening topic wide: too many open files \(EMFILE\); every segment file is kept open/);
+    assert.deepEqual(out.left, [], 'no half-made topic folder');
+    assert.equal(out.second, 'created');
+    assert.equal(JSON.parse(fs.readFileSync(path.join(dir, 'topics', 'wide', 'topic.json'), 'utf8')).channels, 4);
   });
 });

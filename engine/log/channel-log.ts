@@ -666,6 +666,13 @@ export class ChannelLog {
     this.watchers.clear();
   }
 
+  /** Closes the files of a channel nothing was appended to yet (a topic that failed to open), at once. */
+  closeNow(): void {
+    this.closed = true;
+    if (this.syncTimer) clearInterval(this.syncTimer);
+    for (const s of this.segments) s.close();
+  }
+
   /** Closes and deletes every file of the channel. */
   async destroy(): Promise<void> {
     await this.close();

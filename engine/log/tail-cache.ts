@@ -24,13 +24,17 @@ import type { BatchRead } from './channel-log';
 
 /** Batches held at most (the bookkeeping arrays' size). */
 const entryCountMax = 4096;
+const noInts = new Int32Array(0);
+const noFloats = new Float64Array(0);
 
 export class TailCache {
+  // The ring and the bookkeeping (96 KiB) are made at the first batch and dropped by release():
+  // every channel has a cache, few are watched (they were 100 KiB per channel, watched or not).
   private ring: Buffer | null = null;
-  private readonly starts = new Int32Array(entryCountMax);
-  private readonly lengths = new Int32Array(entryCountMax);
-  private readonly baseOffsets = new Float64Array(entryCountMax);
-  private readonly nextOffsets = new Float64Array(entryCountMax);
+  private starts = noInts;
+  private lengths = noInts;
+  private baseOffsets = noFloats;
+  private nextOffsets = noFloats;
   /** Slot of the oldest batch; batches occupy slots head … head + count − 1 (mod entryCountMax). */
   private head = 0;
   private count = 0;
@@ -48,7 +52,13 @@ export class TailCache {
       this.clear();
       return;
     }
-    this.ring ??= Buffer.allocUnsafe(this.bytesMax);
+    if (this.ring === null) {
+      this.ring = Buffer.allocUnsafe(this.bytesMax);
+      this.starts = new Int32Array(entryCountMax);
+      this.lengths = new Int32Array(entryCountMax);
+      this.baseOffsets = new Float64Array(entryCountMax);
+      this.nextOffsets = new Float64Array(entryCountMax);
+    }
     if (this.count === entryCountMax) this.evictOldest();
     // Bytes needed from writeAt on: the batch, plus the ring's end when it must wrap to 0.
     const wraps = this.writeAt + length > this.bytesMax;
@@ -105,6 +115,8 @@ export class TailCache {
   release(): void {
     this.clear();
     this.ring = null;
+    this.starts = this.lengths = noInts;
+    this.baseOffsets = this.nextOffsets = noFloats;
   }
 
   get heldBytes(): number {
