@@ -228,8 +228,14 @@ export class Store {
       if (!['batch', 'interval', 'none'].includes(resolved.sync)) throw new WaymarkError('INVALID_ARGUMENT', `sync must be batch, interval or none, not ${resolved.sync}`);
       checkSegmentBytes(resolved.segmentBytes);
       const store = new Store(dir, resolved, lock);
-      const damaged = store.openAll();
-      for (const d of damaged) await store.repairAtOpen(d);
+      try {
+        const damaged = store.openAll();
+        for (const d of damaged) await store.repairAtOpen(d);
+      } catch (err) {
+        // Nothing stays open of a store that did not open (the lock goes just below).
+        for (const topic of store.topics.values()) for (const channel of topic.channels) channel?.closeNow();
+        throw err;
+      }
       store.retentionTimer = setInterval(() => store.applyRetention(), limits.retentionSweepMs);
       store.retentionTimer.unref();
       return store;

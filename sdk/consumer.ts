@@ -146,6 +146,9 @@ export class Consumer implements AsyncIterable<Message> {
     }
     const push = frame.push;
     if (!push) return;
+    // Failing (a damaged batch, a lost connection): nothing after it is handed out, so the
+    // delivered — and committed — positions never pass what the application did not see.
+    if (this.pull.failed) return;
     if ((push.epoch ?? 0) !== this.epoch) {
       // Sent before the broker applied our latest seek: stale; its credit goes back.
       this.giveBack(countRecords(push.batches), push.batches?.length ?? 0);

@@ -67,8 +67,14 @@ export class GroupPositions {
   isLoaded = false;
   /** Compactions finished since open. */
   compactions = 0;
-  /** The compaction in flight, and the keys committed since it started (it must not rewrite those). */
-  private compaction: { done: Promise<void>; touched: Set<string> } | null = null;
+  /**
+   * The compaction in flight: the keys committed since it started or in flight when it did
+   * (it must not rewrite those), and whether such a commit failed (then the segments it would
+   * delete may hold a key's only record: they stay).
+   */
+  private compaction: { done: Promise<void>; touched: Set<string>; commitFailed: boolean } | null = null;
+  /** Commits being appended, per key (a compaction that starts meanwhile must not rewrite those keys). */
+  private readonly committing = new Map<string, number>();
   /** What the last compaction rewrote and where it started: the next waits for as many new records. */
   private lastCompaction = { records: 0, end: 0 };
 
@@ -142,13 +148,15 @@ export class GroupPositions {
     if (this.compaction || !this.isLoaded) return;
     const { segments, highWatermark } = this.store.describeTopic(groupsTopic).channelInfo[0]!;
     if (segments < compactionSegmentCount || highWatermark - this.lastCompaction.end < this.lastCompaction.records) return;
-    const touched = new Set<string>();
-    const done = this.compact(touched)
+    // Commits queued but not yet written land past the high watermark the pass reads to:
+    // their keys count as touched from the start.
+    const compaction = { done: Promise.resolve(), touched: new Set(this.committing.keys()), commitFailed: false };
+    this.compaction = compaction;
+    compaction.done = this.compact(compaction)
       .catch((err: Error) => {
         if (!(err instanceof WaymarkError && err.code === 'STORE_CLOSED')) process.emitWarning(`waymark: compacting __groups failed: ${err.message}`);
       })
       .finally(() => (this.compaction = null));
-    this.compaction = { done, touched };
   }
 
   /** Waits for the compaction in flight, if any. */
@@ -156,19 +164,22 @@ export class GroupPositions {
     await this.compaction?.done;
   }
 
-  private async compact(touched: Set<string>): Promise<void> {
+  private async compact(compaction: { touched: Set<string>; commitFailed: boolean }): Promise<void> {
+    const { touched } = compaction;
     const { logStartOffset, highWatermark: end } = this.store.channelState(groupsTopic, 0);
-    const keep = [...(await this.lastCommits(logStartOffset, end))].filter(([key, last]) => this.isLive(key, last.committedAt));
+    const keep = [...(await this.lastCommits(logStartOffset, end))];
     let rewritten = 0;
     for (let i = 0; i < keep.length; i += compactionBatchRecords) {
       // Filtered right before the append call: a commit made before it is in `touched` (and
-      // newer than what we hold), one made after it lands after the rewrite.
+      // newer than what we hold), one made after it lands after the rewrite; a topic deleted
+      // (or deleted and made again) meanwhile has its positions dropped here, not revived.
       const batch: MessageInput[] = [];
-      for (const [key, { body }] of keep.slice(i, i + compactionBatchRecords)) if (!touched.has(key)) batch.push({ key, body });
+      for (const [key, { body, committedAt }] of keep.slice(i, i + compactionBatchRecords)) if (!touched.has(key) && this.isLive(key, committedAt)) batch.push({ key, body });
       if (batch.length === 0) continue;
       await this.store.append(groupsTopic, 0, batch);
       rewritten += batch.length;
     }
+    if (compaction.commitFailed) return; // a touched key may have no newer record: keep the old ones
     await this.store.deleteSegmentsBefore(groupsTopic, 0, end);
     this.lastCompaction = { records: rewritten, end };
     this.compactions++;
@@ -198,8 +209,23 @@ export class GroupPositions {
       if (!Number.isSafeInteger(p.offset) || p.offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `offset ${p.offset} is not a valid position`);
     }
     const records = positions.map((p) => ({ key: GroupPositions.key(topic, group, p.channel), body: JSON.stringify({ offset: p.offset, timestamp: p.timestamp }) }));
-    if (this.compaction) for (const r of records) this.compaction.touched.add(r.key);
-    await this.store.append(groupsTopic, 0, records);
+    const compaction = this.compaction;
+    if (compaction) for (const r of records) compaction.touched.add(r.key);
+    for (const r of records) this.committing.set(r.key, (this.committing.get(r.key) ?? 0) + 1);
+    try {
+      await this.store.append(groupsTopic, 0, records);
+    } catch (err) {
+      // The compaction running now (which may have started while this commit was queued).
+      if (this.compaction) this.compaction.commitFailed = true;
+      if (compaction) compaction.commitFailed = true;
+      throw err;
+    } finally {
+      for (const r of records) {
+        const left = this.committing.get(r.key)! - 1;
+        if (left === 0) this.committing.delete(r.key);
+        else this.committing.set(r.key, left);
+      }
+    }
     for (const p of positions) this.remember(GroupPositions.key(topic, group, p.channel), { ...p });
     this.maybeCompact();
   }

@@ -1,7 +1,9 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import * as path from 'node:path';
 import { connect, type Message } from '../sdk/index';
+import { countRecords } from '../sdk/consumer';
 import { BatchOffset } from '../engine/format/index';
 import { BrokerProcess, httpJson } from './broker-helpers';
 import { flipByte, removeTempDirs, segmentFiles, tempDir } from './helpers';
@@ -22,11 +24,11 @@ describe('a damaged batch in the middle of what a consumer reads', function () {
   after(() => broker.stop('SIGKILL'));
 
   /** Ten batches of five messages in channel 0 of a new topic, then a clean stop: returns the segment file. */
-  async function tenBatchesThenStop(topic: string): Promise<string> {
+  async function tenBatchesThenStop(topic: string, body: (b: number, i: number) => string | Uint8Array = (b, i) => `b${b}-m${i}`): Promise<string> {
     const client = await connect(broker.url);
     await client.admin.createTopic(topic, { channels: 1 });
     const producer = await client.producer({ topic });
-    for (let b = 0; b < 10; b++) await producer.sendBatch(Array.from({ length: 5 }, (_, i) => ({ body: `b${b}-m${i}`, channel: 0 })));
+    for (let b = 0; b < 10; b++) await producer.sendBatch(Array.from({ length: 5 }, (_, i) => ({ body: body(b, i), channel: 0 })));
     await producer.close();
     await client.close();
     await broker.stop('SIGTERM');
@@ -77,5 +79,42 @@ describe('a damaged batch in the middle of what a consumer reads', function () {
     assert.deepEqual(offsets, [...Array(30).keys()]);
     assert.equal(failure?.code, 'CORRUPT_FILE');
     assert.ok(positions.every((p) => p.offset <= 30), `committed ${JSON.stringify(positions)}`);
+  });
+
+  it('when the damaged batch comes in a later push than the sound ones, nothing after it is handed out or committed', async () => {
+    // 100 KiB random bodies (lz4 cannot shrink them): 500 KiB batches, two to a 1 MiB push, and
+    // the 8 MiB window lets the broker send the pushes after the damaged one at once.
+    const log = await tenBatchesThenStop('split', () => randomBytes(100 * 1024));
+    flipByte(log, batchStarts(log)[3]! + 5000); // inside batch 3's records (offsets 15–19)
+    await broker.start();
+    const client = await connect(broker.url);
+    // The application reads only once batches 0–5 are pushed (30 records): batches after the
+    // damaged one are then in hand before the error is (and were handed out, before the fix).
+    const connection = (client as unknown as { connection: { onPush(subscription: number, handler: (frame: { push?: { batches?: Uint8Array | null } | null }) => void): () => void } }).connection;
+    const onPush = connection.onPush.bind(connection);
+    let pushed = 0;
+    let sixBatches!: () => void;
+    const inHand = new Promise<void>((resolve) => (sixBatches = resolve));
+    connection.onPush = (subscription, handler) =>
+      onPush(subscription, (frame) => {
+        handler(frame);
+        pushed += countRecords(frame.push?.batches ?? undefined);
+        if (pushed >= 30) sixBatches();
+      });
+    const consumer = await client.consumer({ topic: 'split', group: 'g', start: 'earliest', autoCommitIntervalMs: 0 });
+    await inHand;
+    const offsets: number[] = [];
+    let failure: (Error & { code?: string }) | null = null;
+    try {
+      for await (const m of consumer) offsets.push(m.offset);
+    } catch (err) {
+      failure = err as Error & { code?: string };
+    }
+    await consumer.close(); // commits what was delivered
+    assert.deepEqual(offsets, [...Array(15).keys()], 'batches 0–2, then the error: no batch after the damaged one');
+    assert.equal(failure?.code, 'CORRUPT_BATCH');
+    const positions = await client.admin.positions('split', 'g');
+    assert.ok(positions.every((p) => p.offset <= 15), `committed ${JSON.stringify(positions)}`);
+    client.close();
   });
 });

@@ -67,6 +67,28 @@ describe('__groups compaction', () => {
     await store.close();
   });
 
+  it('does not bring back an older position over a commit still queued when it starts', async () => {
+    const dir = tempDir();
+    let { store, groups } = await openGroups(dir);
+    await store.createTopic('orders', { channels: 1 });
+    await groups.commit('orders', 'victim', [{ channel: 0, offset: 100, timestamp: 1 }]);
+    // Filler records written around GroupPositions until __groups spans enough segments: the next commit starts a compaction.
+    while (store.describeTopic(groupsTopic).channelInfo[0]!.segments < compactionSegmentCount) {
+      await store.append(groupsTopic, 0, Array.from({ length: 20 }, (_, i) => ({ key: `orders/filler/${i}`, body: '{"offset":0,"timestamp":0}' })));
+    }
+    // x's append is written alone (the group commit has taken it when victim's arrives); when x
+    // is done the compaction starts, reading up to x, while victim's newer commit is still queued.
+    const x = groups.commit('orders', 'x', [{ channel: 0, offset: 1, timestamp: 1 }]);
+    const victim = groups.commit('orders', 'victim', [{ channel: 0, offset: 131, timestamp: 2 }]);
+    await Promise.all([x, victim]);
+    await groups.compacted();
+    assert.equal(groups.compactions, 1);
+    await store.close();
+    ({ store, groups } = await openGroups(dir));
+    assert.equal((await groups.get('orders', 'victim', 0))?.offset, 131, 'after a restart: the newer commit, not the rewrite of the older');
+    await store.close();
+  });
+
   it('does not bring back an older position over a commit made while it runs', async () => {
     const dir = tempDir();
     let { store, groups } = await openGroups(dir);
