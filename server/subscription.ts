@@ -16,7 +16,7 @@
  * ChannelLog.stableTimestamp), batches share one broker time so a pack never splits one, and
  * the next pack begins where the last one ended.
  */
-import { BatchOffset, batchHeaderBytes, readInt64, readUint32, WaymarkError, type Store } from '../engine/index';
+import { BatchOffset, batchHeaderBytes, readInt64, readUint32, WaymarkError, type BatchRead, type Store } from '../engine/index';
 import { protocolLimits } from '../protocol/limits';
 import { toWaymarkError, type FrameInit } from '../protocol/frames';
 import { clampPosition } from './broker';
@@ -181,13 +181,28 @@ export class Subscription {
     }
   }
 
+  /**
+   * store.readBatches, or null when retention deleted the segment under the read (the offset
+   * is now before the log start): the pump goes round again and starts at the log start.
+   */
+  private async readBatches(channel: number, offset: number, maxBytes: number): Promise<BatchRead | null> {
+    try {
+      return await this.store.readBatches(this.topic, channel, { offset, maxBytes });
+    } catch (err) {
+      if (!(err instanceof WaymarkError && err.code === 'OFFSET_OUT_OF_RANGE') || offset >= this.store.channelState(this.topic, channel).logStartOffset) throw err;
+      this.again = true;
+      return null;
+    }
+  }
+
   /** Pushes what fits of one channel; true when something was sent. */
   private async pushChannel(channel: number): Promise<boolean> {
     const state = this.store.channelState(this.topic, channel);
     let position = Math.max(this.positions.get(channel)!, state.logStartOffset);
     if (position >= state.highWatermark) return false;
     const generation = this.generation;
-    const read = await this.store.readBatches(this.topic, channel, { offset: position, maxBytes: Math.min(protocolLimits.pushBytesMax, this.creditBytes) });
+    const read = await this.readBatches(channel, position, Math.min(protocolLimits.pushBytesMax, this.creditBytes));
+    if (read === null) return false;
     if (this.closed || generation !== this.generation || read.batchCount === 0) return false;
     const spans = batchSpans(read.bytes);
     const fit = this.fitting(spans);
@@ -301,7 +316,8 @@ export class Subscription {
       taken.set(channel, mine);
       let position = Math.max(this.positions.get(channel)!, this.store.channelState(this.topic, channel).logStartOffset);
       channelLoop: while (position < this.store.channelState(this.topic, channel).highWatermark) {
-        const read = await this.store.readBatches(this.topic, channel, { offset: position, maxBytes: Math.max(batchHeaderBytes, budgetBytes - usedBytes) });
+        const read = await this.readBatches(channel, position, Math.max(batchHeaderBytes, budgetBytes - usedBytes));
+        if (read === null) return;
         if (this.closed || generation !== this.generation) return;
         if (read.batchCount === 0) break;
         for (const span of batchSpans(read.bytes)) {

@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { openStore, encodeBatch, validateBatch, type Store, type StoreOptions, type SyncMode } from '../engine/index';
+import { openStore, encodeBatch, decodeRecords, lz4Codec, validateBatch, type Store, type StoreOptions, type SyncMode } from '../engine/index';
 import { ProducerStates } from '../engine/log/producer-state';
 import { limits } from '../engine/limits';
 import { TailCache } from '../engine/log/tail-cache';
@@ -562,3 +562,29 @@ describe('engine store: out of file descriptors', () => {
     assert.equal(JSON.parse(fs.readFileSync(path.join(dir, 'topics', 'wide', 'topic.json'), 'utf8')).channels, 4);
   });
 });
+
+describe('engine store: a segment deleted under a read', () => {
+  it('keeps its file open until the read in flight is done: the read returns the bytes it asked for, never EBADF', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir, { segmentBytes: 4 * 1024 });
+    try {
+      await store.createTopic('t', { channels: 1, retentionBytes: 1 }); // everything sealed may go
+      for (let b = 0; b < 30; b++) await store.append('t', 0, [{ body: bodyFor('del', b, 400) }]);
+      const reading = store.readBatches('t', 0, { offset: 0, maxBytes: 64 * 1024 }); // its fs.read is in the thread pool now
+      assert.ok(store.applyRetention() > 0, 'retention deleted the segment being read');
+      const read = await reading;
+      assert.ok(read.batchCount > 0);
+      const first = decodeFirstBody(read.bytes);
+      assert.ok(first.equals(bodyFor('del', 0, 400)), 'the bytes of the deleted segment, not another file');
+      assert.ok(store.channelState('t', 0).logStartOffset > 0);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+/** The body of the first record of the first batch in `bytes` (uncompressed: the 400-byte bodies are random). */
+function decodeFirstBody(bytes: Buffer): Buffer {
+  const [record] = decodeRecords(bytes, 0, validateBatch(bytes.subarray(0, bytes.readUInt32LE(28))), lz4Codec);
+  return Buffer.from(record!.body);
+}

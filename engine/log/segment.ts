@@ -16,6 +16,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { lz4Codec } from '../codec';
+import { WaymarkError } from '../format/errors';
 import { xxh32Range } from '../format/checksum';
 import { forEachRecordKeys, IndexKind } from '../format/index-keys';
 import { msgIdBytes } from '../format/msg-id';
@@ -69,6 +70,9 @@ export class Segment {
   private timeIndex: TimeIndex | null = null;
   private keyBuilder: KeyIndexBuilder | null = null;
   private keyFile: KeyIndexFile | null = null;
+  /** Async reads in flight (close() leaves the fd to the last of them). */
+  private reading = 0;
+  private closing = false;
 
   private constructor(
     readonly dir: string,
@@ -343,9 +347,13 @@ export class Segment {
 
   /** Reads up to `length` bytes at `position`, never past `end` (into `into` when it is large enough). */
   read(position: number, length: number, end: number = this.size, into?: Buffer): Promise<Buffer> {
+    // A segment deleted (retention, compaction) while a reader is between two reads: its fd
+    // number may already name another file, so it is never used again.
+    if (this.closing) return Promise.reject(new WaymarkError('OFFSET_OUT_OF_RANGE', `segment ${this.baseOffset} of ${this.dir} was deleted while being read (retention): read again from the log start`));
     const want = Math.max(0, Math.min(length, end - position));
     const buf = into && into.length >= want ? into.subarray(0, want) : Buffer.allocUnsafe(want);
-    return new Promise((resolve, reject) => {
+    this.reading++;
+    return new Promise<Buffer>((resolve, reject) => {
       const step = (got: number): void => {
         if (got >= want) return resolve(buf);
         fs.read(this.fd, buf, got, want - got, position + got, (err, n) => {
@@ -355,6 +363,8 @@ export class Segment {
         });
       };
       step(0);
+    }).finally(() => {
+      if (--this.reading === 0 && this.closing) fs.closeSync(this.fd);
     });
   }
 
@@ -379,10 +389,13 @@ export class Segment {
     return got === buf.length ? buf : buf.subarray(0, got);
   }
 
+  /** Closes the files; a read in flight in the thread pool keeps the log's fd until it is done. */
   close(): void {
+    if (this.closing) return;
+    this.closing = true;
     this.keyFile?.close();
     this.keyFile = null;
-    fs.closeSync(this.fd);
+    if (this.reading === 0) fs.closeSync(this.fd);
   }
 
   /** Removes the segment's files (retention, topic deletion). */
