@@ -23,6 +23,7 @@ import { limits } from './limits';
 import { lockFolder, type FolderLock } from './lock';
 import { ChannelLog, type AppendOutcome, type BatchRead, type ChannelOptions, type SyncMode } from './log/channel-log';
 import { writeFileAtomic } from './log/checkpoint';
+import { readTopicFile } from './log/topic-file';
 import { DamageBeforeSoundBatchesError } from './log/errors';
 import type { RecoveryFinding } from './log/segment';
 import { repairStore } from './inspect/repair';
@@ -130,42 +131,6 @@ export function checkTopicName(name: string, allowSystem = false): void {
     throw new WaymarkError('INVALID_NAME', `topic name ${JSON.stringify(name)}: use 1-${limits.topicNameBytesMax} characters of A-Z a-z 0-9 . _ -, not starting with . or -`);
   }
   if (!allowSystem && name.startsWith('__')) throw new WaymarkError('INVALID_NAME', `topic names starting with __ are reserved for system topics`);
-}
-
-/**
- * A topic folder's topic.json, checked: a channel count in range, and every number a
- * non-negative integer (absent ones take the store's defaults). Throws CORRUPT_FILE saying what is wrong.
- */
-function readTopicFile(dir: string, defaults: { segmentBytes: number; segmentMs: number }): TopicInfo {
-  const file = path.join(dir, 'topic.json');
-  let raw: Record<string, unknown>;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
-    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error('not a JSON object');
-  } catch (err) {
-    throw new WaymarkError('CORRUPT_FILE', `${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : (err as Error).message}`, { file });
-  }
-  const number = (field: string, fallback: number): number => {
-    const value = raw[field] ?? fallback;
-    if (!Number.isSafeInteger(value) || (value as number) < 0) throw new WaymarkError('CORRUPT_FILE', `${file}: ${field} ${JSON.stringify(raw[field])} is not a non-negative integer`, { file });
-    return value as number;
-  };
-  const channels = number('channels', 0);
-  if (channels < 1 || channels > limits.channelCountMax) throw new WaymarkError('CORRUPT_FILE', `${file}: channels ${channels} is not 1..${limits.channelCountMax}`, { file });
-  const segmentBytes = number('segmentBytes', defaults.segmentBytes) || defaults.segmentBytes;
-  if (segmentBytes < limits.segmentBytesMin || segmentBytes > limits.segmentBytesMax) {
-    throw new WaymarkError('CORRUPT_FILE', `${file}: segmentBytes ${segmentBytes} is not ${limits.segmentBytesMin}..${limits.segmentBytesMax}`, { file });
-  }
-  return {
-    name: path.basename(dir),
-    channels,
-    retentionMs: number('retentionMs', 0),
-    retentionBytes: number('retentionBytes', 0),
-    segmentBytes,
-    segmentMs: number('segmentMs', defaults.segmentMs) || defaults.segmentMs,
-    owner: typeof raw.owner === 'string' ? raw.owner : '',
-    createdAt: number('createdAt', 0),
-  };
 }
 
 /**

@@ -89,6 +89,11 @@ export class Connection {
     return this.closed;
   }
 
+  /** Set once the socket was lost with reconnect off: the error every later call fails with. */
+  get lostForGood(): WaymarkError | null {
+    return this.gone;
+  }
+
   /** Whether a lost connection comes back by itself (not closed, reconnect on, not given up). */
   get willReconnect(): boolean {
     return !this.closed && this.gone === null && this.options.reconnect;

@@ -129,7 +129,8 @@ export class Consumer implements AsyncIterable<Message> {
   }
 
   private connectionGone(): void {
-    if (!this.connection.willReconnect && !this.closed) this.pull.failAfterQueued(new WaymarkError('CONNECTION_LOST', `connection to ${this.connection.url} lost, and reconnect is off`));
+    const lost = this.connection.lostForGood;
+    if (lost && !this.closed) this.pull.failAfterQueued(lost);
   }
 
   private dropQueued(): void {

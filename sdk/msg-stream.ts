@@ -114,7 +114,8 @@ export class MsgStream implements AsyncIterable<MsgPack> {
       const stopReconnect = this.connection.on('reconnect', () => void this.resubscribe());
       // Without reconnect nothing more will come: the packs received go out, then CONNECTION_LOST.
       const stopDisconnect = this.connection.on('disconnect', () => {
-        if (!this.connection.willReconnect && !this.closed) this.pull.failAfterQueued(new WaymarkError('CONNECTION_LOST', `connection to ${this.connection.url} lost, and reconnect is off`));
+        const lost = this.connection.lostForGood;
+        if (lost && !this.closed) this.pull.failAfterQueued(lost);
       });
       this.stopReconnect = () => {
         stopReconnect();

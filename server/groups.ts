@@ -73,8 +73,8 @@ export class GroupPositions {
    * delete may hold a key's only record: they stay).
    */
   private compaction: { done: Promise<void>; touched: Set<string>; commitFailed: boolean } | null = null;
-  /** Commits being appended, per key (a compaction that starts meanwhile must not rewrite those keys). */
-  private readonly committing = new Map<string, number>();
+  /** Commits being appended, with their keys: a compaction takes their keys as touched and waits for them before it deletes. */
+  private readonly inflight = new Map<Promise<unknown>, string[]>();
   /** What the last compaction rewrote and where it started: the next waits for as many new records. */
   private lastCompaction = { records: 0, end: 0 };
 
@@ -150,7 +150,7 @@ export class GroupPositions {
     if (segments < compactionSegmentCount || highWatermark - this.lastCompaction.end < this.lastCompaction.records) return;
     // Commits queued but not yet written land past the high watermark the pass reads to:
     // their keys count as touched from the start.
-    const compaction = { done: Promise.resolve(), touched: new Set(this.committing.keys()), commitFailed: false };
+    const compaction = { done: Promise.resolve(), touched: new Set([...this.inflight.values()].flat()), commitFailed: false };
     this.compaction = compaction;
     compaction.done = this.compact(compaction)
       .catch((err: Error) => {
@@ -179,7 +179,10 @@ export class GroupPositions {
       await this.store.append(groupsTopic, 0, batch);
       rewritten += batch.length;
     }
-    if (compaction.commitFailed) return; // a touched key may have no newer record: keep the old ones
+    // A touched key whose commit fails has no newer record: its old one must stay. Every commit
+    // that touched a key is in flight now or settled (later ones find their key rewritten).
+    await Promise.allSettled([...this.inflight.keys()]);
+    if (compaction.commitFailed) return;
     await this.store.deleteSegmentsBefore(groupsTopic, 0, end);
     this.lastCompaction = { records: rewritten, end };
     this.compactions++;
@@ -209,22 +212,18 @@ export class GroupPositions {
       if (!Number.isSafeInteger(p.offset) || p.offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `offset ${p.offset} is not a valid position`);
     }
     const records = positions.map((p) => ({ key: GroupPositions.key(topic, group, p.channel), body: JSON.stringify({ offset: p.offset, timestamp: p.timestamp }) }));
-    const compaction = this.compaction;
-    if (compaction) for (const r of records) compaction.touched.add(r.key);
-    for (const r of records) this.committing.set(r.key, (this.committing.get(r.key) ?? 0) + 1);
+    const keys = records.map((r) => r.key);
+    if (this.compaction) for (const key of keys) this.compaction.touched.add(key);
+    const appended = this.store.append(groupsTopic, 0, records);
+    this.inflight.set(appended, keys);
     try {
-      await this.store.append(groupsTopic, 0, records);
+      await appended;
     } catch (err) {
-      // The compaction running now (which may have started while this commit was queued).
+      // The compaction running now waits for this commit before it deletes anything.
       if (this.compaction) this.compaction.commitFailed = true;
-      if (compaction) compaction.commitFailed = true;
       throw err;
     } finally {
-      for (const r of records) {
-        const left = this.committing.get(r.key)! - 1;
-        if (left === 0) this.committing.delete(r.key);
-        else this.committing.set(r.key, left);
-      }
+      this.inflight.delete(appended);
     }
     for (const p of positions) this.remember(GroupPositions.key(topic, group, p.channel), { ...p });
     this.maybeCompact();

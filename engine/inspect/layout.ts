@@ -10,6 +10,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { WaymarkError } from '../format/errors';
+import { readTopicFile } from '../log/topic-file';
 
 /** Folder inside a channel where repair stages rewritten segments before renaming them in. */
 export const stagingDirName = '.repair';
@@ -88,14 +89,13 @@ function looksLikeChannel(dir: string): boolean {
   return fs.readdirSync(dir).some((name) => segmentNamePattern.test(name) || indexNamePattern.test(name));
 }
 
+/** A topic folder, with what the store's own check (readTopicFile) says of its topic.json. */
 function readTopic(dir: string): TopicRef {
   const name = path.basename(dir);
   try {
-    const info = JSON.parse(fs.readFileSync(path.join(dir, 'topic.json'), 'utf8')) as { channels?: unknown };
-    if (!Number.isInteger(info.channels) || (info.channels as number) < 1) return { name, dir, channelCount: null, problem: `topic.json: bad channel count ${JSON.stringify(info.channels)}` };
-    return { name, dir, channelCount: info.channels as number, problem: null };
+    return { name, dir, channelCount: readTopicFile(dir).channels, problem: null };
   } catch (err) {
-    return { name, dir, channelCount: null, problem: `topic.json: ${(err as Error).message}` };
+    return { name, dir, channelCount: null, problem: (err as Error).message };
   }
 }
 

@@ -118,7 +118,7 @@ export class ChannelLog {
     try {
       channel.recover(report);
     } catch (err) {
-      for (const segment of channel.segments) segment.close();
+      channel.closeNow();
       throw err;
     }
     if (options.sync === 'interval') {
@@ -601,16 +601,25 @@ export class ChannelLog {
   /** Deletes whole sealed segments past the age or size bound. Returns how many. */
   applyRetention(now: number): number {
     const { retentionMs, retentionBytes } = this.options;
-    let removed = 0;
     let total = this.totalBytes;
-    while (this.segments.length > 1) {
-      const oldest = this.segments[0]!;
-      if (!oldest.sealed) break; // still being sealed in the background (roll)
+    return this.removeOldestWhile((oldest) => {
       const tooOld = retentionMs > 0 && oldest.maxTimestamp >= 0 && oldest.maxTimestamp < now - retentionMs;
       const tooBig = retentionBytes > 0 && total > retentionBytes;
-      if (!tooOld && !tooBig) break;
-      this.segments.shift();
       total -= oldest.size;
+      return tooOld || tooBig;
+    });
+  }
+
+  /**
+   * Deletes the oldest segments, one after another, while `remove` says so; never the active
+   * one nor one still being sealed in the background (roll). Checkpoints when any went.
+   */
+  private removeOldestWhile(remove: (oldest: Segment) => boolean): number {
+    let removed = 0;
+    while (this.segments.length > 1) {
+      const oldest = this.segments[0]!;
+      if (!oldest.sealed || !remove(oldest)) break;
+      this.segments.shift();
       oldest.remove();
       removed++;
     }
@@ -631,16 +640,7 @@ export class ChannelLog {
       if (this.closed) throw new WaymarkError('STORE_CLOSED');
       await fdatasync(this.active.fd);
     }
-    let removed = 0;
-    while (this.segments.length > 1) {
-      const oldest = this.segments[0]!;
-      if (!oldest.sealed || oldest.nextOffset > offset) break;
-      this.segments.shift();
-      oldest.remove();
-      removed++;
-    }
-    if (removed > 0) this.saveCheckpoint(false);
-    return removed;
+    return this.removeOldestWhile((oldest) => oldest.nextOffset <= offset);
   }
 
   /** Waits for queued appends, seals nothing, writes the active indexes and a clean checkpoint. */
@@ -666,7 +666,7 @@ export class ChannelLog {
     this.watchers.clear();
   }
 
-  /** Closes the files of a channel nothing was appended to yet (a topic that failed to open), at once. */
+  /** Closes the files of a channel nothing was appended to yet (one that failed to open, or whose topic did), at once. */
   closeNow(): void {
     this.closed = true;
     if (this.syncTimer) clearInterval(this.syncTimer);
