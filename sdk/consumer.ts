@@ -16,6 +16,7 @@ import { BatchOffset, batchHeaderBytes, readUint32 } from '../engine/format/reco
 import { WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
+import { resumePositions } from './admin';
 import { Pull } from './pull';
 import { decodeBatches, type DecodedBatch, type Message } from './messages';
 
@@ -122,9 +123,12 @@ export class Consumer implements AsyncIterable<Message> {
     this.dropQueued();
     this.extra = [0, 0]; // a new subscription starts with the window alone
     try {
-      await this.subscribe({ offsets: Object.fromEntries(this.delivered) });
+      const positions = await resumePositions(this.connection, this.topic, this.delivered);
+      for (const p of positions) this.delivered.set(p.channel, p.offset);
+      await this.subscribe({ offsets: Object.fromEntries(positions.map((p) => [p.channel, p.offset])) });
     } catch (err) {
-      this.fail(err as Error);
+      // Lost again before the reply: the next reconnect subscribes again from the same place.
+      if ((err as WaymarkError).code !== 'CONNECTION_LOST') this.fail(err as Error);
     }
   }
 

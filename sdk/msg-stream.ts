@@ -17,6 +17,7 @@
 import { WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
+import { resumePositions } from './admin';
 import { checkSeekTime } from './consumer';
 import { Pull } from './pull';
 import { decodeBatches, type Message } from './messages';
@@ -161,7 +162,9 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     this.extra = [0, 0];
     const { positions, beginTs } = this.resume;
     try {
-      await this.subscribe({ positions: [...positions].map(([channel, offset]) => ({ channel, offset })), startTimestamp: beginTs > 0 ? beginTs + 1 : 0 });
+      const resumeAt = await resumePositions(this.connection, this.consuming.topic, positions);
+      for (const p of resumeAt) positions.set(p.channel, p.offset);
+      await this.subscribe({ positions: resumeAt, startTimestamp: beginTs > 0 ? beginTs + 1 : 0 });
     } catch (err) {
       // Lost again before the reply: the next reconnect subscribes again from the same place.
       if ((err as WaymarkError).code !== 'CONNECTION_LOST') this.fail(err as Error);

@@ -1,10 +1,11 @@
 /** The SDK recovering from what goes wrong around it: a broker that restarts under a msgStream, a URL it cannot use. */
 import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { connect, type Client, type Message, type MsgPack, type MsgStream } from '../sdk/index';
-import { BrokerProcess, text } from './broker-helpers';
-import { rejection, removeTempDirs, tempDir } from './helpers';
+import { BrokerProcess, take, text } from './broker-helpers';
+import { rejection, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
 
 after(removeTempDirs);
 
@@ -194,5 +195,86 @@ describe('sdk recovery: a connection without reconnect that loses its broker', f
     }
     assert.equal(failure?.code, 'CONNECTION_LOST', 'the consumer ends instead of waiting for ever');
     client.close();
+  });
+});
+
+/** Cuts a channel's only segment before its last `count` batches (a crashed broker's lost page cache); returns the channel's new end. */
+function cutLastBatches(channelDir: string, count: number): number {
+  const [segment, ...others] = segmentFiles(channelDir);
+  assert.equal(others.length, 0, 'one segment');
+  const bytes = fs.readFileSync(segment!);
+  const starts: number[] = [];
+  for (let pos = 0; pos < bytes.length; pos += bytes.readUInt32LE(pos + 28)) starts.push(pos);
+  assert.ok(starts.length > count, `more than ${count} batches in the segment (${starts.length})`);
+  const kept = starts[starts.length - count]!;
+  truncateTail(segment!, kept);
+  return bytes.readUInt32LE(kept); // the first cut batch's base offset (low half; small here)
+}
+
+describe('sdk recovery: a consumer whose broker came back without the tail it had seen', function () {
+  this.timeout(60_000);
+  const broker = new BrokerProcess(tempDir());
+  let opened: Client | null = null;
+  after(async () => {
+    opened?.close();
+    await broker.stop();
+  });
+
+  // A power loss under sync "none" or "interval" (or a damaged tail) can cost the last
+  // batches; recovery cuts the channel back. A consumer that had already been handed those
+  // offsets resumes at the new end — it must not fail, and must not skip what comes next.
+  it('resumes at the channel\'s new end, receives the messages appended there, and commits them', async () => {
+    await broker.start();
+    const client = (opened = await connect(broker.url, { reconnectDelayMs: 20 }));
+    await client.admin.createTopic('cut', { channels: 1 });
+    const producer = await client.producer({ topic: 'cut' });
+    for (let b = 0; b < 10; b++) await Promise.all(Array.from({ length: 10 }, (_, i) => producer.send({ channel: 0, body: `old${b * 10 + i}` })));
+    const consumer = await client.consumer({ topic: 'cut', group: 'g', start: 'earliest', autoCommitIntervalMs: 0 });
+    const seen = await take(consumer, 100);
+    assert.deepEqual(seen.map((m) => m.offset), Array.from({ length: 100 }, (_, i) => i));
+    await consumer.commit(seen[49]);
+
+    // The broker dies and its last three batches with it (cut as a lost page cache would).
+    const back = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
+    await broker.stop('SIGKILL');
+    const highWatermark = cutLastBatches(path.join(broker.data, 'topics', 'cut', '0'), 3);
+    assert.ok(highWatermark > 50 && highWatermark < 100, `the cut lands between the commit and the end (${highWatermark})`);
+    await broker.start();
+    await back;
+
+    for (let i = 0; i < 5; i++) await producer.send({ channel: 0, body: `new${i}` });
+    const after = await take(consumer, 5); // failed with OFFSET_OUT_OF_RANGE: it resubscribed at 100
+    assert.deepEqual(after.map((m) => m.offset), [0, 1, 2, 3, 4].map((i) => highWatermark + i), 'resumed at the new end');
+    assert.deepEqual(after.map(text), ['new0', 'new1', 'new2', 'new3', 'new4']);
+    await consumer.commit();
+    const positions = await client.admin.positions('cut', 'g');
+    assert.deepEqual(positions.map((p) => [p.channel, p.offset]), [[0, highWatermark + 5]]);
+    await consumer.close();
+  });
+
+  it('the same for a msgStream pack consumer: it resumes at the new end and packs carry the new messages', async () => {
+    const client = opened!;
+    await client.admin.createTopic('cutp', { channels: 1 });
+    const producing = client.msgStream();
+    await producing.asProducer('cutp');
+    for (let b = 0; b < 10; b++) await producing.produce({ msgs: Array.from({ length: 10 }, (_, i) => ({ body: `old${b * 10 + i}` })) });
+    const consuming = client.msgStream();
+    await consuming.asConsumer('cutp', 'g', { start: 'earliest', tickIntervalMs: 10 });
+    const reader = readPacks(consuming);
+    await reader.until(100);
+
+    const back = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
+    await broker.stop('SIGKILL');
+    const highWatermark = cutLastBatches(path.join(broker.data, 'topics', 'cutp', '0'), 3);
+    await broker.start();
+    await back;
+
+    await producing.produce({ msgs: Array.from({ length: 5 }, (_, i) => ({ body: `new${i}` })) });
+    await reader.until(105); // failed with OFFSET_OUT_OF_RANGE: it resubscribed at 100
+    const after = reader.msgs.slice(100);
+    assert.deepEqual(after.map((m) => m.offset), [0, 1, 2, 3, 4].map((i) => highWatermark + i), 'resumed at the new end');
+    assert.deepEqual(after.map(text), ['new0', 'new1', 'new2', 'new3', 'new4']);
+    await consuming.close();
+    await producing.close();
   });
 });
