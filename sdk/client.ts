@@ -94,6 +94,11 @@ export class Connection {
     return this.gone;
   }
 
+  /** Whether a socket is open and said hello (requests go out now instead of waiting). */
+  get isConnected(): boolean {
+    return this.socket !== null && !this.closed;
+  }
+
   /** Whether a lost connection comes back by itself (not closed, reconnect on, not given up). */
   get willReconnect(): boolean {
     return !this.closed && this.gone === null && this.options.reconnect;

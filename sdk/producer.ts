@@ -34,6 +34,13 @@ export interface ProducerOptions {
   bufferedBytesMax?: number;
   /** Compress batches with lz4 in Node when it pays (default true). */
   compression?: boolean;
+  /**
+   * A message not acknowledged this long after send() while the broker is unreachable fails
+   * with TIMEOUT (default 120,000 ms, as Kafka's delivery.timeout.ms; 0 = wait for the broker
+   * however long it takes). Such a message may still have been stored (its batch reached the
+   * broker and the reply was lost). While connected, requestTimeoutMs bounds each request.
+   */
+  deliveryTimeoutMs?: number;
 }
 
 export interface OutgoingMessage {
@@ -133,6 +140,8 @@ function failRuns(batch: Runs, err: Error): void {
 
 interface OpenBatch extends Runs {
   messages: MessageInput[];
+  /** performance.now() of its oldest message's send() (deliveryTimeoutMs runs from there). */
+  since: number;
   bytes: number;
   timer: ReturnType<typeof setTimeout> | null;
   /** Its linger is over; it is sealed as soon as it can be sent (see lingerDone). */
@@ -151,6 +160,8 @@ interface SealedBatch extends Runs {
   /** The msgIds of the batch's records, 16 bytes each, back to back (hex is made at the ack). */
   msgIds: Uint8Array;
   sent: boolean;
+  /** Its oldest message's send() time (OpenBatch.since). */
+  since: number;
 }
 
 interface ChannelState {
@@ -169,12 +180,14 @@ export class Producer {
   private roundRobin = 0;
   private bufferedBytes = 0;
   /** Messages waiting for room in the buffer, in send order (from parkedHead on). */
-  private parked: Array<{ channel: number; input: MessageInput; size: number; owner: Owner | ((result: SendResult) => void); reject: ((err: Error) => void) | null; slot: number }> = [];
+  private parked: Array<{ channel: number; input: MessageInput; size: number; owner: Owner | ((result: SendResult) => void); reject: ((err: Error) => void) | null; slot: number; since: number }> = [];
   private parkedHead = 0;
   private unparking = false;
   private idleWaiters: Array<() => void> = [];
   private closed = false;
   private readonly stopListening: () => void;
+  /** Fails what waited longer than deliveryTimeoutMs; set only while batches wait for a connection. */
+  private expiryTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(
     private readonly connection: Connection,
@@ -190,7 +203,11 @@ export class Producer {
       inflightBatchesMax: options.inflightBatchesMax ?? 16,
       bufferedBytesMax: options.bufferedBytesMax ?? 64 * 1024 * 1024,
       compression: options.compression ?? true,
+      deliveryTimeoutMs: options.deliveryTimeoutMs ?? 120_000,
     };
+    if (!Number.isFinite(this.options.deliveryTimeoutMs) || this.options.deliveryTimeoutMs < 0) {
+      throw new WaymarkError('INVALID_ARGUMENT', `deliveryTimeoutMs must be a number of ms >= 0, not ${String(options.deliveryTimeoutMs)}`);
+    }
     if (options.channel !== undefined && (!Number.isInteger(options.channel) || options.channel < 0 || options.channel >= channelCount)) {
       throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${options.topic} has channels 0..${channelCount - 1}, not ${options.channel}`);
     }
@@ -198,7 +215,10 @@ export class Producer {
     const random = new Uint32Array(2);
     globalThis.crypto.getRandomValues(random);
     this.producerId = (random[0]! & 0x1fffff) * 0x100000000 + random[1]!; // 53 bits
-    this.stopListening = connection.on('reconnect', () => this.resendAll());
+    this.stopListening = connection.on('reconnect', () => {
+      this.disarmExpiry();
+      this.resendAll();
+    });
   }
 
   get channelCount(): number {
@@ -224,7 +244,7 @@ export class Producer {
       const input = this.input(message);
       const promise = new Promise<SendResult>(capture);
       if (this.mustWait(size)) this.park(channel, input, size, captured.resolve!, captured.reject!, 0);
-      else this.enqueue(channel, input, size, captured.resolve!, captured.reject!, 0);
+      else this.enqueue(channel, input, size, captured.resolve!, captured.reject!, 0, -1);
       return promise;
     } catch (err) {
       return Promise.reject(err);
@@ -266,7 +286,7 @@ export class Producer {
     const done = new Promise<SendResult[]>((resolve, reject) => (owner = new ArrayOwner(count, resolve, reject)));
     for (let i = 0; i < count; i++) {
       if (this.mustWait(sizes[i]!)) this.park(channels[i]!, inputs[i]!, sizes[i]!, owner, null, i);
-      else this.enqueue(channels[i]!, inputs[i]!, sizes[i]!, owner, null, i);
+      else this.enqueue(channels[i]!, inputs[i]!, sizes[i]!, owner, null, i, -1);
     }
     return done;
   }
@@ -308,7 +328,7 @@ export class Producer {
 
   /** A message that found the buffer full (or others waiting): queued in send order until there is room. */
   private park(channel: number, input: MessageInput, size: number, owner: Owner | ((result: SendResult) => void), reject: ((err: Error) => void) | null, slot: number): void {
-    this.parked.push({ channel, input, size, owner, reject, slot });
+    this.parked.push({ channel, input, size, owner, reject, slot, since: performance.now() });
   }
 
   /**
@@ -326,7 +346,7 @@ export class Producer {
         const p = this.parked[this.parkedHead]!;
         if (!this.hasRoom(p.size)) break;
         this.parked[this.parkedHead++] = undefined!;
-        this.enqueue(p.channel, p.input, p.size, p.owner, p.reject, p.slot);
+        this.enqueue(p.channel, p.input, p.size, p.owner, p.reject, p.slot, p.since);
       }
     } finally {
       this.unparking = false;
@@ -341,11 +361,13 @@ export class Producer {
     if (this.idleWaiters.length > 0) for (let c = 0; c < this.channels.length; c++) this.seal(c);
   }
 
-  private enqueue(channel: number, input: MessageInput, size: number, owner: Owner | ((result: SendResult) => void), reject: ((err: Error) => void) | null, slot: number): void {
+  /** Adds a message to its channel's open batch; `since` is when it was parked, -1 when it is sent now. */
+  private enqueue(channel: number, input: MessageInput, size: number, owner: Owner | ((result: SendResult) => void), reject: ((err: Error) => void) | null, slot: number, since: number): void {
     const state = this.channels[channel]!;
     const open = (state.open ??= newOpenBatch());
     if (open.messages.length > 0 && open.bytes + size > this.options.batchBytesMax) this.seal(channel);
     const batch = (state.open ??= newOpenBatch());
+    if (batch.messages.length === 0) batch.since = since >= 0 ? since : performance.now();
     batch.messages.push(input);
     const runs = batch.runs;
     const last = runs.length - runStride;
@@ -408,7 +430,7 @@ export class Producer {
       return;
     }
     state.sequence += open.messages.length;
-    state.ready.push({ channel, bytes, bufferedBytes: open.bytes, msgIds, runs: open.runs, sent: false });
+    state.ready.push({ channel, bytes, bufferedBytes: open.bytes, msgIds, runs: open.runs, sent: false, since: open.since });
     this.pump(channel);
   }
 
@@ -432,6 +454,7 @@ export class Producer {
         // (when there will be one; without, the sends fail with CONNECTION_LOST).
         if (err.code === 'CONNECTION_LOST' && this.connection.willReconnect) {
           batch.sent = false;
+          this.armExpiry();
           return;
         }
         this.finish(batch);
@@ -475,6 +498,66 @@ export class Producer {
     if (this.parkedHead < this.parked.length) this.unpark();
   }
 
+  /**
+   * While batches wait for a connection, a timer fails what has waited deliveryTimeoutMs:
+   * without it, a producer whose broker never comes back keeps every send() pending for ever.
+   * Armed when a batch is kept after a lost connection, cleared on reconnect.
+   */
+  private armExpiry(): void {
+    const timeout = this.options.deliveryTimeoutMs;
+    if (timeout === 0 || this.expiryTimer || this.closed) return;
+    let oldest = Infinity;
+    if (this.parkedHead < this.parked.length) oldest = this.parked[this.parkedHead]!.since;
+    for (const state of this.channels) {
+      for (const batch of state.inflight) if (!batch.sent) oldest = Math.min(oldest, batch.since);
+      if (state.ready.length > 0) oldest = Math.min(oldest, state.ready[0]!.since);
+      if (state.open && state.open.messages.length > 0) oldest = Math.min(oldest, state.open.since);
+    }
+    if (oldest === Infinity) return;
+    this.expiryTimer = setTimeout(() => this.expire(), Math.max(0, oldest + timeout - performance.now()));
+  }
+
+  private disarmExpiry(): void {
+    if (this.expiryTimer) clearTimeout(this.expiryTimer);
+    this.expiryTimer = null;
+  }
+
+  /** Fails every message that has waited deliveryTimeoutMs and is not on its way to the broker; re-arms while others wait. */
+  private expire(): void {
+    this.expiryTimer = null;
+    const timeout = this.options.deliveryTimeoutMs;
+    const before = performance.now() - timeout;
+    const err = (): WaymarkError =>
+      new WaymarkError('TIMEOUT', `not acknowledged within deliveryTimeoutMs (${timeout} ms): the broker at ${this.connection.url} could not be reached; the message may or may not have been stored`);
+    // Waiting for room first: failing batches below makes room, and what moves into a batch then is not expired.
+    while (this.parkedHead < this.parked.length && this.parked[this.parkedHead]!.since <= before) {
+      const p = this.parked[this.parkedHead]!;
+      this.parked[this.parkedHead++] = undefined!;
+      failRuns({ runs: [p.owner, p.reject, p.slot, 1] }, err());
+    }
+    for (let channel = 0; channel < this.channels.length; channel++) {
+      const state = this.channels[channel]!;
+      for (const batch of state.inflight.filter((b) => !b.sent && b.since <= before)) {
+        this.finish(batch);
+        failRuns(batch, err());
+      }
+      while (state.ready.length > 0 && state.ready[0]!.since <= before) {
+        const batch = state.ready.shift()!;
+        this.release(batch.bufferedBytes);
+        failRuns(batch, err());
+      }
+      const open = state.open;
+      if (open && open.messages.length > 0 && open.since <= before && state.ready.length === 0) {
+        state.open = null;
+        if (open.timer && this.options.lingerMs > 0) clearTimeout(open.timer);
+        this.release(open.bytes);
+        failRuns(open, err());
+      }
+    }
+    if (this.isIdle()) for (const resolve of this.idleWaiters.splice(0)) resolve();
+    if (!this.connection.isConnected) this.armExpiry();
+  }
+
   private resendAll(): void {
     for (const state of this.channels) for (const batch of state.inflight) if (!batch.sent) this.transmit(batch);
   }
@@ -503,7 +586,7 @@ const nextTurn: (fn: () => void) => ReturnType<typeof setTimeout> =
   typeof setImmediate === 'function' ? (fn) => setImmediate(fn) as unknown as ReturnType<typeof setTimeout> : (fn) => setTimeout(fn, 0);
 
 function newOpenBatch(): OpenBatch {
-  return { messages: [], runs: [], bytes: 0, timer: null, due: false };
+  return { messages: [], runs: [], bytes: 0, timer: null, due: false, since: 0 };
 }
 
 function sizeOf(message: OutgoingMessage): number {

@@ -278,3 +278,50 @@ describe('sdk recovery: a consumer whose broker came back without the tail it ha
     await producing.close();
   });
 });
+
+describe('sdk recovery: a producer whose broker does not come back', function () {
+  this.timeout(60_000);
+  const broker = new BrokerProcess(tempDir());
+  let opened: Client | null = null;
+  after(async () => {
+    opened?.close();
+    await broker.stop();
+  });
+
+  it('fails its sends with TIMEOUT after deliveryTimeoutMs (send, sendBatch, messages waiting for room), and works again once the broker is back', async () => {
+    await broker.start();
+    const client = (opened = await connect(broker.url, { reconnectDelayMs: 20, requestTimeoutMs: 200 }));
+    await client.admin.createTopic('dt', { channels: 2 });
+    // A buffer of 2 KB: the 40 messages of 100 B below do not all fit, some wait for room.
+    const producer = await client.producer({ topic: 'dt', deliveryTimeoutMs: 300, bufferedBytesMax: 2048 });
+    assert.equal((await producer.send({ channel: 0, body: 'before' })).offset, 0);
+
+    const lost = new Promise<void>((resolve) => client.on('disconnect', () => resolve()));
+    await broker.stop('SIGKILL');
+    await lost;
+    const single = producer.send({ channel: 1, body: 'one' });
+    const many = producer.sendBatch(Array.from({ length: 40 }, (_, i) => ({ channel: i % 2, body: Buffer.alloc(100, i) })));
+    const flushed = producer.flush();
+    // Waited for ever before: the connection kept retrying and the batches waited for it.
+    for (const err of [await rejection(single), await rejection(many)]) {
+      assert.equal(err.code, 'TIMEOUT', err.message);
+      assert.match(err.message, /deliveryTimeoutMs \(300 ms\).*may or may not have been stored/);
+    }
+    await flushed; // nothing held any more
+
+    const back = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
+    await broker.start();
+    await back;
+    const after = await producer.send({ channel: 0, body: 'after' });
+    assert.equal(after.offset, 1, 'nothing of what timed out was stored; the producer goes on');
+    await producer.close();
+  });
+
+  it('refuses a deliveryTimeoutMs that is not a number of ms', async () => {
+    const client = opened!;
+    for (const bad of [-1, Number.NaN, Infinity]) {
+      const err = await rejection(client.producer({ topic: 'dt', deliveryTimeoutMs: bad }));
+      assert.equal(err.code, 'INVALID_ARGUMENT');
+    }
+  });
+});
