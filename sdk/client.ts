@@ -40,7 +40,7 @@ interface PendingRequest {
   deadline: number;
 }
 
-export type ClientEvent = 'reconnect' | 'disconnect';
+export type ClientEvent = 'reconnect' | 'disconnect' | 'close';
 
 export class Connection {
   private socket: Socket | null = null;
@@ -52,7 +52,7 @@ export class Connection {
   private readonly pending = new RequestTable<PendingRequest>();
   private timeoutTimer: ReturnType<typeof setTimeout> | null = null;
   private readonly pushHandlers = new Map<number, PushHandler>();
-  private readonly listeners: Record<ClientEvent, Set<() => void>> = { reconnect: new Set(), disconnect: new Set() };
+  private readonly listeners: Record<ClientEvent, Set<() => void>> = { reconnect: new Set(), disconnect: new Set(), close: new Set() };
   private nextId = 1;
   private nextSubscription = 1;
   private closed = false;
@@ -314,6 +314,7 @@ export class Connection {
     this.socket?.close(1000, 'client closed');
     this.socket = null;
     this.markReady();
+    for (const listener of this.listeners.close) listener();
   }
 }
 

@@ -38,7 +38,7 @@ export class Client {
   }
 
   /** Listens for connection events: "disconnect" and "reconnect". */
-  on(event: 'reconnect' | 'disconnect', listener: () => void): () => void {
+  on(event: 'reconnect' | 'disconnect' | 'close', listener: () => void): () => void {
     return this.connection.on(event, listener);
   }
 

@@ -185,7 +185,7 @@ export class Producer {
   private unparking = false;
   private idleWaiters: Array<() => void> = [];
   private closed = false;
-  private readonly stopListening: () => void;
+  private readonly stopListening: Array<() => void>;
   /** Fails what waited longer than deliveryTimeoutMs; set only while batches wait for a connection. */
   private expiryTimer: ReturnType<typeof setTimeout> | null = null;
 
@@ -215,10 +215,13 @@ export class Producer {
     const random = new Uint32Array(2);
     globalThis.crypto.getRandomValues(random);
     this.producerId = (random[0]! & 0x1fffff) * 0x100000000 + random[1]!; // 53 bits
-    this.stopListening = connection.on('reconnect', () => {
-      this.disarmExpiry();
-      this.resendAll();
-    });
+    this.stopListening = [
+      connection.on('reconnect', () => {
+        this.disarmExpiry();
+        this.resendAll();
+      }),
+      connection.on('close', () => this.failHeld(new WaymarkError('CLIENT_CLOSED', 'the client was closed before the broker acknowledged this message'))),
+    ];
   }
 
   get channelCount(): number {
@@ -558,6 +561,20 @@ export class Producer {
     if (!this.connection.isConnected) this.armExpiry();
   }
 
+  /**
+   * The client was closed: batches held for a resend on reconnect will never go, so they
+   * fail now. (Everything else fails by itself: each request made from now on is refused.)
+   */
+  private failHeld(err: WaymarkError): void {
+    this.disarmExpiry();
+    for (const state of this.channels) {
+      for (const batch of state.inflight.filter((b) => !b.sent)) {
+        this.finish(batch);
+        failRuns(batch, err);
+      }
+    }
+  }
+
   private resendAll(): void {
     for (const state of this.channels) for (const batch of state.inflight) if (!batch.sent) this.transmit(batch);
   }
@@ -577,7 +594,7 @@ export class Producer {
     if (this.closed) return;
     await this.flush();
     this.closed = true;
-    this.stopListening();
+    for (const stop of this.stopListening) stop();
   }
 }
 

@@ -325,3 +325,25 @@ describe('sdk recovery: a producer whose broker does not come back', function ()
     }
   });
 });
+
+describe('sdk recovery: a client closed while its producer waits for the broker', function () {
+  this.timeout(60_000);
+  const broker = new BrokerProcess(tempDir());
+  after(() => broker.stop());
+
+  it('fails the sends held for a resend with CLIENT_CLOSED at once', async () => {
+    await broker.start();
+    const client = await connect(broker.url, { reconnectDelayMs: 20 });
+    await client.admin.createTopic('cc', { channels: 1 });
+    const producer = await client.producer({ topic: 'cc' });
+    process.kill(broker.pid, 'SIGSTOP'); // the request goes out, no reply comes
+    const pending = producer.send({ body: 'held' });
+    for (let turn = 0; turn < 2; turn++) await new Promise((resolve) => setImmediate(resolve)); // its batch is sealed and sent in the next turn
+    const lost = new Promise<void>((resolve) => client.on('disconnect', () => resolve()));
+    await broker.stop('SIGKILL');
+    await lost; // the batch is now held, to be resent on reconnect
+    client.close();
+    const err = await rejection(pending); // pending for ever before (deliveryTimeoutMs 120 s now)
+    assert.equal(err.code, 'CLIENT_CLOSED');
+  });
+});
