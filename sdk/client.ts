@@ -44,6 +44,8 @@ export type ClientEvent = 'reconnect' | 'disconnect' | 'close';
 
 export class Connection {
   private socket: Socket | null = null;
+  /** The hello on the current socket was answered: requests may go out. */
+  private greeted = false;
   /**
    * Requests awaiting a reply (RequestTable says why not a Map). One timer, armed for the
    * oldest deadline, serves them all (expireRequests) — a timer per request was, at thousands
@@ -96,7 +98,7 @@ export class Connection {
 
   /** Whether a socket is open and said hello (requests go out now instead of waiting). */
   get isConnected(): boolean {
-    return this.socket !== null && !this.closed;
+    return this.socket !== null && this.greeted && !this.closed;
   }
 
   /** Whether a lost connection comes back by itself (not closed, reconnect on, not given up). */
@@ -115,7 +117,7 @@ export class Connection {
    * timer armed before it was left running and, firing on a socket never made, crashed the
    * process long after the caller had caught the rejection.
    */
-  private dial(timeoutMs: number): Promise<void> {
+  private dial(timeoutMs: number, reconnecting = false): Promise<void> {
     return new Promise((resolve, reject) => {
       let settled = false;
       let timer: ReturnType<typeof setTimeout> | undefined;
@@ -135,6 +137,12 @@ export class Connection {
               settled = true;
               clearTimeout(timer);
               this.attempt = 0;
+              // Requests go out only from here on, and after a reconnect its listeners go
+              // first: a producer resends its held batches before any request that waited
+              // (or is made now) — a newer batch ahead of an older one's resend got the older
+              // one refused (DUPLICATE_SEQUENCE) though the broker never had it.
+              this.greeted = true;
+              if (reconnecting) for (const listener of this.listeners.reconnect) listener();
               this.markReady();
               resolve();
             });
@@ -142,7 +150,10 @@ export class Connection {
           message: (bytes) => this.onMessage(bytes),
           close: (code, reason) => {
             const wasOpen = this.socket === socket;
-            if (wasOpen) this.socket = null;
+            if (wasOpen) {
+              this.socket = null;
+              this.greeted = false;
+            }
             fail(new WaymarkError('CONNECTION_LOST', `connection to ${this.url} closed (${code}${reason ? ` ${reason}` : ''})`));
             if (wasOpen) this.onSocketLost(code, reason);
           },
@@ -179,10 +190,8 @@ export class Connection {
     this.attempt++;
     setTimeout(() => {
       if (this.closed) return;
-      this.dial(this.options.connectTimeoutMs).then(
-        () => {
-          for (const listener of this.listeners.reconnect) listener();
-        },
+      this.dial(this.options.connectTimeoutMs, true).then(
+        () => undefined,
         () => {
           if (!this.closed && !this.socket) this.scheduleReconnect();
         },
@@ -272,7 +281,7 @@ export class Connection {
   private call(encode: (id: number) => Uint8Array): Promise<Frame> {
     if (this.closed) return Promise.reject(new WaymarkError('CLIENT_CLOSED'));
     if (this.gone) return Promise.reject(this.gone);
-    if (!this.socket) return this.waitReady().then(() => this.call(encode));
+    if (!this.greeted) return this.waitReady().then(() => this.call(encode));
     return new Promise((resolve, reject) => {
       const id = this.takeId();
       this.sendEncoded(id, encode(id), (frame) => (frame.error ? reject(errorFromFrame(frame.error)) : resolve(frame)), reject);
@@ -313,6 +322,7 @@ export class Connection {
     for (const p of this.pending.takeAll()) p.reject(closedError);
     this.socket?.close(1000, 'client closed');
     this.socket = null;
+    this.greeted = false;
     this.markReady();
     for (const listener of this.listeners.close) listener();
   }

@@ -2,6 +2,7 @@
 import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { connect, type Client, type Message, type MsgPack, type MsgStream } from '../sdk/index';
 import { BrokerProcess, take, text } from './broker-helpers';
@@ -345,5 +346,115 @@ describe('sdk recovery: a client closed while its producer waits for the broker'
     client.close();
     const err = await rejection(pending); // pending for ever before (deliveryTimeoutMs 120 s now)
     assert.equal(err.code, 'CLIENT_CLOSED');
+  });
+});
+
+describe('sdk recovery: sends made while the connection is down, and batches held for a resend', function () {
+  this.timeout(60_000);
+  const broker = new BrokerProcess(tempDir());
+  let opened: Client | null = null;
+  after(async () => {
+    opened?.close();
+    await broker.stop();
+  });
+
+  it('go out in sequence order after the reconnect: every one stored once, in send order', async () => {
+    await broker.start();
+    const client = (opened = await connect(broker.url, { reconnectDelayMs: 20 }));
+    await client.admin.createTopic('order', { channels: 1 });
+    const producer = await client.producer({ topic: 'order' });
+    process.kill(broker.pid, 'SIGSTOP'); // the first batch goes out and is never answered
+    const first = producer.send({ body: 'first' });
+    for (let turn = 0; turn < 2; turn++) await new Promise((resolve) => setImmediate(resolve)); // sealed and sent in the next turn
+    const lost = new Promise<void>((resolve) => client.on('disconnect', () => resolve()));
+    await broker.stop('SIGKILL');
+    await lost; // "first" is held for a resend
+    const second = producer.send({ body: 'second' }); // waits for the connection
+    const back = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
+    await broker.start();
+    await back;
+    // Before: "second" went out ahead of the resend of "first", and "first" was refused with
+    // DUPLICATE_SEQUENCE ("already stored") although the broker never had it.
+    const results = await Promise.all([first, second]);
+    assert.deepEqual(results.map((r) => r.offset), [0, 1], 'stored in send order');
+    const consumer = await client.consumer({ topic: 'order', group: 'check', start: 'earliest' });
+    assert.deepEqual((await take(consumer, 2)).map(text), ['first', 'second']);
+    await consumer.close();
+    await producer.close();
+  });
+
+  it('a send made while a reconnect\'s hello is unanswered waits for the resend of the held batches', async () => {
+    // A proxy between client and broker that can drop the client's bytes, and hold the
+    // broker's bytes after a WebSocket upgrade (so the client sits between its socket's
+    // open and the hello's reply).
+    let dropClientBytes = false;
+    let holdHelloReply = false;
+    const clientChunks: Array<() => void> = [];
+    let clientSide: net.Socket | null = null;
+    let releaseHeld: (() => void) | null = null;
+    const proxy = net.createServer((client) => {
+      clientSide = client;
+      const upstream = net.connect(broker.port, '127.0.0.1');
+      let upgraded = false;
+      const held: Buffer[] = [];
+      const holding = holdHelloReply;
+      upstream.on('data', (chunk: Buffer) => {
+        if (holding && upgraded) held.push(chunk);
+        else client.write(chunk);
+        if (!upgraded && chunk.includes('\r\n\r\n')) upgraded = true;
+      });
+      releaseHeld = () => {
+        for (const chunk of held.splice(0)) client.write(chunk);
+        upstream.removeAllListeners('data');
+        upstream.on('data', (chunk: Buffer) => client.write(chunk));
+      };
+      client.on('data', (chunk: Buffer) => {
+        if (!dropClientBytes) upstream.write(chunk);
+        for (const waiter of clientChunks.splice(0)) waiter();
+      });
+      const end = (): void => {
+        client.destroy();
+        upstream.destroy();
+      };
+      client.on('close', end);
+      upstream.on('close', end);
+      client.on('error', end);
+      upstream.on('error', end);
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const nextClientChunk = (): Promise<void> => new Promise((resolve) => clientChunks.push(resolve));
+    try {
+      const client = await connect(`ws://127.0.0.1:${(proxy.address() as net.AddressInfo).port}/v1/ws`, { reconnectDelayMs: 20 });
+      await client.admin.createTopic('order2', { channels: 1 });
+      const producer = await client.producer({ topic: 'order2' });
+
+      dropClientBytes = true;
+      const sent = nextClientChunk();
+      const first = producer.send({ body: 'first' });
+      await sent; // its batch left the client and was dropped
+      const lost = new Promise<void>((resolve) => client.on('disconnect', () => resolve()));
+      clientSide!.destroy();
+      await lost; // "first" is held for a resend
+
+      dropClientBytes = false;
+      holdHelloReply = true;
+      const upgradeAndHello = (async () => {
+        await nextClientChunk(); // the upgrade request
+        await nextClientChunk(); // the hello, after the upgrade's answer: the socket is open
+      })();
+      await upgradeAndHello;
+      const second = producer.send({ body: 'second' });
+      for (let turn = 0; turn < 2; turn++) await new Promise((resolve) => setImmediate(resolve)); // sealed and handed to the connection
+      releaseHeld!();
+      // Before: "second" went out at once, ahead of the resend of "first", which was refused
+      // with DUPLICATE_SEQUENCE ("already stored") although the broker never had it.
+      const results = await Promise.all([first, second]);
+      assert.deepEqual(results.map((r) => r.offset), [0, 1], 'stored in send order');
+      await producer.close();
+      client.close();
+    } finally {
+      proxy.close();
+      (clientSide as net.Socket | null)?.destroy();
+    }
   });
 });
