@@ -59,12 +59,6 @@ export class Subscription {
   private readonly packs: boolean;
   private readonly tickIntervalMs: number;
   private packBeginTs = 0;
-  /**
-   * Bytes the smallest pack was last seen to need (askForPackCredit): the next read may go
-   * that far past the usual budget, or a millisecond larger than the budget (one 5 MiB
-   * message will do) would be cut at the same place after every grant, for good.
-   */
-  private packNeedBytes = 0;
   private pumping = false;
   private again = false;
   private stalled = false;
@@ -245,116 +239,149 @@ export class Subscription {
   }
 
   /**
-   * Not even the smallest pack fits the credit. A pack cannot split a millisecond: the
-   * smallest one holds every batch, in every channel, with the earliest broker time waiting
-   * (`t`). Asks for what that needs beyond the credit (at least one unit, so the client
-   * always answers), then waits for the grant.
+   * A pack: every batch of the subscribed channels with broker time in (packBeginTs, endTs],
+   * taken in broker-time order across the channels (a merge over per-channel reads), a whole
+   * millisecond at a time (a pack cannot split one), while they fit the credit. endTs is the
+   * channels' stable time when everything up to it was taken, else the last millisecond
+   * taken: every channel is cut at the same time, whatever its rate. (Read channel by channel
+   * against one budget, as before, the first channel could use the whole budget and the
+   * others' first batches set endTs back to before the pack's start: over a backlog spread
+   * across channels the broker asked for one message of credit at a time, for ever.)
+   *
+   * Memory: each channel reads budget/channels bytes at a time (at least one batch); the
+   * merge stops once the pack holds the budget. When even the first millisecond does not fit
+   * the credit, one empty pack asks for what it needs and nothing else is sent.
    */
-  private askForPackCredit(taken: Map<number, { spans: BatchSpan[] }>, firstLeftOut: BatchSpan): void {
-    this.stalled = true;
-    let t = firstLeftOut.brokerTimestamp;
-    for (const mine of taken.values()) if (mine.spans.length > 0) t = Math.min(t, mine.spans[0]!.brokerTimestamp);
-    let messages = 0;
-    let bytes = 0;
-    for (const mine of taken.values()) {
-      for (const span of mine.spans) {
-        if (span.brokerTimestamp > t) break;
-        messages += span.recordCount;
-        bytes += span.length;
-      }
-    }
-    if (firstLeftOut.brokerTimestamp <= t && !Array.from(taken.values()).some((m) => m.spans.includes(firstLeftOut))) {
-      messages += firstLeftOut.recordCount; // cut by the read budget, not taken
-      bytes += firstLeftOut.length;
-    }
-    this.packNeedBytes = bytes;
-    let needMessages = Math.max(0, messages - this.creditMessages);
-    const needBytes = Math.max(0, bytes - this.creditBytes);
-    if (needMessages === 0 && needBytes === 0) needMessages = 1;
-    this.sink.send({ id: 0, pack: { subscription: this.id, beginTs: this.packBeginTs, endTs: this.packBeginTs, channels: [], needMessages, needBytes, epoch: this.epoch } });
-  }
-
-  /**
-   * The batches of each channel with broker time ≤ endTs, or the first batch that would
-   * pass the credit (then the caller lowers endTs below its time and asks again).
-   */
-  private selectPack(
-    taken: Map<number, { bytes: Buffer[]; spans: BatchSpan[] }>,
-    endTs: number,
-  ): { channels: Array<{ channel: number; batches: Buffer; startOffset: number; endOffset: number }>; messages: number; bytes: number; cut: BatchSpan | null } {
-    const channels: Array<{ channel: number; batches: Buffer; startOffset: number; endOffset: number }> = [];
-    let messages = 0;
-    let bytes = 0;
-    for (const [channel, mine] of taken) {
-      const startOffset = this.positions.get(channel)!;
-      let count = 0;
-      for (const span of mine.spans) {
-        if (span.brokerTimestamp > endTs) break;
-        if (messages + span.recordCount > this.creditMessages || bytes + span.length > this.creditBytes) return { channels, messages, bytes, cut: span };
-        messages += span.recordCount;
-        bytes += span.length;
-        count++;
-      }
-      const last = mine.spans[count - 1];
-      channels.push({ channel, batches: Buffer.concat(mine.bytes.slice(0, count)), startOffset, endOffset: last ? last.baseOffset + last.recordCount : startOffset });
-    }
-    return { channels, messages, bytes, cut: null };
-  }
-
   private async pumpPack(): Promise<void> {
     if (!this.canSend()) return;
     let endTs = Infinity;
     for (const channel of this.channels) endTs = Math.min(endTs, this.store.stableTimestamp(this.topic, channel));
     if (endTs <= this.packBeginTs) return;
     const generation = this.generation;
-    const budgetBytes = Math.min(this.creditBytes, Math.max(protocolLimits.pushBytesMax * 4, this.packNeedBytes));
-    const taken = new Map<number, { bytes: Buffer[]; spans: BatchSpan[] }>();
-    let usedBytes = 0;
-    let firstLeftOut: BatchSpan | null = null;
-    for (const channel of this.channels) {
-      const mine = { bytes: [] as Buffer[], spans: [] as BatchSpan[] };
-      taken.set(channel, mine);
-      let position = Math.max(this.positions.get(channel)!, this.store.channelState(this.topic, channel).logStartOffset);
-      channelLoop: while (position < this.store.channelState(this.topic, channel).highWatermark) {
-        const read = await this.readBatches(channel, position, Math.max(batchHeaderBytes, budgetBytes - usedBytes));
-        if (read === null) return;
-        if (this.closed || generation !== this.generation) return;
-        if (read.batchCount === 0) break;
-        for (const span of batchSpans(read.bytes)) {
-          if (span.brokerTimestamp > endTs) break channelLoop;
-          if (usedBytes + span.length > budgetBytes) {
-            // Over budget: the pack must end before this batch's time, in every channel.
-            endTs = Math.min(endTs, span.brokerTimestamp - 1);
-            if (!firstLeftOut || span.brokerTimestamp < firstLeftOut.brokerTimestamp) firstLeftOut = span;
-            break channelLoop;
+    const budgetBytes = Math.min(this.creditBytes, protocolLimits.pushBytesMax * 4);
+    const readBytes = Math.max(batchHeaderBytes, Math.floor(budgetBytes / this.channels.length));
+    const cursors: PackCursor[] = this.channels.map((channel) => ({
+      channel,
+      position: Math.max(this.positions.get(channel)!, this.store.channelState(this.topic, channel).logStartOffset),
+      spans: [],
+      next: 0,
+      done: false,
+      taken: [],
+      endOffset: this.positions.get(channel)!,
+    }));
+    // A batch stamped at or before the pack's start (not expected: positions and packBeginTs
+    // move together) counts as the pack's first millisecond, so it still lands inside it.
+    const timeOf = (span: PackSpan): number => Math.max(span.brokerTimestamp, this.packBeginTs + 1);
+    /** Reads a channel's next batches into its cursor; false when the pump must stop (a seek, a close, retention). */
+    const refill = async (cursor: PackCursor): Promise<boolean> => {
+      if (cursor.position >= this.store.channelState(this.topic, cursor.channel).highWatermark) {
+        cursor.done = true;
+        return true;
+      }
+      const read = await this.readBatches(cursor.channel, cursor.position, readBytes);
+      if (read === null || this.closed || generation !== this.generation) return false;
+      const spans = batchSpans(read.bytes);
+      if (spans.length === 0) {
+        cursor.done = true;
+        return true;
+      }
+      for (const span of spans) cursor.spans.push({ ...span, bytes: read.bytes.subarray(span.start, span.start + span.length) });
+      const last = spans[spans.length - 1]!;
+      cursor.position = last.baseOffset + last.recordCount;
+      return true;
+    };
+    let messages = 0;
+    let bytes = 0;
+    for (;;) {
+      let t = Infinity;
+      for (const cursor of cursors) {
+        if (cursor.next >= cursor.spans.length && !cursor.done && !(await refill(cursor))) return;
+        const head = cursor.spans[cursor.next];
+        if (head) t = Math.min(t, timeOf(head));
+      }
+      if (t > endTs) break; // everything up to the stable time is in
+      // The whole millisecond t, in every channel (a channel's run of it may go on past its read).
+      let msMessages = 0;
+      let msBytes = 0;
+      const ends: number[] = [];
+      for (const cursor of cursors) {
+        let k = cursor.next;
+        for (;;) {
+          while (k < cursor.spans.length && timeOf(cursor.spans[k]!) === t) {
+            msMessages += cursor.spans[k]!.recordCount;
+            msBytes += cursor.spans[k]!.length;
+            k++;
           }
-          mine.spans.push(span);
-          mine.bytes.push(read.bytes.subarray(span.start, span.start + span.length));
-          usedBytes += span.length;
-          position = span.baseOffset + span.recordCount;
+          if (k < cursor.spans.length || cursor.done) break;
+          if (messages + msMessages > this.creditMessages || bytes + msBytes > this.creditBytes) break; // does not fit anyway
+          if (!(await refill(cursor))) return;
         }
+        ends.push(k);
+      }
+      if (messages + msMessages > this.creditMessages || bytes + msBytes > this.creditBytes) {
+        if (messages === 0) {
+          this.askForPackCredit(msMessages, msBytes);
+          return;
+        }
+        endTs = t - 1;
+        break;
+      }
+      cursors.forEach((cursor, i) => {
+        for (; cursor.next < ends[i]!; cursor.next++) {
+          const span = cursor.spans[cursor.next]!;
+          cursor.taken.push(span.bytes);
+          cursor.endOffset = span.baseOffset + span.recordCount;
+        }
+      });
+      messages += msMessages;
+      bytes += msBytes;
+      if (bytes >= budgetBytes) {
+        endTs = t;
+        break;
       }
     }
-    // Choose the final end time: lower it until every channel's batches up to it fit the credit.
-    let chosen = this.selectPack(taken, endTs);
-    while (chosen.cut) {
-      firstLeftOut ??= chosen.cut;
-      endTs = chosen.cut.brokerTimestamp - 1;
-      chosen = this.selectPack(taken, endTs);
-    }
-    if (endTs <= this.packBeginTs) {
-      if (firstLeftOut) this.askForPackCredit(taken, firstLeftOut);
-      return;
-    }
-    const { channels, messages, bytes } = chosen;
     const beginTs = this.packBeginTs;
     this.packBeginTs = endTs;
-    this.packNeedBytes = 0;
-    for (const entry of channels) this.positions.set(entry.channel, entry.endOffset);
+    const channels = cursors.map((cursor) => {
+      const startOffset = this.positions.get(cursor.channel)!;
+      this.positions.set(cursor.channel, cursor.endOffset);
+      return { channel: cursor.channel, batches: Buffer.concat(cursor.taken), startOffset, endOffset: cursor.endOffset };
+    });
     this.creditMessages -= messages;
     this.creditBytes -= bytes;
     this.sink.send({ id: 0, pack: { subscription: this.id, beginTs, endTs, channels, epoch: this.epoch } });
   }
+
+  /**
+   * Not even the pack's first millisecond fits the credit (it holds `messages` and `bytes`,
+   * or more: reading stopped once they passed it). Asks for what that needs beyond the
+   * credit (at least one unit, so the client always answers), then waits for the grant.
+   */
+  private askForPackCredit(messages: number, bytes: number): void {
+    this.stalled = true;
+    let needMessages = Math.max(0, messages - this.creditMessages);
+    const needBytes = Math.max(0, bytes - this.creditBytes);
+    if (needMessages === 0 && needBytes === 0) needMessages = 1;
+    this.sink.send({ id: 0, pack: { subscription: this.id, beginTs: this.packBeginTs, endTs: this.packBeginTs, channels: [], needMessages, needBytes, epoch: this.epoch } });
+  }
+}
+
+interface PackSpan extends BatchSpan {
+  bytes: Uint8Array;
+}
+
+/** A channel's read position in pumpPack's merge: batches read (`spans`), the next one to take, those taken. */
+interface PackCursor {
+  channel: number;
+  /** Where the next read starts. */
+  position: number;
+  spans: PackSpan[];
+  next: number;
+  /** Nothing more to read (the high watermark). */
+  done: boolean;
+  taken: Uint8Array[];
+  /** One past the last record taken (the channel's start position while none is). */
+  endOffset: number;
 }
 
 /** The batches in a buffer of whole batches (validated when written; read without checks). */

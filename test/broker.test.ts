@@ -266,6 +266,32 @@ describe('broker: SDK round trips against a real broker process', function () {
     await stream.close();
   });
 
+  it('time-tick packs over a backlog spread across channels fill the credit (they dwindled to one message a pack)', async () => {
+    await client.admin.createTopic('packlog', { channels: 2 });
+    const producer = await client.producer({ topic: 'packlog' });
+    // Rounds of ten sends, each acknowledged before the next: many small batches in both
+    // channels, their broker times interleaved.
+    for (let r = 0; r < 300; r++) await Promise.all(Array.from({ length: 10 }, (_, i) => producer.send({ body: `m${r * 10 + i}` })));
+    const consumer = client.msgStream();
+    await consumer.asConsumer('packlog', 'backlog', { start: 'earliest', prefetchMessages: 500 });
+    const perChannel = new Map<number, number[]>([[0, []], [1, []]]);
+    let packs = 0;
+    let messages = 0;
+    for await (const pack of consumer) {
+      packs++;
+      for (const m of pack.msgs) perChannel.get(m.channel)!.push(m.offset);
+      messages += pack.msgs.length;
+      if (messages >= 3000) break;
+    }
+    assert.equal(messages, 3000);
+    for (const offsets of perChannel.values()) assert.deepEqual(offsets, offsets.map((_, i) => i), 'every offset once, in order');
+    // A window of 500 messages: 3,000 fit in a few more than six packs; the broker used to
+    // cut a pack at the first batch of a later channel past the credit, and then ask for
+    // one message at a time.
+    assert.ok(packs <= 12, `${packs} packs for 3,000 messages with a 500-message window`);
+    await consumer.close();
+  });
+
   it('a slow consumer slows only itself: a stalled socket holds its own pushes, another consumer gets everything', async () => {
     await client.admin.createTopic('slow', { channels: 1 });
     const stalled = await RawClient.open(broker.url);
