@@ -242,9 +242,9 @@ export class Producer {
   send(message: OutgoingMessage): Promise<SendResult> {
     // Not an async function: the common case (room in the buffer) makes one promise, not three.
     try {
+      const input = this.input(message);
       const channel = this.route(message);
       const size = sizeOf(message);
-      const input = this.input(message);
       const promise = new Promise<SendResult>(capture);
       if (this.mustWait(size)) this.park(channel, input, size, captured.resolve!, captured.reject!, 0);
       else this.enqueue(channel, input, size, captured.resolve!, captured.reject!, 0, -1);
@@ -278,9 +278,9 @@ export class Producer {
     try {
       for (let i = 0; i < count; i++) {
         const message = messages[i]!;
+        inputs[i] = this.input(message, i);
         channels[i] = this.route(message);
         sizes[i] = sizeOf(message);
-        inputs[i] = this.input(message, i);
       }
     } catch (err) {
       return Promise.reject(err);
@@ -298,7 +298,7 @@ export class Producer {
   private route(message: OutgoingMessage): number {
     if (this.closed) throw new WaymarkError('CLIENT_CLOSED', 'the producer is closed');
     const channel = this.channelFor(message);
-    if (!this.channels[channel]) throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${this.topic} has channels 0..${this.channels.length - 1}, not ${channel}`);
+    if (!Number.isInteger(channel) || !this.channels[channel]) throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${this.topic} has channels 0..${this.channels.length - 1}, not ${channel}`);
     return channel;
   }
 
@@ -308,6 +308,8 @@ export class Producer {
    * A msgId made here is written by the encoder.
    */
   private input(message: OutgoingMessage, index?: number): MessageInput {
+    if (this.closed) throw new WaymarkError('CLIENT_CLOSED', 'the producer is closed');
+    if (typeof message !== 'object' || message === null) throw new WaymarkError('INVALID_ARGUMENT', `${messagePrefix(index)}a message is an object with a body, not ${message === null ? 'null' : typeof message}`);
     let msgId: Uint8Array | undefined;
     if (message.msgId) {
       const parsed = msgIdFromHex(message.msgId);
