@@ -9,7 +9,13 @@
  * - `delivered` per channel is one past the last offset handed out; a reconnect subscribes
  *   again from exactly there and drops what was buffered but not handed out, so a
  *   reconnect never duplicates or skips a message;
- * - a commit stores `delivered` (or what the caller passes): after a restart the group
+ * - the message handed out last is "in hand" until the application asks for the next one
+ *   (next(), or run()'s handler returning) or commits (commit() with no message counts
+ *   everything handed out as done): what the timer and close() commit stops before it. An
+ *   application whose processing failed (a throw out of a for-await loop, a failed run()
+ *   handler) gets that message again after a restart; the consumer never commits on its own
+ *   a message the application was not done with;
+ * - a commit stores those positions (or what the caller passes): after a restart the group
  *   resumes there, so only the uncommitted tail can be seen twice.
  */
 import { BatchOffset, batchHeaderBytes, readUint32 } from '../engine/format/record-batch';
@@ -49,6 +55,8 @@ export class Consumer implements AsyncIterable<Message> {
   /** The epoch in which each channel's `delivered` last moved by a taken message. */
   private readonly deliveredEpoch = new Map<number, number>();
   private readonly committed = new Map<number, number>();
+  /** The message handed out last, until the application moves on from it (see the invariants). */
+  private inHand: Message | null = null;
   private readonly lastTimestamp = new Map<number, number>();
   private returnMessages = 0;
   private returnBytes = 0;
@@ -70,6 +78,7 @@ export class Consumer implements AsyncIterable<Message> {
     private readonly connection: Connection,
     options: ConsumerOptions,
   ) {
+    checkConsumerOptions(options);
     this.topic = options.topic;
     this.group = options.group;
     this.options = {
@@ -87,8 +96,11 @@ export class Consumer implements AsyncIterable<Message> {
     this.stopListening.push(this.connection.on('reconnect', () => void this.resubscribe()));
     // Without reconnect nothing more will come: what was received goes out, then CONNECTION_LOST.
     this.stopListening.push(this.connection.on('disconnect', () => this.connectionGone()));
+    // client.close(): the loop ends (done) — nothing can be committed any more; what was
+    // handed out but not committed comes again to the group's next consumer.
+    this.stopListening.push(this.connection.on('close', () => this.endLocally()));
     if (this.options.autoCommitIntervalMs > 0) {
-      this.commitTimer = setInterval(() => void this.commit().catch(() => undefined), this.options.autoCommitIntervalMs);
+      this.commitTimer = setInterval(() => void this.commitDone().catch(() => undefined), this.options.autoCommitIntervalMs);
       (this.commitTimer as { unref?: () => void }).unref?.();
     }
   }
@@ -103,7 +115,7 @@ export class Consumer implements AsyncIterable<Message> {
       creditBytes: this.options.prefetchBytes,
     };
     if (typeof start === 'string') request.start = start;
-    else if ('offsets' in start) request.positions = Object.entries(start.offsets).map(([channel, offset]) => ({ channel: Number(channel), offset }));
+    else if ('offsets' in start) request.positions = offsetPositions(start.offsets);
     else request.startTimestamp = start.timestamp;
     // The handler is in place before the request leaves: pushes may follow the reply at once.
     this.stopPush?.();
@@ -197,6 +209,7 @@ export class Consumer implements AsyncIterable<Message> {
     const creditMessages = queue.headCreditMessages;
     const creditBytes = queue.headCreditBytes;
     const m = queue.shift();
+    this.inHand = m;
     this.delivered.set(m.channel, m.offset + 1);
     this.deliveredEpoch.set(m.channel, this.epoch);
     this.lastTimestamp.set(m.channel, m.brokerTimestamp);
@@ -236,8 +249,9 @@ export class Consumer implements AsyncIterable<Message> {
     this.pull.fail(err);
   }
 
-  /** The next message (waits for one). */
+  /** The next message (waits for one); the one handed out before counts as done from now on. */
   next(): Promise<IteratorResult<Message>> {
+    this.inHand = null;
     return this.pull.next(() => this.take(), this.closed);
   }
 
@@ -257,22 +271,44 @@ export class Consumer implements AsyncIterable<Message> {
       const r = await this.next();
       if (r.done) return;
       let message: Message | null = r.value;
+      let inTurn = 0;
       while (message !== null) {
         const handled = handler(message);
         if (handled) await handled;
+        if (this.inHand === message) this.inHand = null; // done: a throw above leaves it in hand, uncommitted
+        if (!handled && ++inTurn === runTurnMessagesMax) {
+          // A synchronous handler over a full window would hold the thread for all of it:
+          // timers (auto-commit, the application's own) ran seconds late.
+          inTurn = 0;
+          await yieldTurn();
+        }
         message = this.closed || this.pull.failed ? null : this.take();
       }
     }
   }
 
-  /** Positions after the last message handed out, per channel. */
+  /** What the timer and close() commit, per channel: after the last message done (handed out and not in hand). */
   positions(): Array<{ channel: number; offset: number }> {
-    return [...this.delivered].map(([channel, offset]) => ({ channel, offset }));
+    const inHand = this.inHand;
+    return [...this.delivered].map(([channel, offset]) => ({ channel, offset: inHand !== null && inHand.channel === channel ? inHand.offset : offset }));
   }
 
-  /** Stores the group's positions: after `message` for its channel, or all delivered positions. */
+  /**
+   * Stores the group's positions: after `message` for its channel, or after every message
+   * handed out (as Kafka's commitSync()). Either way the application is done with what it
+   * commits: the message in hand counts as done.
+   */
   async commit(message?: Message): Promise<void> {
-    const positions = message ? [{ channel: message.channel, offset: message.offset + 1, timestamp: message.brokerTimestamp }] : this.positions().filter((p) => this.committed.get(p.channel) !== p.offset).map((p) => ({ ...p, timestamp: this.lastTimestamp.get(p.channel) ?? 0 }));
+    if (!message || message === this.inHand) this.inHand = null;
+    if (!message) return this.commitDone();
+    const positions = [{ channel: message.channel, offset: message.offset + 1, timestamp: message.brokerTimestamp }];
+    await this.connection.request({ commit: { topic: this.topic, group: this.group, positions } });
+    for (const p of positions) this.committed.set(p.channel, p.offset);
+  }
+
+  /** Commits positions() where they moved (the timer, close(), commit()). */
+  private async commitDone(): Promise<void> {
+    const positions = this.positions().filter((p) => this.committed.get(p.channel) !== p.offset).map((p) => ({ ...p, timestamp: this.lastTimestamp.get(p.channel) ?? 0 }));
     if (positions.length === 0) return;
     await this.connection.request({ commit: { topic: this.topic, group: this.group, positions } });
     for (const p of positions) this.committed.set(p.channel, p.offset);
@@ -282,12 +318,13 @@ export class Consumer implements AsyncIterable<Message> {
   async seek(to: { offsets: Record<number, number> } | { timestamp: number } | 'earliest' | 'latest'): Promise<void> {
     const request: Record<string, unknown> = { subscription: this.subscription };
     if (typeof to === 'string') request.to = to;
-    else if ('offsets' in to) request.positions = Object.entries(to.offsets).map(([channel, offset]) => ({ channel: Number(channel), offset }));
+    else if ('offsets' in to) request.positions = offsetPositions(to.offsets);
     // Time 0 is before every message: the earliest (on the wire 0 means "no timestamp").
     else if (checkSeekTime(to.timestamp) > 0) request.timestamp = to.timestamp;
     else request.to = 'earliest';
     const epoch = ++this.epoch;
     request.epoch = epoch;
+    this.inHand = null; // the application moved the stream: positions are where the seek puts them
     // Buffered messages are from before the seek: drop them and return their credit.
     const { messages, bytes } = this.queue.credit();
     this.dropQueued();
@@ -300,10 +337,20 @@ export class Consumer implements AsyncIterable<Message> {
     }
   }
 
+  private endLocally(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.commitTimer) clearInterval(this.commitTimer);
+    for (const stop of this.stopListening) stop();
+    this.stopPush?.();
+    this.dropQueued();
+    this.pull.end();
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     if (this.commitTimer) clearInterval(this.commitTimer);
-    if (this.options.autoCommitIntervalMs > 0 && !this.connection.isClosed) await this.commit().catch(() => undefined);
+    if (this.options.autoCommitIntervalMs > 0 && !this.connection.isClosed) await this.commitDone().catch(() => undefined);
     this.closed = true;
     for (const stop of this.stopListening) stop();
     this.stopPush?.();
@@ -401,6 +448,50 @@ export function countRecords(bytes: Uint8Array | null | undefined): number {
 }
 
 /** A seek's broker time: a whole number of ms, 0 or more (0: from the earliest). */
+/** run() lets timers and I/O in after this many messages handed to a synchronous handler in one turn. */
+const runTurnMessagesMax = 1000;
+
+function yieldTurn(): Promise<void> {
+  return new Promise((resolve) => (typeof setImmediate === 'function' ? setImmediate(resolve) : setTimeout(resolve, 0)));
+}
+
+/** Start or seek offsets per channel as protocol positions; a negative or fractional offset is INVALID_ARGUMENT (it went out as a wrapped 64-bit number). */
+export function offsetPositions(offsets: Record<number, number>): Array<{ channel: number; offset: number }> {
+  if (typeof offsets !== 'object' || offsets === null) throw new WaymarkError('INVALID_ARGUMENT', 'offsets: an object of channel → offset');
+  return Object.entries(offsets).map(([channel, offset]) => {
+    const c = Number(channel);
+    if (!Number.isInteger(c) || c < 0) throw new WaymarkError('INVALID_ARGUMENT', `offsets: channel ${JSON.stringify(channel)} is not a channel number`);
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `offsets: channel ${c}: offset ${String(offset)} is not an offset (an integer, 0 or more)`);
+    return { channel: c, offset };
+  });
+}
+
+/** A credit window or interval option: a positive (or, with zeroOk, non-negative) safe integer when given. */
+export function checkCount(name: string, value: unknown, zeroOk = false): void {
+  if (value === undefined) return;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < (zeroOk ? 0 : 1)) {
+    throw new WaymarkError('INVALID_ARGUMENT', `${name} must be an integer ${zeroOk ? '0 or more' : 'above 0'}, not ${String(value)}`);
+  }
+}
+
+/** The options a consumer is made with, checked before anything is sent (a window of 0 received nothing, for ever). */
+function checkConsumerOptions(options: ConsumerOptions): void {
+  checkCount('prefetchMessages', options.prefetchMessages);
+  checkCount('prefetchBytes', options.prefetchBytes);
+  checkCount('autoCommitIntervalMs', options.autoCommitIntervalMs, true);
+  if (options.fallback !== undefined && options.fallback !== 'earliest' && options.fallback !== 'latest') {
+    throw new WaymarkError('INVALID_ARGUMENT', `fallback must be "earliest" or "latest", not ${JSON.stringify(options.fallback)}`);
+  }
+  if (options.channels !== undefined && (!Array.isArray(options.channels) || !options.channels.every((c) => Number.isInteger(c) && c >= 0))) {
+    throw new WaymarkError('INVALID_ARGUMENT', 'channels must be an array of channel numbers');
+  }
+  const start = options.start;
+  if (start === undefined || start === 'committed' || start === 'earliest' || start === 'latest') return;
+  if (typeof start === 'object' && start !== null && 'offsets' in start) offsetPositions(start.offsets);
+  else if (typeof start === 'object' && start !== null && 'timestamp' in start) checkSeekTime(start.timestamp);
+  else throw new WaymarkError('INVALID_ARGUMENT', `start must be "committed", "earliest", "latest", {offsets} or {timestamp}, not ${JSON.stringify(start)}`);
+}
+
 export function checkSeekTime(timestamp: number): number {
   if (!Number.isSafeInteger(timestamp) || timestamp < 0) throw new WaymarkError('INVALID_ARGUMENT', `seek timestamp ${timestamp}: a broker time in ms, 0 or more`);
   return timestamp;

@@ -18,7 +18,7 @@ import { WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
 import { resumePositions } from './admin';
-import { checkSeekTime } from './consumer';
+import { checkCount, checkSeekTime } from './consumer';
 import { Pull } from './pull';
 import { decodeBatches, type Message } from './messages';
 import { Producer, type OutgoingMessage, type SendResult } from './producer';
@@ -60,6 +60,8 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   private readonly pull = new Pull<MsgPack>();
   private failed = false;
   private closed = false;
+  /** Its consumer side was closed (a loop over its packs left): asConsumer is refused from then on. */
+  private consumerClosed = false;
   private prefetch: [number, number] = [10_000, 8 * 1024 * 1024];
   /** Credit granted past the window on the broker's asking, not yet taken back (messages, bytes). */
   private extra: [number, number] = [0, 0];
@@ -100,16 +102,36 @@ export class MsgStream implements AsyncIterable<MsgPack> {
 
   /** Subscribes `subName` to the topic's channels as time-tick packs. */
   async asConsumer(topic: string, subName: string, options: AsConsumerOptions = {}): Promise<void> {
+    if (this.closed || this.consumerClosed) throw new WaymarkError('CLIENT_CLOSED', 'this msgStream\'s consumer is closed: consume with a new msgStream');
+    if (this.consuming) {
+      // A second subscription would have left the first one open on the broker for good.
+      throw new WaymarkError('INVALID_ARGUMENT', `this msgStream consumes ${this.consuming.topic} as ${this.consuming.group} already: close it, or use another msgStream`);
+    }
+    checkCount('prefetchMessages', options.prefetchMessages);
+    checkCount('prefetchBytes', options.prefetchBytes);
+    checkCount('tickIntervalMs', options.tickIntervalMs, true);
+    if (options.channels !== undefined && (!Array.isArray(options.channels) || !options.channels.every((c) => Number.isInteger(c) && c >= 0))) {
+      throw new WaymarkError('INVALID_ARGUMENT', 'channels must be an array of channel numbers');
+    }
     this.prefetch = [options.prefetchMessages ?? 10_000, options.prefetchBytes ?? 8 * 1024 * 1024];
     const start = options.start ?? 'committed';
     const request: Record<string, unknown> = {};
-    if (typeof start === 'string') request.start = start;
-    else if ('timestamp' in start) request.startTimestamp = start.timestamp;
-    else request.positions = start.positions;
+    if (start === 'committed' || start === 'earliest' || start === 'latest') request.start = start;
+    else if (typeof start === 'object' && start !== null && 'timestamp' in start) request.startTimestamp = checkSeekTime(start.timestamp);
+    else if (typeof start === 'object' && start !== null && 'positions' in start) request.positions = checkPositions(start.positions);
+    else throw new WaymarkError('INVALID_ARGUMENT', `start must be "committed", "earliest", "latest", {positions} or {timestamp}, not ${JSON.stringify(start)}`);
     // The broker begins the first pack just before a start time, else at 0 (session.subscribe).
     this.resume = { positions: new Map(), beginTs: typeof start === 'object' && 'timestamp' in start && start.timestamp > 0 ? start.timestamp - 1 : 0 };
     this.consuming = { topic, group: subName, subscription: 0, channels: options.channels ?? [], tickIntervalMs: options.tickIntervalMs ?? 0 };
-    await this.subscribe(request);
+    try {
+      await this.subscribe(request);
+    } catch (err) {
+      // Not subscribed (an unknown topic, say): the stream may try again.
+      this.consuming = null;
+      this.stopPush?.();
+      this.stopPush = null;
+      throw err;
+    }
     // Only once subscribed: a stream whose asConsumer failed has nowhere to resume from.
     if (!this.stopReconnect) {
       const stopReconnect = this.connection.on('reconnect', () => void this.resubscribe());
@@ -118,9 +140,18 @@ export class MsgStream implements AsyncIterable<MsgPack> {
         const lost = this.connection.lostForGood;
         if (lost && !this.closed) this.pull.failAfterQueued(lost);
       });
+      // client.close(): a loop over the packs ends (done).
+      const stopClose = this.connection.on('close', () => {
+        this.closed = true;
+        this.stopReconnect?.();
+        this.stopPush?.();
+        this.packs.length = 0;
+        this.pull.end();
+      });
       this.stopReconnect = () => {
         stopReconnect();
         stopDisconnect();
+        stopClose();
       };
     }
   }
@@ -243,12 +274,34 @@ export class MsgStream implements AsyncIterable<MsgPack> {
 
   /** The next pack (Milvus Chan()). */
   next(): Promise<IteratorResult<MsgPack>> {
+    if (this.consumerClosed) return Promise.resolve({ value: undefined, done: true });
     if (!this.failed && !this.closed && !this.consuming) return Promise.reject(new WaymarkError('INVALID_ARGUMENT', 'call asConsumer(topic, subName) first'));
     return this.pull.next(() => this.takePack(), this.closed);
   }
 
+  /** A loop over the packs (for await) that is left — break, return, a throw — closes the consumer side: it unsubscribes. */
   [Symbol.asyncIterator](): AsyncIterator<MsgPack> {
-    return { next: () => this.next() };
+    return {
+      next: () => this.next(),
+      return: async () => {
+        await this.closeConsumer();
+        return { value: undefined, done: true };
+      },
+    };
+  }
+
+  /** Unsubscribes and ends the packs (a waiting next() is done); the producer side stays. */
+  private async closeConsumer(): Promise<void> {
+    if (this.consumerClosed) return;
+    this.consumerClosed = true;
+    const consuming = this.consuming;
+    this.stopReconnect?.();
+    this.stopReconnect = null;
+    this.stopPush?.();
+    this.stopPush = null;
+    this.packs.length = 0;
+    if (consuming && !this.connection.isClosed) await this.connection.request({ unsubscribe: { subscription: consuming.subscription } }).catch(() => undefined);
+    this.pull.end();
   }
 
   chan(): AsyncIterable<MsgPack> {
@@ -259,7 +312,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   async seek(to: { positions: MsgPosition[] } | { timestamp: number }): Promise<void> {
     if (!this.consuming) throw new WaymarkError('INVALID_ARGUMENT', 'call asConsumer(topic, subName) first');
     // Time 0 is before every message: the earliest (on the wire 0 means "no timestamp").
-    const where = 'positions' in to ? { positions: to.positions } : checkSeekTime(to.timestamp) > 0 ? { timestamp: to.timestamp } : { to: 'earliest' };
+    const where = 'positions' in to ? { positions: checkPositions(to.positions) } : checkSeekTime(to.timestamp) > 0 ? { timestamp: to.timestamp } : { to: 'earliest' };
     const epoch = ++this.epoch;
     for (const item of this.packs.splice(0)) this.grant(item.credit[0], item.credit[1]);
     const reply = await this.connection.request({ seek: { subscription: this.consuming.subscription, epoch, ...where } });
@@ -280,9 +333,16 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     if (this.closed) return;
     this.closed = true;
     await this.producer?.close();
-    this.stopReconnect?.();
-    this.stopPush?.();
-    if (this.consuming && !this.connection.isClosed) await this.connection.request({ unsubscribe: { subscription: this.consuming.subscription } }).catch(() => undefined);
-    this.pull.end();
+    await this.closeConsumer();
   }
+}
+
+/** Positions as the protocol takes them; a negative or fractional offset is INVALID_ARGUMENT (it went out as a wrapped 64-bit number). */
+function checkPositions(positions: MsgPosition[]): MsgPosition[] {
+  if (!Array.isArray(positions)) throw new WaymarkError('INVALID_ARGUMENT', 'positions: an array of {channel, offset}');
+  for (const p of positions) {
+    if (typeof p !== 'object' || p === null || !Number.isInteger(p.channel) || p.channel < 0) throw new WaymarkError('INVALID_ARGUMENT', `positions: ${JSON.stringify(p)} has no channel number`);
+    if (!Number.isSafeInteger(p.offset) || p.offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `positions: channel ${p.channel}: offset ${String(p.offset)} is not an offset (an integer, 0 or more)`);
+  }
+  return positions;
 }

@@ -185,6 +185,8 @@ export class Producer {
   private unparking = false;
   private idleWaiters: Array<() => void> = [];
   private closed = false;
+  /** close() was called: new sends are refused at once (one made in close()'s own turn was accepted and never flushed). */
+  private closing = false;
   private readonly stopListening: Array<() => void>;
   /** Fails what waited longer than deliveryTimeoutMs; set only while batches wait for a connection. */
   private expiryTimer: ReturnType<typeof setTimeout> | null = null;
@@ -296,7 +298,7 @@ export class Producer {
 
   /** Checks a message and routes it (throws on a closed producer or a bad channel). */
   private route(message: OutgoingMessage): number {
-    if (this.closed) throw new WaymarkError('CLIENT_CLOSED', 'the producer is closed');
+    if (this.closing) throw new WaymarkError('CLIENT_CLOSED', 'the producer is closed');
     const channel = this.channelFor(message);
     if (!Number.isInteger(channel) || !this.channels[channel]) throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${this.topic} has channels 0..${this.channels.length - 1}, not ${channel}`);
     return channel;
@@ -308,7 +310,7 @@ export class Producer {
    * A msgId made here is written by the encoder.
    */
   private input(message: OutgoingMessage, index?: number): MessageInput {
-    if (this.closed) throw new WaymarkError('CLIENT_CLOSED', 'the producer is closed');
+    if (this.closing) throw new WaymarkError('CLIENT_CLOSED', 'the producer is closed');
     if (typeof message !== 'object' || message === null) throw new WaymarkError('INVALID_ARGUMENT', `${messagePrefix(index)}a message is an object with a body, not ${message === null ? 'null' : typeof message}`);
     let msgId: Uint8Array | undefined;
     if (message.msgId) {
@@ -388,7 +390,7 @@ export class Producer {
 
   /** Sends one message to every channel of the topic. */
   async broadcast(message: Omit<OutgoingMessage, 'channel'>): Promise<SendResult[]> {
-    if (this.closed) throw new WaymarkError('CLIENT_CLOSED', 'the producer is closed');
+    if (this.closing) throw new WaymarkError('CLIENT_CLOSED', 'the producer is closed');
     const msgId = message.msgId ? msgIdFromHex(message.msgId) : this.ids.next();
     if (!msgId) throw new WaymarkError('INVALID_ARGUMENT', 'msgId must be 32 hex digits');
     const { batch } = encodeBatch([{ msgId, key: message.key ?? null, headers: message.headers, body: message.body }], { codec: this.codec() });
@@ -593,7 +595,11 @@ export class Producer {
   }
 
   async close(): Promise<void> {
-    if (this.closed) return;
+    if (this.closing) {
+      if (!this.closed) await this.flush();
+      return;
+    }
+    this.closing = true;
     await this.flush();
     this.closed = true;
     for (const stop of this.stopListening) stop();

@@ -4,7 +4,8 @@
  * application's processing fails, leaving a msgStream's loop, options out of range.
  */
 import { strict as assert } from 'node:assert';
-import { brokerForSuite } from './broker-helpers';
+import { connect } from '../sdk/index';
+import { brokerForSuite, take, text } from './broker-helpers';
 import { rejection, removeTempDirs } from './helpers';
 
 after(removeTempDirs);
@@ -36,5 +37,192 @@ describe('sdk lifecycle: messages of the wrong type', function () {
     const good = await producer.send({ body: 'good', key: 'k', headers: { a: 'b', c: new Uint8Array([1]) } });
     assert.equal(good.offset, 0, 'nothing of the refused messages was stored; the producer is not wedged');
     await producer.close();
+  });
+});
+
+describe('sdk lifecycle: client.close() under waiting consumers', function () {
+  this.timeout(30_000);
+  const { broker, client } = brokerForSuite();
+
+  it('ends a for-await loop, resolves run(), and ends a msgStream loop (each waited for ever)', async () => {
+    await client().admin.createTopic('closing', { channels: 2 });
+    const other = await connect(broker.url);
+    const consumer = await other.consumer({ topic: 'closing', group: 'g1', start: 'earliest' });
+    const looped = (async () => {
+      for await (const m of consumer) void m;
+      return 'ended';
+    })();
+    const runner = await other.consumer({ topic: 'closing', group: 'g2', start: 'earliest' });
+    const ran = runner.run(() => undefined).then(() => 'resolved');
+    const stream = other.msgStream();
+    await stream.asConsumer('closing', 'g3', { start: 'earliest' });
+    const streamed = (async () => {
+      for await (const pack of stream) void pack;
+      return 'ended';
+    })();
+    other.close();
+    assert.deepEqual(await Promise.all([looped, ran, streamed]), ['ended', 'resolved', 'ended']);
+  });
+});
+
+describe('sdk lifecycle: what a consumer commits when processing fails', function () {
+  this.timeout(30_000);
+  const { client } = brokerForSuite();
+  const committed = async (group: string): Promise<number[]> => (await client().admin.positions('fails', group)).map((p) => p.offset);
+
+  before(async () => {
+    await client().admin.createTopic('fails', { channels: 1 });
+    const producer = await client().producer({ topic: 'fails' });
+    await producer.sendBatch(Array.from({ length: 10 }, (_, i) => ({ body: `m${i}` })));
+    await producer.close();
+  });
+
+  it('a throw out of a for-await loop leaves the message in hand uncommitted (offset 6 was committed)', async () => {
+    const consumer = await client().consumer({ topic: 'fails', group: 'loop', start: 'earliest' });
+    const err = await rejection(
+      (async () => {
+        for await (const m of consumer) if (m.offset === 5) throw new Error('processing failed');
+      })(),
+    );
+    assert.equal(err.message, 'processing failed');
+    assert.deepEqual(await committed('loop'), [5], 'resumes at the failed message');
+    const again = await client().consumer({ topic: 'fails', group: 'loop' });
+    assert.equal((await take(again, 1))[0]!.offset, 5);
+    await again.close();
+  });
+
+  it('a failing run() handler leaves its message uncommitted (close() commits what the timer would)', async () => {
+    const consumer = await client().consumer({ topic: 'fails', group: 'run', start: 'earliest' });
+    const err = await rejection(
+      consumer.run((m) => {
+        if (m.offset === 5) throw new Error('handler failed');
+      }),
+    );
+    assert.equal(err.message, 'handler failed');
+    await consumer.close(); // commits as the timer does
+    assert.deepEqual(await committed('run'), [5]);
+  });
+
+  it('an explicit commit() counts every message handed out as done, as Kafka\'s commitSync() does', async () => {
+    const consumer = await client().consumer({ topic: 'fails', group: 'explicit', start: 'earliest', autoCommitIntervalMs: 0 });
+    await take(consumer, 3);
+    await consumer.commit();
+    assert.deepEqual(await committed('explicit'), [3]);
+    await consumer.close();
+  });
+
+  it('break keeps the message in hand uncommitted too, unless the application commits it', async () => {
+    const consumer = await client().consumer({ topic: 'fails', group: 'brk', start: 'earliest' });
+    for await (const m of consumer) if (m.offset === 3) break;
+    assert.deepEqual(await committed('brk'), [3]);
+    const second = await client().consumer({ topic: 'fails', group: 'brk' });
+    for await (const m of second) {
+      if (m.offset === 4) {
+        await second.commit(m);
+        break;
+      }
+    }
+    assert.deepEqual(await committed('brk'), [5], 'committed explicitly, then left');
+    assert.deepEqual((await take(await client().consumer({ topic: 'fails', group: 'brk' }), 1)).map(text), ['m5']);
+  });
+});
+
+describe('sdk lifecycle: a msgStream loop that is left', function () {
+  this.timeout(60_000);
+  const { client } = brokerForSuite();
+
+  it('unsubscribes: 300 open-and-leave cycles on one connection (the 257th failed with TOO_MANY_REQUESTS)', async () => {
+    await client().admin.createTopic('leave', { channels: 1 });
+    const producer = await client().producer({ topic: 'leave' });
+    await producer.send({ body: 'one' });
+    for (let i = 0; i < 300; i++) {
+      const stream = client().msgStream();
+      await stream.asConsumer('leave', `g${i}`, { start: 'earliest' });
+      for await (const pack of stream) if (pack.msgs.length > 0) break;
+      assert.equal((await stream.next()).done, true, 'a left loop stays ended');
+    }
+  });
+
+  it('a second asConsumer on one stream is refused (its first subscription stayed open for good); a failed one may be retried', async () => {
+    const stream = client().msgStream();
+    assert.equal((await rejection(stream.asConsumer('no-such-topic', 'g'))).code, 'TOPIC_NOT_FOUND');
+    await stream.asConsumer('leave', 'again', { start: 'earliest' });
+    const err = await rejection(stream.asConsumer('leave', 'again2'));
+    assert.equal(err.code, 'INVALID_ARGUMENT');
+    assert.match(err.message, /consumes leave as again already/);
+    await stream.close();
+  });
+});
+
+describe('sdk lifecycle: consumer options out of range', function () {
+  this.timeout(30_000);
+  const { client } = brokerForSuite();
+
+  it('are INVALID_ARGUMENT before anything is sent (a window of 0 received nothing, for ever; a negative offset went out wrapped)', async () => {
+    await client().admin.createTopic('opts', { channels: 1 });
+    const bad: object[] = [
+      { prefetchMessages: 0 },
+      { prefetchBytes: 0 },
+      { prefetchMessages: -5 },
+      { fallback: 'bogus' },
+      { start: { timestamp: -5 } },
+      { start: { offsets: { 0: -1 } } },
+      { start: 'newest' },
+      { autoCommitIntervalMs: -1 },
+    ];
+    for (const options of bad) {
+      const err = await rejection(client().consumer({ topic: 'opts', group: 'g', ...options }));
+      assert.equal(err.code, 'INVALID_ARGUMENT', `${JSON.stringify(options)}: ${err.message}`);
+      const stream = client().msgStream();
+      if (!('fallback' in options) && !('autoCommitIntervalMs' in options)) {
+        const translated = 'start' in options && typeof options.start === 'object' && 'offsets' in (options.start as object) ? { start: { positions: [{ channel: 0, offset: -1 }] } } : options;
+        assert.equal((await rejection(stream.asConsumer('opts', 'g', translated as never))).code, 'INVALID_ARGUMENT', `msgStream ${JSON.stringify(translated)}`);
+      }
+    }
+    const consumer = await client().consumer({ topic: 'opts', group: 'g', start: 'earliest' });
+    const seekErr = await rejection(consumer.seek({ offsets: { 0: -1 } }));
+    assert.equal(seekErr.code, 'INVALID_ARGUMENT');
+    assert.doesNotMatch(seekErr.message, /18446744073709552000/);
+    await consumer.close();
+    const stream = client().msgStream();
+    await stream.asConsumer('opts', 'g2', { start: 'earliest' });
+    assert.equal((await rejection(stream.seek({ positions: [{ channel: 0, offset: -1 }] }))).code, 'INVALID_ARGUMENT');
+    await stream.close();
+  });
+});
+
+describe('sdk lifecycle: small things a review found', function () {
+  this.timeout(30_000);
+  const { client } = brokerForSuite();
+
+  it('a send made in the same turn as producer.close() is refused (it was accepted, and stored after close resolved)', async () => {
+    await client().admin.createTopic('late', { channels: 1 });
+    const producer = await client().producer({ topic: 'late' });
+    await producer.send({ body: 'before' });
+    const closing = producer.close();
+    const err = await rejection(producer.send({ body: 'late' }));
+    assert.equal(err.code, 'CLIENT_CLOSED');
+    await closing;
+    assert.equal((await client().admin.describeTopic('late')).channelStates[0]!.highWatermark, 1, 'only the send before close() stored');
+  });
+
+  it('run() with a synchronous handler lets timers in while it works through a window (they waited for all of it)', async () => {
+    await client().admin.createTopic('sync-run', { channels: 1 });
+    const producer = await client().producer({ topic: 'sync-run' });
+    await producer.sendBatch(Array.from({ length: 5000 }, (_, i) => ({ body: `m${i}` }))); // one batch: one push
+    await producer.close();
+    const consumer = await client().consumer({ topic: 'sync-run', group: 'g', start: 'earliest' });
+    let handled = 0;
+    let handledWhenTimerRan = -1;
+    await new Promise<void>((resolve, reject) => {
+      consumer
+        .run(() => {
+          if (++handled === 1) setImmediate(() => (handledWhenTimerRan = handled));
+          if (handled === 5000) resolve();
+        })
+        .catch(reject);
+    });
+    assert.ok(handledWhenTimerRan >= 1 && handledWhenTimerRan < 5000, `a timer set at the first message ran after ${handledWhenTimerRan} of 5,000`);
+    await consumer.close();
   });
 });

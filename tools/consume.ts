@@ -4,7 +4,7 @@ import { UsageError } from './args';
 import type { Command } from './command';
 import { connectForCommand, urlOption } from './broker-options';
 import { LineBuffer } from './io';
-import type { StartAt } from '../sdk/index';
+import type { Message, StartAt } from '../sdk/index';
 
 export const consumeCommand: Command = {
   spec: {
@@ -55,6 +55,7 @@ export const consumeCommand: Command = {
       // ever come and the process would drain its event loop and exit 0, as if done).
       let ended = null as 'signal' | WaymarkError | null; // (a cast: set in callbacks, so TS must not narrow it to null)
       let wake: () => void = () => undefined;
+      let lastPrinted: Message | null = null;
       const interrupted = new Promise<null>((resolve) => (wake = () => resolve(null)));
       const onSignal = (): void => {
         ended ??= 'signal';
@@ -67,11 +68,11 @@ export const consumeCommand: Command = {
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
       try {
-        // Every message taken from the consumer is printed before anything else happens, so
-        // the consumer's delivered positions (what it commits) are exactly what was printed.
-        // The last next() may be left waiting when a signal ends the run: a message it takes
-        // after that is neither printed nor in the final commit, whose positions are read when
-        // close() is called, right after this loop (the next run of the group reads it).
+        // Every message taken from the consumer is printed before anything else happens. The
+        // consumer commits what the application is done with: each message once the next is
+        // asked for, and the last one printed is committed explicitly below. The last next()
+        // may be left waiting when a signal ends the run: a message it takes after that is in
+        // hand, neither printed nor committed (the next run of the group reads it).
         let seen = 0;
         while (seen < max && ended === null) {
           let r;
@@ -88,6 +89,7 @@ export const consumeCommand: Command = {
           const ok = out.push(args.flags.json ? JSON.stringify({ ...m, body }) : `${m.channel} ${m.offset} ${m.key ?? '-'} ${body}`);
           seen++;
           if (!ok || !out.flush()) break; // flushed per message: a live tail shows each as it comes
+          lastPrinted = m;
         }
         out.flush();
       } finally {
@@ -100,7 +102,8 @@ export const consumeCommand: Command = {
         await consumer.close();
         throw ended;
       }
-      await consumer.close(); // commits the delivered (= printed) positions
+      if (lastPrinted) await consumer.commit(lastPrinted); // printed: done
+      await consumer.close(); // commits the other channels' printed positions
       return 0;
     } finally {
       client.close();
