@@ -350,12 +350,16 @@ export class Consumer implements AsyncIterable<Message> {
   async close(): Promise<void> {
     if (this.closed) return;
     if (this.commitTimer) clearInterval(this.commitTimer);
-    if (this.options.autoCommitIntervalMs > 0 && !this.connection.isClosed) await this.commitDone().catch(() => undefined);
+    // The last commit's failure is the caller's to know (`waymark consume` exited 0 when it
+    // failed): close() still unsubscribes and ends, then rejects with it.
+    let commitFailure: unknown = null;
+    if (this.options.autoCommitIntervalMs > 0 && !this.connection.isClosed) await this.commitDone().catch((err: unknown) => (commitFailure = err));
     this.closed = true;
     for (const stop of this.stopListening) stop();
     this.stopPush?.();
     if (!this.connection.isClosed) await this.connection.request({ unsubscribe: { subscription: this.subscription } }).catch(() => undefined);
     this.pull.end();
+    if (commitFailure) throw commitFailure;
   }
 }
 

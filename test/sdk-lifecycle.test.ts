@@ -111,6 +111,16 @@ describe('sdk lifecycle: what a consumer commits when processing fails', functio
     await consumer.close();
   });
 
+  it('close() rejects when its last commit fails (it resolved as if committed)', async () => {
+    await client().admin.createTopic('gone-soon', { channels: 1 });
+    const producer = await client().producer({ topic: 'gone-soon' });
+    await producer.sendBatch([{ body: 'a' }, { body: 'b' }]);
+    const consumer = await client().consumer({ topic: 'gone-soon', group: 'g', start: 'earliest' });
+    await take(consumer, 2); // the first is done
+    await client().admin.deleteTopic('gone-soon');
+    assert.equal((await rejection(consumer.close())).code, 'TOPIC_NOT_FOUND');
+  });
+
   it('break keeps the message in hand uncommitted too, unless the application commits it', async () => {
     const consumer = await client().consumer({ topic: 'fails', group: 'brk', start: 'earliest' });
     for await (const m of consumer) if (m.offset === 3) break;
