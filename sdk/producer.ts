@@ -587,7 +587,10 @@ export class Producer {
     return this.parkedHead === this.parked.length && this.channels.every((s) => !s.open && s.ready.length === 0 && s.inflight.length === 0);
   }
 
-  /** Sends what is gathered now and resolves when everything sent so far is acknowledged. */
+  /**
+   * Sends what is gathered now and resolves when everything sent so far has settled:
+   * acknowledged, or failed (each send's own promise says which; flush() never rejects).
+   */
   async flush(): Promise<void> {
     for (let c = 0; c < this.channels.length; c++) this.seal(c);
     if (this.isIdle()) return;
