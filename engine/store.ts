@@ -44,6 +44,31 @@ export interface StoreOptions {
   tailCacheBytes?: number;
   /** Called for every torn tail or corruption found while opening. */
   onRecovery?: (finding: RecoveryFinding) => void;
+  /**
+   * Called when work the store does on its own fails (see StoreFault), once per cause, not at
+   * every retry. Absent: a process warning (stderr).
+   */
+  onFault?: (fault: StoreFault) => void;
+}
+
+/** A failure of the store's own work, said once per cause (StoreOptions.onFault); the store goes on serving. */
+export interface StoreFault {
+  /** retention: a retention pass of this channel failed (counted; every pass tries again). */
+  kind: 'retention';
+  topic: string;
+  channel: number;
+  /** The cause's code: an errno code (EIO, ENOSPC…) or a WaymarkError code. */
+  code: string;
+  /** One line naming topic, channel and cause. */
+  message: string;
+}
+
+/** What went wrong in a channel since the store opened (Store.channelHealth). */
+export interface ChannelHealth {
+  topic: string;
+  channel: number;
+  /** Retention passes that failed. */
+  retentionFailures: number;
 }
 
 export interface TopicConfig {
@@ -121,6 +146,8 @@ interface Topic {
   info: TopicInfo;
   dir: string;
   channels: ChannelLog[];
+  /** Per channel: failed retention passes, and the cause last said (null once a pass succeeds). */
+  retention: Array<{ failures: number; cause: string | null }>;
 }
 
 const topicNamePattern = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
@@ -172,7 +199,7 @@ export class Store {
 
   private constructor(
     readonly dir: string,
-    private readonly options: Required<Omit<StoreOptions, 'onRecovery'>> & Pick<StoreOptions, 'onRecovery'>,
+    private readonly options: Required<Omit<StoreOptions, 'onRecovery' | 'onFault'>> & Pick<StoreOptions, 'onRecovery' | 'onFault'>,
     private readonly lock: FolderLock,
   ) {}
 
@@ -189,6 +216,7 @@ export class Store {
         compression: options.compression ?? true,
         tailCacheBytes: nonNegative('tailCacheBytes', options.tailCacheBytes ?? limits.tailCacheBytesDefault),
         onRecovery: options.onRecovery,
+        onFault: options.onFault,
       };
       if (!['batch', 'interval', 'none'].includes(resolved.sync)) throw new WaymarkError('INVALID_ARGUMENT', `sync must be batch, interval or none, not ${resolved.sync}`);
       checkSegmentBytes(resolved.segmentBytes);
@@ -274,7 +302,7 @@ export class Store {
   private openTopic(info: TopicInfo, dir: string, damaged?: DamagedChannel[]): Topic {
     const channels: ChannelLog[] = [];
     const report: RecoveryFinding[] = [];
-    const topic = { info, dir, channels };
+    const topic: Topic = { info, dir, channels, retention: [] };
     for (let c = 0; c < info.channels; c++) {
       try {
         channels.push(ChannelLog.open(path.join(dir, String(c)), this.channelOptions(info), report));
@@ -286,6 +314,7 @@ export class Store {
         damaged.push({ topic, channel: c, error: err });
         channels.push(null as unknown as ChannelLog); // filled by repairAtOpen before open returns
       }
+      topic.retention.push({ failures: 0, cause: null });
     }
     this.report(report);
     this.topics.set(info.name, topic);
@@ -530,12 +559,53 @@ export class Store {
 
   // ---------------------------------------------------------------- upkeep
 
-  /** Deletes whole segments past each topic's retention. Returns how many were deleted. */
+  /**
+   * Deletes whole segments past each topic's retention. Returns how many were deleted. Never
+   * throws (the 30 s timer calls it): a channel whose pass fails (an unlink or its checkpoint:
+   * EIO, EROFS, a full disk) is left consistent, counted (channelHealth), said once per
+   * cause (onFault), and tried again at the next pass; the other channels go on.
+   */
   applyRetention(now: number = Date.now()): number {
     if (this.closed) return 0;
     let removed = 0;
-    for (const topic of this.topics.values()) for (const c of topic.channels) removed += c.applyRetention(now);
+    for (const topic of this.topics.values()) {
+      topic.channels.forEach((c, channel) => {
+        const state = topic.retention[channel]!;
+        try {
+          removed += c.applyRetention(now);
+          state.cause = null;
+        } catch (err) {
+          state.failures++;
+          const cause = (err as Error).message;
+          if (state.cause === cause) return;
+          state.cause = cause;
+          this.fault({
+            kind: 'retention',
+            topic: topic.info.name,
+            channel,
+            code: errorCode(err),
+            message: `retention of topic ${topic.info.name} channel ${channel} failed: ${cause}; the channel goes on serving, and every retention pass tries again`,
+          });
+        }
+      });
+    }
     return removed;
+  }
+
+  private fault(fault: StoreFault): void {
+    if (this.options.onFault) this.options.onFault(fault);
+    else process.emitWarning(`waymark: ${fault.message}`);
+  }
+
+  /** The channels that had trouble since the store opened (retention failures), for monitoring. */
+  channelHealth(): ChannelHealth[] {
+    const out: ChannelHealth[] = [];
+    for (const topic of this.topics.values()) {
+      topic.retention.forEach((state, channel) => {
+        if (state.failures > 0) out.push({ topic: topic.info.name, channel, retentionFailures: state.failures });
+      });
+    }
+    return out;
   }
 
   /**
@@ -562,6 +632,12 @@ export class Store {
       this.lock.release();
     }
   }
+}
+
+/** The code of any thrown value: an errno code (EIO…), a WaymarkError's, or INTERNAL. */
+function errorCode(err: unknown): string {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : 'INTERNAL';
 }
 
 function toMessage(topic: string, channel: number, r: StoredRecord, brokerTimestamp: number): StoredMessage {

@@ -33,6 +33,7 @@ export const serveCommand: Command = {
       data,
       sync,
       onRecovery: (f) => io.err(`waymark: recovered ${f.file}: ${f.kind} at byte ${f.position}, ${f.bytesDropped} bytes dropped (${f.reason})${f.savedTo ? `; saved to ${f.savedTo}` : ''}\n`),
+      onFault: (f) => io.err(`waymark: ${f.message}\n`),
     });
     io.err(`waymark: serving ${server.url} and http://${server.host}:${server.port} (data ${data}, sync ${sync})\n`);
     await new Promise<void>((resolve) => {

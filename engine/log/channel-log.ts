@@ -31,7 +31,7 @@ import { limits } from '../limits';
 import { CorruptIndexError } from './errors';
 import { readCheckpoint, writeCheckpoint } from './checkpoint';
 import { ProducerStates } from './producer-state';
-import { Segment, segmentFileName, type RecoveryFinding, type SegmentMeta } from './segment';
+import { Segment, segmentFileName, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
 import { TailCache } from './tail-cache';
 
 export type SyncMode = 'batch' | 'interval' | 'none';
@@ -101,6 +101,10 @@ export class ChannelLog {
   private readonly dsync: boolean;
   /** Broker time of the oldest appended-but-unacknowledged batch, null when none. */
   private uncommittedFirstTimestamp: number | null = null;
+  /** Index files of removed segments not unlinked yet (their logs are gone); each retention pass tries again. */
+  private leftovers: string[] = [];
+  /** A checkpoint write failed where nothing had to fail with it (after retention): the next pass writes it. */
+  private checkpointOwed = false;
   highWatermark = 0;
 
   private constructor(
@@ -206,6 +210,7 @@ export class ChannelLog {
   private saveCheckpoint(clean: boolean): void {
     const segments = this.segments.filter((s) => s.sealed).map((s) => s.meta());
     writeCheckpoint(this.dir, { clean, segments, producers: this.producers.entries() });
+    this.checkpointOwed = false;
   }
 
   /**
@@ -598,7 +603,7 @@ export class ChannelLog {
 
   // ---------------------------------------------------------------- retention and close
 
-  /** Deletes whole sealed segments past the age or size bound. Returns how many. */
+  /** Deletes whole sealed segments past the age or size bound. Returns how many. Throws as removeOldestWhile says. */
   applyRetention(now: number): number {
     const { retentionMs, retentionBytes } = this.options;
     let total = this.totalBytes;
@@ -613,17 +618,38 @@ export class ChannelLog {
   /**
    * Deletes the oldest segments, one after another, while `remove` says so; never the active
    * one nor one still being sealed in the background (roll). Checkpoints when any went.
+   *
+   * A failure (EIO, EROFS, a full disk) leaves the channel consistent, and is thrown once the
+   * rest is done; the next call tries again: a log that cannot be unlinked keeps its segment
+   * (whole, open, readable), and so stops the pass there; index files left by a removed
+   * segment and a checkpoint that could not be written are owed. A stale checkpoint is
+   * harmless meanwhile: recovery trusts only the segments whose logs it finds.
    */
   private removeOldestWhile(remove: (oldest: Segment) => boolean): number {
     let removed = 0;
-    while (this.segments.length > 1) {
-      const oldest = this.segments[0]!;
-      if (!oldest.sealed || !remove(oldest)) break;
-      this.segments.shift();
-      oldest.remove();
-      removed++;
+    let failure: unknown = null;
+    try {
+      while (this.segments.length > 1) {
+        const oldest = this.segments[0]!;
+        if (!oldest.sealed || !remove(oldest)) break;
+        this.leftovers.push(...oldest.remove()); // throws with nothing changed when the log stays
+        this.segments.shift();
+        this.checkpointOwed = true;
+        removed++;
+      }
+    } catch (err) {
+      failure = err;
     }
-    if (removed > 0) this.saveCheckpoint(false);
+    try {
+      while (this.leftovers.length > 0) {
+        unlinkIfPresent(this.leftovers[0]!);
+        this.leftovers.shift();
+      }
+      if (this.checkpointOwed) this.saveCheckpoint(false);
+    } catch (err) {
+      failure ??= err;
+    }
+    if (failure) throw failure;
     return removed;
   }
 
