@@ -53,8 +53,12 @@ export interface StoreOptions {
 
 /** A failure of the store's own work, said once per cause (StoreOptions.onFault); the store goes on serving. */
 export interface StoreFault {
-  /** retention: a retention pass of this channel failed (counted; every pass tries again). */
-  kind: 'retention';
+  /**
+   * retention: a retention pass of this channel failed (counted; every pass tries again);
+   * checkpoint: the channel opened but could not write its checkpoint (it serves; the next
+   * retention pass, roll or close writes it).
+   */
+  kind: 'retention' | 'checkpoint';
   topic: string;
   channel: number;
   /** The cause's code: an errno code (EIO, ENOSPC…) or a WaymarkError code. */
@@ -146,8 +150,8 @@ interface Topic {
   info: TopicInfo;
   dir: string;
   channels: ChannelLog[];
-  /** Per channel: failed retention passes, and the cause last said (null once a pass succeeds). */
-  retention: Array<{ failures: number; cause: string | null }>;
+  /** Per channel: failed retention passes, and the cause of a fault last said (null once a pass succeeds). */
+  upkeep: Array<{ retentionFailures: number; cause: string | null }>;
 }
 
 const topicNamePattern = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
@@ -258,7 +262,7 @@ export class Store {
       reason: `${d.reason}; the sound batches after it were kept (repaired at open)`,
       ...(d.savedTo ? { savedTo: d.savedTo } : {}),
     }));
-    topic.channels[channel] = ChannelLog.open(dir, this.channelOptions(topic.info), report);
+    topic.channels[channel] = ChannelLog.open(dir, this.channelOptions(topic, channel), report);
     this.report(report);
   }
 
@@ -302,10 +306,11 @@ export class Store {
   private openTopic(info: TopicInfo, dir: string, damaged?: DamagedChannel[]): Topic {
     const channels: ChannelLog[] = [];
     const report: RecoveryFinding[] = [];
-    const topic: Topic = { info, dir, channels, retention: [] };
+    const topic: Topic = { info, dir, channels, upkeep: [] };
     for (let c = 0; c < info.channels; c++) {
+      topic.upkeep.push({ retentionFailures: 0, cause: null });
       try {
-        channels.push(ChannelLog.open(path.join(dir, String(c)), this.channelOptions(info), report));
+        channels.push(ChannelLog.open(path.join(dir, String(c)), this.channelOptions(topic, c), report));
       } catch (err) {
         if (!(err instanceof DamageBeforeSoundBatchesError) || !damaged) {
           for (const opened of channels) opened?.closeNow(); // no file left open by a topic that did not open
@@ -314,14 +319,14 @@ export class Store {
         damaged.push({ topic, channel: c, error: err });
         channels.push(null as unknown as ChannelLog); // filled by repairAtOpen before open returns
       }
-      topic.retention.push({ failures: 0, cause: null });
     }
     this.report(report);
     this.topics.set(info.name, topic);
     return topic;
   }
 
-  private channelOptions(info: TopicInfo): ChannelOptions {
+  private channelOptions(topic: Topic, channel: number): ChannelOptions {
+    const { info } = topic;
     return {
       sync: this.options.sync,
       syncIntervalMs: this.options.syncIntervalMs,
@@ -330,6 +335,7 @@ export class Store {
       retentionMs: info.retentionMs,
       retentionBytes: info.retentionBytes,
       tailCacheBytes: this.options.tailCacheBytes,
+      onFault: (kind, err) => this.channelFault(topic, channel, kind, err),
     };
   }
 
@@ -570,26 +576,30 @@ export class Store {
     let removed = 0;
     for (const topic of this.topics.values()) {
       topic.channels.forEach((c, channel) => {
-        const state = topic.retention[channel]!;
         try {
           removed += c.applyRetention(now);
-          state.cause = null;
+          topic.upkeep[channel]!.cause = null;
         } catch (err) {
-          state.failures++;
-          const cause = (err as Error).message;
-          if (state.cause === cause) return;
-          state.cause = cause;
-          this.fault({
-            kind: 'retention',
-            topic: topic.info.name,
-            channel,
-            code: errorCode(err),
-            message: `retention of topic ${topic.info.name} channel ${channel} failed: ${cause}; the channel goes on serving, and every retention pass tries again`,
-          });
+          topic.upkeep[channel]!.retentionFailures++;
+          this.channelFault(topic, channel, 'retention', err);
         }
       });
     }
     return removed;
+  }
+
+  /** Says a channel's fault, once per cause: a retry that fails alike is only counted. */
+  private channelFault(topic: Topic, channel: number, kind: StoreFault['kind'], err: unknown): void {
+    const state = topic.upkeep[channel]!;
+    const cause = (err as Error).message;
+    if (state.cause === cause) return;
+    state.cause = cause;
+    const name = topic.info.name;
+    const message =
+      kind === 'retention'
+        ? `retention of topic ${name} channel ${channel} failed: ${cause}; the channel goes on serving, and every retention pass tries again`
+        : `topic ${name} channel ${channel} opened, but its checkpoint could not be written: ${cause}; it serves, and the next retention pass, roll or close writes it`;
+    this.fault({ kind, topic: name, channel, code: errorCode(err), message });
   }
 
   private fault(fault: StoreFault): void {
@@ -601,8 +611,8 @@ export class Store {
   channelHealth(): ChannelHealth[] {
     const out: ChannelHealth[] = [];
     for (const topic of this.topics.values()) {
-      topic.retention.forEach((state, channel) => {
-        if (state.failures > 0) out.push({ topic: topic.info.name, channel, retentionFailures: state.failures });
+      topic.upkeep.forEach((state, channel) => {
+        if (state.retentionFailures > 0) out.push({ topic: topic.info.name, channel, retentionFailures: state.retentionFailures });
       });
     }
     return out;

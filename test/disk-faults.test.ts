@@ -5,12 +5,70 @@
  * and go on serving everything else.
  */
 import { strict as assert } from 'node:assert';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as readline from 'node:readline';
 import { openStore, type StoreFault } from '../engine/index';
 import { bodyFor, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
 after(removeTempDirs);
+
+const bin = path.join(__dirname, '..', '..', 'bin', 'waymark.js');
+
+/** Brokers a test started: killed after each test, even one that timed out waiting on it. */
+const started = new Set<ChildProcess>();
+afterEach(() => {
+  for (const proc of started) if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+  started.clear();
+});
+
+/** `waymark serve` in a child process, its stderr kept line by line. */
+class Serve {
+  readonly lines: string[] = [];
+  http = '';
+  private readonly waiters: Array<{ pattern: RegExp; resolve: (line: string) => void }> = [];
+  readonly exited: Promise<number | null>;
+
+  private constructor(readonly proc: ChildProcess) {
+    readline.createInterface({ input: proc.stderr! }).on('line', (line) => {
+      this.lines.push(line);
+      for (const w of [...this.waiters]) {
+        if (!w.pattern.test(line)) continue;
+        this.waiters.splice(this.waiters.indexOf(w), 1);
+        w.resolve(line);
+      }
+    });
+    this.exited = new Promise((resolve) => proc.once('exit', (code) => resolve(code)));
+  }
+
+  static async start(data: string): Promise<Serve> {
+    const serve = new Serve(spawn(process.execPath, [bin, 'serve', '--data', data, '--port', '0'], { stdio: ['ignore', 'ignore', 'pipe'] }));
+    started.add(serve.proc);
+    const ready = serve.line(/serving ws:\/\/[^ ]+ and (http:\/\/\S+)/);
+    const line = await Promise.race([ready, serve.exited.then((code) => Promise.reject(new Error(`serve exited with ${code}: ${serve.lines.join('\n')}`)))]);
+    serve.http = /and (http:\/\/\S+)/.exec(line)![1]!;
+    return serve;
+  }
+
+  /** The first stderr line (so far or to come) that matches. */
+  line(pattern: RegExp): Promise<string> {
+    const seen = this.lines.find((l) => pattern.test(l));
+    if (seen !== undefined) return Promise.resolve(seen);
+    return new Promise((resolve) => this.waiters.push({ pattern, resolve }));
+  }
+
+  async json(route: string, init: RequestInit = {}): Promise<{ status: number; body: any }> {
+    const res = await fetch(`${this.http}${route}`, init);
+    return { status: res.status, body: await res.json() };
+  }
+
+  /** SIGTERM; resolves with the exit code. */
+  stop(): Promise<number | null> {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill('SIGTERM');
+    return this.exited;
+  }
+}
 
 /** A non-empty directory in place of `file`: unlinking it fails (EISDIR), as on a disk that refuses. */
 function blockUnlink(file: string): void {
@@ -75,6 +133,60 @@ describe('disk faults: retention', () => {
       assert.equal(store.describeTopic('t').channelInfo[0]!.logStartOffset, trimmed.logStartOffset);
     } finally {
       await store.close();
+    }
+  });
+});
+
+describe('disk faults: opening', () => {
+  it('a checkpoint that cannot be written at open does not keep the store closed: data reads, appends work, the failure is said, a later pass writes it', async () => {
+    const dir = tempDir();
+    let store = await openStore(dir);
+    await store.createTopic('t', { channels: 2 });
+    await store.append('t', 0, [{ body: 'acknowledged' }]);
+    await store.close();
+    const temp = path.join(dir, 'topics', 't', '0', 'checkpoint.json.tmp');
+    fs.mkdirSync(temp); // the checkpoint write at open fails for real (EISDIR), as on a full disk (ENOSPC)
+    const faults: StoreFault[] = [];
+    store = await openStore(dir, { onFault: (f) => faults.push(f) });
+    try {
+      assert.deepEqual(
+        faults.map((f) => [f.kind, f.topic, f.channel, f.code]),
+        [['checkpoint', 't', 0, 'EISDIR']],
+      );
+      assert.match(faults[0]!.message, /^topic t channel 0 opened, but its checkpoint could not be written: EISDIR/);
+      assert.equal((await store.read('t', 0))[0]!.body.toString(), 'acknowledged');
+      assert.equal((await store.append('t', 0, [{ body: 'after' }])).baseOffset, 1);
+      store.applyRetention();
+      assert.equal(faults.length, 1, 'a retry that fails alike is not said again');
+      fs.rmdirSync(temp);
+      store.applyRetention();
+      const checkpoint = JSON.parse(fs.readFileSync(path.join(dir, 'topics', 't', '0', 'checkpoint.json'), 'utf8')) as { clean: boolean };
+      assert.equal(checkpoint.clean, false, 'the owed checkpoint was written: it no longer says clean');
+    } finally {
+      await store.close();
+    }
+    store = await openStore(dir);
+    assert.deepEqual((await store.read('t', 0)).map((m) => m.body.toString()), ['acknowledged', 'after']);
+    await store.close();
+  });
+
+  it('waymark serve starts on a store whose checkpoint cannot be written, says so on stderr, and serves what was acknowledged', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir);
+    await store.createTopic('t', { channels: 1 });
+    await store.append('t', 0, [{ body: 'acknowledged' }]);
+    await store.close();
+    const temp = path.join(dir, 'topics', 't', '0', 'checkpoint.json.tmp');
+    fs.mkdirSync(temp);
+    const serve = await Serve.start(dir);
+    try {
+      await serve.line(/^waymark: topic t channel 0 opened, but its checkpoint could not be written: EISDIR/);
+      const read = await serve.json('/v1/topics/t/messages?channel=0&offset=0');
+      assert.equal(read.status, 200);
+      assert.equal(read.body.messages[0].body, 'acknowledged');
+      fs.rmdirSync(temp); // so that the close can write its clean checkpoint
+    } finally {
+      assert.equal(await serve.stop(), 0);
     }
   });
 });

@@ -47,6 +47,8 @@ export interface ChannelOptions {
   retentionBytes: number;
   /** Newest bytes kept in memory while the channel has watchers (0 = none). */
   tailCacheBytes: number;
+  /** Hears of a failure the channel lives with: its checkpoint could not be written at open (owed; see recover). */
+  onFault?: (kind: 'checkpoint', err: Error) => void;
 }
 
 export interface AppendOutcome {
@@ -103,7 +105,7 @@ export class ChannelLog {
   private uncommittedFirstTimestamp: number | null = null;
   /** Index files of removed segments not unlinked yet (their logs are gone); each retention pass tries again. */
   private leftovers: string[] = [];
-  /** A checkpoint write failed where nothing had to fail with it (after retention): the next pass writes it. */
+  /** A checkpoint write failed where nothing had to fail with it (after retention, at open): the next pass writes it. */
   private checkpointOwed = false;
   highWatermark = 0;
 
@@ -204,7 +206,18 @@ export class ChannelLog {
     this.highWatermark = this.nextOffset;
     this.committedSize = this.active.size;
     for (const s of this.segments) this.lastBrokerTimestamp = Math.max(this.lastBrokerTimestamp, s.maxTimestamp);
-    this.saveCheckpoint(false);
+    // Records what this open found and sealed, and that the checkpoint no longer says clean.
+    // Safety does not hang on it: a clean checkpoint vouches for the active segment only at
+    // the size it lists, which any append changes. So when it cannot be written (a full disk)
+    // the channel still opens, acknowledged data stays readable, and the write is owed to the
+    // next retention pass, roll or close; an append that truly cannot be written fails the
+    // channel as always.
+    try {
+      this.saveCheckpoint(false);
+    } catch (err) {
+      this.checkpointOwed = true;
+      this.options.onFault?.('checkpoint', err as Error);
+    }
   }
 
   private saveCheckpoint(clean: boolean): void {
