@@ -56,11 +56,13 @@ export interface StoreFault {
   /**
    * retention: a retention pass of this channel failed (counted; every pass tries again);
    * checkpoint: the channel opened but could not write its checkpoint (it serves; the next
-   * retention pass, roll or close writes it).
+   * retention pass, roll or close writes it); delete: a deleted topic's files could not all
+   * be removed (the next open removes them).
    */
-  kind: 'retention' | 'checkpoint';
+  kind: 'retention' | 'checkpoint' | 'delete';
   topic: string;
-  channel: number;
+  /** null: the topic as a whole. */
+  channel: number | null;
   /** The cause's code: an errno code (EIO, ENOSPC…) or a WaymarkError code. */
   code: string;
   /** One line naming topic, channel and cause. */
@@ -404,13 +406,29 @@ export class Store {
     return { ...info };
   }
 
+  /**
+   * Deletes a topic: wholly there or wholly gone at every step. The folder is renamed away
+   * first (needing no space): when that fails nothing has changed (STORAGE_FAILED, the topic
+   * still served). After it the topic is gone (a crash now, and the next open sweeps the
+   * folder); its channels close without writing anything, and its files are removed.
+   */
   async deleteTopic(name: string): Promise<void> {
     const topic = this.topic(name);
-    this.topics.delete(name);
-    await Promise.all(topic.channels.map((c) => c.close()));
     const away = path.join(this.dir, 'topics', `.deleted-${name}-${Date.now()}`);
-    fs.renameSync(topic.dir, away);
-    fs.rmSync(away, { recursive: true, force: true });
+    try {
+      fs.renameSync(topic.dir, away);
+    } catch (err) {
+      throw new WaymarkError('STORAGE_FAILED', `deleting topic ${name}: ${(err as Error).message}; the topic is still there`, { topic: name, cause: errorCode(err) });
+    }
+    this.topics.delete(name);
+    // Appends in flight finish on the open descriptors (or fail); nothing else is written.
+    await Promise.all(topic.channels.map((c) => c.close({ deleting: true })));
+    try {
+      fs.rmSync(away, { recursive: true, force: true });
+    } catch (err) {
+      // The topic is gone all the same (a new one of the name may be made); its space is not yet.
+      this.fault({ kind: 'delete', topic: name, channel: null, code: errorCode(err), message: `topic ${name} was deleted, but removing its files failed: ${(err as Error).message}; the next start removes ${away}` });
+    }
   }
 
   listTopics(): TopicInfo[] {
@@ -589,7 +607,7 @@ export class Store {
   }
 
   /** Says a channel's fault, once per cause: a retry that fails alike is only counted. */
-  private channelFault(topic: Topic, channel: number, kind: StoreFault['kind'], err: unknown): void {
+  private channelFault(topic: Topic, channel: number, kind: 'retention' | 'checkpoint', err: unknown): void {
     const state = topic.upkeep[channel]!;
     const cause = (err as Error).message;
     if (state.cause === cause) return;

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { openStore, type StoreFault } from '../engine/index';
-import { bodyFor, removeTempDirs, segmentFiles, tempDir } from './helpers';
+import { bodyFor, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
 after(removeTempDirs);
 
@@ -185,6 +185,54 @@ describe('disk faults: opening', () => {
       assert.equal(read.status, 200);
       assert.equal(read.body.messages[0].body, 'acknowledged');
       fs.rmdirSync(temp); // so that the close can write its clean checkpoint
+    } finally {
+      assert.equal(await serve.stop(), 0);
+    }
+  });
+});
+
+describe('disk faults: deleting a topic', () => {
+  /** What would make closing `topic`'s channels write fail: the active .oix of channel 0 and the checkpoint of channel 1 are directories. */
+  function blockCloseWrites(dir: string, topic: string): void {
+    fs.mkdirSync(path.join(dir, 'topics', topic, '0', '00000000000000000000.oix'));
+    fs.mkdirSync(path.join(dir, 'topics', topic, '1', 'checkpoint.json.tmp'));
+  }
+
+  it('writes nothing of the files it removes: a delete that could not seal indexes or checkpoints (a full disk) leaves the topic wholly gone, its name free', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir);
+    try {
+      await store.createTopic('gone', { channels: 2 });
+      await store.createTopic('kept', { channels: 1 });
+      for (const c of [0, 1]) await store.append('gone', c, [{ body: `in ${c}` }]);
+      let ended = 0;
+      store.watch('gone', 0, () => ended++);
+      blockCloseWrites(dir, 'gone');
+      await store.deleteTopic('gone'); // rejected with EISDIR before, the folder left behind
+      assert.deepEqual(store.listTopics().map((t) => t.name), ['kept']);
+      assert.deepEqual(fs.readdirSync(path.join(dir, 'topics')).sort(), ['kept'], 'no folder left: its space is freed');
+      assert.equal(ended, 1, 'a watcher learns the channel is gone');
+      assert.equal((await rejection(store.read('gone', 0))).code, 'TOPIC_NOT_FOUND');
+      await store.createTopic('gone', { channels: 1 });
+      assert.equal(store.channelState('gone', 0).highWatermark, 0, 'a new topic of the name starts empty');
+      await store.append('kept', 0, [{ body: 'the rest goes on' }]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('over HTTP: DELETE answers 200, then GET and DELETE say TOPIC_NOT_FOUND and PUT makes it again', async () => {
+    const dir = tempDir();
+    const serve = await Serve.start(dir);
+    try {
+      assert.equal((await serve.json('/v1/topics/gone', { method: 'PUT', body: JSON.stringify({ channels: 2 }) })).status, 201);
+      for (const c of [0, 1]) assert.equal((await serve.json('/v1/topics/gone/messages', { method: 'POST', headers: { 'waymark-channel': String(c) }, body: 'x' })).status, 200);
+      blockCloseWrites(dir, 'gone');
+      const deleted = await serve.json('/v1/topics/gone', { method: 'DELETE' });
+      assert.deepEqual([deleted.status, deleted.body], [200, { deleted: 'gone' }]); // 500 INTERNAL before
+      assert.equal((await serve.json('/v1/topics/gone')).body.error.code, 'TOPIC_NOT_FOUND');
+      assert.equal((await serve.json('/v1/topics/gone', { method: 'DELETE' })).body.error.code, 'TOPIC_NOT_FOUND');
+      assert.equal((await serve.json('/v1/topics/gone', { method: 'PUT', body: JSON.stringify({ channels: 1 }) })).status, 201);
     } finally {
       assert.equal(await serve.stop(), 0);
     }

@@ -682,15 +682,20 @@ export class ChannelLog {
     return this.removeOldestWhile((oldest) => oldest.nextOffset <= offset);
   }
 
-  /** Waits for queued appends, seals nothing, writes the active indexes and a clean checkpoint. */
-  async close(): Promise<void> {
+  /**
+   * Waits for queued appends, seals nothing, writes the active indexes and a clean checkpoint
+   * — unless the channel's files are about to be deleted (`deleting`: its topic is), when it
+   * writes nothing: sealing the indexes of files about to go, on a full disk, failed the
+   * topic's delete halfway.
+   */
+  async close(options: { deleting?: boolean } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true; // later appends are refused; queued ones still go out
     if (this.syncTimer) clearInterval(this.syncTimer);
     while (this.flushing) await this.flushing;
     if (this.syncing) await this.syncing;
     while (this.sealing) await this.sealing;
-    if (!this.failure) {
+    if (!this.failure && !options.deleting) {
       const active = this.active;
       if (active.size > 0) active.seal();
       else if (this.segments.length > 1) {
