@@ -56,10 +56,11 @@ export interface StoreFault {
   /**
    * retention: a retention pass of this channel failed (counted; every pass tries again);
    * checkpoint: the channel opened but could not write its checkpoint (it serves; the next
-   * retention pass, roll or close writes it); delete: a deleted topic's files could not all
-   * be removed (the next open removes them).
+   * retention pass, roll or close writes it); failed: a write, sync or roll of the channel
+   * failed, and it refuses appends until the store is reopened (reads go on); delete: a
+   * deleted topic's files could not all be removed (the next open removes them).
    */
-  kind: 'retention' | 'checkpoint' | 'delete';
+  kind: 'retention' | 'checkpoint' | 'failed' | 'delete';
   topic: string;
   /** null: the topic as a whole. */
   channel: number | null;
@@ -73,6 +74,8 @@ export interface StoreFault {
 export interface ChannelHealth {
   topic: string;
   channel: number;
+  /** Why the channel refuses appends until the store is reopened (sticky), or null. */
+  failed: string | null;
   /** Retention passes that failed. */
   retentionFailures: number;
 }
@@ -606,17 +609,21 @@ export class Store {
     return removed;
   }
 
-  /** Says a channel's fault, once per cause: a retry that fails alike is only counted. */
-  private channelFault(topic: Topic, channel: number, kind: 'retention' | 'checkpoint', err: unknown): void {
-    const state = topic.upkeep[channel]!;
+  /** Says a channel's fault, once per cause: a retry that fails alike is only counted (a channel fails once). */
+  private channelFault(topic: Topic, channel: number, kind: 'retention' | 'checkpoint' | 'failed', err: unknown): void {
     const cause = (err as Error).message;
-    if (state.cause === cause) return;
-    state.cause = cause;
     const name = topic.info.name;
+    if (kind !== 'failed') {
+      const state = topic.upkeep[channel]!;
+      if (state.cause === cause) return;
+      state.cause = cause;
+    }
     const message =
       kind === 'retention'
         ? `retention of topic ${name} channel ${channel} failed: ${cause}; the channel goes on serving, and every retention pass tries again`
-        : `topic ${name} channel ${channel} opened, but its checkpoint could not be written: ${cause}; it serves, and the next retention pass, roll or close writes it`;
+        : kind === 'checkpoint'
+          ? `topic ${name} channel ${channel} opened, but its checkpoint could not be written: ${cause}; it serves, and the next retention pass, roll or close writes it`
+          : `topic ${name} channel ${channel} failed: ${cause}; it refuses appends until the broker restarts (reads go on)`;
     this.fault({ kind, topic: name, channel, code: errorCode(err), message });
   }
 
@@ -625,12 +632,13 @@ export class Store {
     else process.emitWarning(`waymark: ${fault.message}`);
   }
 
-  /** The channels that had trouble since the store opened (retention failures), for monitoring. */
+  /** The channels that had trouble since the store opened (failed, or retention failures), for monitoring; system topics included. */
   channelHealth(): ChannelHealth[] {
     const out: ChannelHealth[] = [];
     for (const topic of this.topics.values()) {
       topic.upkeep.forEach((state, channel) => {
-        if (state.retentionFailures > 0) out.push({ topic: topic.info.name, channel, retentionFailures: state.retentionFailures });
+        const failed = topic.channels[channel]?.failed?.message ?? null;
+        if (failed !== null || state.retentionFailures > 0) out.push({ topic: topic.info.name, channel, failed, retentionFailures: state.retentionFailures });
       });
     }
     return out;

@@ -11,6 +11,7 @@ import uWS from 'uWebSockets.js';
 import { openStore, WaymarkError, type Store, type StoreFault, type SyncMode, type RecoveryFinding } from '../engine/index';
 import { protocolLimits } from '../protocol/limits';
 import { Broker } from './broker';
+import { groupsTopic } from './groups';
 import { gauge } from './metrics';
 import { installHttpApi } from './http-api';
 import { Session, type SessionData } from './session';
@@ -41,7 +42,10 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   const host = options.host ?? serverDefaults.host;
   const data = options.data ?? serverDefaults.data;
   const dataExisted = fs.existsSync(data);
-  const onFault = options.onFault ?? ((fault: StoreFault) => void process.stderr.write(`waymark: ${fault.message}\n`));
+  const say = options.onFault ?? ((fault: StoreFault) => void process.stderr.write(`waymark: ${fault.message}\n`));
+  // __groups is one channel for every group of every topic: when it fails, so does every commit.
+  const onFault = (fault: StoreFault): void =>
+    say(fault.kind === 'failed' && fault.topic === groupsTopic ? { ...fault, message: `${fault.message}; until then no consumer group of any topic can commit its positions` } : fault);
   const store = await openStore(data, { sync: options.sync ?? serverDefaults.sync, onRecovery: options.onRecovery, onFault });
   try {
     const broker = await Broker.open(store);
@@ -93,6 +97,9 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         gauge(out, 'waymark_high_watermark', 'Next offset to be written, by topic and channel.', hw);
         const health = store.channelHealth();
         gauge(out, 'waymark_retention_failures_total', 'Retention passes that failed (each is retried at the next), by topic and channel.', health.filter((h) => h.retentionFailures > 0).map((h) => [{ topic: h.topic, channel: h.channel }, h.retentionFailures]), 'counter');
+        const failed = health.filter((h) => h.failed !== null);
+        gauge(out, 'waymark_failed_channels', 'Channels that refuse appends until the broker restarts (a write, sync or roll failed), __groups included.', [[{}, failed.length]]);
+        gauge(out, 'waymark_channel_failed', '1 for each channel that refuses appends until the broker restarts, by topic and channel.', failed.map((h) => [{ topic: h.topic, channel: h.channel }, 1]));
       },
     });
     // µSockets sets SO_REUSEADDR only for a non-zero port, and without it a restarted broker

@@ -6,10 +6,12 @@
  */
 import { strict as assert } from 'node:assert';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
-import { openStore, type StoreFault } from '../engine/index';
+import { openStore, ErrorTable, type StoreFault } from '../engine/index';
+import { RawClient } from './broker-helpers';
 import { bodyFor, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
 after(removeTempDirs);
@@ -63,6 +65,10 @@ class Serve {
     return { status: res.status, body: await res.json() };
   }
 
+  async text(route: string): Promise<string> {
+    return (await fetch(`${this.http}${route}`)).text();
+  }
+
   /** SIGTERM; resolves with the exit code. */
   stop(): Promise<number | null> {
     if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill('SIGTERM');
@@ -108,7 +114,7 @@ describe('disk faults: retention', () => {
 
       assert.equal(store.applyRetention(), 0);
       assert.equal(faults.length, 1, 'the same cause is said once, not at every pass');
-      assert.deepEqual(store.channelHealth(), [{ topic: 't', channel: 0, retentionFailures: 2 }]);
+      assert.deepEqual(store.channelHealth(), [{ topic: 't', channel: 0, failed: null, retentionFailures: 2 }]);
 
       // The unlink works again, but the checkpoint after it cannot be written (EISDIR).
       fs.rmSync(oldest, { recursive: true });
@@ -120,7 +126,7 @@ describe('disk faults: retention', () => {
       assert.ok(trimmed.logStartOffset > 0);
       assert.equal(faults.length, 2, 'a new cause is said');
       assert.match(faults[1]!.message, /checkpoint\.json\.tmp/);
-      assert.deepEqual(store.channelHealth(), [{ topic: 't', channel: 0, retentionFailures: 3 }]);
+      assert.deepEqual(store.channelHealth(), [{ topic: 't', channel: 0, failed: null, retentionFailures: 3 }]);
 
       // The next pass writes the checkpoint it owes.
       fs.rmdirSync(temp);
@@ -234,6 +240,55 @@ describe('disk faults: deleting a topic', () => {
       assert.equal((await serve.json('/v1/topics/gone', { method: 'DELETE' })).body.error.code, 'TOPIC_NOT_FOUND');
       assert.equal((await serve.json('/v1/topics/gone', { method: 'PUT', body: JSON.stringify({ channels: 1 }) })).status, 201);
     } finally {
+      assert.equal(await serve.stop(), 0);
+    }
+  });
+});
+
+describe('disk faults: a failed channel is visible', () => {
+  it('turning failed is said on stderr once, counted in /metrics and listed by /healthz; for __groups too, where every group commit fails', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir);
+    await store.createTopic('small', { channels: 2, segmentBytes: 4096 });
+    await store.createTopic('__groups', { channels: 1, owner: 'waymark', segmentBytes: 4096 }, { system: true }); // the broker keeps it as it finds it
+    await store.close();
+    // The checkpoint written once a rolled segment is sealed cannot be (EISDIR): the channel fails at its first roll.
+    for (const channel of ['small/0', '__groups/0']) fs.mkdirSync(path.join(dir, 'topics', channel, 'checkpoint.json.tmp'));
+    const serve = await Serve.start(dir);
+    const client = await RawClient.open(serve.http.replace('http:', 'ws:') + '/v1/ws');
+    try {
+      assert.deepEqual((await serve.json('/healthz')).body, { status: 'ok' });
+      const produce = (channel: number): Promise<{ status: number; body: any }> =>
+        serve.json('/v1/topics/small/messages', { method: 'POST', headers: { 'waymark-channel': String(channel) }, body: randomBytes(1000) });
+      const commit = (): Promise<{ error?: { code?: number } | null }> => client.request({ commit: { topic: 'small', group: 'g', positions: [{ channel: 1, offset: 0 }] } }) as Promise<{ error?: { code?: number } | null }>;
+      // Past 4096 bytes a roll; its checkpoint, written once the old segment is sealed in the background, fails the channel.
+      let refused: { status: number; body: any } | null = null;
+      for (let i = 0; i < 200 && !refused; i++) {
+        const r = await produce(0);
+        if (r.status !== 200) refused = r;
+      }
+      assert.deepEqual([refused?.status, refused?.body.error.code], [503, 'STORAGE_FAILED']);
+      let commitRefused: number | undefined;
+      for (let i = 0; i < 500 && commitRefused === undefined; i++) commitRefused = (await commit()).error?.code ?? undefined; // ~130 bytes each
+      assert.equal(commitRefused, ErrorTable.STORAGE_FAILED.wire);
+      assert.equal((await produce(1)).status, 200, 'the other channel goes on');
+
+      const health = await serve.json('/healthz');
+      assert.equal(health.status, 200);
+      assert.equal(health.body.status, 'degraded');
+      const listed = (health.body.failedChannels as Array<{ topic: string; channel: number; error: string }>).sort((a, b) => a.topic.localeCompare(b.topic));
+      assert.deepEqual(listed.map((f) => [f.topic, f.channel]), [['__groups', 0], ['small', 0]]);
+      for (const f of listed) assert.match(f.error, /EISDIR/);
+      const metrics = await serve.text('/metrics');
+      assert.match(metrics, /^waymark_failed_channels 2$/m);
+      assert.match(metrics, /^waymark_channel_failed\{topic="small",channel="0"\} 1$/m);
+      assert.match(metrics, /^waymark_channel_failed\{topic="__groups",channel="0"\} 1$/m);
+      // Written before the refusals were answered; read from the pipe by now or soon.
+      await serve.line(/^waymark: topic small channel 0 failed: .*EISDIR.*; it refuses appends until the broker restarts/);
+      await serve.line(/^waymark: topic __groups channel 0 failed: .*EISDIR.*; until then no consumer group of any topic can commit its positions$/);
+      assert.equal(serve.lines.filter((l) => /^waymark: topic \S+ channel 0 failed: /.test(l)).length, 2, 'each said once, not at every refused append');
+    } finally {
+      await client.close();
       assert.equal(await serve.stop(), 0);
     }
   });

@@ -47,8 +47,11 @@ export interface ChannelOptions {
   retentionBytes: number;
   /** Newest bytes kept in memory while the channel has watchers (0 = none). */
   tailCacheBytes: number;
-  /** Hears of a failure the channel lives with: its checkpoint could not be written at open (owed; see recover). */
-  onFault?: (kind: 'checkpoint', err: Error) => void;
+  /**
+   * Hears of the channel's faults: checkpoint, its checkpoint could not be written at open
+   * (owed; see recover); failed, the channel turned failed (sticky), with the first cause.
+   */
+  onFault?: (kind: 'checkpoint' | 'failed', err: Error) => void;
 }
 
 export interface AppendOutcome {
@@ -88,6 +91,8 @@ export class ChannelLog {
   private sealing: Promise<void> | null = null;
   private failure: WaymarkError | null = null;
   private closed = false;
+  /** Closed for deletion (its topic is being deleted): its files go, nothing of them is written. */
+  private deleting = false;
   private nextOffset = 0;
   private lastBrokerTimestamp = 0;
   private committedSize = 0; // bytes of the active segment readers may see
@@ -375,8 +380,13 @@ export class ChannelLog {
     this.sealing = sealed;
   }
 
+  /** Turns the channel failed (sticky), said once (onFault), keeping the first cause; rejects what waits. */
   private fail(err: Error, group: Pending[]): void {
-    this.failure = new WaymarkError('STORAGE_FAILED', `channel ${this.dir}: ${err.message}; it refuses appends until reopened`, { cause: (err as NodeJS.ErrnoException).code });
+    if (!this.failure) {
+      this.failure = new WaymarkError('STORAGE_FAILED', `channel ${this.dir}: ${err.message}; it refuses appends until reopened`, { cause: (err as NodeJS.ErrnoException).code });
+      // A channel whose files are being deleted (its topic is) fails on them as they go: no news.
+      if (!this.deleting) this.options.onFault?.('failed', err);
+    }
     const waiting = group.concat(this.queue);
     this.queue = [];
     for (const p of waiting) p.reject(this.failure);
@@ -691,11 +701,12 @@ export class ChannelLog {
   async close(options: { deleting?: boolean } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true; // later appends are refused; queued ones still go out
+    this.deleting = options.deleting === true;
     if (this.syncTimer) clearInterval(this.syncTimer);
     while (this.flushing) await this.flushing;
     if (this.syncing) await this.syncing;
     while (this.sealing) await this.sealing;
-    if (!this.failure && !options.deleting) {
+    if (!this.failure && !this.deleting) {
       const active = this.active;
       if (active.size > 0) active.seal();
       else if (this.segments.length > 1) {
