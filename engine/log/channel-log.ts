@@ -29,7 +29,7 @@ import { lz4Codec } from '../codec';
 import type { KeyHit, TimeRange } from '../index/key-index';
 import { limits } from '../limits';
 import { CorruptIndexError } from './errors';
-import { readCheckpoint, writeCheckpoint } from './checkpoint';
+import { readCheckpoint, syncDir, writeCheckpoint } from './checkpoint';
 import { ProducerStates } from './producer-state';
 import { Segment, segmentFileName, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
 import { TailCache } from './tail-cache';
@@ -626,16 +626,57 @@ export class ChannelLog {
 
   // ---------------------------------------------------------------- retention and close
 
-  /** Deletes whole sealed segments past the age or size bound. Returns how many. Throws as removeOldestWhile says. */
+  /**
+   * Deletes whole sealed segments past the age or size bound, and the active segment too when
+   * every record in it is past the age bound (removeExpiredActive). Returns how many. Throws
+   * as removeOldestWhile says.
+   */
   applyRetention(now: number): number {
     const { retentionMs, retentionBytes } = this.options;
+    const expired = (segment: Segment): boolean => retentionMs > 0 && segment.maxTimestamp >= 0 && segment.maxTimestamp < now - retentionMs;
     let total = this.totalBytes;
-    return this.removeOldestWhile((oldest) => {
-      const tooOld = retentionMs > 0 && oldest.maxTimestamp >= 0 && oldest.maxTimestamp < now - retentionMs;
+    const removed = this.removeOldestWhile((oldest) => {
       const tooBig = retentionBytes > 0 && total > retentionBytes;
       total -= oldest.size;
-      return tooOld || tooBig;
+      return expired(oldest) || tooBig;
     });
+    return removed + this.removeExpiredActive(expired);
+  }
+
+  /**
+   * An active segment whose every record is past retentionMs is rolled and deleted, as Kafka
+   * does: else a channel that never fills a segment (low volume, idle) would keep its data
+   * for ever. Only when it is the last segment left and nothing is in flight (appends, a
+   * sync, a seal), so the next segment starts at the high watermark and offsets go on from
+   * there; readers at the old positions move to the log start as for any deleted segment.
+   * A failed channel is left alone. Returns 1 when it went, else 0.
+   */
+  private removeExpiredActive(expired: (segment: Segment) => boolean): number {
+    const old = this.active;
+    if (this.segments.length > 1 || old.size === 0 || !expired(old)) return 0;
+    if (this.queue.length > 0 || this.flushing || this.syncing || this.sealing || this.failure || this.closed) return 0;
+    const next = Segment.create(this.dir, old.nextOffset, this.dsync); // throws: nothing changed
+    let left: string[];
+    try {
+      // The next segment is on disk before the old one goes: a crash between must not leave a
+      // channel without segments (its offsets would start again at 0).
+      syncDir(this.dir);
+      left = old.remove(); // throws with the old segment whole when its log cannot be unlinked
+    } catch (err) {
+      next.close();
+      try {
+        unlinkIfPresent(next.path('log'));
+      } catch {
+        // An empty log after the old one: recovery takes it as the active segment, at the right offset.
+      }
+      throw err;
+    }
+    this.segments[0] = next;
+    this.committedSize = 0;
+    this.leftovers.push(...left);
+    this.checkpointOwed = true;
+    this.saveCheckpoint(false); // when it fails, it is owed to the next pass (see removeOldestWhile)
+    return 1;
   }
 
   /**
