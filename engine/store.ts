@@ -24,7 +24,7 @@ import { lockFolder, type FolderLock } from './lock';
 import { ChannelLog, type AppendOutcome, type BatchRead, type ChannelOptions, type SyncMode } from './log/channel-log';
 import { writeFileAtomic } from './log/checkpoint';
 import { readTopicFile } from './log/topic-file';
-import { DamageBeforeSoundBatchesError } from './log/errors';
+import { DamageBeforeSoundBatchesError, tooManyOpenFiles } from './log/errors';
 import type { RecoveryFinding } from './log/segment';
 import { repairStore } from './inspect/repair';
 
@@ -170,13 +170,31 @@ export function checkTopicName(name: string, allowSystem = false): void {
 }
 
 /**
- * Out of file descriptors is the operator's to fix, and says how: every segment file is kept
- * open. Other errors pass as they are.
+ * A failed system call (ENOSPC, EIO, EMFILE…) as STORAGE_FAILED naming what was being done;
+ * out of file descriptors says how to fix it (tooManyOpenFiles). Typed errors and programming
+ * errors pass as they are.
  */
 function storageError(err: unknown, what: string): unknown {
-  const code = (err as NodeJS.ErrnoException).code;
-  if (code !== 'EMFILE' && code !== 'ENFILE') return err;
-  return new WaymarkError('STORAGE_FAILED', `${what}: too many open files (${code}); every segment file is kept open: raise the limit (ulimit -n) or use fewer channels`, { cause: code });
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  if (err instanceof WaymarkError || typeof code !== 'string') return err;
+  return new WaymarkError('STORAGE_FAILED', `${what}: ${tooManyOpenFiles(code) ?? (err as Error).message}`, { cause: code });
+}
+
+/**
+ * mkdir -p that names the real cause: Node's recursive mkdir reports a parent it could not
+ * make (EROFS, EACCES, ENOSPC) as ENOENT on the child ("ENOENT … mkdir <data>/topics" on a
+ * read-only mount).
+ */
+function makeFolder(dir: string): void {
+  try {
+    fs.mkdirSync(dir);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST' && fs.statSync(dir).isDirectory()) return;
+    if (code !== 'ENOENT' || path.dirname(dir) === dir) throw err;
+    makeFolder(path.dirname(dir));
+    fs.mkdirSync(dir);
+  }
 }
 
 /** store.json names the folder's format and version; anything else is refused before a byte is read. */
@@ -214,7 +232,7 @@ export class Store {
 
   static async open(dir: string, options: StoreOptions = {}): Promise<Store> {
     await loadChecksum();
-    fs.mkdirSync(path.join(dir, 'topics'), { recursive: true });
+    makeFolder(path.join(dir, 'topics'));
     const lock = lockFolder(dir);
     try {
       const resolved = {
@@ -391,11 +409,21 @@ export class Store {
       throw new WaymarkError('TOPIC_EXISTS', `a folder for topic ${name} exists but was not opened (its topic.json is unreadable; see the start-up report, or run waymark repair)`, { topic: name });
     }
     const temp = path.join(topicsDir, `.creating-${name}`);
-    fs.rmSync(temp, { recursive: true, force: true });
-    fs.mkdirSync(temp);
-    writeFileAtomic(path.join(temp, 'topic.json'), JSON.stringify(info, null, 2));
     const dir = path.join(topicsDir, name);
-    fs.renameSync(temp, dir);
+    try {
+      fs.rmSync(temp, { recursive: true, force: true });
+      fs.mkdirSync(temp);
+      writeFileAtomic(path.join(temp, 'topic.json'), JSON.stringify(info, null, 2));
+      fs.renameSync(temp, dir);
+    } catch (err) {
+      // A full disk, say: the half-made folder goes now, not at the next start.
+      try {
+        fs.rmSync(temp, { recursive: true, force: true });
+      } catch {
+        // the next open sweeps it
+      }
+      throw storageError(err, `creating topic ${name}`);
+    }
     try {
       this.openTopic(info, dir);
     } catch (err) {
@@ -656,13 +684,26 @@ export class Store {
     return this.channel(topic, channel).deleteSegmentsBefore(offset);
   }
 
-  /** Finishes queued appends, writes clean checkpoints, and releases the folder lock. */
+  /**
+   * Finishes queued appends, writes clean checkpoints, and releases the folder lock. Every
+   * channel is closed, and the lock released, even when a checkpoint or index cannot be
+   * written (a full disk): then this rejects with the first such failure, STORAGE_FAILED
+   * naming topic and channel (the next open scans what the checkpoint does not vouch for).
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     if (this.retentionTimer) clearInterval(this.retentionTimer);
+    const closing = [...this.topics.values()].flatMap((t) =>
+      t.channels.map((c, channel) =>
+        c.close().catch((err: unknown) => {
+          throw storageError(err, `closing topic ${t.info.name} channel ${channel}`);
+        }),
+      ),
+    );
     try {
-      await Promise.all([...this.topics.values()].flatMap((t) => t.channels.map((c) => c.close())));
+      const failed = (await Promise.allSettled(closing)).find((r) => r.status === 'rejected');
+      if (failed) throw failed.reason;
     } finally {
       this.topics.clear();
       this.lock.release();

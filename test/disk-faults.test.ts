@@ -5,7 +5,7 @@
  * and go on serving everything else.
  */
 import { strict as assert } from 'node:assert';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -291,5 +291,105 @@ describe('disk faults: a failed channel is visible', () => {
       await client.close();
       assert.equal(await serve.stop(), 0);
     }
+  });
+});
+
+describe('disk faults: smaller ones', () => {
+  const engine = path.join(__dirname, '..', 'engine', 'index.js');
+
+  /** Runs `script` (with `engine` and `dir` defined) in a child node under `ulimit -n 128`; returns what it printed as JSON. */
+  function underFdLimit(dir: string, script: string): any {
+    const run = spawnSync('bash', ['-c', `ulimit -n 128 && exec "${process.execPath}" -e "$SCRIPT"`], {
+      env: { ...process.env, SCRIPT: `const engine = require(${JSON.stringify(engine)}); const dir = ${JSON.stringify(dir)}; const fs = require('fs');\n${script}` },
+      encoding: 'utf8',
+    });
+    assert.equal(run.status, 0, run.stderr);
+    return JSON.parse(run.stdout);
+  }
+
+  /** Opens descriptors until none is left (EMFILE); returns the way to give them back. */
+  const exhaust = `function exhaust() {
+    const spare = [];
+    try { for (;;) spare.push(fs.openSync('/dev/null', 'r')); } catch (e) { if (e.code !== 'EMFILE') throw e; }
+    return () => { for (const fd of spare) fs.closeSync(fd); };
+  }`;
+
+  it('a roll that runs out of file descriptors fails the channel with the "raise ulimit -n" hint', () => {
+    const out = underFdLimit(
+      tempDir(),
+      `${exhaust}
+      (async () => {
+        const store = await engine.openStore(dir, { onFault: () => {} });
+        await store.createTopic('small', { channels: 1, segmentBytes: 4096 });
+        await store.append('small', 0, [{ body: require('crypto').randomBytes(3000) }]);
+        const giveBack = exhaust();
+        const err = await store.append('small', 0, [{ body: require('crypto').randomBytes(3000) }]).then(() => null, (e) => e); // rolls: a new file
+        giveBack();
+        await store.close();
+        console.log(JSON.stringify({ code: err && err.code, message: err && err.message }));
+      })();`,
+    );
+    assert.equal(out.code, 'STORAGE_FAILED');
+    assert.match(out.message, /too many open files \(EMFILE\); every segment file is kept open: raise the limit \(ulimit -n\) or use fewer channels; it refuses appends until reopened$/);
+  });
+
+  it('a topic create that cannot write its files fails with STORAGE_FAILED and leaves no .creating-… folder', () => {
+    const dir = tempDir();
+    const out = underFdLimit(
+      dir,
+      `${exhaust}
+      (async () => {
+        const store = await engine.openStore(dir);
+        const giveBack = exhaust();
+        const err = await store.createTopic('fresh', { channels: 1 }).then(() => null, (e) => e); // its topic.json cannot be written
+        giveBack();
+        const left = fs.readdirSync(require('path').join(dir, 'topics'));
+        const again = await store.createTopic('fresh', { channels: 1 }).then(() => 'created', (e) => e.code);
+        await store.close();
+        console.log(JSON.stringify({ code: err && err.code, message: err && err.message, left, again }));
+      })();`,
+    );
+    assert.equal(out.code, 'STORAGE_FAILED'); // a bare EMFILE before (INTERNAL over HTTP)
+    assert.match(out.message, /^creating topic fresh: too many open files \(EMFILE\)/);
+    assert.deepEqual(out.left, [], 'no .creating-fresh left until the next start');
+    assert.equal(out.again, 'created');
+  });
+
+  it('serve exits 1 with one line when closing the store fails on SIGTERM, and the next start has every message', async () => {
+    const dir = tempDir();
+    let serve = await Serve.start(dir);
+    assert.equal((await serve.json('/v1/topics/t', { method: 'PUT', body: JSON.stringify({ channels: 1 }) })).status, 201);
+    assert.equal((await serve.json('/v1/topics/t/messages', { method: 'POST', body: 'kept' })).status, 200);
+    const temp = path.join(dir, 'topics', 't', '0', 'checkpoint.json.tmp');
+    fs.mkdirSync(temp); // the clean checkpoint written at close fails (EISDIR), as on a full disk
+    assert.equal(await serve.stop(), 1); // 0 before, and nothing said
+    assert.match(serve.lines.at(-1)!, /^waymark: serve: closing the store failed: closing topic t channel 0: EISDIR.*checkpoint\.json\.tmp.*; the next start scans what it could not record$/);
+    fs.rmdirSync(temp);
+    serve = await Serve.start(dir);
+    assert.deepEqual((await serve.json('/v1/topics/t/messages?channel=0')).body.messages.map((m: { body: string }) => m.body), ['kept']);
+    assert.equal(await serve.stop(), 0);
+  });
+
+  // Node's recursive mkdir reports a parent it could not make as the child: EROFS as "ENOENT
+  // … mkdir <data>/topics" (a read-only mount), EACCES on <data>/topics. Root can make folders
+  // anywhere, so the child gives root up: a real EACCES.
+  it('a data folder that cannot be made names the folder and the cause, not <data>/topics', () => {
+    const dir = tempDir();
+    fs.chmodSync(dir, 0o755);
+    const locked = path.join(dir, 'locked');
+    fs.mkdirSync(locked);
+    fs.chmodSync(locked, 0o555); // no new folder in it, but for root: the child gives root up
+    const data = path.join(locked, 'new', 'data');
+    const script = `
+      const engine = require(${JSON.stringify(engine)});
+      require(${JSON.stringify(path.join(__dirname, '..', 'engine', 'format', 'checksum.js'))}).loadChecksum().then(() => {
+        if (process.getuid() === 0) { process.setgid(65534); process.setuid(65534); }
+        return engine.openStore(${JSON.stringify(data)});
+      }).then(() => console.log(JSON.stringify({ opened: true })), (e) => console.log(JSON.stringify({ code: e.code, message: e.message })));`;
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+    assert.equal(run.status, 0, run.stderr);
+    const out = JSON.parse(run.stdout) as { code?: string; message?: string };
+    assert.equal(out.code, 'EACCES');
+    assert.equal(out.message, `EACCES: permission denied, mkdir '${path.join(locked, 'new')}'`); // named <data>/topics before
   });
 });

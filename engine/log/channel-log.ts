@@ -28,7 +28,7 @@ import { checksumHolds } from '../format/record-batch';
 import { lz4Codec } from '../codec';
 import type { KeyHit, TimeRange } from '../index/key-index';
 import { limits } from '../limits';
-import { CorruptIndexError } from './errors';
+import { CorruptIndexError, tooManyOpenFiles } from './errors';
 import { readCheckpoint, syncDir, writeCheckpoint } from './checkpoint';
 import { ProducerStates } from './producer-state';
 import { Segment, segmentFileName, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
@@ -383,9 +383,11 @@ export class ChannelLog {
   /** Turns the channel failed (sticky), said once (onFault), keeping the first cause; rejects what waits. */
   private fail(err: Error, group: Pending[]): void {
     if (!this.failure) {
-      this.failure = new WaymarkError('STORAGE_FAILED', `channel ${this.dir}: ${err.message}; it refuses appends until reopened`, { cause: (err as NodeJS.ErrnoException).code });
+      const code = (err as NodeJS.ErrnoException).code;
+      const cause = tooManyOpenFiles(code) ?? err.message; // a roll opens a file: EMFILE says how to fix it
+      this.failure = new WaymarkError('STORAGE_FAILED', `channel ${this.dir}: ${cause}; it refuses appends until reopened`, { cause: code });
       // A channel whose files are being deleted (its topic is) fails on them as they go: no news.
-      if (!this.deleting) this.options.onFault?.('failed', err);
+      if (!this.deleting) this.options.onFault?.('failed', Object.assign(new Error(cause), { code }));
     }
     const waiting = group.concat(this.queue);
     this.queue = [];
@@ -747,19 +749,25 @@ export class ChannelLog {
     while (this.flushing) await this.flushing;
     if (this.syncing) await this.syncing;
     while (this.sealing) await this.sealing;
+    let failure: unknown = null;
     if (!this.failure && !this.deleting) {
-      const active = this.active;
-      if (active.size > 0) active.seal();
-      else if (this.segments.length > 1) {
-        this.segments.pop();
-        active.remove();
+      try {
+        const active = this.active;
+        if (active.size > 0) active.seal();
+        else if (this.segments.length > 1) {
+          this.segments.pop();
+          active.remove();
+        }
+        this.saveCheckpoint(true);
+      } catch (err) {
+        failure = err; // thrown once the files are closed: the next open scans what is not vouched for
       }
-      this.saveCheckpoint(true);
     }
     for (const s of this.segments) s.close();
     // Watchers learn that the channel is gone (a deleted topic ends its subscriptions).
     for (const watcher of [...this.watchers]) watcher();
     this.watchers.clear();
+    if (failure) throw failure;
   }
 
   /** Closes the files of a channel nothing was appended to yet (one that failed to open, or whose topic did), at once. */
