@@ -33,8 +33,13 @@ export function lockFolder(dir: string): FolderLock {
     }
     throw err;
   }
-  fs.ftruncateSync(fd, 0);
-  fs.writeSync(fd, `${process.pid}\n`, 0);
+  try {
+    fs.ftruncateSync(fd, 0);
+    fs.writeSync(fd, `${process.pid}\n`, 0);
+  } catch {
+    // The pid is a courtesy: a full disk must not keep the store from opening (its data is
+    // readable, and the channels say themselves whether they can write).
+  }
   return {
     release(): void {
       try {

@@ -24,7 +24,7 @@ import { lockFolder, type FolderLock } from './lock';
 import { ChannelLog, type AppendOutcome, type BatchRead, type ChannelOptions, type SyncMode } from './log/channel-log';
 import { writeFileAtomic } from './log/checkpoint';
 import { readTopicFile } from './log/topic-file';
-import { DamageBeforeSoundBatchesError } from './log/errors';
+import { DamageBeforeSoundBatchesError, tooManyOpenFiles } from './log/errors';
 import type { RecoveryFinding } from './log/segment';
 import { repairStore } from './inspect/repair';
 
@@ -44,6 +44,40 @@ export interface StoreOptions {
   tailCacheBytes?: number;
   /** Called for every torn tail or corruption found while opening. */
   onRecovery?: (finding: RecoveryFinding) => void;
+  /**
+   * Called when work the store does on its own fails (see StoreFault), once per cause, not at
+   * every retry. Absent: a process warning (stderr).
+   */
+  onFault?: (fault: StoreFault) => void;
+}
+
+/** A failure of the store's own work, said once per cause (StoreOptions.onFault); the store goes on serving. */
+export interface StoreFault {
+  /**
+   * retention: a retention pass of this channel failed (counted; every pass tries again);
+   * checkpoint: the channel opened but could not write its checkpoint (it serves; the next
+   * retention pass, roll or close writes it); failed: a write, sync or roll of the channel
+   * failed, and it refuses appends until the store is reopened (reads go on); delete: a
+   * deleted topic's files could not all be removed (the next open removes them).
+   */
+  kind: 'retention' | 'checkpoint' | 'failed' | 'delete';
+  topic: string;
+  /** null: the topic as a whole. */
+  channel: number | null;
+  /** The cause's code: an errno code (EIO, ENOSPC…) or a WaymarkError code. */
+  code: string;
+  /** One line naming topic, channel and cause. */
+  message: string;
+}
+
+/** What went wrong in a channel since the store opened (Store.channelHealth). */
+export interface ChannelHealth {
+  topic: string;
+  channel: number;
+  /** Why the channel refuses appends until the store is reopened (sticky), or null. */
+  failed: string | null;
+  /** Retention passes that failed. */
+  retentionFailures: number;
 }
 
 export interface TopicConfig {
@@ -121,6 +155,8 @@ interface Topic {
   info: TopicInfo;
   dir: string;
   channels: ChannelLog[];
+  /** Per channel: failed retention passes, and the cause of a fault last said (null once a pass succeeds). */
+  upkeep: Array<{ retentionFailures: number; cause: string | null }>;
 }
 
 const topicNamePattern = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
@@ -134,13 +170,31 @@ export function checkTopicName(name: string, allowSystem = false): void {
 }
 
 /**
- * Out of file descriptors is the operator's to fix, and says how: every segment file is kept
- * open. Other errors pass as they are.
+ * A failed system call (ENOSPC, EIO, EMFILE…) as STORAGE_FAILED naming what was being done;
+ * out of file descriptors says how to fix it (tooManyOpenFiles). Typed errors and programming
+ * errors pass as they are.
  */
 function storageError(err: unknown, what: string): unknown {
-  const code = (err as NodeJS.ErrnoException).code;
-  if (code !== 'EMFILE' && code !== 'ENFILE') return err;
-  return new WaymarkError('STORAGE_FAILED', `${what}: too many open files (${code}); every segment file is kept open: raise the limit (ulimit -n) or use fewer channels`, { cause: code });
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  if (err instanceof WaymarkError || typeof code !== 'string') return err;
+  return new WaymarkError('STORAGE_FAILED', `${what}: ${tooManyOpenFiles(code) ?? (err as Error).message}`, { cause: code });
+}
+
+/**
+ * mkdir -p that names the real cause: Node's recursive mkdir reports a parent it could not
+ * make (EROFS, EACCES, ENOSPC) as ENOENT on the child ("ENOENT … mkdir <data>/topics" on a
+ * read-only mount).
+ */
+function makeFolder(dir: string): void {
+  try {
+    fs.mkdirSync(dir);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST' && fs.statSync(dir).isDirectory()) return;
+    if (code !== 'ENOENT' || path.dirname(dir) === dir) throw err;
+    makeFolder(path.dirname(dir));
+    fs.mkdirSync(dir);
+  }
 }
 
 /** store.json names the folder's format and version; anything else is refused before a byte is read. */
@@ -172,13 +226,13 @@ export class Store {
 
   private constructor(
     readonly dir: string,
-    private readonly options: Required<Omit<StoreOptions, 'onRecovery'>> & Pick<StoreOptions, 'onRecovery'>,
+    private readonly options: Required<Omit<StoreOptions, 'onRecovery' | 'onFault'>> & Pick<StoreOptions, 'onRecovery' | 'onFault'>,
     private readonly lock: FolderLock,
   ) {}
 
   static async open(dir: string, options: StoreOptions = {}): Promise<Store> {
     await loadChecksum();
-    fs.mkdirSync(path.join(dir, 'topics'), { recursive: true });
+    makeFolder(path.join(dir, 'topics'));
     const lock = lockFolder(dir);
     try {
       const resolved = {
@@ -189,6 +243,7 @@ export class Store {
         compression: options.compression ?? true,
         tailCacheBytes: nonNegative('tailCacheBytes', options.tailCacheBytes ?? limits.tailCacheBytesDefault),
         onRecovery: options.onRecovery,
+        onFault: options.onFault,
       };
       if (!['batch', 'interval', 'none'].includes(resolved.sync)) throw new WaymarkError('INVALID_ARGUMENT', `sync must be batch, interval or none, not ${resolved.sync}`);
       checkSegmentBytes(resolved.segmentBytes);
@@ -230,7 +285,7 @@ export class Store {
       reason: `${d.reason}; the sound batches after it were kept (repaired at open)`,
       ...(d.savedTo ? { savedTo: d.savedTo } : {}),
     }));
-    topic.channels[channel] = ChannelLog.open(dir, this.channelOptions(topic.info), report);
+    topic.channels[channel] = ChannelLog.open(dir, this.channelOptions(topic, channel), report);
     this.report(report);
   }
 
@@ -274,10 +329,11 @@ export class Store {
   private openTopic(info: TopicInfo, dir: string, damaged?: DamagedChannel[]): Topic {
     const channels: ChannelLog[] = [];
     const report: RecoveryFinding[] = [];
-    const topic = { info, dir, channels };
+    const topic: Topic = { info, dir, channels, upkeep: [] };
     for (let c = 0; c < info.channels; c++) {
+      topic.upkeep.push({ retentionFailures: 0, cause: null });
       try {
-        channels.push(ChannelLog.open(path.join(dir, String(c)), this.channelOptions(info), report));
+        channels.push(ChannelLog.open(path.join(dir, String(c)), this.channelOptions(topic, c), report));
       } catch (err) {
         if (!(err instanceof DamageBeforeSoundBatchesError) || !damaged) {
           for (const opened of channels) opened?.closeNow(); // no file left open by a topic that did not open
@@ -292,7 +348,8 @@ export class Store {
     return topic;
   }
 
-  private channelOptions(info: TopicInfo): ChannelOptions {
+  private channelOptions(topic: Topic, channel: number): ChannelOptions {
+    const { info } = topic;
     return {
       sync: this.options.sync,
       syncIntervalMs: this.options.syncIntervalMs,
@@ -301,6 +358,7 @@ export class Store {
       retentionMs: info.retentionMs,
       retentionBytes: info.retentionBytes,
       tailCacheBytes: this.options.tailCacheBytes,
+      onFault: (kind, err) => this.channelFault(topic, channel, kind, err),
     };
   }
 
@@ -351,11 +409,21 @@ export class Store {
       throw new WaymarkError('TOPIC_EXISTS', `a folder for topic ${name} exists but was not opened (its topic.json is unreadable; see the start-up report, or run waymark repair)`, { topic: name });
     }
     const temp = path.join(topicsDir, `.creating-${name}`);
-    fs.rmSync(temp, { recursive: true, force: true });
-    fs.mkdirSync(temp);
-    writeFileAtomic(path.join(temp, 'topic.json'), JSON.stringify(info, null, 2));
     const dir = path.join(topicsDir, name);
-    fs.renameSync(temp, dir);
+    try {
+      fs.rmSync(temp, { recursive: true, force: true });
+      fs.mkdirSync(temp);
+      writeFileAtomic(path.join(temp, 'topic.json'), JSON.stringify(info, null, 2));
+      fs.renameSync(temp, dir);
+    } catch (err) {
+      // A full disk, say: the half-made folder goes now, not at the next start.
+      try {
+        fs.rmSync(temp, { recursive: true, force: true });
+      } catch {
+        // the next open sweeps it
+      }
+      throw storageError(err, `creating topic ${name}`);
+    }
     try {
       this.openTopic(info, dir);
     } catch (err) {
@@ -369,13 +437,29 @@ export class Store {
     return { ...info };
   }
 
+  /**
+   * Deletes a topic: wholly there or wholly gone at every step. The folder is renamed away
+   * first (needing no space): when that fails nothing has changed (STORAGE_FAILED, the topic
+   * still served). After it the topic is gone (a crash now, and the next open sweeps the
+   * folder); its channels close without writing anything, and its files are removed.
+   */
   async deleteTopic(name: string): Promise<void> {
     const topic = this.topic(name);
-    this.topics.delete(name);
-    await Promise.all(topic.channels.map((c) => c.close()));
     const away = path.join(this.dir, 'topics', `.deleted-${name}-${Date.now()}`);
-    fs.renameSync(topic.dir, away);
-    fs.rmSync(away, { recursive: true, force: true });
+    try {
+      fs.renameSync(topic.dir, away);
+    } catch (err) {
+      throw new WaymarkError('STORAGE_FAILED', `deleting topic ${name}: ${(err as Error).message}; the topic is still there`, { topic: name, cause: errorCode(err) });
+    }
+    this.topics.delete(name);
+    // Appends in flight finish on the open descriptors (or fail); nothing else is written.
+    await Promise.all(topic.channels.map((c) => c.close({ deleting: true })));
+    try {
+      fs.rmSync(away, { recursive: true, force: true });
+    } catch (err) {
+      // The topic is gone all the same (a new one of the name may be made); its space is not yet.
+      this.fault({ kind: 'delete', topic: name, channel: null, code: errorCode(err), message: `topic ${name} was deleted, but removing its files failed: ${(err as Error).message}; the next start removes ${away}` });
+    }
   }
 
   listTopics(): TopicInfo[] {
@@ -530,12 +614,62 @@ export class Store {
 
   // ---------------------------------------------------------------- upkeep
 
-  /** Deletes whole segments past each topic's retention. Returns how many were deleted. */
+  /**
+   * Deletes whole segments past each topic's retention. Returns how many were deleted. Never
+   * throws (the 30 s timer calls it): a channel whose pass fails (an unlink or its checkpoint:
+   * EIO, EROFS, a full disk) is left consistent, counted (channelHealth), said once per
+   * cause (onFault), and tried again at the next pass; the other channels go on.
+   */
   applyRetention(now: number = Date.now()): number {
     if (this.closed) return 0;
     let removed = 0;
-    for (const topic of this.topics.values()) for (const c of topic.channels) removed += c.applyRetention(now);
+    for (const topic of this.topics.values()) {
+      topic.channels.forEach((c, channel) => {
+        try {
+          removed += c.applyRetention(now);
+          topic.upkeep[channel]!.cause = null;
+        } catch (err) {
+          topic.upkeep[channel]!.retentionFailures++;
+          this.channelFault(topic, channel, 'retention', err);
+        }
+      });
+    }
     return removed;
+  }
+
+  /** Says a channel's fault, once per cause: a retry that fails alike is only counted (a channel fails once). */
+  private channelFault(topic: Topic, channel: number, kind: 'retention' | 'checkpoint' | 'failed', err: unknown): void {
+    const cause = (err as Error).message;
+    const name = topic.info.name;
+    if (kind !== 'failed') {
+      const state = topic.upkeep[channel]!;
+      if (state.cause === cause) return;
+      state.cause = cause;
+    }
+    const message =
+      kind === 'retention'
+        ? `retention of topic ${name} channel ${channel} failed: ${cause}; the channel goes on serving, and every retention pass tries again`
+        : kind === 'checkpoint'
+          ? `topic ${name} channel ${channel} opened, but its checkpoint could not be written: ${cause}; it serves, and the next retention pass, roll or close writes it`
+          : `topic ${name} channel ${channel} failed: ${cause}; it refuses appends until the broker restarts (reads go on)`;
+    this.fault({ kind, topic: name, channel, code: errorCode(err), message });
+  }
+
+  private fault(fault: StoreFault): void {
+    if (this.options.onFault) this.options.onFault(fault);
+    else process.emitWarning(`waymark: ${fault.message}`);
+  }
+
+  /** The channels that had trouble since the store opened (failed, or retention failures), for monitoring; system topics included. */
+  channelHealth(): ChannelHealth[] {
+    const out: ChannelHealth[] = [];
+    for (const topic of this.topics.values()) {
+      topic.upkeep.forEach((state, channel) => {
+        const failed = topic.channels[channel]?.failed?.message ?? null;
+        if (failed !== null || state.retentionFailures > 0) out.push({ topic: topic.info.name, channel, failed, retentionFailures: state.retentionFailures });
+      });
+    }
+    return out;
   }
 
   /**
@@ -550,18 +684,37 @@ export class Store {
     return this.channel(topic, channel).deleteSegmentsBefore(offset);
   }
 
-  /** Finishes queued appends, writes clean checkpoints, and releases the folder lock. */
+  /**
+   * Finishes queued appends, writes clean checkpoints, and releases the folder lock. Every
+   * channel is closed, and the lock released, even when a checkpoint or index cannot be
+   * written (a full disk): then this rejects with the first such failure, STORAGE_FAILED
+   * naming topic and channel (the next open scans what the checkpoint does not vouch for).
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     if (this.retentionTimer) clearInterval(this.retentionTimer);
+    const closing = [...this.topics.values()].flatMap((t) =>
+      t.channels.map((c, channel) =>
+        c.close().catch((err: unknown) => {
+          throw storageError(err, `closing topic ${t.info.name} channel ${channel}`);
+        }),
+      ),
+    );
     try {
-      await Promise.all([...this.topics.values()].flatMap((t) => t.channels.map((c) => c.close())));
+      const failed = (await Promise.allSettled(closing)).find((r) => r.status === 'rejected');
+      if (failed) throw failed.reason;
     } finally {
       this.topics.clear();
       this.lock.release();
     }
   }
+}
+
+/** The code of any thrown value: an errno code (EIO…), a WaymarkError's, or INTERNAL. */
+function errorCode(err: unknown): string {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : 'INTERNAL';
 }
 
 function toMessage(topic: string, channel: number, r: StoredRecord, brokerTimestamp: number): StoredMessage {

@@ -205,7 +205,17 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
   const ids = new MsgIdGenerator();
   const roundRobin = new Map<string, number>();
 
-  route(app, 'get', '/healthz', ctx, () => (ctx.isClosing() ? json({ status: 'shutting down' }, 503) : json({ status: 'ok' })));
+  // A failed channel (sticky until restart) makes the broker "degraded", still 200: it serves
+  // every other channel and the failed one's reads, and a probe that restarted it on a full
+  // disk would only cut every client off, again and again.
+  route(app, 'get', '/healthz', ctx, () => {
+    if (ctx.isClosing()) return json({ status: 'shutting down' }, 503);
+    const failedChannels = store
+      .channelHealth()
+      .filter((h) => h.failed !== null)
+      .map((h) => ({ topic: h.topic, channel: h.channel, error: h.failed }));
+    return json(failedChannels.length > 0 ? { status: 'degraded', failedChannels } : { status: 'ok' });
+  });
   // Never waits: until the start-up pass over __groups is done (waymark_group_positions_loaded 0), lag rows cover the groups used since.
   route(app, 'get', '/metrics', ctx, () => ({ status: 200, body: broker.metrics.render(ctx.metricsExtra), contentType: 'text/plain; version=0.0.4' }));
 

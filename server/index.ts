@@ -8,9 +8,10 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import uWS from 'uWebSockets.js';
-import { openStore, WaymarkError, type Store, type SyncMode, type RecoveryFinding } from '../engine/index';
+import { openStore, WaymarkError, type Store, type StoreFault, type SyncMode, type RecoveryFinding } from '../engine/index';
 import { protocolLimits } from '../protocol/limits';
 import { Broker } from './broker';
+import { groupsTopic } from './groups';
 import { gauge } from './metrics';
 import { installHttpApi } from './http-api';
 import { Session, type SessionData } from './session';
@@ -23,6 +24,8 @@ export interface ServerOptions {
   sync?: SyncMode;
   /** Called for each torn tail or corruption found while opening the store. */
   onRecovery?: (finding: RecoveryFinding) => void;
+  /** Called for each failure of the store's own work (a retention pass…), once per cause; default: one line on stderr. */
+  onFault?: (fault: StoreFault) => void;
 }
 
 export interface RunningServer {
@@ -39,7 +42,11 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   const host = options.host ?? serverDefaults.host;
   const data = options.data ?? serverDefaults.data;
   const dataExisted = fs.existsSync(data);
-  const store = await openStore(data, { sync: options.sync ?? serverDefaults.sync, onRecovery: options.onRecovery });
+  const say = options.onFault ?? ((fault: StoreFault) => void process.stderr.write(`waymark: ${fault.message}\n`));
+  // __groups is one channel for every group of every topic: when it fails, so does every commit.
+  const onFault = (fault: StoreFault): void =>
+    say(fault.kind === 'failed' && fault.topic === groupsTopic ? { ...fault, message: `${fault.message}; until then no consumer group of any topic can commit its positions` } : fault);
+  const store = await openStore(data, { sync: options.sync ?? serverDefaults.sync, onRecovery: options.onRecovery, onFault });
   try {
     const broker = await Broker.open(store);
     const sessions = new Set<Session>();
@@ -88,6 +95,11 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         const hw: Array<[Record<string, string | number>, number]> = [];
         for (const t of store.listTopics()) for (const c of store.describeTopic(t.name).channelInfo) hw.push([{ topic: t.name, channel: c.channel }, c.highWatermark]);
         gauge(out, 'waymark_high_watermark', 'Next offset to be written, by topic and channel.', hw);
+        const health = store.channelHealth();
+        gauge(out, 'waymark_retention_failures_total', 'Retention passes that failed (each is retried at the next), by topic and channel.', health.filter((h) => h.retentionFailures > 0).map((h) => [{ topic: h.topic, channel: h.channel }, h.retentionFailures]), 'counter');
+        const failed = health.filter((h) => h.failed !== null);
+        gauge(out, 'waymark_failed_channels', 'Channels that refuse appends until the broker restarts (a write, sync or roll failed), __groups included.', [[{}, failed.length]]);
+        gauge(out, 'waymark_channel_failed', '1 for each channel that refuses appends until the broker restarts, by topic and channel.', failed.map((h) => [{ topic: h.topic, channel: h.channel }, 1]));
       },
     });
     // µSockets sets SO_REUSEADDR only for a non-zero port, and without it a restarted broker

@@ -311,7 +311,7 @@ describe('engine store: topics and retention', () => {
     await store.close();
   });
 
-  it('deletes whole old segments by total bytes and by age, never the active one', async () => {
+  it('deletes whole old segments by total bytes and by age, the active one only by age', async () => {
     const dir = tempDir();
     const store = await openStore(dir, { segmentBytes: 8 * 1024 });
     await store.createTopic('bytes', { channels: 1, retentionBytes: 40 * 1024 });
@@ -334,8 +334,9 @@ describe('engine store: topics and retention', () => {
     assert.equal(store.describeTopic('age').channelInfo[0]!.logStartOffset, 0, 'young segments stay');
     store.applyRetention(Date.now() + 3_600_000);
     const ageAfter = store.describeTopic('age').channelInfo[0]!;
-    assert.equal(ageAfter.segments, 1, 'only the active segment is left');
+    assert.equal(ageAfter.segments, 1, 'only a new, empty active segment is left');
     assert.equal(ageAfter.highWatermark, ageBefore.highWatermark);
+    assert.equal(store.describeTopic('bytes').channelInfo[0]!.highWatermark, before.highWatermark, 'size bound alone: the active segment stays');
     await store.close();
     const reopened = await openStore(dir, { segmentBytes: 8 * 1024 });
     assert.equal(reopened.describeTopic('bytes').channelInfo[0]!.logStartOffset, after.logStartOffset);
@@ -535,6 +536,41 @@ describe('engine store: read options', () => {
       await store.close();
     }
   });
+});
+
+describe('engine store: retention of an idle channel', () => {
+  for (const sync of ['batch', 'interval', 'none'] as const) {
+    it(`an active segment whose every record is past retentionMs is rolled and deleted; offsets go on from the high watermark (sync=${sync})`, async () => {
+      const dir = tempDir();
+      const channelDir = path.join(dir, 'topics', 'idle', '0');
+      let store = await openStore(dir, { sync });
+      await store.createTopic('idle', { channels: 2, retentionMs: 60_000 });
+      await store.append('idle', 0, [{ body: 'a' }, { body: 'b' }]);
+      await store.append('idle', 0, [{ body: 'c' }]);
+      await store.close();
+      // Reopened after a clean close: the active segment has index files on disk too.
+      store = await openStore(dir, { sync });
+      try {
+        assert.equal(store.applyRetention(Date.now()), 0, 'within retentionMs: kept');
+        const later = Date.now() + 3_600_000;
+        assert.equal(store.applyRetention(later), 1);
+        const [idle, empty] = store.describeTopic('idle').channelInfo;
+        assert.deepEqual(idle, { channel: 0, logStartOffset: 3, highWatermark: 3, bytes: 0, segments: 1 });
+        assert.deepEqual(empty, { channel: 1, logStartOffset: 0, highWatermark: 0, bytes: 0, segments: 1 }, 'an empty channel is left as it is');
+        assert.deepEqual(fs.readdirSync(channelDir).filter((f) => !f.startsWith('checkpoint')), ['00000000000000000003.log'], 'every file of the old segment is gone');
+        assert.equal((await rejection(store.read('idle', 0, { offset: 0 }))).code, 'OFFSET_OUT_OF_RANGE');
+        assert.deepEqual(await store.read('idle', 0), []);
+        assert.equal(store.applyRetention(later), 0, 'an empty active segment stays');
+        assert.equal((await store.append('idle', 0, [{ body: 'd' }])).baseOffset, 3);
+      } finally {
+        await store.close();
+      }
+      store = await openStore(dir, { sync });
+      assert.deepEqual(store.channelState('idle', 0), { logStartOffset: 3, highWatermark: 4 });
+      assert.deepEqual((await store.read('idle', 0)).map((m) => [m.offset, m.body.toString()]), [[3, 'd']]);
+      await store.close();
+    });
+  }
 });
 
 describe('engine store: out of file descriptors', () => {

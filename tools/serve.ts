@@ -33,12 +33,16 @@ export const serveCommand: Command = {
       data,
       sync,
       onRecovery: (f) => io.err(`waymark: recovered ${f.file}: ${f.kind} at byte ${f.position}, ${f.bytesDropped} bytes dropped (${f.reason})${f.savedTo ? `; saved to ${f.savedTo}` : ''}\n`),
+      onFault: (f) => io.err(`waymark: ${f.message}\n`),
     });
     io.err(`waymark: serving ${server.url} and http://${server.host}:${server.port} (data ${data}, sync ${sync})\n`);
-    await new Promise<void>((resolve) => {
+    const failure = await new Promise<Error | null>((resolve) => {
       const stop = (signal: string): void => {
         io.err(`waymark: ${signal}: shutting down\n`);
-        server.close().then(resolve, resolve);
+        server.close().then(
+          () => resolve(null),
+          (err: Error) => resolve(err),
+        );
       };
       process.once('SIGINT', () => stop('SIGINT'));
       process.once('SIGTERM', () => stop('SIGTERM'));
@@ -48,6 +52,11 @@ export const serveCommand: Command = {
     // timeout (each reply since the signal closed its connection; an idle one gets no reply):
     // the process ends once this command's exit code is set.
     setTimeout(() => process.exit(), 50).unref();
+    if (failure) {
+      // A checkpoint or index not written (a full disk): not a clean stop, and a supervisor should know.
+      io.err(`waymark: serve: closing the store failed: ${failure.message}; the next start scans what it could not record\n`);
+      return 1;
+    }
     return 0;
   },
 };

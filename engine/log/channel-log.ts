@@ -28,10 +28,10 @@ import { checksumHolds } from '../format/record-batch';
 import { lz4Codec } from '../codec';
 import type { KeyHit, TimeRange } from '../index/key-index';
 import { limits } from '../limits';
-import { CorruptIndexError } from './errors';
-import { readCheckpoint, writeCheckpoint } from './checkpoint';
+import { CorruptIndexError, tooManyOpenFiles } from './errors';
+import { readCheckpoint, syncDir, writeCheckpoint } from './checkpoint';
 import { ProducerStates } from './producer-state';
-import { Segment, segmentFileName, type RecoveryFinding, type SegmentMeta } from './segment';
+import { Segment, segmentFileName, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
 import { TailCache } from './tail-cache';
 
 export type SyncMode = 'batch' | 'interval' | 'none';
@@ -47,6 +47,11 @@ export interface ChannelOptions {
   retentionBytes: number;
   /** Newest bytes kept in memory while the channel has watchers (0 = none). */
   tailCacheBytes: number;
+  /**
+   * Hears of the channel's faults: checkpoint, its checkpoint could not be written at open
+   * (owed; see recover); failed, the channel turned failed (sticky), with the first cause.
+   */
+  onFault?: (kind: 'checkpoint' | 'failed', err: Error) => void;
 }
 
 export interface AppendOutcome {
@@ -86,6 +91,8 @@ export class ChannelLog {
   private sealing: Promise<void> | null = null;
   private failure: WaymarkError | null = null;
   private closed = false;
+  /** Closed for deletion (its topic is being deleted): its files go, nothing of them is written. */
+  private deleting = false;
   private nextOffset = 0;
   private lastBrokerTimestamp = 0;
   private committedSize = 0; // bytes of the active segment readers may see
@@ -101,6 +108,10 @@ export class ChannelLog {
   private readonly dsync: boolean;
   /** Broker time of the oldest appended-but-unacknowledged batch, null when none. */
   private uncommittedFirstTimestamp: number | null = null;
+  /** Index files of removed segments not unlinked yet (their logs are gone); each retention pass tries again. */
+  private leftovers: string[] = [];
+  /** A checkpoint write failed where nothing had to fail with it (after retention, at open): the next pass writes it. */
+  private checkpointOwed = false;
   highWatermark = 0;
 
   private constructor(
@@ -200,12 +211,24 @@ export class ChannelLog {
     this.highWatermark = this.nextOffset;
     this.committedSize = this.active.size;
     for (const s of this.segments) this.lastBrokerTimestamp = Math.max(this.lastBrokerTimestamp, s.maxTimestamp);
-    this.saveCheckpoint(false);
+    // Records what this open found and sealed, and that the checkpoint no longer says clean.
+    // Safety does not hang on it: a clean checkpoint vouches for the active segment only at
+    // the size it lists, which any append changes. So when it cannot be written (a full disk)
+    // the channel still opens, acknowledged data stays readable, and the write is owed to the
+    // next retention pass, roll or close; an append that truly cannot be written fails the
+    // channel as always.
+    try {
+      this.saveCheckpoint(false);
+    } catch (err) {
+      this.checkpointOwed = true;
+      this.options.onFault?.('checkpoint', err as Error);
+    }
   }
 
   private saveCheckpoint(clean: boolean): void {
     const segments = this.segments.filter((s) => s.sealed).map((s) => s.meta());
     writeCheckpoint(this.dir, { clean, segments, producers: this.producers.entries() });
+    this.checkpointOwed = false;
   }
 
   /**
@@ -357,8 +380,15 @@ export class ChannelLog {
     this.sealing = sealed;
   }
 
+  /** Turns the channel failed (sticky), said once (onFault), keeping the first cause; rejects what waits. */
   private fail(err: Error, group: Pending[]): void {
-    this.failure = new WaymarkError('STORAGE_FAILED', `channel ${this.dir}: ${err.message}; it refuses appends until reopened`, { cause: (err as NodeJS.ErrnoException).code });
+    if (!this.failure) {
+      const code = (err as NodeJS.ErrnoException).code;
+      const cause = tooManyOpenFiles(code) ?? err.message; // a roll opens a file: EMFILE says how to fix it
+      this.failure = new WaymarkError('STORAGE_FAILED', `channel ${this.dir}: ${cause}; it refuses appends until reopened`, { cause: code });
+      // A channel whose files are being deleted (its topic is) fails on them as they go: no news.
+      if (!this.deleting) this.options.onFault?.('failed', Object.assign(new Error(cause), { code }));
+    }
     const waiting = group.concat(this.queue);
     this.queue = [];
     for (const p of waiting) p.reject(this.failure);
@@ -598,32 +628,94 @@ export class ChannelLog {
 
   // ---------------------------------------------------------------- retention and close
 
-  /** Deletes whole sealed segments past the age or size bound. Returns how many. */
+  /**
+   * Deletes whole sealed segments past the age or size bound, and the active segment too when
+   * every record in it is past the age bound (removeExpiredActive). Returns how many. Throws
+   * as removeOldestWhile says.
+   */
   applyRetention(now: number): number {
     const { retentionMs, retentionBytes } = this.options;
+    const expired = (segment: Segment): boolean => retentionMs > 0 && segment.maxTimestamp >= 0 && segment.maxTimestamp < now - retentionMs;
     let total = this.totalBytes;
-    return this.removeOldestWhile((oldest) => {
-      const tooOld = retentionMs > 0 && oldest.maxTimestamp >= 0 && oldest.maxTimestamp < now - retentionMs;
+    const removed = this.removeOldestWhile((oldest) => {
       const tooBig = retentionBytes > 0 && total > retentionBytes;
       total -= oldest.size;
-      return tooOld || tooBig;
+      return expired(oldest) || tooBig;
     });
+    return removed + this.removeExpiredActive(expired);
+  }
+
+  /**
+   * An active segment whose every record is past retentionMs is rolled and deleted, as Kafka
+   * does: else a channel that never fills a segment (low volume, idle) would keep its data
+   * for ever. Only when it is the last segment left and nothing is in flight (appends, a
+   * sync, a seal), so the next segment starts at the high watermark and offsets go on from
+   * there; readers at the old positions move to the log start as for any deleted segment.
+   * A failed channel is left alone. Returns 1 when it went, else 0.
+   */
+  private removeExpiredActive(expired: (segment: Segment) => boolean): number {
+    const old = this.active;
+    if (this.segments.length > 1 || old.size === 0 || !expired(old)) return 0;
+    if (this.queue.length > 0 || this.flushing || this.syncing || this.sealing || this.failure || this.closed) return 0;
+    const next = Segment.create(this.dir, old.nextOffset, this.dsync); // throws: nothing changed
+    let left: string[];
+    try {
+      // The next segment is on disk before the old one goes: a crash between must not leave a
+      // channel without segments (its offsets would start again at 0).
+      syncDir(this.dir);
+      left = old.remove(); // throws with the old segment whole when its log cannot be unlinked
+    } catch (err) {
+      next.close();
+      try {
+        unlinkIfPresent(next.path('log'));
+      } catch {
+        // An empty log after the old one: recovery takes it as the active segment, at the right offset.
+      }
+      throw err;
+    }
+    this.segments[0] = next;
+    this.committedSize = 0;
+    this.leftovers.push(...left);
+    this.checkpointOwed = true;
+    this.saveCheckpoint(false); // when it fails, it is owed to the next pass (see removeOldestWhile)
+    return 1;
   }
 
   /**
    * Deletes the oldest segments, one after another, while `remove` says so; never the active
    * one nor one still being sealed in the background (roll). Checkpoints when any went.
+   *
+   * A failure (EIO, EROFS, a full disk) leaves the channel consistent, and is thrown once the
+   * rest is done; the next call tries again: a log that cannot be unlinked keeps its segment
+   * (whole, open, readable), and so stops the pass there; index files left by a removed
+   * segment and a checkpoint that could not be written are owed. A stale checkpoint is
+   * harmless meanwhile: recovery trusts only the segments whose logs it finds.
    */
   private removeOldestWhile(remove: (oldest: Segment) => boolean): number {
     let removed = 0;
-    while (this.segments.length > 1) {
-      const oldest = this.segments[0]!;
-      if (!oldest.sealed || !remove(oldest)) break;
-      this.segments.shift();
-      oldest.remove();
-      removed++;
+    let failure: unknown = null;
+    try {
+      while (this.segments.length > 1) {
+        const oldest = this.segments[0]!;
+        if (!oldest.sealed || !remove(oldest)) break;
+        this.leftovers.push(...oldest.remove()); // throws with nothing changed when the log stays
+        this.segments.shift();
+        this.checkpointOwed = true;
+        removed++;
+      }
+    } catch (err) {
+      failure = err;
     }
-    if (removed > 0) this.saveCheckpoint(false);
+    try {
+      while (this.leftovers.length > 0) {
+        unlinkIfPresent(this.leftovers[0]!);
+        this.leftovers.shift();
+      }
+      if (this.checkpointOwed) this.saveCheckpoint(false);
+    } catch (err) {
+      failure ??= err;
+    }
+    if (failure) throw failure;
     return removed;
   }
 
@@ -643,27 +735,39 @@ export class ChannelLog {
     return this.removeOldestWhile((oldest) => oldest.nextOffset <= offset);
   }
 
-  /** Waits for queued appends, seals nothing, writes the active indexes and a clean checkpoint. */
-  async close(): Promise<void> {
+  /**
+   * Waits for queued appends, seals nothing, writes the active indexes and a clean checkpoint
+   * — unless the channel's files are about to be deleted (`deleting`: its topic is), when it
+   * writes nothing: sealing the indexes of files about to go, on a full disk, failed the
+   * topic's delete halfway.
+   */
+  async close(options: { deleting?: boolean } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true; // later appends are refused; queued ones still go out
+    this.deleting = options.deleting === true;
     if (this.syncTimer) clearInterval(this.syncTimer);
     while (this.flushing) await this.flushing;
     if (this.syncing) await this.syncing;
     while (this.sealing) await this.sealing;
-    if (!this.failure) {
-      const active = this.active;
-      if (active.size > 0) active.seal();
-      else if (this.segments.length > 1) {
-        this.segments.pop();
-        active.remove();
+    let failure: unknown = null;
+    if (!this.failure && !this.deleting) {
+      try {
+        const active = this.active;
+        if (active.size > 0) active.seal();
+        else if (this.segments.length > 1) {
+          this.segments.pop();
+          active.remove();
+        }
+        this.saveCheckpoint(true);
+      } catch (err) {
+        failure = err; // thrown once the files are closed: the next open scans what is not vouched for
       }
-      this.saveCheckpoint(true);
     }
     for (const s of this.segments) s.close();
     // Watchers learn that the channel is gone (a deleted topic ends its subscriptions).
     for (const watcher of [...this.watchers]) watcher();
     this.watchers.clear();
+    if (failure) throw failure;
   }
 
   /** Closes the files of a channel nothing was appended to yet (one that failed to open, or whose topic did), at once. */

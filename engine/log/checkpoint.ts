@@ -4,7 +4,8 @@
  *   { "version": 1, "clean": bool, "segments": [SegmentMeta…], "producers": [[id, firstSeq, lastSeq, baseOffset, count]…] }
  *
  * Written atomically (temp file, fdatasync, rename, fsync of the folder) once a rolled segment
- * is sealed (its index files written, in the background), after retention, at open (clean=false) and at clean close (clean=true, the active segment
+ * is sealed (its index files written, in the background), after retention, at open (clean=false;
+ * when that write fails it is owed to the next retention pass: see ChannelLog.recover) and at clean close (clean=true, the active segment
  * included). Sealed segments it lists whose file size matches are trusted; everything else
  * is scanned.
  */

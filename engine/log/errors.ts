@@ -1,5 +1,14 @@
 import { WaymarkError } from '../format/errors';
 
+/**
+ * Out of file descriptors is the operator's to fix, and says how: every segment file is kept
+ * open. The cause to show for an error with that code, or null for any other.
+ */
+export function tooManyOpenFiles(code: unknown): string | null {
+  if (code !== 'EMFILE' && code !== 'ENFILE') return null;
+  return `too many open files (${code}); every segment file is kept open: raise the limit (ulimit -n) or use fewer channels`;
+}
+
 /** An index file failed its sanity check; the engine rebuilds it from the log. */
 export class CorruptIndexError extends WaymarkError {
   constructor(

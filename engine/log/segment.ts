@@ -398,10 +398,34 @@ export class Segment {
     if (this.reading === 0) fs.closeSync(this.fd);
   }
 
-  /** Removes the segment's files (retention, topic deletion). */
-  remove(): void {
+  /**
+   * Removes the segment's files (retention, compaction). The log goes first, while its
+   * descriptor is still open (a read in flight finishes on it): when it cannot be unlinked
+   * (EIO, EROFS…) this throws with nothing changed, the segment whole and open. Once the log
+   * is gone the segment is; an index file that cannot be unlinked then is returned for the
+   * caller to try again (a log-less index is never read: recovery lists logs).
+   */
+  remove(): string[] {
+    unlinkIfPresent(this.path('log'));
     this.close();
-    for (const extension of ['log', 'oix', 'tix', 'kix']) fs.rmSync(this.path(extension), { force: true });
+    const left: string[] = [];
+    for (const extension of ['oix', 'tix', 'kix']) {
+      try {
+        unlinkIfPresent(this.path(extension));
+      } catch {
+        left.push(this.path(extension));
+      }
+    }
+    return left;
+  }
+}
+
+/** unlink(2), a file already gone being no error (an index never written, a retry). */
+export function unlinkIfPresent(file: string): void {
+  try {
+    fs.unlinkSync(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
 }
 
