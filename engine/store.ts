@@ -49,6 +49,19 @@ export interface StoreOptions {
    * every retry. Absent: a process warning (stderr).
    */
   onFault?: (fault: StoreFault) => void;
+  /**
+   * Called as open and close go through the store (topics opened, channels closed), so a
+   * long start or stop of a large store can show how far it is: a call per unit, the last
+   * with done = total.
+   */
+  onProgress?: (progress: StoreProgress) => void;
+}
+
+export interface StoreProgress {
+  phase: 'open' | 'close';
+  /** Topics opened (open) or channels closed (close) so far. */
+  done: number;
+  total: number;
 }
 
 /** A failure of the store's own work, said once per cause (StoreOptions.onFault); the store goes on serving. */
@@ -226,7 +239,7 @@ export class Store {
 
   private constructor(
     readonly dir: string,
-    private readonly options: Required<Omit<StoreOptions, 'onRecovery' | 'onFault'>> & Pick<StoreOptions, 'onRecovery' | 'onFault'>,
+    private readonly options: Required<Omit<StoreOptions, 'onRecovery' | 'onFault' | 'onProgress'>> & Pick<StoreOptions, 'onRecovery' | 'onFault' | 'onProgress'>,
     private readonly lock: FolderLock,
   ) {}
 
@@ -244,6 +257,7 @@ export class Store {
         tailCacheBytes: nonNegative('tailCacheBytes', options.tailCacheBytes ?? limits.tailCacheBytesDefault),
         onRecovery: options.onRecovery,
         onFault: options.onFault,
+        onProgress: options.onProgress,
       };
       if (!['batch', 'interval', 'none'].includes(resolved.sync)) throw new WaymarkError('INVALID_ARGUMENT', `sync must be batch, interval or none, not ${resolved.sync}`);
       checkSegmentBytes(resolved.segmentBytes);
@@ -303,7 +317,9 @@ export class Store {
     if (!fs.existsSync(storeFile)) writeFileAtomic(storeFile, JSON.stringify({ format: 'waymark', version: 1 }));
     else checkStoreFile(storeFile);
     const topicsDir = path.join(this.dir, 'topics');
-    for (const name of fs.readdirSync(topicsDir)) {
+    const names = fs.readdirSync(topicsDir);
+    for (const [done, name] of names.entries()) {
+      this.options.onProgress?.({ phase: 'open', done, total: names.length });
       const dir = path.join(topicsDir, name);
       if (name.startsWith('.')) {
         fs.rmSync(dir, { recursive: true, force: true }); // an interrupted create or delete
@@ -319,6 +335,7 @@ export class Store {
       }
       this.openTopic(info, dir, damaged);
     }
+    this.options.onProgress?.({ phase: 'open', done: names.length, total: names.length });
     return damaged;
   }
 
@@ -694,13 +711,26 @@ export class Store {
     if (this.closed) return;
     this.closed = true;
     if (this.retentionTimer) clearInterval(this.retentionTimer);
-    const closing = [...this.topics.values()].flatMap((t) =>
-      t.channels.map((c, channel) =>
-        c.close().catch((err: unknown) => {
-          throw storageError(err, `closing topic ${t.info.name} channel ${channel}`);
-        }),
-      ),
-    );
+    const total = [...this.topics.values()].reduce((n, t) => n + t.channels.length, 0);
+    let done = 0;
+    this.options.onProgress?.({ phase: 'close', done, total });
+    const closing: Array<Promise<void>> = [];
+    for (const t of this.topics.values()) {
+      for (const [channel, c] of t.channels.entries()) {
+        closing.push(
+          c.close().then(
+            () => this.options.onProgress?.({ phase: 'close', done: ++done, total }),
+            (err: unknown) => {
+              throw storageError(err, `closing topic ${t.info.name} channel ${channel}`);
+            },
+          ),
+        );
+        // A channel with nothing in flight closes synchronously (its indexes and checkpoint
+        // written): every so often the loop lets the closes done so far report, or a store of
+        // ten thousand channels would close for seconds without a word.
+        if (closing.length % 64 === 0) await new Promise((resolve) => setImmediate(resolve));
+      }
+    }
     try {
       const failed = (await Promise.allSettled(closing)).find((r) => r.status === 'rejected');
       if (failed) throw failed.reason;

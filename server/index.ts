@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import uWS from 'uWebSockets.js';
-import { openStore, WaymarkError, type Store, type StoreFault, type SyncMode, type RecoveryFinding } from '../engine/index';
+import { openStore, WaymarkError, type Store, type StoreFault, type StoreProgress, type SyncMode, type RecoveryFinding } from '../engine/index';
 import { protocolLimits } from '../protocol/limits';
 import { Broker } from './broker';
 import { groupsTopic } from './groups';
@@ -26,6 +26,8 @@ export interface ServerOptions {
   onRecovery?: (finding: RecoveryFinding) => void;
   /** Called for each failure of the store's own work (a retention pass…), once per cause; default: one line on stderr. */
   onFault?: (fault: StoreFault) => void;
+  /** How far opening and closing the store are (StoreOptions.onProgress). */
+  onProgress?: (progress: StoreProgress) => void;
 }
 
 export interface RunningServer {
@@ -46,7 +48,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   // __groups is one channel for every group of every topic: when it fails, so does every commit.
   const onFault = (fault: StoreFault): void =>
     say(fault.kind === 'failed' && fault.topic === groupsTopic ? { ...fault, message: `${fault.message}; until then no consumer group of any topic can commit its positions` } : fault);
-  const store = await openStore(data, { sync: options.sync ?? serverDefaults.sync, onRecovery: options.onRecovery, onFault });
+  const store = await openStore(data, { sync: options.sync ?? serverDefaults.sync, onRecovery: options.onRecovery, onFault, onProgress: options.onProgress });
   try {
     const broker = await Broker.open(store);
     const sessions = new Set<Session>();

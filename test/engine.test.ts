@@ -522,6 +522,21 @@ describe('engine store: the folder itself', () => {
   });
 });
 
+describe('engine store: progress of open and close', () => {
+  it('onProgress counts topics opened and channels closed, ending with done = total (a large store said nothing for 40 s)', async () => {
+    const dir = tempDir();
+    const first = await openStore(dir);
+    for (const name of ['a', 'b', 'c']) await first.createTopic(name, { channels: 2 });
+    await first.close();
+    const seen: string[] = [];
+    const store = await openStore(dir, { onProgress: (p) => seen.push(`${p.phase} ${p.done}/${p.total}`) });
+    assert.deepEqual(seen, ['open 0/3', 'open 1/3', 'open 2/3', 'open 3/3']);
+    seen.length = 0;
+    await store.close();
+    assert.deepEqual(seen, ['close 0/6', 'close 1/6', 'close 2/6', 'close 3/6', 'close 4/6', 'close 5/6', 'close 6/6']);
+  });
+});
+
 describe('engine store: read options', () => {
   it('reads from the log start when no offset is given, and refuses maxMessages or maxBytes below 1', async () => {
     const store = await openStore(tempDir());

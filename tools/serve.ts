@@ -1,7 +1,7 @@
 /** `waymark serve`: runs the broker (npm start runs this with the defaults). */
 import * as fs from 'node:fs';
 import { startServer, serverDefaults } from '../server/index';
-import type { SyncMode } from '../engine/index';
+import type { StoreProgress, SyncMode } from '../engine/index';
 import { UsageError } from './args';
 import type { Command } from './command';
 
@@ -34,6 +34,7 @@ export const serveCommand: Command = {
       sync,
       onRecovery: (f) => io.err(`waymark: recovered ${f.file}: ${f.kind} at byte ${f.position}, ${f.bytesDropped} bytes dropped (${f.reason})${f.savedTo ? `; saved to ${f.savedTo}` : ''}\n`),
       onFault: (f) => io.err(`waymark: ${f.message}\n`),
+      onProgress: progressLine((line) => io.err(`waymark: ${line}\n`)),
     });
     io.err(`waymark: serving ${server.url} and http://${server.host}:${server.port} (data ${data}, sync ${sync})\n`);
     const failure = await new Promise<Error | null>((resolve) => {
@@ -60,6 +61,30 @@ export const serveCommand: Command = {
     return 0;
   },
 };
+
+/**
+ * Start and stop of a store with thousands of channels take tens of seconds: a line every
+ * 2 s says how far they are, from 1 s in (a small store says nothing). Wall time is read in
+ * the callback: opening is synchronous, no timer would fire during it.
+ */
+function progressLine(say: (line: string) => void): (p: StoreProgress) => void {
+  let phase: StoreProgress['phase'] | null = null;
+  let started = 0;
+  let said = 0;
+  return (p) => {
+    const now = Date.now();
+    if (p.phase !== phase) {
+      phase = p.phase;
+      started = now;
+      said = 0;
+    }
+    const finished = p.done === p.total;
+    if (now - started < 1000 || (!finished && now - said < 2000)) return;
+    said = now;
+    const what = p.phase === 'open' ? `opening the store: ${p.done} of ${p.total} topics` : `closing the store: ${p.done} of ${p.total} channels`;
+    say(finished ? `${what}, done in ${((now - started) / 1000).toFixed(1)} s` : what);
+  };
+}
 
 function envInteger(name: string, value: string | undefined): number | undefined {
   if (value === undefined || value === '') return undefined;
