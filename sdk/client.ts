@@ -133,7 +133,11 @@ export class Connection {
           open: () => {
             this.socket = socket;
             this.sendRaw({ id: this.takeId(), hello: { client: this.options.clientName, protocolVersion } }, (frame) => {
-              if (frame.error) return fail(errorFromFrame(frame.error));
+              if (frame.error) {
+                fail(errorFromFrame(frame.error));
+                socket.close();
+                return;
+              }
               settled = true;
               clearTimeout(timer);
               this.attempt = 0;
@@ -149,13 +153,23 @@ export class Connection {
           },
           message: (bytes) => this.onMessage(bytes),
           close: (code, reason) => {
-            const wasOpen = this.socket === socket;
-            if (wasOpen) {
+            const current = this.socket === socket;
+            const wasGreeted = current && this.greeted;
+            if (current) {
               this.socket = null;
               this.greeted = false;
             }
-            fail(new WaymarkError('CONNECTION_LOST', `connection to ${this.url} closed (${code}${reason ? ` ${reason}` : ''})`));
-            if (wasOpen) this.onSocketLost(code, reason);
+            const lost = new WaymarkError('CONNECTION_LOST', `connection to ${this.url} closed (${code}${reason ? ` ${reason}` : ''})`);
+            if (current && !wasGreeted) {
+              // Lost before the hello's answer: only this dial failed (its caller, or the
+              // reconnect loop, tries again). Nothing else went out on it; requests waiting for
+              // a connection keep waiting on the same promise. (Treated as a lost connection,
+              // it replaced that promise, stranding them, and scheduled a second reconnect.)
+              this.stopTimeouts();
+              for (const p of this.pending.takeAll()) p.reject(lost);
+            }
+            fail(lost);
+            if (wasGreeted) this.onSocketLost(code, reason);
           },
           error: (message) => fail(new WaymarkError('CONNECTION_LOST', `cannot connect to ${this.url}: ${message}`)),
         });
@@ -193,7 +207,8 @@ export class Connection {
       this.dial(this.options.connectTimeoutMs, true).then(
         () => undefined,
         () => {
-          if (!this.closed && !this.socket) this.scheduleReconnect();
+          // One reconnect per failed dial (a socket lost after its hello schedules its own in onSocketLost).
+          if (!this.closed && !this.greeted) this.scheduleReconnect();
         },
       );
     }, delay);

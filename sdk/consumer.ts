@@ -135,12 +135,21 @@ export class Consumer implements AsyncIterable<Message> {
     this.dropQueued();
     this.extra = [0, 0]; // a new subscription starts with the window alone
     try {
-      const positions = await resumePositions(this.connection, this.topic, this.delivered);
-      for (const p of positions) this.delivered.set(p.channel, p.offset);
-      await this.subscribe({ offsets: Object.fromEntries(positions.map((p) => [p.channel, p.offset])) });
+      // In the reconnect's own turn (a seek made right after goes to the new subscription).
+      try {
+        await this.subscribe({ offsets: Object.fromEntries(this.delivered) });
+      } catch (err) {
+        if ((err as WaymarkError).code !== 'OFFSET_OUT_OF_RANGE' || this.closed) throw err;
+        // The broker came back with less than it had handed out: resume at the channels' ends.
+        const positions = await resumePositions(this.connection, this.topic, this.delivered);
+        if (this.closed) return; // closed meanwhile: no subscription left behind on the broker
+        for (const p of positions) this.delivered.set(p.channel, p.offset);
+        await this.subscribe({ offsets: Object.fromEntries(positions.map((p) => [p.channel, p.offset])) });
+      }
     } catch (err) {
       // Lost again before the reply: the next reconnect subscribes again from the same place.
-      if ((err as WaymarkError).code !== 'CONNECTION_LOST') this.fail(err as Error);
+      // Closed meanwhile (client.close(): CLIENT_CLOSED): the consumer has ended, not failed.
+      if ((err as WaymarkError).code !== 'CONNECTION_LOST' && !this.closed) this.fail(err as Error);
     }
   }
 
@@ -290,7 +299,9 @@ export class Consumer implements AsyncIterable<Message> {
   /** What the timer and close() commit, per channel: after the last message done (handed out and not in hand). */
   positions(): Array<{ channel: number; offset: number }> {
     const inHand = this.inHand;
-    return [...this.delivered].map(([channel, offset]) => ({ channel, offset: inHand !== null && inHand.channel === channel ? inHand.offset : offset }));
+    // min: a seek back, or a resume clamped to a channel that came back shorter, can put the
+    // channel's position before the message in hand.
+    return [...this.delivered].map(([channel, offset]) => ({ channel, offset: inHand !== null && inHand.channel === channel ? Math.min(inHand.offset, offset) : offset }));
   }
 
   /**
@@ -318,13 +329,15 @@ export class Consumer implements AsyncIterable<Message> {
   async seek(to: { offsets: Record<number, number> } | { timestamp: number } | 'earliest' | 'latest'): Promise<void> {
     const request: Record<string, unknown> = { subscription: this.subscription };
     if (typeof to === 'string') request.to = to;
-    else if ('offsets' in to) request.positions = offsetPositions(to.offsets);
+    // Every channel moves: those not named to just after the last message handed out. (Only
+    // the named ones moved before, but the queue of every channel was dropped and their
+    // pushes in flight taken as stale: the other channels' buffered messages were lost.)
+    else if ('offsets' in to) request.positions = offsetPositions({ ...Object.fromEntries(this.delivered), ...to.offsets });
     // Time 0 is before every message: the earliest (on the wire 0 means "no timestamp").
     else if (checkSeekTime(to.timestamp) > 0) request.timestamp = to.timestamp;
     else request.to = 'earliest';
     const epoch = ++this.epoch;
     request.epoch = epoch;
-    this.inHand = null; // the application moved the stream: positions are where the seek puts them
     // Buffered messages are from before the seek: drop them and return their credit.
     const { messages, bytes } = this.queue.credit();
     this.dropQueued();

@@ -192,13 +192,24 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     this.packs.length = 0; // from the dead subscription, not handed out: they come again
     this.extra = [0, 0];
     const { positions, beginTs } = this.resume;
+    const topic = this.consuming.topic;
+    const gone = (): boolean => this.closed || this.consumerClosed;
     try {
-      const resumeAt = await resumePositions(this.connection, this.consuming.topic, positions);
-      for (const p of resumeAt) positions.set(p.channel, p.offset);
-      await this.subscribe({ positions: resumeAt, startTimestamp: beginTs > 0 ? beginTs + 1 : 0 });
+      // In the reconnect's own turn (a seek made right after goes to the new subscription).
+      try {
+        await this.subscribe({ positions: [...positions].map(([channel, offset]) => ({ channel, offset })), startTimestamp: beginTs > 0 ? beginTs + 1 : 0 });
+      } catch (err) {
+        if ((err as WaymarkError).code !== 'OFFSET_OUT_OF_RANGE' || gone()) throw err;
+        // The broker came back with less than it had handed out: resume at the channels' ends.
+        const resumeAt = await resumePositions(this.connection, topic, positions);
+        if (gone()) return; // closed meanwhile: no subscription left behind on the broker
+        for (const p of resumeAt) positions.set(p.channel, p.offset);
+        await this.subscribe({ positions: resumeAt, startTimestamp: beginTs > 0 ? beginTs + 1 : 0 });
+      }
     } catch (err) {
       // Lost again before the reply: the next reconnect subscribes again from the same place.
-      if ((err as WaymarkError).code !== 'CONNECTION_LOST') this.fail(err as Error);
+      // Closed meanwhile (client.close(): CLIENT_CLOSED): the stream has ended, not failed.
+      if ((err as WaymarkError).code !== 'CONNECTION_LOST' && !gone()) this.fail(err as Error);
     }
   }
 
@@ -312,7 +323,9 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   async seek(to: { positions: MsgPosition[] } | { timestamp: number }): Promise<void> {
     if (!this.consuming) throw new WaymarkError('INVALID_ARGUMENT', 'call asConsumer(topic, subName) first');
     // Time 0 is before every message: the earliest (on the wire 0 means "no timestamp").
-    const where = 'positions' in to ? { positions: checkPositions(to.positions) } : checkSeekTime(to.timestamp) > 0 ? { timestamp: to.timestamp } : { to: 'earliest' };
+    // Positions for some channels move those; the others go on from after the last pack
+    // handed out (the seek drops the buffered packs, which hold every channel's messages).
+    const where = 'positions' in to ? { positions: withOthers(checkPositions(to.positions), this.resume.positions) } : checkSeekTime(to.timestamp) > 0 ? { timestamp: to.timestamp } : { to: 'earliest' };
     const epoch = ++this.epoch;
     for (const item of this.packs.splice(0)) this.grant(item.credit[0], item.credit[1]);
     const reply = await this.connection.request({ seek: { subscription: this.consuming.subscription, epoch, ...where } });
@@ -345,4 +358,11 @@ function checkPositions(positions: MsgPosition[]): MsgPosition[] {
     if (!Number.isSafeInteger(p.offset) || p.offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `positions: channel ${p.channel}: offset ${String(p.offset)} is not an offset (an integer, 0 or more)`);
   }
   return positions;
+}
+
+/** `positions`, plus every other channel of `current` at its current position. */
+function withOthers(positions: MsgPosition[], current: ReadonlyMap<number, number>): MsgPosition[] {
+  const all = new Map(current);
+  for (const p of positions) all.set(p.channel, p.offset);
+  return [...all].map(([channel, offset]) => ({ channel, offset }));
 }

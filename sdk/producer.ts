@@ -207,8 +207,9 @@ export class Producer {
       compression: options.compression ?? true,
       deliveryTimeoutMs: options.deliveryTimeoutMs ?? 120_000,
     };
-    if (!Number.isFinite(this.options.deliveryTimeoutMs) || this.options.deliveryTimeoutMs < 0) {
-      throw new WaymarkError('INVALID_ARGUMENT', `deliveryTimeoutMs must be a number of ms >= 0, not ${String(options.deliveryTimeoutMs)}`);
+    // A timer cannot wait longer than 2^31-1 ms (Node fires it at once, warning): about 24.8 days.
+    if (!Number.isFinite(this.options.deliveryTimeoutMs) || this.options.deliveryTimeoutMs < 0 || this.options.deliveryTimeoutMs > 0x7fffffff) {
+      throw new WaymarkError('INVALID_ARGUMENT', `deliveryTimeoutMs must be a number of ms from 0 to 2147483647, not ${String(options.deliveryTimeoutMs)}`);
     }
     if (options.channel !== undefined && (!Number.isInteger(options.channel) || options.channel < 0 || options.channel >= channelCount)) {
       throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${options.topic} has channels 0..${channelCount - 1}, not ${options.channel}`);
@@ -453,6 +454,13 @@ export class Producer {
   }
 
   private transmit(batch: SealedBatch): void {
+    if (!this.connection.isConnected && this.connection.willReconnect) {
+      // No connection now: held, as a batch lost with the socket is, and sent in sequence
+      // order on reconnect (resendAll) — or failed by deliveryTimeoutMs. (Handed to the
+      // connection, it waited there for requestTimeoutMs, out of deliveryTimeoutMs' reach.)
+      this.armExpiry();
+      return;
+    }
     batch.sent = true;
     this.connection.produce(this.topic, batch.channel, batch.bytes).then(
       (reply) => this.acknowledged(batch, reply.produceOk?.appends?.[0]),

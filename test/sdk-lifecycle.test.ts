@@ -121,6 +121,36 @@ describe('sdk lifecycle: what a consumer commits when processing fails', functio
     assert.equal((await rejection(consumer.close())).code, 'TOPIC_NOT_FOUND');
   });
 
+  it('a seek of another channel leaves the message in hand uncommitted (it was counted done)', async () => {
+    await client().admin.createTopic('two', { channels: 2 });
+    const producer = await client().producer({ topic: 'two' });
+    await producer.sendBatch(Array.from({ length: 10 }, (_, i) => ({ body: `c${i % 2}-${Math.floor(i / 2)}`, channel: i % 2 })));
+    const consumer = await client().consumer({ topic: 'two', group: 'g', channels: [1], start: 'earliest', autoCommitIntervalMs: 0 });
+    const held = (await take(consumer, 1))[0]!;
+    assert.equal(held.channel, 1);
+    await consumer.seek({ offsets: { 1: 3 } }); // the held message's channel, moved on: still in hand until next()
+    assert.deepEqual(consumer.positions(), [{ channel: 1, offset: held.offset }]);
+    await consumer.close();
+    const both = await client().consumer({ topic: 'two', group: 'h', start: 'earliest', autoCommitIntervalMs: 0 });
+    const first = (await take(both, 1))[0]!;
+    await both.seek({ offsets: { [1 - first.channel]: 0 } });
+    const mine = both.positions().find((p) => p.channel === first.channel)!;
+    assert.equal(mine.offset, first.offset, 'the other channel\'s seek did not count it done');
+    await both.close();
+  });
+
+  it('a seek of one channel keeps the other channels\' buffered messages (they were lost)', async () => {
+    const consumer = await client().consumer({ topic: 'two', group: 'keep', start: 'earliest', autoCommitIntervalMs: 0 });
+    const first = (await take(consumer, 1))[0]!;
+    const other = 1 - first.channel;
+    await consumer.seek({ offsets: { [other]: 0 } });
+    const rest = await take(consumer, 9); // 4 more of first's channel, 5 of the other from its start
+    const byChannel = (c: number): string[] => [first, ...rest].filter((m) => m.channel === c).map(text);
+    assert.deepEqual(byChannel(first.channel), [0, 1, 2, 3, 4].map((i) => `c${first.channel}-${i}`));
+    assert.deepEqual(byChannel(other), [0, 1, 2, 3, 4].map((i) => `c${other}-${i}`));
+    await consumer.close();
+  });
+
   it('break keeps the message in hand uncommitted too, unless the application commits it', async () => {
     const consumer = await client().consumer({ topic: 'fails', group: 'brk', start: 'earliest' });
     for await (const m of consumer) if (m.offset === 3) break;

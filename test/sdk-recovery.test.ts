@@ -253,6 +253,28 @@ describe('sdk recovery: a consumer whose broker came back without the tail it ha
     await consumer.close();
   });
 
+  it('a message the application still holds when the broker comes back shorter: committed positions stop at the new end', async () => {
+    const client = opened!;
+    await client.admin.createTopic('cuth', { channels: 1 });
+    const producer = await client.producer({ topic: 'cuth' });
+    for (let b = 0; b < 10; b++) await Promise.all(Array.from({ length: 10 }, (_, i) => producer.send({ channel: 0, body: `old${b * 10 + i}` })));
+    const consumer = await client.consumer({ topic: 'cuth', group: 'g', start: 'earliest', autoCommitIntervalMs: 60_000 }); // close() commits; the timer never fires here
+    const held = (await take(consumer, 100))[99]!; // in hand, never released
+    assert.equal(held.offset, 99);
+    const back = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
+    await broker.stop('SIGKILL');
+    const highWatermark = cutLastBatches(path.join(broker.data, 'topics', 'cuth', '0'), 3);
+    await broker.start();
+    await back;
+    // The consumer resumes in the background; what it would commit follows (observed each turn).
+    while (consumer.positions()[0]!.offset > highWatermark) await new Promise((resolve) => setImmediate(resolve));
+    // Before: positions() said 99 (the message in hand) while the channel ended at 70: every
+    // commit was refused, and once the channel passed 99 again the group skipped 70..98.
+    assert.deepEqual(consumer.positions(), [{ channel: 0, offset: highWatermark }]);
+    await consumer.close();
+    assert.deepEqual((await client.admin.positions('cuth', 'g')).map((p) => p.offset), [highWatermark]);
+  });
+
   it('the same for a msgStream pack consumer: it resumes at the new end and packs carry the new messages', async () => {
     const client = opened!;
     await client.admin.createTopic('cutp', { channels: 1 });
@@ -318,9 +340,22 @@ describe('sdk recovery: a producer whose broker does not come back', function ()
     await producer.close();
   });
 
+  it('a send made while the connection is down fails after deliveryTimeoutMs too (it waited for requestTimeoutMs, 30 s)', async () => {
+    const client = await connect(broker.url, { reconnectDelayMs: 20, requestTimeoutMs: 60_000 });
+    const producer = await client.producer({ topic: 'dt', deliveryTimeoutMs: 300 });
+    const lost = new Promise<void>((resolve) => client.on('disconnect', () => resolve()));
+    await broker.stop('SIGKILL');
+    await lost;
+    const err = await rejection(producer.send({ channel: 0, body: 'during the outage' }));
+    assert.equal(err.code, 'TIMEOUT');
+    assert.match(err.message, /deliveryTimeoutMs \(300 ms\)/);
+    client.close();
+    await broker.start();
+  });
+
   it('refuses a deliveryTimeoutMs that is not a number of ms', async () => {
     const client = opened!;
-    for (const bad of [-1, Number.NaN, Infinity]) {
+    for (const bad of [-1, Number.NaN, Infinity, 2 ** 31]) {
       const err = await rejection(client.producer({ topic: 'dt', deliveryTimeoutMs: bad }));
       assert.equal(err.code, 'INVALID_ARGUMENT');
     }
@@ -455,6 +490,64 @@ describe('sdk recovery: sends made while the connection is down, and batches hel
     } finally {
       proxy.close();
       (clientSide as net.Socket | null)?.destroy();
+    }
+  });
+
+  it('a socket lost between its open and the hello\'s answer strands nothing: a request waiting for the connection is answered after the next reconnect', async () => {
+    // A proxy whose next connection is cut once the client's hello went out (the socket
+    // opened, the hello unanswered); the one after forwards everything.
+    let cutAfterHello = false;
+    const sockets = new Set<net.Socket>();
+    const helloSeen: Array<() => void> = [];
+    const proxy = net.createServer((client) => {
+      const upstream = net.connect(broker.port, '127.0.0.1');
+      sockets.add(client).add(upstream);
+      const cut = cutAfterHello;
+      let chunks = 0;
+      let upgraded = false;
+      upstream.on('data', (chunk: Buffer) => {
+        if (!(cut && upgraded)) client.write(chunk);
+        if (chunk.includes('\r\n\r\n')) upgraded = true;
+      });
+      client.on('data', (chunk: Buffer) => {
+        upstream.write(chunk);
+        if (cut && ++chunks === 2) {
+          // the upgrade request, then the hello: cut before its answer reaches the client
+          cutAfterHello = false;
+          client.destroy();
+          upstream.destroy();
+          for (const waiter of helloSeen.splice(0)) waiter();
+        }
+      });
+      const end = (): void => {
+        client.destroy();
+        upstream.destroy();
+      };
+      for (const socket of [client, upstream]) {
+        socket.on('close', end);
+        socket.on('error', end);
+      }
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    try {
+      const client = await connect(`ws://127.0.0.1:${(proxy.address() as net.AddressInfo).port}/v1/ws`, { reconnectDelayMs: 20, requestTimeoutMs: 60_000 });
+      await client.admin.createTopic('strand', { channels: 1 });
+      let reconnects = 0;
+      client.on('reconnect', () => reconnects++);
+      const lost = new Promise<void>((resolve) => client.on('disconnect', () => resolve()));
+      cutAfterHello = true;
+      for (const socket of sockets) socket.destroy();
+      await lost;
+      const waiting = client.admin.describeTopic('strand'); // waits for a connection
+      await new Promise<void>((resolve) => helloSeen.push(resolve));
+      // Before: the cut socket counted as a lost connection, replaced the promise this request
+      // waited on (it never went out; a 60 s timeout) and scheduled a second reconnect.
+      assert.equal((await waiting).name, 'strand');
+      assert.equal(reconnects, 1, 'one reconnect');
+      client.close();
+    } finally {
+      proxy.close();
+      for (const socket of sockets) socket.destroy();
     }
   });
 });
