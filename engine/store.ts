@@ -161,7 +161,10 @@ export interface ReadOptions {
 }
 
 export interface LookupOptions extends TimeRange {
+  /** Messages at most (default 100, 1 to limits.lookupResultCountMax). */
   limit?: number;
+  /** Bytes of bodies at most, past the first message (default: no bound but `limit`). */
+  maxBytes?: number;
 }
 
 interface Topic {
@@ -604,7 +607,7 @@ export class Store {
     const bytes = typeof key === 'string' ? Buffer.from(key) : key;
     // No stored key is longer: say so rather than answer "none found".
     if (bytes.length > limits.keyBytesMax) return Promise.reject(new WaymarkError('KEY_TOO_LARGE', `key is ${bytes.length} bytes, the limit is ${limits.keyBytesMax}`));
-    return this.lookupAll(topic, xxh32(bytes, IndexKind.key), options, options.limit ?? 100, (r) => r.key !== null && bytesEqual(r.key, bytes));
+    return this.lookupAll(topic, xxh32(bytes, IndexKind.key), options, options.limit ?? 100, (r) => r.key !== null && bytesEqual(r.key, bytes), options.maxBytes);
   }
 
   /** Messages whose `traceid` header equals `traceId`, newest first. */
@@ -616,17 +619,21 @@ export class Store {
     });
   }
 
-  private async lookupAll(topic: string, hash: number, range: TimeRange, limit: number, matches: (r: StoredRecord) => boolean): Promise<StoredMessage[]> {
+  private async lookupAll(topic: string, hash: number, range: TimeRange, limit: number, matches: (r: StoredRecord) => boolean, maxBytes = Infinity): Promise<StoredMessage[]> {
     const t = this.topic(topic);
     limit = Math.max(1, Math.min(limit, limits.lookupResultCountMax));
+    if (!(maxBytes >= 1)) throw new WaymarkError('INVALID_ARGUMENT', `maxBytes ${maxBytes}: at least 1`);
     const results: StoredMessage[] = [];
     for (let c = 0; c < t.channels.length; c++) {
-      for (const { record, brokerTimestamp } of await t.channels[c]!.lookup(hash, range, limit, matches)) {
+      for (const { record, brokerTimestamp } of await t.channels[c]!.lookup(hash, range, limit, matches, maxBytes)) {
         results.push(toMessage(topic, c, record, brokerTimestamp));
       }
     }
     results.sort((a, b) => b.brokerTimestamp - a.brokerTimestamp || b.offset - a.offset);
-    return results.slice(0, limit);
+    // Newest first while they fit the byte bound (the first always).
+    let count = 0;
+    for (let bytes = 0; count < Math.min(limit, results.length) && (count === 0 || bytes + results[count]!.body.length <= maxBytes); count++) bytes += results[count]!.body.length;
+    return results.slice(0, count);
   }
 
   // ---------------------------------------------------------------- upkeep

@@ -5,7 +5,7 @@
  * parameter and query value is read before the first await.
  */
 import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js';
-import { channelForKey, msgIdFromHex, MsgIdGenerator, WaymarkError, encodeBatch, lz4Codec, formatLimits, type StoredMessage, type Header } from '../engine/index';
+import { channelForKey, msgIdFromHex, MsgIdGenerator, WaymarkError, encodeBatch, lz4Codec, formatLimits, limits, type StoredMessage, type Header } from '../engine/index';
 import { ErrorTable } from '../protocol/errors';
 import { toWaymarkError } from '../protocol/frames';
 import type { Broker } from './broker';
@@ -140,6 +140,9 @@ function intParam(value: string | null, name: string, fallback?: number, min = 0
 /** Messages one GET of /v1/topics/T/messages returns at most (`max`, documented as 1–10,000). */
 const readMessagesMax = 10_000;
 
+/** Bytes of bodies one read or key lookup returns at most (at least one message). */
+const readBytesMax = 8 * 1024 * 1024;
+
 /**
  * A header the API reads, or null when it is absent.
  *
@@ -260,14 +263,8 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
       }
       const key = keyOf(headers, query);
       const channelHeader = headerValue(headers, 'waymark-channel');
-      let channel: number;
-      if (channelHeader !== null) channel = intParam(channelHeader, 'waymark-channel');
-      else if (key !== null) channel = channelForKey(key, info.channels);
-      else {
-        channel = (roundRobin.get(topic) ?? -1) + 1;
-        if (channel >= info.channels) channel = 0;
-        roundRobin.set(topic, channel);
-      }
+      const explicitChannel = channelHeader !== null ? intParam(channelHeader, 'waymark-channel') : null;
+      if (explicitChannel !== null && explicitChannel >= info.channels) throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${topic} has channels 0..${info.channels - 1}, not ${explicitChannel}`);
       let msgId: Uint8Array | undefined;
       const msgIdHeader = headerValue(headers, 'waymark-msg-id');
       if (msgIdHeader !== null) {
@@ -283,6 +280,17 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
         messageHeaders.traceid = traceId;
       }
       const payload = await body;
+      // Routed by the topic as it is once the body is in: a delete and re-create with fewer
+      // channels while a large body uploaded made a keyed message CHANNEL_NOT_FOUND.
+      const channels = store.topicInfo(topic).channels;
+      let channel: number;
+      if (explicitChannel !== null) channel = explicitChannel;
+      else if (key !== null) channel = channelForKey(key, channels);
+      else {
+        channel = (roundRobin.get(topic) ?? -1) + 1;
+        if (channel >= channels) channel = 0;
+        roundRobin.set(topic, channel);
+      }
       const { batch, msgIds } = encodeBatch([{ msgId, key, body: payload, headers: messageHeaders }], { codec: lz4Codec, msgIds: ids });
       const [append] = await broker.produce(topic, channel, batch, false);
       return json({ msgId: Buffer.from(msgIds[0]!).toString('hex'), channel, offset: append!.baseOffset });
@@ -297,7 +305,7 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
     const max = intParam(query.get('max'), 'max', 100, 1, readMessagesMax);
     const encoding = encodingParam(query);
     const state = store.channelState(topic, channel);
-    const messages = offset >= state.highWatermark && offset === state.highWatermark ? [] : await store.read(topic, channel, { offset, maxMessages: max, maxBytes: 8 * 1024 * 1024 });
+    const messages = offset >= state.highWatermark && offset === state.highWatermark ? [] : await store.read(topic, channel, { offset, maxMessages: max, maxBytes: readBytesMax });
     return json({
       topic,
       channel,
@@ -323,7 +331,9 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
   route(app, 'get', '/v1/topics/:topic/keys/:key', ctx, async ({ params, query }) => {
     const encoding = encodingParam(query);
     const messages = await store.lookupKey(params[0]!, params[1]!, {
-      limit: intParam(query.get('limit'), 'limit', 100, 1),
+      // Past 1,000 it was cut to 1,000 in silence; a reply holds 8 MiB of bodies at most, as a read does.
+      limit: intParam(query.get('limit'), 'limit', 100, 1, limits.lookupResultCountMax),
+      maxBytes: readBytesMax,
       timeFrom: query.get('from') ? intParam(query.get('from'), 'from') : undefined,
       timeTo: query.get('to') ? intParam(query.get('to'), 'to') : undefined,
     });

@@ -522,6 +522,20 @@ describe('engine store: the folder itself', () => {
   });
 });
 
+describe('engine store: key lookups are bounded by bytes too', () => {
+  it('maxBytes keeps the newest messages that fit (the first always); a hundred 8 MiB messages under one key were read whole, synchronously', async () => {
+    const store = await openStore(tempDir());
+    await store.createTopic('k', { channels: 2 });
+    for (let i = 0; i < 5; i++) await store.append('k', i % 2, [{ key: 'same', body: Buffer.alloc(1024, i) }]);
+    const all = await store.lookupKey('k', 'same');
+    assert.deepEqual(all.map((m) => m.body[0]), [4, 3, 2, 1, 0], 'newest first');
+    assert.deepEqual((await store.lookupKey('k', 'same', { maxBytes: 2500 })).map((m) => m.body[0]), [4, 3]);
+    assert.deepEqual((await store.lookupKey('k', 'same', { maxBytes: 10 })).map((m) => m.body[0]), [4], 'at least one');
+    assert.equal((await rejection(store.lookupKey('k', 'same', { maxBytes: 0 }))).code, 'INVALID_ARGUMENT');
+    await store.close();
+  });
+});
+
 describe('engine store: progress of open and close', () => {
   it('onProgress counts topics opened and channels closed, ending with done = total (a large store said nothing for 40 s)', async () => {
     const dir = tempDir();

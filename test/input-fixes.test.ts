@@ -385,6 +385,36 @@ describe('input fixes: HTTP', function () {
     assert.equal(ok.body.owner, 'ops');
   });
 
+  it('a key lookup limit above 1,000 is INVALID_ARGUMENT (it was cut to 1,000 in silence); 1,000 is served', async () => {
+    await httpJson(`${broker.http}/v1/topics/klim`, { method: 'PUT', body: '{"channels": 1}' });
+    await httpJson(`${broker.http}/v1/topics/klim/messages?key=k1`, { method: 'POST', body: 'v' });
+    const over = await httpJson(`${broker.http}/v1/topics/klim/keys/k1?limit=1001`);
+    assert.equal(over.status, 400);
+    assert.equal(over.body.error.code, 'INVALID_ARGUMENT');
+    const at = await httpJson(`${broker.http}/v1/topics/klim/keys/k1?limit=1000`);
+    assert.equal(at.status, 200);
+    assert.equal(at.body.messages.length, 1);
+  });
+
+  it('a POST is routed by its topic as it is once its body is in (re-created with fewer channels meanwhile: CHANNEL_NOT_FOUND before)', async () => {
+    await httpJson(`${broker.http}/v1/topics/rc`, { method: 'PUT', body: '{"channels": 8}' });
+    let key = 'k0';
+    for (let i = 0; channelForKey(key, 8) < 2; i++) key = `k${i}`; // a key that routes past the new topic's channels
+    const socket = net.connect(broker.port, '127.0.0.1');
+    await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+    let reply = '';
+    socket.on('data', (d: Buffer) => (reply += d.toString()));
+    const answered = new Promise<void>((resolve) => socket.once('end', () => resolve()));
+    socket.write(`POST /v1/topics/rc/messages HTTP/1.1\r\nHost: x\r\nConnection: close\r\nwaymark-key: ${key}\r\nContent-Length: 4\r\n\r\nha`);
+    assert.equal((await httpJson(`${broker.http}/v1/topics/rc`, { method: 'DELETE' })).status, 200);
+    assert.equal((await httpJson(`${broker.http}/v1/topics/rc`, { method: 'PUT', body: '{"channels": 2}' })).status, 201);
+    socket.write('lf'); // the rest of the body (the reply closes the connection: Connection: close)
+    await answered;
+    assert.match(reply, /^HTTP\/1\.1 200/, reply);
+    const stored = JSON.parse(reply.slice(reply.indexOf('\r\n\r\n') + 4)) as { channel: number; offset: number };
+    assert.equal(stored.channel, channelForKey(key, 2));
+  });
+
   it('an unknown route answers 404 with NOT_FOUND, whose table status is 404 (BAD_REQUEST is 400)', async () => {
     assert.equal(ErrorTable.NOT_FOUND.http, 404);
     for (const [method, url] of [['GET', '/nope'], ['POST', '/v1/nope/deeper'], ['PATCH', '/v1/topics/events']]) {
