@@ -22,7 +22,7 @@ import type { TimeRange } from './index/key-index';
 import { limits } from './limits';
 import { lockFolder, type FolderLock } from './lock';
 import { ChannelLog, type AppendOutcome, type BatchRead, type ChannelOptions, type SyncMode } from './log/channel-log';
-import { writeFileAtomic } from './log/checkpoint';
+import { syncDir, writeFileAtomic } from './log/checkpoint';
 import { readTopicFile } from './log/topic-file';
 import { DamageBeforeSoundBatchesError, tooManyOpenFiles } from './log/errors';
 import type { RecoveryFinding } from './log/segment';
@@ -173,7 +173,11 @@ interface Topic {
   channels: ChannelLog[];
   /** Per channel: failed retention passes, and the cause of a fault last said (null once a pass succeeds). */
   upkeep: Array<{ retentionFailures: number; cause: string | null }>;
+  /** Which topic of this name: a new number each time one is opened or created (Store.topicIncarnation). */
+  incarnation: number;
 }
+
+let incarnations = 0;
 
 const topicNamePattern = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
 const textDecoder = new TextDecoder();
@@ -236,6 +240,12 @@ interface DamagedChannel {
 export class Store {
   private readonly topics = new Map<string, Topic>();
   private closed = false;
+  /**
+   * Topics being deleted, until their channels have closed: an append in flight may still
+   * roll or seal, writing under the topic's old path — a topic of the same name made
+   * meanwhile had the deleted one's segments mixed into it. createTopic and close wait.
+   */
+  private readonly deleting = new Map<string, Promise<void>>();
   private retentionTimer: NodeJS.Timeout | null = null;
   /** Every torn tail and corruption found while opening. */
   readonly recoveryReport: RecoveryFinding[] = [];
@@ -349,7 +359,7 @@ export class Store {
   private openTopic(info: TopicInfo, dir: string, damaged?: DamagedChannel[]): Topic {
     const channels: ChannelLog[] = [];
     const report: RecoveryFinding[] = [];
-    const topic: Topic = { info, dir, channels, upkeep: [] };
+    const topic: Topic = { info, dir, channels, upkeep: [], incarnation: ++incarnations };
     for (let c = 0; c < info.channels; c++) {
       topic.upkeep.push({ retentionFailures: 0, cause: null });
       try {
@@ -404,6 +414,8 @@ export class Store {
   // ---------------------------------------------------------------- topics
 
   async createTopic(name: string, config: TopicConfig, internal: { system?: boolean } = {}): Promise<TopicInfo> {
+    const deleting = this.deleting.get(name);
+    if (deleting) await deleting.catch(() => undefined); // the deleted topic's channels write nothing more
     this.check();
     checkTopicName(name, internal.system);
     if (this.topics.has(name)) throw new WaymarkError('TOPIC_EXISTS', `topic ${name} already exists`, { topic: name });
@@ -445,6 +457,7 @@ export class Store {
       throw storageError(err, `creating topic ${name}`);
     }
     try {
+      syncDir(topicsDir); // the new name is on disk before the create is answered (a power cut lost it)
       this.openTopic(info, dir);
     } catch (err) {
       // Half made (out of file descriptors, say): nothing of it stays, on disk or open, so
@@ -471,9 +484,21 @@ export class Store {
     } catch (err) {
       throw new WaymarkError('STORAGE_FAILED', `deleting topic ${name}: ${(err as Error).message}; the topic is still there`, { topic: name, cause: errorCode(err) });
     }
+    try {
+      syncDir(path.join(this.dir, 'topics')); // the rename is on disk before the delete is answered
+    } catch (err) {
+      // Renamed all the same (the next open sweeps the folder); only a power cut now could bring it back.
+      this.fault({ kind: 'delete', topic: name, channel: null, code: errorCode(err), message: `topic ${name} is deleted, but syncing the topics folder failed: ${(err as Error).message}` });
+    }
     this.topics.delete(name);
     // Appends in flight finish on the open descriptors (or fail); nothing else is written.
-    await Promise.all(topic.channels.map((c) => c.close({ deleting: true })));
+    const closing = Promise.all(topic.channels.map((c) => c.close({ deleting: true }))).then(() => undefined);
+    this.deleting.set(name, closing);
+    try {
+      await closing;
+    } finally {
+      if (this.deleting.get(name) === closing) this.deleting.delete(name);
+    }
     try {
       fs.rmSync(away, { recursive: true, force: true });
     } catch (err) {
@@ -579,6 +604,15 @@ export class Store {
 
   topicInfo(name: string): TopicInfo {
     return { ...this.topic(name).info };
+  }
+
+  /**
+   * A number that tells this topic from another of the same name made later (deleted and
+   * created again): a subscription checks it, or it went on into the new topic at its old
+   * positions. TOPIC_NOT_FOUND when there is none.
+   */
+  topicIncarnation(name: string): number {
+    return this.topic(name).incarnation;
   }
 
   /** The first offset with broker time ≥ `timestamp` (the high watermark when none). */
@@ -718,6 +752,7 @@ export class Store {
     if (this.closed) return;
     this.closed = true;
     if (this.retentionTimer) clearInterval(this.retentionTimer);
+    await Promise.allSettled([...this.deleting.values()]); // their channels are not in `topics` any more
     const total = [...this.topics.values()].reduce((n, t) => n + t.channels.length, 0);
     let done = 0;
     this.options.onProgress?.({ phase: 'close', done, total });

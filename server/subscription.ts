@@ -71,6 +71,8 @@ export class Subscription {
   private nextChannel = 0;
   private readonly unwatch: Array<() => void> = [];
   private tickTimer: NodeJS.Timeout | null = null;
+  /** The topic subscribed to (Store.topicIncarnation): one of the same name made later is another topic. */
+  private readonly incarnation: number;
 
   constructor(
     spec: SubscriptionSpec,
@@ -87,6 +89,7 @@ export class Subscription {
     this.packs = spec.packs;
     this.packBeginTs = spec.packBeginTs;
     this.tickIntervalMs = Math.max(protocolLimits.tickIntervalMsMin, spec.tickIntervalMs);
+    this.incarnation = store.topicIncarnation(spec.topic);
   }
 
   /** Starts pushing (called once the SubscribeOk reply is on the wire). */
@@ -145,6 +148,9 @@ export class Subscription {
     try {
       do {
         this.again = false;
+        // Checked before the credit: a subscription without credit left (a deleted topic's
+        // watchers kick it) went on, after a re-create, into the new topic at its old positions.
+        if (this.store.topicIncarnation(this.topic) !== this.incarnation) throw new WaymarkError('TOPIC_NOT_FOUND', `topic ${this.topic} was deleted`);
         if (this.packs) await this.pumpPack();
         else await this.pumpStream();
       } while (this.again && !this.closed);

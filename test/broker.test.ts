@@ -317,6 +317,25 @@ describe('broker: SDK round trips against a real broker process', function () {
     await stalled.close();
   });
 
+  it('a subscription with no credit left ends with TOPIC_NOT_FOUND when its topic is deleted and made again (it went on into the new topic at its old positions)', async () => {
+    await client.admin.createTopic('reborn', { channels: 1 });
+    const producer = await client.producer({ topic: 'reborn' });
+    await producer.sendBatch(Array.from({ length: 5 }, (_, i) => ({ body: `old${i}` })));
+    const raw = await RawClient.open(broker.url);
+    await raw.request({ subscribe: { topic: 'reborn', group: 'g', start: 'earliest', subscription: 1, creditMessages: 5, creditBytes: 1 << 20 } });
+    const ended = raw.nextUnsolicited();
+    await client.admin.deleteTopic('reborn');
+    await client.admin.createTopic('reborn', { channels: 1 });
+    const again = await client.producer({ topic: 'reborn' });
+    await again.sendBatch(Array.from({ length: 8 }, (_, i) => ({ body: `new${i}` })));
+    await raw.request({ credit: { subscription: 1, messages: 100, bytes: 1 << 20 } });
+    const err = await ended;
+    assert.equal(err.error?.name, 'TOPIC_NOT_FOUND');
+    const offsets = raw.pushes.flatMap((f) => (f.push?.batches?.length ? [f.push.startOffset] : []));
+    assert.ok(offsets.every((o) => o === 0), `only the old topic's one push: ${offsets}`);
+    await raw.close();
+  });
+
   it('deleting a topic ends its subscriptions with TOPIC_NOT_FOUND', async () => {
     await client.admin.createTopic('doomed', { channels: 1 });
     const consumer = await client.consumer({ topic: 'doomed', group: 'g', start: 'earliest', autoCommitIntervalMs: 0 });

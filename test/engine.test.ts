@@ -522,6 +522,27 @@ describe('engine store: the folder itself', () => {
   });
 });
 
+describe('engine store: a topic re-created while its namesake is being deleted', () => {
+  it('gets nothing of the deleted one: its appends in flight rolled segments into the new topic\'s folder', async () => {
+    const dir = tempDir();
+    let store = await openStore(dir);
+    await store.createTopic('t', { channels: 1, segmentBytes: 4096 });
+    const old = Array.from({ length: 20 }, (_, i) => store.append('t', 0, [{ body: Buffer.concat([Buffer.from('OLD '), bodyFor('old', i, 1000)]) }]).catch((err: { code?: string }) => err.code));
+    const deleted = store.deleteTopic('t');
+    await store.createTopic('t', { channels: 1 });
+    await deleted;
+    await Promise.all(old);
+    for (let i = 0; i < 10; i++) assert.equal((await store.append('t', 0, [{ body: `NEW ${i}` }])).baseOffset, i);
+    await store.close();
+    const findings: string[] = [];
+    store = await openStore(dir, { onRecovery: (f) => findings.push(f.reason) });
+    assert.deepEqual(findings, [], 'nothing to recover');
+    assert.equal(store.channelState('t', 0).highWatermark, 10);
+    assert.deepEqual((await store.read('t', 0, { offset: 0, maxMessages: 100 })).map((m) => m.body.toString()), Array.from({ length: 10 }, (_, i) => `NEW ${i}`));
+    await store.close();
+  });
+});
+
 describe('engine store: key lookups are bounded by bytes too', () => {
   it('maxBytes keeps the newest messages that fit (the first always); a hundred 8 MiB messages under one key were read whole, synchronously', async () => {
     const store = await openStore(tempDir());

@@ -677,8 +677,12 @@ export class ChannelLog {
       next.close();
       try {
         unlinkIfPresent(next.path('log'));
-      } catch {
-        // An empty log after the old one: recovery takes it as the active segment, at the right offset.
+      } catch (cleanup) {
+        // The empty log at the high watermark stays: an append to the old segment would now
+        // run past it, and recovery would take it as the next segment in the middle of the
+        // appended offsets (a reader would skip them). No append may follow: the channel
+        // fails (sticky), and recovery at the next open takes the empty log as the active one.
+        this.fail(cleanup as Error, []);
       }
       throw err;
     }
