@@ -67,15 +67,13 @@ export class Admin {
 }
 
 /**
- * Where a subscription lost with its connection starts again: each channel's position, but
- * no further than the channel's end now. A broker can come back with less than it had — a
- * power loss under sync `none`/`interval`, or a damaged tail cut at open — and the offsets it
- * lost are given to the next messages appended: a consumer that was handed them resumes at
- * the new end (it would otherwise be refused, OFFSET_OUT_OF_RANGE, for good). Positions below
- * the log start are left to the broker, which moves them up.
+ * The channels whose position is past their end now: a broker can come back with less than
+ * it had handed out (a power loss under sync `none`/`interval`, or a damaged tail cut at
+ * open), and a consumer resuming there is refused (OFFSET_OUT_OF_RANGE). Positions below the
+ * log start are left to the broker, which moves them up.
  */
-export async function resumePositions(connection: Connection, topic: string, positions: ReadonlyMap<number, number>): Promise<Array<{ channel: number; offset: number }>> {
+export async function channelsPastTheirEnd(connection: Connection, topic: string, positions: ReadonlyMap<number, number>): Promise<number[]> {
   const reply = await connection.request({ describeTopic: { topic } });
   const ends = new Map(describe(reply.topicInfo).channelStates.map((c) => [c.channel, c.highWatermark]));
-  return [...positions].map(([channel, offset]) => ({ channel, offset: Math.min(offset, ends.get(channel) ?? offset) }));
+  return [...positions].filter(([channel, offset]) => offset > (ends.get(channel) ?? offset)).map(([channel]) => channel);
 }

@@ -22,7 +22,7 @@ import { BatchOffset, batchHeaderBytes, readUint32 } from '../engine/format/reco
 import { WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
-import { resumePositions } from './admin';
+import { channelsPastTheirEnd } from './admin';
 import { Pull } from './pull';
 import { decodeBatches, type DecodedBatch, type Message } from './messages';
 
@@ -105,7 +105,12 @@ export class Consumer implements AsyncIterable<Message> {
     }
   }
 
-  private async subscribe(start: StartAt): Promise<void> {
+  /**
+   * Subscribes from `start`. `resume` (a resubscribe of channels that came back shorter):
+   * the channels without an offset in `start` go by broker time from `resume.timestamp`,
+   * and take their positions from the reply.
+   */
+  private async subscribe(start: StartAt, resume: { timestamp: number; channels: readonly number[] } | null = null): Promise<void> {
     const request: Record<string, unknown> = {
       topic: this.topic,
       group: this.group,
@@ -117,6 +122,7 @@ export class Consumer implements AsyncIterable<Message> {
     if (typeof start === 'string') request.start = start;
     else if ('offsets' in start) request.positions = offsetPositions(start.offsets);
     else request.startTimestamp = start.timestamp;
+    if (resume && resume.timestamp > 0) request.startTimestamp = resume.timestamp;
     // The handler is in place before the request leaves: pushes may follow the reply at once.
     this.stopPush?.();
     this.subscription = this.connection.takeSubscriptionId();
@@ -125,7 +131,7 @@ export class Consumer implements AsyncIterable<Message> {
     this.stopPush = this.connection.onPush(this.subscription, (frame) => this.onPush(frame));
     const reply = await this.connection.request({ subscribe: request });
     for (const p of reply.subscribeOk?.positions ?? []) {
-      if (!this.delivered.has(p.channel ?? 0)) this.delivered.set(p.channel ?? 0, p.offset ?? 0);
+      if (!this.delivered.has(p.channel ?? 0) || resume?.channels.includes(p.channel ?? 0)) this.delivered.set(p.channel ?? 0, p.offset ?? 0);
       if (!this.committed.has(p.channel ?? 0)) this.committed.set(p.channel ?? 0, p.offset ?? 0);
     }
   }
@@ -140,11 +146,18 @@ export class Consumer implements AsyncIterable<Message> {
         await this.subscribe({ offsets: Object.fromEntries(this.delivered) });
       } catch (err) {
         if ((err as WaymarkError).code !== 'OFFSET_OUT_OF_RANGE' || this.closed) throw err;
-        // The broker came back with less than it had handed out: resume at the channels' ends.
-        const positions = await resumePositions(this.connection, this.topic, this.delivered);
+        // The broker came back with less than it had handed out (sync none/interval and a
+        // power loss, a damaged tail cut). Its lost offsets go to new messages — some may be
+        // in already — so those channels go on by broker time: from just after the last
+        // message handed out (at the earliest such time of them all: at worst a message comes
+        // twice, none is skipped). (Resuming at the channel's end skipped what had been
+        // appended since the restart.) The others go on from their positions.
+        const lost = await channelsPastTheirEnd(this.connection, this.topic, this.delivered);
         if (this.closed) return; // closed meanwhile: no subscription left behind on the broker
-        for (const p of positions) this.delivered.set(p.channel, p.offset);
-        await this.subscribe({ offsets: Object.fromEntries(positions.map((p) => [p.channel, p.offset])) });
+        let after = Infinity;
+        for (const channel of lost) after = Math.min(after, this.lastTimestamp.get(channel) ?? 0);
+        const kept = [...this.delivered].filter(([channel]) => !lost.includes(channel));
+        await this.subscribe({ offsets: Object.fromEntries(kept) }, { timestamp: after > 0 && after < Infinity ? after + 1 : 0, channels: lost });
       }
     } catch (err) {
       // Lost again before the reply: the next reconnect subscribes again from the same place.

@@ -17,7 +17,7 @@
 import { WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
-import { resumePositions } from './admin';
+import { channelsPastTheirEnd } from './admin';
 import { checkCount, checkSeekTime } from './consumer';
 import { Pull } from './pull';
 import { decodeBatches, type Message } from './messages';
@@ -200,11 +200,14 @@ export class MsgStream implements AsyncIterable<MsgPack> {
         await this.subscribe({ positions: [...positions].map(([channel, offset]) => ({ channel, offset })), startTimestamp: beginTs > 0 ? beginTs + 1 : 0 });
       } catch (err) {
         if ((err as WaymarkError).code !== 'OFFSET_OUT_OF_RANGE' || gone()) throw err;
-        // The broker came back with less than it had handed out: resume at the channels' ends.
-        const resumeAt = await resumePositions(this.connection, topic, positions);
+        // The broker came back with less than it had handed out: its lost offsets go to new
+        // messages (some may be in already), so those channels go on by broker time, from the
+        // last pack's end (start_timestamp), as a pack stream does anyway; the others from
+        // their positions. (Resuming at the channel's end skipped what came in meanwhile.)
+        const lost = await channelsPastTheirEnd(this.connection, topic, positions);
         if (gone()) return; // closed meanwhile: no subscription left behind on the broker
-        for (const p of resumeAt) positions.set(p.channel, p.offset);
-        await this.subscribe({ positions: resumeAt, startTimestamp: beginTs > 0 ? beginTs + 1 : 0 });
+        for (const channel of lost) positions.delete(channel); // set from the reply
+        await this.subscribe({ positions: [...positions].map(([channel, offset]) => ({ channel, offset })), startTimestamp: beginTs > 0 ? beginTs + 1 : 0 });
       }
     } catch (err) {
       // Lost again before the reply: the next reconnect subscribes again from the same place.
