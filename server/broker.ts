@@ -68,6 +68,14 @@ export class Broker {
     return { channel, baseOffset: o.baseOffset, recordCount: o.recordCount, brokerTimestamp: o.brokerTimestamp, duplicate: o.duplicate };
   }
 
+  /** A topic was deleted: its group positions and its metrics series go (a new topic of the name starts from nothing). */
+  forgetTopic(topic: string): void {
+    this.groups.forgetTopic(topic);
+    this.appendCounters.delete(topic);
+    this.metrics.appendedMessages.forget(topic);
+    this.metrics.appendedBytes.forget(topic);
+  }
+
   /** The appended-messages and -bytes counters of one channel, looked up once per topic and channel. */
   private appendCells(topic: string, channel: number): { messages: CounterCell; bytes: CounterCell } {
     let perChannel = this.appendCounters.get(topic);

@@ -245,7 +245,7 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
     const name = params[0]!;
     if (name.startsWith('__')) throw new WaymarkError('INVALID_NAME', `system topic ${name} cannot be deleted`);
     await store.deleteTopic(name);
-    broker.groups.forgetTopic(name);
+    broker.forgetTopic(name);
     return json({ deleted: name });
   });
 

@@ -31,6 +31,11 @@ export class Counter {
     return cell;
   }
 
+  /** Drops the cells whose first label is `value` (a deleted topic's: its series went on for good). */
+  forget(value: string): void {
+    for (const [key, cell] of this.cells) if (cell.labels[0] === value) this.cells.delete(key);
+  }
+
   render(out: string[]): void {
     out.push(`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} counter`);
     for (const cell of this.cells.values()) out.push(`${this.name}${labelText(this.labelNames, cell.labels)} ${cell.value}`);

@@ -171,7 +171,7 @@ export class Session {
         const name = (frame.deleteTopic as waymark.v1.DeleteTopic).topic;
         if (name.startsWith('__')) throw new WaymarkError('INVALID_NAME', `system topic ${name} cannot be deleted`);
         await store.deleteTopic(name);
-        this.broker.groups.forgetTopic(name);
+        this.broker.forgetTopic(name);
         return { ok: {} };
       }
       case 'listTopics':

@@ -317,6 +317,19 @@ describe('broker: SDK round trips against a real broker process', function () {
     await stalled.close();
   });
 
+  it('a deleted topic\'s series leave /metrics (they stayed for good: the series only grew with topic churn); a re-created one starts at 0', async () => {
+    await client.admin.createTopic('churn', { channels: 2 });
+    const producer = await client.producer({ topic: 'churn' });
+    await producer.sendBatch([{ body: 'a', channel: 0 }, { body: 'b', channel: 1 }]);
+    const rows = async (): Promise<string[]> => (await (await fetch(`${broker.http}/metrics`)).text()).split('\n').filter((l) => l.includes('topic="churn"'));
+    assert.ok((await rows()).some((l) => l.startsWith('waymark_appended_messages_total{topic="churn",channel="1"} 1')), 'counted while it exists');
+    await client.admin.deleteTopic('churn');
+    assert.deepEqual(await rows(), [], 'gone with the topic');
+    await client.admin.createTopic('churn', { channels: 1 });
+    await (await client.producer({ topic: 'churn' })).send({ body: 'c' });
+    assert.deepEqual((await rows()).filter((l) => l.startsWith('waymark_appended_messages_total')), ['waymark_appended_messages_total{topic="churn",channel="0"} 1']);
+  });
+
   it('a subscription with no credit left ends with TOPIC_NOT_FOUND when its topic is deleted and made again (it went on into the new topic at its old positions)', async () => {
     await client.admin.createTopic('reborn', { channels: 1 });
     const producer = await client.producer({ topic: 'reborn' });
