@@ -45,6 +45,8 @@ export const limits = {
   retentionSweepMs: 30_000,
   /** Key index hits confirmed per lookup at most (bounds a lookup of a very hot key). */
   lookupResultCountMax: 1000,
+  /** A topic's owner description, UTF-8 bytes (every topic listing carries it: 7 MiB owners made a listing 22 MB). */
+  ownerBytesMax: 1024,
 } as const;
 
 // Relations between limits, asserted at load.

@@ -426,6 +426,9 @@ export class Store {
     if (channels > limits.channelCountMax) throw new WaymarkError('TOO_MANY_CHANNELS', `channels must be 1..${limits.channelCountMax}, not ${channels}`);
     // Checked, not coerced: configs come from JSON too (HTTP), where {"owner": 5} was stored as "5".
     if (config.owner != null && typeof config.owner !== 'string') throw new WaymarkError('INVALID_ARGUMENT', `owner must be a string, not ${JSON.stringify(config.owner)}`);
+    if (config.owner != null && Buffer.byteLength(config.owner) > limits.ownerBytesMax) throw new WaymarkError('INVALID_ARGUMENT', `owner is ${Buffer.byteLength(config.owner)} bytes, the limit is ${limits.ownerBytesMax}`);
+    // eslint-disable-next-line no-control-regex
+    if (config.owner != null && /[\u0000-\u001f\u007f]/.test(config.owner)) throw new WaymarkError('INVALID_ARGUMENT', 'owner must be one line of text (no control characters): listings print it as it is');
     const info: TopicInfo = {
       name,
       channels,

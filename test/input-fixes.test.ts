@@ -385,6 +385,17 @@ describe('input fixes: HTTP', function () {
     assert.equal(ok.body.owner, 'ops');
   });
 
+  it('a topic owner over 1 KiB or with a control character is INVALID_ARGUMENT (a 7 MiB one was stored, and listed in every listing)', async () => {
+    for (const owner of ['x'.repeat(1025), 'two\nlines', 'tab\there']) {
+      const r = await httpJson(`${broker.http}/v1/topics/owned2`, { method: 'PUT', body: JSON.stringify({ channels: 1, owner }) });
+      assert.equal(r.status, 400, JSON.stringify(owner).slice(0, 40));
+      assert.equal(r.body.error.code, 'INVALID_ARGUMENT');
+    }
+    assert.equal((await httpJson(`${broker.http}/v1/topics/owned2`)).status, 404, 'no topic made');
+    const ok = await httpJson(`${broker.http}/v1/topics/owned2`, { method: 'PUT', body: JSON.stringify({ channels: 1, owner: 'é'.repeat(512) }) });
+    assert.equal(ok.status, 201, '1,024 bytes of UTF-8 is fine');
+  });
+
   it('a key lookup limit above 1,000 is INVALID_ARGUMENT (it was cut to 1,000 in silence); 1,000 is served', async () => {
     await httpJson(`${broker.http}/v1/topics/klim`, { method: 'PUT', body: '{"channels": 1}' });
     await httpJson(`${broker.http}/v1/topics/klim/messages?key=k1`, { method: 'POST', body: 'v' });
