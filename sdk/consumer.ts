@@ -488,12 +488,25 @@ function yieldTurn(): Promise<void> {
 /** Start or seek offsets per channel as protocol positions; a negative or fractional offset is INVALID_ARGUMENT (it went out as a wrapped 64-bit number). */
 export function offsetPositions(offsets: Record<number, number>): Array<{ channel: number; offset: number }> {
   if (typeof offsets !== 'object' || offsets === null) throw new WaymarkError('INVALID_ARGUMENT', 'offsets: an object of channel → offset');
-  return Object.entries(offsets).map(([channel, offset]) => {
-    const c = Number(channel);
-    if (!Number.isInteger(c) || c < 0) throw new WaymarkError('INVALID_ARGUMENT', `offsets: channel ${JSON.stringify(channel)} is not a channel number`);
-    if (!Number.isSafeInteger(offset) || offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `offsets: channel ${c}: offset ${String(offset)} is not an offset (an integer, 0 or more)`);
-    return { channel: c, offset };
-  });
+  return Object.entries(offsets).map(([channel, offset]) => checkPosition(/^\d+$/.test(channel) ? Number(channel) : channel, offset, 'offsets'));
+}
+
+/** One {channel, offset} the client sends (a start, a seek), checked: INVALID_ARGUMENT naming `what` otherwise. */
+export function checkPosition(channel: unknown, offset: unknown, what: string): { channel: number; offset: number } {
+  if (!isChannelNumber(channel)) throw new WaymarkError('INVALID_ARGUMENT', `${what}: channel ${JSON.stringify(channel)} is not a channel number`);
+  if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `${what}: channel ${channel}: offset ${String(offset)} is not an offset (an integer, 0 or more)`);
+  return { channel, offset };
+}
+
+function isChannelNumber(value: unknown): value is number {
+  return typeof value === 'number' && Number.isInteger(value) && value >= 0;
+}
+
+/** A `channels` option: absent, or an array of channel numbers. */
+export function checkChannels(channels: unknown): void {
+  if (channels !== undefined && (!Array.isArray(channels) || !channels.every(isChannelNumber))) {
+    throw new WaymarkError('INVALID_ARGUMENT', 'channels must be an array of channel numbers');
+  }
 }
 
 /** A credit window or interval option: a positive (or, with zeroOk, non-negative) safe integer when given. */
@@ -512,9 +525,7 @@ function checkConsumerOptions(options: ConsumerOptions): void {
   if (options.fallback !== undefined && options.fallback !== 'earliest' && options.fallback !== 'latest') {
     throw new WaymarkError('INVALID_ARGUMENT', `fallback must be "earliest" or "latest", not ${JSON.stringify(options.fallback)}`);
   }
-  if (options.channels !== undefined && (!Array.isArray(options.channels) || !options.channels.every((c) => Number.isInteger(c) && c >= 0))) {
-    throw new WaymarkError('INVALID_ARGUMENT', 'channels must be an array of channel numbers');
-  }
+  checkChannels(options.channels);
   const start = options.start;
   if (start === undefined || start === 'committed' || start === 'earliest' || start === 'latest') return;
   if (typeof start === 'object' && start !== null && 'offsets' in start) offsetPositions(start.offsets);

@@ -18,7 +18,7 @@ import { WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
 import { channelsPastTheirEnd } from './admin';
-import { checkCount, checkSeekTime } from './consumer';
+import { checkChannels, checkCount, checkPosition, checkSeekTime } from './consumer';
 import { Pull } from './pull';
 import { decodeBatches, type Message } from './messages';
 import { Producer, type OutgoingMessage, type SendResult } from './producer';
@@ -110,9 +110,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     checkCount('prefetchMessages', options.prefetchMessages);
     checkCount('prefetchBytes', options.prefetchBytes);
     checkCount('tickIntervalMs', options.tickIntervalMs, true);
-    if (options.channels !== undefined && (!Array.isArray(options.channels) || !options.channels.every((c) => Number.isInteger(c) && c >= 0))) {
-      throw new WaymarkError('INVALID_ARGUMENT', 'channels must be an array of channel numbers');
-    }
+    checkChannels(options.channels);
     this.prefetch = [options.prefetchMessages ?? 10_000, options.prefetchBytes ?? 8 * 1024 * 1024];
     const start = options.start ?? 'committed';
     const request: Record<string, unknown> = {};
@@ -356,9 +354,9 @@ export class MsgStream implements AsyncIterable<MsgPack> {
 /** Positions as the protocol takes them; a negative or fractional offset is INVALID_ARGUMENT (it went out as a wrapped 64-bit number). */
 function checkPositions(positions: MsgPosition[]): MsgPosition[] {
   if (!Array.isArray(positions)) throw new WaymarkError('INVALID_ARGUMENT', 'positions: an array of {channel, offset}');
-  for (const p of positions) {
-    if (typeof p !== 'object' || p === null || !Number.isInteger(p.channel) || p.channel < 0) throw new WaymarkError('INVALID_ARGUMENT', `positions: ${JSON.stringify(p)} has no channel number`);
-    if (!Number.isSafeInteger(p.offset) || p.offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `positions: channel ${p.channel}: offset ${String(p.offset)} is not an offset (an integer, 0 or more)`);
+  for (const p of positions as unknown[]) {
+    if (typeof p !== 'object' || p === null) throw new WaymarkError('INVALID_ARGUMENT', `positions: ${JSON.stringify(p)} is not a {channel, offset}`);
+    checkPosition((p as MsgPosition).channel, (p as MsgPosition).offset, 'positions');
   }
   return positions;
 }

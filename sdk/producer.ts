@@ -552,10 +552,7 @@ export class Producer {
     }
     for (let channel = 0; channel < this.channels.length; channel++) {
       const state = this.channels[channel]!;
-      for (const batch of state.inflight.filter((b) => !b.sent && b.since <= before)) {
-        this.finish(batch);
-        failRuns(batch, err());
-      }
+      this.failHeldBatches(state, (b) => b.since <= before, err);
       while (state.ready.length > 0 && state.ready[0]!.since <= before) {
         const batch = state.ready.shift()!;
         this.release(batch.bufferedBytes);
@@ -579,11 +576,14 @@ export class Producer {
    */
   private failHeld(err: WaymarkError): void {
     this.disarmExpiry();
-    for (const state of this.channels) {
-      for (const batch of state.inflight.filter((b) => !b.sent)) {
-        this.finish(batch);
-        failRuns(batch, err);
-      }
+    for (const state of this.channels) this.failHeldBatches(state, () => true, () => err);
+  }
+
+  /** Fails the channel's batches held for a resend (in flight, not on the wire) that `which` picks. */
+  private failHeldBatches(state: ChannelState, which: (batch: SealedBatch) => boolean, err: () => WaymarkError): void {
+    for (const batch of state.inflight.filter((b) => !b.sent && which(b))) {
+      this.finish(batch);
+      failRuns(batch, err());
     }
   }
 

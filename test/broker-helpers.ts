@@ -2,7 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
-import { connect, type Client, type Message } from '../sdk/index';
+import { connect, type Client, type ConnectOptions, type Message } from '../sdk/index';
 import { loadChecksum } from '../engine/format/index';
 import { tempDir } from './helpers';
 
@@ -171,13 +171,13 @@ export class RawClient {
  * it (unless `connect: false`) for all of the suite's tests. `client()` is valid from the
  * suite's first test on.
  */
-export function brokerForSuite(options: { connect?: boolean } = {}): { broker: BrokerProcess; client(): Client } {
+export function brokerForSuite(options: { connect?: boolean; connectOptions?: ConnectOptions } = {}): { broker: BrokerProcess; client(): Client } {
   const broker = new BrokerProcess(tempDir());
   let client: Client | null = null;
   before(async () => {
     await loadChecksum();
     await broker.start();
-    if (options.connect !== false) client = await connect(broker.url);
+    if (options.connect !== false) client = await connect(broker.url, options.connectOptions);
   });
   after(async () => {
     client?.close();
@@ -186,6 +186,32 @@ export function brokerForSuite(options: { connect?: boolean } = {}): { broker: B
     await broker.stop();
   });
   return { broker, client: () => client! };
+}
+
+/** SIGKILLs the broker and resolves once `client` has seen its connection go. */
+export async function killAndLose(broker: BrokerProcess, client: Client): Promise<void> {
+  const lost = new Promise<void>((resolve) => client.on('disconnect', () => resolve()));
+  await broker.stop('SIGKILL');
+  await lost;
+}
+
+/** Starts the broker again and resolves once `client` has reconnected (its listeners have run). */
+export async function startAndReconnect(broker: BrokerProcess, client: Client): Promise<void> {
+  const back = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
+  await broker.start();
+  await back;
+}
+
+/**
+ * A send whose batch went out and got no answer before the broker died (SIGSTOP, then
+ * SIGKILL): once this resolves the producer holds it for a resend. Returns the send's promise.
+ */
+export async function heldForResend<T>(broker: BrokerProcess, client: Client, send: () => Promise<T>): Promise<{ pending: Promise<T> }> {
+  process.kill(broker.pid, 'SIGSTOP'); // the request goes out, no reply comes
+  const pending = send();
+  for (let turn = 0; turn < 2; turn++) await new Promise((resolve) => setImmediate(resolve)); // its batch is sealed and sent in the next turn
+  await killAndLose(broker, client);
+  return { pending }; // wrapped: an awaited promise of a promise would wait for the send itself
 }
 
 /** The next `count` messages of a consumer (next() directly: no loop to leave). */

@@ -4,8 +4,8 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { connect, type Client, type Message, type MsgPack, type MsgStream } from '../sdk/index';
-import { BrokerProcess, take, text } from './broker-helpers';
+import { connect, type Message, type MsgPack, type MsgStream } from '../sdk/index';
+import { BrokerProcess, brokerForSuite, heldForResend, killAndLose, startAndReconnect, take, text } from './broker-helpers';
 import { rejection, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
 
 after(removeTempDirs);
@@ -69,17 +69,11 @@ function run(args: string[]): Promise<{ status: number | null; signal: NodeJS.Si
 
 describe('sdk recovery: a msgStream pack consumer across a broker restart', function () {
   this.timeout(60_000);
-  const broker = new BrokerProcess(tempDir());
-  let opened: Client | null = null;
-  // Here, not at the test's end: a failed test must not leave a broker process behind.
-  after(async () => {
-    opened?.close();
-    await broker.stop();
-  });
+  const suite = brokerForSuite({ connectOptions: { reconnectDelayMs: 20 } });
+  const { broker } = suite;
 
   it('resubscribes after a SIGKILL restart from after the last pack handed out: every message once, in offset order, packs chained', async () => {
-    await broker.start();
-    const client = (opened = await connect(broker.url, { reconnectDelayMs: 20 }));
+    const client = suite.client();
     await client.admin.createTopic('msr', { channels: 2 });
     const producing = client.msgStream();
     await producing.asProducer('msr');
@@ -96,9 +90,8 @@ describe('sdk recovery: a msgStream pack consumer across a broker restart', func
     await reader.until(100);
     let handedOutAtDisconnect = -1;
     client.on('disconnect', () => (handedOutAtDisconnect = reader.msgs.length));
-    const back = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
-    await broker.restart('SIGKILL');
-    await back;
+    await killAndLose(broker, client);
+    await startAndReconnect(broker, client);
     await produce(300, 300);
     await reader.until(600); // waited for ever: the stream's subscription died with the socket
 
@@ -214,19 +207,13 @@ function cutLastBatches(channelDir: string, count: number): number {
 
 describe('sdk recovery: a consumer whose broker came back without the tail it had seen', function () {
   this.timeout(60_000);
-  const broker = new BrokerProcess(tempDir());
-  let opened: Client | null = null;
-  after(async () => {
-    opened?.close();
-    await broker.stop();
-  });
+  const { broker, client: opened } = brokerForSuite({ connectOptions: { reconnectDelayMs: 20 } });
 
   // A power loss under sync "none" or "interval" (or a damaged tail) can cost the last
   // batches; recovery cuts the channel back. A consumer that had already been handed those
   // offsets resumes at the new end — it must not fail, and must not skip what comes next.
   it('resumes at the channel\'s new end, receives the messages appended there, and commits them', async () => {
-    await broker.start();
-    const client = (opened = await connect(broker.url, { reconnectDelayMs: 20 }));
+    const client = opened();
     await client.admin.createTopic('cut', { channels: 1 });
     const producer = await client.producer({ topic: 'cut' });
     for (let b = 0; b < 10; b++) await Promise.all(Array.from({ length: 10 }, (_, i) => producer.send({ channel: 0, body: `old${b * 10 + i}` })));
@@ -236,12 +223,10 @@ describe('sdk recovery: a consumer whose broker came back without the tail it ha
     await consumer.commit(seen[49]);
 
     // The broker dies and its last three batches with it (cut as a lost page cache would).
-    const back = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
-    await broker.stop('SIGKILL');
+    await killAndLose(broker, client);
     const highWatermark = cutLastBatches(path.join(broker.data, 'topics', 'cut', '0'), 3);
     assert.ok(highWatermark > 50 && highWatermark < 100, `the cut lands between the commit and the end (${highWatermark})`);
-    await broker.start();
-    await back;
+    await startAndReconnect(broker, client);
 
     for (let i = 0; i < 5; i++) await producer.send({ channel: 0, body: `new${i}` });
     const after = await take(consumer, 5); // failed with OFFSET_OUT_OF_RANGE: it resubscribed at 100
@@ -254,18 +239,16 @@ describe('sdk recovery: a consumer whose broker came back without the tail it ha
   });
 
   it('a message the application still holds when the broker comes back shorter: committed positions stop at the new end', async () => {
-    const client = opened!;
+    const client = opened();
     await client.admin.createTopic('cuth', { channels: 1 });
     const producer = await client.producer({ topic: 'cuth' });
     for (let b = 0; b < 10; b++) await Promise.all(Array.from({ length: 10 }, (_, i) => producer.send({ channel: 0, body: `old${b * 10 + i}` })));
     const consumer = await client.consumer({ topic: 'cuth', group: 'g', start: 'earliest', autoCommitIntervalMs: 60_000 }); // close() commits; the timer never fires here
     const held = (await take(consumer, 100))[99]!; // in hand, never released
     assert.equal(held.offset, 99);
-    const back = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
-    await broker.stop('SIGKILL');
+    await killAndLose(broker, client);
     const highWatermark = cutLastBatches(path.join(broker.data, 'topics', 'cuth', '0'), 3);
-    await broker.start();
-    await back;
+    await startAndReconnect(broker, client);
     // The consumer resumes in the background; what it would commit follows (observed each turn).
     while (consumer.positions()[0]!.offset > highWatermark) await new Promise((resolve) => setImmediate(resolve));
     // Before: positions() said 99 (the message in hand) while the channel ended at 70: every
@@ -276,7 +259,7 @@ describe('sdk recovery: a consumer whose broker came back without the tail it ha
   });
 
   it('the same for a msgStream pack consumer: it resumes at the new end and packs carry the new messages', async () => {
-    const client = opened!;
+    const client = opened();
     await client.admin.createTopic('cutp', { channels: 1 });
     const producing = client.msgStream();
     await producing.asProducer('cutp');
@@ -286,11 +269,9 @@ describe('sdk recovery: a consumer whose broker came back without the tail it ha
     const reader = readPacks(consuming);
     await reader.until(100);
 
-    const back = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
-    await broker.stop('SIGKILL');
+    await killAndLose(broker, client);
     const highWatermark = cutLastBatches(path.join(broker.data, 'topics', 'cutp', '0'), 3);
-    await broker.start();
-    await back;
+    await startAndReconnect(broker, client);
 
     await producing.produce({ msgs: Array.from({ length: 5 }, (_, i) => ({ body: `new${i}` })) });
     await reader.until(105); // failed with OFFSET_OUT_OF_RANGE: it resubscribed at 100
@@ -304,24 +285,16 @@ describe('sdk recovery: a consumer whose broker came back without the tail it ha
 
 describe('sdk recovery: a producer whose broker does not come back', function () {
   this.timeout(60_000);
-  const broker = new BrokerProcess(tempDir());
-  let opened: Client | null = null;
-  after(async () => {
-    opened?.close();
-    await broker.stop();
-  });
+  const { broker, client: opened } = brokerForSuite({ connectOptions: { reconnectDelayMs: 20, requestTimeoutMs: 200 } });
 
   it('fails its sends with TIMEOUT after deliveryTimeoutMs (send, sendBatch, messages waiting for room), and works again once the broker is back', async () => {
-    await broker.start();
-    const client = (opened = await connect(broker.url, { reconnectDelayMs: 20, requestTimeoutMs: 200 }));
+    const client = opened();
     await client.admin.createTopic('dt', { channels: 2 });
     // A buffer of 2 KB: the 40 messages of 100 B below do not all fit, some wait for room.
     const producer = await client.producer({ topic: 'dt', deliveryTimeoutMs: 300, bufferedBytesMax: 2048 });
     assert.equal((await producer.send({ channel: 0, body: 'before' })).offset, 0);
 
-    const lost = new Promise<void>((resolve) => client.on('disconnect', () => resolve()));
-    await broker.stop('SIGKILL');
-    await lost;
+    await killAndLose(broker, client);
     const single = producer.send({ channel: 1, body: 'one' });
     const many = producer.sendBatch(Array.from({ length: 40 }, (_, i) => ({ channel: i % 2, body: Buffer.alloc(100, i) })));
     const flushed = producer.flush();
@@ -332,9 +305,7 @@ describe('sdk recovery: a producer whose broker does not come back', function ()
     }
     await flushed; // nothing held any more
 
-    const back = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
-    await broker.start();
-    await back;
+    await startAndReconnect(broker, client);
     const after = await producer.send({ channel: 0, body: 'after' });
     assert.equal(after.offset, 1, 'nothing of what timed out was stored; the producer goes on');
     await producer.close();
@@ -343,9 +314,7 @@ describe('sdk recovery: a producer whose broker does not come back', function ()
   it('a send made while the connection is down fails after deliveryTimeoutMs too (it waited for requestTimeoutMs, 30 s)', async () => {
     const client = await connect(broker.url, { reconnectDelayMs: 20, requestTimeoutMs: 60_000 });
     const producer = await client.producer({ topic: 'dt', deliveryTimeoutMs: 300 });
-    const lost = new Promise<void>((resolve) => client.on('disconnect', () => resolve()));
-    await broker.stop('SIGKILL');
-    await lost;
+    await killAndLose(broker, client);
     const err = await rejection(producer.send({ channel: 0, body: 'during the outage' }));
     assert.equal(err.code, 'TIMEOUT');
     assert.match(err.message, /deliveryTimeoutMs \(300 ms\)/);
@@ -354,7 +323,7 @@ describe('sdk recovery: a producer whose broker does not come back', function ()
   });
 
   it('refuses a deliveryTimeoutMs that is not a number of ms', async () => {
-    const client = opened!;
+    const client = opened();
     for (const bad of [-1, Number.NaN, Infinity, 2 ** 31]) {
       const err = await rejection(client.producer({ topic: 'dt', deliveryTimeoutMs: bad }));
       assert.equal(err.code, 'INVALID_ARGUMENT');
@@ -364,20 +333,13 @@ describe('sdk recovery: a producer whose broker does not come back', function ()
 
 describe('sdk recovery: a client closed while its producer waits for the broker', function () {
   this.timeout(60_000);
-  const broker = new BrokerProcess(tempDir());
-  after(() => broker.stop());
+  const { broker } = brokerForSuite({ connect: false });
 
   it('fails the sends held for a resend with CLIENT_CLOSED at once', async () => {
-    await broker.start();
     const client = await connect(broker.url, { reconnectDelayMs: 20 });
     await client.admin.createTopic('cc', { channels: 1 });
     const producer = await client.producer({ topic: 'cc' });
-    process.kill(broker.pid, 'SIGSTOP'); // the request goes out, no reply comes
-    const pending = producer.send({ body: 'held' });
-    for (let turn = 0; turn < 2; turn++) await new Promise((resolve) => setImmediate(resolve)); // its batch is sealed and sent in the next turn
-    const lost = new Promise<void>((resolve) => client.on('disconnect', () => resolve()));
-    await broker.stop('SIGKILL');
-    await lost; // the batch is now held, to be resent on reconnect
+    const { pending } = await heldForResend(broker, client, () => producer.send({ body: 'held' }));
     client.close();
     const err = await rejection(pending); // pending for ever before (deliveryTimeoutMs 120 s now)
     assert.equal(err.code, 'CLIENT_CLOSED');
@@ -386,28 +348,16 @@ describe('sdk recovery: a client closed while its producer waits for the broker'
 
 describe('sdk recovery: sends made while the connection is down, and batches held for a resend', function () {
   this.timeout(60_000);
-  const broker = new BrokerProcess(tempDir());
-  let opened: Client | null = null;
-  after(async () => {
-    opened?.close();
-    await broker.stop();
-  });
+  const suite = brokerForSuite({ connectOptions: { reconnectDelayMs: 20 } });
+  const { broker } = suite;
 
   it('go out in sequence order after the reconnect: every one stored once, in send order', async () => {
-    await broker.start();
-    const client = (opened = await connect(broker.url, { reconnectDelayMs: 20 }));
+    const client = suite.client();
     await client.admin.createTopic('order', { channels: 1 });
     const producer = await client.producer({ topic: 'order' });
-    process.kill(broker.pid, 'SIGSTOP'); // the first batch goes out and is never answered
-    const first = producer.send({ body: 'first' });
-    for (let turn = 0; turn < 2; turn++) await new Promise((resolve) => setImmediate(resolve)); // sealed and sent in the next turn
-    const lost = new Promise<void>((resolve) => client.on('disconnect', () => resolve()));
-    await broker.stop('SIGKILL');
-    await lost; // "first" is held for a resend
+    const { pending: first } = await heldForResend(broker, client, () => producer.send({ body: 'first' }));
     const second = producer.send({ body: 'second' }); // waits for the connection
-    const back = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
-    await broker.start();
-    await back;
+    await startAndReconnect(broker, client);
     // Before: "second" went out ahead of the resend of "first", and "first" was refused with
     // DUPLICATE_SEQUENCE ("already stored") although the broker never had it.
     const results = await Promise.all([first, second]);
