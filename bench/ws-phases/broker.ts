@@ -20,6 +20,7 @@ import * as path from 'node:path';
 import uWS from 'uWebSockets.js';
 import { startServer, type RunningServer } from '../../server/index';
 import { percentile, sig } from '../common';
+import { paced } from '../pacer';
 import { makeBatches, settle, type BrokerCommand } from './shared';
 
 let server: RunningServer;
@@ -95,11 +96,12 @@ async function fsyncLatency(c: Extract<BrokerCommand, { cmd: 'fsyncLatency' }>):
 }
 
 /**
- * store.appendBatch of one-message batches at a fixed rate: the latency from the append call
- * to durable, with no network, protocol or SDK in front of the engine. Paced by a 1 ms timer
- * that appends every message due (≈ rate/1000 at a time), not by polling with setImmediate:
- * this process's threads share one CPU, and a polling main thread delays the thread pool's
- * fdatasync completions by whole scheduler slices (p99 5–6 ms instead of ≈ 1 ms).
+ * store.appendBatch of one-message batches at a fixed rate: the latency from each message's
+ * due time to durable, with no network, protocol or SDK in front of the engine. Paced as the
+ * SDK's latency pass is (bench/pacer.ts: a worker thread wakes this one at each due time).
+ * Until session 7 a 1 ms timer appended the ≈ rate/1000 messages due at each tick: bursts of
+ * ten, of which nine waited for the first one's fdatasync, which made this floor's median
+ * about two fdatasyncs instead of one and a half.
  */
 async function engineAppendLatency(c: Extract<BrokerCommand, { cmd: 'engineAppendLatency' }>): Promise<Record<string, number>> {
   const store = server.store;
@@ -109,29 +111,30 @@ async function engineAppendLatency(c: Extract<BrokerCommand, { cmd: 'engineAppen
   const samples = new Float64Array(count);
   let done = 0;
   let failure: unknown = null;
-  const t0 = performance.now();
-  await new Promise<void>((resolve) => {
-    let sent = 0;
-    const tick = (): void => {
-      const t = performance.now();
-      while (sent < count && t0 + sent * intervalMs <= t) {
-        const i = sent++;
-        const started = performance.now();
-        store.appendBatch(c.topic, 0, batch.slice()).then(
-          () => {
-            samples[i] = performance.now() - started;
-            if (++done === count) resolve();
-          },
-          (err: unknown) => {
-            failure ??= err;
-            if (++done === count) resolve();
-          },
-        );
-      }
-      if (sent < count) setTimeout(tick, 1);
-    };
-    tick();
+  const t0 = performance.now() + 50;
+  let finished!: () => void;
+  const allDone = new Promise<void>((resolve) => (finished = resolve));
+  let sent = 0;
+  let pacing = true;
+  const settled = (): void => {
+    if (++done === sent && !pacing) finished();
+  };
+  await paced(t0, intervalMs, count, (due) => {
+    const i = sent++;
+    store.appendBatch(c.topic, 0, batch.slice()).then(
+      () => {
+        samples[i] = performance.now() - due;
+        settled();
+      },
+      (err: unknown) => {
+        failure ??= err;
+        settled();
+      },
+    );
+    return failure === null;
   });
+  pacing = false;
+  if (done < sent) await allDone;
   if (failure) throw failure;
   const warm = samples.subarray(Math.min(count - 1, c.rate)).sort(); // the first second is warm-up
   return { samples: warm.length, p50_ms: sig(percentile(warm, 0.5), 3), p90_ms: sig(percentile(warm, 0.9), 3), p99_ms: sig(percentile(warm, 0.99), 3), max_ms: sig(warm[warm.length - 1]!, 3) };

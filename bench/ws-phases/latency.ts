@@ -3,16 +3,18 @@
  * messages a second by default) of 100 B messages. One SDK producer and one stream-group
  * consumer (start "latest"), each on its own connection, in this process; the producer's
  * defaults (lingerMs 0: a batch goes at the end of the current turn; acknowledged after
- * fdatasync). Message i is due at t0 + i / rate; the sender (paced, below) sends every
+ * fdatasync). Message i is due at t0 + i / rate; the sender (bench/pacer.ts: woken at each
+ * due time by a worker thread, so this process's event loop never blocks) sends every
  * message when it is due, with its due time in the body. The
  * latency of a message is (consumer has it) − (its due time), so time the sender spent behind
  * schedule counts too (no coordinated omission). The first second is warm-up, not counted.
  *
  * Floors measured in the same run, at the same rate:
- *   engine store.appendBatch of one-message batches in the broker process (paced by a 1 ms
- *          timer): the engine's own latency to durable at this rate, no network or SDK;
+ *   engine store.appendBatch of one-message batches in the broker process, paced the same
+ *          way, from the due time: the engine's own latency to durable at this rate, no
+ *          network or SDK;
  *   echo   a produce frame of one 100 B message sent with `ws` to a bare µWS server in the
- *          broker process, answered with 16 bytes: one round trip through the transport
+ *          broker process, answered with 16 bytes, paced the same way, from the due time: one round trip through the transport
  *          (a produce → push also crosses the loopback twice);
  *   fsync  the duration of one write + fdatasync of one message's bytes to a plain file in
  *          the broker process, back to back: what an acknowledged-after-fdatasync produce
@@ -24,6 +26,7 @@ import { connect } from '../../sdk/index';
 import { encodeBatch } from '../../engine/index';
 import { encodeFrame } from '../../protocol/frames';
 import { emit, latencySummary, now, progress, quiesceDisk, Samples, sig } from '../common';
+import { paced } from '../pacer';
 import { brokerBusy, type BrokerChild, type Options } from './shared';
 
 /** Warm-up of the floors (they run after the SDK pass, in processes already warm). */
@@ -155,39 +158,6 @@ async function produceFrames(wsUrl: string): Promise<number> {
   const text = await (await fetch(wsUrl.replace(/^ws/, 'http').replace(/\/v1\/ws$/, '/metrics'))).text();
   const m = /^waymark_frames_total\{type="produce"\} (\d+)/m.exec(text);
   return m ? Number(m[1]) : 0; // no line yet: no produce frame so far
-}
-
-/**
- * Calls `send(due)` for message i at its due time t0 + i × intervalMs (every message that is
- * due when the loop comes round), then yields to the event loop once (setImmediate) so
- * replies and pushes are handled. When the next message is due within 2 ms the loop sleeps
- * until then with Atomics.wait (sub-millisecond, no allocation) instead of spinning through
- * setImmediate turns: a poll loop of ~1M turns a second made a third of this process's
- * garbage (Immediate objects), and its scavenges showed up in the percentiles. The sleep
- * holds back I/O callbacks by at most the gap to the next message (0.1 ms at 10,000 msg/s),
- * which can only add to the measured latency. Stops early when `send` returns false.
- */
-function paced(t0: number, intervalMs: number, count: number, send: (due: number) => boolean): Promise<void> {
-  const sleeper = new Int32Array(new SharedArrayBuffer(4));
-  return new Promise((resolve) => {
-    let sent = 0;
-    const turn = (): void => {
-      const t = now();
-      while (sent < count && t0 + sent * intervalMs <= t) {
-        if (!send(t0 + sent * intervalMs)) return resolve();
-        sent++;
-      }
-      if (sent >= count) return resolve();
-      const wait = t0 + sent * intervalMs - t;
-      if (wait > 2) {
-        setTimeout(turn, wait - 1);
-        return;
-      }
-      if (wait > 0) Atomics.wait(sleeper, 0, 0, wait);
-      setImmediate(turn);
-    };
-    turn();
-  });
 }
 
 /** Round trips of one-message produce frames to the bare echo server, at the rate, one at a time when due. */
