@@ -30,6 +30,9 @@ export interface HttpContext {
   metricsExtra: (out: string[]) => void;
 }
 
+/** Methods counted by name in /metrics; any other (a client may send anything) counts as OTHER. */
+const knownMethods = new Set(['GET', 'HEAD', 'PUT', 'POST', 'DELETE', 'PATCH', 'OPTIONS']);
+
 /** The query of a request without one (routes only read it). */
 const noQuery = new URLSearchParams();
 
@@ -43,6 +46,7 @@ function route(
   options: { readBody?: boolean } = {},
 ): void {
   const paramCount = (pattern.match(/:/g) ?? []).length;
+  const methodLabel = method === 'del' ? 'DELETE' : method.toUpperCase();
   app[method](pattern, (res: HttpResponse, req: HttpRequest) => {
     let aborted = false;
     res.onAborted(() => {
@@ -72,7 +76,7 @@ function route(
       })
       .catch((err) => errorReply(err))
       .then((reply) => {
-        ctx.broker.metrics.httpRequests.inc([pattern, reply.status]);
+        ctx.broker.metrics.httpRequests.inc([methodLabel, pattern, reply.status]);
         if (reply.errorCode) ctx.broker.metrics.errors.inc([reply.errorCode]);
         if (aborted) return;
         res.cork(() => {
@@ -345,6 +349,7 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
     const method = req.getMethod().toUpperCase();
     // NOT_FOUND, not BAD_REQUEST: the status a client sees is the table's for the code it reads.
     const reply = errorReply(new WaymarkError('NOT_FOUND', `no route ${method} ${url}`));
+    ctx.broker.metrics.httpRequests.inc([knownMethods.has(method) ? method : 'OTHER', 'other', reply.status]);
     ctx.broker.metrics.errors.inc([reply.errorCode!]);
     res.cork(() => {
       res.writeStatus(`${reply.status} ${statusText[reply.status]}`);

@@ -88,7 +88,8 @@ export class BrokerMetrics {
   readonly appendedBytes = new Counter('waymark_appended_bytes_total', 'Batch bytes appended, by topic and channel.', ['topic', 'channel']);
   readonly frames = new Counter('waymark_frames_total', 'WebSocket frames received, by type.', ['type']);
   readonly errors = new Counter('waymark_errors_total', 'Errors answered, by code.', ['code']);
-  readonly httpRequests = new Counter('waymark_http_requests_total', 'HTTP requests, by route and status.', ['route', 'status']);
+  /** route is the matched pattern, or "other" for a request no route serves (never the raw path: the series stay bounded). */
+  readonly httpRequests = new Counter('waymark_http_requests_total', 'HTTP requests, by method, route and status.', ['method', 'route', 'status']);
   readonly commitLatency = new Histogram('waymark_group_commit_seconds', 'Time from append to durable acknowledgement.', [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]);
   connections = 0;
 

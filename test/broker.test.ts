@@ -446,6 +446,25 @@ describe('broker: HTTP API', function () {
     assert.equal((await httpJson(`${broker.http}/v1/topics/web`)).status, 404);
   });
 
+  it('counts HTTP requests in /metrics by method, route pattern and status; a path no route serves counts as route "other"', async () => {
+    const series = async (): Promise<Map<string, number>> => {
+      const text = await (await fetch(`${broker.http}/metrics`)).text();
+      return new Map([...text.matchAll(/^waymark_http_requests_total\{(.*)\} (\d+)$/gm)].map((m) => [m[1]!, Number(m[2])]));
+    };
+    const before = await series();
+    assert.equal((await fetch(`${broker.http}/v1/topics/no-such-topic`)).status, 404);
+    assert.equal((await fetch(`${broker.http}/v1/topics/no-such-topic`, { method: 'DELETE' })).status, 404);
+    assert.equal((await fetch(`${broker.http}/no/such/path/${Date.now()}`)).status, 404);
+    assert.equal((await fetch(`${broker.http}/v1/topics`, { method: 'PATCH' })).status, 404);
+    const after = await series();
+    const grew = (labels: string): number => (after.get(labels) ?? 0) - (before.get(labels) ?? 0);
+    assert.equal(grew('method="GET",route="/v1/topics/:topic",status="404"'), 1);
+    assert.equal(grew('method="DELETE",route="/v1/topics/:topic",status="404"'), 1);
+    assert.equal(grew('method="GET",route="other",status="404"'), 1, 'an unknown path is counted, under one bounded label');
+    assert.equal(grew('method="PATCH",route="other",status="404"'), 1);
+    assert.ok(![...after.keys()].some((k) => k.includes('/no/such/path')), 'raw paths never become label values');
+  });
+
   it('answers bad input with the error table and changes nothing', async () => {
     await httpJson(`${broker.http}/v1/topics/strict`, { method: 'PUT', body: JSON.stringify({ channels: 1 }) });
     const cases: Array<[string, RequestInit, number, string]> = [
