@@ -109,18 +109,32 @@ function skip(length: number, end: number): number {
  * it are in `out` (a consumer hands those out first).
  */
 export function decodeBatches(topic: string, channel: number, bytes: Uint8Array, fromOffset: number, out: DecodedBatch[] = []): DecodedBatch[] {
-  const plain = bytes.constructor === Uint8Array ? bytes : new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const plain = plainBytes(bytes);
   for (let pos = 0; pos < plain.length; ) {
-    const probe = probeHeader(plain, pos);
-    if (probe.kind !== 'ok') throw new WaymarkError('CORRUPT_BATCH', `batch at byte ${pos} of a push is ${probe.kind === 'short' ? 'cut short' : probe.reason}`);
-    const header = probe.header;
-    if (!checksumHolds(plain, pos, header)) throw new WaymarkError('CORRUPT_BATCH', `batch at offset ${header.baseOffset} fails its checksum`);
-    const stored = recordsSection(plain, pos, header, nodeCodec());
-    const section = stored.constructor === Uint8Array ? stored : new Uint8Array(stored.buffer, stored.byteOffset, stored.byteLength);
-    out.push({ header, bytes: header.batchLength, messages: decodeMessages(topic, channel, section, header, fromOffset) });
-    pos += header.batchLength;
+    const batch = decodeBatchAt(topic, channel, plain, pos, fromOffset);
+    out.push(batch);
+    pos += batch.bytes;
   }
   return out;
+}
+
+/** `bytes` as a plain Uint8Array over the same memory (views of a Node Buffer are costly Buffers). */
+export function plainBytes(bytes: Uint8Array): Uint8Array {
+  return bytes.constructor === Uint8Array ? bytes : new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/**
+ * The one batch at byte `pos` of `plain` (a plainBytes view), checksum verified, its records
+ * from `fromOffset` on; throws CORRUPT_BATCH when it fails. `bytes` of the result is the
+ * batch's length: the next batch starts there.
+ */
+export function decodeBatchAt(topic: string, channel: number, plain: Uint8Array, pos: number, fromOffset: number): DecodedBatch {
+  const probe = probeHeader(plain, pos);
+  if (probe.kind !== 'ok') throw new WaymarkError('CORRUPT_BATCH', `batch at byte ${pos} of a push is ${probe.kind === 'short' ? 'cut short' : probe.reason}`);
+  const header = probe.header;
+  if (!checksumHolds(plain, pos, header)) throw new WaymarkError('CORRUPT_BATCH', `batch at offset ${header.baseOffset} fails its checksum`);
+  const stored = recordsSection(plain, pos, header, nodeCodec());
+  return { header, bytes: header.batchLength, messages: decodeMessages(topic, channel, plainBytes(stored), header, fromOffset) };
 }
 
 /** The records of one batch's (decompressed) records section, from `fromOffset` on. */
