@@ -509,7 +509,6 @@ export function countRecords(bytes: Uint8Array | null | undefined): number {
   return count;
 }
 
-/** A seek's broker time: a whole number of ms, 0 or more (0: from the earliest). */
 /** run() lets timers and I/O in after this many messages handed to a synchronous handler in one turn. */
 const runTurnMessagesMax = 1000;
 
@@ -565,6 +564,7 @@ function checkConsumerOptions(options: ConsumerOptions): void {
   else throw new WaymarkError('INVALID_ARGUMENT', `start must be "committed", "earliest", "latest", {offsets} or {timestamp}, not ${JSON.stringify(start)}`);
 }
 
+/** A seek's broker time: a whole number of ms, 0 or more (0: from the earliest). */
 export function checkSeekTime(timestamp: number): number {
   if (!Number.isSafeInteger(timestamp) || timestamp < 0) throw new WaymarkError('INVALID_ARGUMENT', `seek timestamp ${timestamp}: a broker time in ms, 0 or more`);
   return timestamp;

@@ -104,11 +104,12 @@ function skip(length: number, end: number): number {
 }
 
 /**
- * Decodes whole batches back to back, dropping records before `fromOffset`. Throws
- * CORRUPT_BATCH at the first batch that fails; with `out` given, the batches decoded before
- * it are in `out` (a consumer hands those out first).
+ * Decodes whole batches back to back, dropping records before `fromOffset`; throws
+ * CORRUPT_BATCH at the first batch that fails. (A msgStream's packs; a consumer decodes a
+ * push one batch at a time with decodeBatchAt.)
  */
-export function decodeBatches(topic: string, channel: number, bytes: Uint8Array, fromOffset: number, out: DecodedBatch[] = []): DecodedBatch[] {
+export function decodeBatches(topic: string, channel: number, bytes: Uint8Array, fromOffset: number): DecodedBatch[] {
+  const out: DecodedBatch[] = [];
   const plain = plainBytes(bytes);
   for (let pos = 0; pos < plain.length; ) {
     const batch = decodeBatchAt(topic, channel, plain, pos, fromOffset);

@@ -14,8 +14,9 @@
  *          way, from the due time: the engine's own latency to durable at this rate, no
  *          network or SDK;
  *   echo   a produce frame of one 100 B message sent with `ws` to a bare µWS server in the
- *          broker process, answered with 16 bytes, paced the same way, from the due time: one round trip through the transport
- *          (a produce → push also crosses the loopback twice);
+ *          broker process, answered with 16 bytes, paced the same way, from the due time:
+ *          one round trip through the transport (a produce → push also crosses the
+ *          loopback twice);
  *   fsync  the duration of one write + fdatasync of one message's bytes to a plain file in
  *          the broker process, back to back: what an acknowledged-after-fdatasync produce
  *          cannot beat (at 10,000 msg/s the broker's group commit puts several messages in
