@@ -41,6 +41,11 @@ export const limits = {
   producerBatchCountMax: 16,
   /** Interval of the fsync timer in sync mode "interval". */
   syncIntervalMsDefault: 50,
+  /**
+   * Channels whose file work at store open or close (checkpoint, index files: a few ms of
+   * syncs each) is in flight at once, each with one descriptor open at a time (IoSlots).
+   */
+  openCloseChannelCountMax: 32,
   /** Interval of the retention sweep. */
   retentionSweepMs: 30_000,
   /** Key index hits confirmed per lookup at most (bounds a lookup of a very hot key). */

@@ -333,6 +333,43 @@ describe('disk faults: smaller ones', () => {
     assert.match(out.message, /too many open files \(EMFILE\); every segment file is kept open: raise the limit \(ulimit -n\) or use fewer channels; it refuses appends until reopened$/);
   });
 
+  // Open and close write many channels' files at once; each holds a descriptor meanwhile. A
+  // store that fits its limit with the few to spare that one channel at a time needs must not
+  // fail for them: an EMFILE there waits for the others and tries again alone.
+  it('open and close need no more spare file descriptors than one channel at a time did (EMFILE is retried alone)', () => {
+    const out = underFdLimit(
+      tempDir(),
+      `(async () => {
+        let store = await engine.openStore(dir);
+        for (const name of ['a', 'b', 'c', 'd']) {
+          await store.createTopic(name, { channels: 16 });
+          for (let c = 0; c < 16; c++) await store.append(name, c, [{ body: name + c }]);
+        }
+        await store.close();
+        const held = [];
+        try { for (;;) held.push(fs.openSync('/dev/null', 'r')); } catch (e) { if (e.code !== 'EMFILE') throw e; }
+        // Free for 64 segment files, the lock, and three to spare (one channel at a time needed one).
+        for (const fd of held.splice(0, 64 + 1 + 3)) fs.closeSync(fd);
+        const faults = [];
+        let failure = null;
+        try {
+          store = await engine.openStore(dir, { onFault: (f) => faults.push(f.message) });
+          await store.append('d', 15, [{ body: 'more' }]);
+          await store.close();
+        } catch (err) {
+          failure = err.message;
+        }
+        for (const fd of held) fs.closeSync(fd);
+        store = await engine.openStore(dir);
+        const bodies = (await store.read('d', 15)).map((m) => m.body.toString());
+        await store.close();
+        const checkpoint = JSON.parse(fs.readFileSync(require('path').join(dir, 'topics', 'a', '0', 'checkpoint.json'), 'utf8'));
+        console.log(JSON.stringify({ failure, faults, bodies, clean: checkpoint.clean }));
+      })();`,
+    );
+    assert.deepEqual(out, { failure: null, faults: [], bodies: ['d15', 'more'], clean: true });
+  });
+
   it('a topic create that cannot write its files fails with STORAGE_FAILED and leaves no .creating-… folder', () => {
     const dir = tempDir();
     const out = underFdLimit(

@@ -29,7 +29,8 @@ import { lz4Codec } from '../codec';
 import type { KeyHit, TimeRange } from '../index/key-index';
 import { limits } from '../limits';
 import { CorruptIndexError, tooManyOpenFiles } from './errors';
-import { readCheckpoint, syncDir, writeCheckpoint } from './checkpoint';
+import { readCheckpoint, syncDir, writeCheckpoint, writeCheckpointAsync, type Checkpoint } from './checkpoint';
+import { IoSlots } from './io-slots';
 import { ProducerStates } from './producer-state';
 import { Segment, segmentFileName, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
 import { TailCache } from './tail-cache';
@@ -122,8 +123,52 @@ export class ChannelLog {
     this.dsync = options.sync === 'batch';
   }
 
-  /** Opens (creating when absent) and recovers a channel folder. Findings are pushed to `report`. */
+  /** Opens (creating when absent) and recovers a channel folder, ready to serve. Findings are pushed to `report`. */
   static open(dir: string, options: ChannelOptions, report: RecoveryFinding[]): ChannelLog {
+    const channel = ChannelLog.recovered(dir, options, report);
+    try {
+      channel.syncLeftoverTail();
+    } catch (err) {
+      channel.closeNow();
+      throw err;
+    }
+    try {
+      channel.saveCheckpoint(false);
+    } catch (err) {
+      channel.checkpointFailedAtOpen(err as Error);
+    }
+    return channel;
+  }
+
+  /**
+   * open() with its closing file work — the active segment's fdatasync and the checkpoint, a
+   * few ms of waiting on the disk — in the thread pool, for a store opening thousands of
+   * channels, many at once (Store.open; the caller holds a slot of `slots`). The recovery is
+   * done on return, throwing as open() does; the channel may serve once `ready` resolves, and
+   * no sooner (until then the checkpoint file is being written). `ready` rejects, the
+   * channel's files closed, where open() would throw; a checkpoint that cannot be written is
+   * owed, as in open().
+   */
+  static openAsync(dir: string, options: ChannelOptions, report: RecoveryFinding[], slots: IoSlots): { channel: ChannelLog; ready: Promise<void> } {
+    const channel = ChannelLog.recovered(dir, options, report);
+    const ready = (async () => {
+      try {
+        if (channel.leftoverTailToSync()) await fdatasync(channel.active.fd);
+      } catch (err) {
+        channel.closeNow();
+        throw err;
+      }
+      try {
+        await slots.withDescriptors(() => channel.saveCheckpointAsync(false));
+      } catch (err) {
+        channel.checkpointFailedAtOpen(err as Error);
+      }
+    })();
+    return { channel, ready };
+  }
+
+  /** A channel folder made if absent and recovered (see recover), its files open; not yet ready to serve (see open). */
+  private static recovered(dir: string, options: ChannelOptions, report: RecoveryFinding[]): ChannelLog {
     fs.mkdirSync(dir, { recursive: true });
     const channel = new ChannelLog(dir, options);
     try {
@@ -203,32 +248,53 @@ export class ChannelLog {
     }
 
     if (this.segments.length === 0) this.segments.push(Segment.create(this.dir, 0, this.dsync));
-    // O_DSYNC makes durable what each write covers, not bytes an earlier run left unsynced in
-    // the page cache (sync "none" or "interval", then a crash of the process): sync them once
-    // now, or an acknowledged append could come to sit after bytes a power cut then loses.
-    if (this.dsync && this.active.size > 0) fs.fdatasyncSync(this.active.fd);
     this.nextOffset = this.active.nextOffset;
     this.highWatermark = this.nextOffset;
     this.committedSize = this.active.size;
     for (const s of this.segments) this.lastBrokerTimestamp = Math.max(this.lastBrokerTimestamp, s.maxTimestamp);
-    // Records what this open found and sealed, and that the checkpoint no longer says clean.
-    // Safety does not hang on it: a clean checkpoint vouches for the active segment only at
-    // the size it lists, which any append changes. So when it cannot be written (a full disk)
-    // the channel still opens, acknowledged data stays readable, and the write is owed to the
-    // next retention pass, roll or close; an append that truly cannot be written fails the
-    // channel as always.
-    try {
-      this.saveCheckpoint(false);
-    } catch (err) {
-      this.checkpointOwed = true;
-      this.options.onFault?.('checkpoint', err as Error);
-    }
+    // What open (or openAsync) does next, before the channel serves: syncLeftoverTail, then
+    // the checkpoint (clean=false).
+  }
+
+  /**
+   * O_DSYNC makes durable what each write covers, not bytes an earlier run left unsynced in
+   * the page cache (sync "none" or "interval", then a crash of the process): they are synced
+   * once at open, or an acknowledged append could come to sit after bytes a power cut then loses.
+   */
+  private leftoverTailToSync(): boolean {
+    return this.dsync && this.active.size > 0;
+  }
+
+  private syncLeftoverTail(): void {
+    if (this.leftoverTailToSync()) fs.fdatasyncSync(this.active.fd);
+  }
+
+  /**
+   * The checkpoint written at open records what the open found and sealed, and that the
+   * checkpoint no longer says clean. Safety does not hang on it: a clean checkpoint vouches
+   * for the active segment only at the size it lists, which any append changes. So when it
+   * cannot be written (a full disk) the channel still opens, acknowledged data stays
+   * readable, and the write is owed to the next retention pass, roll or close; an append that
+   * truly cannot be written fails the channel as always.
+   */
+  private checkpointFailedAtOpen(err: Error): void {
+    this.checkpointOwed = true;
+    this.options.onFault?.('checkpoint', err);
   }
 
   private saveCheckpoint(clean: boolean): void {
-    const segments = this.segments.filter((s) => s.sealed).map((s) => s.meta());
-    writeCheckpoint(this.dir, { clean, segments, producers: this.producers.entries() });
+    writeCheckpoint(this.dir, this.checkpoint(clean));
     this.checkpointOwed = false;
+  }
+
+  /** saveCheckpoint through the thread pool, at store open and close, when nothing else writes the channel's checkpoint. */
+  private async saveCheckpointAsync(clean: boolean): Promise<void> {
+    await writeCheckpointAsync(this.dir, this.checkpoint(clean));
+    this.checkpointOwed = false;
+  }
+
+  private checkpoint(clean: boolean): Checkpoint {
+    return { clean, segments: this.segments.filter((s) => s.sealed).map((s) => s.meta()), producers: this.producers.entries() };
   }
 
   /**
@@ -752,9 +818,10 @@ export class ChannelLog {
    * Waits for queued appends, seals nothing, writes the active indexes and a clean checkpoint
    * — unless the channel's files are about to be deleted (`deleting`: its topic is), when it
    * writes nothing: sealing the indexes of files about to go, on a full disk, failed the
-   * topic's delete halfway.
+   * topic's delete halfway. That file work runs in the thread pool, once a slot of `slots`
+   * is held (Store.close closes every channel at once, sharing one).
    */
-  async close(options: { deleting?: boolean } = {}): Promise<void> {
+  async close(options: { deleting?: boolean; slots?: IoSlots } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true; // later appends are refused; queued ones still go out
     this.deleting = options.deleting === true;
@@ -764,16 +831,21 @@ export class ChannelLog {
     while (this.sealing) await this.sealing;
     let failure: unknown = null;
     if (!this.failure && !this.deleting) {
+      // Closed, with nothing in flight: nothing else writes the files from here on.
+      const slots = options.slots ?? new IoSlots(1);
+      const release = await slots.acquire();
       try {
         const active = this.active;
-        if (active.size > 0) active.seal();
+        if (active.size > 0) await slots.withDescriptors(() => active.sealInBackground({ syncIndexFiles: true }));
         else if (this.segments.length > 1) {
           this.segments.pop();
           active.remove();
         }
-        this.saveCheckpoint(true);
+        await slots.withDescriptors(() => this.saveCheckpointAsync(true));
       } catch (err) {
         failure = err; // thrown once the files are closed: the next open scans what is not vouched for
+      } finally {
+        release();
       }
     }
     for (const s of this.segments) s.close();

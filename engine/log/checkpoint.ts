@@ -5,12 +5,16 @@
  *
  * Written atomically (temp file, fdatasync, rename, fsync of the folder) once a rolled segment
  * is sealed (its index files written, in the background), after retention, at open (clean=false;
- * when that write fails it is owed to the next retention pass: see ChannelLog.recover) and at clean close (clean=true, the active segment
+ * when that write fails it is owed to the next retention pass: see ChannelLog.checkpointFailedAtOpen) and at clean close (clean=true, the active segment
  * included). Sealed segments it lists whose file size matches are trusted; everything else
  * is scanned.
+ *
+ * The writes at store open and close go through the thread pool (writeCheckpointAsync), many
+ * channels at once (IoSlots): the same steps in the same order, so the same file after a crash.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as pool from './fs-pool';
 import type { SegmentMeta } from './segment';
 
 export const checkpointFile = 'checkpoint.json';
@@ -66,7 +70,7 @@ function timestamp(value: unknown): boolean {
 }
 
 export function writeCheckpoint(dir: string, checkpoint: Checkpoint): void {
-  writeFileAtomic(path.join(dir, checkpointFile), JSON.stringify({ version: checkpointVersion, ...checkpoint }));
+  writeFileAtomic(path.join(dir, checkpointFile), checkpointText(checkpoint));
 }
 
 /** temp + fdatasync + rename + fsync(dir): the file is either the old or the new one after a crash. */
@@ -81,6 +85,38 @@ export function writeFileAtomic(file: string, text: string): void {
   }
   fs.renameSync(temp, file);
   syncDir(path.dirname(file));
+}
+
+/** writeCheckpoint through the thread pool. */
+export function writeCheckpointAsync(dir: string, checkpoint: Checkpoint): Promise<void> {
+  return writeFileAtomicAsync(path.join(dir, checkpointFile), checkpointText(checkpoint));
+}
+
+function checkpointText(checkpoint: Checkpoint): string {
+  return JSON.stringify({ version: checkpointVersion, ...checkpoint });
+}
+
+/** writeFileAtomic through the thread pool: the same steps, in the same order. */
+export async function writeFileAtomicAsync(file: string, text: string): Promise<void> {
+  const temp = `${file}.tmp`;
+  const fd = await pool.open(temp, 'w');
+  try {
+    await pool.writeAll(fd, Buffer.from(text), 0);
+    await pool.fdatasync(fd);
+  } finally {
+    await pool.close(fd);
+  }
+  await pool.rename(temp, file);
+  await syncDirAsync(path.dirname(file));
+}
+
+export async function syncDirAsync(dir: string): Promise<void> {
+  const fd = await pool.open(dir, 'r');
+  try {
+    await pool.fsync(fd);
+  } finally {
+    await pool.close(fd);
+  }
 }
 
 export function syncDir(dir: string): void {

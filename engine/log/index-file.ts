@@ -14,6 +14,7 @@
 import * as fs from 'node:fs';
 import { xxh64 } from '../format/checksum';
 import { CorruptIndexError } from './errors';
+import * as pool from './fs-pool';
 
 export const indexHeaderBytes = 32;
 export const indexVersion = 1;
@@ -84,13 +85,22 @@ export function writeFileSynced(file: string, bytes: Uint8Array): void {
  * — each carries a checksum, is checked when first loaded, and is rebuilt from the (synced)
  * log when missing or torn — so their bytes may reach the disk with the kernel's writeback.
  */
-export async function writeIndexFileAsync(file: string, bytes: Uint8Array): Promise<void> {
-  const handle = await fs.promises.open(file, 'w');
+export function writeIndexFileAsync(file: string, bytes: Uint8Array): Promise<void> {
+  return writeFileThroughPool(file, bytes, false);
+}
+
+/** writeFileSynced through the thread pool (a segment sealed at store close, many channels at once). */
+export function writeFileSyncedAsync(file: string, bytes: Uint8Array): Promise<void> {
+  return writeFileThroughPool(file, bytes, true);
+}
+
+async function writeFileThroughPool(file: string, bytes: Uint8Array, sync: boolean): Promise<void> {
+  const fd = await pool.open(file, 'w');
   try {
-    let written = 0;
-    while (written < bytes.length) written += (await handle.write(bytes, written, bytes.length - written, written)).bytesWritten;
+    await pool.writeAll(fd, bytes, 0);
+    if (sync) await pool.fdatasync(fd);
   } finally {
-    await handle.close();
+    await pool.close(fd);
   }
 }
 

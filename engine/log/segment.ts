@@ -24,7 +24,7 @@ import { patchBatch, recordsSection, type BatchHeader } from '../format/record-b
 import { checkKeyIndexBytes, KeyIndexBuilder, KeyIndexFile, type KeyHit, type TimeRange } from '../index/key-index';
 import { limits } from '../limits';
 import { CorruptIndexError, DamageBeforeSoundBatchesError } from './errors';
-import { writeFileSynced, writeIndexFileAsync } from './index-file';
+import { writeFileSynced, writeFileSyncedAsync, writeIndexFileAsync } from './index-file';
 import { OffsetIndex } from './offset-index';
 import { findNextBatch, scanSegment } from './segment-scanner';
 import { TimeIndex } from './time-index';
@@ -245,15 +245,20 @@ export class Segment {
    * resolves the segment keeps its in-memory indexes, which reads and lookups use, and is not
    * `sealed`, so no checkpoint vouches for it yet; a crash before then leaves a segment the
    * checkpoint does not know, which open scans and seals.
+   *
+   * With `syncIndexFiles` it does what seal() does, in the thread pool: each index file is
+   * written and fdatasynced, one after another (the active segment at a clean close, many
+   * channels at once: Store.close).
    */
-  async sealInBackground(): Promise<void> {
+  async sealInBackground(options: { syncIndexFiles?: boolean } = {}): Promise<void> {
     if (this.sealed) return;
     const files = this.encodeIndexFiles();
     // The checkpoint is about to vouch for the log: in sync modes "interval" and "none" this
     // makes it durable; in "batch" it finds nothing dirty (writes are O_DSYNC, and open synced
     // what an earlier run left) and costs next to nothing.
     await new Promise<void>((resolve, reject) => fs.fdatasync(this.fd, (err) => (err ? reject(err) : resolve())));
-    await Promise.all(files.map(([file, bytes]) => writeIndexFileAsync(file, bytes)));
+    if (options.syncIndexFiles) for (const [file, bytes] of files) await writeFileSyncedAsync(file, bytes);
+    else await Promise.all(files.map(([file, bytes]) => writeIndexFileAsync(file, bytes)));
     this.keyBuilder = null;
     this.sealed = true;
   }
