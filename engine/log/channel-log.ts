@@ -30,6 +30,7 @@ import type { KeyHit, TimeRange } from '../index/key-index';
 import { limits } from '../limits';
 import { CorruptIndexError, tooManyOpenFiles } from './errors';
 import { readCheckpoint, syncDir, writeCheckpoint, writeCheckpointAsync, type Checkpoint } from './checkpoint';
+import * as pool from './fs-pool';
 import { IoSlots } from './io-slots';
 import { ProducerStates } from './producer-state';
 import { Segment, segmentFileName, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
@@ -153,7 +154,7 @@ export class ChannelLog {
     const channel = ChannelLog.recovered(dir, options, report);
     const ready = (async () => {
       try {
-        if (channel.leftoverTailToSync()) await fdatasync(channel.active.fd);
+        if (channel.leftoverTailToSync()) await pool.fdatasync(channel.active.fd);
       } catch (err) {
         channel.closeNow();
         throw err;
@@ -400,7 +401,7 @@ export class ChannelLog {
         end++;
       }
       const slice = group.slice(start, end);
-      const writing = writev(segment.fd, slice.map((p) => p.batch), segment.size);
+      const writing = pool.writev(segment.fd, slice.map((p) => p.batch), segment.size);
       let at = segment.size;
       for (const p of slice) {
         segment.indexBatch(at, p.header, p.batch);
@@ -463,7 +464,7 @@ export class ChannelLog {
   private syncIfDirty(): void {
     if (!this.dirty || this.failure || this.closed) return;
     this.dirty = false;
-    this.syncing = fdatasync(this.active.fd).then(
+    this.syncing = pool.fdatasync(this.active.fd).then(
       () => void (this.syncing = null),
       (err: Error) => {
         this.syncing = null;
@@ -809,7 +810,7 @@ export class ChannelLog {
     if (!this.dsync) {
       await this.sealing;
       if (this.closed) throw new WaymarkError('STORE_CLOSED');
-      await fdatasync(this.active.fd);
+      await pool.fdatasync(this.active.fd);
     }
     return this.removeOldestWhile((oldest) => oldest.nextOffset <= offset);
   }
@@ -892,35 +893,3 @@ function corruptAt(segment: Segment, position: number, reason: string): WaymarkE
   return new WaymarkError('CORRUPT_FILE', `${segment.path('log')} at position ${position}: ${reason}; run waymark verify`, { file: segment.path('log'), position });
 }
 
-function fdatasync(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
-}
-
-function writev(fd: number, buffers: Uint8Array[], position: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const total = buffers.reduce((n, b) => n + b.length, 0);
-    const step = (done: number, list: Uint8Array[]): void => {
-      fs.writev(fd, list, position + done, (err, written) => {
-        if (err) return reject(err);
-        const now = done + written;
-        if (now >= total) return resolve();
-        step(now, remaining(list, written));
-      });
-    };
-    step(0, buffers);
-  });
-}
-
-/** The part of `list` after its first `skip` bytes (a short writev). */
-function remaining(list: Uint8Array[], skip: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  for (const b of list) {
-    if (skip >= b.length) {
-      skip -= b.length;
-      continue;
-    }
-    out.push(skip > 0 ? b.subarray(skip) : b);
-    skip = 0;
-  }
-  return out;
-}

@@ -24,6 +24,7 @@ import { patchBatch, recordsSection, type BatchHeader } from '../format/record-b
 import { checkKeyIndexBytes, KeyIndexBuilder, KeyIndexFile, type KeyHit, type TimeRange } from '../index/key-index';
 import { limits } from '../limits';
 import { CorruptIndexError, DamageBeforeSoundBatchesError } from './errors';
+import * as pool from './fs-pool';
 import { writeFileSynced, writeFileSyncedAsync, writeIndexFileAsync } from './index-file';
 import { OffsetIndex } from './offset-index';
 import { findNextBatch, scanSegment } from './segment-scanner';
@@ -256,7 +257,7 @@ export class Segment {
     // The checkpoint is about to vouch for the log: in sync modes "interval" and "none" this
     // makes it durable; in "batch" it finds nothing dirty (writes are O_DSYNC, and open synced
     // what an earlier run left) and costs next to nothing.
-    await new Promise<void>((resolve, reject) => fs.fdatasync(this.fd, (err) => (err ? reject(err) : resolve())));
+    await pool.fdatasync(this.fd);
     if (options.syncIndexFiles) for (const [file, bytes] of files) await writeFileSyncedAsync(file, bytes);
     else await Promise.all(files.map(([file, bytes]) => writeIndexFileAsync(file, bytes)));
     this.keyBuilder = null;
