@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openStore, batchHeaderBytes, type Store } from '../engine/index';
@@ -346,5 +347,50 @@ describe('recovery: an unreadable topic folder', () => {
     } finally {
       await store.close();
     }
+  });
+});
+
+describe('recovery: a clean close of an idle channel', () => {
+  // A channel reopened after a clean close and closed again with nothing appended has
+  // nothing to write: the clean close left its log durable, and its index files were checked
+  // as they were loaded. Writing them again cost four syncs a channel at every close of a
+  // store of thousands of channels. The files' times are set far back to see any write.
+  it('writes none of its segment files when nothing was appended (any sync mode); a roll before its first append keeps the checked index files; every key is found after each reopen', async () => {
+    const dir = tempDir();
+    const channel = channelDir(dir);
+    let store = await openStore(dir, { segmentBytes: 4096 });
+    await store.createTopic('t', { channels: 1 });
+    await store.append('t', 0, [
+      { key: 'a', body: 'one' },
+      { key: 'b', body: 'two' },
+    ]);
+    await store.close();
+    const first = fs.readdirSync(channel).filter((f) => /^\d{20}\.(log|oix|tix|kix)$/.test(f));
+    assert.equal(first.length, 4, 'one segment and its three index files');
+    const longAgo = new Date('2001-01-01T00:00:00Z');
+    for (const f of first) fs.utimesSync(path.join(channel, f), longAgo, longAgo);
+    const years = (): number[] => first.map((f) => fs.statSync(path.join(channel, f)).mtime.getUTCFullYear());
+
+    for (const sync of ['batch', 'interval', 'none'] as const) {
+      store = await openStore(dir, { segmentBytes: 4096, sync });
+      await store.close();
+      assert.deepEqual(years(), [2001, 2001, 2001, 2001], `sync ${sync}: nothing rewritten`);
+    }
+
+    // The next append does not fit in 4 KiB (random bytes: lz4 cannot shrink them): the idle
+    // segment rolls and is sealed as it is.
+    store = await openStore(dir, { segmentBytes: 4096 });
+    await store.append('t', 0, [{ key: 'c', body: randomBytes(4000) }]);
+    await store.close();
+    assert.deepEqual(years(), [2001, 2001, 2001, 2001], 'the rolled segment sealed without a write');
+    assert.equal(segmentFiles(channel).length, 2);
+
+    store = await openStore(dir);
+    for (const [key, offset] of [['a', 0], ['b', 1], ['c', 2]] as const) {
+      assert.deepEqual((await store.lookupKey('t', key)).map((m) => m.offset), [offset], `key ${key}`);
+    }
+    assert.deepEqual((await store.read('t', 0, { offset: 0 })).map((m) => m.body.length), [3, 3, 4000]);
+    await store.close();
+    assert.deepEqual((await verifyStore(dir)).faults, []);
   });
 });

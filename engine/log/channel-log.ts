@@ -261,9 +261,10 @@ export class ChannelLog {
    * O_DSYNC makes durable what each write covers, not bytes an earlier run left unsynced in
    * the page cache (sync "none" or "interval", then a crash of the process): they are synced
    * once at open, or an acknowledged append could come to sit after bytes a power cut then loses.
+   * Not after a clean close, which left the log durable (Segment.untouchedSinceCleanClose).
    */
   private leftoverTailToSync(): boolean {
-    return this.dsync && this.active.size > 0;
+    return this.dsync && this.active.size > 0 && !this.active.untouchedSinceCleanClose;
   }
 
   private syncLeftoverTail(): void {
