@@ -18,6 +18,8 @@
  *   open    openStore of a 5 GiB store after a clean close   listing + stat of the files; a raw
  *           and after SIGKILL of a child appending to it;    read of the active segment
  *           then the first read and lookups after it
+ *   channels openStore and close of 600 topics × 16 small      one atomic checkpoint-sized file
+ *           channels (per-channel file work, not data)       write per channel folder, 32 at once
  *
  * Rounds alternate the order of engine and baseline so that a burst of noise from the other
  * processes on the machine does not land on one side only; a ratio is the median over rounds
@@ -32,6 +34,7 @@ import { limits, loadChecksum } from '../engine/index';
 import { countFlag, dirFlag, onlyFlag, UsageError, dropCaches, emit, formatBytes, freeBytes, machineLine, now, sig, eachFlag } from './common';
 import { appendPhase } from './engine-phases/append';
 import { lookupPhase } from './engine-phases/lookup';
+import { channelsPhase } from './engine-phases/channels';
 import { childWriter, openPhase, type WriterConfig } from './engine-phases/open';
 import { readPhase } from './engine-phases/read';
 import { goals, phases, type Options } from './engine-phases/shared';
@@ -39,7 +42,8 @@ import { goals, phases, type Options } from './engine-phases/shared';
 const usage = `usage: node dist/bench/engine.js [options]        (npm run bench:engine -- [options])
 
   --quick                 small smoke run (about a minute): the sizes below shrink
-  --only LIST             phases to run, comma separated: append,read,lookup,open (default all)
+  --only LIST             phases to run, comma separated: append,read,lookup,open,channels
+                          (default all)
   --dir PATH              where data goes (default .bench-data/engine-<pid>; removed at the end)
   --keep                  keep the data folder
   --rounds N              rounds per figure, engine and baseline alternating (3; quick 2)
@@ -55,6 +59,8 @@ const usage = `usage: node dist/bench/engine.js [options]        (npm run bench:
   --lookup-samples N      lookups per figure (10000; quick 1000)
   --open-bytes SIZE       log bytes of the store that is reopened (5GiB; quick 256MiB)
   --open-body-bytes N     body size of the messages filling that store (100)
+  --many-topics N         topics of the store the channels phase opens and closes (600; quick 60)
+  --many-channels N       channels per topic there (16)
   --no-cold               skip the cold (page cache dropped) figures
   --help                  this text`;
 
@@ -78,6 +84,8 @@ function parseArgs(argv: string[]): Options {
     lookupSamples: quick ? 1000 : 10_000,
     openBytes: quick ? 256 * 1024 ** 2 : 5 * 1024 ** 3,
     openBodyBytes: 100,
+    manyTopics: quick ? 60 : 600,
+    manyChannels: 16,
     cold: true,
   };
   const count = countFlag;
@@ -128,6 +136,12 @@ function parseArgs(argv: string[]): Options {
       case '--open-body-bytes':
         o.openBodyBytes = count(flag, value(), 0);
         break;
+      case '--many-topics':
+        o.manyTopics = count(flag, value());
+        break;
+      case '--many-channels':
+        o.manyChannels = count(flag, value());
+        break;
       case '--no-cold':
         o.cold = false;
         break;
@@ -151,6 +165,7 @@ function estimateDiskBytes(o: Options): number {
     o.only.has('read') ? o.readBytes * 1.4 : 0,
     o.only.has('lookup') ? o.lookupMessages * 160 * 1.4 : 0,
     o.only.has('open') ? (o.openBytes + 2 * limits.segmentBytesDefault + 96 * 1024 ** 2) * 1.4 : 0,
+    o.only.has('channels') ? o.manyTopics * o.manyChannels * 32 * 1024 : 0, // ~24 KB a channel (230 MB for 9,601)
   ];
   return Math.max(...perPhase);
 }
@@ -220,6 +235,7 @@ async function main(): Promise<void> {
     if (o.only.has('read')) await readPhase(o, cold);
     if (o.only.has('lookup')) await lookupPhase(o, cold);
     if (o.only.has('open')) await openPhase(o, cold);
+    if (o.only.has('channels')) await channelsPhase(o);
   } finally {
     cleanUp();
   }

@@ -8,8 +8,8 @@ import { openStore, type MessageInput, type Store } from '../../engine/index';
 import { BodySource, formatBytes, now, progress, sig } from '../common';
 export { settle } from '../common';
 
-export type Phase = 'append' | 'read' | 'lookup' | 'open';
-export const phases: Phase[] = ['append', 'read', 'lookup', 'open'];
+export type Phase = 'append' | 'read' | 'lookup' | 'open' | 'channels';
+export const phases: Phase[] = ['append', 'read', 'lookup', 'open', 'channels'];
 
 export interface Options {
   quick: boolean;
@@ -28,6 +28,9 @@ export interface Options {
   lookupSamples: number;
   openBytes: number;
   openBodyBytes: number;
+  /** The channels phase: topics, and channels per topic. */
+  manyTopics: number;
+  manyChannels: number;
   cold: boolean;
 }
 
