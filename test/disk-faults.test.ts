@@ -83,6 +83,17 @@ function blockUnlink(file: string): void {
   fs.writeFileSync(path.join(file, 'keep'), 'x');
 }
 
+
+/**
+ * Turns a channel's checkpoint into what a crash leaves (clean false): an open that finds a
+ * clean close's files as it left them writes no checkpoint, and these tests need one written.
+ */
+function saysNotClean(channelDir: string): void {
+  const file = path.join(channelDir, 'checkpoint.json');
+  const checkpoint = JSON.parse(fs.readFileSync(file, 'utf8')) as { clean: boolean };
+  checkpoint.clean = false;
+  fs.writeFileSync(file, JSON.stringify(checkpoint));
+}
 describe('disk faults: retention', () => {
   it('a pass that cannot unlink a segment or write the checkpoint after it fails only that channel: said once per cause, counted, retried next pass', async () => {
     const dir = tempDir();
@@ -150,6 +161,7 @@ describe('disk faults: opening', () => {
     await store.createTopic('t', { channels: 2 });
     await store.append('t', 0, [{ body: 'acknowledged' }]);
     await store.close();
+    saysNotClean(path.join(dir, 'topics', 't', '0')); // as a crash leaves it: open must write a checkpoint
     const temp = path.join(dir, 'topics', 't', '0', 'checkpoint.json.tmp');
     fs.mkdirSync(temp); // the checkpoint write at open fails for real (EISDIR), as on a full disk (ENOSPC)
     const faults: StoreFault[] = [];
@@ -182,6 +194,7 @@ describe('disk faults: opening', () => {
     await store.createTopic('t', { channels: 1 });
     await store.append('t', 0, [{ body: 'acknowledged' }]);
     await store.close();
+    saysNotClean(path.join(dir, 'topics', 't', '0'));
     const temp = path.join(dir, 'topics', 't', '0', 'checkpoint.json.tmp');
     fs.mkdirSync(temp);
     const serve = await Serve.start(dir);

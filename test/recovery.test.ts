@@ -352,10 +352,11 @@ describe('recovery: an unreadable topic folder', () => {
 
 describe('recovery: a clean close of an idle channel', () => {
   // A channel reopened after a clean close and closed again with nothing appended has
-  // nothing to write: the clean close left its log durable, and its index files were checked
-  // as they were loaded. Writing them again cost four syncs a channel at every close of a
-  // store of thousands of channels. The files' times are set far back to see any write.
-  it('writes none of its segment files when nothing was appended (any sync mode); a roll before its first append keeps the checked index files; every key is found after each reopen', async () => {
+  // nothing to write: the clean close left its log durable, its index files were checked as
+  // they were loaded, and its checkpoint says what a close would write. Writing them again
+  // cost six syncs a channel at every open and close of a store of thousands of channels.
+  // The files' times are set far back to see any write.
+  it('writes none of its files at open or close when nothing was appended (any sync mode); a roll before its first append keeps the checked index files; every key is found after each reopen', async () => {
     const dir = tempDir();
     const channel = channelDir(dir);
     let store = await openStore(dir, { segmentBytes: 4096 });
@@ -367,14 +368,18 @@ describe('recovery: a clean close of an idle channel', () => {
     await store.close();
     const first = fs.readdirSync(channel).filter((f) => /^\d{20}\.(log|oix|tix|kix)$/.test(f));
     assert.equal(first.length, 4, 'one segment and its three index files');
+    const checkpoint = path.join(channel, 'checkpoint.json');
+    fs.utimesSync(checkpoint, new Date('2001-01-01T00:00:00Z'), new Date('2001-01-01T00:00:00Z'));
     const longAgo = new Date('2001-01-01T00:00:00Z');
     for (const f of first) fs.utimesSync(path.join(channel, f), longAgo, longAgo);
     const years = (): number[] => first.map((f) => fs.statSync(path.join(channel, f)).mtime.getUTCFullYear());
 
     for (const sync of ['batch', 'interval', 'none'] as const) {
       store = await openStore(dir, { segmentBytes: 4096, sync });
+      assert.equal(fs.statSync(checkpoint).mtime.getUTCFullYear(), 2001, `sync ${sync}: open wrote no checkpoint`);
       await store.close();
       assert.deepEqual(years(), [2001, 2001, 2001, 2001], `sync ${sync}: nothing rewritten`);
+      assert.equal(fs.statSync(checkpoint).mtime.getUTCFullYear(), 2001, `sync ${sync}: close wrote no checkpoint`);
     }
 
     // The next append does not fit in 4 KiB (random bytes: lz4 cannot shrink them): the idle
@@ -383,6 +388,7 @@ describe('recovery: a clean close of an idle channel', () => {
     await store.append('t', 0, [{ key: 'c', body: randomBytes(4000) }]);
     await store.close();
     assert.deepEqual(years(), [2001, 2001, 2001, 2001], 'the rolled segment sealed without a write');
+    assert.notEqual(fs.statSync(checkpoint).mtime.getUTCFullYear(), 2001, 'the roll and the close wrote checkpoints');
     assert.equal(segmentFiles(channel).length, 2);
 
     store = await openStore(dir);

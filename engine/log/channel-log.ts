@@ -19,6 +19,8 @@
  *   | clean, sizes match       | trusted, not read             | trusted, indexes from files |
  *   | not clean / missing      | trusted, not read             | scanned, indexes rebuilt    |
  *   | segment unknown/mismatch | scanned, indexes rebuilt      | —                           |
+ * When every segment is as a clean checkpoint lists it, open writes no checkpoint, and a
+ * close with nothing appended since writes nothing (cleanCheckpointCurrent).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -114,6 +116,14 @@ export class ChannelLog {
   private leftovers: string[] = [];
   /** A checkpoint write failed where nothing had to fail with it (after retention, at open): the next pass writes it. */
   private checkpointOwed = false;
+  /**
+   * The checkpoint on disk is a clean close's and this open found everything as it left it:
+   * none was written at open. Until the next checkpoint write it still says clean, with the
+   * active segment at its size then; a crash after appends leaves that segment longer than
+   * listed, which open scans (a mismatch of size is never trusted). A close finds nothing to
+   * write while the active segment is untouched too.
+   */
+  private cleanCheckpointCurrent = false;
   highWatermark = 0;
 
   private constructor(
@@ -134,7 +144,7 @@ export class ChannelLog {
       throw err;
     }
     try {
-      channel.saveCheckpoint(false);
+      if (!channel.cleanCheckpointCurrent) channel.saveCheckpoint(false);
     } catch (err) {
       channel.checkpointFailedAtOpen(err as Error);
     }
@@ -160,7 +170,7 @@ export class ChannelLog {
         throw err;
       }
       try {
-        await slots.withDescriptors(() => channel.saveCheckpointAsync(false));
+        if (!channel.cleanCheckpointCurrent) await slots.withDescriptors(() => channel.saveCheckpointAsync(false));
       } catch (err) {
         channel.checkpointFailedAtOpen(err as Error);
       }
@@ -218,6 +228,7 @@ export class ChannelLog {
       .sort((a, b) => a - b);
     this.producers.load(checkpoint?.producers ?? []);
 
+    let everyTrusted = true;
     for (let i = 0; i < bases.length; i++) {
       const base = bases[i]!;
       const isLast = i === bases.length - 1;
@@ -239,6 +250,7 @@ export class ChannelLog {
           }
         }
       }
+      everyTrusted = false;
       const { segment, findings } = Segment.recover(this.dir, base, ({ header }) => this.producers.recordHeader(header, header.baseOffset), this.dsync);
       report.push(...findings);
       if (segment.baseOffset !== expectedBase) {
@@ -253,8 +265,9 @@ export class ChannelLog {
     this.highWatermark = this.nextOffset;
     this.committedSize = this.active.size;
     for (const s of this.segments) this.lastBrokerTimestamp = Math.max(this.lastBrokerTimestamp, s.maxTimestamp);
+    this.cleanCheckpointCurrent = checkpoint !== null && checkpoint.clean && everyTrusted && checkpoint.segments.length === this.segments.length && this.active.untouchedSinceCleanClose;
     // What open (or openAsync) does next, before the channel serves: syncLeftoverTail, then
-    // the checkpoint (clean=false).
+    // the checkpoint (clean=false) unless cleanCheckpointCurrent.
   }
 
   /**
@@ -285,12 +298,14 @@ export class ChannelLog {
   }
 
   private saveCheckpoint(clean: boolean): void {
+    this.cleanCheckpointCurrent = false;
     writeCheckpoint(this.dir, this.checkpoint(clean));
     this.checkpointOwed = false;
   }
 
   /** saveCheckpoint through the thread pool, at store open and close, when nothing else writes the channel's checkpoint. */
   private async saveCheckpointAsync(clean: boolean): Promise<void> {
+    this.cleanCheckpointCurrent = false;
     await writeCheckpointAsync(this.dir, this.checkpoint(clean));
     this.checkpointOwed = false;
   }
@@ -832,7 +847,10 @@ export class ChannelLog {
     if (this.syncing) await this.syncing;
     while (this.sealing) await this.sealing;
     let failure: unknown = null;
-    if (!this.failure && !this.deleting) {
+    // Nothing appended since an open that found a clean close's files as it left them: they
+    // say what a close would write (Segment.untouchedSinceCleanClose, cleanCheckpointCurrent).
+    const asLeft = this.cleanCheckpointCurrent && this.active.untouchedSinceCleanClose;
+    if (!this.failure && !this.deleting && !asLeft) {
       // Closed, with nothing in flight: nothing else writes the files from here on.
       const slots = options.slots ?? new IoSlots(1);
       const release = await slots.acquire();

@@ -5,8 +5,9 @@
  *
  * Written atomically (temp file, fdatasync, rename, fsync of the folder) once a rolled segment
  * is sealed (its index files written, in the background), after retention, at open (clean=false;
- * when that write fails it is owed to the next retention pass: see ChannelLog.checkpointFailedAtOpen) and at clean close (clean=true, the active segment
- * included). Sealed segments it lists whose file size matches are trusted; everything else
+ * none when the open found the channel as a clean close left it: ChannelLog.cleanCheckpointCurrent;
+ * when that write fails it is owed to the next retention pass: see ChannelLog.checkpointFailedAtOpen)
+ * and at clean close (clean=true, the active segment included). Sealed segments it lists whose file size matches are trusted; everything else
  * is scanned.
  *
  * The writes at store open and close go through the thread pool (writeCheckpointAsync), many
