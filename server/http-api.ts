@@ -65,6 +65,7 @@ function route(
     }
     const rawQuery = req.getQuery();
     const query = rawQuery ? new URLSearchParams(rawQuery) : noQuery;
+    const repeated = rawQuery ? repeatedName(query) : null;
     const headers = new Map<string, string>();
     req.forEach((k, v) => headers.set(k, v));
     const body = options.readBody ? readBody(res, formatLimits.messageBytesMax) : Promise.resolve(Buffer.alloc(0));
@@ -72,6 +73,8 @@ function route(
     Promise.resolve()
       .then(() => {
         if (badParameter !== null) throw new WaymarkError('BAD_REQUEST', `malformed %-escape in the path: ${JSON.stringify(badParameter)}`);
+        // Refused before the route runs, so nothing is stored or changed (see repeatedName).
+        if (repeated !== null) throw new WaymarkError('INVALID_ARGUMENT', `query parameter ${JSON.stringify(repeated)} is given more than once; give it once`);
         return work({ params, query, headers, body });
       })
       .catch((err) => errorReply(err))
@@ -87,6 +90,22 @@ function route(
         });
       });
   });
+}
+
+/**
+ * The first query parameter name that occurs more than once, or null. No route takes a
+ * parameter twice, and URLSearchParams.get() silently took the first of them: `?key=a&key=b`
+ * stored the message under key a, `?from=1&from=2` looked from 1. The broker cannot tell
+ * which one the client meant, so such a request is refused — any name, since one rule is
+ * easier to rely on than a list per route.
+ */
+function repeatedName(query: URLSearchParams): string | null {
+  const seen = new Set<string>();
+  for (const name of query.keys()) {
+    if (seen.has(name)) return name;
+    seen.add(name);
+  }
+  return null;
 }
 
 function errorReply(err: unknown): Reply {

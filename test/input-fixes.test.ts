@@ -426,6 +426,33 @@ describe('input fixes: HTTP', function () {
     assert.equal(stored.channel, channelForKey(key, 2));
   });
 
+  it('QueryParameterGivenTwice: 400 INVALID_ARGUMENT naming it, on every route, and nothing changes (the first was taken in silence)', async () => {
+    await httpJson(`${broker.http}/v1/topics/dup`, { method: 'PUT', body: '{"channels": 2}' });
+    const refused = async (method: string, target: string, name: string, body?: string): Promise<void> => {
+      const r = await httpJson(`${broker.http}${target}`, { method, body });
+      assert.equal(r.status, 400, `${method} ${target}: ${JSON.stringify(r.body)}`);
+      assert.equal(r.body.error.code, 'INVALID_ARGUMENT', `${method} ${target}`);
+      assert.equal(r.body.error.message, `query parameter "${name}" is given more than once; give it once`);
+    };
+    await refused('POST', '/v1/topics/dup/messages?key=a&key=b', 'key', 'x');
+    await refused('POST', '/v1/topics/dup/messages?key=a&key=a', 'key', 'x'); // the same value twice too: one rule
+    for (let channel = 0; channel < 2; channel++) assert.equal(await highWatermark(broker, 'dup', channel), 0, 'nothing was appended');
+    await refused('GET', '/v1/topics/dup/messages?offset=0&offset=1', 'offset');
+    await refused('GET', '/v1/topics/dup/messages?channel=0&max=5&channel=1', 'channel');
+    await refused('GET', '/v1/topics/dup/keys/a?from=1&from=2', 'from');
+    await refused('GET', `/v1/messages/${'0'.repeat(32)}?topic=dup&topic=events`, 'topic');
+    await refused('PUT', '/v1/topics/dup2?x=1&x=2', 'x', '{"channels": 1}');
+    assert.equal((await httpJson(`${broker.http}/v1/topics/dup2`)).body.error.code, 'TOPIC_NOT_FOUND', 'no topic made');
+    await refused('DELETE', '/v1/topics/dup?x=1&x=1', 'x');
+    assert.equal((await httpJson(`${broker.http}/v1/topics/dup`)).status, 200, 'the topic is still there');
+    // Each once: served as before.
+    const posted = await httpJson(`${broker.http}/v1/topics/dup/messages?key=a`, { method: 'POST', body: 'once' });
+    assert.equal(posted.status, 200, JSON.stringify(posted.body));
+    const read = await httpJson(`${broker.http}/v1/topics/dup/messages?channel=${posted.body.channel}&offset=0&max=5`);
+    assert.deepEqual(read.body.messages.map((m: { key: string; body: string }) => [m.key, m.body]), [['a', 'once']]);
+    assert.equal((await httpJson(`${broker.http}/v1/topics/dup/keys/a?from=1&to=${Date.now() + 60_000}`)).body.messages.length, 1);
+  });
+
   it('an unknown route answers 404 with NOT_FOUND, whose table status is 404 (BAD_REQUEST is 400)', async () => {
     assert.equal(ErrorTable.NOT_FOUND.http, 404);
     for (const [method, url] of [['GET', '/nope'], ['POST', '/v1/nope/deeper'], ['PATCH', '/v1/topics/events']]) {
