@@ -324,6 +324,57 @@ describe('input fixes: waymark produce with an oversized stdin line', function (
   });
 });
 
+describe('input fixes: waymark produce --raw (stdin as one message, its exact bytes)', function () {
+  this.timeout(120_000);
+  const broker = new BrokerProcess(tempDir());
+  const limit = 8 * 1024 * 1024;
+  before(async () => {
+    await loadChecksum();
+    await broker.start();
+    for (const topic of ['bin', 'big', 'empty']) await httpJson(`${broker.http}/v1/topics/${topic}`, { method: 'PUT', body: '{}' });
+  });
+  after(() => broker.stop());
+
+  /** Every message of a one-channel topic, bodies as bytes. */
+  const bodies = async (topic: string): Promise<Buffer[]> =>
+    (await httpJson(`${broker.http}/v1/topics/${topic}/messages?encoding=base64`)).body.messages.map((m: { bodyBase64: string }) => Buffer.from(m.bodyBase64, 'base64'));
+
+  it('RawStdinIsOneMessage: bytes with 0x00, 0x0a, 0x0d, 0xff, invalid UTF-8 and a trailing newline come back bit-identical', async () => {
+    const bytes = Buffer.concat([Buffer.from([0x00, 0x0a, 0xff, 0x0d, 0x0a, 0xc3, 0x28, 0x80, 0xfe, 0x00]), Buffer.from(Array.from({ length: 256 }, (_, i) => i)), Buffer.from('tail\n')]);
+    const r = await run(['produce', '--topic', 'bin', '--raw', '--key', 'k', '--url', broker.url], bytes);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^0 0 [0-9a-f]{32}\n$/, 'one message acknowledged');
+    const stored = await bodies('bin');
+    assert.equal(stored.length, 1);
+    assert.ok(stored[0]!.equals(bytes), `stored ${stored[0]!.toString('hex')}`);
+    assert.equal((await httpJson(`${broker.http}/v1/topics/bin/keys/k`)).body.messages.length, 1, 'with its key');
+  });
+
+  it('stdin of exactly the limit is sent; one byte more is MESSAGE_TOO_LARGE: one line, exit 2, nothing sent', async () => {
+    const over = await run(['produce', '--topic', 'big', '--raw', '--url', broker.url], Buffer.alloc(limit + 1, 0xff));
+    assert.equal(over.status, 2, over.stderr.slice(0, 500));
+    assertOneLine(over.stderr);
+    assert.equal(over.stderr, `waymark: produce: stdin is over ${limit} bytes, the limit of one message (--raw); nothing was sent\n`);
+    assert.equal(over.stdout, '');
+    assert.equal(await highWatermark(broker, 'big'), 0);
+    const at = await run(['produce', '--topic', 'big', '--raw', '--url', broker.url], Buffer.alloc(limit, 0xab));
+    assert.equal(at.status, 0, at.stderr.slice(0, 500));
+    const stored = await bodies('big');
+    assert.equal(stored.length, 1);
+    assert.ok(stored[0]!.equals(Buffer.alloc(limit, 0xab)));
+  });
+
+  it('empty stdin is one empty message; --raw with a BODY is a usage error (exit 2, nothing sent)', async () => {
+    const empty = await run(['produce', '--topic', 'empty', '--raw', '--url', broker.url], Buffer.alloc(0));
+    assert.equal(empty.status, 0, empty.stderr);
+    assert.deepEqual(await bodies('empty'), [Buffer.alloc(0)]);
+    const both = await run(['produce', '--topic', 'empty', '--raw', 'body', '--url', broker.url], 'stdin');
+    assert.equal(both.status, 2);
+    assert.equal(both.stderr, 'waymark: produce: --raw sends stdin as one message: give no BODY (or -)\n');
+    assert.equal(await highWatermark(broker, 'empty'), 1);
+  });
+});
+
 describe('input fixes: HTTP', function () {
   this.timeout(60_000);
   const broker = new BrokerProcess(tempDir());

@@ -1,4 +1,4 @@
-/** `waymark produce`: sends one message (BODY, --count times) or one message per stdin line. */
+/** `waymark produce`: sends one message (BODY, --count times), one message per stdin line, or all of stdin as one message (--raw). */
 import * as readline from 'node:readline';
 import { UsageError } from './args';
 import type { Command } from './command';
@@ -6,11 +6,12 @@ import { connectForCommand, urlOption } from './broker-options';
 import { LineBuffer } from './io';
 import { WaymarkError, type SendResult } from '../sdk/index';
 import { checkMessage } from '../engine/format/record-batch';
+import { formatLimits } from '../engine/format/limits';
 
 export const produceCommand: Command = {
   spec: {
     name: 'produce',
-    summary: 'Send messages to a topic: BODY (repeated --count times), or one message per line of stdin (BODY = - or absent).',
+    summary: 'Send messages to a topic: BODY (repeated --count times), one message per line of stdin (BODY = - or absent), or all of stdin as one message (--raw).',
     positionals: [],
     optionalPositionals: ['BODY'],
     options: {
@@ -19,11 +20,12 @@ export const produceCommand: Command = {
       channel: { type: 'integer', valueName: 'C', help: 'send to this channel' },
       count: { type: 'integer', valueName: 'N', min: 1, help: 'send BODY this many times (default 1)' },
       header: { type: 'string', valueName: 'NAME=VALUE', help: 'a header (one; for more, use the SDK)' },
+      raw: { type: 'boolean', help: `send all of stdin as one message, its exact bytes (binary is fine; at most ${formatLimits.messageBytesMax} bytes)` },
       json: { type: 'boolean', help: 'print one JSON object per acknowledged message' },
       url: urlOption,
     },
     details:
-      'Prints channel, offset and msgId of each message once the broker has made it durable. From stdin, lines are sent as they are read; a line the broker would refuse (over 8 MiB, say) stops the run before it is sent: the lines before it are sent and printed, none after it, and the command exits 2 naming the line.',
+      'Prints channel, offset and msgId of each message once the broker has made it durable. From stdin, lines are sent as they are read (as UTF-8 text, without their line ends); a line the broker would refuse (over 8 MiB, say) stops the run before it is sent: the lines before it are sent and printed, none after it, and the command exits 2 naming the line. With --raw, stdin is read to its end and sent as one message with its exact bytes (empty stdin: one empty message); stdin over 8 MiB (the limit of one message) sends nothing and exits 2 (MESSAGE_TOO_LARGE).',
   },
   async run(args, io) {
     const topic = args.flags.topic as string | undefined;
@@ -31,12 +33,21 @@ export const produceCommand: Command = {
     const body = args.positionals[0];
     const count = (args.flags.count as number | undefined) ?? 1;
     if (args.flags.count !== undefined && (body === undefined || body === '-')) throw new UsageError('--count needs a BODY');
+    const raw = args.flags.raw === true;
+    if (raw && body !== undefined && body !== '-') throw new UsageError('--raw sends stdin as one message: give no BODY (or -)');
     let headers: Record<string, string> | undefined;
     if (args.flags.header !== undefined) {
       const text = args.flags.header as string;
       const eq = text.indexOf('=');
       if (eq <= 0) throw new UsageError(`--header needs NAME=VALUE, not ${JSON.stringify(text)}`);
       headers = { [text.slice(0, eq)]: text.slice(eq + 1) };
+    }
+    const key = args.flags.key as string | undefined;
+    // --raw: all of stdin, read and checked before connecting, so a refused one sends nothing.
+    let rawBody: Buffer | null = null;
+    if (raw) {
+      rawBody = await readAllBounded(process.stdin, formatLimits.messageBytesMax);
+      checkMessage({ body: rawBody, key, headers });
     }
     const client = await connectForCommand(args.flags.url);
     const out = new LineBuffer(io);
@@ -45,15 +56,16 @@ export const produceCommand: Command = {
     };
     try {
       const producer = await client.producer({ topic, channel: args.flags.channel as number | undefined });
-      const key = args.flags.key as string | undefined;
       // Every send's failure is taken at once (a rejection left for Promise.all after the read
       // loop came out as an unhandled rejection and a stack trace); the first one stops the run.
       let failure: unknown = null;
       const sends: Array<Promise<void>> = [];
-      const send = (text: string): void => {
-        sends.push(producer.send({ body: text, key, headers }).then(print, (err: unknown) => void (failure ??= err)));
+      const send = (message: string | Uint8Array): void => {
+        sends.push(producer.send({ body: message, key, headers }).then(print, (err: unknown) => void (failure ??= err)));
       };
-      if (body !== undefined && body !== '-') {
+      if (rawBody !== null) {
+        send(rawBody);
+      } else if (body !== undefined && body !== '-') {
         for (let i = 0; i < count; i++) send(body);
       } else {
         // Lines are sent as they are read (stdin may be endless). A line the broker would refuse
@@ -84,6 +96,24 @@ export const produceCommand: Command = {
     }
   },
 };
+
+/**
+ * All of `input` as one buffer. Past `bytesMax` it stops reading (nothing more is held: stdin
+ * may be endless) and fails with MESSAGE_TOO_LARGE.
+ */
+async function readAllBounded(input: NodeJS.ReadableStream, bytesMax: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of input) {
+    const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
+    size += bytes.length;
+    if (size > bytesMax) {
+      throw new WaymarkError('MESSAGE_TOO_LARGE', `stdin is over ${bytesMax} bytes, the limit of one message (--raw); nothing was sent`);
+    }
+    chunks.push(bytes);
+  }
+  return Buffer.concat(chunks, size);
+}
 
 /** What a run stopped at a refused line had sent. */
 function sentBefore(lines: number): string {
