@@ -16,7 +16,10 @@
  *   handler) gets that message again after a restart; the consumer never commits on its own
  *   a message the application was not done with;
  * - a commit stores those positions (or what the caller passes): after a restart the group
- *   resumes there, so only the uncommitted tail can be seen twice.
+ *   resumes there, so only the uncommitted tail can be seen twice;
+ * - the consumer's own commits (the timer's, close()'s) and close()'s unsubscribe never wait
+ *   for a connection that is down: close() during an outage settles at once, and rejects with
+ *   CONNECTION_LOST when it had positions left to commit (those messages come again).
  */
 import { BatchOffset, batchHeaderBytes, readUint32 } from '../engine/format/record-batch';
 import { WaymarkError } from '../engine/format/errors';
@@ -102,7 +105,9 @@ export class Consumer implements AsyncIterable<Message> {
     // handed out but not committed comes again to the group's next consumer.
     this.stopListening.push(this.connection.on('close', () => this.endLocally()));
     if (this.options.autoCommitIntervalMs > 0) {
-      this.commitTimer = setInterval(() => void this.commitDone().catch(() => undefined), this.options.autoCommitIntervalMs);
+      // onlyIfConnected: while the broker is away a tick commits nothing (the first tick after
+      // the reconnect does), rather than leaving a commit per tick waiting for the connection.
+      this.commitTimer = setInterval(() => void this.commitDone(true).catch(() => undefined), this.options.autoCommitIntervalMs);
       (this.commitTimer as { unref?: () => void }).unref?.();
     }
   }
@@ -362,10 +367,23 @@ export class Consumer implements AsyncIterable<Message> {
     for (const p of positions) this.committed.set(p.channel, p.offset);
   }
 
-  /** Commits positions() where they moved (the timer, close(), commit()). */
-  private async commitDone(): Promise<void> {
+  /**
+   * Commits positions() where they moved (the timer, close(), commit()). `onlyIfConnected`:
+   * while the client is reconnecting, fails at once with CONNECTION_LOST (nothing is sent)
+   * instead of waiting for the connection, up to requestTimeoutMs, as requests do.
+   */
+  private async commitDone(onlyIfConnected = false): Promise<void> {
     const positions = this.positions().filter((p) => this.committed.get(p.channel) !== p.offset).map((p) => ({ ...p, timestamp: this.lastTimestamp.get(p.channel) ?? 0 }));
     if (positions.length === 0) return;
+    if (onlyIfConnected && !this.connection.isConnected && !this.connection.isClosed) {
+      // Says what was not committed, not where the group stands: `committed` starts from where
+      // this consumer started (earliest, a timestamp), which need not be the group's commit.
+      const wanted = positions.map((p) => `channel ${p.channel} offset ${p.offset}`).join(', ');
+      throw new WaymarkError(
+        'CONNECTION_LOST',
+        `not connected to ${this.connection.url}: group ${this.group} of ${this.topic} could not commit (${wanted}) and stays at its last commit; the messages handed out since come again to the group`,
+      );
+    }
     await this.connection.request({ commit: { topic: this.topic, group: this.group, positions } });
     for (const p of positions) this.committed.set(p.channel, p.offset);
   }
@@ -405,17 +423,25 @@ export class Consumer implements AsyncIterable<Message> {
     this.pull.end();
   }
 
+  /**
+   * Commits what is done (with auto-commit on), unsubscribes, and ends the consumer's loop.
+   * While the client is reconnecting (the broker is down) neither waits for the connection —
+   * each waited up to requestTimeoutMs, 30 s by default — so close() settles at once: the
+   * unsubscribe is moot (the broker ended the subscription with the connection), and a commit
+   * that was due is not made, so close() rejects with CONNECTION_LOST. The group then stays at
+   * its last commit and what was handed out since comes again to it, as after a crash.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     if (this.commitTimer) clearInterval(this.commitTimer);
     // The last commit's failure is the caller's to know (`waymark consume` exited 0 when it
     // failed): close() still unsubscribes and ends, then rejects with it.
     let commitFailure: unknown = null;
-    if (this.options.autoCommitIntervalMs > 0 && !this.connection.isClosed) await this.commitDone().catch((err: unknown) => (commitFailure = err));
+    if (this.options.autoCommitIntervalMs > 0 && !this.connection.isClosed) await this.commitDone(true).catch((err: unknown) => (commitFailure = err));
     this.closed = true;
     for (const stop of this.stopListening) stop();
     this.stopPush?.();
-    if (!this.connection.isClosed) await this.connection.request({ unsubscribe: { subscription: this.subscription } }).catch(() => undefined);
+    if (this.connection.isConnected) await this.connection.request({ unsubscribe: { subscription: this.subscription } }).catch(() => undefined);
     this.pull.end();
     if (commitFailure) throw commitFailure;
   }

@@ -312,7 +312,10 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     this.stopPush?.();
     this.stopPush = null;
     this.packs.length = 0;
-    if (consuming && !this.connection.isClosed) await this.connection.request({ unsubscribe: { subscription: consuming.subscription } }).catch(() => undefined);
+    // Only over a connection that is up: while the client reconnects there is no subscription
+    // to end (the broker ended it with the connection), and waiting for the connection held
+    // close() (and a loop's break) up to requestTimeoutMs.
+    if (consuming && this.connection.isConnected) await this.connection.request({ unsubscribe: { subscription: consuming.subscription } }).catch(() => undefined);
     this.pull.end();
   }
 

@@ -67,6 +67,48 @@ function run(args: string[]): Promise<{ status: number | null; signal: NodeJS.Si
   });
 }
 
+describe('sdk recovery: consumers closed while the broker is down', function () {
+  this.timeout(60_000);
+  const { broker } = brokerForSuite({ connect: false });
+
+  it('ConsumerCloseDuringOutage: close() settles though requestTimeoutMs is 10 min (it waited for the connection): CONNECTION_LOST when a commit was due, else resolved; the group stays at its last commit', async () => {
+    const setup = await connect(broker.url);
+    await setup.admin.createTopic('outage', { channels: 1 });
+    const producer = await setup.producer({ topic: 'outage' });
+    await producer.sendBatch(Array.from({ length: 10 }, (_, i) => ({ body: `m${i}` })));
+    await producer.close();
+    setup.close();
+
+    const client = await connect(broker.url, { requestTimeoutMs: 600_000, reconnectDelayMs: 20 });
+    // An hour between auto-commits: in this test only commit() and close() commit.
+    const due = await client.consumer({ topic: 'outage', group: 'due', start: 'earliest', autoCommitIntervalMs: 3_600_000 });
+    const seen = await take(due, 4); // offsets 0–3 handed out, 3 in hand: close() would commit 3
+    await due.commit(seen[1]!); // the group's last commit: offset 2
+    const idle = await client.consumer({ topic: 'outage', group: 'idle', start: 'earliest', autoCommitIntervalMs: 0 });
+    await take(idle, 10);
+    const waiting = idle.next(); // a loop waiting for the next message
+    const stream = client.msgStream();
+    await stream.asConsumer('outage', 'packs', { start: 'earliest' });
+
+    await killAndLose(broker, client); // the client now reconnects, every 20 ms up to 5 s
+    const err = await rejection(due.close());
+    assert.equal(err.code, 'CONNECTION_LOST', err.message);
+    assert.match(err.message, /group due of outage could not commit \(channel 0 offset 3\) and stays at its last commit; the messages handed out since come again/);
+    assert.deepEqual(await due.next(), { value: undefined, done: true }, 'closed all the same');
+    await idle.close(); // nothing to commit: resolves
+    assert.deepEqual(await waiting, { value: undefined, done: true }, 'the waiting loop ended');
+    await stream.close(); // a msgStream's unsubscribe waited the same way
+
+    // Back: the closed consumers stay closed, and the group resumes at its last commit.
+    await startAndReconnect(broker, client);
+    assert.deepEqual((await client.admin.positions('outage', 'due')).map((p) => p.offset), [2]);
+    const again = await client.consumer({ topic: 'outage', group: 'due' });
+    assert.deepEqual((await take(again, 2)).map(text), ['m2', 'm3'], 'what was handed out since the last commit comes again');
+    await again.close();
+    client.close();
+  });
+});
+
 describe('sdk recovery: a msgStream pack consumer across a broker restart', function () {
   this.timeout(60_000);
   const suite = brokerForSuite({ connectOptions: { reconnectDelayMs: 20 } });
