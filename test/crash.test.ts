@@ -61,9 +61,7 @@ describe('crash: SIGKILL during appends in sync mode "batch"', () => {
       // The child opened what the last round closed cleanly, wrote no checkpoint at open (its
       // files were as that close left them), then appended: the checkpoint still says clean,
       // with the segment then active shorter than it is now. verify must not call that a fault.
-      // In this thread: a piscina pool made and destroyed every round tripped a Node 20 abort
-      // (a worker terminated mid-compile: NodePlatform::ForIsolate, data.first != nullptr).
-      const verified = await verifyStore(dir, { threads: 0 });
+      const verified = await verifyStore(dir);
       assert.deepEqual(
         verified.faults.filter((f) => /checkpoint\.json says/.test(f.what)),
         [],

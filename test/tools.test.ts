@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { openStore } from '../engine/index';
 import { dumpPath, repairStore, verifyStore, type DumpItem } from '../engine/inspect/index';
 import { main } from '../tools/cli';
-import { bodyFor, copyFolder, flipByte, removeTempDirs, rejection, tempDir, truncateTail } from './helpers';
+import { bodyFor, copyFolder, flipByte, removeTempDirs, rejection, segmentFiles, tempDir, truncateTail } from './helpers';
 import { batchCount, batchesOf, captureIo, channelDir, logsOf, makeStore, readEverything, recordsPerBatch } from './tools-helpers';
 
 after(removeTempDirs);
@@ -96,6 +96,27 @@ describe('tools: verify', () => {
     fs.writeFileSync(file, JSON.stringify(checkpoint));
     const report = await verifyStore(dir);
     assert.ok(report.faults.some((f) => f.file === file && /ends at offset/.test(f.what)), JSON.stringify(report.faults));
+  });
+
+  // A library user (or a test) verifying again and again in one process: a worker pool made
+  // and destroyed per call aborted Node 20, most runs within a hundred calls (a worker terminated while V8
+  // still optimised its code: NodePlatform::ForIsolate, "data.first != nullptr"). The child
+  // must print every report and exit 0, not die of SIGABRT.
+  it('verifyStore called 100 times in one process over a store of many segments: every call reports, the process exits 0', async function () {
+    this.timeout(120_000);
+    const dir = tempDir();
+    const store = await openStore(dir, { segmentBytes: 256 * 1024 });
+    await store.createTopic('t', { channels: 2 });
+    for (let i = 0; i < 400; i++) await store.append('t', i % 2, Array.from({ length: 20 }, (_, m) => ({ body: bodyFor('many', i * 20 + m, 2000) })));
+    await store.close();
+    assert.ok(segmentFiles(path.join(dir, 'topics', 't', '0')).length > 10, 'many segments: the work goes to the worker pool');
+    const inspect = path.join(__dirname, '..', 'engine', 'inspect', 'index.js');
+    const script = `const { verifyStore } = require(${JSON.stringify(inspect)});
+      (async () => { for (let i = 0; i < 100; i++) { const r = await verifyStore(${JSON.stringify(dir)}); console.log(r.faults.length); } })();`;
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+    assert.equal(run.signal, null, run.stderr.split('\n').slice(0, 3).join('\n'));
+    assert.equal(run.status, 0, run.stderr);
+    assert.deepEqual(run.stdout.trim().split('\n'), Array.from({ length: 100 }, () => '0'));
   });
 });
 
