@@ -279,7 +279,6 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
     ctx,
     async ({ params, query, headers, body }) => {
       const topic = params[0]!;
-      const info = store.topicInfo(topic);
       if (topic.startsWith('__')) throw new WaymarkError('INVALID_NAME', `system topic ${topic} is written by the broker only`);
       if (headers.has('waymark-deliver-at') || headers.has('waymark-delay-ms')) {
         throw new WaymarkError('UNSUPPORTED', 'scheduled delivery (waymark-deliver-at / waymark-delay-ms) is not available on this broker yet');
@@ -287,7 +286,6 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
       const key = keyOf(headers, query);
       const channelHeader = headerValue(headers, 'waymark-channel');
       const explicitChannel = channelHeader !== null ? intParam(channelHeader, 'waymark-channel') : null;
-      if (explicitChannel !== null && explicitChannel >= info.channels) throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${topic} has channels 0..${info.channels - 1}, not ${explicitChannel}`);
       let msgId: Uint8Array | undefined;
       const msgIdHeader = headerValue(headers, 'waymark-msg-id');
       if (msgIdHeader !== null) {
@@ -303,9 +301,11 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
         messageHeaders.traceid = traceId;
       }
       const payload = await body;
-      // Routed by the topic as it is once the body is in: a delete and re-create with fewer
-      // channels while a large body uploaded made a keyed message CHANNEL_NOT_FOUND.
+      // The topic is looked up, and the message routed, as it is once the body is in: a delete
+      // and re-create with fewer channels while a large body uploaded made a keyed message
+      // CHANNEL_NOT_FOUND, and a lookup when the headers came raced a create made meanwhile.
       const channels = store.topicInfo(topic).channels;
+      if (explicitChannel !== null && explicitChannel >= channels) throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${topic} has channels 0..${channels - 1}, not ${explicitChannel}`);
       let channel: number;
       if (explicitChannel !== null) channel = explicitChannel;
       else if (key !== null) channel = channelForKey(key, channels);
