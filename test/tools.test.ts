@@ -98,6 +98,24 @@ describe('tools: verify', () => {
     assert.ok(report.faults.some((f) => f.file === file && /ends at offset/.test(f.what)), JSON.stringify(report.faults));
   });
 
+  // A clean close writes `segments: []` for a channel never written to (an empty topic, the
+  // untouched channels of a topic, a new store's __groups): verify threw a TypeError on it.
+  it('passes a cleanly closed store with an empty topic and channels never written to', async () => {
+    const dir = tempDir();
+    let store = await openStore(dir);
+    await store.createTopic('empty', { channels: 2 });
+    await store.createTopic('t', { channels: 3 });
+    await store.append('t', 1, [{ key: 'k', body: 'one' }]);
+    await store.close();
+    store = await openStore(dir); // reopened and closed as the broker does at every restart
+    await store.close();
+    const report = await verifyStore(dir);
+    assert.deepEqual(report.faults, []);
+    assert.equal(report.ok, true);
+    const cli = waymark('verify', dir);
+    assert.equal(cli.status, 0, cli.stdout + cli.stderr);
+  });
+
   // A library user (or a test) verifying again and again in one process: a worker pool made
   // and destroyed per call aborted Node 20, most runs within a hundred calls (a worker terminated while V8
   // still optimised its code: NodePlatform::ForIsolate, "data.first != nullptr"). The child

@@ -191,7 +191,7 @@ function checkChannel(channel: ChannelRef, cp: CheckpointState, byFile: Map<stri
       // The segment a clean checkpoint lists last (the active one at that close) grows when an
       // open finds the store as that close left it: the broker writes no checkpoint then, and
       // appends to it. Open scans it.
-      const grewAfterCleanClose = cp.checkpoint.clean && listed === cp.checkpoint.segments[cp.checkpoint.segments.length - 1] && s.fileBytes > listed.bytes;
+      const grewAfterCleanClose = listed !== undefined && cp.checkpoint.clean && listed === cp.checkpoint.segments.at(-1) && s.fileBytes > listed.bytes;
       if (listed && listed.bytes !== s.fileBytes && !(isLast && !cp.checkpoint.clean) && !grewAfterCleanClose) {
         report.faults.push({ file: s.file, position: null, what: `checkpoint.json says ${listed.bytes} bytes, the file has ${s.fileBytes} (open scans it)` });
       }
