@@ -47,6 +47,7 @@ function route(
 ): void {
   const paramCount = (pattern.match(/:/g) ?? []).length;
   const methodLabel = method === 'del' ? 'DELETE' : method.toUpperCase();
+  const queryAllowed = queryNames[`${methodLabel} ${pattern}`];
   app[method](pattern, (res: HttpResponse, req: HttpRequest) => {
     let aborted = false;
     res.onAborted(() => {
@@ -66,8 +67,13 @@ function route(
     const rawQuery = req.getQuery();
     const query = rawQuery ? new URLSearchParams(rawQuery) : noQuery;
     const repeated = rawQuery ? repeatedName(query) : null;
+    const unknown = rawQuery && queryAllowed ? unknownName(query, queryAllowed) : null;
     const headers = new Map<string, string>();
-    req.forEach((k, v) => headers.set(k, v));
+    let repeatedHeader: string | null = null;
+    req.forEach((k, v) => {
+      if (headers.has(k) && (k.startsWith('waymark-') || k === 'traceparent')) repeatedHeader ??= k;
+      headers.set(k, v);
+    });
     const body = options.readBody ? readBody(res, formatLimits.messageBytesMax) : Promise.resolve(Buffer.alloc(0));
     body.catch(() => undefined); // an aborted or oversized body is answered below
     Promise.resolve()
@@ -75,6 +81,11 @@ function route(
         if (badParameter !== null) throw new WaymarkError('BAD_REQUEST', `malformed %-escape in the path: ${JSON.stringify(badParameter)}`);
         // Refused before the route runs, so nothing is stored or changed (see repeatedName).
         if (repeated !== null) throw new WaymarkError('INVALID_ARGUMENT', `query parameter ${JSON.stringify(repeated)} is given more than once; give it once`);
+        if (unknown !== null) {
+          const takes = queryAllowed!.length > 0 ? `this route takes ${queryAllowed!.join(', ')}` : 'this route takes none';
+          throw new WaymarkError('INVALID_ARGUMENT', `unknown query parameter ${JSON.stringify(unknown)} (${takes})`);
+        }
+        if (repeatedHeader !== null) throw new WaymarkError('INVALID_ARGUMENT', `header ${repeatedHeader} is given more than once; give it once`);
         return work({ params, query, headers, body });
       })
       .catch((err) => errorReply(err))
@@ -99,6 +110,27 @@ function route(
  * which one the client meant, so such a request is refused — any name, since one rule is
  * easier to rely on than a list per route.
  */
+/**
+ * The query parameters each route reads (README's table). Any other name is refused: a
+ * misspelt `?ofset=5` read from the channel's start in silence. Routes not listed here
+ * (/healthz, /metrics) take any: probes and scrapers may add their own.
+ */
+const queryNames: Record<string, readonly string[]> = {
+  'GET /v1/topics': [],
+  'GET /v1/topics/:topic': [],
+  'PUT /v1/topics/:topic': [],
+  'DELETE /v1/topics/:topic': [],
+  'POST /v1/topics/:topic/messages': ['key'],
+  'GET /v1/topics/:topic/messages': ['channel', 'offset', 'max', 'encoding'],
+  'GET /v1/messages/:msgId': ['topic', 'encoding'],
+  'GET /v1/topics/:topic/keys/:key': ['limit', 'from', 'to', 'encoding'],
+};
+
+function unknownName(query: URLSearchParams, allowed: readonly string[]): string | null {
+  for (const name of query.keys()) if (!allowed.includes(name)) return name;
+  return null;
+}
+
 function repeatedName(query: URLSearchParams): string | null {
   const seen = new Set<string>();
   for (const name of query.keys()) {
@@ -210,14 +242,18 @@ function encodingParam(query: URLSearchParams): 'utf8' | 'base64' {
 
 function parseJsonBody(body: Buffer): Record<string, unknown> {
   if (body.length === 0) return {};
+  let value: unknown;
   try {
-    const value = JSON.parse(body.toString('utf8')) as unknown;
-    if (value && typeof value === 'object' && !Array.isArray(value)) return value as Record<string, unknown>;
-  } catch {
-    // fall through
+    value = JSON.parse(body.toString('utf8'));
+  } catch (err) {
+    throw new WaymarkError('BAD_REQUEST', `the body is not valid JSON: ${(err as Error).message}`);
   }
-  throw new WaymarkError('BAD_REQUEST', 'the body must be a JSON object');
+  if (value && typeof value === 'object' && !Array.isArray(value)) return value as Record<string, unknown>;
+  throw new WaymarkError('BAD_REQUEST', `the body must be a JSON object, not ${Array.isArray(value) ? 'an array' : value === null ? 'null' : `a ${typeof value}`}`);
 }
+
+/** The fields a topic is created with (PUT /v1/topics/T); any other is refused: `{"chanels": 2}` made a one-channel topic. */
+const topicFields = ['channels', 'retentionMs', 'retentionBytes', 'owner'];
 
 /** W3C traceparent: version-traceid-parentid-flags; the trace id is indexed as `traceid`. */
 function traceIdOf(traceparent: string): string | null {
@@ -254,6 +290,8 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
     ctx,
     async ({ params, body }) => {
       const config = parseJsonBody(await body);
+      const unknownField = Object.keys(config).find((k) => !topicFields.includes(k));
+      if (unknownField !== undefined) throw new WaymarkError('INVALID_ARGUMENT', `unknown field ${JSON.stringify(unknownField)} (a topic takes ${topicFields.join(', ')})`);
       const info = await store.createTopic(params[0]!, {
         channels: config.channels === undefined ? 1 : (config.channels as number),
         retentionMs: config.retentionMs as number | undefined,
@@ -353,12 +391,15 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
 
   route(app, 'get', '/v1/topics/:topic/keys/:key', ctx, async ({ params, query }) => {
     const encoding = encodingParam(query);
+    const timeFrom = query.get('from') ? intParam(query.get('from'), 'from') : undefined;
+    const timeTo = query.get('to') ? intParam(query.get('to'), 'to') : undefined;
+    if (timeFrom !== undefined && timeTo !== undefined && timeFrom > timeTo) throw new WaymarkError('INVALID_ARGUMENT', `from ${timeFrom} is after to ${timeTo}`);
     const messages = await store.lookupKey(params[0]!, params[1]!, {
       // Past 1,000 it was cut to 1,000 in silence; a reply holds 8 MiB of bodies at most, as a read does.
       limit: intParam(query.get('limit'), 'limit', 100, 1, limits.lookupResultCountMax),
       maxBytes: readBytesMax,
-      timeFrom: query.get('from') ? intParam(query.get('from'), 'from') : undefined,
-      timeTo: query.get('to') ? intParam(query.get('to'), 'to') : undefined,
+      timeFrom,
+      timeTo,
     });
     return json({ messages: messages.map((m) => messageJson(m, encoding)) });
   });

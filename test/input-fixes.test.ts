@@ -501,6 +501,47 @@ describe('input fixes: HTTP', function () {
     assert.equal(stored.channel, 1);
   });
 
+  // Found by a review as a new user: each of these was taken in silence.
+  it('an unknown query parameter, a waymark header given twice, an unknown topic field and from after to are 400 INVALID_ARGUMENT, and nothing changes', async () => {
+    await httpJson(`${broker.http}/v1/topics/strict`, { method: 'PUT', body: '{"channels": 1}' });
+    await httpJson(`${broker.http}/v1/topics/strict/messages`, { method: 'POST', body: 'one' });
+    await httpJson(`${broker.http}/v1/topics/strict/messages`, { method: 'POST', body: 'two' });
+
+    // ?ofset=1 read from the channel's start.
+    const misspelt = await httpJson(`${broker.http}/v1/topics/strict/messages?ofset=1`);
+    assert.equal(misspelt.status, 400, JSON.stringify(misspelt.body));
+    assert.equal(misspelt.body.error.message, 'unknown query parameter "ofset" (this route takes channel, offset, max, encoding)');
+    const onPut = await httpJson(`${broker.http}/v1/topics/strict2?channels=2`, { method: 'PUT', body: '{}' });
+    assert.equal(onPut.body.error.message, 'unknown query parameter "channels" (this route takes none)');
+    assert.equal((await httpJson(`${broker.http}/v1/topics/strict2`)).body.error.code, 'TOPIC_NOT_FOUND');
+    assert.equal((await httpJson(`${broker.http}/healthz?probe=1`)).status, 200, 'health probes may add their own');
+
+    // {"chanels": 2} made a one-channel topic.
+    const typo = await httpJson(`${broker.http}/v1/topics/strict3`, { method: 'PUT', body: '{"chanels": 2}' });
+    assert.equal(typo.status, 400);
+    assert.equal(typo.body.error.code, 'INVALID_ARGUMENT');
+    assert.equal(typo.body.error.message, 'unknown field "chanels" (a topic takes channels, retentionMs, retentionBytes, owner)');
+    assert.equal((await httpJson(`${broker.http}/v1/topics/strict3`)).body.error.code, 'TOPIC_NOT_FOUND');
+    const badJson = await httpJson(`${broker.http}/v1/topics/strict3`, { method: 'PUT', body: '{"channels": 2' });
+    assert.equal(badJson.status, 400);
+    assert.match(badJson.body.error.message, /^the body is not valid JSON: /);
+
+    // Two waymark-key lines: the last one won.
+    const socket = net.connect(broker.port, '127.0.0.1');
+    let reply = '';
+    socket.on('data', (d: Buffer) => (reply += d.toString()));
+    const answered = new Promise<void>((resolve) => socket.once('end', () => resolve()));
+    socket.write('POST /v1/topics/strict/messages HTTP/1.1\r\nHost: x\r\nConnection: close\r\nwaymark-key: a\r\nwaymark-key: b\r\nContent-Length: 5\r\n\r\nthree');
+    await answered;
+    assert.match(reply, /^HTTP\/1\.1 400/, reply);
+    assert.match(reply, /header waymark-key is given more than once; give it once/);
+    assert.equal(await highWatermark(broker, 'strict'), 2, 'nothing appended');
+
+    const backwards = await httpJson(`${broker.http}/v1/topics/strict/keys/a?from=2000&to=1000`);
+    assert.equal(backwards.status, 400);
+    assert.equal(backwards.body.error.message, 'from 2000 is after to 1000');
+  });
+
   it('QueryParameterGivenTwice: 400 INVALID_ARGUMENT naming it, on every route, and nothing changes (the first was taken in silence)', async () => {
     await httpJson(`${broker.http}/v1/topics/dup`, { method: 'PUT', body: '{"channels": 2}' });
     const refused = async (method: string, target: string, name: string, body?: string): Promise<void> => {
