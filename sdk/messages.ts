@@ -131,11 +131,21 @@ export function plainBytes(bytes: Uint8Array): Uint8Array {
  */
 export function decodeBatchAt(topic: string, channel: number, plain: Uint8Array, pos: number, fromOffset: number): DecodedBatch {
   const probe = probeHeader(plain, pos);
-  if (probe.kind !== 'ok') throw new WaymarkError('CORRUPT_BATCH', `batch at byte ${pos} of a push is ${probe.kind === 'short' ? 'cut short' : probe.reason}`);
+  if (probe.kind !== 'ok') throw damaged(topic, channel, `the batch at byte ${pos} of a push (offset ${fromOffset} or later) is ${probe.kind === 'short' ? 'cut short' : probe.reason}`);
   const header = probe.header;
-  if (!checksumHolds(plain, pos, header)) throw new WaymarkError('CORRUPT_BATCH', `batch at offset ${header.baseOffset} fails its checksum`);
+  if (!checksumHolds(plain, pos, header)) throw damaged(topic, channel, `the batch at offset ${header.baseOffset} fails its checksum`);
   const stored = recordsSection(plain, pos, header, nodeCodec());
-  return { header, bytes: header.batchLength, messages: decodeMessages(topic, channel, plainBytes(stored), header, fromOffset) };
+  try {
+    return { header, bytes: header.batchLength, messages: decodeMessages(topic, channel, plainBytes(stored), header, fromOffset) };
+  } catch (err) {
+    if (err instanceof WaymarkError && err.code === 'CORRUPT_BATCH') throw damaged(topic, channel, `the batch at offset ${header.baseOffset}: ${err.message}`);
+    throw err;
+  }
+}
+
+/** CORRUPT_BATCH naming where, and where to look: a consumer cannot tell a damaged copy on the broker's disk from damage on the way. */
+function damaged(topic: string, channel: number, what: string): WaymarkError {
+  return new WaymarkError('CORRUPT_BATCH', `topic ${topic} channel ${channel}: ${what}; the broker's copy may be damaged (waymark verify on its data folder lists what is)`);
 }
 
 /** The records of one batch's (decompressed) records section, from `fromOffset` on. */

@@ -69,6 +69,9 @@ describe('a damaged batch in the middle of what a consumer reads', function () {
     const { offsets, failure } = await consumeUntilFailure('rot');
     assert.deepEqual(offsets, [...Array(30).keys()], 'SDK: the 30 messages before the damage, then the error');
     assert.equal(failure?.code, 'CORRUPT_BATCH');
+    // Where, and what to do: it said "batch at offset 30 fails its checksum" (or, for a damaged
+    // header, "batch at byte 279 of a push is …"), no topic, no channel, no next step.
+    assert.equal(failure?.message, "topic rot channel 0: the batch at offset 30 fails its checksum; the broker's copy may be damaged (waymark verify on its data folder lists what is)");
   });
 
   it('a flipped offset field (outside the checksum) stops the consumer at that batch with CORRUPT_FILE; it never jumps ahead or commits past it', async () => {

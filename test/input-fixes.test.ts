@@ -331,7 +331,7 @@ describe('input fixes: waymark produce --raw (stdin as one message, its exact by
   before(async () => {
     await loadChecksum();
     await broker.start();
-    for (const topic of ['bin', 'big', 'empty']) await httpJson(`${broker.http}/v1/topics/${topic}`, { method: 'PUT', body: '{}' });
+    for (const topic of ['bin', 'big', 'empty', 'lines']) await httpJson(`${broker.http}/v1/topics/${topic}`, { method: 'PUT', body: '{}' });
   });
   after(() => broker.stop());
 
@@ -348,6 +348,23 @@ describe('input fixes: waymark produce --raw (stdin as one message, its exact by
     assert.equal(stored.length, 1);
     assert.ok(stored[0]!.equals(bytes), `stored ${stored[0]!.toString('hex')}`);
     assert.equal((await httpJson(`${broker.http}/v1/topics/bin/keys/k`)).body.messages.length, 1, 'with its key');
+  });
+
+  // A body with a line feed printed as two lines, the second one reading like another message
+  // ("0 1 - fake"); binary came out as U+FFFD with no way to get the bytes.
+  it('consume prints one line a message (\\, \\n, \\r escaped); --base64 gives the exact bytes, in lines and in JSON', async () => {
+    const text = Buffer.from('line-a\n0 1 - fake\r\\end');
+    const binary = Buffer.from([0x00, 0x0a, 0xff, 0xfe, 0x41]);
+    for (const body of [text, binary]) assert.equal((await run(['produce', '--topic', 'lines', '--raw', '--url', broker.url], body)).status, 0);
+    const lines = await run(['consume', '--topic', 'lines', '--group', 'a', '--from', 'earliest', '--max', '2', '--url', broker.url], '');
+    assert.equal(lines.status, 0, lines.stderr);
+    assert.deepEqual(lines.stdout.split('\n'), ['0 0 - line-a\\n0 1 - fake\\r\\\\end', `0 1 - \u0000\\n\ufffd\ufffdA`, '']);
+    const b64 = await run(['consume', '--topic', 'lines', '--group', 'b', '--from', 'earliest', '--max', '2', '--base64', '--url', broker.url], '');
+    assert.deepEqual(b64.stdout.trim().split('\n').map((l) => Buffer.from(l.split(' ')[3]!, 'base64')), [text, binary]);
+    const json = await run(['consume', '--topic', 'lines', '--group', 'c', '--from', 'earliest', '--max', '2', '--base64', '--json', '--url', broker.url], '');
+    const objects = json.stdout.trim().split('\n').map((l) => JSON.parse(l) as { bodyBase64: string; body?: unknown; offset: number });
+    assert.deepEqual(objects.map((o) => Buffer.from(o.bodyBase64, 'base64')), [text, binary]);
+    assert.ok(objects.every((o) => o.body === undefined));
   });
 
   it('stdin of exactly the limit is sent; one byte more is MESSAGE_TOO_LARGE: one line, exit 2, nothing sent', async () => {

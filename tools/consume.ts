@@ -17,10 +17,11 @@ export const consumeCommand: Command = {
       from: { type: 'string', valueName: 'WHERE', help: 'committed (default, else earliest), earliest, latest, or an OFFSET in every channel (clamped to each channel\'s range)' },
       channel: { type: 'integer', valueName: 'C', help: 'read only this channel' },
       max: { type: 'integer', valueName: 'N', min: 1, help: 'stop after N messages (default: run until Ctrl-C)' },
-      json: { type: 'boolean', help: 'print one JSON object per message (body as UTF-8 text)' },
+      json: { type: 'boolean', help: 'print one JSON object per message (body as UTF-8 text, or bodyBase64 with --base64)' },
+      base64: { type: 'boolean', help: 'print bodies in base64: every byte as it is (binary bodies, text that is not UTF-8)' },
       url: urlOption,
     },
-    details: 'Lines: channel offset key body. The group position is committed every second and at exit (--max reached, SIGINT or SIGTERM): a later run starts after the last message printed. If the connection to the broker is lost it says so on stderr and exits 1; messages printed since the last commit are read again by the next run.',
+    details: 'Lines: channel offset key body, one message a line: a body\'s backslashes, line feeds and carriage returns are written \\\\, \\n and \\r, and bytes that are not UTF-8 text come out as U+FFFD (use --base64 for them). The group position is committed every second and at exit (--max reached, SIGINT or SIGTERM): a later run starts after the last message printed. If the connection to the broker is lost it says so on stderr and exits 1; messages printed since the last commit are read again by the next run.',
   },
   async run(args, io) {
     const topic = args.flags.topic as string | undefined;
@@ -85,8 +86,7 @@ export const consumeCommand: Command = {
           }
           if (r === null || r.done) break;
           const m = r.value;
-          const body = Buffer.from(m.body).toString('utf8');
-          const ok = out.push(args.flags.json ? JSON.stringify({ ...m, body }) : `${m.channel} ${m.offset} ${m.key ?? '-'} ${body}`);
+          const ok = out.push(messageLine(m, args.flags.json === true, args.flags.base64 === true));
           seen++;
           if (!ok || !out.flush()) break; // flushed per message: a live tail shows each as it comes
           lastPrinted = m;
@@ -110,3 +110,17 @@ export const consumeCommand: Command = {
     }
   },
 };
+
+/**
+ * One message as one line. A body with a line feed in it came out as two lines, the second
+ * one reading like another message; backslashes are escaped too, so the text can be undone.
+ */
+export function messageLine(m: Message, json: boolean, base64: boolean): string {
+  const bytes = Buffer.from(m.body.buffer, m.body.byteOffset, m.body.byteLength);
+  if (json) {
+    const { body: _body, ...rest } = m;
+    return JSON.stringify(base64 ? { ...rest, bodyBase64: bytes.toString('base64') } : { ...rest, body: bytes.toString('utf8') });
+  }
+  const body = base64 ? bytes.toString('base64') : bytes.toString('utf8').replace(/[\\\n\r]/g, (c) => (c === '\\' ? '\\\\' : c === '\n' ? '\\n' : '\\r'));
+  return `${m.channel} ${m.offset} ${m.key ?? '-'} ${body}`;
+}
