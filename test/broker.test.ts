@@ -742,7 +742,7 @@ describe('broker: the waymark CLI against a real broker', function () {
     const exited = new Promise<number | null>((resolve) => first.proc.on('exit', (code) => resolve(code)));
     first.proc.kill('SIGINT');
     assert.equal(await exited, 0);
-    assert.match(first.stderr(), /SIGINT: shutting down/);
+    assert.match(first.stderr(), /SIGINT: shutting down\n(.*\n)*waymark: stopped: the store in .* is closed cleanly\n$/);
 
     const second = serve('batch');
     const again = await connect(await second.url);

@@ -367,6 +367,23 @@ describe('input fixes: waymark produce --raw (stdin as one message, its exact by
     assert.ok(objects.every((o) => o.body === undefined));
   });
 
+  // Acknowledgements come back per channel: lines spread over channels printed as a, e, b, f, …
+  it('produce prints each acknowledgement in input order, whichever channel a line went to', async () => {
+    await httpJson(`${broker.http}/v1/topics/order`, { method: 'PUT', body: '{"channels": 4}' });
+    const lines = Array.from({ length: 40 }, (_, i) => `line-${i}`);
+    const r = await run(['produce', '--topic', 'order', '--json', '--url', broker.url], lines.map((l) => `${l}\n`).join(''));
+    assert.equal(r.status, 0, r.stderr);
+    const acks = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { channel: number; offset: number });
+    assert.equal(acks.length, 40);
+    assert.ok(new Set(acks.map((a) => a.channel)).size > 1, 'the lines went to more than one channel');
+    const printed: string[] = [];
+    for (const a of acks) {
+      const read = await httpJson(`${broker.http}/v1/topics/order/messages?channel=${a.channel}&offset=${a.offset}&max=1`);
+      printed.push(read.body.messages[0].body);
+    }
+    assert.deepEqual(printed, lines);
+  });
+
   it('stdin of exactly the limit is sent; one byte more is MESSAGE_TOO_LARGE: one line, exit 2, nothing sent', async () => {
     const over = await run(['produce', '--topic', 'big', '--raw', '--url', broker.url], Buffer.alloc(limit + 1, 0xff));
     assert.equal(over.status, 2, over.stderr.slice(0, 500));

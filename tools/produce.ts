@@ -60,8 +60,15 @@ export const produceCommand: Command = {
       // loop came out as an unhandled rejection and a stack trace); the first one stops the run.
       let failure: unknown = null;
       const sends: Array<Promise<void>> = [];
+      // Printed in input order: acknowledgements come back per channel, so lines sent to
+      // different channels printed interleaved (a, e, b, f, …), and a script could not match
+      // them to its input.
+      let printed: Promise<void> = Promise.resolve();
       const send = (message: string | Uint8Array): void => {
-        sends.push(producer.send({ body: message, key, headers }).then(print, (err: unknown) => void (failure ??= err)));
+        const sent = producer.send({ body: message, key, headers });
+        sent.catch(() => undefined); // taken below, in order; not an unhandled rejection meanwhile
+        printed = printed.then(() => sent).then(print, (err: unknown) => void (failure ??= err));
+        sends.push(printed);
       };
       if (rawBody !== null) {
         send(rawBody);

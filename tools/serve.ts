@@ -58,6 +58,7 @@ export const serveCommand: Command = {
       io.err(`waymark: serve: closing the store failed: ${failure.message}; the next start scans what it could not record\n`);
       return 1;
     }
+    io.err(`waymark: stopped: the store in ${data} is closed cleanly\n`);
     return 0;
   },
 };
