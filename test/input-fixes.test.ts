@@ -367,6 +367,12 @@ describe('input fixes: waymark produce --raw (stdin as one message, its exact by
     assert.ok(objects.every((o) => o.body === undefined));
   });
 
+  it('a command given the broker\'s HTTP address says what URL it takes (it said "Unexpected server response: 404")', async () => {
+    const r = await run(['topics', 'list', '--url', broker.http], '');
+    assert.equal(r.status, 1);
+    assert.equal(r.stderr, `waymark: topics: ${broker.http} answered HTTP 404, not a WebSocket: the broker's URL is ws://HOST:PORT/v1/ws (the default is ws://127.0.0.1:7070/v1/ws)\n`);
+  });
+
   // Acknowledgements come back per channel: lines spread over channels printed as a, e, b, f, …
   it('produce prints each acknowledgement in input order, whichever channel a line went to', async () => {
     await httpJson(`${broker.http}/v1/topics/order`, { method: 'PUT', body: '{"channels": 4}' });

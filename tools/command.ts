@@ -16,7 +16,7 @@ export interface Command {
 /** A command whose implementation comes later: help works, running says so and exits 2. */
 export function notYet(name: string, summary: string, comesWith: string): Command {
   return {
-    spec: { name, summary, positionals: [], options: {}, details: `not available yet (coming with ${comesWith})` },
+    spec: { name, summary: `${summary} (not available yet)`, positionals: [], options: {}, details: `not available yet (coming with ${comesWith})` },
     raw: true,
     async run(_args, io) {
       io.err(`waymark ${name}: not available yet (coming with ${comesWith})\n`);

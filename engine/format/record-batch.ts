@@ -271,6 +271,7 @@ function checkTypes(message: MessageInput, index: number | undefined): void {
 
 function describeType(value: unknown): string {
   if (value === null) return 'null';
+  if (value === undefined) return 'undefined (absent)';
   if (Array.isArray(value)) return 'an array';
   return typeof value === 'object' ? 'an object' : `a ${typeof value}`;
 }
