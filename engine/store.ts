@@ -480,7 +480,9 @@ export class Store {
     if (this.topics.has(name)) throw new WaymarkError('TOPIC_EXISTS', `topic ${name} already exists`, { topic: name });
     const channels = config.channels;
     if (!Number.isInteger(channels) || channels < 1) {
-      throw new WaymarkError('INVALID_ARGUMENT', `channels must be a whole number from 1 to ${limits.channelCountMax}, not ${JSON.stringify(channels)}`);
+      // typeof first: JSON.stringify(Infinity) is "null" ({"channels": 1e400} said "not null").
+      const shown = typeof channels === 'number' ? String(channels) : JSON.stringify(channels);
+      throw new WaymarkError('INVALID_ARGUMENT', `channels must be a whole number from 1 to ${limits.channelCountMax}, not ${shown}`);
     }
     if (channels > limits.channelCountMax) throw new WaymarkError('TOO_MANY_CHANNELS', `channels must be 1..${limits.channelCountMax}, not ${channels}`);
     // Checked, not coerced: configs come from JSON too (HTTP), where {"owner": 5} was stored as "5".

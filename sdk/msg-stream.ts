@@ -326,6 +326,8 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   /** Moves the consumer to positions (per channel) or to a broker timestamp. */
   async seek(to: { positions: MsgPosition[] } | { timestamp: number }): Promise<void> {
     if (!this.consuming) throw new WaymarkError('INVALID_ARGUMENT', 'call asConsumer(topic, subName) first');
+    // Left loop: the subscription is gone (the broker said SUBSCRIPTION_NOT_FOUND, naming its id).
+    if (this.closed || this.consumerClosed) throw new WaymarkError('CLIENT_CLOSED', 'this msgStream\'s consumer is closed: consume with a new msgStream');
     // Time 0 is before every message: the earliest (on the wire 0 means "no timestamp").
     // Positions for some channels move those; the others go on from after the last pack
     // handed out (the seek drops the buffered packs, which hold every channel's messages).

@@ -183,6 +183,17 @@ describe('sdk lifecycle: a msgStream loop that is left', function () {
     }
   });
 
+  it('a seek after the loop was left is CLIENT_CLOSED saying what to do (it was SUBSCRIPTION_NOT_FOUND naming an internal id)', async () => {
+    await client().admin.createTopic('leave-seek', { channels: 1 });
+    await (await client().producer({ topic: 'leave-seek' })).send({ body: 'one' });
+    const stream = client().msgStream();
+    await stream.asConsumer('leave-seek', 'g', { start: 'earliest' });
+    for await (const pack of stream) if (pack.msgs.length > 0) break;
+    const err = await stream.seek({ timestamp: 0 }).then(() => null, (e: Error & { code?: string }) => e);
+    assert.equal(err?.code, 'CLIENT_CLOSED');
+    assert.equal(err?.message, "this msgStream's consumer is closed: consume with a new msgStream");
+  });
+
   it('a second asConsumer on one stream is refused (its first subscription stayed open for good); a failed one may be retried', async () => {
     const stream = client().msgStream();
     assert.equal((await rejection(stream.asConsumer('no-such-topic', 'g'))).code, 'TOPIC_NOT_FOUND');
