@@ -9,7 +9,6 @@ import { channelForKey, msgIdFromHex, MsgIdGenerator, WaymarkError, encodeBatch,
 import { ErrorTable } from '../protocol/errors';
 import { toWaymarkError } from '../protocol/frames';
 import type { Broker } from './broker';
-import { topicInfoWire } from './session';
 
 interface Reply {
   status: number;
@@ -298,7 +297,7 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
         retentionBytes: config.retentionBytes as number | undefined,
         owner: config.owner as string | undefined, // checked by the store: a string or absent
       });
-      return json(topicInfoWire(info, store), 201);
+      return json(describe(info.name), 201); // the shape GET /v1/topics/T answers (it lacked segmentBytes and segmentMs)
     },
     { readBody: true },
   );

@@ -543,7 +543,9 @@ describe('input fixes: HTTP', function () {
 
   // Found by a review as a new user: each of these was taken in silence.
   it('an unknown query parameter, a waymark header given twice, an unknown topic field and from after to are 400 INVALID_ARGUMENT, and nothing changes', async () => {
-    await httpJson(`${broker.http}/v1/topics/strict`, { method: 'PUT', body: '{"channels": 1}' });
+    const created = await httpJson(`${broker.http}/v1/topics/strict`, { method: 'PUT', body: '{"channels": 1}' });
+    assert.equal(created.status, 201);
+    assert.deepEqual(created.body, (await httpJson(`${broker.http}/v1/topics/strict`)).body, 'PUT answers what GET does (it lacked segmentBytes, segmentMs)');
     await httpJson(`${broker.http}/v1/topics/strict/messages`, { method: 'POST', body: 'one' });
     await httpJson(`${broker.http}/v1/topics/strict/messages`, { method: 'POST', body: 'two' });
 
