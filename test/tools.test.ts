@@ -435,7 +435,7 @@ describe('tools: the waymark command', () => {
     assert.equal(run.status, 2);
     assert.equal(run.stderr, 'waymark: dump: unknown option --foo\n');
     assert.equal(run.stdout, '');
-    for (const args of [['verify'], ['dump', '--max', 'many', 'x'], ['repair', 'a', 'b'], ['frobnicate']]) {
+    for (const args of [['verify'], ['dump', '--max', 'many', 'x'], ['dump', '--max', '0', 'x'], ['repair', 'a', 'b'], ['frobnicate']]) {
       const bad = waymark(...args);
       assert.equal(bad.status, 2, args.join(' '));
       assert.equal(bad.stderr.split('\n').length, 2, bad.stderr); // one line and its newline

@@ -45,7 +45,7 @@ export const dumpCommand: Command = {
     options: {
       json: { type: 'boolean', help: 'one JSON object per line (type: segment, record, damage, index, kix-entry, oix-entry, tix-entry)' },
       from: { type: 'integer', valueName: 'OFFSET', help: 'skip records (and index entries) below this offset, per channel' },
-      max: { type: 'integer', valueName: 'N', help: 'stop after N records (or index entries)' },
+      max: { type: 'integer', valueName: 'N', min: 1, help: 'stop after N records (or index entries)' },
       index: { type: 'boolean', help: 'dump the index files (.kix, .oix, .tix) of the segments under PATH instead of records' },
     },
     details:
