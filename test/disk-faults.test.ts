@@ -11,6 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { openStore, ErrorTable, type StoreFault } from '../engine/index';
+import { verifyStore } from '../engine/inspect/index';
 import { RawClient } from './broker-helpers';
 import { bodyFor, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
@@ -151,6 +152,57 @@ describe('disk faults: retention', () => {
     } finally {
       await store.close();
     }
+  });
+});
+
+describe('disk faults: a compaction that meets a close', () => {
+  // deleteSegmentsBefore (the __groups compaction) in sync mode "none" syncs the log first. A
+  // close that began meanwhile writes its checkpoint through the thread pool; the compaction's
+  // own checkpoint write then landed in the middle of it (the same temp file): close failed
+  // with ENOENT on the rename and checkpoint.json listed segments that were gone.
+  it('finds the channel closed once its fdatasync returns: STORE_CLOSED, and the close writes a sound checkpoint', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir, { sync: 'none', segmentBytes: 4096 });
+    await store.createTopic('g', { channels: 1 });
+    for (let i = 0; i < 30; i++) await store.append('g', 0, [{ key: `k${i}`, body: bodyFor('compact', i, 400) + 'x'.repeat(300) }]);
+    const mutable = require('node:fs') as { fdatasync: (fd: number, cb: (err: Error | null) => void) => void; open: (...args: unknown[]) => void };
+    const { fdatasync, open } = mutable;
+    let releaseCompaction: (() => void) | null = null;
+    const compactionWaits = new Promise<void>((resolve) => {
+      mutable.fdatasync = (fd, cb) => {
+        mutable.fdatasync = fdatasync; // only the compaction's first sync is held
+        releaseCompaction = () => fdatasync(fd, cb);
+        resolve();
+      };
+    });
+    // The held sync returns once the close has opened its checkpoint's temp file.
+    mutable.open = (...args: unknown[]) => {
+      const cb = args[args.length - 1] as (err: Error | null, fd?: number) => void;
+      open(...args.slice(0, -1), (err: Error | null, fd?: number) => {
+        cb(err, fd);
+        if (String(args[0]).endsWith('checkpoint.json.tmp') && releaseCompaction) {
+          const release = releaseCompaction;
+          releaseCompaction = null;
+          release();
+        }
+      });
+    };
+    try {
+      const compaction = store.deleteSegmentsBefore('g', 0, 25).then(
+        () => null,
+        (err: Error & { code?: string }) => err.code,
+      );
+      await compactionWaits;
+      await store.close();
+      assert.equal(await compaction, 'STORE_CLOSED');
+    } finally {
+      mutable.fdatasync = fdatasync;
+      mutable.open = open;
+    }
+    assert.deepEqual((await verifyStore(dir)).faults, []);
+    const reopened = await openStore(dir);
+    assert.equal(reopened.channelState('g', 0).highWatermark, 30);
+    await reopened.close();
   });
 });
 

@@ -726,6 +726,7 @@ export class ChannelLog {
    * as removeOldestWhile says.
    */
   applyRetention(now: number): number {
+    if (this.closed) return 0; // close() writes the files from then on (see deleteSegmentsBefore)
     const { retentionMs, retentionBytes } = this.options;
     const expired = (segment: Segment): boolean => retentionMs > 0 && segment.maxTimestamp >= 0 && segment.maxTimestamp < now - retentionMs;
     let total = this.totalBytes;
@@ -828,6 +829,11 @@ export class ChannelLog {
       if (this.closed) throw new WaymarkError('STORE_CLOSED');
       await pool.fdatasync(this.active.fd);
     }
+    // Checked again after the wait, and in every sync mode: once `closed` is set, close()
+    // writes the checkpoint through the thread pool, and a removal's own checkpoint write in
+    // the middle of it (same temp file) failed the close and left a checkpoint listing
+    // segments that were gone.
+    if (this.closed) throw new WaymarkError('STORE_CLOSED');
     return this.removeOldestWhile((oldest) => oldest.nextOffset <= offset);
   }
 
