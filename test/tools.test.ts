@@ -98,6 +98,27 @@ describe('tools: verify', () => {
     assert.ok(report.faults.some((f) => f.file === file && /ends at offset/.test(f.what)), JSON.stringify(report.faults));
   });
 
+  // Retention unlinks the oldest segments, then writes the checkpoint; a crash between the two
+  // left verify exiting 1 on a store that open serves whole. A segment missing between others
+  // is still a fault.
+  it('notes listed segments older than every one left (an interrupted retention pass); a missing one between others is a fault', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir, { segmentBytes: 4096 });
+    await store.createTopic('t', { channels: 1 });
+    for (let i = 0; i < 12; i++) await store.append('t', 0, [{ body: bodyFor('ret', i, 1500) + 'y'.repeat(1500) }]);
+    await store.close();
+    const logs = segmentFiles(path.join(dir, 'topics', 't', '0'));
+    assert.ok(logs.length >= 4, `${logs.length} segments`);
+    fs.rmSync(logs[0]!); // as retention does, before its checkpoint
+    const interrupted = await verifyStore(dir);
+    assert.deepEqual(interrupted.faults, []);
+    assert.equal(interrupted.ok, true);
+    assert.ok(interrupted.notes.some((n) => n.includes(`lists segment ${path.basename(logs[0]!)}, older than every segment left`)), JSON.stringify(interrupted.notes));
+    fs.rmSync(logs[2]!);
+    const holed = await verifyStore(dir);
+    assert.deepEqual(holed.faults.map((f) => f.what).filter((w) => /which is missing/.test(w)), [`lists segment ${path.basename(logs[2]!)}, which is missing`]);
+  });
+
   // A clean close writes `segments: []` for a channel never written to (an empty topic, the
   // untouched channels of a topic, a new store's __groups): verify threw a TypeError on it.
   it('passes a cleanly closed store with an empty topic and channels never written to', async () => {
