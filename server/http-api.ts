@@ -6,6 +6,7 @@
  */
 import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js';
 import { channelForKey, msgIdFromHex, MsgIdGenerator, WaymarkError, encodeBatch, lz4Codec, formatLimits, limits, type StoredMessage, type Header } from '../engine/index';
+import { describeType } from '../engine/format/record-batch';
 import { ErrorTable } from '../protocol/errors';
 import { toWaymarkError } from '../protocol/frames';
 import type { Broker } from './broker';
@@ -103,13 +104,6 @@ function route(
 }
 
 /**
- * The first query parameter name that occurs more than once, or null. No route takes a
- * parameter twice, and URLSearchParams.get() silently took the first of them: `?key=a&key=b`
- * stored the message under key a, `?from=1&from=2` looked from 1. The broker cannot tell
- * which one the client meant, so such a request is refused — any name, since one rule is
- * easier to rely on than a list per route.
- */
-/**
  * The query parameters each route reads (README's table). Any other name is refused: a
  * misspelt `?ofset=5` read from the channel's start in silence. Routes not listed here
  * (/healthz, /metrics) take any: probes and scrapers may add their own.
@@ -130,6 +124,13 @@ function unknownName(query: URLSearchParams, allowed: readonly string[]): string
   return null;
 }
 
+/**
+ * The first query parameter name that occurs more than once, or null. No route takes a
+ * parameter twice, and URLSearchParams.get() silently took the first of them: `?key=a&key=b`
+ * stored the message under key a, `?from=1&from=2` looked from 1. The broker cannot tell
+ * which one the client meant, so such a request is refused — any name, since one rule is
+ * easier to rely on than a list per route.
+ */
 function repeatedName(query: URLSearchParams): string | null {
   const seen = new Set<string>();
   for (const name of query.keys()) {
@@ -248,7 +249,7 @@ function parseJsonBody(body: Buffer): Record<string, unknown> {
     throw new WaymarkError('BAD_REQUEST', `the body is not valid JSON: ${(err as Error).message}`);
   }
   if (value && typeof value === 'object' && !Array.isArray(value)) return value as Record<string, unknown>;
-  throw new WaymarkError('BAD_REQUEST', `the body must be a JSON object, not ${Array.isArray(value) ? 'an array' : value === null ? 'null' : `a ${typeof value}`}`);
+  throw new WaymarkError('BAD_REQUEST', `the body must be a JSON object, not ${describeType(value)}`);
 }
 
 /** The fields a topic is created with (PUT /v1/topics/T); any other is refused: `{"chanels": 2}` made a one-channel topic. */

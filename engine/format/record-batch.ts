@@ -269,7 +269,8 @@ function checkTypes(message: MessageInput, index: number | undefined): void {
   }
 }
 
-function describeType(value: unknown): string {
+/** What a value is, for an error message: null, undefined (absent), an array, an object, a string, … */
+export function describeType(value: unknown): string {
   if (value === null) return 'null';
   if (value === undefined) return 'undefined (absent)';
   if (Array.isArray(value)) return 'an array';

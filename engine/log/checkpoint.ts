@@ -3,12 +3,13 @@
  *
  *   { "version": 1, "clean": bool, "segments": [SegmentMeta…], "producers": [[id, firstSeq, lastSeq, baseOffset, count]…] }
  *
- * Written atomically (temp file, fdatasync, rename, fsync of the folder) once a rolled segment
- * is sealed (its index files written, in the background), after retention, at open (clean=false;
- * none when the open found the channel as a clean close left it: ChannelLog.cleanCheckpointCurrent;
- * when that write fails it is owed to the next retention pass: see ChannelLog.checkpointFailedAtOpen)
- * and at clean close (clean=true, the active segment included). Sealed segments it lists whose file size matches are trusted; everything else
- * is scanned.
+ * Written atomically (temp file, fdatasync, rename, fsync of the folder) once a rolled
+ * segment is sealed (its index files written, in the background), after retention, at open
+ * (clean=false; none when the open found the channel as a clean close left it:
+ * ChannelLog.cleanCheckpointCurrent; when that write fails it is owed to the next retention
+ * pass: see ChannelLog.checkpointFailedAtOpen) and at clean close (clean=true, the active
+ * segment included). Sealed segments it lists whose file size matches are trusted;
+ * everything else is scanned.
  *
  * The writes at store open and close go through the thread pool (writeCheckpointAsync), many
  * channels at once (IoSlots): the same steps in the same order, so the same file after a crash.
@@ -98,7 +99,7 @@ function checkpointText(checkpoint: Checkpoint): string {
 }
 
 /** writeFileAtomic through the thread pool: the same steps, in the same order. */
-export async function writeFileAtomicAsync(file: string, text: string): Promise<void> {
+async function writeFileAtomicAsync(file: string, text: string): Promise<void> {
   const temp = `${file}.tmp`;
   const fd = await pool.open(temp, 'w');
   try {
@@ -111,7 +112,7 @@ export async function writeFileAtomicAsync(file: string, text: string): Promise<
   await syncDirAsync(path.dirname(file));
 }
 
-export async function syncDirAsync(dir: string): Promise<void> {
+async function syncDirAsync(dir: string): Promise<void> {
   const fd = await pool.open(dir, 'r');
   try {
     await pool.fsync(fd);
