@@ -431,6 +431,8 @@ describe('tools: dump', () => {
     if (header.type !== 'index') return;
     assert.equal(header.magic, 'WKIX');
     assert.equal(header.problem, null);
+    assert.equal(header.version, 2);
+    assert.equal(header.logBytes, fs.statSync(logsOf(dir)[0]!).size, 'the log size it was built for');
     const entries = items.filter((i) => i.type === 'kix-entry');
     assert.equal(entries.length, header.entryCount);
     // msgId, key and traceid per record

@@ -26,7 +26,8 @@ export function formatDumpItem(item: DumpItem): string {
     case 'index': {
       const kix = item.kind === 'kix' ? ` slots=${item.slotCount} slotsUsed=${item.slotsUsed} baseTime=${shownTime(item.baseTimestamp!)}` : '';
       const problem = item.problem ? ` PROBLEM: ${item.problem}` : '';
-      return `# ${shownPath(item.file)}: ${item.kind} magic=${JSON.stringify(item.magic)} version=${item.version} baseOffset=${item.baseOffset} entries=${item.entryCount}${kix} (${item.fileBytes} bytes)${problem}`;
+      const builtFor = item.logBytes === null || item.logBytes === undefined ? '' : ` logBytes=${item.logBytes}`;
+      return `# ${shownPath(item.file)}: ${item.kind} magic=${JSON.stringify(item.magic)} version=${item.version} baseOffset=${item.baseOffset} entries=${item.entryCount}${builtFor}${kix} (${item.fileBytes} bytes)${problem}`;
     }
     case 'kix-entry':
       return `entry=${item.entry} keyHash=${item.keyHash} offset=${item.offset} position=${item.position} time=${shownTime(item.timestamp)} prev=${item.prevEntry ?? '-'}`;

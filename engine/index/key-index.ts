@@ -3,11 +3,16 @@
  * RocketMQ's IndexFile. msgId, key and the `traceid` header are indexed, each hashed with its
  * own seed (format/index-keys.ts), so the three kinds share one file.
  *
- *   header, 64 bytes:  magic "WKIX"(4) version(1) reserved(3) baseOffset(8) baseTimestamp(8)
- *                      slotCount(4) entryCount(4) checksum(8: xxh64 of the whole file, these 8 bytes as zero) reserved(24)
+ *   header, 64 bytes:  magic "WKIX"(4) version(1)=2 reserved(3) baseOffset(8) baseTimestamp(8)
+ *                      slotCount(4) entryCount(4) checksum(8: xxh64 of the whole file, these 8 bytes as zero)
+ *                      logBytes(8: the log size the index was built from) reserved(16)
  *   slots:             slotCount × u32 — entry number + 1 of the newest entry in the slot, 0 = empty
  *   entries, 20 bytes: keyHash(4) position(4) relativeOffset(4) timeDelta(4) prevEntry(4)
  *                      prevEntry = entry number + 1 of the next older entry in the same slot, 0 = end
+ *
+ * An index whose logBytes is not its segment's size is stale (an older file a power cut
+ * brought back; see log/index-file.ts) and fails its check like a corrupt one. Version 1
+ * files (logBytes reserved, zero) are still read, without that check.
  *
  * Invariants: prevEntry of entry i is < i + 1 (chains only point back); positions are below
  * the segment's size; relativeOffset below the segment's record count. A hit is only a
@@ -21,10 +26,10 @@
 import * as fs from 'node:fs';
 import { CorruptIndexError } from '../log/errors';
 import { limits } from '../limits';
-import { fileChecksum } from '../log/index-file';
+import { fileChecksum, staleIndexError } from '../log/index-file';
 
 export const keyIndexMagic = 'WKIX';
-export const keyIndexVersion = 1;
+export const keyIndexVersion = 2;
 export const keyIndexHeaderBytes = 64;
 export const keyIndexEntryBytes = 20;
 
@@ -150,7 +155,8 @@ export class KeyIndexBuilder {
     return hits;
   }
 
-  encode(): Buffer {
+  /** The file, for a log of `logBytes` bytes. */
+  encode(logBytes: number): Buffer {
     // The u32 arrays are copied as they are: the file is little-endian, as is every host Node runs on.
     const out = Buffer.alloc(keyIndexHeaderBytes + this.slotCount * 4 + this.count * keyIndexEntryBytes);
     out.write(keyIndexMagic, 0, 'latin1');
@@ -159,6 +165,7 @@ export class KeyIndexBuilder {
     out.writeBigInt64LE(BigInt(Math.max(0, this.baseTimestamp)), 16);
     out.writeUInt32LE(this.slotCount, 24);
     out.writeUInt32LE(this.count, 28);
+    out.writeBigUInt64LE(BigInt(logBytes), 40);
     Buffer.from(this.slots.buffer, this.slots.byteOffset, this.slots.byteLength).copy(out, keyIndexHeaderBytes);
     let at = keyIndexHeaderBytes + this.slotCount * 4;
     for (let c = 0; c < this.chunks.length; c++) {
@@ -178,14 +185,21 @@ export interface KeyIndexHeader {
   baseTimestamp: number;
   slotCount: number;
   entryCount: number;
+  version: number;
+  /** The log size the index was built from; null in a version 1 file. */
+  logBytes: number | null;
 }
 
-export function decodeKeyIndexHeader(file: string, header: Buffer, fileBytes: number, baseOffset: number): KeyIndexHeader {
+/**
+ * Checks the header against the file's size and the segment; with `segmentBytes`, a version 2
+ * file must have been built for that log size (else it is stale).
+ */
+export function decodeKeyIndexHeader(file: string, header: Buffer, fileBytes: number, baseOffset: number, segmentBytes?: number): KeyIndexHeader {
   if (header.length < keyIndexHeaderBytes) throw new CorruptIndexError(file, 'shorter than the header');
   const magic = header.toString('latin1', 0, 4);
   if (magic !== keyIndexMagic) throw new CorruptIndexError(file, `magic ${JSON.stringify(magic)}, expected ${keyIndexMagic}`);
   const version = header.readUInt8(4);
-  if (version !== keyIndexVersion) throw new CorruptIndexError(file, `version ${version}, expected ${keyIndexVersion}`);
+  if (version !== 1 && version !== keyIndexVersion) throw new CorruptIndexError(file, `version ${version}, expected ${keyIndexVersion} (or 1)`);
   const fileBase = Number(header.readBigInt64LE(8));
   if (fileBase !== baseOffset) throw new CorruptIndexError(file, `base offset ${fileBase}, the segment's is ${baseOffset}`);
   const slotCount = header.readUInt32LE(24);
@@ -193,7 +207,12 @@ export function decodeKeyIndexHeader(file: string, header: Buffer, fileBytes: nu
   const entryCount = header.readUInt32LE(28);
   const expected = keyIndexHeaderBytes + slotCount * 4 + entryCount * keyIndexEntryBytes;
   if (fileBytes !== expected) throw new CorruptIndexError(file, `${fileBytes} bytes, expected ${expected} for ${slotCount} slots and ${entryCount} entries`);
-  return { baseOffset: fileBase, baseTimestamp: Number(header.readBigInt64LE(16)), slotCount, entryCount };
+  return { baseOffset: fileBase, baseTimestamp: Number(header.readBigInt64LE(16)), slotCount, entryCount, version, logBytes: version === 1 ? null : Number(header.readBigUInt64LE(40)) };
+}
+
+/** The stale check, after the checksum (a flipped logBytes is bit rot, said as such). */
+function checkBuiltFor(file: string, header: KeyIndexHeader, segmentBytes: number): void {
+  if (header.logBytes !== null && header.logBytes !== segmentBytes) throw staleIndexError(file, header.logBytes, segmentBytes);
 }
 
 /**
@@ -203,6 +222,7 @@ export function decodeKeyIndexHeader(file: string, header: Buffer, fileBytes: nu
 export function checkKeyIndexBytes(file: string, bytes: Buffer, baseOffset: number, segmentBytes: number, recordCount: number): KeyIndexHeader {
   const header = decodeKeyIndexHeader(file, bytes, bytes.length, baseOffset);
   if (fileChecksum(bytes, 32) !== bytes.readBigUInt64LE(32)) throw new CorruptIndexError(file, 'checksum mismatch');
+  checkBuiltFor(file, header, segmentBytes);
   const slotsAt = keyIndexHeaderBytes;
   for (let s = 0; s < header.slotCount; s++) {
     const head = bytes.readUInt32LE(slotsAt + s * 4);
@@ -232,16 +252,18 @@ export class KeyIndexFile {
   ) {}
 
   /**
-   * Opens the file after checking its header, size and checksum (one sequential read). The
+   * Opens the file after checking its header, size, checksum and the log size it was built
+   * for (one sequential read). The
    * entry-by-entry walk (chains, bounds) is verify's: lookups bound every chain step anyway
    * and confirm every hit against the record.
    */
-  static open(file: string, baseOffset: number): KeyIndexFile {
+  static open(file: string, baseOffset: number, segmentBytes: number): KeyIndexFile {
     const fd = fs.openSync(file, 'r');
     try {
       const bytes = fs.readFileSync(fd);
       const header = decodeKeyIndexHeader(file, bytes, bytes.length, baseOffset);
       if (fileChecksum(bytes, 32) !== bytes.readBigUInt64LE(32)) throw new CorruptIndexError(file, 'checksum mismatch');
+      checkBuiltFor(file, header, segmentBytes);
       return new KeyIndexFile(file, fd, header);
     } catch (err) {
       fs.closeSync(fd);

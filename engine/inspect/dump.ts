@@ -17,7 +17,7 @@ import { loadChecksum } from '../format/checksum';
 import { msgIdToHex } from '../format/msg-id';
 import { BatchFlag, decodeRecords, type BatchHeader, type StoredRecord } from '../format/record-batch';
 import { keyIndexEntryBytes, keyIndexHeaderBytes } from '../index/key-index';
-import { indexHeaderBytes } from '../log/index-file';
+import { indexHeaderBytesOf, indexVersion } from '../log/index-file';
 import { describePath, indexExtensions, indexNamePattern, type ChannelRef } from './layout';
 import { indexPath } from './segment-check';
 import { walkSegment } from './walk';
@@ -59,7 +59,7 @@ export type DumpItem =
       control: boolean;
     })
   | (Where & { type: 'damage'; position: number; bytes: number; torn: boolean; reason: string })
-  | { type: 'index'; file: string; kind: 'kix' | 'oix' | 'tix'; magic: string; version: number; baseOffset: number; entryCount: number; fileBytes: number; baseTimestamp?: number; slotCount?: number; slotsUsed?: number; problem: string | null }
+  | { type: 'index'; file: string; kind: 'kix' | 'oix' | 'tix'; magic: string; version: number; baseOffset: number; entryCount: number; fileBytes: number; logBytes?: number | null; baseTimestamp?: number; slotCount?: number; slotsUsed?: number; problem: string | null }
   | { type: 'kix-entry'; file: string; entry: number; keyHash: string; position: number; offset: number; timestamp: number; prevEntry: number | null }
   | { type: 'oix-entry'; file: string; entry: number; offset: number; position: number }
   | { type: 'tix-entry'; file: string; entry: number; timestamp: number; offset: number };
@@ -203,7 +203,7 @@ export function dumpIndexFile(file: string, from: number, max: number, emit: (it
   const kind = (m ? m[2] : path.extname(file).slice(1)) as 'kix' | 'oix' | 'tix';
   const bytes = fs.readFileSync(file);
   summary.indexFiles++;
-  const headerBytes = kind === 'kix' ? keyIndexHeaderBytes : indexHeaderBytes;
+  const headerBytes = kind === 'kix' ? keyIndexHeaderBytes : indexHeaderBytesOf(bytes.length > 4 ? bytes.readUInt8(4) : indexVersion);
   if (bytes.length < headerBytes) {
     emit({ type: 'index', file, kind, magic: bytes.toString('latin1', 0, Math.min(4, bytes.length)), version: -1, baseOffset: -1, entryCount: 0, fileBytes: bytes.length, problem: `${bytes.length} bytes, shorter than the ${headerBytes}-byte header` });
     return;
@@ -211,6 +211,8 @@ export function dumpIndexFile(file: string, from: number, max: number, emit: (it
   const magic = bytes.toString('latin1', 0, 4);
   const version = bytes.readUInt8(4);
   const baseOffset = Number(bytes.readBigInt64LE(8));
+  // The log size the index was built for: not in version 1 files.
+  const logBytes = version === 1 ? null : Number(bytes.readBigUInt64LE(kind === 'kix' ? 40 : 32));
   const roomFor = (): void => {
     if (summary.indexEntries >= max) throw new Stop();
   };
@@ -224,7 +226,7 @@ export function dumpIndexFile(file: string, from: number, max: number, emit: (it
     for (let s = 0; s < slotCount && keyIndexHeaderBytes + s * 4 + 4 <= bytes.length; s++) if (bytes.readUInt32LE(keyIndexHeaderBytes + s * 4) !== 0) slotsUsed++;
     const expected = slotsEnd + entryCount * keyIndexEntryBytes;
     const problem = expected !== bytes.length ? `${bytes.length} bytes, the header's ${slotCount} slots and ${entryCount} entries need ${expected}` : null;
-    emit({ type: 'index', file, kind, magic, version, baseOffset, entryCount, fileBytes: bytes.length, baseTimestamp, slotCount, slotsUsed, problem });
+    emit({ type: 'index', file, kind, magic, version, baseOffset, entryCount, fileBytes: bytes.length, logBytes, baseTimestamp, slotCount, slotsUsed, problem });
     for (let i = 0; i < Math.min(entryCount, fits); i++) {
       const at = slotsEnd + i * keyIndexEntryBytes;
       const offset = baseOffset + bytes.readUInt32LE(at + 8);
@@ -248,16 +250,16 @@ export function dumpIndexFile(file: string, from: number, max: number, emit: (it
   const entryCount = bytes.readUInt32LE(16);
   const entryBytes = bytes.readUInt32LE(20);
   const want = kind === 'oix' ? 8 : 12;
-  const fits = entryBytes === want ? Math.floor((bytes.length - indexHeaderBytes) / want) : 0;
+  const fits = entryBytes === want ? Math.floor((bytes.length - headerBytes) / want) : 0;
   const problem =
     entryBytes !== want
       ? `entry size ${entryBytes}, expected ${want}`
-      : bytes.length !== indexHeaderBytes + entryCount * want
+      : bytes.length !== headerBytes + entryCount * want
         ? `${bytes.length} bytes for ${entryCount} entries of ${want}`
         : null;
-  emit({ type: 'index', file, kind, magic, version, baseOffset, entryCount, fileBytes: bytes.length, problem });
+  emit({ type: 'index', file, kind, magic, version, baseOffset, entryCount, fileBytes: bytes.length, logBytes, problem });
   for (let i = 0; i < Math.min(entryCount, fits); i++) {
-    const at = indexHeaderBytes + i * want;
+    const at = headerBytes + i * want;
     if (kind === 'oix') {
       const offset = baseOffset + bytes.readUInt32LE(at);
       if (offset < from) continue;

@@ -23,7 +23,7 @@ import { IndexKind, traceIdHeaderName } from '../format/index-keys';
 import { decodeRecords, headerValue, type StoredRecord } from '../format/record-batch';
 import { checkKeyIndexBytes, KeyIndexBuilder, keyIndexEntryBytes, keyIndexHeaderBytes } from '../index/key-index';
 import { CorruptIndexError } from '../log/errors';
-import { decodeIndexFile, indexHeaderBytes } from '../log/index-file';
+import { decodeIndexFile, fileChecksum } from '../log/index-file';
 import { OffsetIndex, offsetIndexMagic } from '../log/offset-index';
 import type { SegmentMeta } from '../log/segment';
 import { TimeIndex, timeIndexMagic } from '../log/time-index';
@@ -261,7 +261,7 @@ export function scanSegmentFile(task: ScanTask): ScanResult {
 
     if (meta) {
       checkSparseIndexes(task, meta, rows, result);
-      if (keys && kixBytes && result.whole) compareKeyIndex(indexPath(task.file, 'kix'), kixBytes, keys.encode(), faults);
+      if (keys && kixBytes && result.whole) compareKeyIndex(indexPath(task.file, 'kix'), kixBytes, keys.encode(meta.bytes), faults);
     }
     if (task.wantBatches) result.batches = rows.trimmed();
   } finally {
@@ -293,7 +293,7 @@ function checkSparseIndexes(task: ScanTask, meta: SegmentMeta, rows: BatchRows, 
         const offset = task.baseOffset + entries.readUInt32LE(i * 8);
         const position = entries.readUInt32LE(i * 8 + 4);
         const row = byPosition.get(position);
-        const at = indexHeaderBytes + i * 8;
+        const at = header.headerBytes + i * 8;
         if (row === undefined) cap.add(at, `entry ${i}: position ${position} is not the start of a batch`);
         else if (rows.row(row, BatchColumn.baseOffset) !== offset) cap.add(at, `entry ${i}: offset ${offset} at position ${position}, but the batch there starts at ${rows.row(row, BatchColumn.baseOffset)}`);
       }
@@ -305,7 +305,7 @@ function checkSparseIndexes(task: ScanTask, meta: SegmentMeta, rows: BatchRows, 
   const tix = readIndex(tixFile, faults);
   if (tix) {
     result.indexFilesChecked++;
-    const ok = engineCheck(tixFile, faults, () => TimeIndex.decode(tixFile, tix, task.baseOffset, meta.nextOffset));
+    const ok = engineCheck(tixFile, faults, () => TimeIndex.decode(tixFile, tix, task.baseOffset, meta.bytes, meta.nextOffset));
     if (ok && result.whole) {
       const { header, entries } = decodeIndexFile(tixFile, tix, timeIndexMagic, 12, task.baseOffset);
       const cap = new FaultCap(tixFile, faults);
@@ -313,7 +313,7 @@ function checkSparseIndexes(task: ScanTask, meta: SegmentMeta, rows: BatchRows, 
         const time = Number(entries.readBigInt64LE(i * 12));
         const offset = task.baseOffset + entries.readUInt32LE(i * 12 + 8);
         const row = byOffset.get(offset);
-        const at = indexHeaderBytes + i * 12;
+        const at = header.headerBytes + i * 12;
         if (row === undefined) cap.add(at, `entry ${i}: offset ${offset} is not the first offset of a batch`);
         else if (rows.row(row, BatchColumn.brokerTimestamp) !== time) cap.add(at, `entry ${i}: time ${time} for offset ${offset}, the batch says ${rows.row(row, BatchColumn.brokerTimestamp)}`);
       }
@@ -330,12 +330,21 @@ const kixHeaderFields: Array<[from: number, name: string]> = [
   [24, 'slotCount'],
   [28, 'entryCount'],
   [32, 'checksum'],
-  [40, 'reserved bytes'],
+  [40, 'logBytes'],
+  [48, 'reserved bytes'],
 ];
 const kixEntryFields = ['keyHash', 'position', 'relativeOffset', 'timeDelta', 'prevEntry'];
 
-/** Names the first difference between a key index file and the one the log gives. */
+/**
+ * Names the first difference between a key index file and the one the log gives. A version 1
+ * file (written before logBytes) is compared with the version 1 form of the expected one.
+ */
 function compareKeyIndex(file: string, actual: Buffer, expected: Buffer, faults: Fault[]): void {
+  if (actual.readUInt8(4) === 1) {
+    expected.writeUInt8(1, 4);
+    expected.writeBigUInt64LE(0n, 40);
+    expected.writeBigUInt64LE(fileChecksum(expected, 32), 32);
+  }
   const actualEntries = actual.readUInt32LE(28);
   const expectedEntries = expected.readUInt32LE(28);
   if (actualEntries !== expectedEntries) {

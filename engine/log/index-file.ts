@@ -1,14 +1,21 @@
 /**
  * The shared shape of the sparse index files (.oix offset index, .tix time index):
  *
- *   header, 32 bytes: magic(4) version(1) reserved(3) baseOffset(8 LE) entryCount(4 LE) entryBytes(4 LE)
- *                     checksum(8 LE: xxh64 of the whole file with these 8 bytes zero)
+ *   header, 40 bytes: magic(4) version(1)=2 reserved(3) baseOffset(8 LE) entryCount(4 LE) entryBytes(4 LE)
+ *                     checksum(8 LE: xxh64 of the whole file with these 8 bytes zero) logBytes(8 LE)
  *   entries: entryCount × entryBytes
  *
+ * `logBytes` is the size of the log the index was built from. An index file that passes
+ * every other check but was built for another size is stale: a filesystem that can bring an
+ * older file back after a power cut (the index files of a roll are not fsynced, and a clean
+ * close overwrites those of the one before) would otherwise hand out an index that covers
+ * only part of its segment. Version 1 files (32-byte header, no logBytes) are still read,
+ * without that check; they are replaced as their segment is next sealed or rebuilt.
+ *
  * Indexes are derived data (Kafka: "in the event of a crash it is rebuilt"): checked when
- * loaded (checksum, then the entries' order and bounds) and rebuilt from the log when a
- * check fails. Kafka trusts its indexes without a checksum; ours are loaded whole anyway, so
- * an xxh64 over them costs microseconds and catches bit rot that a sanity check cannot
+ * loaded (checksum, size, then the entries' order and bounds) and rebuilt from the log when
+ * a check fails. Kafka trusts its indexes without a checksum; ours are loaded whole anyway,
+ * so an xxh64 over them costs microseconds and catches bit rot that a sanity check cannot
  * (a flipped key hash would otherwise make a lookup silently miss).
  */
 import * as fs from 'node:fs';
@@ -16,21 +23,30 @@ import { xxh64 } from '../format/checksum';
 import { CorruptIndexError } from './errors';
 import * as pool from './fs-pool';
 
-export const indexHeaderBytes = 32;
-export const indexVersion = 1;
+export const indexVersion = 2;
+/** Header bytes by version: 32 in version 1, 40 since logBytes. */
+export function indexHeaderBytesOf(version: number): number {
+  return version === 1 ? 32 : 40;
+}
+export const indexHeaderBytes = indexHeaderBytesOf(indexVersion);
 
 export interface IndexFileHeader {
+  version: number;
   baseOffset: number;
   entryCount: number;
+  /** The log size the index was built from; null in a version 1 file. */
+  logBytes: number | null;
+  headerBytes: number;
 }
 
-export function encodeIndexFile(magic: string, baseOffset: number, entryBytes: number, entries: Uint8Array, entryCount: number): Buffer {
+export function encodeIndexFile(magic: string, baseOffset: number, entryBytes: number, entries: Uint8Array, entryCount: number, logBytes: number): Buffer {
   const out = Buffer.alloc(indexHeaderBytes + entryCount * entryBytes);
   out.write(magic, 0, 'latin1');
   out.writeUInt8(indexVersion, 4);
   out.writeBigInt64LE(BigInt(baseOffset), 8);
   out.writeUInt32LE(entryCount, 16);
   out.writeUInt32LE(entryBytes, 20);
+  out.writeBigUInt64LE(BigInt(logBytes), 32);
   out.set(entries.subarray(0, entryCount * entryBytes), indexHeaderBytes);
   out.writeBigUInt64LE(fileChecksum(out, 24), 24);
   return out;
@@ -48,24 +64,36 @@ export function fileChecksum(bytes: Buffer, at: number): bigint {
   return sum;
 }
 
-/** Reads and checks the header; throws CorruptIndexError naming the file and the numbers. */
-export function decodeIndexFile(file: string, bytes: Buffer, magic: string, entryBytes: number, baseOffset: number): { header: IndexFileHeader; entries: Buffer } {
-  if (bytes.length < indexHeaderBytes) throw new CorruptIndexError(file, `${bytes.length} bytes, shorter than the header`);
+/** The CorruptIndexError of an index built for another log size than the segment's. */
+export function staleIndexError(file: string, logBytes: number, segmentBytes: number): CorruptIndexError {
+  return new CorruptIndexError(file, `built for ${logBytes} bytes of log, the segment has ${segmentBytes}: stale (an older file)`);
+}
+
+/**
+ * Reads and checks the header (and the checksum); throws CorruptIndexError naming the file
+ * and the numbers. With `segmentBytes`, a version 2 file must have been built for that size.
+ */
+export function decodeIndexFile(file: string, bytes: Buffer, magic: string, entryBytes: number, baseOffset: number, segmentBytes?: number): { header: IndexFileHeader; entries: Buffer } {
+  if (bytes.length < 5) throw new CorruptIndexError(file, `${bytes.length} bytes, shorter than the header`);
   const gotMagic = bytes.toString('latin1', 0, 4);
   if (gotMagic !== magic) throw new CorruptIndexError(file, `magic ${JSON.stringify(gotMagic)}, expected ${magic}`);
   const version = bytes.readUInt8(4);
-  if (version !== indexVersion) throw new CorruptIndexError(file, `version ${version}, expected ${indexVersion}`);
+  if (version !== 1 && version !== indexVersion) throw new CorruptIndexError(file, `version ${version}, expected ${indexVersion} (or 1)`);
+  const headerBytes = indexHeaderBytesOf(version);
+  if (bytes.length < headerBytes) throw new CorruptIndexError(file, `${bytes.length} bytes, shorter than the header`);
   const fileBase = Number(bytes.readBigInt64LE(8));
   if (fileBase !== baseOffset) throw new CorruptIndexError(file, `base offset ${fileBase}, the segment's is ${baseOffset}`);
   const entryCount = bytes.readUInt32LE(16);
   const gotEntryBytes = bytes.readUInt32LE(20);
   if (gotEntryBytes !== entryBytes) throw new CorruptIndexError(file, `entry size ${gotEntryBytes}, expected ${entryBytes}`);
-  if (bytes.length !== indexHeaderBytes + entryCount * entryBytes) {
+  if (bytes.length !== headerBytes + entryCount * entryBytes) {
     throw new CorruptIndexError(file, `${bytes.length} bytes for ${entryCount} entries of ${entryBytes}`);
   }
-  const entries = bytes.subarray(indexHeaderBytes);
+  const entries = bytes.subarray(headerBytes);
   if (fileChecksum(bytes, 24) !== bytes.readBigUInt64LE(24)) throw new CorruptIndexError(file, 'checksum mismatch');
-  return { header: { baseOffset: fileBase, entryCount }, entries };
+  const logBytes = version === 1 ? null : Number(bytes.readBigUInt64LE(32));
+  if (logBytes !== null && segmentBytes !== undefined && logBytes !== segmentBytes) throw staleIndexError(file, logBytes, segmentBytes);
+  return { header: { version, baseOffset: fileBase, entryCount, logBytes, headerBytes }, entries };
 }
 
 /** Writes a whole file and fdatasyncs it (index files are written once, at roll or close). */

@@ -19,9 +19,9 @@ export class OffsetIndex {
     return new OffsetIndex(baseOffset, new EntryBuffer(entryBytes));
   }
 
-  /** Parses a file and checks every entry against the segment's bounds. */
+  /** Parses a file and checks it was built for this segment's size and every entry against its bounds. */
   static decode(file: string, bytes: Buffer, baseOffset: number, segmentBytes: number, nextOffset: number): OffsetIndex {
-    const { header, entries } = decodeIndexFile(file, bytes, offsetIndexMagic, entryBytes, baseOffset);
+    const { header, entries } = decodeIndexFile(file, bytes, offsetIndexMagic, entryBytes, baseOffset, segmentBytes);
     const index = new OffsetIndex(baseOffset, EntryBuffer.from(entryBytes, entries, header.entryCount));
     index.sanityCheck(file, segmentBytes, nextOffset);
     return index;
@@ -104,7 +104,8 @@ export class OffsetIndex {
     }
   }
 
-  encode(): Buffer {
-    return encodeIndexFile(offsetIndexMagic, this.baseOffset, entryBytes, this.entries.bytes, this.entries.count);
+  /** The file, for a log of `logBytes` bytes. */
+  encode(logBytes: number): Buffer {
+    return encodeIndexFile(offsetIndexMagic, this.baseOffset, entryBytes, this.entries.bytes, this.entries.count, logBytes);
   }
 }

@@ -213,7 +213,7 @@ export class Segment {
       segment.firstTimestamp = meta.firstTimestamp;
       segment.maxTimestamp = meta.maxTimestamp;
       segment.offsetIndex = OffsetIndex.decode(segment.path('oix'), readWhole(segment.path('oix')), meta.baseOffset, meta.bytes, meta.nextOffset);
-      segment.timeIndex = TimeIndex.decode(segment.path('tix'), readWhole(segment.path('tix')), meta.baseOffset, meta.nextOffset);
+      segment.timeIndex = TimeIndex.decode(segment.path('tix'), readWhole(segment.path('tix')), meta.baseOffset, meta.bytes, meta.nextOffset);
       segment.keyBuilder = KeyIndexBuilder.fromBytes(segment.path('kix'), readWhole(segment.path('kix')), meta.baseOffset, meta.bytes, segment.recordCount);
       // The next batch gets an offset index entry only after another interval of bytes.
       segment.bytesSinceIndexEntry = 0;
@@ -304,9 +304,9 @@ export class Segment {
   /** The three index files of this segment as they are written at a seal: [path, bytes]. */
   private encodeIndexFiles(): Array<[string, Uint8Array]> {
     return [
-      [this.path('oix'), this.offsetIndex!.encode()],
-      [this.path('tix'), this.timeIndex!.encode()],
-      [this.path('kix'), this.keyBuilder!.encode()],
+      [this.path('oix'), this.offsetIndex!.encode(this.size)],
+      [this.path('tix'), this.timeIndex!.encode(this.size)],
+      [this.path('kix'), this.keyBuilder!.encode(this.size)],
     ];
   }
 
@@ -317,8 +317,8 @@ export class Segment {
   private ensureIndex(which: 'offset' | 'time' | 'key'): void {
     try {
       if (which === 'offset') this.offsetIndex ??= OffsetIndex.decode(this.path('oix'), readWhole(this.path('oix')), this.baseOffset, this.size, this.nextOffset);
-      else if (which === 'time') this.timeIndex ??= TimeIndex.decode(this.path('tix'), readWhole(this.path('tix')), this.baseOffset, this.nextOffset);
-      else if (!this.keyBuilder) this.keyFile ??= KeyIndexFile.open(this.path('kix'), this.baseOffset);
+      else if (which === 'time') this.timeIndex ??= TimeIndex.decode(this.path('tix'), readWhole(this.path('tix')), this.baseOffset, this.size, this.nextOffset);
+      else if (!this.keyBuilder) this.keyFile ??= KeyIndexFile.open(this.path('kix'), this.baseOffset, this.size);
     } catch (err) {
       if (!(err instanceof CorruptIndexError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       this.rebuildIndexes();
@@ -328,7 +328,7 @@ export class Segment {
   /** Checks every index entry (verify, and the open-time check of a sealed segment). */
   checkIndexes(): void {
     OffsetIndex.decode(this.path('oix'), readWhole(this.path('oix')), this.baseOffset, this.size, this.nextOffset);
-    TimeIndex.decode(this.path('tix'), readWhole(this.path('tix')), this.baseOffset, this.nextOffset);
+    TimeIndex.decode(this.path('tix'), readWhole(this.path('tix')), this.baseOffset, this.size, this.nextOffset);
     checkKeyIndexBytes(this.path('kix'), readWhole(this.path('kix')), this.baseOffset, this.size, this.recordCount);
   }
 
@@ -347,7 +347,7 @@ export class Segment {
     this.nextOffset = nextOffset;
     this.sealed = false;
     this.seal();
-    this.keyFile = KeyIndexFile.open(this.path('kix'), this.baseOffset);
+    this.keyFile = KeyIndexFile.open(this.path('kix'), this.baseOffset, this.size);
   }
 
   /** Position of the last indexed batch at or before `offset` (scan forward from there). */

@@ -19,8 +19,9 @@ export class TimeIndex {
     return new TimeIndex(baseOffset, new EntryBuffer(entryBytes));
   }
 
-  static decode(file: string, bytes: Buffer, baseOffset: number, nextOffset: number): TimeIndex {
-    const { header, entries } = decodeIndexFile(file, bytes, timeIndexMagic, entryBytes, baseOffset);
+  /** Parses a file and checks it was built for this segment's size and every entry against its bounds. */
+  static decode(file: string, bytes: Buffer, baseOffset: number, segmentBytes: number, nextOffset: number): TimeIndex {
+    const { header, entries } = decodeIndexFile(file, bytes, timeIndexMagic, entryBytes, baseOffset, segmentBytes);
     const index = new TimeIndex(baseOffset, EntryBuffer.from(entryBytes, entries, header.entryCount));
     index.sanityCheck(file, nextOffset);
     return index;
@@ -66,7 +67,8 @@ export class TimeIndex {
     }
   }
 
-  encode(): Buffer {
-    return encodeIndexFile(timeIndexMagic, this.baseOffset, entryBytes, this.entries.bytes, this.entries.count);
+  /** The file, for a log of `logBytes` bytes. */
+  encode(logBytes: number): Buffer {
+    return encodeIndexFile(timeIndexMagic, this.baseOffset, entryBytes, this.entries.bytes, this.entries.count, logBytes);
   }
 }
