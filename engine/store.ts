@@ -807,6 +807,17 @@ export class Store {
   }
 
   /**
+   * Resolves once every channel's queued appends are written and its rolled segments sealed
+   * (their index files written, a checkpoint listing them): what a retention pass needs to
+   * delete them. Background work the store does anyway; this only waits for it.
+   */
+  async settled(): Promise<void> {
+    const waits: Array<Promise<void>> = [];
+    for (const topic of this.topics.values()) for (const c of topic.channels) waits.push(c.settled());
+    await Promise.all(waits);
+  }
+
+  /**
    * Finishes queued appends, writes clean checkpoints, and releases the folder lock. Every
    * channel is closed, and the lock released, even when a checkpoint or index cannot be
    * written (a full disk): then this rejects with the first such failure, STORAGE_FAILED

@@ -320,6 +320,7 @@ describe('engine store: topics and retention', () => {
       await store.append('bytes', 0, [{ body: bodyFor('r', i, 2000) }, { body: bodyFor('s', i, 2000) }]);
       await store.append('age', 0, [{ body: bodyFor('r', i, 2000) }]);
     }
+    await store.settled(); // retention deletes only sealed segments; the last roll's seal runs in the background
     const before = store.describeTopic('bytes').channelInfo[0]!;
     assert.ok(before.bytes > 40 * 1024);
     assert.ok(store.applyRetention(Date.now()) > 0);
@@ -657,6 +658,7 @@ describe('engine store: a segment deleted under a read', () => {
     try {
       await store.createTopic('t', { channels: 1, retentionBytes: 1 }); // everything sealed may go
       for (let b = 0; b < 30; b++) await store.append('t', 0, [{ body: bodyFor('del', b, 400) }]);
+      await store.settled(); // the rolled segments sealed: retention may delete them
       const reading = store.readBatches('t', 0, { offset: 0, maxBytes: 64 * 1024 }); // its fs.read is in the thread pool now
       assert.ok(store.applyRetention() > 0, 'retention deleted the segment being read');
       const read = await reading;

@@ -822,10 +822,12 @@ export class ChannelLog {
    * nothing before `offset` is needed any more (the `__groups` compaction rewrote it).
    */
   async deleteSegmentsBefore(offset: number): Promise<number> {
+    // A segment rolled just before is deleted too, once its seal is done (not left for the
+    // next compaction, which may be long in coming).
+    while (this.sealing) await this.sealing;
     // What the caller rewrote at `offset` and after must be durable before what it replaces
     // goes: in sync modes "interval" and "none" its writes may still be only in the page cache.
     if (!this.dsync) {
-      await this.sealing;
       if (this.closed) throw new WaymarkError('STORE_CLOSED');
       await pool.fdatasync(this.active.fd);
     }
@@ -835,6 +837,18 @@ export class ChannelLog {
     // segments that were gone.
     if (this.closed) throw new WaymarkError('STORE_CLOSED');
     return this.removeOldestWhile((oldest) => oldest.nextOffset <= offset);
+  }
+
+  /**
+   * Resolves once the appends queued so far are written and every rolled segment is sealed
+   * and in the checkpoint: the background work that retention and compaction wait on (they
+   * delete only sealed segments). Never rejects: a failure there fails the channel, which the
+   * next append says.
+   */
+  async settled(): Promise<void> {
+    while (this.flushing) await this.flushing;
+    if (this.syncing) await this.syncing;
+    while (this.sealing) await this.sealing;
   }
 
   /**
@@ -849,9 +863,7 @@ export class ChannelLog {
     this.closed = true; // later appends are refused; queued ones still go out
     this.deleting = options.deleting === true;
     if (this.syncTimer) clearInterval(this.syncTimer);
-    while (this.flushing) await this.flushing;
-    if (this.syncing) await this.syncing;
-    while (this.sealing) await this.sealing;
+    await this.settled();
     let failure: unknown = null;
     // Nothing appended since an open that found a clean close's files as it left them: they
     // say what a close would write (Segment.untouchedSinceCleanClose, cleanCheckpointCurrent).
