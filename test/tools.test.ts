@@ -490,6 +490,26 @@ describe('tools: the waymark command', () => {
     assert.equal(waymark('verify', dir).status, 0);
   });
 
+  it('summary lines count in the singular when there is one: 1 channel, 1 segment, 1 batch, 1 record, 1 fault', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir);
+    await store.createTopic('one', { channels: 1 });
+    await store.append('one', 0, [{ body: 'only' }]);
+    await store.close();
+    const clean = waymark('verify', dir);
+    assert.equal(clean.status, 0, clean.stdout + clean.stderr);
+    assert.match(clean.stdout, /^verify: ok \(1 channel, 1 segment, 1 batch, 1 record, \d+ B, 3 index files checked\)$/m);
+    const log = segmentFiles(path.join(dir, 'topics', 'one', '0'))[0]!;
+    const dump = waymark('dump', log);
+    assert.match(dump.stdout, /^# 1 segment, 1 batch \(0 BAD\), 1 record, 0 damaged ranges$/m);
+    flipByte(log, fs.statSync(log).size - 2);
+    const broken = waymark('verify', dir);
+    assert.equal(broken.status, 1);
+    assert.match(broken.stdout, /^verify: 1 fault \(1 channel, /m);
+    const repaired = waymark('repair', dir);
+    assert.match(repaired.stdout, /^repair: done \(1 channel, 1 -> 1 segment, 0 records kept, dropped 1 range \(\d+ B\), patched 0 header fields, /m);
+  });
+
   it('repair exits 1 with one clear line while a broker holds the folder', async () => {
     const dir = await freshStore();
     const store = await openStore(dir);

@@ -1,7 +1,7 @@
 /** `waymark dump`: formats engine/inspect's dumpPath, one line (or JSON object) per item. */
 import { dumpPath, type DumpItem } from '../engine/inspect';
 import type { Command } from './command';
-import { LineBuffer, shownPath, shownTime } from './io';
+import { counted, LineBuffer, shownPath, shownTime } from './io';
 
 function shownKey(key: string | null, keyHex: string | undefined): string {
   if (keyHex !== undefined) return `0x${keyHex}`;
@@ -66,8 +66,13 @@ export const dumpCommand: Command = {
     if (!json && !summary.stopped) {
       const parts =
         summary.indexFiles > 0
-          ? [`${summary.indexFiles} index files`, `${summary.indexEntries} entries`]
-          : [`${summary.segments} segments`, `${summary.batches + summary.badBatches} batches (${summary.badBatches} BAD)`, `${summary.records} records`, `${summary.damagedRanges} damaged ranges`];
+          ? [counted(summary.indexFiles, 'index file'), counted(summary.indexEntries, 'entry', 'entries')]
+          : [
+              counted(summary.segments, 'segment'),
+              `${counted(summary.batches + summary.badBatches, 'batch', 'batches')} (${summary.badBatches} BAD)`,
+              counted(summary.records, 'record'),
+              counted(summary.damagedRanges, 'damaged range'),
+            ];
       lines.push(`# ${parts.join(', ')}`);
     }
     lines.flush();

@@ -8,6 +8,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { inspectLimits } from '../engine/inspect/limits';
 
+/** "1 segment", "3 segments": a count and its noun, for summary lines. */
+export function counted(n: number, singular: string, plural = `${singular}s`): string {
+  return `${n} ${n === 1 ? singular : plural}`;
+}
+
 export interface Io {
   /** Writes to stdout; false once the reader is gone. */
   out(text: string): boolean;

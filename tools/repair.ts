@@ -2,7 +2,7 @@
 import * as path from 'node:path';
 import { formatBytes, ProgressLine, repairStore } from '../engine/inspect';
 import type { Command } from './command';
-import { LineBuffer, shownPath } from './io';
+import { counted, LineBuffer, shownPath } from './io';
 import { formatFault, jsonReportOption, threadsOption } from './verify';
 
 const actionWords = { truncate: 'truncated', rewrite: 'rewrote', remove: 'removed', patch: 'patched in place' } as const;
@@ -45,10 +45,10 @@ export const repairCommand: Command = {
     for (const f of report.foldersRemoved) lines.push(`removed ${shownPath(f)}: an empty folder without topic.json`);
     for (const p of report.problems) lines.push(`not repaired: ${formatFault(p)}`);
     const counts =
-      `${report.channels} channels, ${report.segmentsBefore} -> ${report.segmentsAfter} segments, ${report.recordsKept} records kept, ` +
-      `dropped ${report.dropped.length} ranges (${formatBytes(droppedBytes)}), patched ${report.patched.length} header fields, ` +
-      `${report.indexFilesWritten} index files and ${report.checkpointsWritten} checkpoints written`;
-    lines.push(report.problems.length === 0 ? `repair: done (${counts})` : `repair: ${report.problems.length} problems left (${counts})`);
+      `${counted(report.channels, 'channel')}, ${report.segmentsBefore} -> ${counted(report.segmentsAfter, 'segment')}, ${counted(report.recordsKept, 'record')} kept, ` +
+      `dropped ${counted(report.dropped.length, 'range')} (${formatBytes(droppedBytes)}), patched ${counted(report.patched.length, 'header field')}, ` +
+      `${counted(report.indexFilesWritten, 'index file')} and ${counted(report.checkpointsWritten, 'checkpoint')} written`;
+    lines.push(report.problems.length === 0 ? `repair: done (${counts})` : `repair: ${counted(report.problems.length, 'problem')} left (${counts})`);
     lines.flush();
     return report.problems.length === 0 ? 0 : 1;
   },

@@ -2,7 +2,7 @@
 import { formatBytes, ProgressLine, verifyStore, type Fault } from '../engine/inspect';
 import type { OptionSpec } from './args';
 import type { Command } from './command';
-import { LineBuffer, shownPath } from './io';
+import { counted, LineBuffer, shownPath } from './io';
 
 export const threadsOption: OptionSpec = { type: 'integer', valueName: 'N', help: 'worker threads (default 2; 0 = do the work in this process)' };
 export const jsonReportOption: OptionSpec = { type: 'boolean', help: 'print the whole report as one JSON object' };
@@ -33,8 +33,15 @@ export const verifyCommand: Command = {
     } else {
       for (const fault of report.faults) lines.push(formatFault(fault));
       for (const note of report.notes) lines.push(`note: ${note}`);
-      const counts = `${report.channels} channels, ${report.segments} segments, ${report.batches} batches, ${report.records} records, ${formatBytes(report.bytes)}, ${report.indexFilesChecked} index files checked`;
-      lines.push(report.ok ? `verify: ok (${counts})` : `verify: ${report.faults.length} fault${report.faults.length === 1 ? '' : 's'} (${counts})`);
+      const counts = [
+        counted(report.channels, 'channel'),
+        counted(report.segments, 'segment'),
+        counted(report.batches, 'batch', 'batches'),
+        counted(report.records, 'record'),
+        formatBytes(report.bytes),
+        `${counted(report.indexFilesChecked, 'index file')} checked`,
+      ].join(', ');
+      lines.push(report.ok ? `verify: ok (${counts})` : `verify: ${counted(report.faults.length, 'fault')} (${counts})`);
     }
     lines.flush();
     return report.ok ? 0 : 1;
