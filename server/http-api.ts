@@ -35,6 +35,8 @@ const knownMethods = new Set(['GET', 'HEAD', 'PUT', 'POST', 'DELETE', 'PATCH', '
 
 /** The query of a request without one (routes only read it). */
 const noQuery = new URLSearchParams();
+/** A % not followed by two hex digits. */
+const malformedEscape = /%(?![0-9A-Fa-f]{2})/;
 
 /** Serves one route: reads what it needs from req synchronously, then runs `work`. */
 function route(
@@ -66,6 +68,8 @@ function route(
     }
     const rawQuery = req.getQuery();
     const query = rawQuery ? new URLSearchParams(rawQuery) : noQuery;
+    // URLSearchParams keeps a malformed %-escape as its text: `?key=%ZZ` stored the key "%ZZ".
+    const badQuery = rawQuery && queryAllowed && malformedEscape.test(rawQuery) ? rawQuery : null;
     const repeated = rawQuery ? repeatedName(query) : null;
     const unknown = rawQuery && queryAllowed ? unknownName(query, queryAllowed) : null;
     const headers = new Map<string, string>();
@@ -79,6 +83,7 @@ function route(
     Promise.resolve()
       .then(() => {
         if (badParameter !== null) throw new WaymarkError('BAD_REQUEST', `malformed %-escape in the path: ${JSON.stringify(badParameter)}`);
+        if (badQuery !== null) throw new WaymarkError('BAD_REQUEST', `malformed %-escape in the query: ${JSON.stringify(badQuery)} (a literal % is %25)`);
         // Refused before the route runs, so nothing is stored or changed (see repeatedName).
         if (repeated !== null) throw new WaymarkError('INVALID_ARGUMENT', `query parameter ${JSON.stringify(repeated)} is given more than once; give it once`);
         if (unknown !== null) {

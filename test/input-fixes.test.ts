@@ -611,6 +611,25 @@ describe('input fixes: HTTP', function () {
     assert.equal((await httpJson(`${broker.http}/v1/topics/dup/keys/a?from=1&to=${Date.now() + 60_000}`)).body.messages.length, 1);
   });
 
+  it('a malformed %-escape in the query is 400 BAD_REQUEST, and nothing is stored (?key=%ZZ stored the key "%ZZ")', async () => {
+    await httpJson(`${broker.http}/v1/topics/esc`, { method: 'PUT', body: '{"channels": 1}' });
+    for (const [method, target, body] of [
+      ['POST', '/v1/topics/esc/messages?key=%ZZ', 'x'],
+      ['POST', '/v1/topics/esc/messages?key=a%', 'x'],
+      ['GET', '/v1/topics/esc/messages?offset=%4', undefined],
+      ['GET', '/v1/topics/esc/keys/a?from=%G0', undefined],
+    ] as const) {
+      const r = await httpJson(`${broker.http}${target}`, { method, body });
+      assert.equal(r.status, 400, `${method} ${target}: ${JSON.stringify(r.body)}`);
+      assert.equal(r.body.error.code, 'BAD_REQUEST');
+      assert.match(r.body.error.message, /^malformed %-escape in the query: .* \(a literal % is %25\)$/);
+    }
+    assert.equal(await highWatermark(broker, 'esc', 0), 0, 'nothing was appended');
+    const literal = await httpJson(`${broker.http}/v1/topics/esc/messages?key=%25ZZ`, { method: 'POST', body: 'y' });
+    assert.equal(literal.status, 200, JSON.stringify(literal.body));
+    assert.deepEqual((await httpJson(`${broker.http}/v1/topics/esc/keys/%25ZZ`)).body.messages.map((m: { key: string }) => m.key), ['%ZZ']);
+  });
+
   it('an unknown route answers 404 with NOT_FOUND, whose table status is 404 (BAD_REQUEST is 400)', async () => {
     assert.equal(ErrorTable.NOT_FOUND.http, 404);
     for (const [method, url] of [['GET', '/nope'], ['POST', '/v1/nope/deeper'], ['PATCH', '/v1/topics/events']]) {
