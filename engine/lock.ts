@@ -50,3 +50,25 @@ export function lockFolder(dir: string): FolderLock {
     },
   };
 }
+
+/**
+ * The pid of a live process that holds (or held, and still runs) the folder's lock, from the
+ * pid its holder wrote; null when none. Takes no lock itself — a probe with flock could make
+ * a broker starting at that instant fail — so it can be wrong after a pid is reused: for
+ * notes (verify on a running broker's folder), never for safety.
+ */
+export function lockHolder(dir: string): number | null {
+  let pid: number;
+  try {
+    pid = Number(fs.readFileSync(path.join(dir, 'LOCK'), 'utf8').trim());
+  } catch {
+    return null;
+  }
+  if (!Number.isSafeInteger(pid) || pid <= 0) return null; // released: the file is emptied
+  try {
+    process.kill(pid, 0);
+    return pid;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM' ? pid : null; // EPERM: alive, another user's
+  }
+}

@@ -510,6 +510,22 @@ describe('tools: the waymark command', () => {
     assert.match(repaired.stdout, /^repair: done \(1 channel, 1 -> 1 segment, 0 records kept, dropped 1 range \(\d+ B\), patched 0 header fields, /m);
   });
 
+  it('verify on a folder a live process holds says so in a note (a batch being written may show as a torn tail); not once it is closed, nor for a dead holder', async () => {
+    const dir = await freshStore();
+    const store = await openStore(dir);
+    try {
+      const live = waymark('verify', dir);
+      assert.equal(live.status, 0, live.stdout + live.stderr);
+      assert.match(live.stdout, new RegExp(`^note: the store is open by a running process \\(pid ${process.pid}\\): .*stop it for an exact answer$`, 'm'));
+    } finally {
+      await store.close();
+    }
+    assert.doesNotMatch(waymark('verify', dir).stdout, /^note: the store is open/m);
+    const gone = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+    fs.writeFileSync(path.join(dir, 'LOCK'), `${gone.stdout}\n`); // what a SIGKILLed holder leaves
+    assert.doesNotMatch(waymark('verify', dir).stdout, /^note: the store is open/m);
+  });
+
   it('repair exits 1 with one clear line while a broker holds the folder', async () => {
     const dir = await freshStore();
     const store = await openStore(dir);

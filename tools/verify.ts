@@ -21,7 +21,8 @@ export const verifyCommand: Command = {
       'DIR is a store, topic or channel folder, or one segment (.log) or index file. Exit status: 0 when clean\n' +
       '(one summary line), 1 when anything is wrong (one line per fault: file, position, what; position - =\n' +
       'the whole file). A torn tail on an active segment is a fault: open would truncate it. Takes no lock:\n' +
-      'on a folder a broker is writing, the active segments may change while they are read.',
+      'on a folder a broker is writing, the active segments may change while they are read (a note says\n' +
+      'when a live process holds the folder).',
   },
   async run(args, io) {
     const progress = new ProgressLine({ isTTY: io.errIsTTY, write: (text) => io.err(text) });

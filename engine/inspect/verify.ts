@@ -18,6 +18,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { lockHolder } from '../lock';
 import { checkpointFile, readCheckpoint, type Checkpoint } from '../log/checkpoint';
 import { segmentFileName, type SegmentMeta } from '../log/segment';
 import { describePath, indexNamePattern, stagingDirName, type ChannelRef, type Layout } from './layout';
@@ -83,6 +84,10 @@ export async function verifyStore(target: string, options: VerifyOptions = {}): 
     indexFilesChecked: 0,
   };
   checkTopics(layout, report);
+  const holder = layout.storeDir ? lockHolder(layout.storeDir) : null;
+  if (holder !== null) {
+    report.notes.push(`the store is open by a running process (pid ${holder}): its active segments may change while they are read, and a batch being written shows as a torn tail; stop it for an exact answer`);
+  }
 
   const checkpoints = new Map<ChannelRef, CheckpointState>();
   const tasks: ScanTask[] = [];
