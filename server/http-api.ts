@@ -41,7 +41,7 @@ const malformedEscape = /%(?![0-9A-Fa-f]{2})/;
 /** Serves one route: reads what it needs from req synchronously, then runs `work`. */
 function route(
   app: TemplatedApp,
-  method: 'get' | 'put' | 'post' | 'del',
+  method: 'get' | 'head' | 'put' | 'post' | 'del',
   pattern: string,
   ctx: HttpContext,
   work: (input: { params: string[]; query: URLSearchParams; headers: Map<string, string>; body: Promise<Buffer> }) => Promise<Reply> | Reply,
@@ -102,10 +102,27 @@ function route(
           res.writeStatus(`${reply.status} ${statusText[reply.status] ?? ''}`.trim());
           res.writeHeader('content-type', reply.contentType ?? 'application/json');
           // While shutting down a keep-alive client is told to go (it kept a stopping broker busy for good).
-          res.end(reply.body, ctx.isClosing());
+          endReply(res, method === 'head', reply.body, ctx.isClosing());
         });
       });
   });
+}
+
+/**
+ * Ends a reply; to a HEAD request without its body but with the length a GET's would have: a
+ * body after a HEAD reply is read as the start of the next reply on that connection. The
+ * length is written as a header: µWS 20.30's endWithoutBody(length) aborts the process when
+ * called from a handler that did not wait, and closes the connection when it did; given
+ * `undefined` it reports a length of 2^63.
+ */
+function endReply(res: HttpResponse, head: boolean, body: string, close: boolean): void {
+  if (!head) {
+    res.end(body, close);
+    return;
+  }
+  res.writeHeader('content-length', String(Buffer.byteLength(body)));
+  if (close) res.writeHeader('connection', 'close'); // (endWithoutBody's own flag needs a length)
+  res.endWithoutBody();
 }
 
 /**
@@ -275,14 +292,16 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
   // A failed channel (sticky until restart) makes the broker "degraded", still 200: it serves
   // every other channel and the failed one's reads, and a probe that restarted it on a full
   // disk would only cut every client off, again and again.
-  route(app, 'get', '/healthz', ctx, () => {
+  const health = (): Reply => {
     if (ctx.isClosing()) return json({ status: 'shutting down' }, 503);
     const failedChannels = store
       .channelHealth()
       .filter((h) => h.failed !== null)
       .map((h) => ({ topic: h.topic, channel: h.channel, error: h.failed }));
     return json(failedChannels.length > 0 ? { status: 'degraded', failedChannels } : { status: 'ok' });
-  });
+  };
+  route(app, 'get', '/healthz', ctx, health);
+  route(app, 'head', '/healthz', ctx, health); // load balancers probe with HEAD too
   // Never waits: until the start-up pass over __groups is done (waymark_group_positions_loaded 0), lag rows cover the groups used since.
   route(app, 'get', '/metrics', ctx, () => ({ status: 200, body: broker.metrics.render(ctx.metricsExtra), contentType: 'text/plain; version=0.0.4' }));
 
@@ -419,7 +438,7 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
     res.cork(() => {
       res.writeStatus(`${reply.status} ${statusText[reply.status]}`);
       res.writeHeader('content-type', 'application/json');
-      res.end(reply.body, ctx.isClosing());
+      endReply(res, method === 'HEAD', reply.body, ctx.isClosing());
     });
   });
 

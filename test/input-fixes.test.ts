@@ -611,6 +611,26 @@ describe('input fixes: HTTP', function () {
     assert.equal((await httpJson(`${broker.http}/v1/topics/dup/keys/a?from=1&to=${Date.now() + 60_000}`)).body.messages.length, 1);
   });
 
+  it('HEAD /healthz answers 200 with the length and no body; a HEAD to any other path 404 with no body; the connection goes on', async () => {
+    const socket = net.connect(broker.port, '127.0.0.1');
+    await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+    let reply = '';
+    socket.on('data', (d: Buffer) => (reply += d.toString()));
+    const answered = new Promise<void>((resolve) => socket.once('end', () => resolve()));
+    // Pipelined on one connection, the last closing it: a body after a HEAD reply (the 404
+    // used to carry one) would be read as the start of the next reply.
+    socket.write('HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nHEAD /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    await answered;
+    const replies = reply.split(/(?=HTTP\/1\.1 )/);
+    assert.equal(replies.length, 3, reply);
+    assert.match(replies[0]!, /^HTTP\/1\.1 200 OK\r\n/);
+    assert.match(replies[0]!, /\r\ncontent-length: 15\r\n/i);
+    assert.ok(replies[0]!.endsWith('\r\n\r\n'), 'no body after the HEAD reply');
+    assert.match(replies[1]!, /^HTTP\/1\.1 404 Not Found\r\n/);
+    assert.ok(replies[1]!.endsWith('\r\n\r\n'), 'no body after the HEAD reply');
+    assert.match(replies[2]!, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\n\{"status":"ok"\}$/);
+  });
+
   it('a malformed %-escape in the query is 400 BAD_REQUEST, and nothing is stored (?key=%ZZ stored the key "%ZZ")', async () => {
     await httpJson(`${broker.http}/v1/topics/esc`, { method: 'PUT', body: '{"channels": 1}' });
     for (const [method, target, body] of [
