@@ -19,7 +19,7 @@
  * Invariant: a commit is acknowledged only once its record is durable (the store's sync
  * mode), so an acknowledged commit survives a restart.
  */
-import { checkTopicName, WaymarkError, type MessageInput, type Store } from '../engine/index';
+import { checkTopicName, WaymarkError, type AppendResult, type MessageInput, type Store } from '../engine/index';
 import { protocolLimits } from '../protocol/limits';
 
 export const groupsTopic = '__groups';
@@ -73,8 +73,8 @@ export class GroupPositions {
    * delete may hold a key's only record: they stay).
    */
   private compaction: { done: Promise<void>; touched: Set<string>; commitFailed: boolean } | null = null;
-  /** Commits being appended, with their keys: a compaction takes their keys as touched and waits for them before it deletes. */
-  private readonly inflight = new Map<Promise<unknown>, string[]>();
+  /** Commits being appended, with their keys: a compaction sorts them by where they land and waits for them before it deletes. */
+  private readonly inflight = new Map<Promise<AppendResult>, string[]>();
   /** What the last compaction rewrote and where it started: the next waits for as many new records. */
   private lastCompaction = { records: 0, end: 0 };
 
@@ -148,11 +148,9 @@ export class GroupPositions {
     if (this.compaction || !this.isLoaded) return;
     const { segments, highWatermark } = this.store.describeTopic(groupsTopic).channelInfo[0]!;
     if (segments < compactionSegmentCount || highWatermark - this.lastCompaction.end < this.lastCompaction.records) return;
-    // Commits queued but not yet written land past the high watermark the pass reads to:
-    // their keys count as touched from the start.
-    const compaction = { done: Promise.resolve(), touched: new Set([...this.inflight.values()].flat()), commitFailed: false };
+    const compaction = { done: Promise.resolve(), touched: new Set<string>(), commitFailed: false };
     this.compaction = compaction;
-    compaction.done = this.compact(compaction)
+    compaction.done = this.compact(compaction, [...this.inflight])
       .catch((err: Error) => {
         if (!(err instanceof WaymarkError && err.code === 'STORE_CLOSED')) process.emitWarning(`waymark: compacting __groups failed: ${err.message}`);
       })
@@ -164,9 +162,21 @@ export class GroupPositions {
     await this.compaction?.done;
   }
 
-  private async compact(compaction: { touched: Set<string>; commitFailed: boolean }): Promise<void> {
+  /**
+   * One pass (see the file comment). `earlier`: the commits in flight when it starts. Each may
+   * have landed below the high watermark it reads to (written by the group commit whose
+   * acknowledgement started this pass, and not yet acknowledged itself), then the pass reads
+   * and rewrites it like any record; or past it, newer than anything the pass reads: its keys
+   * count as touched, as do those of every commit made from now on (they land past it too).
+   */
+  private async compact(compaction: { touched: Set<string>; commitFailed: boolean }, earlier: Array<[Promise<AppendResult>, string[]]>): Promise<void> {
     const { touched } = compaction;
     const { logStartOffset, highWatermark: end } = this.store.channelState(groupsTopic, 0);
+    for (const [appended, keys] of earlier) {
+      // A failed one sets commitFailed (commit()): nothing is deleted then.
+      const landed = await appended.then((r) => r.baseOffset, () => end);
+      if (landed >= end) for (const key of keys) touched.add(key);
+    }
     const keep = [...(await this.lastCommits(logStartOffset, end))];
     let rewritten = 0;
     for (let i = 0; i < keep.length; i += compactionBatchRecords) {

@@ -1,7 +1,10 @@
 import { strict as assert } from 'node:assert';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { openStore, type Store, type SyncMode } from '../engine/index';
 import { compactionSegmentCount, GroupPositions, groupsTopic } from '../server/groups';
-import { removeTempDirs, tempDir } from './helpers';
+import { removeTempDirs, segmentFiles, tempDir } from './helpers';
 
 after(removeTempDirs);
 
@@ -86,6 +89,53 @@ describe('__groups compaction', () => {
     await store.close();
     ({ store, groups } = await openGroups(dir));
     assert.equal((await groups.get('orders', 'victim', 0))?.offset, 131, 'after a restart: the newer commit, not the rewrite of the older');
+    await store.close();
+  });
+
+  // Found by a review (helper-24): concurrent commits lost a position now and then. Commits
+  // written by one group commit resolve in the same turn; the first one's continuation started
+  // the compaction while the others were still "in flight", though their records were already
+  // below the high watermark the pass reads to. Their keys counted as touched (not rewritten:
+  // "they land past the end"), and the pass deleted the segment holding one of them — here the
+  // second of three commits, the third having rolled __groups to a new segment.
+  it('keeps a commit written before it starts but not yet acknowledged (three commits in one group commit, a roll before the third)', async () => {
+    const dir = tempDir();
+    let { store, groups } = await openGroups(dir);
+    await store.createTopic('orders', { channels: 1 });
+    const channel = path.join(dir, 'topics', groupsTopic, '0');
+    const activeBytes = (): number => fs.statSync(segmentFiles(channel).at(-1)!).size;
+    const grown = async (work: () => Promise<unknown>): Promise<number> => {
+      const before = activeBytes();
+      await work();
+      return activeBytes() - before;
+    };
+    // The size of one commit's batch (same-length keys and bodies give the same size), and of a
+    // raw record with a body of 200 bytes (one more byte of body is one more byte of batch).
+    const commitBytes = await grown(() => groups.commit('orders', 'probe', [{ channel: 0, offset: 10, timestamp: 10 }]));
+    // (base64 of random bytes: lz4 cannot shrink it, so a batch's size follows its body's)
+    const pad = (bodyBytes: number) => [{ key: 'orders/filler/0', body: `{"offset":0,"timestamp":0,"pad":"${randomBytes(bodyBytes).toString('base64').slice(0, bodyBytes - 35)}"}` }];
+    const padBytes200 = await grown(() => store.append(groupsTopic, 0, pad(200)));
+    while (store.describeTopic(groupsTopic).channelInfo[0]!.segments < compactionSegmentCount) await store.append(groupsTopic, 0, pad(200));
+    // A filler whose write holds the group commit, sized so that two commits fit after it in
+    // the segment and a third does not: the three queue behind it and go out together.
+    let room = segmentBytes - activeBytes();
+    const fillerBody = (left: number): number => 200 + (room - left) - padBytes200;
+    if (fillerBody(2 * commitBytes + 1) < 200) {
+      await store.append(groupsTopic, 0, pad(200 + segmentBytes - padBytes200 - 100)); // too little room: start a new segment
+      room = segmentBytes - activeBytes();
+    }
+    const filler = store.append(groupsTopic, 0, pad(fillerBody(2 * commitBytes + 1)));
+    const commits = ['first', 'secnd', 'third'].map((group, i) => groups.commit('orders', group, [{ channel: 0, offset: 11 * (i + 1), timestamp: 10 + i }]));
+    const segmentsBefore = segmentFiles(channel).length;
+    await Promise.all([filler, ...commits]);
+    assert.equal(segmentFiles(channel).length, segmentsBefore + 1, 'the third commit rolled __groups');
+    await groups.compacted();
+    assert.equal(groups.compactions, 1);
+    await store.close();
+    ({ store, groups } = await openGroups(dir));
+    for (const [group, offset] of [['first', 11], ['secnd', 22], ['third', 33]] as const) {
+      assert.equal((await groups.get('orders', group, 0))?.offset, offset, `${group}, after a restart`);
+    }
     await store.close();
   });
 
