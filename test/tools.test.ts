@@ -437,6 +437,12 @@ describe('tools: dump', () => {
     assert.equal(entries.length, header.entryCount);
     // msgId, key and traceid per record
     assert.equal(header.entryCount, 3 * (batchesOf(logsOf(dir)[0]!).length * recordsPerBatch));
+
+    fs.truncateSync(kix, 40); // shorter than its 64-byte header
+    const short = captureIo();
+    assert.equal(await main(['dump', '--index', kix], short), 0);
+    assert.match(short.stdout, /^# .*\.kix: kix magic="WKIX" version=-1 baseOffset=-1 entries=0 \(40 bytes\) PROBLEM: 40 bytes, shorter than the 64-byte header$/m);
+    assert.doesNotMatch(short.stdout, /undefined/);
   });
 });
 

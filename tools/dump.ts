@@ -24,7 +24,8 @@ export function formatDumpItem(item: DumpItem): string {
     case 'damage':
       return `# ${shownPath(item.file)} position ${item.position}: ${item.torn ? 'torn tail' : 'damaged'}, ${item.bytes} bytes: ${item.reason}`;
     case 'index': {
-      const kix = item.kind === 'kix' ? ` slots=${item.slotCount} slotsUsed=${item.slotsUsed} baseTime=${shownTime(item.baseTimestamp!)}` : '';
+      // (a file shorter than its header has no slot count to show)
+      const kix = item.kind === 'kix' && item.slotCount !== undefined ? ` slots=${item.slotCount} slotsUsed=${item.slotsUsed} baseTime=${shownTime(item.baseTimestamp!)}` : '';
       const problem = item.problem ? ` PROBLEM: ${item.problem}` : '';
       const builtFor = item.logBytes === null || item.logBytes === undefined ? '' : ` logBytes=${item.logBytes}`;
       return `# ${shownPath(item.file)}: ${item.kind} magic=${JSON.stringify(item.magic)} version=${item.version} baseOffset=${item.baseOffset} entries=${item.entryCount}${builtFor}${kix} (${item.fileBytes} bytes)${problem}`;

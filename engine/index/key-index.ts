@@ -12,7 +12,8 @@
  *
  * An index whose logBytes is not its segment's size is stale (an older file a power cut
  * brought back; see log/index-file.ts) and fails its check like a corrupt one. Version 1
- * files (logBytes reserved, zero) are still read, without that check.
+ * files (logBytes reserved, zero) are still read; their last entry must be in the segment's
+ * last batch instead (version1LastPosition).
  *
  * Invariants: prevEntry of entry i is < i + 1 (chains only point back); positions are below
  * the segment's size; relativeOffset below the segment's record count. A hit is only a
@@ -241,6 +242,21 @@ export function checkKeyIndexBytes(file: string, bytes: Buffer, baseOffset: numb
   return header;
 }
 
+/**
+ * For a version 1 file, which does not say the log size it was built for: the byte position
+ * of its last entry's batch, -1 when it has no entries; null for a newer file (its logBytes
+ * is checked instead). Entries are added in log order and every record's msgId is one, so a
+ * whole file's last entry is in its segment's last batch, and a stale one's is not. (The
+ * record count cannot serve: a repair may leave offsets without records.) `bytes` is a whole
+ * file that passed decodeKeyIndexHeader.
+ */
+export function version1LastPosition(bytes: Buffer): number | null {
+  if (bytes.readUInt8(4) !== 1) return null;
+  const slotCount = bytes.readUInt32LE(24);
+  const entryCount = bytes.readUInt32LE(28);
+  return entryCount === 0 ? -1 : bytes.readUInt32LE(keyIndexHeaderBytes + slotCount * 4 + (entryCount - 1) * keyIndexEntryBytes + 4);
+}
+
 /** A closed segment's key index, read with positional reads. */
 export class KeyIndexFile {
   private readonly scratch = Buffer.alloc(keyIndexEntryBytes);
@@ -257,13 +273,14 @@ export class KeyIndexFile {
    * entry-by-entry walk (chains, bounds) is verify's: lookups bound every chain step anyway
    * and confirm every hit against the record.
    */
-  static open(file: string, baseOffset: number, segmentBytes: number): KeyIndexFile {
+  static open(file: string, baseOffset: number, segmentBytes: number, check?: (bytes: Buffer) => void): KeyIndexFile {
     const fd = fs.openSync(file, 'r');
     try {
       const bytes = fs.readFileSync(fd);
       const header = decodeKeyIndexHeader(file, bytes, bytes.length, baseOffset);
       if (fileChecksum(bytes, 32) !== bytes.readBigUInt64LE(32)) throw new CorruptIndexError(file, 'checksum mismatch');
       checkBuiltFor(file, header, segmentBytes);
+      check?.(bytes);
       return new KeyIndexFile(file, fd, header);
     } catch (err) {
       fs.closeSync(fd);

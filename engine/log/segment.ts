@@ -20,8 +20,8 @@ import { WaymarkError } from '../format/errors';
 import { xxh32Range } from '../format/checksum';
 import { forEachRecordKeys, IndexKind } from '../format/index-keys';
 import { msgIdBytes } from '../format/msg-id';
-import { patchBatch, recordsSection, type BatchHeader } from '../format/record-batch';
-import { checkKeyIndexBytes, KeyIndexBuilder, KeyIndexFile, type KeyHit, type TimeRange } from '../index/key-index';
+import { batchHeaderBytes, patchBatch, probeHeader, recordsSection, type BatchHeader } from '../format/record-batch';
+import { checkKeyIndexBytes, KeyIndexBuilder, KeyIndexFile, version1LastPosition, type KeyHit, type TimeRange } from '../index/key-index';
 import { limits } from '../limits';
 import { CorruptIndexError, DamageBeforeSoundBatchesError } from './errors';
 import * as pool from './fs-pool';
@@ -214,7 +214,9 @@ export class Segment {
       segment.maxTimestamp = meta.maxTimestamp;
       segment.offsetIndex = OffsetIndex.decode(segment.path('oix'), readWhole(segment.path('oix')), meta.baseOffset, meta.bytes, meta.nextOffset);
       segment.timeIndex = TimeIndex.decode(segment.path('tix'), readWhole(segment.path('tix')), meta.baseOffset, meta.bytes, meta.nextOffset);
-      segment.keyBuilder = KeyIndexBuilder.fromBytes(segment.path('kix'), readWhole(segment.path('kix')), meta.baseOffset, meta.bytes, segment.recordCount);
+      const kix = readWhole(segment.path('kix'));
+      segment.keyBuilder = KeyIndexBuilder.fromBytes(segment.path('kix'), kix, meta.baseOffset, meta.bytes, segment.recordCount);
+      segment.checkKeyCoverage(kix);
       // The next batch gets an offset index entry only after another interval of bytes.
       segment.bytesSinceIndexEntry = 0;
       // The clean close made the log durable before its checkpoint (a seal's fdatasync, or
@@ -318,11 +320,33 @@ export class Segment {
     try {
       if (which === 'offset') this.offsetIndex ??= OffsetIndex.decode(this.path('oix'), readWhole(this.path('oix')), this.baseOffset, this.size, this.nextOffset);
       else if (which === 'time') this.timeIndex ??= TimeIndex.decode(this.path('tix'), readWhole(this.path('tix')), this.baseOffset, this.size, this.nextOffset);
-      else if (!this.keyBuilder) this.keyFile ??= KeyIndexFile.open(this.path('kix'), this.baseOffset, this.size);
+      else if (!this.keyBuilder) this.keyFile ??= KeyIndexFile.open(this.path('kix'), this.baseOffset, this.size, (bytes) => this.checkKeyCoverage(bytes));
     } catch (err) {
       if (!(err instanceof CorruptIndexError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       this.rebuildIndexes();
     }
+  }
+
+  /**
+   * A version 1 key index (no logBytes) must reach the segment's last batch: else it is an
+   * older, whole file — left by a build before version 2 and brought back by a power cut after
+   * this one wrote a newer file unsynced (a roll) — and it would miss every later key.
+   */
+  private checkKeyCoverage(bytes: Buffer): void {
+    const last = version1LastPosition(bytes);
+    if (last === null || this.size === 0) return;
+    if (last < 0 || this.batchEndAt(last) !== this.size) {
+      throw new CorruptIndexError(this.path('kix'), `version 1 file whose last entry is not in the segment's last batch: stale (an older file)`);
+    }
+  }
+
+  /** Where the batch starting at `position` ends, from its header; -1 when none starts there. */
+  private batchEndAt(position: number): number {
+    const head = this.readNow(position, batchHeaderBytes);
+    if (head.length < batchHeaderBytes) return -1;
+    const probe = probeHeader(head, 0);
+    if (probe.kind === 'ok') return position + probe.header.batchLength;
+    return probe.kind === 'short' ? position + probe.needBytes : -1;
   }
 
   /** Checks every index entry (verify, and the open-time check of a sealed segment). */
