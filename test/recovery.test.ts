@@ -403,6 +403,29 @@ describe('recovery: a clean close of an idle channel', () => {
   });
 });
 
+describe('recovery: a removal cut short', () => {
+  // Retention and compaction unlink a segment's log, then its index files: a crash between
+  // left the index files for ever (found by helper-24 after SIGKILLs).
+  it('index files without their log are noted by verify and removed at open', async () => {
+    const dir = tempDir();
+    const channel = channelDir(dir);
+    let store = await openStore(dir, { segmentBytes: 4096 });
+    await store.createTopic('t', { channels: 1 });
+    for (let i = 0; segmentFiles(channel).length < 3; i++) await store.append('t', 0, [{ key: `k${i}`, body: bodyFor('orphan', i, 400) }]);
+    await store.close();
+    const oldest = segmentFiles(channel)[0]!;
+    fs.unlinkSync(oldest); // the crash came right after the log's unlink
+    const orphans = ['kix', 'oix', 'tix'].map((ext) => path.basename(oldest).replace(/\.log$/, `.${ext}`));
+    const report = await verifyStore(dir);
+    assert.deepEqual(report.faults, []);
+    assert.ok(report.notes.some((n) => n.endsWith(`3 index file(s) without their log (${orphans.join(', ')}), left by a removal cut short (open removes them)`)), report.notes.join('\n'));
+    store = await openStore(dir, { segmentBytes: 4096 });
+    await store.close();
+    assert.deepEqual(orphans.filter((f) => fs.existsSync(path.join(channel, f))), []);
+    assert.ok(!(await verifyStore(dir)).notes.some((n) => n.includes('without their log')));
+  });
+});
+
 describe('recovery: stale index files (an older file brought back by a power cut)', () => {
   // A filesystem may bring an index file's older content back after a power cut: those of a
   // roll are not fsynced, and a clean close overwrites the files of the one before. Such a

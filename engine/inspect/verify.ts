@@ -168,7 +168,11 @@ function checkTopics(layout: Layout, report: VerifyReport): void {
 function checkChannel(channel: ChannelRef, cp: CheckpointState, byFile: Map<string, ScanResult>, report: VerifyReport): void {
   const cpFile = path.join(channel.dir, checkpointFile);
   const segments = channel.segments;
-  const dropped = fs.readdirSync(channel.dir).filter((n) => /\.log\.dropped-\d+(\.\d+)?$/.test(n));
+  const names = fs.readdirSync(channel.dir);
+  const dropped = names.filter((n) => /\.log\.dropped-\d+(\.\d+)?$/.test(n));
+  const logs = new Set(segments.map((s) => s.baseOffset));
+  const orphans = names.filter((n) => indexNamePattern.test(n) && !logs.has(Number(n.slice(0, 20)))).sort();
+  if (orphans.length > 0) report.notes.push(`${channel.label}: ${orphans.length} index file(s) without their log (${orphans.join(', ')}), left by a removal cut short (open removes them)`);
   if (fs.existsSync(path.join(channel.dir, stagingDirName))) report.notes.push(`${channel.label}: a staging folder (.repair) of an interrupted repair is left; run repair again`);
   if (dropped.length > 0) report.notes.push(`${channel.label}: ${dropped.length} file(s) of bytes dropped by recovery or repair (*.dropped-*), kept for inspection`);
   if (cp.state !== 'ok') {

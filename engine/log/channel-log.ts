@@ -221,11 +221,12 @@ export class ChannelLog {
     const checkpoint = readCheckpoint(this.dir);
     const trusted = new Map<number, SegmentMeta>();
     for (const meta of checkpoint?.segments ?? []) trusted.set(meta.baseOffset, meta);
-    const bases = fs
-      .readdirSync(this.dir)
+    const names = fs.readdirSync(this.dir);
+    const bases = names
       .filter((name) => /^\d{20}\.log$/.test(name))
       .map((name) => Number(name.slice(0, 20)))
       .sort((a, b) => a - b);
+    removeOrphanIndexFiles(this.dir, names, new Set(bases));
     this.producers.load(checkpoint?.producers ?? []);
 
     let everyTrusted = true;
@@ -930,3 +931,18 @@ function corruptAt(segment: Segment, position: number, reason: string): WaymarkE
   return new WaymarkError('CORRUPT_FILE', `${segment.path('log')} at position ${position}: ${reason}; run waymark verify`, { file: segment.path('log'), position });
 }
 
+/**
+ * Index files whose log is gone: a removal (retention, compaction) unlinks the log first, and
+ * a crash before its index files left them. Nothing reads them; left alone they would stay for
+ * ever. Best effort: one that cannot be removed now is tried at the next open.
+ */
+function removeOrphanIndexFiles(dir: string, names: readonly string[], logs: ReadonlySet<number>): void {
+  for (const name of names) {
+    if (!/^\d{20}\.(oix|tix|kix)$/.test(name) || logs.has(Number(name.slice(0, 20)))) continue;
+    try {
+      unlinkIfPresent(path.join(dir, name));
+    } catch {
+      // (a read-only folder: the store opens for reading, as before)
+    }
+  }
+}
