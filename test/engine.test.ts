@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openStore, encodeBatch, decodeRecords, lz4Codec, validateBatch, type Store, type StoreOptions, type SyncMode } from '../engine/index';
@@ -648,6 +648,36 @@ describe('engine store: out of file descriptors', () => {
     assert.deepEqual(out.left, [], 'no half-made topic folder');
     assert.equal(out.second, 'created');
     assert.equal(JSON.parse(fs.readFileSync(path.join(dir, 'topics', 'wide', 'topic.json'), 'utf8')).channels, 4);
+  });
+});
+
+describe('engine store: deleteSegmentsBefore and settled() under a steady roll', () => {
+  // Found by a review (helper-25): deleteSegmentsBefore waited while any seal ran, and with
+  // segments rolling back to back there always was one: the __groups compaction stalled while
+  // __groups grew. Both now wait for the work started before the call, not for a quiet moment.
+  it('return while appends that roll at every batch go on', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir, { segmentBytes: 4096, compression: false });
+    try {
+      await store.createTopic('t', { channels: 1 });
+      for (let i = 0; i < 4; i++) await store.append('t', 0, [{ body: randomBytes(3000) }]);
+      const cap = 400; // appends per writer: reached only if the calls wait for the load to stop
+      let stop = false;
+      let appended = 0;
+      const writer = async (): Promise<void> => {
+        for (let i = 0; i < cap && !stop; i++, appended++) await store.append('t', 0, [{ body: randomBytes(3000) }]); // one segment each
+      };
+      const writers = Array.from({ length: 8 }, writer);
+      const removed = await store.deleteSegmentsBefore('t', 0, 2);
+      await store.settled();
+      stop = true;
+      await Promise.all(writers);
+      assert.ok(removed >= 1, `removed ${removed}`);
+      assert.ok(appended < 8 * cap, 'returned while the writers were still appending');
+      assert.equal(store.channelState('t', 0).logStartOffset, 2);
+    } finally {
+      await store.close();
+    }
   });
 });
 

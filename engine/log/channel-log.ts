@@ -90,6 +90,8 @@ export class ChannelLog {
   private readonly segments: Segment[] = [];
   private queue: Pending[] = [];
   private flushing: Promise<void> | null = null;
+  /** The newest append queued (settled() waits for it). */
+  private lastQueued: Promise<AppendOutcome> | null = null;
   private syncing: Promise<void> | null = null;
   /** Background seals of rolled segments (roll), chained in roll order. */
   private sealing: Promise<void> | null = null;
@@ -348,6 +350,7 @@ export class ChannelLog {
     const done = new Promise<AppendOutcome>((resolve, reject) => {
       this.queue.push({ batch, header, baseOffset, brokerTimestamp, resolve, reject });
     });
+    this.lastQueued = done;
     if (idempotent) {
       const batch = this.producers.record(header.producerId, header.producerSequence, header.recordCount, baseOffset, done);
       done.then(
@@ -823,9 +826,12 @@ export class ChannelLog {
    * nothing before `offset` is needed any more (the `__groups` compaction rewrote it).
    */
   async deleteSegmentsBefore(offset: number): Promise<number> {
-    // A segment rolled just before is deleted too, once its seal is done (not left for the
-    // next compaction, which may be long in coming).
-    while (this.sealing) await this.sealing;
+    // A segment rolled before the call is deleted too, once its seal is done (not left for the
+    // next compaction, which may be long in coming). The seals started so far, not every one:
+    // under a steady load there is always another (a compaction waiting for them all stalled
+    // while __groups grew).
+    const sealing = this.sealing;
+    if (sealing) await sealing;
     // What the caller rewrote at `offset` and after must be durable before what it replaces
     // goes: in sync modes "interval" and "none" its writes may still be only in the page cache.
     if (!this.dsync) {
@@ -847,9 +853,12 @@ export class ChannelLog {
    * next append says.
    */
   async settled(): Promise<void> {
-    while (this.flushing) await this.flushing;
+    // Snapshots, not loops: under a steady load there is always a next group or seal.
+    const written = this.lastQueued; // groups go out in queue order: once it is done, so is every append before it
+    if (written) await written.then(noop, noop);
     if (this.syncing) await this.syncing;
-    while (this.sealing) await this.sealing;
+    const sealing = this.sealing; // seals run one after another: the newest ends after every earlier one
+    if (sealing) await sealing;
   }
 
   /**
@@ -864,7 +873,10 @@ export class ChannelLog {
     this.closed = true; // later appends are refused; queued ones still go out
     this.deleting = options.deleting === true;
     if (this.syncTimer) clearInterval(this.syncTimer);
-    await this.settled();
+    // Closed: no append is queued from here on, so these end.
+    while (this.flushing) await this.flushing;
+    if (this.syncing) await this.syncing;
+    while (this.sealing) await this.sealing;
     let failure: unknown = null;
     // Nothing appended since an open that found a clean close's files as it left them: they
     // say what a close would write (Segment.untouchedSinceCleanClose, cleanCheckpointCurrent).
@@ -946,3 +958,5 @@ function removeOrphanIndexFiles(dir: string, names: readonly string[], logs: Rea
     }
   }
 }
+
+function noop(): void {}
