@@ -33,7 +33,7 @@ export interface GroupPosition {
 }
 
 /** Positions cached at most (a bound on memory; evicted ones are read back from the index). */
-const cachedPositionCountMax = 100_000;
+export const cachedPositionCountMax = 100_000;
 
 /** Segment size of `__groups` when the broker creates it: compaction frees whole segments. */
 export const groupsSegmentBytesDefault = 16 * 1024 * 1024;
@@ -79,6 +79,8 @@ export class GroupPositions {
   private lastCompaction = { records: 0, end: 0 };
 
   private loading: Promise<void> = Promise.resolve();
+  /** While the start-up pass reads: the keys committed or read meanwhile (newer than what it reads). */
+  private seenDuringLoad: Set<string> | null = null;
 
   private constructor(private readonly store: Store) {}
 
@@ -115,8 +117,14 @@ export class GroupPositions {
    */
   private async loadAll(): Promise<void> {
     const { logStartOffset, highWatermark } = this.store.channelState(groupsTopic, 0);
-    for (const [key, { body, committedAt }] of await this.lastCommits(logStartOffset, highWatermark)) {
-      if (this.cache.has(key) || !this.isLive(key, committedAt)) continue;
+    this.seenDuringLoad = new Set();
+    const latest = await this.lastCommits(logStartOffset, highWatermark);
+    const seen = this.seenDuringLoad;
+    this.seenDuringLoad = null;
+    for (const [key, { body, committedAt }] of latest) {
+      // Not `cache.has` alone: a key committed during the pass may have been evicted since (a
+      // cache at its bound), and its older record read here put back in its place.
+      if (seen.has(key) || this.cache.has(key) || !this.isLive(key, committedAt)) continue;
       const position = parsePosition(key, body);
       if (position) this.remember(key, position);
     }
@@ -221,6 +229,7 @@ export class GroupPositions {
       if (!Number.isInteger(p.channel) || p.channel < 0 || p.channel >= channels) throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${topic} has no channel ${p.channel}`);
       if (!Number.isSafeInteger(p.offset) || p.offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `offset ${p.offset} is not a valid position`);
     }
+    const incarnation = this.store.topicIncarnation(topic);
     const records = positions.map((p) => ({ key: GroupPositions.key(topic, group, p.channel), body: JSON.stringify({ offset: p.offset, timestamp: p.timestamp }) }));
     const keys = records.map((r) => r.key);
     if (this.compaction) for (const key of keys) this.compaction.touched.add(key);
@@ -235,8 +244,14 @@ export class GroupPositions {
     } finally {
       this.inflight.delete(appended);
     }
-    for (const p of positions) this.remember(GroupPositions.key(topic, group, p.channel), { ...p });
     this.maybeCompact();
+    // The topic was deleted while the commit was written (and maybe made again): the position
+    // was for the old one. forgetTopic has run already, so a cached copy would count for the
+    // new topic; on disk the record is older than the new topic and does not.
+    if (!this.store.hasTopic(topic) || this.store.topicIncarnation(topic) !== incarnation) {
+      throw new WaymarkError('TOPIC_NOT_FOUND', `topic ${topic} was deleted while the commit was written`);
+    }
+    for (const p of positions) this.remember(GroupPositions.key(topic, group, p.channel), { ...p });
   }
 
   /** Drops the cached positions of a deleted topic (a new topic of that name starts with none). */
@@ -254,6 +269,7 @@ export class GroupPositions {
   }
 
   private remember(key: string, position: GroupPosition | null): void {
+    this.seenDuringLoad?.add(key);
     this.cache.delete(key);
     this.cache.set(key, position);
     if (this.cache.size > cachedPositionCountMax) this.cache.delete(this.cache.keys().next().value!);

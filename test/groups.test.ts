@@ -3,8 +3,8 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openStore, type Store, type SyncMode } from '../engine/index';
-import { compactionSegmentCount, GroupPositions, groupsTopic } from '../server/groups';
-import { removeTempDirs, segmentFiles, tempDir } from './helpers';
+import { cachedPositionCountMax, compactionSegmentCount, GroupPositions, groupsTopic } from '../server/groups';
+import { rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
 after(removeTempDirs);
 
@@ -161,6 +161,57 @@ describe('__groups compaction', () => {
       const last = [...Array(i).keys()].filter((n) => `g${n % 3}` === g).pop();
       assert.equal((await groups.get('orders', g, 0))?.offset, last, g);
     }
+    await store.close();
+  });
+});
+
+// Found by a review (helper-25), each in the cache of positions; what is on disk was right.
+describe('__groups: the cache of positions', () => {
+  it('a commit written while its topic is deleted and made again is refused (TOPIC_NOT_FOUND), and its position does not count for the new topic', async () => {
+    const dir = tempDir();
+    let { store, groups } = await openGroups(dir);
+    await store.createTopic('dt', { channels: 1 });
+    // The commit's record is written at once; its acknowledgement is held until the topic is
+    // deleted and made again (as when that lands between the write and its acknowledgement).
+    const append = store.append.bind(store);
+    let acknowledge!: () => void;
+    const held = new Promise<void>((resolve) => (acknowledge = resolve));
+    store.append = (async (...args: Parameters<Store['append']>) => {
+      const result = await append(...args);
+      if (args[0] === groupsTopic) await held;
+      return result;
+    }) as Store['append'];
+    const commit = groups.commit('dt', 'g', [{ channel: 0, offset: 50, timestamp: 1 }]);
+    await store.deleteTopic('dt');
+    groups.forgetTopic('dt'); // what the broker does after a delete
+    await store.createTopic('dt', { channels: 1 });
+    acknowledge();
+    assert.equal((await rejection(commit)).code, 'TOPIC_NOT_FOUND');
+    store.append = append;
+    assert.equal(await groups.get('dt', 'g', 0), null, 'the new topic has no position for g');
+    await store.close();
+    ({ store, groups } = await openGroups(dir));
+    assert.equal(await groups.get('dt', 'g', 0), null, 'after a restart');
+    await store.close();
+  });
+
+  it('a commit made while the start-up pass reads is not replaced by the older record the pass reads, with more keys than the cache holds', async () => {
+    const dir = tempDir();
+    let { store, groups } = await openGroups(dir);
+    await store.createTopic('many', { channels: 1 });
+    const body = '{"offset":1,"timestamp":1}';
+    for (let first = 0; first <= cachedPositionCountMax; first += 1000) {
+      await store.append(groupsTopic, 0, Array.from({ length: 1000 }, (_, i) => ({ key: `many/g${first + i}/0`, body })));
+    }
+    await groups.commit('many', 'last', [{ channel: 0, offset: 1, timestamp: 1 }]); // its first record comes after every other key's
+    await store.close();
+    store = await openStore(dir);
+    groups = await GroupPositions.open(store, { segmentBytes });
+    // While the pass reads: the pass then caches more keys than the cache holds, evicting this
+    // one, and came to its older record last.
+    await groups.commit('many', 'last', [{ channel: 0, offset: 2, timestamp: 2 }]);
+    await groups.loaded();
+    assert.equal((await groups.get('many', 'last', 0))?.offset, 2);
     await store.close();
   });
 });
