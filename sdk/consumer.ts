@@ -405,8 +405,34 @@ export class Consumer implements AsyncIterable<Message> {
     const { messages, bytes } = this.bufferedCredit();
     this.dropQueued();
     this.grant(messages, bytes);
-    const reply = await this.connection.request({ seek: request });
-    // Pushes of this epoch may have arrived already; positions move only where nothing newer was taken.
+    let reply: Frame;
+    try {
+      reply = await this.connection.request({ seek: request });
+    } catch (err) {
+      // Refused (OFFSET_OUT_OF_RANGE past a channel's end, say): the broker goes on pushing in
+      // the old epoch, which is now stale here, so nothing would ever come again. The consumer
+      // goes back to where it was: every channel just after the last message handed out.
+      if (this.epoch === epoch && !this.closed && !lostOrClosed(err)) await this.seekTo(Object.fromEntries(this.delivered));
+      throw err;
+    }
+    this.applySeek(reply, epoch);
+  }
+
+  /** A seek to offsets after a refused one (see seek); its own failure fails the consumer. */
+  private async seekTo(offsets: Record<number, number>): Promise<void> {
+    const epoch = ++this.epoch;
+    const { messages, bytes } = this.bufferedCredit();
+    this.dropQueued();
+    this.grant(messages, bytes);
+    try {
+      this.applySeek(await this.connection.request({ seek: { subscription: this.subscription, positions: offsetPositions(offsets), epoch } }), epoch);
+    } catch (err) {
+      if (!lostOrClosed(err) && !this.closed) this.fail(err as Error);
+    }
+  }
+
+  /** Pushes of this epoch may have arrived already; positions move only where nothing newer was taken. */
+  private applySeek(reply: Frame, epoch: number): void {
     for (const p of reply.seekOk?.positions ?? []) {
       const channel = p.channel ?? 0;
       if (this.epoch === epoch && this.deliveredEpoch.get(channel) !== epoch) this.delivered.set(channel, p.offset ?? 0);
@@ -594,4 +620,10 @@ function checkConsumerOptions(options: ConsumerOptions): void {
 export function checkSeekTime(timestamp: number): number {
   if (!Number.isSafeInteger(timestamp) || timestamp < 0) throw new WaymarkError('INVALID_ARGUMENT', `seek timestamp ${timestamp}: a broker time in ms, 0 or more`);
   return timestamp;
+}
+
+/** The connection is gone or the client closed: a reconnect resubscribes from where the consumer is. */
+export function lostOrClosed(err: unknown): boolean {
+  const code = (err as WaymarkError).code;
+  return code === 'CONNECTION_LOST' || code === 'CLIENT_CLOSED';
 }

@@ -18,7 +18,7 @@ import { WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
 import { channelsPastTheirEnd } from './admin';
-import { checkChannels, checkCount, checkPosition, checkSeekTime } from './consumer';
+import { checkChannels, checkCount, checkPosition, checkSeekTime, lostOrClosed } from './consumer';
 import { Pull } from './pull';
 import { decodeBatches, type Message } from './messages';
 import { Producer, type OutgoingMessage, type SendResult } from './producer';
@@ -334,7 +334,21 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     const where = 'positions' in to ? { positions: withOthers(checkPositions(to.positions), this.resume.positions) } : checkSeekTime(to.timestamp) > 0 ? { timestamp: to.timestamp } : { to: 'earliest' };
     const epoch = ++this.epoch;
     for (const item of this.packs.splice(0)) this.grant(item.credit[0], item.credit[1]);
-    const reply = await this.connection.request({ seek: { subscription: this.consuming.subscription, epoch, ...where } });
+    const subscription = this.consuming.subscription;
+    let reply: Frame;
+    try {
+      reply = await this.connection.request({ seek: { subscription, epoch, ...where } });
+    } catch (err) {
+      // Refused (a position past a channel's end, say): the broker goes on pushing packs in the
+      // old epoch, stale here, so none would ever come again. The stream goes back to where it
+      // was, after the last pack handed out, on a new subscription (a seek cannot give both
+      // positions and the next pack's begin time); the old one is ended.
+      if (this.epoch === epoch && !this.closed && !this.consumerClosed && !lostOrClosed(err)) {
+        this.connection.request({ unsubscribe: { subscription } }).catch(() => undefined);
+        await this.resubscribe();
+      }
+      throw err;
+    }
     // The stream now stands where the seek put it (the broker's packBeginTs after a seek, in
     // session.seek), unless a pack of this seek was handed out already, or a newer seek was sent.
     if (this.epoch === epoch && this.resumeEpoch !== epoch) {

@@ -242,6 +242,22 @@ describe('broker: SDK round trips against a real broker process', function () {
     await consumer.close();
   });
 
+  // Found by a review (helper-25): the consumer had taken the seek's new epoch before the
+  // reply, the broker never applied it and went on pushing in the old one, and every push was
+  // dropped as stale: nothing came again, not even new messages.
+  it('a seek the broker refuses (past the end) leaves the consumer where it was: what it had buffered and what comes later are handed out', async () => {
+    await client.admin.createTopic('seek-refused', { channels: 1 });
+    const producer = await client.producer({ topic: 'seek-refused' });
+    await Promise.all(Array.from({ length: 10 }, (_, i) => producer.send({ body: `a${i}` })));
+    const consumer = await client.consumer({ topic: 'seek-refused', group: 's', start: 'earliest', autoCommitIntervalMs: 0 });
+    assert.deepEqual((await take(consumer, 3)).map((m) => m.offset), [0, 1, 2]);
+    assert.equal((await rejection(consumer.seek({ offsets: { 0: 100_000 } }))).code, 'OFFSET_OUT_OF_RANGE');
+    assert.deepEqual((await take(consumer, 7)).map((m) => m.offset), [3, 4, 5, 6, 7, 8, 9]);
+    const fresh = await producer.send({ body: 'after' });
+    assert.equal((await take(consumer, 1))[0]!.offset, fresh.offset);
+    await consumer.close();
+  });
+
   it('time-tick packs: every message of every channel, each inside (beginTs, endTs], packs chained', async () => {
     await client.admin.createTopic('packs', { channels: 3 });
     const stream = client.msgStream();

@@ -105,6 +105,23 @@ describe('coverage: SDK and HTTP against a real broker', function () {
     await stream.close();
   });
 
+  it('msgStream: a seek the broker refuses (past the end) leaves the stream where it was: later messages come in packs chained to the last one', async () => {
+    await client.admin.createTopic('ms-refused', { channels: 2 });
+    const stream = client.msgStream();
+    await stream.asProducer('ms-refused');
+    const before = await stream.produce({ msgs: Array.from({ length: 4 }, (_, i) => ({ body: `r${i}`, channel: i % 2 })) });
+    const consumer = client.msgStream();
+    await consumer.asConsumer('ms-refused', 'refused', { start: 'earliest', tickIntervalMs: 10 });
+    const first = await packs(consumer, before.length);
+    assert.equal((await rejection(consumer.seek({ positions: [{ channel: 0, offset: 100_000 }] }))).code, 'OFFSET_OUT_OF_RANGE');
+    const after = await stream.produce({ msgs: [{ body: 'later', channel: 1 }] });
+    const next = await packs(consumer, 1);
+    assert.deepEqual(next.msgs.map(where), after.map((r) => `${r.channel}:${r.offset}`), 'the later message, and nothing again');
+    assert.equal(next.packs[0]!.beginTs, first.packs.at(-1)!.endTs, 'chained to the last pack handed out');
+    await consumer.close();
+    await stream.close();
+  });
+
   it('msgStream packs under a small credit: a millisecond holding more than the credit is asked for and comes; packs chain, lose and repeat nothing', async () => {
     await client.admin.createTopic('ms-credit', { channels: 3 });
     const producer = await client.producer({ topic: 'ms-credit', batchMessagesMax: 1 }); // one message per batch: packs can be cut anywhere
