@@ -75,6 +75,12 @@ export class Consumer implements AsyncIterable<Message> {
   private closed = false;
   /** Epoch of the last seek sent; pushes from an older epoch are stale and dropped. */
   private epoch = 0;
+  /**
+   * Which topic of the name this consumer reads (its creation time, from SubscribeOk): sent
+   * with every commit and resubscribe, so that positions read from a topic since deleted and
+   * made again are refused (TOPIC_NOT_FOUND) rather than stored for the new one.
+   */
+  private topicCreatedAt = 0;
   private commitTimer: ReturnType<typeof setInterval> | null = null;
   private readonly options: Required<Omit<ConsumerOptions, 'channels' | 'start'>> & Pick<ConsumerOptions, 'channels' | 'start'>;
   private readonly stopListening: Array<() => void> = [];
@@ -135,8 +141,12 @@ export class Consumer implements AsyncIterable<Message> {
     this.subscription = this.connection.takeSubscriptionId();
     this.epoch = 0;
     request.subscription = this.subscription;
+    // A resubscribe reads the topic this consumer read: one deleted and made again meanwhile
+    // is TOPIC_NOT_FOUND (its positions are not the new topic's), as when that happens while connected.
+    request.topicCreatedAt = this.topicCreatedAt;
     this.stopPush = this.connection.onPush(this.subscription, (frame) => this.onPush(frame));
     const reply = await this.connection.request({ subscribe: request });
+    this.topicCreatedAt = Number(reply.subscribeOk?.topicCreatedAt ?? 0);
     for (const p of reply.subscribeOk?.positions ?? []) {
       if (!this.delivered.has(p.channel ?? 0) || resume?.channels.includes(p.channel ?? 0)) this.delivered.set(p.channel ?? 0, p.offset ?? 0);
       if (!this.committed.has(p.channel ?? 0)) this.committed.set(p.channel ?? 0, p.offset ?? 0);
@@ -363,7 +373,7 @@ export class Consumer implements AsyncIterable<Message> {
     if (!message || message === this.inHand) this.inHand = null;
     if (!message) return this.commitDone();
     const positions = [{ channel: message.channel, offset: message.offset + 1, timestamp: message.brokerTimestamp }];
-    await this.connection.request({ commit: { topic: this.topic, group: this.group, positions } });
+    await this.connection.request({ commit: { topic: this.topic, group: this.group, positions, topicCreatedAt: this.topicCreatedAt } });
     for (const p of positions) this.committed.set(p.channel, p.offset);
   }
 
@@ -384,7 +394,7 @@ export class Consumer implements AsyncIterable<Message> {
         `not connected to ${this.connection.url}: group ${this.group} of ${this.topic} could not commit (${wanted}) and stays at its last commit; the messages handed out since come again to the group`,
       );
     }
-    await this.connection.request({ commit: { topic: this.topic, group: this.group, positions } });
+    await this.connection.request({ commit: { topic: this.topic, group: this.group, positions, topicCreatedAt: this.topicCreatedAt } });
     for (const p of positions) this.committed.set(p.channel, p.offset);
   }
 

@@ -50,7 +50,8 @@ export interface AsConsumerOptions {
 export class MsgStream implements AsyncIterable<MsgPack> {
   private producer: Producer | null = null;
   private repack: RepackFunc | null = null;
-  private consuming: { topic: string; group: string; subscription: number; channels: number[]; tickIntervalMs: number } | null = null;
+  /** `topicCreatedAt`: which topic of the name it reads (SubscribeOk), sent with commits and resubscribes (see Consumer). */
+  private consuming: { topic: string; group: string; subscription: number; channels: number[]; tickIntervalMs: number; topicCreatedAt: number } | null = null;
   private resume: { positions: Map<number, number>; beginTs: number } = { positions: new Map(), beginTs: 0 };
   /** The epoch of the last pack handed out (resume moved in it). */
   private resumeEpoch = 0;
@@ -120,7 +121,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     else throw new WaymarkError('INVALID_ARGUMENT', `start must be "committed", "earliest", "latest", {positions} or {timestamp}, not ${JSON.stringify(start)}`);
     // The broker begins the first pack just before a start time, else at 0 (session.subscribe).
     this.resume = { positions: new Map(), beginTs: typeof start === 'object' && 'timestamp' in start && start.timestamp > 0 ? start.timestamp - 1 : 0 };
-    this.consuming = { topic, group: subName, subscription: 0, channels: options.channels ?? [], tickIntervalMs: options.tickIntervalMs ?? 0 };
+    this.consuming = { topic, group: subName, subscription: 0, channels: options.channels ?? [], tickIntervalMs: options.tickIntervalMs ?? 0, topicCreatedAt: 0 };
     try {
       await this.subscribe(request);
     } catch (err) {
@@ -173,8 +174,10 @@ export class MsgStream implements AsyncIterable<MsgPack> {
         creditMessages: this.prefetch[0],
         creditBytes: this.prefetch[1],
         subscription: consuming.subscription,
+        topicCreatedAt: consuming.topicCreatedAt, // a resubscribe: the topic it read, not a new one of that name
       },
     });
+    consuming.topicCreatedAt = Number(reply.subscribeOk?.topicCreatedAt ?? 0);
     // Where the subscription starts, for the channels no pack handed out has moved yet.
     for (const p of reply.subscribeOk?.positions ?? []) if (!this.resume.positions.has(p.channel ?? 0)) this.resume.positions.set(p.channel ?? 0, p.offset ?? 0);
   }
@@ -359,7 +362,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   /** Commits the group's positions (typically a consumed pack's endPositions). */
   async commit(positions: MsgPosition[]): Promise<void> {
     if (!this.consuming) throw new WaymarkError('INVALID_ARGUMENT', 'call asConsumer(topic, subName) first');
-    await this.connection.request({ commit: { topic: this.consuming.topic, group: this.consuming.group, positions } });
+    await this.connection.request({ commit: { topic: this.consuming.topic, group: this.consuming.group, positions, topicCreatedAt: this.consuming.topicCreatedAt } });
   }
 
   async close(): Promise<void> {

@@ -84,6 +84,19 @@ export class Broker {
   }
 
   /** The channels a subscription covers: the asked ones (checked) or all. */
+  /**
+   * Throws TOPIC_NOT_FOUND when the topic a client read from (its creation time, from
+   * SubscribeOk) is not the one that has the name now: it was deleted and made again, and
+   * positions read from the old one would be taken for the new one's. 0 = any.
+   */
+  sameTopic(topic: string, createdAt: number): void {
+    if (!createdAt) return;
+    const now = this.store.topicInfo(topic).createdAt; // TOPIC_NOT_FOUND when there is none
+    if (now !== createdAt) {
+      throw new WaymarkError('TOPIC_NOT_FOUND', `topic ${topic} was deleted and made again (at ${new Date(now).toISOString()}) since this client read it`);
+    }
+  }
+
   channelsOf(topic: string, asked: readonly number[]): number[] {
     const count = this.store.topicInfo(topic).channels;
     if (asked.length === 0) return [...Array(count).keys()];
@@ -124,9 +137,11 @@ export class Broker {
    * stored (a consumer may commit what retention has just deleted); subscribe moves it to
    * the fallback. Names and the shape of each position are checked by GroupPositions.commit.
    */
-  async commit(topic: string, group: string, positions: readonly GroupPosition[]): Promise<void> {
+  /** `topicCreatedAt` > 0: the positions were read from the topic made then (see sameTopic). */
+  async commit(topic: string, group: string, positions: readonly GroupPosition[], topicCreatedAt = 0): Promise<void> {
     checkTopicName(topic, true);
     checkGroupName(group);
+    this.sameTopic(topic, topicCreatedAt);
     if (positions.length === 0) return;
     this.channelsOf(topic, positions.map((p) => p.channel));
     for (const p of positions) {

@@ -141,7 +141,7 @@ export class Session {
       }
       case 'commit': {
         const c = (frame.commit as waymark.v1.Commit);
-        await this.broker.commit(c.topic, c.group, (c.positions ?? []).map((p) => ({ channel: p.channel ?? 0, offset: p.offset ?? 0, timestamp: p.timestamp ?? 0 })));
+        await this.broker.commit(c.topic, c.group, (c.positions ?? []).map((p) => ({ channel: p.channel ?? 0, offset: p.offset ?? 0, timestamp: p.timestamp ?? 0 })), Number(c.topicCreatedAt ?? 0));
         return { ok: {} };
       }
       case 'seek':
@@ -196,6 +196,7 @@ export class Session {
     const start = (request.start || 'committed') as StartKind;
     if (!['committed', 'earliest', 'latest'].includes(start)) throw new WaymarkError('INVALID_ARGUMENT', `start must be committed, earliest or latest, not ${start}`);
     const fallback = request.fallback === 'latest' ? 'latest' : 'earliest';
+    this.broker.sameTopic(request.topic, Number(request.topicCreatedAt ?? 0));
     const channels = this.broker.channelsOf(request.topic, request.channels ?? []);
     const positions = await this.broker.startPositions({
       topic: request.topic,
@@ -226,7 +227,10 @@ export class Session {
     );
     this.subscriptions.set(id, subscription);
     // The reply goes out before the first push.
-    return { subscribeOk: { subscription: id, positions: subscription.currentPositions() }, afterSend: () => subscription.start() };
+    return {
+      subscribeOk: { subscription: id, positions: subscription.currentPositions(), topicCreatedAt: this.broker.store.topicInfo(request.topic).createdAt },
+      afterSend: () => subscription.start(),
+    };
   }
 
   private async seek(request: waymark.v1.Seek): Promise<FrameInit> {

@@ -365,6 +365,34 @@ describe('broker: SDK round trips against a real broker process', function () {
     await raw.close();
   });
 
+  // Found by a review (helper-25): a consumer whose topic was deleted and made again went on
+  // committing what it had read from the old topic (its close(), its timer), and the group
+  // then skipped that much of the new topic. A commit now says which topic it read.
+  it('a consumer whose topic was deleted and made again cannot commit the old topic\'s positions into the new one (TOPIC_NOT_FOUND); nor a msgStream', async () => {
+    await client.admin.createTopic('twice', { channels: 1 });
+    const producer = await client.producer({ topic: 'twice' });
+    await producer.sendBatch(Array.from({ length: 5 }, (_, i) => ({ body: `old${i}` })));
+    const consumer = await client.consumer({ topic: 'twice', group: 'app', start: 'earliest', autoCommitIntervalMs: 0 });
+    await take(consumer, 5);
+    const stream = client.msgStream();
+    await stream.asConsumer('twice', 'packs', { start: 'earliest', tickIntervalMs: 10 });
+    const pack = (await stream.next()).value as { endPositions: Array<{ channel: number; offset: number }> };
+    await client.admin.deleteTopic('twice');
+    await client.admin.createTopic('twice', { channels: 1 });
+    const again = await client.producer({ topic: 'twice' });
+    await again.sendBatch(Array.from({ length: 3 }, (_, i) => ({ body: `new${i}` })));
+
+    assert.equal((await rejection(consumer.commit())).code, 'TOPIC_NOT_FOUND');
+    assert.equal((await rejection(stream.commit(pack.endPositions))).code, 'TOPIC_NOT_FOUND');
+    assert.deepEqual(await client.admin.positions('twice', 'app'), [], 'nothing stored for the new topic');
+    assert.deepEqual(await client.admin.positions('twice', 'packs'), []);
+    const fresh = await client.consumer({ topic: 'twice', group: 'app', autoCommitIntervalMs: 0 }); // committed, else earliest
+    assert.deepEqual((await take(fresh, 3)).map(text), ['new0', 'new1', 'new2']);
+    await fresh.close();
+    await consumer.close().catch(() => undefined);
+    await stream.close();
+  });
+
   it('deleting a topic ends its subscriptions with TOPIC_NOT_FOUND', async () => {
     await client.admin.createTopic('doomed', { channels: 1 });
     const consumer = await client.consumer({ topic: 'doomed', group: 'g', start: 'earliest', autoCommitIntervalMs: 0 });
