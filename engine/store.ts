@@ -20,6 +20,7 @@ import { encodeBatch, headerValue, probeHeader, validateBatch, BatchFlag, type H
 import { lz4Codec } from './codec';
 import type { TimeRange } from './index/key-index';
 import { limits } from './limits';
+import { StoreClock } from './clock';
 import { lockFolder, type FolderLock } from './lock';
 import { IoSlots } from './log/io-slots';
 import { ChannelLog, type AppendOutcome, type BatchRead, type ChannelOptions, type SyncMode } from './log/channel-log';
@@ -240,6 +241,8 @@ interface DamagedChannel {
 
 export class Store {
   private readonly topics = new Map<string, Topic>();
+  /** Broker times and topic creation times (see StoreClock). */
+  private readonly clock = new StoreClock();
   private closed = false;
   /**
    * Topics being deleted, until their channels have closed: an append in flight may still
@@ -376,6 +379,7 @@ export class Store {
           progress();
           continue;
         }
+        this.clock.observe(0, info.createdAt);
         const topic = this.newTopic(info, dir);
         this.topics.set(info.name, topic); // from now on a failed open closes its channels (Store.open)
         const report: RecoveryFinding[] = [];
@@ -448,6 +452,7 @@ export class Store {
       retentionBytes: info.retentionBytes,
       tailCacheBytes: this.options.tailCacheBytes,
       onFault: (kind, err) => this.channelFault(topic, channel, kind, err),
+      clock: this.clock,
     };
   }
 
@@ -498,7 +503,7 @@ export class Store {
       segmentBytes: checkSegmentBytes(config.segmentBytes ?? this.options.segmentBytes),
       segmentMs: nonNegative('segmentMs', config.segmentMs ?? this.options.segmentMs) || this.options.segmentMs,
       owner: config.owner ?? '',
-      createdAt: Date.now(),
+      createdAt: this.clock.creation(),
     };
     const topicsDir = path.join(this.dir, 'topics');
     if (fs.existsSync(path.join(topicsDir, name))) {

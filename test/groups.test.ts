@@ -215,3 +215,38 @@ describe('__groups: the cache of positions', () => {
     await store.close();
   });
 });
+
+// Found by a review (helper-25), with a mocked clock: a topic's createdAt was Date.now(), so a
+// deleted topic's positions counted for a new topic of that name when both fell in one
+// millisecond, or when the clock had stepped back. The store's clock (engine/clock.ts) makes
+// a creation time later than every broker time given out before it.
+describe('__groups: a topic made again under the same name, by the clock', () => {
+  for (const [what, step] of [
+    ['within the same millisecond', 0],
+    ['after the system clock stepped back 10 s', -10_000],
+  ] as const) {
+    it(`${what}: the deleted topic's position does not count for the new one; a commit to the new one does`, async () => {
+      const dir = tempDir();
+      const { store, groups } = await openGroups(dir);
+      const realNow = Date.now;
+      const frozen = realNow();
+      try {
+        Date.now = () => frozen;
+        await store.createTopic('again', { channels: 1 });
+        await groups.commit('again', 'g', [{ channel: 0, offset: 40, timestamp: 1 }]);
+        await store.deleteTopic('again');
+        groups.forgetTopic('again');
+        Date.now = () => frozen + step;
+        const made = await store.createTopic('again', { channels: 1 });
+        assert.ok(made.createdAt > frozen, `created at ${made.createdAt}, after the old commit's time ${frozen}`);
+        assert.equal(await groups.get('again', 'g', 0), null, 'no position on the new topic');
+        await groups.commit('again', 'g', [{ channel: 0, offset: 0, timestamp: 2 }]);
+        groups.forgetTopic('again'); // read from __groups, not from the cache
+        assert.equal((await groups.get('again', 'g', 0))?.offset, 0, 'a commit after the creation counts');
+      } finally {
+        Date.now = realNow;
+        await store.close();
+      }
+    });
+  }
+});

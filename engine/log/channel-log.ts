@@ -37,6 +37,7 @@ import { IoSlots } from './io-slots';
 import { ProducerStates } from './producer-state';
 import { Segment, segmentFileName, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
 import { TailCache } from './tail-cache';
+import type { StoreClock } from '../clock';
 
 export type SyncMode = 'batch' | 'interval' | 'none';
 
@@ -56,6 +57,8 @@ export interface ChannelOptions {
    * (owed; see recover); failed, the channel turned failed (sticky), with the first cause.
    */
   onFault?: (kind: 'checkpoint' | 'failed', err: Error) => void;
+  /** The store's broker time (one for every channel and topic: see StoreClock). */
+  clock: StoreClock;
 }
 
 export interface AppendOutcome {
@@ -268,6 +271,7 @@ export class ChannelLog {
     this.highWatermark = this.nextOffset;
     this.committedSize = this.active.size;
     for (const s of this.segments) this.lastBrokerTimestamp = Math.max(this.lastBrokerTimestamp, s.maxTimestamp);
+    this.options.clock.observe(this.lastBrokerTimestamp);
     this.cleanCheckpointCurrent = checkpoint !== null && checkpoint.clean && everyTrusted && checkpoint.segments.length === this.segments.length && this.active.untouchedSinceCleanClose;
     // What open (or openAsync) does next, before the channel serves: syncLeftoverTail, then
     // the checkpoint (clean=false) unless cleanCheckpointCurrent.
@@ -341,7 +345,7 @@ export class ChannelLog {
     }
     const baseOffset = this.nextOffset;
     this.nextOffset += header.recordCount;
-    const brokerTimestamp = Math.max(Date.now(), this.lastBrokerTimestamp);
+    const brokerTimestamp = this.options.clock.stamp(this.lastBrokerTimestamp);
     this.lastBrokerTimestamp = brokerTimestamp;
     this.uncommittedFirstTimestamp ??= brokerTimestamp;
     patchBatch(batch, baseOffset, brokerTimestamp);
@@ -508,7 +512,7 @@ export class ChannelLog {
    * are assigned in order and never decrease). Time-tick packs close at the minimum of
    * this over their channels.
    */
-  stableTimestamp(now: number = Date.now()): number {
+  stableTimestamp(now: number = this.options.clock.now()): number {
     if (this.uncommittedFirstTimestamp !== null) return this.uncommittedFirstTimestamp - 1;
     return Math.max(now, this.lastBrokerTimestamp) - 1;
   }
