@@ -68,9 +68,10 @@ export class GroupPositions {
   /** Compactions finished since open. */
   compactions = 0;
   /**
-   * The compaction in flight: the keys committed since it started or in flight when it did
-   * (it must not rewrite those), and whether such a commit failed (then the segments it would
-   * delete may hold a key's only record: they stay).
+   * The compaction in flight: the keys whose commits land past the end it reads to — made
+   * since it started, or in flight when it did and written past that end (it must not rewrite
+   * those) — and whether such a commit failed (then the segments it would delete may hold a
+   * key's only record: they stay).
    */
   private compaction: { done: Promise<void>; touched: Set<string>; commitFailed: boolean } | null = null;
   /** Commits being appended, with their keys: a compaction sorts them by where they land and waits for them before it deletes. */
