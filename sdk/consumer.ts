@@ -411,10 +411,7 @@ export class Consumer implements AsyncIterable<Message> {
     else request.to = 'earliest';
     const epoch = ++this.epoch;
     request.epoch = epoch;
-    // Buffered messages are from before the seek: drop them and return their credit.
-    const { messages, bytes } = this.bufferedCredit();
-    this.dropQueued();
-    this.grant(messages, bytes);
+    this.dropBufferedForSeek();
     let reply: Frame;
     try {
       reply = await this.connection.request({ seek: request });
@@ -431,14 +428,19 @@ export class Consumer implements AsyncIterable<Message> {
   /** A seek to offsets after a refused one (see seek); its own failure fails the consumer. */
   private async seekTo(offsets: Record<number, number>): Promise<void> {
     const epoch = ++this.epoch;
-    const { messages, bytes } = this.bufferedCredit();
-    this.dropQueued();
-    this.grant(messages, bytes);
+    this.dropBufferedForSeek();
     try {
       this.applySeek(await this.connection.request({ seek: { subscription: this.subscription, positions: offsetPositions(offsets), epoch } }), epoch);
     } catch (err) {
       if (!lostOrClosed(err) && !this.closed) this.fail(err as Error);
     }
+  }
+
+  /** Buffered messages are from before a seek: dropped, and their credit returned. */
+  private dropBufferedForSeek(): void {
+    const { messages, bytes } = this.bufferedCredit();
+    this.dropQueued();
+    this.grant(messages, bytes);
   }
 
   /** Pushes of this epoch may have arrived already; positions move only where nothing newer was taken. */

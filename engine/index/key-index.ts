@@ -191,11 +191,8 @@ export interface KeyIndexHeader {
   logBytes: number | null;
 }
 
-/**
- * Checks the header against the file's size and the segment; with `segmentBytes`, a version 2
- * file must have been built for that log size (else it is stale).
- */
-export function decodeKeyIndexHeader(file: string, header: Buffer, fileBytes: number, baseOffset: number, segmentBytes?: number): KeyIndexHeader {
+/** Checks the header against the file's size and the segment (the log size it was built for: checkBuiltFor, after the checksum). */
+export function decodeKeyIndexHeader(file: string, header: Buffer, fileBytes: number, baseOffset: number): KeyIndexHeader {
   if (header.length < keyIndexHeaderBytes) throw new CorruptIndexError(file, 'shorter than the header');
   const magic = header.toString('latin1', 0, 4);
   if (magic !== keyIndexMagic) throw new CorruptIndexError(file, `magic ${JSON.stringify(magic)}, expected ${keyIndexMagic}`);

@@ -10,13 +10,13 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { WaymarkError } from '../format/errors';
+import { indexNamePattern, segmentNamePattern } from '../log/segment';
 import { readTopicFile } from '../log/topic-file';
 
 /** Folder inside a channel where repair stages rewritten segments before renaming them in. */
 export const stagingDirName = '.repair';
 
-export const segmentNamePattern = /^(\d{20})\.log$/;
-export const indexNamePattern = /^(\d{20})\.(oix|tix|kix)$/;
+export { indexNamePattern, segmentNamePattern } from '../log/segment';
 export const indexExtensions = ['oix', 'tix', 'kix'] as const;
 export type IndexExtension = (typeof indexExtensions)[number];
 

@@ -35,7 +35,7 @@ import { readCheckpoint, syncDir, writeCheckpoint, writeCheckpointAsync, type Ch
 import * as pool from './fs-pool';
 import { IoSlots } from './io-slots';
 import { ProducerStates } from './producer-state';
-import { Segment, segmentFileName, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
+import { indexNamePattern, Segment, segmentFileName, segmentNamePattern, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
 import { TailCache } from './tail-cache';
 import type { StoreClock } from '../clock';
 
@@ -228,7 +228,7 @@ export class ChannelLog {
     for (const meta of checkpoint?.segments ?? []) trusted.set(meta.baseOffset, meta);
     const names = fs.readdirSync(this.dir);
     const bases = names
-      .filter((name) => /^\d{20}\.log$/.test(name))
+      .filter((name) => segmentNamePattern.test(name))
       .map((name) => Number(name.slice(0, 20)))
       .sort((a, b) => a - b);
     removeOrphanIndexFiles(this.dir, names, new Set(bases));
@@ -954,7 +954,7 @@ function corruptAt(segment: Segment, position: number, reason: string): WaymarkE
  */
 function removeOrphanIndexFiles(dir: string, names: readonly string[], logs: ReadonlySet<number>): void {
   for (const name of names) {
-    if (!/^\d{20}\.(oix|tix|kix)$/.test(name) || logs.has(Number(name.slice(0, 20)))) continue;
+    if (!indexNamePattern.test(name) || logs.has(Number(name.slice(0, 20)))) continue;
     try {
       unlinkIfPresent(path.join(dir, name));
     } catch {

@@ -30,6 +30,10 @@ import { OffsetIndex } from './offset-index';
 import { findNextBatch, scanSegment } from './segment-scanner';
 import { TimeIndex } from './time-index';
 
+/** A segment's log and its index files: the base offset, 20 digits, and the extension. */
+export const segmentNamePattern = /^(\d{20})\.log$/;
+export const indexNamePattern = /^(\d{20})\.(oix|tix|kix)$/;
+
 export function segmentFileName(baseOffset: number, extension: string): string {
   return `${String(baseOffset).padStart(20, '0')}.${extension}`;
 }
