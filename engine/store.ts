@@ -640,9 +640,13 @@ export class Store {
 
   // ---------------------------------------------------------------- reads
 
-  /** Raw whole batches from an offset; with `buffer`, read into it (valid until the caller reuses it). */
-  readBatches(topic: string, channel: number, options: { offset: number; maxBytes?: number; buffer?: Buffer }): Promise<BatchRead> {
-    return this.channel(topic, channel).readBatches(options.offset, options.maxBytes ?? 1024 * 1024, options.buffer);
+  /**
+   * Raw whole batches from an offset, about `maxBytes` (1 MiB) and, with `maxMessages`, none
+   * after the first that holds a record at or past offset + maxMessages; always at least one
+   * batch. With `buffer`, read into it (valid until the caller reuses it).
+   */
+  readBatches(topic: string, channel: number, options: { offset: number; maxBytes?: number; maxMessages?: number; buffer?: Buffer }): Promise<BatchRead> {
+    return this.channel(topic, channel).readBatches(options.offset, options.maxBytes ?? 1024 * 1024, options.buffer, options.maxMessages);
   }
 
   async read(topic: string, channel: number, options: ReadOptions = {}): Promise<StoredMessage[]> {

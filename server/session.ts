@@ -9,7 +9,7 @@
  */
 import type { WebSocket } from 'uWebSockets.js';
 import { WaymarkError, type TopicInfo } from '../engine/index';
-import { clientRequestKinds, decodeFrame, encodeFrame, errorFrame, toWaymarkError, type Frame, type FrameInit, type waymark } from '../protocol/frames';
+import { clientRequestKinds, decodeFrame, encodeFrame, encodePushFrame, errorFrame, toWaymarkError, type Frame, type FrameInit, type PushFields, type waymark } from '../protocol/frames';
 import { protocolLimits, protocolVersion } from '../protocol/limits';
 import { formatLimits } from '../engine/format/limits';
 import type { Broker, StartKind } from './broker';
@@ -20,6 +20,9 @@ export interface SessionData {
 }
 
 const serverName = 'waymark/0.1.0';
+
+/** Where push frames are written on their way to a socket (a push larger than this gets its own). */
+const pushScratch = Buffer.allocUnsafe(protocolLimits.pushBytesMax + 64);
 
 export class Session {
   private greeted = false;
@@ -37,6 +40,13 @@ export class Session {
     if (this.closed) return;
     if (frame.error) this.broker.metrics.errors.inc([frame.error.name ?? 'INTERNAL']);
     const bytes = encodeFrame(frame);
+    this.ws.cork(() => this.ws.send(bytes, true));
+  }
+
+  sendPush(fields: PushFields, batches: Uint8Array): void {
+    if (this.closed) return;
+    // µWS copies what it is given (to the socket or its own buffer): one scratch buffer serves every push.
+    const bytes = encodePushFrame(fields, batches, pushScratch);
     this.ws.cork(() => this.ws.send(bytes, true));
   }
 

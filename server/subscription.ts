@@ -18,11 +18,13 @@
  */
 import { BatchOffset, batchHeaderBytes, readInt64, readUint32, WaymarkError, type BatchRead, type Store } from '../engine/index';
 import { protocolLimits } from '../protocol/limits';
-import { toWaymarkError, type FrameInit } from '../protocol/frames';
+import { toWaymarkError, type FrameInit, type PushFields } from '../protocol/frames';
 import { clampPosition } from './broker';
 
 export interface SubscriptionSink {
   send(frame: FrameInit): void;
+  /** A push of batches; `batches` may be reused by the caller once this returns. */
+  sendPush(fields: PushFields, batches: Uint8Array): void;
   /** False while the socket's unsent bytes are over the limit. */
   writable(): boolean;
 }
@@ -185,9 +187,9 @@ export class Subscription {
    * store.readBatches, or null when retention deleted the segment under the read (the offset
    * is now before the log start): the pump goes round again and starts at the log start.
    */
-  private async readBatches(channel: number, offset: number, maxBytes: number): Promise<BatchRead | null> {
+  private async readBatches(channel: number, offset: number, maxBytes: number, maxMessages?: number, buffer?: Buffer): Promise<BatchRead | null> {
     try {
-      return await this.store.readBatches(this.topic, channel, { offset, maxBytes });
+      return await this.store.readBatches(this.topic, channel, { offset, maxBytes, maxMessages, buffer });
     } catch (err) {
       if (!(err instanceof WaymarkError && err.code === 'OFFSET_OUT_OF_RANGE') || offset >= this.store.channelState(this.topic, channel).logStartOffset) throw err;
       this.again = true;
@@ -201,26 +203,31 @@ export class Subscription {
     let position = Math.max(this.positions.get(channel)!, state.logStartOffset);
     if (position >= state.highWatermark) return false;
     const generation = this.generation;
-    const read = await this.readBatches(channel, position, Math.min(protocolLimits.pushBytesMax, this.creditBytes));
-    if (read === null) return false;
-    if (this.closed || generation !== this.generation || read.batchCount === 0) return false;
-    const spans = batchSpans(read.bytes);
-    const fit = this.fitting(spans);
-    if (fit.count === 0) {
-      this.askForCredit(spans[0]!, channel);
-      return false;
+    // Read no more than the credit can take: with credit coming back a quarter window at a
+    // time, a read of pushBytesMax would mostly be thrown away.
+    const buffer = readBuffers.take();
+    try {
+      const read = await this.readBatches(channel, position, Math.min(protocolLimits.pushBytesMax, this.creditBytes), this.creditMessages, buffer);
+      if (read === null) return false;
+      if (this.closed || generation !== this.generation || read.batchCount === 0) return false;
+      const spans = batchSpans(read.bytes);
+      const fit = this.fitting(spans);
+      if (fit.count === 0) {
+        this.askForCredit(spans[0]!, channel);
+        return false;
+      }
+      const last = spans[fit.count - 1]!;
+      const startOffset = position;
+      position = last.baseOffset + last.recordCount;
+      this.positions.set(channel, position);
+      this.creditMessages -= fit.messages;
+      this.creditBytes -= fit.bytes;
+      const highWatermark = this.store.channelState(this.topic, channel).highWatermark;
+      this.sink.sendPush({ subscription: this.id, channel, startOffset, nextOffset: position, highWatermark, epoch: this.epoch }, read.bytes.subarray(0, fit.bytes));
+      return true;
+    } finally {
+      readBuffers.give(buffer);
     }
-    const last = spans[fit.count - 1]!;
-    const startOffset = position;
-    position = last.baseOffset + last.recordCount;
-    this.positions.set(channel, position);
-    this.creditMessages -= fit.messages;
-    this.creditBytes -= fit.bytes;
-    this.sink.send({
-      id: 0,
-      push: { subscription: this.id, channel, batches: read.bytes.subarray(0, fit.bytes), startOffset, nextOffset: position, highWatermark: this.store.channelState(this.topic, channel).highWatermark, epoch: this.epoch },
-    });
-    return true;
   }
 
   /** The longest prefix of spans within the remaining credit. */
@@ -377,6 +384,22 @@ interface PackSpan extends BatchSpan {
 }
 
 /** A channel's read position in pumpPack's merge: batches read (`spans`), the next one to take, those taken. */
+/**
+ * Read buffers of pushBytesMax lent to stream pushes: taken before the read, given back
+ * once the push is on the socket (which copies it). The pool keeps a few; a read that finds
+ * it empty gets a new buffer, kept afterwards only while the pool has room.
+ */
+const readBuffers = {
+  free: [] as Buffer[],
+  keep: 4,
+  take(): Buffer {
+    return this.free.pop() ?? Buffer.allocUnsafe(protocolLimits.pushBytesMax);
+  },
+  give(buffer: Buffer): void {
+    if (this.free.length < this.keep) this.free.push(buffer);
+  },
+};
+
 interface PackCursor {
   channel: number;
   /** Where the next read starts. */

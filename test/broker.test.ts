@@ -311,6 +311,34 @@ describe('broker: SDK round trips against a real broker process', function () {
     await consumer.close();
   });
 
+  it('eight consumers read one backlog at once, in small credit windows: each gets every message in order, byte for byte (pushes share the broker\'s read and frame buffers)', async () => {
+    await client.admin.createTopic('shared-reads', { channels: 3 });
+    const producer = await client.producer({ topic: 'shared-reads' });
+    // Incompressible bodies of 100–700 B in batches of up to 40: many batches, many pushes.
+    const bodies = Array.from({ length: 3000 }, (_, i) => randomBytes(100 + ((i * 7919) % 600)));
+    for (let i = 0; i < bodies.length; i += 40) await producer.sendBatch(bodies.slice(i, i + 40).map((body, j) => ({ body, channel: (i / 40) % 3, headers: { i: String(i + j) } })));
+    await producer.close();
+    const readers = Array.from({ length: 8 }, async (_, r) => {
+      const other = await connect(broker.url);
+      try {
+        // Windows of 50–225 messages and 16 KiB: a push holds one to a few batches, and credit comes back often.
+        const consumer = await other.consumer({ topic: 'shared-reads', group: `reader-${r}`, start: 'earliest', autoCommitIntervalMs: 0, prefetchMessages: 50 + r * 25, prefetchBytes: 16 * 1024 });
+        const got = await take(consumer, bodies.length);
+        const next = [0, 0, 0];
+        for (const m of got) {
+          assert.equal(m.offset, next[m.channel], `reader ${r}: channel ${m.channel} in order`);
+          next[m.channel]!++;
+          assert.ok(Buffer.from(m.body).equals(bodies[Number(m.headers.i)]!), `reader ${r}: body of message ${m.headers.i}`);
+        }
+        await consumer.close();
+        return got.length;
+      } finally {
+        other.close();
+      }
+    });
+    assert.deepEqual(await Promise.all(readers), Array.from({ length: 8 }, () => bodies.length));
+  });
+
   it('a slow consumer slows only itself: a stalled socket holds its own pushes, another consumer gets everything', async () => {
     await client.admin.createTopic('slow', { channels: 1 });
     const stalled = await RawClient.open(broker.url);

@@ -150,6 +150,59 @@ for (const variant of variants) {
       assert.equal(new DataView(mid.bytes.buffer, mid.bytes.byteOffset).getBigInt64(0, true), 6n);
     });
 
+    it('readBatches with maxMessages ends before the first later batch reaching offset + maxMessages, from the file and from memory, and reads no more than it returns', async () => {
+      await store.close();
+      store = await openStore(dir, { ...options, tailCacheBytes: 1024 * 1024 });
+      await store.createTopic('t', { channels: 1 });
+      // Batches of 10 incompressible 600-byte bodies: each over indexIntervalBytes, so every
+      // batch start is in the offset index and the bounded read can end exactly.
+      const stop = store.watch('t', 0, () => undefined); // the tail cache holds what is appended from now on
+      for (let b = 0; b < 12; b++) await store.append('t', 0, Array.from({ length: 10 }, () => ({ body: randomBytes(600) })));
+      const mutable = require('node:fs') as { read: (fd: number, buf: Buffer, off: number, len: number, pos: number, cb: (...a: unknown[]) => void) => void };
+      const realRead = mutable.read;
+      let fsBytes = 0;
+      mutable.read = (fd, buf, off, len, pos, cb) => {
+        fsBytes += len;
+        realRead(fd, buf, off, len, pos, cb);
+      };
+      const batchesOf = (bytes: Buffer): Array<{ base: number; next: number }> => {
+        const out: Array<{ base: number; next: number }> = [];
+        for (let at = 0; at < bytes.length; ) {
+          const length = bytes.readUInt32LE(at + 28);
+          const base = Number(bytes.readBigInt64LE(at));
+          out.push({ base, next: base + validateBatch(bytes.subarray(at, at + length)).recordCount });
+          at += length;
+        }
+        return out;
+      };
+      const cases: Array<[offset: number, maxMessages: number]> = [];
+      for (const offset of [0, 9, 10, 15, 47, 110]) for (const maxMessages of [1, 5, 10, 11, 20, 25, 35, 1000]) cases.push([offset, maxMessages]);
+      const readAll = async (where: 'memory' | 'file'): Promise<void> => {
+        for (const [offset, maxMessages] of cases) {
+          fsBytes = 0;
+          const whole = await store.readBatches('t', 0, { offset, maxBytes: 1024 * 1024 });
+          const wholeBatches = batchesOf(whole.bytes);
+          fsBytes = 0;
+          const read = await store.readBatches('t', 0, { offset, maxBytes: 1024 * 1024, maxMessages, buffer: offset % 2 ? Buffer.alloc(1024 * 1024) : undefined });
+          const got = batchesOf(read.bytes);
+          // The longest prefix of the unbounded read whose batches after the first end by offset + maxMessages.
+          let expected = 1;
+          while (expected < wholeBatches.length && wholeBatches[expected]!.next <= offset + maxMessages) expected++;
+          assert.deepEqual(got, wholeBatches.slice(0, expected), `${where}: offset ${offset} maxMessages ${maxMessages}`);
+          assert.ok(got[0]!.base <= offset && offset < got[0]!.next, 'the first batch holds the offset');
+          assert.equal(read.nextOffset, got[got.length - 1]!.next);
+          assert.equal(fsBytes, where === 'memory' ? 0 : read.bytes.length, `${where}: bytes read from the file for offset ${offset} maxMessages ${maxMessages}`);
+        }
+      };
+      try {
+        await readAll('memory');
+        stop(); // the last watcher gone: the cache is dropped and every read goes to the file
+        await readAll('file');
+      } finally {
+        mutable.read = realRead;
+      }
+    });
+
     it('a watched channel serves tail reads from memory, byte for byte what the files hold', async () => {
       await store.close();
       store = await openStore(dir, { ...options, tailCacheBytes: 8 * 1024 });

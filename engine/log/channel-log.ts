@@ -544,15 +544,19 @@ export class ChannelLog {
   }
 
   /**
-   * Reads whole raw batches from `offset`, about `maxBytes` (always at least one whole
-   * batch). One read per call in the common case: from the offset index's position, skipping
-   * the batches before `offset` inside the chunk. With `into`, the chunk is read into that
-   * buffer (the caller reuses it; the result is valid until its next use).
+   * Reads whole raw batches from `offset`, about `maxBytes` and, with `maxMessages`, no batch
+   * after the first holding a record at or past offset + maxMessages (always at least one
+   * whole batch). One read per call in the common case: from the offset index's position,
+   * skipping the batches before `offset` inside the chunk, up to a batch start the index
+   * knows within both limits (a consumer with credit for 2,500 messages does not read a
+   * megabyte to be handed 2,000). With `into`, the chunk is read into that buffer (the caller
+   * reuses it; the result is valid until its next use).
    */
-  async readBatches(offset: number, maxBytes: number, into?: Buffer): Promise<BatchRead> {
+  async readBatches(offset: number, maxBytes: number, into?: Buffer, maxMessages = Number.MAX_SAFE_INTEGER): Promise<BatchRead> {
     this.checkOffset(offset);
     maxBytes = Math.max(batchHeaderBytes, Math.min(maxBytes, limits.readBytesMax));
-    const cached = this.tail.read(offset, maxBytes, into);
+    const endOffset = offset + Math.max(1, Math.min(maxMessages, Number.MAX_SAFE_INTEGER - offset));
+    const cached = this.tail.read(offset, maxBytes, into, endOffset);
     if (cached) return cached;
     for (let index = this.segmentFor(offset); index < this.segments.length && offset < this.highWatermark; index++) {
       const segment = this.segments[index]!;
@@ -564,7 +568,7 @@ export class ChannelLog {
       while (position < end) {
         // End the read on a batch start the offset index knows, so it returns whole batches
         // (no partial batch read twice, no second read for a batch larger than maxBytes).
-        const boundary = segment.readBoundary(position, position + maxBytes);
+        const boundary = segment.readBoundary(position, position + maxBytes, endOffset);
         const length = boundary > position && boundary <= end ? boundary - position : maxBytes;
         const chunk = await segment.read(position, length, end, into);
         let at = 0;
@@ -583,6 +587,7 @@ export class ChannelLog {
           }
           if (at + h.batchLength > chunk.length) break;
           const batchEnd = expected + h.recordCount;
+          if (count > 0 && batchEnd > endOffset) break;
           expected = batchEnd;
           if (first < 0 && batchEnd <= offset) {
             at += h.batchLength; // before the asked offset

@@ -62,11 +62,13 @@ export class OffsetIndex {
 
   /**
    * A batch start at which a read beginning at `position` can end: the last indexed position
-   * ≤ `limit` when that is past `position`, else the first indexed position after `position`
-   * (the batch there is larger than the limit allows). -1 when the index has none.
+   * ≤ `limit` whose offset is ≤ `endOffset` (so the batches before it hold no record at or
+   * past endOffset), when that is past `position`; else the first indexed position after
+   * `position` (the batch there is larger than the limits allow). -1 when the index has none.
    */
-  readBoundary(position: number, limit: number): number {
+  readBoundary(position: number, limit: number, endOffset = Number.MAX_SAFE_INTEGER): number {
     const bytes = this.entries.bytes;
+    const endRelative = endOffset - this.baseOffset;
     let lo = 0;
     let hi = this.entries.count - 1;
     let after = -1; // first entry position > position
@@ -78,10 +80,11 @@ export class OffsetIndex {
       } else lo = mid + 1;
     }
     if (after < 0) return -1;
+    // Both fields increase from entry to entry, so "within both limits" holds for a prefix.
     let best = -1;
     for (lo = after, hi = this.entries.count - 1; lo <= hi; ) {
       const mid = (lo + hi) >>> 1;
-      if (bytes.readUInt32LE(mid * entryBytes + 4) <= limit) {
+      if (bytes.readUInt32LE(mid * entryBytes + 4) <= limit && bytes.readUInt32LE(mid * entryBytes) <= endRelative) {
         best = mid;
         lo = mid + 1;
       } else hi = mid - 1;

@@ -391,9 +391,9 @@ export class Segment {
   }
 
   /** See OffsetIndex.readBoundary: where a read from `position` may end on a known batch start. */
-  readBoundary(position: number, limit: number): number {
+  readBoundary(position: number, limit: number, endOffset?: number): number {
     this.ensureIndex('offset');
-    return this.offsetIndex!.readBoundary(position, limit);
+    return this.offsetIndex!.readBoundary(position, limit, endOffset);
   }
 
   /** An offset at or before the first message with broker time ≥ `timestamp`. */

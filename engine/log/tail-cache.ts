@@ -77,10 +77,11 @@ export class TailCache {
   }
 
   /**
-   * Whole batches from the one holding `offset`, about `maxBytes` (at least one batch), as
-   * ChannelLog.readBatches returns them; null when `offset` is not in the cache.
+   * Whole batches from the one holding `offset`, about `maxBytes`, none holding a record at
+   * or past `endOffset` (at least one batch), as ChannelLog.readBatches returns them; null
+   * when `offset` is not in the cache.
    */
-  read(offset: number, maxBytes: number, into?: Buffer): BatchRead | null {
+  read(offset: number, maxBytes: number, into?: Buffer, endOffset = Number.MAX_SAFE_INTEGER): BatchRead | null {
     if (this.count === 0 || offset < this.baseOffsets[this.head]! || offset >= this.nextOffsets[this.slot(this.count - 1)]!) return null;
     // The first batch whose range ends past `offset` (binary search: ranges are sorted).
     let lo = 0;
@@ -92,7 +93,7 @@ export class TailCache {
     }
     let total = 0;
     let last = lo;
-    while (last < this.count && (last === lo || total + this.lengths[this.slot(last)]! <= maxBytes)) total += this.lengths[this.slot(last++)]!;
+    while (last < this.count && (last === lo || (total + this.lengths[this.slot(last)]! <= maxBytes && this.nextOffsets[this.slot(last)]! <= endOffset))) total += this.lengths[this.slot(last++)]!;
     const out = into && into.length >= total ? into.subarray(0, total) : Buffer.allocUnsafe(total);
     let at = 0;
     for (let i = lo; i < last; i++) {
