@@ -55,12 +55,14 @@ function main(): void {
       );
     }
     out.push('', '#### Consume (stream group, from the earliest offset of the backlog)', '');
-    out.push('| backlog | msg/s | MB/s | wire msg/s | ratio vs wire | engine readBatches msg/s | ratio vs engine | client busy | broker busy |');
-    out.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
-    const c = pick(ws, (l) => l.name === 'consume');
-    if (c.some((r) => r.name)) {
+    out.push('| api | backlog | msg/s | MB/s | wire msg/s | ratio vs wire | engine readBatches msg/s | ratio vs engine | client busy | broker busy |');
+    out.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+    const consumeApis = new Set<string>();
+    for (const lines of ws) for (const l of lines) if (l.name === 'consume') consumeApis.add(String(l.api));
+    for (const api of consumeApis) {
+      const c = pick(ws, (l) => l.name === 'consume' && String(l.api) === api);
       out.push(
-        `| ${cells(c.map((r) => r.backlogMessages))} × ${c[0]!.bodyBytes} B | ${cells(c.map((r) => r.msgsPerSecond))} | ${cells(c.map((r) => r.mbPerSecond))} | ${cells(c.map((r) => r.wire?.msgsPerSecond))} | ${cells(c.map((r) => r.ratioVsWire), true)} | ${cells(c.map((r) => r.engine?.msgsPerSecond))} | ${cells(c.map((r) => r.ratioVsEngine))} | ${cells(c.map((r) => Math.max(...(r.clientBusy ?? [NaN]))))} | ${cells(c.map((r) => Math.max(...(r.brokerBusy ?? [NaN]))))} |`,
+        `| ${api} | ${cells(c.map((r) => r.backlogMessages))} × ${c.find((r) => r.name)!.bodyBytes} B | ${cells(c.map((r) => r.msgsPerSecond))} | ${cells(c.map((r) => r.mbPerSecond))} | ${cells(c.map((r) => r.wire?.msgsPerSecond))} | ${cells(c.map((r) => r.ratioVsWire), true)} | ${cells(c.map((r) => r.engine?.msgsPerSecond))} | ${cells(c.map((r) => r.ratioVsEngine))} | ${cells(c.map((r) => Math.max(...(r.clientBusy ?? [NaN]))))} | ${cells(c.map((r) => Math.max(...(r.brokerBusy ?? [NaN]))))} |`,
       );
     }
     out.push('', '#### End-to-end latency, produce → consumer, ms', '');

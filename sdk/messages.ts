@@ -44,8 +44,13 @@ type NodeBufferLike = Uint8Array & { toString(encoding: string, start?: number, 
 // FastBuffer): records are parsed from a plain Uint8Array over the same memory, and only a
 // body is handed out as a Buffer, as before (Message.body is a Uint8Array either way).
 const NodeBuffer = (globalThis as { Buffer?: { from(b: ArrayBufferLike, offset: number, length: number): NodeBufferLike } }).Buffer;
+// The class of Node's Buffers (what Buffer.from and a Buffer's subarray make, found as
+// Buffer[Symbol.species]): made directly, a body skips Buffer.from's argument checks — a
+// tenth of the cost of decoding a 100-byte message.
+const BufferClass = NodeBuffer ? (NodeBuffer as unknown as { [Symbol.species]?: new (b: ArrayBufferLike, offset: number, length: number) => Uint8Array })[Symbol.species] : undefined;
 
 function bodyView(section: Uint8Array, start: number, length: number): Uint8Array {
+  if (BufferClass) return new BufferClass(section.buffer, section.byteOffset + start, length);
   return NodeBuffer ? NodeBuffer.from(section.buffer, section.byteOffset + start, length) : section.subarray(start, start + length);
 }
 

@@ -167,6 +167,73 @@ describe('sdk lifecycle: what a consumer commits when processing fails', functio
   });
 });
 
+describe('sdk lifecycle: messages a batch at a time (nextBatch, batches)', function () {
+  this.timeout(30_000);
+  const { client } = brokerForSuite();
+  const committed = async (group: string): Promise<number[]> => (await client().admin.positions('batched', group)).map((p) => p.offset);
+
+  before(async () => {
+    await client().admin.createTopic('batched', { channels: 1 });
+    const producer = await client().producer({ topic: 'batched' });
+    await producer.sendBatch(Array.from({ length: 25 }, (_, i) => ({ body: `m${i}` })));
+    await producer.close();
+  });
+
+  it('hands out what was received, in order, at most maxMessages at a time; the batch is in hand until the next call', async () => {
+    const consumer = await client().consumer({ topic: 'batched', group: 'explicit', start: 'earliest', autoCommitIntervalMs: 0 });
+    assert.equal((await rejection(consumer.nextBatch(0))).code, 'INVALID_ARGUMENT');
+    const seen: string[] = [];
+    let last: Awaited<ReturnType<typeof consumer.nextBatch>> = [];
+    while (seen.length < 25) {
+      last = await consumer.nextBatch(10);
+      assert.ok(last.length >= 1 && last.length <= 10, `a batch of ${last.length}`);
+      for (const m of last) {
+        assert.ok(Buffer.isBuffer(m.body), 'bodies are Buffers in Node');
+        assert.equal(m.msgId.length, 32);
+        seen.push(text(m));
+      }
+      // Every message of the batch in hand: the timer and close() would commit its first.
+      assert.deepEqual(consumer.positions(), [{ channel: 0, offset: last[0]!.offset }]);
+    }
+    assert.deepEqual(seen, Array.from({ length: 25 }, (_, i) => `m${i}`));
+    // One stored batch of 25, taken 10, 10, 5. commit(message) of one of the last five: it
+    // and those before it are done, the rest still in hand.
+    assert.equal(last.length, 5);
+    await consumer.commit(last[1]!);
+    assert.deepEqual(await committed('explicit'), [last[1]!.offset + 1]);
+    assert.deepEqual(consumer.positions(), [{ channel: 0, offset: last[2]!.offset }], 'not back to the batch\'s first');
+    await consumer.commit(); // everything handed out is done
+    assert.deepEqual(await committed('explicit'), [25]);
+    await consumer.close();
+  });
+
+  it('batches() ends its loop at close; break closes the consumer, committing up to the batch in hand', async () => {
+    const consumer = await client().consumer({ topic: 'batched', group: 'iter', start: 'earliest' });
+    let held: number | null = null;
+    let count = 0;
+    for await (const batch of consumer.batches(4)) {
+      assert.ok(batch.length >= 1 && batch.length <= 4);
+      assert.deepEqual(batch.map((m) => m.offset), batch.map((_, i) => count + i), 'in order, none skipped');
+      count += batch.length;
+      if (count >= 12) {
+        held = batch[0]!.offset;
+        break;
+      }
+    }
+    assert.notEqual(held, null);
+    assert.deepEqual(await committed('iter'), [held], 'the batch in hand comes again');
+    const again = await client().consumer({ topic: 'batched', group: 'iter' });
+    assert.equal((await again.nextBatch(1))[0]!.offset, held);
+    const looped = (async () => {
+      let n = 0;
+      for await (const batch of again.batches()) n += batch.length;
+      return n;
+    })();
+    await again.close();
+    assert.equal(typeof (await looped), 'number', 'the loop ended (done) at close');
+  });
+});
+
 describe('sdk lifecycle: a msgStream loop that is left', function () {
   this.timeout(60_000);
   const { client } = brokerForSuite();

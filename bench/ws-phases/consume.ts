@@ -2,8 +2,9 @@
  * Consume phase of bench/ws.ts: a backlog of N messages (100 B bodies by default, batches of
  * 1,000 as the SDK producer makes them, lz4 as the producer's default) is appended in the
  * broker process; then a stream-group consumer with a new group reads it from the earliest
- * offset, every message taken from the SDK (`consumer.next()`, what `for await` calls).
- * Next to it, in the same round:
+ * offset, every message taken from the SDK: one at a time (`consumer.next()`, what `for await`
+ * calls), and in the batches the SDK has received (`consumer.nextBatch(1000)`, one promise
+ * per batch, as `producer.sendBatch()` is for sending). Next to them, in the same round:
  *
  *   wire    a bare subscription on the SDK's Connection: the same Subscribe, the same credit
  *           window returned in the same quarter-window chunks, but the client only counts the
@@ -21,12 +22,15 @@ import { protocolLimits } from '../../protocol/limits';
 import { emit, median, now, progress, sig } from '../common';
 import { brokerBusy, CpuClock, settle, type BrokerChild, type Options } from './shared';
 
-type Side = 'sdk' | 'wire' | 'engine';
+type Side = 'next' | 'batch' | 'wire' | 'engine';
+
+const apis = { next: 'consumer.next (stream group, start earliest)', batch: 'consumer.nextBatch(1000) (stream group, start earliest)' } as const;
+const batchMessages = 1000;
 
 const prefetchMessages = 10_000; // the consumer's defaults
 const prefetchBytes = 8 * 1024 * 1024;
 
-export async function consumePhase(o: Options, broker: BrokerChild): Promise<number[]> {
+export async function consumePhase(o: Options, broker: BrokerChild): Promise<Array<{ api: string; rates: number[] }>> {
   const topic = 'consume-backlog';
   const admin = await connect(broker.url, { clientName: 'bench-admin' });
   await admin.admin.createTopic(topic, { channels: 1 });
@@ -35,8 +39,8 @@ export async function consumePhase(o: Options, broker: BrokerChild): Promise<num
   const filled = await broker.call({ cmd: 'fill', topic, messages: o.backlogMessages, bodyBytes: o.consumeBodyBytes, batchMessages: 1000 });
   const total = filled.highWatermark as number;
   progress(`consume: backlog of ${total.toLocaleString('en')} messages written in ${sig(filled.seconds as number, 3)} s`);
-  const sides: Side[] = ['sdk', 'wire', 'engine'];
-  const results: Record<Side, Array<{ seconds: number; clientBusy?: number; brokerBusy: number }>> = { sdk: [], wire: [], engine: [] };
+  const sides: Side[] = ['next', 'batch', 'wire', 'engine'];
+  const results: Record<Side, Array<{ seconds: number; clientBusy?: number; brokerBusy: number }>> = { next: [], batch: [], wire: [], engine: [] };
   for (let round = 0; round < o.rounds; round++) {
     const order = round % 2 === 0 ? sides : [...sides].reverse();
     for (const side of order) {
@@ -47,7 +51,7 @@ export async function consumePhase(o: Options, broker: BrokerChild): Promise<num
       const { result, brokerBusy: busy } = await brokerBusy(broker, async () => {
         if (side === 'engine') return (await broker.call({ cmd: 'engineRead', topic, maxBytes: protocolLimits.pushBytesMax })).seconds as number;
         if (side === 'wire') return wireRound(broker.url, topic, total);
-        return sdkRound(broker.url, topic, `bench-${round}`, total);
+        return sdkRound(broker.url, topic, `bench-${side}-${round}`, total, side === 'batch' ? batchMessages : 0);
       });
       results[side].push({ seconds: result, clientBusy: side === 'engine' ? undefined : clock.busy().busy, brokerBusy: busy });
     }
@@ -61,34 +65,48 @@ export async function consumePhase(o: Options, broker: BrokerChild): Promise<num
     clientBusy: results[side].map((r) => r.clientBusy),
     brokerBusy: results[side].map((r) => r.brokerBusy),
   });
-  emit({
-    name: 'consume',
-    api: 'consumer.next (stream group, start earliest)',
-    bodyBytes: o.consumeBodyBytes,
-    backlogMessages: total,
-    prefetchMessages,
-    prefetchBytes,
-    ...summary('sdk'),
-    wire: summary('wire'),
-    engine: summary('engine'),
-    ratioVsWire: ratio('sdk', 'wire'),
-    ratioVsEngine: ratio('sdk', 'engine'),
-  });
+  for (const side of ['next', 'batch'] as const) {
+    emit({
+      name: 'consume',
+      api: apis[side],
+      bodyBytes: o.consumeBodyBytes,
+      backlogMessages: total,
+      prefetchMessages,
+      prefetchBytes,
+      ...summary(side),
+      wire: summary('wire'),
+      engine: summary('engine'),
+      ratioVsWire: ratio(side, 'wire'),
+      ratioVsEngine: ratio(side, 'engine'),
+    });
+  }
   await broker.call({ cmd: 'deleteTopic', topic });
-  return rates('sdk');
+  return [
+    { api: apis.next, rates: rates('next') },
+    { api: apis.batch, rates: rates('batch') },
+  ];
 }
 
-/** A new group reads the whole backlog through the SDK; seconds from subscribe to the last message. */
-export async function sdkRound(url: string, topic: string, group: string, total: number): Promise<number> {
+/**
+ * A new group reads the whole backlog through the SDK, with next() or (batch > 0) with
+ * nextBatch(batch); seconds from subscribe to the last message.
+ */
+export async function sdkRound(url: string, topic: string, group: string, total: number, batch = 0): Promise<number> {
   const client = await connect(url, { clientName: 'bench-consumer' });
   try {
     const t0 = now();
     const consumer = await client.consumer({ topic, group, start: 'earliest', prefetchMessages, prefetchBytes });
     let count = 0;
     while (count < total) {
-      const r = await consumer.next();
-      if (r.done) throw new Error(`consumer ended after ${count} messages`);
-      count++;
+      if (batch > 0) {
+        const messages = await consumer.nextBatch(batch);
+        if (messages.length === 0) throw new Error(`consumer ended after ${count} messages`);
+        count += messages.length;
+      } else {
+        const r = await consumer.next();
+        if (r.done) throw new Error(`consumer ended after ${count} messages`);
+        count++;
+      }
     }
     const seconds = (now() - t0) / 1000;
     await consumer.close();
