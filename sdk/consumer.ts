@@ -153,6 +153,10 @@ export class Consumer implements AsyncIterable<Message> {
     this.stopPush?.();
     this.subscription = this.connection.takeSubscriptionId();
     this.epoch = 0;
+    // Epochs count the seeks of one subscription: those of the one before would match this
+    // one's (a seek after a reconnect was taken as already overtaken by a taken message, and
+    // never applied to positions() where nothing was taken since).
+    this.deliveredEpoch.clear();
     request.subscription = this.subscription;
     // A resubscribe reads the topic this consumer read: one deleted and made again meanwhile
     // is TOPIC_NOT_FOUND (its positions are not the new topic's), as when that happens while connected.
@@ -472,7 +476,9 @@ export class Consumer implements AsyncIterable<Message> {
     if (message === this.inHand) this.inHand = null;
     // Of an in-hand batch, the message and those of its channel before it are done (the timer
     // would otherwise commit the channel back to the batch's first message).
-    if (this.inHandBatch !== null) this.inHandDone.set(message.channel, Math.max(this.inHandDone.get(message.channel) ?? 0, message.offset + 1));
+    // (Only one of the batch, by identity as for the single message in hand: an old message of
+    // the channel committed again, with a higher offset after a seek back, is not one of them.)
+    if (this.inHandBatch !== null && this.inHandBatch.includes(message)) this.inHandDone.set(message.channel, Math.max(this.inHandDone.get(message.channel) ?? 0, message.offset + 1));
     const positions = [{ channel: message.channel, offset: message.offset + 1, timestamp: message.brokerTimestamp }];
     await this.connection.request({ commit: { topic: this.topic, group: this.group, positions, topicCreatedAt: this.topicCreatedAt } });
     for (const p of positions) this.committed.set(p.channel, p.offset);

@@ -325,6 +325,32 @@ describe('sdk recovery: a consumer whose broker came back without the tail it ha
   });
 });
 
+describe('sdk recovery: a seek after a reconnect', function () {
+  this.timeout(60_000);
+  const { broker, client: opened } = brokerForSuite({ connectOptions: { reconnectDelayMs: 20 } });
+
+  it('moves a channel nothing was taken from since the reconnect (the old subscription\'s epochs matched the new seek\'s, and it did not)', async () => {
+    const client = opened();
+    await client.admin.createTopic('reseek', { channels: 2 });
+    const producer = await client.producer({ topic: 'reseek' });
+    await producer.sendBatch(Array.from({ length: 11 }, (_, i) => ({ channel: 0, body: `m${i}` })));
+    const consumer = await client.consumer({ topic: 'reseek', group: 'g', start: 'earliest', autoCommitIntervalMs: 0 });
+    await consumer.seek({ offsets: { 0: 10 } }); // epoch 1 of the first subscription
+    assert.equal((await take(consumer, 1))[0]!.offset, 10); // channel 0 moved in epoch 1, to its end
+    await consumer.commit();
+    await broker.stop();
+    await startAndReconnect(broker, client);
+    // A message of channel 1, taken: the consumer has resubscribed (its epochs start again at 0).
+    await producer.send({ channel: 1, body: 'after' });
+    const after = (await take(consumer, 1))[0]!;
+    assert.deepEqual([after.channel, text(after)], [1, 'after']);
+    await producer.sendBatch(Array.from({ length: 89 }, (_, i) => ({ channel: 0, body: `m${11 + i}` }))); // channel 0 ends at 100, none taken
+    await consumer.seek('latest'); // epoch 1 of the new subscription
+    assert.deepEqual(consumer.positions().find((p) => p.channel === 0), { channel: 0, offset: 100 });
+    await consumer.close();
+  });
+});
+
 describe('sdk recovery: a producer whose broker does not come back', function () {
   this.timeout(60_000);
   const { broker, client: opened } = brokerForSuite({ connectOptions: { reconnectDelayMs: 20, requestTimeoutMs: 200 } });
