@@ -518,6 +518,28 @@ describe('broker: HTTP API', function () {
     assert.equal((await httpJson(`${broker.http}/v1/topics/web`)).status, 404);
   });
 
+  it('a burst of concurrent POSTs to one channel: each its own offset, msgId, body and headers; a bad one in the burst fails alone', async () => {
+    await httpJson(`${broker.http}/v1/topics/burst`, { method: 'PUT', body: JSON.stringify({ channels: 1 }) });
+    const traceparent = (i: number): string => `00-${i.toString(16).padStart(32, '0')}-00f067aa0ba902b7-01`;
+    const posts = Array.from({ length: 200 }, (_, i) =>
+      httpJson(`${broker.http}/v1/topics/burst/messages${i % 5 === 0 ? `?key=k${i}` : ''}`, { method: 'POST', body: `b${i}`, headers: i % 3 === 0 ? { traceparent: traceparent(i) } : {} }),
+    );
+    const bad = Array.from({ length: 5 }, () => httpJson(`${broker.http}/v1/topics/burst/messages?key=${'x'.repeat(4097)}`, { method: 'POST', body: 'never stored' }));
+    const [good, refused] = await Promise.all([Promise.all(posts), Promise.all(bad)]);
+    assert.deepEqual(
+      refused.map((r) => [r.status, r.body.error.code]),
+      bad.map(() => [413, 'KEY_TOO_LARGE']),
+    );
+    assert.deepEqual(good.map((r) => r.status), posts.map(() => 200));
+    assert.deepEqual(good.map((r) => r.body.offset).sort((a, b) => a - b), posts.map((_, i) => i), 'offsets 0..199, each once');
+    assert.equal(new Set(good.map((r) => r.body.msgId)).size, 200);
+    for (let i = 0; i < 200; i += 7) {
+      const m = (await httpJson(`${broker.http}/v1/messages/${good[i]!.body.msgId}?topic=burst`)).body;
+      assert.deepEqual([m.body, m.offset, m.key, m.headers.traceid ?? null], [`b${i}`, good[i]!.body.offset, i % 5 === 0 ? `k${i}` : null, i % 3 === 0 ? traceparent(i).slice(3, 35) : null], `message ${i}`);
+    }
+    assert.equal((await httpJson(`${broker.http}/v1/topics/burst`)).body.channelStates[0].highWatermark, 200, 'nothing of the refused ones');
+  });
+
   it('counts HTTP requests in /metrics by method, route pattern and status; a path no route serves counts as route "other"', async () => {
     const series = async (): Promise<Map<string, number>> => {
       const text = await (await fetch(`${broker.http}/metrics`)).text();
