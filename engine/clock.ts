@@ -19,10 +19,12 @@ export class StoreClock {
   private floor = 0;
   /** The latest broker time given out (or found at open). */
   private last = 0;
+  /** The latest now() given out: a stable time was computed from it, so no stamp may go below it. */
+  private lastNow = 0;
 
   /** A broker time for an append to a channel whose last broker time is `after`. */
   stamp(after: number): number {
-    const time = Math.max(Date.now(), after, this.floor);
+    const time = Math.max(Date.now(), after, this.floor, this.lastNow);
     if (time > this.last) this.last = time;
     return time;
   }
@@ -36,7 +38,9 @@ export class StoreClock {
 
   /** The current broker time, as stamp() would give it, without giving it out. */
   now(): number {
-    return Math.max(Date.now(), this.floor);
+    const time = Math.max(Date.now(), this.floor, this.lastNow);
+    this.lastNow = time;
+    return time;
   }
 
   /** What the store holds at open: a segment's newest broker time, a topic's creation time. */

@@ -18,6 +18,8 @@ export const limits = {
   segmentBytesMax: 1024 * 1024 * 1024,
   /** Default age at which the active segment is rolled (7 days). */
   segmentMsDefault: 7 * 24 * 3600 * 1000,
+  /** The longest segmentMs (~49.7 days): a key index entry keeps its time as a u32 of ms since the segment's first. */
+  segmentMsMax: 0xffff_ffff,
   /** A sparse offset/time index entry is written at most every this many log bytes. */
   indexIntervalBytes: 4096,
   /** Hash slots a key index starts with, and has at most (powers of two); it doubles past two entries a slot. */

@@ -278,6 +278,7 @@ export class Store {
       };
       if (!['batch', 'interval', 'none'].includes(resolved.sync)) throw new WaymarkError('INVALID_ARGUMENT', `sync must be batch, interval or none, not ${resolved.sync}`);
       checkSegmentBytes(resolved.segmentBytes);
+      checkSegmentMs(resolved.segmentMs);
       const store = new Store(dir, resolved, lock);
       try {
         const damaged = await store.openAll();
@@ -501,7 +502,7 @@ export class Store {
       retentionMs: nonNegative('retentionMs', config.retentionMs ?? 0),
       retentionBytes: nonNegative('retentionBytes', config.retentionBytes ?? 0),
       segmentBytes: checkSegmentBytes(config.segmentBytes ?? this.options.segmentBytes),
-      segmentMs: nonNegative('segmentMs', config.segmentMs ?? this.options.segmentMs) || this.options.segmentMs,
+      segmentMs: checkSegmentMs(nonNegative('segmentMs', config.segmentMs ?? this.options.segmentMs) || this.options.segmentMs),
       owner: config.owner ?? '',
       createdAt: this.clock.creation(),
     };
@@ -891,6 +892,13 @@ function toMessage(topic: string, channel: number, r: StoredRecord, brokerTimest
 
 function nonNegative(name: string, value: number): number {
   if (!Number.isSafeInteger(value) || value < 0) throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number ≥ 0, not ${value}`);
+  return value;
+}
+
+function checkSegmentMs(value: number): number {
+  if (!Number.isSafeInteger(value) || value < 1 || value > limits.segmentMsMax) {
+    throw new WaymarkError('INVALID_ARGUMENT', `segmentMs must be 1..${limits.segmentMsMax} (about 49.7 days: key index entries keep a segment's times as 32-bit ms), not ${value}`);
+  }
   return value;
 }
 

@@ -231,6 +231,8 @@ export class Session {
         packs: request.packs,
         tickIntervalMs: request.tickIntervalMs || protocolLimits.tickIntervalMsDefault,
         packBeginTs: request.startTimestamp > 0 ? request.startTimestamp - 1 : 0,
+        // The channels startPositions placed by the start time: those without an explicit position.
+        byTime: request.startTimestamp > 0 ? { channels: channels.filter((c) => !(request.positions ?? []).some((p) => (p.channel ?? 0) === c)), timestamp: request.startTimestamp } : undefined,
       },
       this.broker.store,
       this,
@@ -250,6 +252,7 @@ export class Session {
     // (as a subscription without a start time does) when positions or "earliest" may go back
     // before the last pack's end — every message of a pack stays inside (beginTs, endTs].
     let packBeginTs: number | undefined;
+    let byTime: number | undefined;
     const current = subscription.currentPositions();
     if ((request.positions ?? []).length > 0) {
       for (const p of request.positions) offsets.set(p.channel ?? 0, p.offset ?? 0);
@@ -257,6 +260,7 @@ export class Session {
     } else if (request.timestamp > 0) {
       for (const { channel } of current) offsets.set(channel, await this.broker.store.offsetForTime(subscription.topic, channel, request.timestamp));
       packBeginTs = request.timestamp - 1;
+      byTime = request.timestamp;
     } else if (request.to === 'earliest' || request.to === 'latest') {
       for (const { channel } of current) {
         const state = this.broker.store.channelState(subscription.topic, channel);
@@ -266,7 +270,7 @@ export class Session {
     } else {
       throw new WaymarkError('INVALID_ARGUMENT', 'seek needs positions, a timestamp, or to = earliest|latest');
     }
-    subscription.seek(offsets, request.epoch, packBeginTs);
+    subscription.seek(offsets, request.epoch, packBeginTs, byTime);
     return { seekOk: { positions: subscription.currentPositions() } };
   }
 }

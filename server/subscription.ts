@@ -40,6 +40,8 @@ export interface SubscriptionSpec {
   tickIntervalMs: number;
   /** Packs: the begin time of the first pack. */
   packBeginTs: number;
+  /** The channels placed by a start time, and that time (see Subscription.notBefore). */
+  byTime?: { channels: readonly number[]; timestamp: number };
 }
 
 interface BatchSpan {
@@ -73,6 +75,15 @@ export class Subscription {
   private nextChannel = 0;
   private readonly unwatch: Array<() => void> = [];
   private tickTimer: NodeJS.Timeout | null = null;
+  /**
+   * Channels placed by a time (a start time, a seek to a time) whose first message at or
+   * after it has not been reached yet, and that time. offsetForTime puts a channel at its end
+   * when the time is still ahead of the broker's clock (a client's clock runs ahead); what is
+   * appended there before the clock gets to it is stamped earlier, and is skipped — as such
+   * messages already in the log are — instead of handed out by a seek that asked for later
+   * ones, or put in a pack whose range does not hold its time.
+   */
+  private readonly notBefore = new Map<number, number>();
   /** The topic subscribed to (Store.topicIncarnation): one of the same name made later is another topic. */
   private readonly incarnation: number;
 
@@ -90,6 +101,7 @@ export class Subscription {
     this.creditBytes = spec.creditBytes;
     this.packs = spec.packs;
     this.packBeginTs = spec.packBeginTs;
+    for (const channel of spec.byTime?.channels ?? []) this.notBefore.set(channel, spec.byTime!.timestamp);
     this.tickIntervalMs = Math.max(protocolLimits.tickIntervalMsMin, spec.tickIntervalMs);
     this.incarnation = store.topicIncarnation(spec.topic);
   }
@@ -117,13 +129,15 @@ export class Subscription {
     this.kick();
   }
 
-  /** Moves channels to new offsets (checked against each channel's range). */
-  seek(offsets: Map<number, number>, epoch: number, packBeginTs?: number): void {
+  /** Moves channels to new offsets (checked against each channel's range); `byTime`: the time they were found for. */
+  seek(offsets: Map<number, number>, epoch: number, packBeginTs?: number, byTime?: number): void {
     for (const [channel, offset] of offsets) {
       if (!this.positions.has(channel)) throw new WaymarkError('CHANNEL_NOT_FOUND', `subscription ${this.id} does not cover channel ${channel}`);
       this.positions.set(channel, clampPosition(offset, this.store.channelState(this.topic, channel), channel));
     }
     if (packBeginTs !== undefined) this.packBeginTs = packBeginTs;
+    this.notBefore.clear();
+    if (byTime !== undefined) for (const channel of offsets.keys()) this.notBefore.set(channel, byTime);
     this.epoch = epoch;
     this.generation++;
     this.stalled = false;
@@ -210,7 +224,20 @@ export class Subscription {
       const read = await this.readBatches(channel, position, Math.min(protocolLimits.pushBytesMax, this.creditBytes), this.creditMessages, buffer);
       if (read === null) return false;
       if (this.closed || generation !== this.generation || read.batchCount === 0) return false;
-      const spans = batchSpans(read.bytes);
+      let spans = batchSpans(read.bytes);
+      const notBefore = this.notBefore.get(channel);
+      if (notBefore !== undefined) {
+        let first = 0;
+        while (first < spans.length && spans[first]!.brokerTimestamp < notBefore) first++;
+        if (first < spans.length) this.notBefore.delete(channel);
+        if (first > 0) {
+          const skipped = spans[first - 1]!;
+          position = skipped.baseOffset + skipped.recordCount;
+          this.positions.set(channel, position);
+          if (first === spans.length) return true; // read on from there
+          spans = spans.slice(first);
+        }
+      }
       const fit = this.fitting(spans);
       if (fit.count === 0) {
         this.askForCredit(spans[0]!, channel);
@@ -223,7 +250,8 @@ export class Subscription {
       this.creditMessages -= fit.messages;
       this.creditBytes -= fit.bytes;
       const highWatermark = this.store.channelState(this.topic, channel).highWatermark;
-      this.sink.sendPush({ subscription: this.id, channel, startOffset, nextOffset: position, highWatermark, epoch: this.epoch }, read.bytes.subarray(0, fit.bytes));
+      const from = spans[0]!.start;
+      this.sink.sendPush({ subscription: this.id, channel, startOffset, nextOffset: position, highWatermark, epoch: this.epoch }, read.bytes.subarray(from, from + fit.bytes));
       return true;
     } finally {
       readBuffers.give(buffer);
@@ -285,6 +313,8 @@ export class Subscription {
     // A batch stamped at or before the pack's start (not expected: positions and packBeginTs
     // move together) counts as the pack's first millisecond, so it still lands inside it.
     const timeOf = (span: PackSpan): number => Math.max(span.brokerTimestamp, this.packBeginTs + 1);
+    /** Channels whose first batch at or after their notBefore time was read (it stops applying once this pack is sent). */
+    const reached = new Set<number>();
     /** Reads a channel's next batches into its cursor; false when the pump must stop (a seek, a close, retention). */
     const refill = async (cursor: PackCursor): Promise<boolean> => {
       if (cursor.position >= this.store.channelState(this.topic, cursor.channel).highWatermark) {
@@ -298,7 +328,15 @@ export class Subscription {
         cursor.done = true;
         return true;
       }
-      for (const span of spans) cursor.spans.push({ ...span, bytes: read.bytes.subarray(span.start, span.start + span.length) });
+      for (const span of spans) {
+        // Stamped before the time the channel was placed at: passed over (see notBefore).
+        if (!reached.has(cursor.channel) && span.brokerTimestamp < (this.notBefore.get(cursor.channel) ?? 0)) {
+          cursor.endOffset = span.baseOffset + span.recordCount; // nothing of the channel is taken before it
+          continue;
+        }
+        reached.add(cursor.channel);
+        cursor.spans.push({ ...span, bytes: read.bytes.subarray(span.start, span.start + span.length) });
+      }
       const last = spans[spans.length - 1]!;
       cursor.position = last.baseOffset + last.recordCount;
       return true;
@@ -355,6 +393,7 @@ export class Subscription {
     }
     const beginTs = this.packBeginTs;
     this.packBeginTs = endTs;
+    for (const channel of reached) this.notBefore.delete(channel);
     const channels = cursors.map((cursor) => {
       const startOffset = this.positions.get(cursor.channel)!;
       this.positions.set(cursor.channel, cursor.endOffset);

@@ -258,6 +258,38 @@ describe('broker: SDK round trips against a real broker process', function () {
     await consumer.close();
   });
 
+  it('a seek, or a start, at a time still ahead of the broker\'s clock hands out only messages stamped at or after it (packs and stream consumers)', async () => {
+    await client.admin.createTopic('ahead', { channels: 2 });
+    const producer = await client.producer({ topic: 'ahead' });
+    const old = await producer.send({ channel: 0, body: 'old' });
+    const at = old.brokerTimestamp + 1500; // a client clock ahead of the broker's
+    const packs = client.msgStream();
+    await packs.asConsumer('ahead', 'packs', { start: { timestamp: at }, tickIntervalMs: 10 });
+    const consumer = await client.consumer({ topic: 'ahead', group: 'stream', start: 'earliest', autoCommitIntervalMs: 0 });
+    assert.equal(text((await take(consumer, 1))[0]!), 'old');
+    await consumer.seek({ timestamp: at });
+    // Sent until the broker's clock reaches `at`: all but the last are stamped before it.
+    const sent: Array<{ body: string; time: number }> = [];
+    for (let i = 0; sent.length === 0 || sent[sent.length - 1]!.time < at; i++) {
+      const r = await producer.send({ channel: i % 2, body: `m${i}` });
+      sent.push({ body: `m${i}`, time: r.brokerTimestamp });
+    }
+    const firstAtOrAfter = sent[sent.length - 1]!;
+    assert.ok(sent.length > 1 && sent[0]!.time < at, 'some were stamped before the time');
+    assert.equal(text((await take(consumer, 1))[0]!), firstAtOrAfter.body, 'the stream consumer skips those stamped before it');
+    const got: Message[] = [];
+    while (!got.some((m) => text(m) === firstAtOrAfter.body)) {
+      const pack = (await packs.next()).value!;
+      for (const m of pack.msgs) {
+        assert.ok(m.brokerTimestamp > pack.beginTs && m.brokerTimestamp <= pack.endTs, `${text(m)} at ${m.brokerTimestamp} inside (${pack.beginTs}, ${pack.endTs}]`);
+        got.push(m);
+      }
+    }
+    assert.deepEqual(got.map(text), [firstAtOrAfter.body], 'packs hold none stamped before the start time');
+    await consumer.close();
+    await packs.close();
+  });
+
   it('time-tick packs: every message of every channel, each inside (beginTs, endTs], packs chained', async () => {
     await client.admin.createTopic('packs', { channels: 3 });
     const stream = client.msgStream();

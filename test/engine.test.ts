@@ -266,6 +266,60 @@ for (const variant of variants) {
   });
 }
 
+// Found by a review (helper-27): time-tick packs and seeks by time over a clock that steps
+// back, a failed channel, and a retention pass.
+describe('engine store: broker time, stable time and offsetForTime', () => {
+  let dir: string;
+  let store: Store;
+  const realNow = Date.now;
+  beforeEach(async () => {
+    dir = tempDir();
+    store = await openStore(dir, { segmentBytes: 64 * 1024, onFault: () => undefined });
+  });
+  afterEach(async () => {
+    Date.now = realNow;
+    await store.close();
+  });
+
+  it('no broker time given out after a stable time is at or below it, though the system clock steps back', async () => {
+    const frozen = realNow();
+    Date.now = () => frozen;
+    await store.createTopic('t', { channels: 2 });
+    Date.now = () => frozen + 100;
+    const stable = store.stableTimestamp('t', 1); // a pack over the idle channel 1 may close here
+    Date.now = () => frozen - 5000; // the system clock steps back 5 s
+    const appended = await store.append('t', 1, [{ body: 'after the step' }]);
+    assert.ok(appended.brokerTimestamp > stable, `stamped ${appended.brokerTimestamp}, after the stable time ${stable} a pack may have closed at`);
+  });
+
+  it('a failed channel\'s stable time follows the clock (it stayed at its failed batch, and packs over the topic stopped)', async () => {
+    await store.createTopic('t', { channels: 2, segmentBytes: 4096 });
+    await store.append('t', 0, [{ body: randomBytes(3000) }]);
+    // The next segment's file cannot be made (a folder holds its name): the roll fails the channel with the batch in flight.
+    fs.mkdirSync(path.join(dir, 'topics', 't', '0', `${'1'.padStart(20, '0')}.log`));
+    const failed = await rejection(store.append('t', 0, [{ body: randomBytes(3000) }]));
+    assert.equal(failed.code, 'STORAGE_FAILED');
+    const later = realNow() + 10_000;
+    assert.equal(store.stableTimestamp('t', 0, later), later - 1);
+  });
+
+  it('offsetForTime racing a retention pass that deletes the segment it searches answers from the new log start', async () => {
+    const base = realNow() - 120_000;
+    Date.now = () => base;
+    await store.createTopic('t', { channels: 1, retentionMs: 60_000 });
+    for (let i = 0; i < 200; i++) await store.append('t', 0, [{ body: randomBytes(400) }]); // ~92 KB at one time: the first segment and part of the second
+    Date.now = () => base + 1000;
+    for (let i = 0; i < 100; i++) await store.append('t', 0, [{ body: randomBytes(400) }]);
+    await store.settled();
+    assert.equal(await store.offsetForTime('t', 0, base), 0);
+    const search = store.offsetForTime('t', 0, base); // reads the first segment…
+    assert.ok(store.applyRetention(base + 60_001) >= 1, 'the first segment is deleted under it');
+    const logStart = store.channelState('t', 0).logStartOffset;
+    assert.ok(logStart > 0 && logStart < 200);
+    assert.equal(await search, logStart, 'the first message at or after the time that is still there');
+  });
+});
+
 describe('engine store: errors change nothing', () => {
   let dir: string;
   let store: Store;
@@ -289,6 +343,9 @@ describe('engine store: errors change nothing', () => {
     assert.equal((await rejection(store.createTopic('__trace', { channels: 1 }))).code, 'INVALID_NAME');
     assert.equal((await rejection(store.createTopic('many', { channels: 100_000 }))).code, 'TOO_MANY_CHANNELS');
     assert.equal((await rejection(store.createTopic('neg', { channels: 1, retentionMs: -5 }))).code, 'INVALID_ARGUMENT');
+    // A key index entry keeps its time as u32 ms since its segment's first: key lookups with a time range missed records past 2^32 ms.
+    assert.equal((await rejection(store.createTopic('long', { channels: 1, segmentMs: 2 ** 32 }))).code, 'INVALID_ARGUMENT');
+    assert.equal((await rejection(openStore(tempDir(), { segmentMs: 2 ** 32 }))).code, 'INVALID_ARGUMENT');
     assert.equal((await rejection(store.append('t', 0, [{ body: Buffer.alloc(9 * 1024 * 1024) }]))).code, 'MESSAGE_TOO_LARGE');
     assert.equal((await rejection(store.lookupMsgId('t', 'not-hex'))).code, 'INVALID_ARGUMENT');
     assert.deepEqual(store.listTopics().map((t) => t.name), ['t']);

@@ -446,7 +446,8 @@ export class ChannelLog {
     if (segment.size === 0) return false;
     if (segment.size + next.batch.length > this.options.segmentBytes) return true;
     if (segment.keyEntryCount + next.header.recordCount * 3 > limits.keyIndexEntryCountMax) return true;
-    return next.brokerTimestamp - segment.firstTimestamp >= this.options.segmentMs;
+    // Capped for topics made before segmentMs was bounded: key index times are u32 ms within a segment.
+    return next.brokerTimestamp - segment.firstTimestamp >= Math.min(this.options.segmentMs, limits.segmentMsMax);
   }
 
   /**
@@ -482,6 +483,8 @@ export class ChannelLog {
     }
     const waiting = group.concat(this.queue);
     this.queue = [];
+    // Nothing queued will be written now, nor anything later: no broker time is pending.
+    this.uncommittedFirstTimestamp = null;
     for (const p of waiting) p.reject(this.failure);
   }
 
@@ -668,6 +671,18 @@ export class ChannelLog {
 
   /** The first offset whose broker time is ≥ `timestamp` (highWatermark when none). */
   async offsetForTime(timestamp: number): Promise<number> {
+    for (;;) {
+      const start = this.logStartOffset;
+      try {
+        return await this.offsetForTimeOnce(timestamp);
+      } catch (err) {
+        // Retention deleted the segment being searched: search again from the new log start.
+        if (!(err instanceof WaymarkError && err.code === 'OFFSET_OUT_OF_RANGE') || this.logStartOffset === start) throw err;
+      }
+    }
+  }
+
+  private async offsetForTimeOnce(timestamp: number): Promise<number> {
     for (const segment of this.segments) {
       if (segment.maxTimestamp < timestamp || segment.recordCount === 0) continue;
       let offset = Math.max(segment.offsetForTime(timestamp), this.logStartOffset);
