@@ -97,9 +97,9 @@ export function encodePushFrame(fields: PushFields, batches: Uint8Array, into?: 
     field(subscription, varintLength(subscription)) +
     field(channel, varintLength(channel)) +
     field(batches.length, batches.length + varintLength(batches.length)) +
-    field(nextOffset, varint64Length(nextOffset)) +
-    field(highWatermark, varint64Length(highWatermark)) +
-    field(startOffset, varint64Length(startOffset)) +
+    field(nextOffset, varintLength(nextOffset)) +
+    field(highWatermark, varintLength(highWatermark)) +
+    field(startOffset, varintLength(startOffset)) +
     field(epoch, varintLength(epoch));
   const total = 2 + varintLength(pushBytes) + pushBytes;
   const out = into && into.length >= total ? into.subarray(0, total) : allocBytes(total);
@@ -122,15 +122,15 @@ export function encodePushFrame(fields: PushFields, batches: Uint8Array, into?: 
   }
   if (nextOffset !== 0) {
     out[at++] = 0x20;
-    at = writeVarint64(out, at, nextOffset);
+    at = writeVarint(out, at, nextOffset);
   }
   if (highWatermark !== 0) {
     out[at++] = 0x28;
-    at = writeVarint64(out, at, highWatermark);
+    at = writeVarint(out, at, highWatermark);
   }
   if (startOffset !== 0) {
     out[at++] = 0x40;
-    at = writeVarint64(out, at, startOffset);
+    at = writeVarint(out, at, startOffset);
   }
   if (epoch !== 0) {
     out[at++] = 0x48;
@@ -144,12 +144,8 @@ function field(value: number, bytes: number): number {
   return value === 0 ? 0 : 1 + bytes;
 }
 
-function varintLength(value: number): number {
-  return value < 0x80 ? 1 : value < 0x4000 ? 2 : value < 0x200000 ? 3 : value < 0x10000000 ? 4 : 5;
-}
-
 /** Bytes of the varint of a non-negative safe integer. */
-function varint64Length(value: number): number {
+function varintLength(value: number): number {
   let n = 1;
   while (value >= 0x80) {
     value = Math.floor(value / 0x80);
@@ -158,21 +154,11 @@ function varint64Length(value: number): number {
   return n;
 }
 
-/** Varint of a non-negative safe integer (past 32 bits, so by division, not shifts). */
-function writeVarint64(out: Uint8Array, at: number, value: number): number {
+/** Varint of a non-negative safe integer (offsets pass 32 bits: by division, not shifts). */
+function writeVarint(out: Uint8Array, at: number, value: number): number {
   while (value >= 0x80) {
     out[at++] = (value % 0x80) | 0x80;
     value = Math.floor(value / 0x80);
-  }
-  out[at++] = value;
-  return at;
-}
-
-/** Unsigned 32-bit varint. */
-function writeVarint(out: Uint8Array, at: number, value: number): number {
-  while (value >= 0x80) {
-    out[at++] = (value & 0x7f) | 0x80;
-    value >>>= 7;
   }
   out[at++] = value;
   return at;

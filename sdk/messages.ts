@@ -47,11 +47,10 @@ const NodeBuffer = (globalThis as { Buffer?: { from(b: ArrayBufferLike, offset: 
 // The class of Node's Buffers (what Buffer.from and a Buffer's subarray make, found as
 // Buffer[Symbol.species]): made directly, a body skips Buffer.from's argument checks — a
 // tenth of the cost of decoding a 100-byte message.
-const BufferClass = NodeBuffer ? (NodeBuffer as unknown as { [Symbol.species]?: new (b: ArrayBufferLike, offset: number, length: number) => Uint8Array })[Symbol.species] : undefined;
+const BufferClass = (NodeBuffer as unknown as { [Symbol.species]?: new (b: ArrayBufferLike, offset: number, length: number) => Uint8Array } | undefined)?.[Symbol.species];
 
 function bodyView(section: Uint8Array, start: number, length: number): Uint8Array {
-  if (BufferClass) return new BufferClass(section.buffer, section.byteOffset + start, length);
-  return NodeBuffer ? NodeBuffer.from(section.buffer, section.byteOffset + start, length) : section.subarray(start, start + length);
+  return BufferClass ? new BufferClass(section.buffer, section.byteOffset + start, length) : section.subarray(start, start + length);
 }
 
 let hexScratch: Uint8Array | null = null;

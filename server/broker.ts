@@ -104,17 +104,23 @@ export class Broker {
     return [...new Set(asked)];
   }
 
-  /** Where each channel of a new subscription starts (Milvus: committed position, or earliest/latest). */
-  async startPositions(request: StartRequest): Promise<Map<number, number>> {
+  /**
+   * Where each channel of a new subscription starts (Milvus: committed position, or
+   * earliest/latest), and which channels were placed by the start time.
+   */
+  async startPositions(request: StartRequest): Promise<{ positions: Map<number, number>; byTime: number[] }> {
     checkGroupName(request.group);
     const positions = new Map<number, number>();
+    const byTime: number[] = [];
     const explicit = new Map(request.positions.map((p) => [p.channel, p.offset]));
     for (const channel of request.channels) {
       const state = this.store.channelState(request.topic, channel);
       let offset: number;
       if (explicit.has(channel)) offset = explicit.get(channel)!;
-      else if (request.startTimestamp > 0) offset = await this.store.offsetForTime(request.topic, channel, request.startTimestamp);
-      else if (request.start === 'earliest') offset = state.logStartOffset;
+      else if (request.startTimestamp > 0) {
+        offset = await this.store.offsetForTime(request.topic, channel, request.startTimestamp);
+        byTime.push(channel);
+      } else if (request.start === 'earliest') offset = state.logStartOffset;
       else if (request.start === 'latest') offset = state.highWatermark;
       else {
         const committed = await this.groups.get(request.topic, request.group, channel);
@@ -127,7 +133,7 @@ export class Broker {
       }
       positions.set(channel, clampPosition(offset, state, channel));
     }
-    return positions;
+    return { positions, byTime };
   }
 
   /**

@@ -208,7 +208,7 @@ export class Session {
     const fallback = request.fallback === 'latest' ? 'latest' : 'earliest';
     this.broker.sameTopic(request.topic, Number(request.topicCreatedAt ?? 0));
     const channels = this.broker.channelsOf(request.topic, request.channels ?? []);
-    const positions = await this.broker.startPositions({
+    const { positions, byTime } = await this.broker.startPositions({
       topic: request.topic,
       group: request.group,
       channels,
@@ -231,8 +231,7 @@ export class Session {
         packs: request.packs,
         tickIntervalMs: request.tickIntervalMs || protocolLimits.tickIntervalMsDefault,
         packBeginTs: request.startTimestamp > 0 ? request.startTimestamp - 1 : 0,
-        // The channels startPositions placed by the start time: those without an explicit position.
-        byTime: request.startTimestamp > 0 ? { channels: channels.filter((c) => !(request.positions ?? []).some((p) => (p.channel ?? 0) === c)), timestamp: request.startTimestamp } : undefined,
+        byTime: { channels: byTime, timestamp: request.startTimestamp },
       },
       this.broker.store,
       this,

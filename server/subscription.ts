@@ -329,12 +329,15 @@ export class Subscription {
         return true;
       }
       for (const span of spans) {
-        // Stamped before the time the channel was placed at: passed over (see notBefore).
-        if (!reached.has(cursor.channel) && span.brokerTimestamp < (this.notBefore.get(cursor.channel) ?? 0)) {
-          cursor.endOffset = span.baseOffset + span.recordCount; // nothing of the channel is taken before it
-          continue;
+        const notBefore = reached.has(cursor.channel) ? undefined : this.notBefore.get(cursor.channel);
+        if (notBefore !== undefined) {
+          // Stamped before the time the channel was placed at: passed over (see notBefore).
+          if (span.brokerTimestamp < notBefore) {
+            cursor.endOffset = span.baseOffset + span.recordCount; // nothing of the channel is taken before it
+            continue;
+          }
+          reached.add(cursor.channel);
         }
-        reached.add(cursor.channel);
         cursor.spans.push({ ...span, bytes: read.bytes.subarray(span.start, span.start + span.length) });
       }
       const last = spans[spans.length - 1]!;

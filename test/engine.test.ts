@@ -194,6 +194,7 @@ for (const variant of variants) {
           assert.equal(fsBytes, where === 'memory' ? 0 : read.bytes.length, `${where}: bytes read from the file for offset ${offset} maxMessages ${maxMessages}`);
         }
       };
+      for (const bad of [0, -1, 1.5, Number.NaN]) assert.equal((await rejection(store.readBatches('t', 0, { offset: 0, maxMessages: bad }))).code, 'INVALID_ARGUMENT', `maxMessages ${bad}`);
       try {
         await readAll('memory');
         stop(); // the last watcher gone: the cache is dropped and every read goes to the file

@@ -214,7 +214,7 @@ describe('input fixes: start positions (in process)', () => {
       assert.ok(start > 1, `retention moved the start past the committed position (start ${start})`);
 
       const startOf = async (group: string, fallback: 'earliest' | 'latest'): Promise<number> =>
-        (await broker.startPositions({ topic: 'kept', group, channels: [0], start: 'committed', fallback, positions: [], startTimestamp: 0 })).get(0)!;
+        (await broker.startPositions({ topic: 'kept', group, channels: [0], start: 'committed', fallback, positions: [], startTimestamp: 0 })).positions.get(0)!;
       assert.equal(await startOf('behind', 'earliest'), start);
       assert.equal(await startOf('behind', 'latest'), end);
       assert.equal(await startOf('ahead', 'earliest'), start);

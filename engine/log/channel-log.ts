@@ -558,7 +558,7 @@ export class ChannelLog {
   async readBatches(offset: number, maxBytes: number, into?: Buffer, maxMessages = Number.MAX_SAFE_INTEGER): Promise<BatchRead> {
     this.checkOffset(offset);
     maxBytes = Math.max(batchHeaderBytes, Math.min(maxBytes, limits.readBytesMax));
-    const endOffset = offset + Math.max(1, Math.min(maxMessages, Number.MAX_SAFE_INTEGER - offset));
+    const endOffset = Math.min(offset + maxMessages, Number.MAX_SAFE_INTEGER);
     const cached = this.tail.read(offset, maxBytes, into, endOffset);
     if (cached) return cached;
     for (let index = this.segmentFor(offset); index < this.segments.length && offset < this.highWatermark; index++) {
