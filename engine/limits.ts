@@ -39,8 +39,6 @@ export const limits = {
   groupCommitBytesMax: 64 * 1024 * 1024,
   /** Producers whose last sequence a channel remembers for idempotent appends. */
   producerStateCountMax: 10_000,
-  /** Recent batches remembered per producer and channel (a producer's in-flight window). */
-  producerBatchCountMax: 16,
   /** Interval of the fsync timer in sync mode "interval". */
   syncIntervalMsDefault: 50,
   /**

@@ -8,7 +8,12 @@
  *   never neither;
  * - after a reconnect, `reconnect` listeners run (producers resend their in-flight batches,
  *   consumers subscribe again from where they were) before queued requests go out;
- * - requests made while reconnecting wait for the connection (up to requestTimeoutMs).
+ * - requests made while reconnecting wait for the connection (up to requestTimeoutMs);
+ * - a connection that stopped answering is dropped and made again: when a request gets no
+ *   reply within requestTimeoutMs (as Kafka's client does), and in Node when a ping gets no
+ *   pong within heartbeatMs while nothing else came (a peer gone without a FIN: a dead
+ *   host, a NAT or firewall that forgot the flow). Otherwise only the OS would notice, after
+ *   about 15 minutes, and until then every request timed out and consumers waited.
  */
 import { loadChecksum } from '../engine/format/checksum';
 import { WaymarkError } from '../engine/format/errors';
@@ -29,6 +34,13 @@ export interface ConnectOptions {
   reconnectDelayMsMax?: number;
   /** The first connection must open within this long (default 10 s). */
   connectTimeoutMs?: number;
+  /**
+   * Node: a ping goes out after this long without a frame from the broker, and the connection
+   * is dropped (and made again) when nothing comes in the next period either (default
+   * 10,000 ms; 0: no pings). Browsers' WebSockets cannot ping: there requestTimeoutMs alone
+   * finds a dead connection.
+   */
+  heartbeatMs?: number;
 }
 
 type PushHandler = (frame: Frame) => void;
@@ -61,6 +73,12 @@ export class Connection {
   /** Set when the socket is lost and reconnect is off: what every later request fails with. */
   private gone: WaymarkError | null = null;
   private attempt = 0;
+  /** Heartbeat (heartbeatMs): a frame or pong came in this period; a ping is out unanswered. */
+  private heard = false;
+  private pingOut = false;
+  private heartbeatTimer: ReturnType<typeof setInterval> | null = null;
+  /** Why the socket is being dropped (dropSocket), said in the CONNECTION_LOST errors that follow. */
+  private dropReason: string | null = null;
   private ready: Promise<void>;
   private markReady: () => void = () => undefined;
   private readonly options: Required<ConnectOptions>;
@@ -76,7 +94,16 @@ export class Connection {
       reconnectDelayMs: options.reconnectDelayMs ?? 100,
       reconnectDelayMsMax: options.reconnectDelayMsMax ?? 5_000,
       connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
+      heartbeatMs: options.heartbeatMs ?? 10_000,
     };
+    for (const name of ['requestTimeoutMs', 'reconnectDelayMs', 'reconnectDelayMsMax', 'connectTimeoutMs', 'heartbeatMs'] as const) {
+      const value = this.options[name];
+      // A timer cannot wait longer than 2^31-1 ms (Node fires it at once); a timeout of 0 would fail every request.
+      const min = name === 'requestTimeoutMs' || name === 'connectTimeoutMs' ? 1 : 0;
+      if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > 0x7fffffff) {
+        throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number of ms from ${min} to 2147483647, not ${String(value)}`);
+      }
+    }
     this.ready = new Promise((resolve) => (this.markReady = resolve));
   }
 
@@ -146,18 +173,27 @@ export class Connection {
               // (or is made now) — a newer batch ahead of an older one's resend got the older
               // one refused (DUPLICATE_SEQUENCE) though the broker never had it.
               this.greeted = true;
+              this.startHeartbeat(socket);
               if (reconnecting) for (const listener of this.listeners.reconnect) listener();
               this.markReady();
               resolve();
             });
           },
-          message: (bytes) => this.onMessage(bytes),
-          close: (code, reason) => {
+          message: (bytes) => {
+            this.heard = true;
+            this.onMessage(bytes);
+          },
+          alive: () => (this.heard = true),
+          close: (code, closeReason) => {
             const current = this.socket === socket;
             const wasGreeted = current && this.greeted;
+            let reason = closeReason;
             if (current) {
               this.socket = null;
               this.greeted = false;
+              this.stopHeartbeat();
+              if (this.dropReason) reason = this.dropReason;
+              this.dropReason = null;
             }
             const lost = new WaymarkError('CONNECTION_LOST', `connection to ${this.url} closed (${code}${reason ? ` ${reason}` : ''})`);
             if (current && !wasGreeted) {
@@ -184,6 +220,44 @@ export class Connection {
         socket.close();
       }, timeoutMs);
     });
+  }
+
+  /** Pings in Node while the socket is up (heartbeatMs; see the invariants above). */
+  private startHeartbeat(socket: Socket): void {
+    this.stopHeartbeat();
+    if (!socket.ping || this.options.heartbeatMs === 0) return;
+    this.heard = false;
+    this.pingOut = false;
+    this.heartbeatTimer = setInterval(() => {
+      if (this.socket !== socket) return;
+      if (this.heard) {
+        this.heard = false;
+        this.pingOut = false;
+      } else if (this.pingOut) {
+        this.dropSocket(`no frame and no pong from the broker for ${this.options.heartbeatMs} ms after a ping`);
+      } else {
+        this.pingOut = true;
+        socket.ping!();
+      }
+    }, this.options.heartbeatMs);
+    holdProcess(this.heartbeatTimer, false); // an idle client does not keep a process alive
+  }
+
+  private stopHeartbeat(): void {
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = null;
+  }
+
+  /**
+   * Drops a connection that stopped answering: at once, without a closing handshake it would
+   * never answer. The socket's close then runs as for any lost connection (requests fail with
+   * CONNECTION_LOST naming `reason`, producers keep their batches, consumers subscribe again).
+   */
+  private dropSocket(reason: string): void {
+    const socket = this.socket;
+    if (!socket || this.closed) return;
+    this.dropReason = reason;
+    socket.terminate();
   }
 
   private onSocketLost(code: number, reason: string): void {
@@ -274,6 +348,14 @@ export class Connection {
       this.pending.take(id);
       p.reject(new WaymarkError('TIMEOUT', `no reply to request ${id} within ${this.options.requestTimeoutMs} ms`));
     }
+    // No reply for that long: the connection is taken for dead and made again, as Kafka's
+    // client does (a socket silently gone kept every later request timing out until the OS
+    // noticed). A broker only slow pays a reconnect; producers' resends are idempotent.
+    // Without reconnect the connection is kept: dropping it would end the client.
+    if (expired.length > 0 && this.greeted && this.options.reconnect) {
+      this.dropSocket(`no reply to a request within ${this.options.requestTimeoutMs} ms`);
+      return;
+    }
     if (next !== Infinity && !this.timeoutTimer) this.armTimeouts(next);
   }
 
@@ -301,6 +383,21 @@ export class Connection {
       const id = this.takeId();
       this.sendEncoded(id, encode(id), (frame) => (frame.error ? reject(errorFromFrame(frame.error)) : resolve(frame)), reject);
     });
+  }
+
+  /**
+   * Resolves once a socket is up and greeted, after a reconnect's listeners ran (consumers
+   * have subscribed again: a request that names a subscription is built after this).
+   * Rejects with CONNECTION_LOST after requestTimeoutMs, CLIENT_CLOSED once closed.
+   */
+  async whenConnected(): Promise<void> {
+    if (this.greeted || this.closed || this.gone) {
+      if (this.closed) throw new WaymarkError('CLIENT_CLOSED');
+      if (this.gone) throw this.gone;
+      return;
+    }
+    await this.waitReady();
+    if (this.closed) throw new WaymarkError('CLIENT_CLOSED');
   }
 
   private waitReady(): Promise<void> {
@@ -334,6 +431,7 @@ export class Connection {
     this.closed = true;
     const closedError = new WaymarkError('CLIENT_CLOSED');
     this.stopTimeouts();
+    this.stopHeartbeat();
     for (const p of this.pending.takeAll()) p.reject(closedError);
     this.socket?.close(1000, 'client closed');
     this.socket = null;

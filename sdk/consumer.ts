@@ -507,6 +507,9 @@ export class Consumer implements AsyncIterable<Message> {
 
   /** Moves the consumer: explicit offsets per channel, a broker timestamp, or earliest/latest. */
   async seek(to: { offsets: Record<number, number> } | { timestamp: number } | 'earliest' | 'latest'): Promise<void> {
+    // While the client reconnects: after the subscription is made again (a seek naming the
+    // dead one's id was refused, SUBSCRIPTION_NOT_FOUND, and the move lost).
+    if (!this.connection.isConnected && !this.closed) await this.connection.whenConnected();
     const request: Record<string, unknown> = { subscription: this.subscription };
     if (typeof to === 'string') request.to = to;
     // Every channel moves: those not named to just after the last message handed out. (Only

@@ -84,15 +84,27 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     return this.producer;
   }
 
-  /** Sends every message of the pack to the channel the repack function picks. */
+  /**
+   * Sends every message of the pack to the channel the repack function picks, as one
+   * sendBatch: every message is checked before any is queued (a bad one refuses the whole
+   * pack, nothing stored). Results come in the pack's order; when the repack function hands
+   * back messages other than the pack's own objects, in the order of its groups.
+   */
   async produce(pack: { msgs: OutgoingMessage[] }): Promise<SendResult[]> {
     const producer = this.needProducer();
+    if (!this.repack) return producer.sendBatch(pack.msgs);
     const route = (m: OutgoingMessage): number => producer.channelFor(m);
-    const groups = this.repack ? this.repack(pack.msgs, producer.channelCount, route) : null;
-    const sends: Array<Promise<SendResult>> = [];
-    if (groups) for (const [channel, msgs] of groups) for (const m of msgs) sends.push(producer.send({ ...m, channel }));
-    else for (const m of pack.msgs) sends.push(producer.send(m));
-    return Promise.all(sends);
+    const groups = this.repack(pack.msgs, producer.channelCount, route);
+    const routed: OutgoingMessage[] = [];
+    const sources: OutgoingMessage[] = [];
+    for (const [channel, msgs] of groups) {
+      for (const m of msgs) {
+        routed.push({ ...m, channel });
+        sources.push(m);
+      }
+    }
+    const results = await producer.sendBatch(routed);
+    return inPackOrder(pack.msgs, sources, results);
   }
 
   /** Sends every message of the pack to every channel. */
@@ -329,6 +341,9 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   /** Moves the consumer to positions (per channel) or to a broker timestamp. */
   async seek(to: { positions: MsgPosition[] } | { timestamp: number }): Promise<void> {
     if (!this.consuming) throw new WaymarkError('INVALID_ARGUMENT', 'call asConsumer(topic, subName) first');
+    // While the client reconnects: after the subscription is made again (a seek naming the
+    // dead one's id was refused, SUBSCRIPTION_NOT_FOUND, and the move lost).
+    if (!this.connection.isConnected && !this.closed && !this.consumerClosed) await this.connection.whenConnected();
     // Left loop: the subscription is gone (the broker said SUBSCRIPTION_NOT_FOUND, naming its id).
     if (this.closed || this.consumerClosed) throw new WaymarkError('CLIENT_CLOSED', 'this msgStream\'s consumer is closed: consume with a new msgStream');
     // Time 0 is before every message: the earliest (on the wire 0 means "no timestamp").
@@ -381,6 +396,24 @@ function checkPositions(positions: MsgPosition[]): MsgPosition[] {
     checkPosition((p as MsgPosition).channel, (p as MsgPosition).offset, 'positions');
   }
   return positions;
+}
+
+/**
+ * `results` (of `sources`, the repack's messages in group order) in the order of `msgs`, when
+ * `sources` is `msgs` itself regrouped (each object once); else as they are.
+ */
+function inPackOrder(msgs: readonly OutgoingMessage[], sources: readonly OutgoingMessage[], results: SendResult[]): SendResult[] {
+  if (sources.length !== msgs.length) return results;
+  const at = new Map<OutgoingMessage, number>();
+  for (let i = 0; i < msgs.length; i++) at.set(msgs[i]!, i);
+  if (at.size !== msgs.length) return results; // one object twice in the pack
+  const ordered: SendResult[] = new Array(msgs.length);
+  for (let i = 0; i < sources.length; i++) {
+    const index = at.get(sources[i]!);
+    if (index === undefined || ordered[index] !== undefined) return results;
+    ordered[index] = results[i]!;
+  }
+  return ordered;
 }
 
 /** `positions`, plus every other channel of `current` at its current position. */

@@ -3,9 +3,11 @@
  * pipelines up to `inflightBatchesMax` batches per channel, and resolves each message's
  * promise once the broker reports its batch durable.
  *
- * Idempotence: the producer has a random 53-bit id; each channel's batches carry increasing
+ * Idempotence: each channel's batches carry a random 53-bit producer id and increasing
  * sequences. After a reconnect every unacknowledged batch is resent as the same bytes, so
  * the broker answers a batch it already stored with its original offsets (no duplicates).
+ * A sequence is an i32 on the wire: before a channel's would pass 2^31 − 1 (after two
+ * billion messages) the channel takes a new random id and starts again at 0.
  *
  * Invariants: per channel, batches are sent and acknowledged in sequence order; a message's
  * promise settles exactly once; memory is bounded by bufferedBytesMax (send() waits).
@@ -17,6 +19,7 @@ import { checkMessage, encodeBatch, messagePrefix, type MessageInput } from '../
 import { channelForKey } from '../engine/format/repack';
 import type { Connection } from './client';
 import { nodeCodec } from './codec';
+import { checkCount } from './consumer';
 
 export interface ProducerOptions {
   topic: string;
@@ -28,7 +31,7 @@ export interface ProducerOptions {
   batchBytesMax?: number;
   /** …or when its first message has waited this long (default 0: at the end of the current turn). */
   lingerMs?: number;
-  /** Batches awaiting acknowledgement per channel (default 16; the broker remembers 16 for retries). */
+  /** Batches awaiting acknowledgement per channel, 1–16 (default 16: the broker remembers a producer's last 16 batches per channel to answer resends). */
   inflightBatchesMax?: number;
   /** Bytes waiting to be sent before send() starts to wait (default 64 MiB). */
   bufferedBytesMax?: number;
@@ -166,6 +169,8 @@ interface SealedBatch extends Runs {
 
 interface ChannelState {
   open: OpenBatch | null;
+  /** The id and next sequence of the channel's batches (see "Idempotence" above). */
+  producerId: number;
   sequence: number;
   ready: SealedBatch[]; // sealed, waiting for an in-flight slot
   inflight: SealedBatch[]; // sent, awaiting the reply, in sequence order
@@ -174,7 +179,6 @@ interface ChannelState {
 export class Producer {
   readonly topic: string;
   private readonly channels: ChannelState[];
-  private readonly producerId: number;
   private readonly ids = new MsgIdGenerator();
   private readonly options: Required<Omit<ProducerOptions, 'channel' | 'topic'>> & { channel: number | undefined };
   private roundRobin = 0;
@@ -197,6 +201,7 @@ export class Producer {
     channelCount: number,
   ) {
     this.topic = options.topic;
+    checkProducerOptions(options);
     this.options = {
       channel: options.channel,
       batchMessagesMax: Math.min(options.batchMessagesMax ?? 1000, formatLimits.batchRecordCountMax),
@@ -214,10 +219,7 @@ export class Producer {
     if (options.channel !== undefined && (!Number.isInteger(options.channel) || options.channel < 0 || options.channel >= channelCount)) {
       throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${options.topic} has channels 0..${channelCount - 1}, not ${options.channel}`);
     }
-    this.channels = Array.from({ length: channelCount }, () => ({ open: null, sequence: 0, ready: [], inflight: [] }));
-    const random = new Uint32Array(2);
-    globalThis.crypto.getRandomValues(random);
-    this.producerId = (random[0]! & 0x1fffff) * 0x100000000 + random[1]!; // 53 bits
+    this.channels = Array.from({ length: channelCount }, () => ({ open: null, producerId: newProducerId(), sequence: 0, ready: [], inflight: [] }));
     this.stopListening = [
       connection.on('reconnect', () => {
         this.disarmExpiry();
@@ -428,8 +430,14 @@ export class Producer {
     if (open.timer && this.options.lingerMs > 0) clearTimeout(open.timer);
     let bytes: Uint8Array;
     let msgIds: Uint8Array;
+    // The batch's last sequence must fit the wire's i32 (at 2^31 the broker took it for "no
+    // sequence" and stored resends twice; at 2^32 it wrapped and every send was refused).
+    if (state.sequence + open.messages.length - 1 > sequenceMax) {
+      state.producerId = newProducerId();
+      state.sequence = 0;
+    }
     try {
-      const encoded = encodeBatch(open.messages, { producerId: this.producerId, producerSequence: state.sequence, codec: this.codec(), msgIds: this.ids, checked: true });
+      const encoded = encodeBatch(open.messages, { producerId: state.producerId, producerSequence: state.sequence, codec: this.codec(), msgIds: this.ids, checked: true });
       bytes = encoded.batch;
       msgIds = encoded.packedMsgIds;
     } catch (err) {
@@ -467,7 +475,8 @@ export class Producer {
       (err: WaymarkError) => {
         // A lost connection keeps the batch: it is resent, as the same bytes, on reconnect
         // (when there will be one; without, the sends fail with CONNECTION_LOST).
-        if (err.code === 'CONNECTION_LOST' && this.connection.willReconnect) {
+        // A TIMEOUT is such a loss too: the connection drops a socket that let a request time out.
+        if ((err.code === 'CONNECTION_LOST' || err.code === 'TIMEOUT') && this.connection.willReconnect) {
           batch.sent = false;
           this.armExpiry();
           return;
@@ -625,11 +634,49 @@ function newOpenBatch(): OpenBatch {
   return { messages: [], runs: [], bytes: 0, timer: null, due: false, since: 0 };
 }
 
+/**
+ * At least the bytes a message takes in a batch (a string counts 3 bytes a UTF-16 unit, the
+ * most UTF-8 needs; varints at their longest): batches are filled by it up to batchBytesMax,
+ * under the format's batch limit. (Header names counted 1 byte a unit once: a batch of
+ * messages with long non-ASCII header names came out over the limit and failed whole.)
+ */
 function sizeOf(message: OutgoingMessage): number {
   const body = typeof message.body === 'string' ? message.body.length * 3 : message.body.length;
-  const key = message.key ? message.key.length * 3 : 0;
+  const key = message.key ? message.key.length * 3 + 5 : 0;
   let headers = 0;
-  if (message.headers) for (const [name, value] of Object.entries(message.headers)) headers += name.length + (typeof value === 'string' ? value.length * 3 : value.length);
-  return body + key + headers + 32;
+  if (message.headers) for (const [name, value] of Object.entries(message.headers)) headers += name.length * 3 + (typeof value === 'string' ? value.length * 3 : value.length) + 10;
+  return body + key + headers + recordOverheadMax;
+}
+
+/** A record's bytes besides its body, key and headers, at most: length, attributes, offset and time deltas, msgId, counts, deliverAt, body length. */
+const recordOverheadMax = 5 + 1 + 5 + 10 + 16 + 5 + 10 + 5;
+
+/** The largest producer sequence the wire carries (an i32; −1 means none). */
+const sequenceMax = 0x7fffffff;
+
+/** A random 53-bit producer id. */
+function newProducerId(): number {
+  const random = new Uint32Array(2);
+  globalThis.crypto.getRandomValues(random);
+  return (random[0]! & 0x1fffff) * 0x100000000 + random[1]!;
+}
+
+/**
+ * The options as given, before any is used: 0 or NaN in-flight batches left every send
+ * pending for ever. More than 16 in flight is refused: the broker answers resends from a
+ * producer's last 16 batches per channel, so the 17th resent after a reconnect failed with
+ * DUPLICATE_SEQUENCE although it was stored.
+ */
+function checkProducerOptions(options: ProducerOptions): void {
+  checkCount('batchMessagesMax', options.batchMessagesMax);
+  checkCount('batchBytesMax', options.batchBytesMax);
+  checkCount('lingerMs', options.lingerMs, true);
+  checkCount('inflightBatchesMax', options.inflightBatchesMax);
+  checkCount('bufferedBytesMax', options.bufferedBytesMax);
+  if (options.lingerMs !== undefined && options.lingerMs > 0x7fffffff) throw new WaymarkError('INVALID_ARGUMENT', `lingerMs must be at most 2147483647, not ${options.lingerMs}`);
+  if (options.inflightBatchesMax !== undefined && options.inflightBatchesMax > formatLimits.producerBatchCountMax) {
+    throw new WaymarkError('INVALID_ARGUMENT', `inflightBatchesMax must be at most ${formatLimits.producerBatchCountMax} (the batches per producer and channel the broker remembers for resends), not ${options.inflightBatchesMax}`);
+  }
+  if (options.compression !== undefined && typeof options.compression !== 'boolean') throw new WaymarkError('INVALID_ARGUMENT', `compression must be true or false, not ${String(options.compression)}`);
 }
 

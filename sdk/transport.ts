@@ -8,6 +8,10 @@ export interface Socket {
   readonly bufferedAmount: number;
   send(bytes: Uint8Array): void;
   close(code?: number, reason?: string): void;
+  /** Drops the connection at once, without the closing handshake (a dead peer never answers it); `close` follows. */
+  terminate(): void;
+  /** Sends a WebSocket ping (Node only: a browser's WebSocket has none); the pong comes to `alive`. */
+  ping?(): void;
 }
 
 export interface SocketHandlers {
@@ -15,6 +19,8 @@ export interface SocketHandlers {
   message(bytes: Uint8Array): void;
   close(code: number, reason: string): void;
   error(message: string): void;
+  /** A pong came (the peer is there). */
+  alive?(): void;
 }
 
 interface BrowserWebSocket {
@@ -43,12 +49,15 @@ export function openSocket(url: string, handlers: SocketHandlers): Socket {
     });
     ws.on('close', (code: number, reason: Buffer) => handlers.close(code, reason.toString()));
     ws.on('error', (err: Error) => handlers.error(err.message));
+    ws.on('pong', () => handlers.alive?.());
     return {
       get bufferedAmount() {
         return ws.bufferedAmount;
       },
       send: (bytes) => ws.send(bytes, { binary: true }),
       close: (code, reason) => (ws.readyState === ws.CONNECTING ? ws.terminate() : ws.close(code, reason)),
+      terminate: () => ws.terminate(),
+      ping: () => ws.ping(),
     };
   }
   const Ctor = (globalThis as unknown as { WebSocket?: new (url: string) => BrowserWebSocket }).WebSocket;
@@ -67,5 +76,6 @@ export function openSocket(url: string, handlers: SocketHandlers): Socket {
     },
     send: (bytes) => ws.send(bytes),
     close: (code, reason) => ws.close(code, reason),
+    terminate: () => ws.close(),
   };
 }

@@ -351,6 +351,38 @@ describe('sdk recovery: a seek after a reconnect', function () {
   });
 });
 
+describe('sdk recovery: a seek made while the client reconnects', function () {
+  this.timeout(60_000);
+  const { broker } = brokerForSuite({ connect: false });
+
+  it('consumer and msgStream: the seek waits for the new subscription and moves it (it named the dead one: SUBSCRIPTION_NOT_FOUND, the move lost)', async () => {
+    const client = await connect(broker.url, { reconnectDelayMs: 20 });
+    await client.admin.createTopic('outseek', { channels: 2 });
+    const producer = await client.producer({ topic: 'outseek' });
+    await producer.sendBatch(Array.from({ length: 20 }, (_, i) => ({ channel: i % 2, body: `m${i}` })));
+    const consumer = await client.consumer({ topic: 'outseek', group: 'c', start: 'earliest', autoCommitIntervalMs: 0 });
+    assert.equal((await take(consumer, 20)).length, 20);
+    const stream = client.msgStream();
+    await stream.asConsumer('outseek', 's', { start: 'earliest', tickIntervalMs: 10 });
+    const packs = readPacks(stream);
+    await packs.until(20);
+
+    await killAndLose(broker, client);
+    const consumerSeek = consumer.seek('earliest');
+    const streamSeek = stream.seek({ timestamp: 1 });
+    await startAndReconnect(broker, client);
+    await consumerSeek;
+    await streamSeek;
+    const again = await take(consumer, 20);
+    assert.deepEqual(again.map(text).sort(), Array.from({ length: 20 }, (_, i) => `m${i}`).sort(), 'the consumer reads the topic again from the start');
+    await packs.until(40);
+    assert.deepEqual(packs.msgs.slice(20).map(text).sort(), Array.from({ length: 20 }, (_, i) => `m${i}`).sort(), 'the stream reads it again from time 1');
+    await consumer.close();
+    await stream.close();
+    client.close();
+  });
+});
+
 describe('sdk recovery: a producer whose broker does not come back', function () {
   this.timeout(60_000);
   const { broker, client: opened } = brokerForSuite({ connectOptions: { reconnectDelayMs: 20, requestTimeoutMs: 200 } });

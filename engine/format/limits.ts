@@ -15,4 +15,9 @@ export const formatLimits = {
   headersBytesMax: 64 * 1024,
   /** Headers on one message. */
   headerCountMax: 64,
+  /**
+   * Recent batches a channel remembers per producer id to answer resends: a producer may
+   * have at most this many batches in flight per channel (the SDK's inflightBatchesMax).
+   */
+  producerBatchCountMax: 16,
 } as const;

@@ -1,0 +1,210 @@
+/** The SDK producer at its edges: options, batch sizes, sequence numbers, a connection that goes silent, msgStream packs. */
+import { strict as assert } from 'node:assert';
+import * as net from 'node:net';
+import { connect, type Client, type Producer } from '../sdk/index';
+import { brokerForSuite, take, text } from './broker-helpers';
+import { rejection } from './helpers';
+
+/** The producer's per-channel state (white-box: a sequence of 2^31 takes two billion messages to reach). */
+function channelState(producer: Producer, channel: number): { producerId: number; sequence: number } {
+  return (producer as unknown as { channels: Array<{ producerId: number; sequence: number }> }).channels[channel]!;
+}
+
+/** Everything of a topic's channel 0 from offset 0, as text. */
+async function readAll(client: Client, topic: string, count: number): Promise<string[]> {
+  const consumer = await client.consumer({ topic, group: `read-${Math.random()}`, start: 'earliest', autoCommitIntervalMs: 0 });
+  const messages = await take(consumer, count);
+  await consumer.close();
+  return messages.map(text);
+}
+
+describe('sdk producer: options, sizes and sequences', function () {
+  this.timeout(60_000);
+  const { client: opened } = brokerForSuite();
+
+  it('refuses options that would leave sends pending for ever or resends refused: in-flight 0, NaN or over 16, negative linger, a batch of 0', async () => {
+    const client = opened();
+    await client.admin.createTopic('opts', { channels: 1 });
+    const bad: Array<Record<string, unknown>> = [
+      { inflightBatchesMax: 0 },
+      { inflightBatchesMax: Number.NaN },
+      // The broker remembers a producer's last 16 batches per channel: a 17th in flight, resent
+      // after a reconnect, was refused with DUPLICATE_SEQUENCE although it was stored.
+      { inflightBatchesMax: 17 },
+      { lingerMs: -1 },
+      { batchMessagesMax: 0 },
+      { batchBytesMax: 1.5 },
+      { bufferedBytesMax: -5 },
+      { compression: 'yes' },
+    ];
+    for (const options of bad) {
+      const err = await rejection(client.producer({ topic: 'opts', ...options }));
+      assert.equal(err.code, 'INVALID_ARGUMENT', JSON.stringify(options));
+    }
+    const fine = await client.producer({ topic: 'opts', inflightBatchesMax: 16, lingerMs: 0 });
+    assert.equal((await fine.send({ body: 'ok' })).offset, 0);
+    await fine.close();
+  });
+
+  it('fills batches by UTF-8 size: messages with long non-ASCII header names, 8 MiB batches, all stored (they failed together with BATCH_TOO_LARGE)', async () => {
+    const client = opened();
+    await client.admin.createTopic('wide', { channels: 1 });
+    const producer = await client.producer({ topic: 'wide', batchBytesMax: 8 * 1024 * 1024 });
+    const name = '中'.repeat(21_000); // 63,000 bytes of UTF-8 (under the 64 KiB of headers), counted as 21,000 before
+    const results = await producer.sendBatch(Array.from({ length: 400 }, (_, i) => ({ body: `m${i}`, headers: { [name]: 'v' } })));
+    assert.deepEqual(results.map((r) => r.offset), Array.from({ length: 400 }, (_, i) => i));
+    await producer.close();
+  });
+
+  it('a channel whose sequence would pass 2^31 − 1 takes a new producer id: resends are still answered as duplicates, and sends go on past 2^32', async () => {
+    const client = opened();
+    await client.admin.createTopic('wrap', { channels: 1 });
+    const producer = await client.producer({ topic: 'wrap' });
+    const state = channelState(producer, 0);
+    const connection = (producer as unknown as { connection: { produce(topic: string, channel: number, batch: Uint8Array): Promise<{ produceOk?: { appends?: Array<{ baseOffset?: number; duplicate?: boolean }> } }> } }).connection;
+    const produce = connection.produce.bind(connection);
+    /** Sends `body`, then the same batch bytes once more, as a resend after a lost reply is. */
+    const sendAndResend = async (body: string): Promise<{ offset: number; resent: { baseOffset?: number; duplicate?: boolean } }> => {
+      let bytes: Uint8Array | null = null;
+      connection.produce = (topic, channel, batch) => {
+        bytes = batch.slice();
+        return produce(topic, channel, batch);
+      };
+      const { offset } = await producer.send({ body });
+      connection.produce = produce;
+      const reply = await produce('wrap', 0, bytes!);
+      return { offset, resent: reply.produceOk!.appends![0]! };
+    };
+    const first = await sendAndResend('a');
+    assert.deepEqual([first.offset, first.resent.baseOffset, first.resent.duplicate], [0, 0, true]);
+    const id = state.producerId;
+    state.sequence = 2 ** 31 - 1; // one message fits, the next batch of one does not
+    const last = await sendAndResend('b');
+    assert.deepEqual([last.offset, last.resent.baseOffset, last.resent.duplicate], [1, 1, true]);
+    assert.equal(state.producerId, id, 'sequence 2^31 − 1 is still the same id');
+    // Before: sequence 2^31 went out as −2^31, taken for "no sequence": the resend was stored again.
+    const past = await sendAndResend('c');
+    assert.deepEqual([past.offset, past.resent.baseOffset, past.resent.duplicate], [2, 2, true]);
+    assert.notEqual(state.producerId, id, 'a new id');
+    assert.equal(state.sequence, 1);
+    // Before: 2^32 + 7 went out as 7, below the stored sequences: every send refused, DUPLICATE_SEQUENCE.
+    state.sequence = 2 ** 32 + 7;
+    assert.equal((await producer.send({ body: 'd' })).offset, 3);
+    assert.equal((await producer.send({ body: 'e' })).offset, 4);
+    assert.deepEqual(await readAll(client, 'wrap', 5), ['a', 'b', 'c', 'd', 'e'], 'each message once');
+    await producer.close();
+  });
+
+  it('msgStream.produce checks the whole pack before queuing any (a bad message stored the others), and gives results in the pack\'s order with a repack function', async () => {
+    const client = opened();
+    await client.admin.createTopic('pack', { channels: 2 });
+    const stream = client.msgStream();
+    await stream.asProducer('pack');
+    const err = await rejection(stream.produce({ msgs: [{ channel: 0, body: 'a' }, { channel: 0, body: 'b', key: 'x'.repeat(5000) }, { channel: 0, body: 'c' }] }));
+    assert.equal(err.code, 'KEY_TOO_LARGE');
+    stream.setRepackFunc((msgs) => new Map([[0, [...msgs].reverse()]])); // everything to channel 0, last first
+    const ids = ['01', '02', '03'].map((end) => '0'.repeat(30) + end);
+    const results = await stream.produce({ msgs: ids.map((msgId, i) => ({ msgId, body: `p${i}` })) });
+    assert.deepEqual(results.map((r) => r.msgId), ids, 'in the pack\'s order');
+    assert.deepEqual(results.map((r) => r.offset), [2, 1, 0], 'stored in the repack\'s order, from offset 0: nothing of the refused pack');
+    await stream.close();
+  });
+});
+
+/**
+ * A TCP proxy in front of the broker whose current connections can go silent (a middlebox
+ * that forgot the flow, a host gone: no FIN, no RST); connections made after pass.
+ * `mute('replies')` drops only the broker's bytes (requests arrive, replies never come back).
+ */
+async function silentProxy(port: number): Promise<{ port: number; mute(what: 'all' | 'replies'): void; close(): void }> {
+  const pairs = new Set<{ client: net.Socket; upstream: net.Socket; mutedUp: boolean; mutedDown: boolean }>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(port, '127.0.0.1');
+    const pair = { client, upstream, mutedUp: false, mutedDown: false };
+    pairs.add(pair);
+    client.on('data', (chunk: Buffer) => void (pair.mutedUp || upstream.write(chunk)));
+    upstream.on('data', (chunk: Buffer) => void (pair.mutedDown || client.write(chunk)));
+    const end = (): void => {
+      pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    for (const socket of [client, upstream]) {
+      socket.on('close', end);
+      socket.on('error', end);
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    mute(what) {
+      for (const pair of pairs) {
+        pair.mutedDown = true;
+        if (what === 'all') pair.mutedUp = true;
+      }
+    },
+    close() {
+      server.close();
+      for (const pair of pairs) {
+        pair.client.destroy();
+        pair.upstream.destroy();
+      }
+    },
+  };
+}
+
+describe('sdk producer: a connection that goes silent', function () {
+  this.timeout(60_000);
+  const { broker, client: opened } = brokerForSuite();
+
+  it('a request that times out drops the connection and makes a new one: the send is resent and answered as stored once (every send failed with TIMEOUT until the OS gave up, ~15 min)', async () => {
+    const proxy = await silentProxy(broker.port);
+    try {
+      const client = await connect(`ws://127.0.0.1:${proxy.port}/v1/ws`, { requestTimeoutMs: 300, reconnectDelayMs: 20, heartbeatMs: 0 });
+      await client.admin.createTopic('silent', { channels: 1 });
+      const producer = await client.producer({ topic: 'silent' });
+      assert.equal((await producer.send({ body: 'before' })).offset, 0);
+      const reconnected = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
+      proxy.mute('replies'); // the batch reaches the broker, its reply is lost
+      const during = await producer.send({ body: 'during' });
+      await reconnected;
+      assert.deepEqual([during.offset, during.duplicate], [1, true], 'the resend was answered with the first append\'s offset');
+      assert.equal((await producer.send({ body: 'after' })).offset, 2);
+      assert.deepEqual(await readAll(opened(), 'silent', 3), ['before', 'during', 'after']);
+      await producer.close();
+      client.close();
+    } finally {
+      proxy.close();
+    }
+  });
+
+  it('an idle connection that goes silent is found by a ping without a pong, and made again (Node)', async () => {
+    const proxy = await silentProxy(broker.port);
+    try {
+      const client = await connect(`ws://127.0.0.1:${proxy.port}/v1/ws`, { heartbeatMs: 50, reconnectDelayMs: 20 });
+      await client.admin.createTopic('idle', { channels: 1 });
+      const consumer = await client.consumer({ topic: 'idle', group: 'g', start: 'earliest' });
+      const lost = new Promise<void>((resolve) => client.on('disconnect', () => resolve()));
+      const reconnected = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
+      proxy.mute('all');
+      await lost; // no request was waiting: only the heartbeat could tell
+      await reconnected;
+      // The consumer subscribed again on the new connection: a message produced now reaches it.
+      const producer = await opened().producer({ topic: 'idle' });
+      await producer.send({ body: 'after the silence' });
+      assert.equal(text((await take(consumer, 1))[0]!), 'after the silence');
+      await producer.close();
+      await consumer.close();
+      client.close();
+    } finally {
+      proxy.close();
+    }
+  });
+
+  it('refuses connection options that are not a number of ms', async () => {
+    for (const options of [{ heartbeatMs: -1 }, { requestTimeoutMs: 0 }, { reconnectDelayMs: Number.NaN }, { connectTimeoutMs: 2 ** 31 }]) {
+      const err = await rejection(connect(broker.url, options));
+      assert.equal(err.code, 'INVALID_ARGUMENT', JSON.stringify(options));
+    }
+  });
+});
