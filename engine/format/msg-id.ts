@@ -27,22 +27,6 @@ export class MsgIdGenerator {
    * bytes are worked out once per millisecond.
    */
   writeNext(buf: Uint8Array, pos: number, nowMs: number = Date.now()): void {
-    const last = this.advance(nowMs);
-    for (let i = 0; i < msgIdBytes; i++) buf[pos + i] = last[i]!;
-  }
-
-  /** writeNext into two places at once (the batch encoder writes each id into its record and into the packed list). */
-  writeNextTwice(a: Uint8Array, aPos: number, b: Uint8Array, bPos: number, nowMs: number): void {
-    const last = this.advance(nowMs);
-    for (let i = 0; i < msgIdBytes; i++) {
-      const byte = last[i]!;
-      a[aPos + i] = byte;
-      b[bPos + i] = byte;
-    }
-  }
-
-  /** Makes the next id in `last` and returns it. */
-  private advance(nowMs: number): Uint8Array {
     const last = this.last;
     if (nowMs > this.lastMs) {
       this.lastMs = nowMs;
@@ -52,7 +36,7 @@ export class MsgIdGenerator {
     } else {
       increment(last);
     }
-    return last;
+    for (let i = 0; i < msgIdBytes; i++) buf[pos + i] = last[i]!;
   }
 }
 

@@ -247,30 +247,26 @@ function isText(value: unknown): value is string | Uint8Array {
  * for ever.
  */
 function checkTypes(message: MessageInput, index: number | undefined): void {
-  if (typeof message !== 'object' || message === null) throw wrongType(index, `a message is an object with a body, not ${message === null ? 'null' : typeof message}`);
-  if (!isText(message.body)) throw wrongType(index, `body must be a string or a Uint8Array, not ${describeType(message.body)}`);
-  if (message.key != null && !isText(message.key)) throw wrongType(index, `key must be a string, a Uint8Array or null, not ${describeType(message.key)}`);
-  if (message.msgId !== undefined && !isBytes(message.msgId)) throw wrongType(index, `msgId must be a Uint8Array of ${msgIdBytes} bytes, not ${describeType(message.msgId)}`);
+  const wrong = (what: string): WaymarkError => new WaymarkError('INVALID_ARGUMENT', `${messagePrefix(index)}${what}`);
+  if (typeof message !== 'object' || message === null) throw wrong(`a message is an object with a body, not ${message === null ? 'null' : typeof message}`);
+  if (!isText(message.body)) throw wrong(`body must be a string or a Uint8Array, not ${describeType(message.body)}`);
+  if (message.key != null && !isText(message.key)) throw wrong(`key must be a string, a Uint8Array or null, not ${describeType(message.key)}`);
+  if (message.msgId !== undefined && !isBytes(message.msgId)) throw wrong(`msgId must be a Uint8Array of ${msgIdBytes} bytes, not ${describeType(message.msgId)}`);
   const headers = message.headers;
   if (headers == null) return;
   if (Array.isArray(headers)) {
     for (const header of headers as unknown[]) {
       const h = header as Partial<Header> | null;
-      if (typeof h !== 'object' || h === null || typeof h.name !== 'string' || !isBytes(h.value)) throw wrongType(index, 'headers as an array hold {name: string, value: Uint8Array} objects');
+      if (typeof h !== 'object' || h === null || typeof h.name !== 'string' || !isBytes(h.value)) throw wrong('headers as an array hold {name: string, value: Uint8Array} objects');
     }
   } else if (typeof headers === 'object') {
     for (const name of Object.keys(headers)) {
       const value = (headers as Record<string, unknown>)[name];
-      if (!isText(value)) throw wrongType(index, `header ${JSON.stringify(name)} must be a string or a Uint8Array, not ${describeType(value)}`);
+      if (!isText(value)) throw wrong(`header ${JSON.stringify(name)} must be a string or a Uint8Array, not ${describeType(value)}`);
     }
   } else {
-    throw wrongType(index, `headers must be an object of strings, not ${describeType(headers)}`);
+    throw wrong(`headers must be an object of strings, not ${describeType(headers)}`);
   }
-}
-
-/** checkTypes' error (a function of its own: a closure made per message checked was garbage). */
-function wrongType(index: number | undefined, what: string): WaymarkError {
-  return new WaymarkError('INVALID_ARGUMENT', `${messagePrefix(index)}${what}`);
 }
 
 /** What a value is, for an error message: null, undefined (absent), an array, an object, a string, … */
@@ -279,20 +275,6 @@ export function describeType(value: unknown): string {
   if (value === undefined) return 'undefined (absent)';
   if (Array.isArray(value)) return 'an array';
   return typeof value === 'object' ? 'an object' : `a ${typeof value}`;
-}
-
-// In Node, new bytes come from Buffer.allocUnsafeSlow (its own ArrayBuffer, not the pool):
-// nothing zeroes them first, which a batch of 1,000 × 1 KiB paid 40 µs for.
-const NodeBuffer = (globalThis as { Buffer?: { allocUnsafeSlow(length: number): Uint8Array } }).Buffer;
-
-/**
- * A new Uint8Array of `length` bytes that the caller writes in full before anyone reads it
- * (encodeBatch checks that its records end exactly at the end and writes every header byte):
- * not zero-filled in Node. A plain Uint8Array either way (a Buffer's slice() would not copy).
- */
-function allocWritten(length: number): Uint8Array {
-  if (!NodeBuffer) return new Uint8Array(length);
-  return new Uint8Array(NodeBuffer.allocUnsafeSlow(length).buffer, 0, length);
 }
 
 let lanesScratch = new Int32Array(3 * 1024);
@@ -363,8 +345,8 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
     throw new WaymarkError('BATCH_TOO_LARGE', `batch would be ${batchHeaderBytes + rawLength} bytes, the limit is ${formatLimits.batchBytesMax}`);
   }
 
-  const raw = allocWritten(batchHeaderBytes + rawLength);
-  const msgIdBytesPacked = allocWritten(count * msgIdBytes);
+  const raw = new Uint8Array(batchHeaderBytes + rawLength);
+  const msgIdBytesPacked = new Uint8Array(count * msgIdBytes);
   const idTime = Date.now();
   let pos = batchHeaderBytes;
   for (let i = 0; i < count; i++) {
@@ -377,19 +359,13 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
     raw[pos++] = (keyLength >= 0 ? RecordAttr.hasKey : 0) | (deliverAt !== null ? RecordAttr.hasDeliverAt : 0);
     pos = writeVarint(raw, pos, i);
     pos = writeVarint(raw, pos, zigzag((message.timestamp ?? firstTimestamp) - firstTimestamp));
-    // The id goes into the record and the packed list by byte stores (cheaper than a
-    // subarray and a TypedArray.set per message).
+    // The id goes into the packed list, then 16 byte stores copy it into the record (cheaper
+    // than a subarray and a TypedArray.set per message).
     const packedAt = i * msgIdBytes;
     const given = message.msgId;
-    if (given) {
-      for (let b = 0; b < msgIdBytes; b++) {
-        const byte = given[b]!;
-        raw[pos + b] = byte;
-        msgIdBytesPacked[packedAt + b] = byte;
-      }
-    } else {
-      ids.writeNextTwice(raw, pos, msgIdBytesPacked, packedAt, idTime);
-    }
+    if (given) for (let b = 0; b < msgIdBytes; b++) msgIdBytesPacked[packedAt + b] = given[b]!;
+    else ids.writeNext(msgIdBytesPacked, packedAt, idTime);
+    for (let b = 0; b < msgIdBytes; b++) raw[pos + b] = msgIdBytesPacked[packedAt + b]!;
     pos += msgIdBytes;
     if (keyLength >= 0) {
       pos = writeVarint(raw, pos, keyLength);
@@ -424,7 +400,7 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
   if (codec && rawLength >= compressionBytesMin && worthCompressing(codec, raw.subarray(batchHeaderBytes))) {
     const compressed = codec.compress(raw.subarray(batchHeaderBytes));
     if (compressed.length <= rawLength - rawLength / compressionGainMin) {
-      batch = allocWritten(batchHeaderBytes + compressed.length);
+      batch = new Uint8Array(batchHeaderBytes + compressed.length);
       batch.set(compressed, batchHeaderBytes);
       compression = codec.id;
     }
