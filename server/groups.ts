@@ -62,7 +62,14 @@ export function checkGroupName(group: string): void {
 }
 
 export class GroupPositions {
-  private readonly cache = new Map<string, GroupPosition | null>();
+  /** Positions read or written since open, least recently used first (bounded: cachedPositionCountMax). */
+  private readonly cache = new Map<string, GroupPosition>();
+  /**
+   * Keys known to have no position, apart and bounded the same: lookups of groups that never
+   * committed pushed real positions out of one shared cache, and /metrics, which takes lag
+   * from the cache, lost their rows.
+   */
+  private readonly absent = new Set<string>();
   /** True once the background pass over `__groups` is over (done, or stopped by a closing store). */
   isLoaded = false;
   /** Compactions finished since open. */
@@ -125,7 +132,7 @@ export class GroupPositions {
     for (const [key, { body, committedAt }] of latest) {
       // Not `cache.has` alone: a key committed during the pass may have been evicted since (a
       // cache at its bound), and its older record read here put back in its place.
-      if (seen.has(key) || this.cache.has(key) || !this.isLive(key, committedAt)) continue;
+      if (seen.has(key) || this.cache.has(key) || this.absent.has(key) || !this.isLive(key, committedAt)) continue;
       const position = parsePosition(key, body);
       if (position) this.remember(key, position);
     }
@@ -213,7 +220,9 @@ export class GroupPositions {
 
   async get(topic: string, group: string, channel: number): Promise<GroupPosition | null> {
     const key = GroupPositions.key(topic, group, channel);
-    if (this.cache.has(key)) return this.cache.get(key)!;
+    const cached = this.cache.get(key);
+    if (cached) return cached;
+    if (this.absent.has(key)) return null;
     // Only commits made since the topic was created count: older ones belong to a deleted topic of that name.
     const [latest] = await this.store.lookupKey(groupsTopic, key, { limit: 1, timeFrom: this.store.topicInfo(topic).createdAt });
     const position = latest ? parsePosition(key, latest.body) : null;
@@ -258,12 +267,12 @@ export class GroupPositions {
   /** Drops the cached positions of a deleted topic (a new topic of that name starts with none). */
   forgetTopic(topic: string): void {
     for (const key of [...this.cache.keys()]) if (key.startsWith(`${topic}/`)) this.cache.delete(key);
+    for (const key of [...this.absent]) if (key.startsWith(`${topic}/`)) this.absent.delete(key);
   }
 
   /** Every cached position (for /metrics lag), as [topic, group, position]. */
   *cached(): Generator<[string, string, GroupPosition]> {
     for (const [key, position] of this.cache) {
-      if (!position) continue;
       const [topic, group] = key.split('/');
       yield [topic!, group!, position];
     }
@@ -272,8 +281,14 @@ export class GroupPositions {
   private remember(key: string, position: GroupPosition | null): void {
     this.seenDuringLoad?.add(key);
     this.cache.delete(key);
-    this.cache.set(key, position);
-    if (this.cache.size > cachedPositionCountMax) this.cache.delete(this.cache.keys().next().value!);
+    this.absent.delete(key);
+    if (position) {
+      this.cache.set(key, position);
+      if (this.cache.size > cachedPositionCountMax) this.cache.delete(this.cache.keys().next().value!);
+    } else {
+      this.absent.add(key);
+      if (this.absent.size > cachedPositionCountMax) this.absent.delete(this.absent.values().next().value!);
+    }
   }
 }
 

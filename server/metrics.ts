@@ -92,6 +92,8 @@ export class BrokerMetrics {
   readonly httpRequests = new Counter('waymark_http_requests_total', 'HTTP requests, by method, route and status.', ['method', 'route', 'status']);
   readonly commitLatency = new Histogram('waymark_group_commit_seconds', 'Time from append to durable acknowledgement.', [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]);
   connections = 0;
+  /** Subscriptions started and not yet closed (each watches its channels and is pumped on every append). */
+  subscriptions = 0;
 
   render(extra: (out: string[]) => void): string {
     const out: string[] = [];
@@ -102,6 +104,7 @@ export class BrokerMetrics {
     this.httpRequests.render(out);
     this.commitLatency.render(out);
     gauge(out, 'waymark_connections', 'Open WebSocket connections.', [[{}, this.connections]]);
+    gauge(out, 'waymark_subscriptions', 'Subscriptions pushing to open connections.', [[{}, this.subscriptions]]);
     extra(out);
     return out.join('\n') + '\n';
   }

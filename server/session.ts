@@ -29,6 +29,8 @@ export class Session {
   private closed = false;
   private inflight = 0;
   private readonly subscriptions = new Map<number, Subscription>();
+  /** Subscribes waiting for their start positions: their ids are taken, and they count against the limit. */
+  private readonly opening = new Set<number>();
 
   constructor(
     private readonly ws: WebSocket<SessionData>,
@@ -52,6 +54,14 @@ export class Session {
 
   writable(): boolean {
     return !this.closed && this.ws.getBufferedAmount() < protocolLimits.socketBufferedBytesMax;
+  }
+
+  ended(id: number): void {
+    this.subscriptions.delete(id);
+  }
+
+  counted(delta: 1 | -1): void {
+    this.broker.metrics.subscriptions += delta;
   }
 
   /** µWS drain: the socket has room again. */
@@ -200,9 +210,22 @@ export class Session {
   }
 
   private async subscribe(request: waymark.v1.Subscribe): Promise<Reply> {
-    if (this.subscriptions.size >= protocolLimits.subscriptionCountMax) {
+    const id = request.subscription;
+    if (!Number.isInteger(id) || id <= 0) throw new WaymarkError('INVALID_ARGUMENT', 'subscribe needs a subscription id > 0, chosen by the client');
+    if (this.subscriptions.has(id) || this.opening.has(id)) throw new WaymarkError('INVALID_ARGUMENT', `subscription id ${id} is already in use on this connection`);
+    // Subscribes still looking up their start count too: sent together, each passed the check.
+    if (this.subscriptions.size + this.opening.size >= protocolLimits.subscriptionCountMax) {
       throw new WaymarkError('TOO_MANY_REQUESTS', `a connection may hold ${protocolLimits.subscriptionCountMax} subscriptions`);
     }
+    this.opening.add(id);
+    try {
+      return await this.open(request, id);
+    } finally {
+      this.opening.delete(id);
+    }
+  }
+
+  private async open(request: waymark.v1.Subscribe, id: number): Promise<Reply> {
     const start = (request.start || 'committed') as StartKind;
     if (!['committed', 'earliest', 'latest'].includes(start)) throw new WaymarkError('INVALID_ARGUMENT', `start must be committed, earliest or latest, not ${start}`);
     const fallback = request.fallback === 'latest' ? 'latest' : 'earliest';
@@ -217,9 +240,8 @@ export class Session {
       positions: (request.positions ?? []).map((p) => ({ channel: p.channel ?? 0, offset: p.offset ?? 0, timestamp: p.timestamp ?? 0 })),
       startTimestamp: request.startTimestamp,
     });
-    const id = request.subscription;
-    if (!Number.isInteger(id) || id <= 0) throw new WaymarkError('INVALID_ARGUMENT', 'subscribe needs a subscription id > 0, chosen by the client');
-    if (this.subscriptions.has(id)) throw new WaymarkError('INVALID_ARGUMENT', `subscription id ${id} is already in use on this connection`);
+    // The socket closed while the start was looked up: nothing would ever close a subscription made now.
+    if (this.closed) throw new WaymarkError('CONNECTION_LOST', 'the connection closed before the subscription started');
     const subscription = new Subscription(
       {
         id,

@@ -27,6 +27,10 @@ export interface SubscriptionSink {
   sendPush(fields: PushFields, batches: Uint8Array): void;
   /** False while the socket's unsent bytes are over the limit. */
   writable(): boolean;
+  /** The subscription ended itself (an Error push went out, e.g. its topic was deleted): it no longer counts as one of the connection's. */
+  ended(id: number): void;
+  /** A subscription started (+1) or a started one closed (−1): the broker's count of live ones. */
+  counted(delta: 1 | -1): void;
 }
 
 export interface SubscriptionSpec {
@@ -110,6 +114,7 @@ export class Subscription {
   start(): void {
     if (this.started || this.closed) return;
     this.started = true;
+    this.sink.counted(1);
     if (this.packs) {
       this.tickTimer = setInterval(() => this.kick(), this.tickIntervalMs);
     } else {
@@ -131,10 +136,14 @@ export class Subscription {
 
   /** Moves channels to new offsets (checked against each channel's range); `byTime`: the time they were found for. */
   seek(offsets: Map<number, number>, epoch: number, packBeginTs?: number, byTime?: number): void {
+    // Every channel is checked before any moves: a refused seek is not applied at all (a
+    // position past its channel's end moved the channels listed before it, in the old epoch).
+    const moved = new Map<number, number>();
     for (const [channel, offset] of offsets) {
       if (!this.positions.has(channel)) throw new WaymarkError('CHANNEL_NOT_FOUND', `subscription ${this.id} does not cover channel ${channel}`);
-      this.positions.set(channel, clampPosition(offset, this.store.channelState(this.topic, channel), channel));
+      moved.set(channel, clampPosition(offset, this.store.channelState(this.topic, channel), channel));
     }
+    for (const [channel, offset] of moved) this.positions.set(channel, offset);
     if (packBeginTs !== undefined) this.packBeginTs = packBeginTs;
     this.notBefore.clear();
     if (byTime !== undefined) for (const channel of offsets.keys()) this.notBefore.set(channel, byTime);
@@ -155,6 +164,7 @@ export class Subscription {
   }
 
   close(): void {
+    if (this.started && !this.closed) this.sink.counted(-1);
     this.closed = true;
     for (const stop of this.unwatch) stop();
     if (this.tickTimer) clearInterval(this.tickTimer);
@@ -175,6 +185,7 @@ export class Subscription {
         const typed = toWaymarkError(err);
         this.close();
         this.sink.send({ id: 0, error: { code: typed.wire, name: typed.code, message: typed.message, subscription: this.id } });
+        this.sink.ended(this.id);
       }
     } finally {
       this.pumping = false;

@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { connect, channelForKey, type Client, type Message, type SendResult } from '../sdk/index';
 import { encodeBatch, loadChecksum } from '../engine/format/index';
 import { BrokerProcess, brokerForSuite, httpJson, RawClient, take, text } from './broker-helpers';
+import type { Frame } from '../protocol/frames';
 import { countRecords } from '../sdk/consumer';
 import { rejection, removeTempDirs, tempDir } from './helpers';
 
@@ -511,6 +512,74 @@ describe('broker: request timeouts', function () {
     } finally {
       client.close();
     }
+  });
+});
+
+describe('broker: subscriptions at their edges', function () {
+  this.timeout(60_000);
+  const { broker } = brokerForSuite({ connect: false });
+  const produce = (c: RawClient, topic: string, channel: number, body: string): Promise<unknown> => c.request({ produce: { topic, channel, batch: encodeBatch([{ body }]).batch } });
+  const liveSubscriptions = async (): Promise<number> => Number(/^waymark_subscriptions (\d+)$/m.exec(await (await fetch(`${broker.http}/metrics`)).text())![1]);
+
+  it('a refused seek moves no channel (those listed before the bad position moved, in the old epoch)', async () => {
+    await loadChecksum();
+    const c = await RawClient.open(broker.url);
+    await c.request({ createTopic: { topic: 'seek2', channels: 2 } });
+    for (let i = 0; i < 10; i++) await produce(c, 'seek2', 0, `m${i}`);
+    await produce(c, 'seek2', 1, 'x');
+    await c.request({ subscribe: { topic: 'seek2', group: 'g', start: 'earliest', subscription: 1, creditMessages: 0, creditBytes: 0 } });
+    const refused = await c.request({ seek: { subscription: 1, epoch: 1, positions: [{ channel: 0, offset: 10 }, { channel: 1, offset: 99 }] } });
+    assert.equal(refused.error?.name, 'OFFSET_OUT_OF_RANGE');
+    await produce(c, 'seek2', 0, 'm10');
+    const first = new Promise<Frame>((resolve) => (c.onFrame = (f) => void (f.push?.channel === 0 && resolve(f))));
+    await c.request({ credit: { subscription: 1, messages: 100, bytes: 1 << 20 } });
+    const push = (await first).push!;
+    assert.deepEqual([Number(push.startOffset), push.epoch ?? 0], [0, 0], 'channel 0 from where it was, in epoch 0');
+    await c.close();
+  });
+
+  it('a subscription ended by the broker (its topic deleted) stops counting against the 256 a connection may hold', async () => {
+    const c = await RawClient.open(broker.url);
+    await c.request({ createTopic: { topic: 'ends', channels: 1 } });
+    for (let id = 1; id <= 256; id++) {
+      const ok = await c.request({ subscribe: { topic: 'ends', group: 'g', start: 'earliest', subscription: id, creditMessages: 10, creditBytes: 1 << 20 } });
+      assert.ok(ok.subscribeOk, ok.error?.message ?? undefined);
+    }
+    await c.request({ deleteTopic: { topic: 'ends' } });
+    for (let i = 0; i < 256; i++) assert.equal((await c.nextUnsolicited()).error?.name, 'TOPIC_NOT_FOUND');
+    await c.request({ createTopic: { topic: 'ends', channels: 1 } });
+    // Refused before (TOO_MANY_REQUESTS): the ended ones stayed in the connection's table.
+    const again = await c.request({ subscribe: { topic: 'ends', group: 'g', start: 'earliest', subscription: 257, creditMessages: 10, creditBytes: 1 << 20 } });
+    assert.ok(again.subscribeOk, again.error?.message ?? undefined);
+    await c.close();
+  });
+
+  it('subscribes sent together count against the limit while they look up their start (400 were all accepted)', async () => {
+    const c = await RawClient.open(broker.url);
+    await c.request({ createTopic: { topic: 'many', channels: 1 } });
+    await produce(c, 'many', 0, 'm'); // a start time is then looked up in the channel's files
+    const replies = await Promise.all(Array.from({ length: 400 }, (_, i) => c.request({ subscribe: { topic: 'many', group: 'g', startTimestamp: 1, subscription: i + 1, creditMessages: 10, creditBytes: 1 << 20 } })));
+    assert.equal(replies.filter((r) => r.subscribeOk).length, 256);
+    assert.deepEqual([...new Set(replies.filter((r) => r.error).map((r) => r.error!.name))], ['TOO_MANY_REQUESTS']);
+    await c.close();
+  });
+
+  it('a connection closed while its subscribe looks up its start leaves no subscription behind (it watched the channels for good)', async () => {
+    const admin = await RawClient.open(broker.url);
+    await admin.request({ createTopic: { topic: 'gone', channels: 8 } });
+    for (let ch = 0; ch < 8; ch++) await produce(admin, 'gone', ch, 'x');
+    const before = await liveSubscriptions();
+    for (let i = 0; i < 20; i++) {
+      const c = await RawClient.open(broker.url);
+      // A start time: the broker reads every channel's time index before it answers.
+      void c.request({ subscribe: { topic: 'gone', group: 'g', startTimestamp: 1, subscription: 1, creditMessages: 10, creditBytes: 1 << 20 } });
+      await c.close();
+    }
+    // The same lookup on a connection that stays: once answered, the ones before it have been.
+    const ok = await admin.request({ subscribe: { topic: 'gone', group: 'g', startTimestamp: 1, subscription: 1, creditMessages: 10, creditBytes: 1 << 20 } });
+    assert.ok(ok.subscribeOk);
+    assert.equal(await liveSubscriptions(), before + 1, 'only the admin connection\'s');
+    await admin.close();
   });
 });
 

@@ -214,6 +214,23 @@ describe('__groups: the cache of positions', () => {
     assert.equal((await groups.get('many', 'last', 0))?.offset, 2);
     await store.close();
   });
+
+  it('lookups of groups that never committed do not push real positions out of the cache /metrics takes lag from', async function () {
+    this.timeout(120_000);
+    const dir = tempDir();
+    const { store, groups } = await openGroups(dir);
+    await store.createTopic('orders', { channels: 1 });
+    await groups.commit('orders', 'billing', [{ channel: 0, offset: 4, timestamp: 1 }]);
+    // One more "no position" answer than the cache holds (a GetPositions of a never-committed
+    // group costs one per channel): they were cached as null in the same bounded map and
+    // evicted billing's position, and its lag row vanished.
+    for (let first = 0; first <= cachedPositionCountMax; first += 1000) {
+      await Promise.all(Array.from({ length: 1000 }, (_, i) => groups.get('orders', `probe${first + i}`, 0)));
+    }
+    assert.deepEqual([...groups.cached()].map(([topic, group, p]) => [topic, group, p.offset]), [['orders', 'billing', 4]]);
+    assert.equal(await groups.get('orders', 'probe5', 0), null, 'an absence is still known');
+    await store.close();
+  });
 });
 
 // Found by a review (helper-25), with a mocked clock: a topic's createdAt was Date.now(), so a
