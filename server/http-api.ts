@@ -38,6 +38,35 @@ const noQuery = new URLSearchParams();
 /** A % not followed by two hex digits. */
 const malformedEscape = /%(?![0-9A-Fa-f]{2})/;
 
+/**
+ * Whether a request's body length is ambiguous: Content-Length twice, or with
+ * Transfer-Encoding. µWebSockets.js takes the first length, so the rest of the body was read
+ * as a second request on the connection — a request smuggled past a proxy that took the
+ * other length (RFC 9112 §6.3: such a request is refused and the connection closed).
+ */
+function ambiguousLength(req: HttpRequest): boolean {
+  let lengths = 0;
+  let transferEncoding = false;
+  req.forEach((k) => {
+    if (k === 'content-length') lengths++;
+    else if (k === 'transfer-encoding') transferEncoding = true;
+  });
+  return lengths > 1 || (lengths > 0 && transferEncoding);
+}
+
+/**
+ * A request with an ambiguous body length: the connection is closed at once, without an
+ * answer, as µWebSockets.js does itself for Content-Length with Transfer-Encoding. (An
+ * answer first does not do: µWS goes on parsing what the connection already sent after it,
+ * the hidden request included, and a response ended cannot be closed.) Counted as a 400
+ * BAD_REQUEST in /metrics.
+ */
+function refuseAmbiguous(res: HttpResponse, ctx: HttpContext, methodLabel: string, pattern: string): void {
+  ctx.broker.metrics.httpRequests.inc([methodLabel, pattern, 400]);
+  ctx.broker.metrics.errors.inc(['BAD_REQUEST']);
+  res.close();
+}
+
 /** Serves one route: reads what it needs from req synchronously, then runs `work`. */
 function route(
   app: TemplatedApp,
@@ -55,6 +84,8 @@ function route(
     res.onAborted(() => {
       aborted = true;
     });
+    const ambiguous = ambiguousLength(req);
+    if (ambiguous) return refuseAmbiguous(res, ctx, methodLabel, pattern);
     const params: string[] = new Array(paramCount);
     let badParameter: string | null = null;
     for (let i = 0; i < paramCount; i++) {
@@ -431,6 +462,8 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
   app.any('/*', (res, req) => {
     const url = req.getUrl();
     const method = req.getMethod().toUpperCase();
+    const ambiguous = ambiguousLength(req);
+    if (ambiguous) return refuseAmbiguous(res, ctx, knownMethods.has(method) ? method : 'OTHER', 'other');
     // NOT_FOUND, not BAD_REQUEST: the status a client sees is the table's for the code it reads.
     const reply = errorReply(new WaymarkError('NOT_FOUND', `no route ${method} ${url}`));
     ctx.broker.metrics.httpRequests.inc([knownMethods.has(method) ? method : 'OTHER', 'other', reply.status]);

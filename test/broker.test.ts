@@ -3,6 +3,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { connect, channelForKey, type Client, type Message, type SendResult } from '../sdk/index';
 import { encodeBatch, loadChecksum } from '../engine/format/index';
@@ -591,6 +592,25 @@ describe('broker: HTTP API', function () {
     await broker.start();
   });
   after(() => broker.stop());
+
+  it('closes a connection whose request has an ambiguous body length (Content-Length twice): nothing of it runs (a second request hidden in the body did)', async () => {
+    await httpJson(`${broker.http}/v1/topics/victim`, { method: 'PUT', body: '{}' });
+    const hidden = 'DELETE /v1/topics/victim HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n';
+    for (const path of ['/v1/topics/smuggle', '/nowhere']) {
+      const socket = net.connect(broker.port, '127.0.0.1');
+      let answer = '';
+      socket.on('data', (d: Buffer) => (answer += d.toString()));
+      const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+      socket.write(`PUT ${path} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: ${3 + hidden.length}\r\n\r\n{} ${hidden}`);
+      await closed; // by the broker
+      assert.equal(answer, '', 'closed without an answer, to the hidden request either');
+    }
+    assert.equal((await httpJson(`${broker.http}/v1/topics/victim`)).status, 200, 'the topic the hidden request deleted is there');
+    assert.equal((await httpJson(`${broker.http}/v1/topics/smuggle`)).status, 404, 'nor did the outer request run');
+    const metrics = await (await fetch(`${broker.http}/metrics`)).text();
+    assert.match(metrics, /waymark_http_requests_total\{method="PUT",route="\/v1\/topics\/:topic",status="400"\} 1/);
+    assert.equal((await httpJson(`${broker.http}/v1/topics/victim`, { method: 'DELETE' })).status, 200); // the suite's other tests list the topics
+  });
 
   it('creates a topic, posts messages, reads by offset, msgId and key', async () => {
     const created = await httpJson(`${broker.http}/v1/topics/web`, { method: 'PUT', body: JSON.stringify({ channels: 2 }) });

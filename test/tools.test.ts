@@ -539,6 +539,16 @@ describe('tools: the waymark command', () => {
       const run = waymark('repair', dir);
       assert.equal(run.status, 1);
       assert.match(run.stderr, /^waymark: repair: data folder .* is locked by another process \(pid \d+\)\n$/);
+      // Through a symlink to a topic or channel folder: it locked that folder and repaired under the broker.
+      const links = tempDir();
+      fs.symlinkSync(path.join(dir, 'topics', 'orders'), path.join(links, 'topic'));
+      fs.symlinkSync(path.join(dir, 'topics', 'orders', '0'), path.join(links, 'channel'));
+      for (const link of ['topic', 'channel']) {
+        const through = waymark('repair', path.join(links, link));
+        assert.equal(through.status, 1, `${link}: ${through.stdout}${through.stderr}`);
+        assert.match(through.stderr, /is locked by another process/);
+      }
+      assert.deepEqual(fs.readdirSync(path.join(dir, 'topics', 'orders')).filter((f) => f === 'LOCK'), [], 'no lock file left in the topic folder');
     } finally {
       await store.close();
     }

@@ -130,9 +130,12 @@ function channelFromDir(dir: string): ChannelRef {
 
 /** Works out what `target` is. Throws INVALID_ARGUMENT naming the path when it is none of the known shapes. */
 export function describePath(target: string): Layout {
-  const p = path.resolve(target);
+  let p: string;
   let stat: fs.Stats;
   try {
+    // The real path: a symlink to a topic or channel folder names it outside its store, and
+    // repair then locked that folder instead of the store a running broker holds.
+    p = fs.realpathSync(path.resolve(target));
     stat = fs.statSync(p);
   } catch {
     throw new WaymarkError('INVALID_ARGUMENT', `${target}: no such file or folder`);
