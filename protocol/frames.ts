@@ -48,11 +48,7 @@ export function encodeProduceFrame(id: number, topic: string, channel: number, b
   const produceBytes = field(topicBytes, topicBytes + varintLength(topicBytes)) + field(channel, varintLength(channel)) + field(batch.length, batch.length + varintLength(batch.length));
   const total = field(id, varintLength(id)) + 1 + varintLength(produceBytes) + produceBytes;
   const out = allocBytes(total);
-  let at = 0;
-  if (id !== 0) {
-    out[at++] = 0x08; // Frame.id, varint
-    at = writeVarint(out, at, id);
-  }
+  let at = varintField(out, 0, 0x08, id); // Frame.id
   out[at++] = 0x52; // Frame.produce (10), length-delimited
   at = writeVarint(out, at, produceBytes);
   if (topicBytes !== 0) {
@@ -60,10 +56,7 @@ export function encodeProduceFrame(id: number, topic: string, channel: number, b
     at = writeVarint(out, at, topicBytes);
     at += writeUtf8(out, at, topic);
   }
-  if (channel !== 0) {
-    out[at++] = 0x10; // Produce.channel
-    at = writeVarint(out, at, channel);
-  }
+  at = varintField(out, at, 0x10, channel); // Produce.channel
   if (batch.length !== 0) {
     out[at++] = 0x1a; // Produce.batch
     at = writeVarint(out, at, batch.length);
@@ -106,37 +99,26 @@ export function encodePushFrame(fields: PushFields, batches: Uint8Array, into?: 
   out[0] = 0x8a; // Frame.push (17), length-delimited: a two-byte tag
   out[1] = 0x01;
   let at = writeVarint(out, 2, pushBytes);
-  if (subscription !== 0) {
-    out[at++] = 0x08;
-    at = writeVarint(out, at, subscription);
-  }
-  if (channel !== 0) {
-    out[at++] = 0x10;
-    at = writeVarint(out, at, channel);
-  }
+  at = varintField(out, at, 0x08, subscription);
+  at = varintField(out, at, 0x10, channel);
   if (batches.length !== 0) {
     out[at++] = 0x1a;
     at = writeVarint(out, at, batches.length);
     out.set(batches, at);
     at += batches.length;
   }
-  if (nextOffset !== 0) {
-    out[at++] = 0x20;
-    at = writeVarint(out, at, nextOffset);
-  }
-  if (highWatermark !== 0) {
-    out[at++] = 0x28;
-    at = writeVarint(out, at, highWatermark);
-  }
-  if (startOffset !== 0) {
-    out[at++] = 0x40;
-    at = writeVarint(out, at, startOffset);
-  }
-  if (epoch !== 0) {
-    out[at++] = 0x48;
-    writeVarint(out, at, epoch);
-  }
+  at = varintField(out, at, 0x20, nextOffset);
+  at = varintField(out, at, 0x28, highWatermark);
+  at = varintField(out, at, 0x40, startOffset);
+  varintField(out, at, 0x48, epoch);
   return out;
+}
+
+/** A varint field (its one-byte tag, then the value) at `at`, left out when the value is 0 (the proto3 default); returns the end. */
+function varintField(out: Uint8Array, at: number, tag: number, value: number): number {
+  if (value === 0) return at;
+  out[at] = tag;
+  return writeVarint(out, at + 1, value);
 }
 
 /** Bytes of a field with its one-byte tag, or none when its value is the default. */

@@ -16,6 +16,8 @@ export const protocolLimits = {
   pushBytesMax: 1024 * 1024,
   /** Bounds of a pack subscription's tick. */
   tickIntervalMsMin: 10,
+  /** The longest a timer waits (past it Node fires at once: a tick_interval_ms of 2^32 − 1 ticked every millisecond). */
+  tickIntervalMsMax: 0x7fffffff,
   tickIntervalMsDefault: 200,
   /** Name lengths. */
   groupNameBytesMax: 200,

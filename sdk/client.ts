@@ -19,6 +19,7 @@ import { loadChecksum } from '../engine/format/checksum';
 import { WaymarkError } from '../engine/format/errors';
 import { decodeFrame, encodeFrame, encodeProduceFrame, errorFromFrame, type Frame, type FrameInit } from '../protocol/frames';
 import { protocolVersion } from '../protocol/limits';
+import { checkMs } from './options';
 import { openSocket, type Socket } from './transport';
 import { RequestTable } from './request-table';
 
@@ -96,14 +97,9 @@ export class Connection {
       connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
       heartbeatMs: options.heartbeatMs ?? 10_000,
     };
-    for (const name of ['requestTimeoutMs', 'reconnectDelayMs', 'reconnectDelayMsMax', 'connectTimeoutMs', 'heartbeatMs'] as const) {
-      const value = this.options[name];
-      // A timer cannot wait longer than 2^31-1 ms (Node fires it at once); a timeout of 0 would fail every request.
-      const min = name === 'requestTimeoutMs' || name === 'connectTimeoutMs' ? 1 : 0;
-      if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > 0x7fffffff) {
-        throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number of ms from ${min} to 2147483647, not ${String(value)}`);
-      }
-    }
+    // A timeout of 0 would fail every request.
+    for (const name of ['requestTimeoutMs', 'connectTimeoutMs'] as const) checkMs(name, this.options[name], 1);
+    for (const name of ['reconnectDelayMs', 'reconnectDelayMsMax', 'heartbeatMs'] as const) checkMs(name, this.options[name]);
     this.ready = new Promise((resolve) => (this.markReady = resolve));
   }
 
@@ -391,12 +387,9 @@ export class Connection {
    * Rejects with CONNECTION_LOST after requestTimeoutMs, CLIENT_CLOSED once closed.
    */
   async whenConnected(): Promise<void> {
-    if (this.greeted || this.closed || this.gone) {
-      if (this.closed) throw new WaymarkError('CLIENT_CLOSED');
-      if (this.gone) throw this.gone;
-      return;
-    }
-    await this.waitReady();
+    if (this.closed) throw new WaymarkError('CLIENT_CLOSED');
+    if (this.gone) throw this.gone;
+    if (!this.greeted) await this.waitReady();
     if (this.closed) throw new WaymarkError('CLIENT_CLOSED');
   }
 

@@ -27,6 +27,7 @@ import { WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
 import { channelsPastTheirEnd } from './admin';
+import { checkCount } from './options';
 import { Pull } from './pull';
 import { decodeBatchAt, plainBytes, type DecodedBatch, type Message } from './messages';
 
@@ -711,14 +712,6 @@ function isChannelNumber(value: unknown): value is number {
 export function checkChannels(channels: unknown): void {
   if (channels !== undefined && (!Array.isArray(channels) || !channels.every(isChannelNumber))) {
     throw new WaymarkError('INVALID_ARGUMENT', 'channels must be an array of channel numbers');
-  }
-}
-
-/** A credit window or interval option: a positive (or, with zeroOk, non-negative) safe integer when given. */
-export function checkCount(name: string, value: unknown, zeroOk = false): void {
-  if (value === undefined) return;
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < (zeroOk ? 0 : 1)) {
-    throw new WaymarkError('INVALID_ARGUMENT', `${name} must be an integer ${zeroOk ? '0 or more' : 'above 0'}, not ${String(value)}`);
   }
 }
 

@@ -18,7 +18,8 @@ import { WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
 import { channelsPastTheirEnd } from './admin';
-import { checkChannels, checkCount, checkPosition, checkSeekTime, lostOrClosed } from './consumer';
+import { checkChannels, checkPosition, checkSeekTime, lostOrClosed } from './consumer';
+import { checkCount, checkMs } from './options';
 import { Pull } from './pull';
 import { decodeBatches, type Message } from './messages';
 import { Producer, type OutgoingMessage, type SendResult } from './producer';
@@ -122,7 +123,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     }
     checkCount('prefetchMessages', options.prefetchMessages);
     checkCount('prefetchBytes', options.prefetchBytes);
-    checkCount('tickIntervalMs', options.tickIntervalMs, true);
+    checkMs('tickIntervalMs', options.tickIntervalMs);
     checkChannels(options.channels);
     this.prefetch = [options.prefetchMessages ?? 10_000, options.prefetchBytes ?? 8 * 1024 * 1024];
     const start = options.start ?? 'committed';

@@ -19,7 +19,7 @@ import { checkMessage, encodeBatch, messagePrefix, type MessageInput } from '../
 import { channelForKey } from '../engine/format/repack';
 import type { Connection } from './client';
 import { nodeCodec } from './codec';
-import { checkCount } from './consumer';
+import { checkCount, checkMs } from './options';
 
 export interface ProducerOptions {
   topic: string;
@@ -212,10 +212,6 @@ export class Producer {
       compression: options.compression ?? true,
       deliveryTimeoutMs: options.deliveryTimeoutMs ?? 120_000,
     };
-    // A timer cannot wait longer than 2^31-1 ms (Node fires it at once, warning): about 24.8 days.
-    if (!Number.isFinite(this.options.deliveryTimeoutMs) || this.options.deliveryTimeoutMs < 0 || this.options.deliveryTimeoutMs > 0x7fffffff) {
-      throw new WaymarkError('INVALID_ARGUMENT', `deliveryTimeoutMs must be a number of ms from 0 to 2147483647, not ${String(options.deliveryTimeoutMs)}`);
-    }
     if (options.channel !== undefined && (!Number.isInteger(options.channel) || options.channel < 0 || options.channel >= channelCount)) {
       throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${options.topic} has channels 0..${channelCount - 1}, not ${options.channel}`);
     }
@@ -670,10 +666,10 @@ function newProducerId(): number {
 function checkProducerOptions(options: ProducerOptions): void {
   checkCount('batchMessagesMax', options.batchMessagesMax);
   checkCount('batchBytesMax', options.batchBytesMax);
-  checkCount('lingerMs', options.lingerMs, true);
+  checkMs('lingerMs', options.lingerMs);
+  checkMs('deliveryTimeoutMs', options.deliveryTimeoutMs);
   checkCount('inflightBatchesMax', options.inflightBatchesMax);
   checkCount('bufferedBytesMax', options.bufferedBytesMax);
-  if (options.lingerMs !== undefined && options.lingerMs > 0x7fffffff) throw new WaymarkError('INVALID_ARGUMENT', `lingerMs must be at most 2147483647, not ${options.lingerMs}`);
   if (options.inflightBatchesMax !== undefined && options.inflightBatchesMax > formatLimits.producerBatchCountMax) {
     throw new WaymarkError('INVALID_ARGUMENT', `inflightBatchesMax must be at most ${formatLimits.producerBatchCountMax} (the batches per producer and channel the broker remembers for resends), not ${options.inflightBatchesMax}`);
   }

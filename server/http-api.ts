@@ -39,27 +39,23 @@ const noQuery = new URLSearchParams();
 const malformedEscape = /%(?![0-9A-Fa-f]{2})/;
 
 /**
- * Whether a request's body length is ambiguous: Content-Length twice, or with
- * Transfer-Encoding. µWebSockets.js takes the first length, so the rest of the body was read
- * as a second request on the connection — a request smuggled past a proxy that took the
- * other length (RFC 9112 §6.3: such a request is refused and the connection closed).
+ * A request with Content-Length more than once: its body's length is ambiguous.
+ * µWebSockets.js takes the first, so the rest of the body was read as a second request on
+ * the connection — a request smuggled past a proxy that took the other length (RFC 9112
+ * §6.3: refuse it and close the connection). µWS closes one with Content-Length and
+ * Transfer-Encoding itself.
  */
-function ambiguousLength(req: HttpRequest): boolean {
+function lengthTwice(req: HttpRequest): boolean {
   let lengths = 0;
-  let transferEncoding = false;
-  req.forEach((k) => {
-    if (k === 'content-length') lengths++;
-    else if (k === 'transfer-encoding') transferEncoding = true;
-  });
-  return lengths > 1 || (lengths > 0 && transferEncoding);
+  req.forEach((k) => void (k === 'content-length' && lengths++));
+  return lengths > 1;
 }
 
 /**
  * A request with an ambiguous body length: the connection is closed at once, without an
- * answer, as µWebSockets.js does itself for Content-Length with Transfer-Encoding. (An
- * answer first does not do: µWS goes on parsing what the connection already sent after it,
- * the hidden request included, and a response ended cannot be closed.) Counted as a 400
- * BAD_REQUEST in /metrics.
+ * answer, as µWebSockets.js does itself. (An answer first does not do: µWS goes on parsing
+ * what the connection already sent after it, the hidden request included, and a response
+ * ended cannot be closed.) Counted as a 400 BAD_REQUEST in /metrics.
  */
 function refuseAmbiguous(res: HttpResponse, ctx: HttpContext, methodLabel: string, pattern: string): void {
   ctx.broker.metrics.httpRequests.inc([methodLabel, pattern, 400]);
@@ -84,8 +80,6 @@ function route(
     res.onAborted(() => {
       aborted = true;
     });
-    const ambiguous = ambiguousLength(req);
-    if (ambiguous) return refuseAmbiguous(res, ctx, methodLabel, pattern);
     const params: string[] = new Array(paramCount);
     let badParameter: string | null = null;
     for (let i = 0; i < paramCount; i++) {
@@ -105,10 +99,15 @@ function route(
     const unknown = rawQuery && queryAllowed ? unknownName(query, queryAllowed) : null;
     const headers = new Map<string, string>();
     let repeatedHeader: string | null = null;
+    let lengthRepeated = false;
     req.forEach((k, v) => {
-      if (headers.has(k) && (k.startsWith('waymark-') || k === 'traceparent')) repeatedHeader ??= k;
+      if (headers.has(k)) {
+        if (k === 'content-length') lengthRepeated = true;
+        else if (k.startsWith('waymark-') || k === 'traceparent') repeatedHeader ??= k;
+      }
       headers.set(k, v);
     });
+    if (lengthRepeated) return refuseAmbiguous(res, ctx, methodLabel, pattern); // as lengthTwice, in the one pass over the headers
     const body = options.readBody ? readBody(res, formatLimits.messageBytesMax) : Promise.resolve(Buffer.alloc(0));
     body.catch(() => undefined); // an aborted or oversized body is answered below
     Promise.resolve()
@@ -462,8 +461,7 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
   app.any('/*', (res, req) => {
     const url = req.getUrl();
     const method = req.getMethod().toUpperCase();
-    const ambiguous = ambiguousLength(req);
-    if (ambiguous) return refuseAmbiguous(res, ctx, knownMethods.has(method) ? method : 'OTHER', 'other');
+    if (lengthTwice(req)) return refuseAmbiguous(res, ctx, knownMethods.has(method) ? method : 'OTHER', 'other');
     // NOT_FOUND, not BAD_REQUEST: the status a client sees is the table's for the code it reads.
     const reply = errorReply(new WaymarkError('NOT_FOUND', `no route ${method} ${url}`));
     ctx.broker.metrics.httpRequests.inc([knownMethods.has(method) ? method : 'OTHER', 'other', reply.status]);

@@ -106,7 +106,7 @@ export class Subscription {
     this.packs = spec.packs;
     this.packBeginTs = spec.packBeginTs;
     for (const channel of spec.byTime?.channels ?? []) this.notBefore.set(channel, spec.byTime!.timestamp);
-    this.tickIntervalMs = Math.max(protocolLimits.tickIntervalMsMin, spec.tickIntervalMs);
+    this.tickIntervalMs = Math.min(Math.max(protocolLimits.tickIntervalMsMin, spec.tickIntervalMs), protocolLimits.tickIntervalMsMax);
     this.incarnation = store.topicIncarnation(spec.topic);
   }
 

@@ -201,6 +201,13 @@ describe('sdk producer: a connection that goes silent', function () {
     }
   });
 
+  it('a msgStream refuses a tickIntervalMs longer than a timer can wait (the broker ticked every millisecond)', async () => {
+    const client = opened();
+    await client.admin.createTopic('ticks', { channels: 1 });
+    const err = await rejection(client.msgStream().asConsumer('ticks', 'g', { tickIntervalMs: 2 ** 31 }));
+    assert.equal(err.code, 'INVALID_ARGUMENT');
+  });
+
   it('refuses connection options that are not a number of ms', async () => {
     for (const options of [{ heartbeatMs: -1 }, { requestTimeoutMs: 0 }, { reconnectDelayMs: Number.NaN }, { connectTimeoutMs: 2 ** 31 }]) {
       const err = await rejection(connect(broker.url, options));

@@ -1,0 +1,21 @@
+/** Checks of the numbers the SDK's options take (typed INVALID_ARGUMENT naming the option, before anything is used). */
+import { WaymarkError } from '../engine/format/errors';
+
+/** A credit window or interval option: a positive (or, with zeroOk, non-negative) safe integer when given. */
+export function checkCount(name: string, value: unknown, zeroOk = false): void {
+  if (value === undefined) return;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < (zeroOk ? 0 : 1)) {
+    throw new WaymarkError('INVALID_ARGUMENT', `${name} must be an integer ${zeroOk ? '0 or more' : 'above 0'}, not ${String(value)}`);
+  }
+}
+
+/** The longest a timer waits: past it Node fires at once (a warning), so a longer option meant a busy loop. */
+export const timerMsMax = 0x7fffffff;
+
+/** A duration option in whole ms, from `min` to what a timer can wait, when given. */
+export function checkMs(name: string, value: unknown, min = 0): void {
+  if (value === undefined) return;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > timerMsMax) {
+    throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number of ms from ${min} to ${timerMsMax}, not ${String(value)}`);
+  }
+}
