@@ -25,7 +25,7 @@ import { lockFolder, type FolderLock } from './lock';
 import { IoSlots } from './log/io-slots';
 import { ChannelLog, type AppendOutcome, type BatchRead, type ChannelOptions, type SyncMode } from './log/channel-log';
 import { syncDir, writeFileAtomic } from './log/checkpoint';
-import { readTopicFile } from './log/topic-file';
+import { readTopicFile, writeTopicFile } from './log/topic-file';
 import { DamageBeforeSoundBatchesError, tooManyOpenFiles } from './log/errors';
 import type { RecoveryFinding } from './log/segment';
 import { repairStore } from './inspect/repair';
@@ -515,7 +515,7 @@ export class Store {
     try {
       fs.rmSync(temp, { recursive: true, force: true });
       fs.mkdirSync(temp);
-      writeFileAtomic(path.join(temp, 'topic.json'), JSON.stringify(info, null, 2));
+      writeTopicFile(temp, info);
       fs.renameSync(temp, dir);
     } catch (err) {
       // A full disk, say: the half-made folder goes now, not at the next start.

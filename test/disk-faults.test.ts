@@ -13,7 +13,7 @@ import * as readline from 'node:readline';
 import { openStore, ErrorTable, type StoreFault } from '../engine/index';
 import { verifyStore } from '../engine/inspect/index';
 import { RawClient } from './broker-helpers';
-import { bodyFor, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
+import { bodyFor, rejection, removeTempDirs, rewriteCheckedJson, segmentFiles, tempDir } from './helpers';
 
 after(removeTempDirs);
 
@@ -90,10 +90,9 @@ function blockUnlink(file: string): void {
  * clean close's files as it left them writes no checkpoint, and these tests need one written.
  */
 function saysNotClean(channelDir: string): void {
-  const file = path.join(channelDir, 'checkpoint.json');
-  const checkpoint = JSON.parse(fs.readFileSync(file, 'utf8')) as { clean: boolean };
-  checkpoint.clean = false;
-  fs.writeFileSync(file, JSON.stringify(checkpoint));
+  rewriteCheckedJson<{ clean: boolean }>(path.join(channelDir, 'checkpoint.json'), (checkpoint) => {
+    checkpoint.clean = false;
+  });
 }
 describe('disk faults: retention', () => {
   it('a pass that cannot unlink a segment or write the checkpoint after it fails only that channel: said once per cause, counted, retried next pass', async () => {

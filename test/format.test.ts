@@ -31,6 +31,7 @@ import * as path from 'node:path';
 import { nativeXxh64MinBytes, xxh32, xxh32Range, xxh32Wasm, xxh64, xxh64Implementations } from '../engine/format/checksum';
 import { forEachRecordKeys } from '../engine/format/index-keys';
 import { lz4Codec } from '../engine/codec';
+import { checkedJsonText, parseCheckedJson } from '../engine/log/checked-json';
 import { thrown } from './helpers';
 
 const codecs = [
@@ -118,6 +119,35 @@ describe('format: key hashes', () => {
       seen.push(`${k.index} key=${text(k.keyAt, k.keyLength)} trace=${text(k.traceIdAt, k.traceIdLength)}`);
     });
     assert.deepEqual(seen, ["0 key=- trace=-", "1 key='k-1' trace='trace-1'", "2 key='' trace=''", "3 key='ü' trace=-"]);
+  });
+});
+
+describe('format: checksummed JSON files (checkpoint.json, topic.json)', () => {
+  const doc = (): string => readFileSync(path.join(__dirname, '..', '..', 'engine', 'FORMAT.md'), 'utf8');
+  const jsonBlocks = (section: string): string[] => {
+    const text = doc().slice(doc().indexOf(section));
+    return [...text.matchAll(/```json\n([\s\S]*?)```/g)].map((m) => m[1]!);
+  };
+
+  it('writes the worked examples of engine/FORMAT.md byte for byte (the checkpoint compact, topic.json indented)', () => {
+    const [checkpoint] = jsonBlocks('## Checkpoint (`checkpoint.json`)');
+    const { checksum: _c, ...fields } = JSON.parse(checkpoint!) as Record<string, unknown>;
+    assert.equal(checkedJsonText(fields), checkpoint!.trim());
+    assert.match(checkpoint!, /"checksum":"74ab0144"/);
+    const [topic] = jsonBlocks('## Topic (`topic.json`)');
+    const { checksum: _t, ...topicFields } = JSON.parse(topic!) as Record<string, unknown>;
+    assert.equal(checkedJsonText(topicFields, 2), topic!.trim());
+  });
+
+  it('reads back what it wrote whatever the whitespace; a changed value, a damaged checksum or a non-object is refused; no checksum is reported, not refused', () => {
+    const fields = { version: 2, name: 'ünï "q"', list: [[1, 2], [3]], flag: true, big: Number.MAX_SAFE_INTEGER };
+    for (const indent of [undefined, 2, 4]) assert.deepEqual(parseCheckedJson(checkedJsonText(fields, indent)), { fields, checked: true });
+    const text = checkedJsonText(fields);
+    assert.match(thrown(() => parseCheckedJson(text.replace('9007199254740991', '9007199254740990'))).message, /checksum "[0-9a-f]{8}" does not match the content/);
+    assert.match(thrown(() => parseCheckedJson(text.replace(/"checksum":"(.)/, (_m, c: string) => `"checksum":"${c === '0' ? '1' : '0'}`))).message, /does not match/);
+    assert.match(thrown(() => parseCheckedJson('[1,2]')).message, /not a JSON object/);
+    assert.deepEqual(parseCheckedJson(JSON.stringify(fields)), { fields, checked: false });
+    assert.throws(() => checkedJsonText({ checksum: 'x' }), /the checksum's own field/);
   });
 });
 

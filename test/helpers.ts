@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
+import { checkedJsonText, parseCheckedJson } from '../engine/log/checked-json';
 
 const made: string[] = [];
 
@@ -27,6 +28,15 @@ export function flipByte(file: string, position: number, mask = 0xff): void {
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/**
+ * Rewrites a checksummed JSON file (checkpoint.json, topic.json) through `change`, with a
+ * checksum that holds: a file that lies and passes its check, as a bug would write it.
+ */
+export function rewriteCheckedJson<T extends Record<string, unknown>>(file: string, change: (fields: T) => T | void, indent?: number): void {
+  const fields = parseCheckedJson(fs.readFileSync(file, 'utf8')).fields as T;
+  fs.writeFileSync(file, checkedJsonText(change(fields) ?? fields, indent));
 }
 
 /** Cuts a real file down to `size` bytes. */

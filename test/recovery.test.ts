@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { openStore, batchHeaderBytes, type Store } from '../engine/index';
 import { repairStore, verifyStore } from '../engine/inspect/index';
 import { xxh64 } from '../engine/format/checksum';
-import { bodyFor, copyFolder, flipByte, rejection, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
+import { bodyFor, copyFolder, flipByte, rejection, removeTempDirs, rewriteCheckedJson, segmentFiles, tempDir, truncateTail } from './helpers';
 
 after(removeTempDirs);
 
@@ -96,17 +96,25 @@ describe('recovery: torn tails', () => {
   it('a checkpoint whose fields are not numbers in range is not trusted: open scans, nothing is lost', async () => {
     const { image } = await crashImage(40, 4 * 1024);
     const file = path.join(channelDir(image), 'checkpoint.json');
-    const checkpoint = JSON.parse(fs.readFileSync(file, 'utf8')) as { segments: Array<Record<string, unknown>>; producers: unknown[] };
+    const original = fs.readFileSync(file, 'utf8');
+    // Each written with a checksum that holds (as a bug would write it): the field checks catch it.
+    const rewrite = (change: (checkpoint: { segments: unknown[]; producers: unknown[] }) => void): void => {
+      fs.writeFileSync(file, original);
+      rewriteCheckedJson(file, change);
+    };
     for (const bad of [null, 7, { bytes: 'many' }, { nextOffset: -3 }, { baseOffset: 1.5 }, { maxTimestamp: null }]) {
-      const first = bad !== null && typeof bad === 'object' ? { ...checkpoint.segments[0], ...bad } : bad;
-      fs.writeFileSync(file, JSON.stringify({ ...checkpoint, segments: [first, ...checkpoint.segments.slice(1)] }));
+      rewrite((checkpoint) => {
+        checkpoint.segments[0] = bad !== null && typeof bad === 'object' ? { ...(checkpoint.segments[0] as object), ...bad } : bad;
+      });
       const store = await openStore(image, { segmentBytes: 4 * 1024 });
       assert.equal((await readAll(store)).length, 120, JSON.stringify(bad));
       assert.deepEqual((await store.lookupKey('t', 'k3')).map((m) => m.offset), [11, 10, 9]);
       await store.close();
     }
     for (const producers of [[null], [['x', 0, 0, 0, 1]]]) {
-      fs.writeFileSync(file, JSON.stringify({ ...checkpoint, producers }));
+      rewrite((checkpoint) => {
+        checkpoint.producers = producers;
+      });
       const store = await openStore(image, { segmentBytes: 4 * 1024 });
       assert.equal((await readAll(store)).length, 120, `producers ${JSON.stringify(producers)}`);
       await store.close();
@@ -117,10 +125,11 @@ describe('recovery: torn tails', () => {
     const { image } = await crashImage(40, 4 * 1024);
     const dir = channelDir(image);
     const file = path.join(dir, 'checkpoint.json');
-    const checkpoint = JSON.parse(fs.readFileSync(file, 'utf8')) as { segments: Array<{ baseOffset: number }> };
-    assert.ok(checkpoint.segments.length >= 2);
-    const unsealed = checkpoint.segments.pop()!; // its background seal had not finished
-    fs.writeFileSync(file, JSON.stringify(checkpoint));
+    let unsealed = { baseOffset: -1 };
+    rewriteCheckedJson<{ segments: Array<{ baseOffset: number }> }>(file, (checkpoint) => {
+      assert.ok(checkpoint.segments.length >= 2);
+      unsealed = checkpoint.segments.pop()!; // its background seal had not finished
+    });
     const base = String(unsealed.baseOffset).padStart(20, '0');
     fs.rmSync(path.join(dir, `${base}.oix`));
     const kix = path.join(dir, `${base}.kix`);
@@ -346,6 +355,131 @@ describe('recovery: an unreadable topic folder', () => {
       assert.deepEqual(store.recoveryReport, []);
       assert.equal(store.topicInfo('t').retentionMs, 0, 'no retention is guessed');
       for (let c = 0; c < 3; c++) assert.equal((await store.read('t', c, { offset: 0 }))[0]!.body.toString(), `t${c}`);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+describe('recovery: checkpoint.json and topic.json carry a checksum', () => {
+  it('a flipped digit in a checkpoint producer entry fails the checksum: open scans and re-learns the producer, so the next sequence is stored, not taken for a duplicate; verify names the file', async () => {
+    const dir = tempDir();
+    let store = await openStore(dir);
+    await store.createTopic('t', { channels: 1 });
+    await store.append('t', 0, [{ body: 'a' }, { body: 'b' }], { producerId: 9, producerSequence: 0 });
+    await store.append('t', 0, [{ body: 'c' }], { producerId: 9, producerSequence: 2 });
+    await store.close();
+    const file = path.join(channelDir(dir), 'checkpoint.json');
+    const at = fs.readFileSync(file, 'latin1').indexOf('[9,2,2,2,1]');
+    assert.ok(at > 0, fs.readFileSync(file, 'utf8'));
+    flipByte(file, at + 5, 0x01); // lastSeq 2 -> 3: still a good number, in range
+    assert.ok(fs.readFileSync(file, 'utf8').includes('[9,2,3,2,1]'));
+
+    const faults = (await verifyStore(dir)).faults;
+    assert.deepEqual(faults.map((f) => [f.file, /untrusted: checksum .* does not match/.test(f.what)]), [[file, true]], JSON.stringify(faults));
+    store = await openStore(dir);
+    try {
+      const next = await store.append('t', 0, [{ body: 'd' }], { producerId: 9, producerSequence: 3 });
+      assert.equal(next.duplicate, false);
+      assert.equal(next.baseOffset, 3);
+      const retry = await store.append('t', 0, [{ body: 'c' }], { producerId: 9, producerSequence: 2 });
+      assert.equal(retry.duplicate, true, 'the producer state came back from the scan');
+      assert.deepEqual((await store.read('t', 0, { offset: 0 })).map((m) => m.body.toString()), ['a', 'b', 'c', 'd']);
+    } finally {
+      await store.close();
+    }
+    assert.deepEqual((await verifyStore(dir)).faults, [], 'the next close wrote a good checkpoint');
+  });
+
+  it('a flipped digit in topic.json (channels 3 -> 1) fails the checksum: the topic stays closed, verify says why, repair rebuilds it with its 3 channels', async () => {
+    const dir = tempDir();
+    let store = await openStore(dir);
+    await store.createTopic('t', { channels: 3, owner: 'team-a' });
+    for (let c = 0; c < 3; c++) await store.append('t', c, [{ body: `t${c}` }]);
+    await store.close();
+    const file = path.join(dir, 'topics', 't', 'topic.json');
+    const text = fs.readFileSync(file, 'latin1');
+    flipByte(file, text.indexOf('"channels": 3') + '"channels": '.length, 0x02);
+    assert.ok(fs.readFileSync(file, 'utf8').includes('"channels": 1'));
+
+    store = await openStore(dir);
+    try {
+      assert.deepEqual(store.listTopics(), [], 'not opened with one channel');
+      assert.match(store.recoveryReport.map((f) => f.reason).join(' | '), /topic t not opened: .*checksum .* does not match/);
+    } finally {
+      await store.close();
+    }
+    const faults = (await verifyStore(dir)).faults;
+    assert.ok(faults.some((f) => f.file === file && /checksum/.test(f.what)), JSON.stringify(faults));
+    const report = await repairStore(dir);
+    assert.deepEqual(report.problems, []);
+    assert.deepEqual(report.topicsRebuilt.map((t) => t.channels), [3]);
+    assert.deepEqual((await verifyStore(dir)).faults, []);
+    store = await openStore(dir);
+    try {
+      assert.equal(store.topicInfo('t').createdAt, 0, 'rebuilt with createdAt 0: group positions committed before still count');
+      for (let c = 0; c < 3; c++) assert.equal((await store.read('t', c, { offset: 0 }))[0]!.body.toString(), `t${c}`);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('files of format 1 (no checksum; topic.json without a version) are still read and trusted', async () => {
+    const dir = tempDir();
+    let store = await openStore(dir);
+    await store.createTopic('t', { channels: 1, retentionMs: 86_400_000 });
+    await store.append('t', 0, [{ key: 'k', body: 'old' }], { producerId: 4, producerSequence: 0 });
+    await store.close();
+    const topicFile = path.join(dir, 'topics', 't', 'topic.json');
+    const { version: _v, checksum: _c, ...topic } = JSON.parse(fs.readFileSync(topicFile, 'utf8')) as Record<string, unknown>;
+    fs.writeFileSync(topicFile, JSON.stringify(topic, null, 2));
+    const checkpointFile = path.join(channelDir(dir), 'checkpoint.json');
+    const { checksum: _c2, ...checkpoint } = JSON.parse(fs.readFileSync(checkpointFile, 'utf8')) as Record<string, unknown>;
+    fs.writeFileSync(checkpointFile, JSON.stringify({ ...checkpoint, version: 1 }));
+    const longAgo = new Date('2001-01-01T00:00:00Z');
+    fs.utimesSync(checkpointFile, longAgo, longAgo);
+
+    assert.deepEqual((await verifyStore(dir)).faults, []);
+    store = await openStore(dir);
+    try {
+      assert.deepEqual(store.recoveryReport, []);
+      assert.equal(store.topicInfo('t').retentionMs, 86_400_000);
+      assert.equal(fs.statSync(checkpointFile).mtime.getUTCFullYear(), 2001, 'the clean checkpoint of format 1 was trusted: open wrote none');
+      assert.equal((await store.append('t', 0, [{ key: 'k', body: 'old' }], { producerId: 4, producerSequence: 0 })).duplicate, true, 'its producer entry counts');
+      assert.equal((await store.lookupKey('t', 'k')).length, 1);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('repair makes the channel folders topic.json counts that are missing, and raises the count over folders beyond it that hold segments; verify passes after', async () => {
+    const dir = tempDir();
+    let store = await openStore(dir);
+    await store.createTopic('t', { channels: 3 });
+    for (let c = 0; c < 3; c++) await store.append('t', c, [{ body: `t${c}` }]);
+    await store.close();
+    const topicDir = path.join(dir, 'topics', 't');
+    // A lie that passes the checksum: 2 channels (channel 2 holds a message nobody could read).
+    rewriteCheckedJson<{ channels: number }>(path.join(topicDir, 'topic.json'), (topic) => {
+      topic.channels = 2;
+    }, 2);
+    fs.rmSync(path.join(topicDir, '1'), { recursive: true });
+
+    const faults = (await verifyStore(dir)).faults.map((f) => [path.basename(f.file), f.what.replace(/ \(.*/, '')]);
+    assert.deepEqual(faults.sort(), [
+      ['1', 'channel folder missing'],
+      ['2', 'channel folder beyond the 2 channels of topic.json holds 1 segment(s)'],
+    ]);
+    const report = await repairStore(dir);
+    assert.deepEqual(report.problems, []);
+    assert.deepEqual(report.channelsRaised.map((r) => [r.from, r.to]), [[2, 3]]);
+    assert.deepEqual(report.channelsCreated, [path.join(topicDir, '1')]);
+    assert.deepEqual((await verifyStore(dir)).faults, []);
+    store = await openStore(dir);
+    try {
+      assert.equal(store.topicInfo('t').channels, 3);
+      assert.equal((await store.read('t', 2, { offset: 0 }))[0]!.body.toString(), 't2');
+      assert.deepEqual(await store.read('t', 1, { offset: 0 }), [], 'the lost channel starts empty');
     } finally {
       await store.close();
     }

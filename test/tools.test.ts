@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { openStore } from '../engine/index';
 import { dumpPath, repairStore, verifyStore, type DumpItem } from '../engine/inspect/index';
 import { main } from '../tools/cli';
-import { bodyFor, copyFolder, flipByte, removeTempDirs, rejection, segmentFiles, tempDir, truncateTail } from './helpers';
+import { bodyFor, copyFolder, flipByte, removeTempDirs, rejection, rewriteCheckedJson, segmentFiles, tempDir, truncateTail } from './helpers';
 import { batchCount, batchesOf, captureIo, channelDir, logsOf, makeStore, readEverything, recordsPerBatch } from './tools-helpers';
 
 after(removeTempDirs);
@@ -91,9 +91,9 @@ describe('tools: verify', () => {
   it('a checkpoint that lies about a sealed segment is a fault', async () => {
     const dir = await freshStore();
     const file = path.join(channelDir(dir), 'checkpoint.json');
-    const checkpoint = JSON.parse(fs.readFileSync(file, 'utf8')) as { segments: Array<{ nextOffset: number }> };
-    checkpoint.segments[0]!.nextOffset += 5;
-    fs.writeFileSync(file, JSON.stringify(checkpoint));
+    rewriteCheckedJson<{ segments: Array<{ nextOffset: number }> }>(file, (checkpoint) => {
+      checkpoint.segments[0]!.nextOffset += 5;
+    });
     const report = await verifyStore(dir);
     assert.ok(report.faults.some((f) => f.file === file && /ends at offset/.test(f.what)), JSON.stringify(report.faults));
   });

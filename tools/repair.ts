@@ -43,6 +43,8 @@ export const repairCommand: Command = {
     for (const g of report.gaps) lines.push(`gap ${g.channel}: offsets ${g.from}..${g.to - 1} hold no message now`);
     for (const t of report.topicsRebuilt) lines.push(`rebuilt ${shownPath(t.file)}: ${t.channels} channels from the channel folders, no retention, default segment sizes (was: ${t.reason})`);
     for (const f of report.foldersRemoved) lines.push(`removed ${shownPath(f)}: an empty folder without topic.json`);
+    for (const r of report.channelsRaised) lines.push(`raised ${shownPath(r.file)}: channels ${r.from} -> ${r.to}, to cover channel folders beyond it that hold segments`);
+    for (const d of report.channelsCreated) lines.push(`created ${shownPath(d)}: an empty channel folder topic.json counts (its data, if it had any, is gone)`);
     for (const p of report.problems) lines.push(`not repaired: ${formatFault(p)}`);
     const counts =
       `${counted(report.channels, 'channel')}, ${report.segmentsBefore} -> ${counted(report.segmentsAfter, 'segment')}, ${counted(report.recordsKept, 'record')} kept, ` +

@@ -41,8 +41,9 @@ import * as path from 'node:path';
 import { WaymarkError } from '../format/errors';
 import { lockFolder } from '../lock';
 import { limits } from '../limits';
-import { syncDir, writeCheckpoint, writeFileAtomic } from '../log/checkpoint';
+import { syncDir, writeCheckpoint } from '../log/checkpoint';
 import { segmentFileName, type SegmentMeta } from '../log/segment';
+import { readTopicFile, topicFile, writeTopicFile } from '../log/topic-file';
 import { describePath, indexExtensions, stagingDirName, type Layout } from './layout';
 import { runSegmentTasks, type PoolOptions } from './pool';
 import type { ProgressState } from './progress';
@@ -96,6 +97,10 @@ export interface RepairReport {
   topicsRebuilt: Array<{ file: string; channels: number; reason: string }>;
   /** Empty folders under topics/ without a topic.json, removed. */
   foldersRemoved: string[];
+  /** Topics whose channel count was raised to cover channel folders beyond it that hold segments. */
+  channelsRaised: Array<{ file: string; from: number; to: number }>;
+  /** Channel folders topic.json counts that were missing, made empty. */
+  channelsCreated: string[];
 }
 
 export async function repairStore(target: string, options: RepairOptions = {}): Promise<RepairReport> {
@@ -123,6 +128,8 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
       problems: [],
       topicsRebuilt: [],
       foldersRemoved: [],
+      channelsRaised: [],
+      channelsCreated: [],
     };
     mendTopicFiles(layout, report);
     for (const channel of layout.channels) fs.rmSync(path.join(channel.dir, stagingDirName), { recursive: true, force: true });
@@ -177,32 +184,63 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
 }
 
 /**
- * A topic folder whose topic.json is unreadable (the store leaves such a topic closed): with
- * channel folders in it, topic.json is written anew — channels = the highest channel folder
- * + 1, no retention (nothing is ever deleted by a guess), default segment sizes, createdAt 0
- * (group positions committed before stay valid); an empty folder is removed; anything else
- * is a problem left for a person.
+ * Brings each topic's topic.json and its channel folders into line, before the channels are
+ * repaired:
+ * - topic.json unreadable (or failing its checksum; the store leaves such a topic closed):
+ *   with channel folders in it, topic.json is written anew — channels = the highest channel
+ *   folder + 1, no retention (nothing is ever deleted by a guess), default segment sizes,
+ *   createdAt 0 (group positions committed before stay valid); an empty folder is removed;
+ *   anything else is a problem left for a person.
+ * - channel folders beyond the count holding segments (open ignores them): the count is
+ *   raised to cover them, the other fields kept.
+ * - channel folders within the count missing: made, empty (open would start them so; their
+ *   data is gone either way), so that verify passes after repair.
  */
 function mendTopicFiles(layout: Layout, report: RepairReport): void {
   for (const topic of layout.topics) {
-    if (topic.problem === null) continue;
-    const file = path.join(topic.dir, 'topic.json');
-    const channels = fs.readdirSync(topic.dir).filter((name) => /^\d+$/.test(name) && fs.statSync(path.join(topic.dir, name)).isDirectory()).map(Number);
-    if (channels.length > 0) {
-      const count = Math.max(...channels) + 1;
-      if (count > limits.channelCountMax) {
-        report.problems.push({ file, position: null, what: `${topic.problem}; channel folders up to ${count - 1}, past the ${limits.channelCountMax} a topic may have` });
+    const file = path.join(topic.dir, topicFile);
+    const folders = layout.channels.filter((c) => c.topic === topic.name && c.channel !== null);
+    const highest = Math.max(-1, ...folders.map((c) => c.channel!));
+    let count: number;
+    if (topic.problem !== null) {
+      if (folders.length === 0) {
+        if (fs.readdirSync(topic.dir).length === 0) {
+          fs.rmdirSync(topic.dir);
+          report.foldersRemoved.push(topic.dir);
+        } else {
+          report.problems.push({ file, position: null, what: `${topic.problem}; no channel folders to rebuild it from` });
+        }
         continue;
       }
-      const info = { name: topic.name, channels: count, retentionMs: 0, retentionBytes: 0, segmentBytes: limits.segmentBytesDefault, segmentMs: limits.segmentMsDefault, owner: '', createdAt: 0 };
-      writeFileAtomic(file, JSON.stringify(info, null, 2));
+      count = highest + 1;
+      if (count > limits.channelCountMax) {
+        report.problems.push({ file, position: null, what: `${topic.problem}; channel folders up to ${highest}, past the ${limits.channelCountMax} a topic may have` });
+        continue;
+      }
+      writeTopicFile(topic.dir, { name: topic.name, channels: count, retentionMs: 0, retentionBytes: 0, segmentBytes: limits.segmentBytesDefault, segmentMs: limits.segmentMsDefault, owner: '', createdAt: 0 });
       report.topicsRebuilt.push({ file, channels: count, reason: topic.problem });
-    } else if (fs.readdirSync(topic.dir).length === 0) {
-      fs.rmdirSync(topic.dir);
-      report.foldersRemoved.push(topic.dir);
     } else {
-      report.problems.push({ file, position: null, what: `${topic.problem}; no channel folders to rebuild it from` });
+      count = topic.channelCount!;
+      const beyond = folders.filter((c) => c.channel! >= count && c.segments.length > 0).map((c) => c.channel!);
+      if (beyond.length > 0) {
+        const raised = Math.max(...beyond) + 1;
+        if (raised > limits.channelCountMax) {
+          report.problems.push({ file, position: null, what: `channel folders up to ${raised - 1} hold segments, past the ${limits.channelCountMax} a topic may have` });
+        } else {
+          writeTopicFile(topic.dir, { ...readTopicFile(topic.dir), channels: raised });
+          report.channelsRaised.push({ file, from: count, to: raised });
+          count = raised;
+        }
+      }
     }
+    const present = new Set(folders.map((c) => c.channel!));
+    for (let c = 0; c < count; c++) {
+      if (present.has(c)) continue;
+      const dir = path.join(topic.dir, String(c));
+      fs.mkdirSync(dir);
+      report.channelsCreated.push(dir);
+    }
+    syncDir(topic.dir);
   }
 }
 

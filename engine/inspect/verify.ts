@@ -19,7 +19,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { lockHolder } from '../lock';
-import { checkpointFile, readCheckpoint, type Checkpoint } from '../log/checkpoint';
+import { checkpointFile, inspectCheckpoint, type Checkpoint } from '../log/checkpoint';
 import { segmentFileName, type SegmentMeta } from '../log/segment';
 import { describePath, indexNamePattern, stagingDirName, type ChannelRef, type Layout } from './layout';
 import { runSegmentTasks, type PoolOptions } from './pool';
@@ -47,13 +47,13 @@ export interface VerifyReport {
   indexFilesChecked: number;
 }
 
-export type CheckpointState = { state: 'ok'; checkpoint: Checkpoint } | { state: 'missing' | 'unreadable'; checkpoint: null };
+export type CheckpointState = { state: 'ok'; checkpoint: Checkpoint } | { state: 'missing'; checkpoint: null } | { state: 'unreadable'; checkpoint: null; problem: string };
 
-/** The checkpoint of a channel folder, telling a missing file from an unreadable one. */
+/** The checkpoint of a channel folder, telling a missing file from an unreadable one (and why). */
 export function loadCheckpoint(dir: string): CheckpointState {
-  const checkpoint = readCheckpoint(dir);
+  const { checkpoint, problem } = inspectCheckpoint(dir);
   if (checkpoint) return { state: 'ok', checkpoint };
-  return { state: fs.existsSync(path.join(dir, checkpointFile)) ? 'unreadable' : 'missing', checkpoint: null };
+  return problem === null ? { state: 'missing', checkpoint: null } : { state: 'unreadable', checkpoint: null, problem };
 }
 
 /**
@@ -157,8 +157,11 @@ function checkTopics(layout: Layout, report: VerifyReport): void {
     for (let c = 0; c < topic.channelCount!; c++) {
       if (!found.has(c)) report.faults.push({ file: path.join(topic.dir, String(c)), position: null, what: `channel folder missing (topic.json says ${topic.channelCount} channels; open would start it empty)` });
     }
-    for (const c of found) {
-      if (c !== null && c >= topic.channelCount!) report.notes.push(`${path.join(topic.dir, String(c))}: channel folder beyond the ${topic.channelCount} channels of topic.json (ignored by open)`);
+    for (const channel of layout.channels) {
+      if (channel.topic !== topic.name || channel.channel === null || channel.channel < topic.channelCount!) continue;
+      // Segments there are messages nobody can read: open ignores the folder. An empty one is harmless.
+      if (channel.segments.length > 0) report.faults.push({ file: channel.dir, position: null, what: `channel folder beyond the ${topic.channelCount} channels of topic.json holds ${channel.segments.length} segment(s) (open ignores it; repair raises the count)` });
+      else report.notes.push(`${channel.dir}: channel folder beyond the ${topic.channelCount} channels of topic.json (ignored by open)`);
     }
   }
   for (const leftover of layout.leftovers) report.notes.push(`${leftover}: leftover of an interrupted topic create or delete (open removes it)`);
@@ -177,7 +180,7 @@ function checkChannel(channel: ChannelRef, cp: CheckpointState, byFile: Map<stri
   if (dropped.length > 0) report.notes.push(`${channel.label}: ${dropped.length} file(s) of bytes dropped by recovery or repair (*.dropped-*), kept for inspection`);
   if (cp.state !== 'ok') {
     if (segments.length > 0) {
-      report.faults.push({ file: cpFile, position: null, what: cp.state === 'missing' ? 'missing (open scans every segment and rebuilds every index)' : 'unreadable or of an unknown version (open scans every segment)' });
+      report.faults.push({ file: cpFile, position: null, what: cp.state === 'missing' ? 'missing (open scans every segment and rebuilds every index)' : `untrusted: ${cp.problem} (open scans every segment; repair writes it anew)` });
     }
   } else {
     const present = new Set(segments.map((s) => s.baseOffset));

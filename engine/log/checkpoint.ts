@@ -1,7 +1,10 @@
 /**
  * The channel checkpoint (checkpoint.json): what recovery may trust without reading.
  *
- *   { "version": 1, "clean": bool, "segments": [SegmentMeta…], "producers": [[id, firstSeq, lastSeq, baseOffset, count]…] }
+ *   { "version": 2, "clean": bool, "segments": [SegmentMeta…], "producers": [[id, firstSeq, lastSeq, baseOffset, count]…], "checksum": "…" }
+ *
+ * The checksum (checked-json.ts) makes a damaged file untrusted as a whole: a full scan, which
+ * re-learns the producers too. Version 1 (no checksum) is still read.
  *
  * Written atomically (temp file, fdatasync, rename, fsync of the folder) once a rolled
  * segment is sealed (its index files written, in the background), after retention, at open
@@ -16,11 +19,12 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { checkedJsonText, parseCheckedJson } from './checked-json';
 import * as pool from './fs-pool';
 import type { SegmentMeta } from './segment';
 
 export const checkpointFile = 'checkpoint.json';
-const checkpointVersion = 1;
+const checkpointVersion = 2;
 
 export type ProducerEntry = [producerId: number, firstSeq: number, lastSeq: number, baseOffset: number, count: number];
 
@@ -31,22 +35,34 @@ export interface Checkpoint {
 }
 
 export function readCheckpoint(dir: string): Checkpoint | null {
+  return inspectCheckpoint(dir).checkpoint;
+}
+
+/**
+ * The checkpoint, or null with why: `problem` is null when there is no file, else what makes
+ * it untrusted (open then scans every segment; verify says it).
+ */
+export function inspectCheckpoint(dir: string): { checkpoint: Checkpoint; problem: null } | { checkpoint: null; problem: string | null } {
   let text: string;
   try {
     text = fs.readFileSync(path.join(dir, checkpointFile), 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { checkpoint: null, problem: null };
     throw err;
   }
+  const untrusted = (problem: string): { checkpoint: null; problem: string } => ({ checkpoint: null, problem });
+  let parsed: { fields: Record<string, unknown>; checked: boolean };
   try {
-    const parsed = JSON.parse(text) as { version?: number } & Checkpoint;
-    if (parsed.version !== checkpointVersion || !Array.isArray(parsed.segments) || !parsed.segments.every(isSegmentMeta)) return null;
-    const producers = Array.isArray(parsed.producers) ? parsed.producers : [];
-    if (!producers.every(isProducerEntry)) return null;
-    return { clean: parsed.clean === true, segments: parsed.segments, producers };
-  } catch {
-    return null; // an unreadable checkpoint only costs a full scan
+    parsed = parseCheckedJson(text);
+  } catch (err) {
+    return untrusted((err as Error).message);
   }
+  const { version, clean, segments, producers = [] } = parsed.fields;
+  if (version !== 1 && version !== checkpointVersion) return untrusted(`version ${JSON.stringify(version)} is not one this build reads (1, ${checkpointVersion})`);
+  if (version === checkpointVersion && !parsed.checked) return untrusted('no checksum');
+  if (!Array.isArray(segments) || !segments.every(isSegmentMeta)) return untrusted('a segment entry is not what open expects');
+  if (!Array.isArray(producers) || !producers.every(isProducerEntry)) return untrusted('a producer entry is not what open expects');
+  return { checkpoint: { clean: clean === true, segments, producers }, problem: null };
 }
 
 /** Non-negative safe integers in the right relations; anything else makes the checkpoint untrusted (a full scan). */
@@ -95,7 +111,7 @@ export function writeCheckpointAsync(dir: string, checkpoint: Checkpoint): Promi
 }
 
 function checkpointText(checkpoint: Checkpoint): string {
-  return JSON.stringify({ version: checkpointVersion, ...checkpoint });
+  return checkedJsonText({ version: checkpointVersion, clean: checkpoint.clean, segments: checkpoint.segments, producers: checkpoint.producers });
 }
 
 /** writeFileAtomic through the thread pool: the same steps, in the same order. */
