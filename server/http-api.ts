@@ -233,15 +233,21 @@ export function messageJson(m: StoredMessage, encoding: string): Record<string, 
 }
 
 function intParam(value: string | null, name: string, fallback?: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
-  if (value === null || value === '') {
+  if (value === null) {
     if (fallback !== undefined) return fallback;
     throw new WaymarkError('INVALID_ARGUMENT', `${name} is required`);
   }
+  if (value === '') throw emptyParam(name);
   if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value)) || Number(value) < min || Number(value) > max) {
     const range = max === Number.MAX_SAFE_INTEGER ? `≥ ${min}` : `from ${min} to ${max}`;
     throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number ${range}, not ${JSON.stringify(value)}`);
   }
   return Number(value);
+}
+
+/** A parameter (`?name=`, a header) given with nothing in it: a client's bug (an unset variable), not a request for the default. */
+function emptyParam(name: string): WaymarkError {
+  return new WaymarkError('INVALID_ARGUMENT', `${name} is empty; give a value or leave it out`);
 }
 
 /** Messages one GET of /v1/topics/T/messages returns at most (`max`, documented as 1–10,000). */
@@ -279,7 +285,7 @@ function keyOf(headers: Map<string, string>, query: URLSearchParams): string | n
   const fromQuery = query.get('key');
   if (fromQuery === null) return fromHeader;
   if (fromHeader !== null) throw new WaymarkError('INVALID_ARGUMENT', 'give the key once: the waymark-key header or ?key=, not both');
-  if (fromQuery === '') throw new WaymarkError('INVALID_ARGUMENT', '?key= is empty; leave it out for a message without a key');
+  if (fromQuery === '') throw emptyParam('key');
   // URLSearchParams decodes a %-escape that is not UTF-8 as U+FFFD rather than failing.
   if (fromQuery.includes('\uFFFD')) throw new WaymarkError('INVALID_ARGUMENT', '?key= is not percent-encoded UTF-8');
   return fromQuery;
@@ -434,6 +440,7 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
   route(app, 'get', '/v1/messages/:msgId', ctx, async ({ params, query }) => {
     const msgId = params[0]!;
     const wanted = query.get('topic');
+    if (wanted === '') throw emptyParam('topic');
     const encoding = encodingParam(query);
     const topics = wanted ? [wanted] : store.listTopics().map((t) => t.name).filter((n) => !n.startsWith('__'));
     for (const topic of topics) {
@@ -445,8 +452,8 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
 
   route(app, 'get', '/v1/topics/:topic/keys/:key', ctx, async ({ params, query }) => {
     const encoding = encodingParam(query);
-    const timeFrom = query.get('from') ? intParam(query.get('from'), 'from') : undefined;
-    const timeTo = query.get('to') ? intParam(query.get('to'), 'to') : undefined;
+    const timeFrom = query.get('from') !== null ? intParam(query.get('from'), 'from') : undefined;
+    const timeTo = query.get('to') !== null ? intParam(query.get('to'), 'to') : undefined;
     if (timeFrom !== undefined && timeTo !== undefined && timeFrom > timeTo) throw new WaymarkError('INVALID_ARGUMENT', `from ${timeFrom} is after to ${timeTo}`);
     const messages = await store.lookupKey(params[0]!, params[1]!, {
       // Past 1,000 it was cut to 1,000 in silence; a reply holds 8 MiB of bodies at most, as a read does.

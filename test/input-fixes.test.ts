@@ -611,6 +611,29 @@ describe('input fixes: HTTP', function () {
     assert.equal((await httpJson(`${broker.http}/v1/topics/dup/keys/a?from=1&to=${Date.now() + 60_000}`)).body.messages.length, 1);
   });
 
+  it('a query parameter given empty (?topic=, ?from=, ?channel=, …) is 400 INVALID_ARGUMENT naming it, and nothing changes (it was taken as absent: ?topic= searched every topic)', async () => {
+    await httpJson(`${broker.http}/v1/topics/blank`, { method: 'PUT', body: '{"channels": 2}' });
+    const posted = await httpJson(`${broker.http}/v1/topics/blank/messages?key=k`, { method: 'POST', body: 'one' });
+    assert.equal(posted.status, 200);
+    const refused = async (method: string, target: string, name: string, body?: string): Promise<void> => {
+      const r = await httpJson(`${broker.http}${target}`, { method, body });
+      assert.equal(r.status, 400, `${method} ${target}: ${JSON.stringify(r.body)}`);
+      assert.equal(r.body.error.code, 'INVALID_ARGUMENT', `${method} ${target}`);
+      assert.equal(r.body.error.message, `${name} is empty; give a value or leave it out`, `${method} ${target}`);
+    };
+    await refused('GET', `/v1/messages/${posted.body.msgId}?topic=`, 'topic');
+    await refused('GET', '/v1/topics/blank/keys/k?from=', 'from');
+    await refused('GET', '/v1/topics/blank/keys/k?from=1&to=', 'to');
+    await refused('GET', '/v1/topics/blank/keys/k?limit=', 'limit');
+    await refused('GET', '/v1/topics/blank/messages?channel=', 'channel');
+    await refused('GET', '/v1/topics/blank/messages?offset=&max=5', 'offset');
+    await refused('POST', '/v1/topics/blank/messages?key=', 'key', 'two');
+    for (let channel = 0; channel < 2; channel++) assert.equal(await highWatermark(broker, 'blank', channel), channel === posted.body.channel ? 1 : 0, 'nothing appended');
+    // Left out, each takes its default as before.
+    assert.equal((await httpJson(`${broker.http}/v1/messages/${posted.body.msgId}`)).body.body, 'one');
+    assert.equal((await httpJson(`${broker.http}/v1/topics/blank/keys/k`)).body.messages.length, 1);
+  });
+
   it('HEAD /healthz answers 200 with the length and no body; a HEAD to any other path 404 with no body; the connection goes on', async () => {
     const socket = net.connect(broker.port, '127.0.0.1');
     await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
