@@ -438,6 +438,18 @@ describe('tools: dump', () => {
     // msgId, key and traceid per record
     assert.equal(header.entryCount, 3 * (batchesOf(logsOf(dir)[0]!).length * recordsPerBatch));
 
+    // A version byte this build does not know, a magic that is not its kind's: said in the header line.
+    for (const [file, position, mask, problem] of [
+      [kix, 4, 0x07, /PROBLEM: version 5, not one this build reads \(1\.\.2\)/],
+      [kix.replace(/\.kix$/, '.oix'), 0, 0x20, /PROBLEM: magic "wOIX", expected WOIX/],
+      [kix.replace(/\.kix$/, '.tix'), 4, 0x02, /PROBLEM: version 0, not one this build reads/],
+    ] as const) {
+      flipByte(file, position, mask);
+      const flagged = captureIo();
+      assert.equal(await main(['dump', '--index', file], flagged), 0);
+      assert.match(flagged.stdout.split('\n')[0]!, problem);
+    }
+
     fs.truncateSync(kix, 40); // shorter than its 64-byte header
     const short = captureIo();
     assert.equal(await main(['dump', '--index', kix], short), 0);

@@ -16,8 +16,10 @@ import { lz4Codec } from '../codec';
 import { loadChecksum } from '../format/checksum';
 import { msgIdToHex } from '../format/msg-id';
 import { BatchFlag, decodeRecords, type BatchHeader, type StoredRecord } from '../format/record-batch';
-import { keyIndexEntryBytes, keyIndexHeaderBytes } from '../index/key-index';
+import { keyIndexEntryBytes, keyIndexHeaderBytes, keyIndexMagic, keyIndexVersion } from '../index/key-index';
 import { indexHeaderBytesOf, indexVersion } from '../log/index-file';
+import { offsetIndexMagic } from '../log/offset-index';
+import { timeIndexMagic } from '../log/time-index';
 import { describePath, indexExtensions, indexNamePattern, type ChannelRef } from './layout';
 import { indexPath } from './segment-check';
 import { walkSegment } from './walk';
@@ -210,6 +212,16 @@ export function dumpIndexFile(file: string, from: number, max: number, emit: (it
   }
   const magic = bytes.toString('latin1', 0, 4);
   const version = bytes.readUInt8(4);
+  // Said, not fatal: the rest is dumped as a file of the known layout would be read.
+  const expectedMagic = { kix: keyIndexMagic, oix: offsetIndexMagic, tix: timeIndexMagic }[kind];
+  const newest = kind === 'kix' ? keyIndexVersion : indexVersion;
+  const headerProblem =
+    magic !== expectedMagic
+      ? `magic ${JSON.stringify(magic)}, expected ${expectedMagic}`
+      : version < 1 || version > newest
+        ? `version ${version}, not one this build reads (1..${newest}): the fields below may mean something else`
+        : null;
+  const problems = (sizeProblem: string | null): string | null => [headerProblem, sizeProblem].filter((p) => p !== null).join('; ') || null;
   const baseOffset = Number(bytes.readBigInt64LE(8));
   // The log size the index was built for: not in version 1 files.
   const logBytes = version === 1 ? null : Number(bytes.readBigUInt64LE(kind === 'kix' ? 40 : 32));
@@ -225,7 +237,7 @@ export function dumpIndexFile(file: string, from: number, max: number, emit: (it
     let slotsUsed = 0;
     for (let s = 0; s < slotCount && keyIndexHeaderBytes + s * 4 + 4 <= bytes.length; s++) if (bytes.readUInt32LE(keyIndexHeaderBytes + s * 4) !== 0) slotsUsed++;
     const expected = slotsEnd + entryCount * keyIndexEntryBytes;
-    const problem = expected !== bytes.length ? `${bytes.length} bytes, the header's ${slotCount} slots and ${entryCount} entries need ${expected}` : null;
+    const problem = problems(expected !== bytes.length ? `${bytes.length} bytes, the header's ${slotCount} slots and ${entryCount} entries need ${expected}` : null);
     emit({ type: 'index', file, kind, magic, version, baseOffset, entryCount, fileBytes: bytes.length, logBytes, baseTimestamp, slotCount, slotsUsed, problem });
     for (let i = 0; i < Math.min(entryCount, fits); i++) {
       const at = slotsEnd + i * keyIndexEntryBytes;
@@ -251,12 +263,13 @@ export function dumpIndexFile(file: string, from: number, max: number, emit: (it
   const entryBytes = bytes.readUInt32LE(20);
   const want = kind === 'oix' ? 8 : 12;
   const fits = entryBytes === want ? Math.floor((bytes.length - headerBytes) / want) : 0;
-  const problem =
+  const problem = problems(
     entryBytes !== want
       ? `entry size ${entryBytes}, expected ${want}`
       : bytes.length !== headerBytes + entryCount * want
         ? `${bytes.length} bytes for ${entryCount} entries of ${want}`
-        : null;
+        : null,
+  );
   emit({ type: 'index', file, kind, magic, version, baseOffset, entryCount, fileBytes: bytes.length, logBytes, problem });
   for (let i = 0; i < Math.min(entryCount, fits); i++) {
     const at = headerBytes + i * want;
