@@ -278,6 +278,21 @@ export class GroupPositions {
     }
   }
 
+  /**
+   * The consumer lag of every cached position (for /metrics): the messages the group has
+   * still to read, up to the high watermark — from its committed position, or from the log
+   * start when retention deleted past it (a resumed group reads from there: the deleted
+   * messages are not a lag). Positions of a deleted topic, or of a channel an older topic of
+   * that name had, have none.
+   */
+  *lags(): Generator<{ topic: string; group: string; channel: number; messages: number }> {
+    for (const [topic, group, position] of this.cached()) {
+      if (!this.store.hasTopic(topic) || position.channel >= this.store.topicInfo(topic).channels) continue;
+      const { highWatermark, logStartOffset } = this.store.channelState(topic, position.channel);
+      yield { topic, group, channel: position.channel, messages: Math.max(0, highWatermark - Math.max(position.offset, logStartOffset)) };
+    }
+  }
+
   private remember(key: string, position: GroupPosition | null): void {
     this.seenDuringLoad?.add(key);
     this.cache.delete(key);

@@ -85,13 +85,8 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       isClosing: () => closing !== null,
       metricsExtra: (out) => {
         const rows: Array<[Record<string, string | number>, number]> = [];
-        for (const [topic, group, position] of broker.groups.cached()) {
-          // A position of a deleted topic, or of a channel an older topic of that name had, is not a lag.
-          if (!store.hasTopic(topic) || position.channel >= store.topicInfo(topic).channels) continue;
-          const { highWatermark } = store.channelState(topic, position.channel);
-          rows.push([{ topic, group, channel: position.channel }, Math.max(0, highWatermark - position.offset)]);
-        }
-        gauge(out, 'waymark_consumer_lag_messages', 'Messages between a group committed position and the high watermark.', rows);
+        for (const { topic, group, channel, messages } of broker.groups.lags()) rows.push([{ topic, group, channel }, messages]);
+        gauge(out, 'waymark_consumer_lag_messages', 'Messages between a group committed position (or the log start, when retention deleted past it) and the high watermark.', rows);
         gauge(out, 'waymark_group_positions_loaded', '1 once every group position has been read at start (until then lag rows cover the groups used since).', [[{}, broker.groups.isLoaded ? 1 : 0]]);
         gauge(out, 'waymark_group_compactions_total', 'Compactions of __groups since start (each rewrites the live positions and deletes the segments below them).', [[{}, broker.groups.compactions]], 'counter');
         const hw: Array<[Record<string, string | number>, number]> = [];

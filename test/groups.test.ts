@@ -233,6 +233,29 @@ describe('__groups: the cache of positions', () => {
   });
 });
 
+describe('__groups: consumer lag (/metrics)', () => {
+  // Found in a review: a position below the log start counted the messages retention had
+  // deleted, which the group will never read (a resumed group starts at the log start).
+  it('counts from the committed position, or from the log start once retention deleted past it; none for a deleted topic', async () => {
+    const dir = tempDir();
+    const { store, groups } = await openGroups(dir);
+    await store.createTopic('orders', { channels: 2, segmentBytes: 4096, retentionBytes: 8192 });
+    for (let i = 0; i < 20; i++) await store.append('orders', 0, [{ body: randomBytes(1500) }]); // lz4 cannot shrink them: a roll every 2 messages
+    await store.append('orders', 1, [{ body: 'x' }, { body: 'y' }]);
+    await groups.commit('orders', 'slow', [{ channel: 0, offset: 1, timestamp: 1 }, { channel: 1, offset: 1, timestamp: 1 }]);
+    await groups.commit('orders', 'fast', [{ channel: 0, offset: 18, timestamp: 1 }]);
+    const lags = (): string[] => [...groups.lags()].map((l) => `${l.group}/${l.channel}=${l.messages}`).sort();
+    assert.deepEqual(lags(), ['fast/0=2', 'slow/0=19', 'slow/1=1']);
+    store.applyRetention();
+    const { logStartOffset, highWatermark } = store.channelState('orders', 0);
+    assert.ok(logStartOffset > 1 && logStartOffset < 18, `retention deleted offsets below ${logStartOffset}`);
+    assert.deepEqual(lags(), ['fast/0=2', `slow/0=${highWatermark - logStartOffset}`, 'slow/1=1']);
+    await store.deleteTopic('orders'); // its positions still cached (forgetTopic not called)
+    assert.deepEqual(lags(), [], 'a deleted topic has no lag');
+    await store.close();
+  });
+});
+
 // Found by a review (helper-25), with a mocked clock: a topic's createdAt was Date.now(), so a
 // deleted topic's positions counted for a new topic of that name when both fell in one
 // millisecond, or when the clock had stepped back. The store's clock (engine/clock.ts) makes
