@@ -486,6 +486,60 @@ describe('recovery: checkpoint.json and topic.json carry a checksum', () => {
   });
 });
 
+describe('recovery: idempotent producers across a roll (helper-31)', () => {
+  // A group commit [B, C] where C rolls the segment: B is written to the old segment, whose
+  // seal then writes a checkpoint listing it (open trusts it, unscanned) while C is still
+  // being written, so B was still pending and left out of the checkpoint's producers. A crash
+  // at that moment forgot B: its retry was refused (DUPLICATE_SEQUENCE) or, with C torn,
+  // stored twice. The folder is copied the instant that checkpoint is renamed into place —
+  // what a SIGKILL then leaves.
+  it('a checkpoint written while a group that rolled is still being written lists the batches of the segment it vouches for; a retry after a crash there is a duplicate', async () => {
+    const dir = tempDir();
+    const image = tempDir();
+    const channel = channelDir(dir);
+    const store = await openStore(dir);
+    await store.createTopic('t', { channels: 1, segmentBytes: 8192 });
+    let cPending = true;
+    let copied = false;
+    // The module object itself (the engine's `import * as fs` reads through to it at each call).
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const nodeFs = require('node:fs') as { renameSync: typeof fs.renameSync };
+    const realRename = nodeFs.renameSync;
+    nodeFs.renameSync = (from: fs.PathLike, to: fs.PathLike): void => {
+      realRename(from, to);
+      if (String(to) !== path.join(channel, 'checkpoint.json') || copied || !cPending) return;
+      const listed = (JSON.parse(fs.readFileSync(String(to), 'utf8')) as { segments: Array<{ baseOffset: number }> }).segments;
+      if (!listed.some((m) => m.baseOffset === 0)) return;
+      copyFolder(dir, image);
+      copied = true;
+    };
+    const bodyB = randomBytes(3000);
+    let results: Array<{ baseOffset: number }>;
+    try {
+      const a = store.append('t', 0, [{ key: 'A', body: randomBytes(100) }], { producerId: 5, producerSequence: 0 });
+      const b = store.append('t', 0, [{ key: 'B', body: bodyB }], { producerId: 5, producerSequence: 1 }); // queued behind A: one group with C
+      const c = store.append('t', 0, [{ key: 'C', body: randomBytes(8_000_000) }], { producerId: 5, producerSequence: 2 }); // rolls; a long write
+      void c.finally(() => (cPending = false));
+      results = await Promise.all([a, b, c]);
+    } finally {
+      nodeFs.renameSync = realRename;
+    }
+    await store.close();
+    assert.deepEqual(results.map((r) => r.baseOffset), [0, 1, 2]);
+    assert.ok(copied, 'the rolled segment was sealed and checkpointed while C was still being written');
+
+    fs.rmSync(path.join(image, 'LOCK'), { force: true });
+    const crashed = await openStore(image);
+    try {
+      const retry = await crashed.append('t', 0, [{ key: 'B', body: bodyB }], { producerId: 5, producerSequence: 1 });
+      assert.deepEqual([retry.duplicate, retry.baseOffset], [true, 1]);
+      assert.deepEqual((await crashed.read('t', 0, { offset: 0, maxMessages: 2 })).map((m) => m.key), ['A', 'B']);
+    } finally {
+      await crashed.close();
+    }
+  });
+});
+
 describe('recovery: a clean close of an idle channel', () => {
   // A channel reopened after a clean close and closed again with nothing appended has
   // nothing to write: the clean close left its log durable, its index files were checked as

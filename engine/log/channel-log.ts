@@ -318,7 +318,8 @@ export class ChannelLog {
   }
 
   private checkpoint(clean: boolean): Checkpoint {
-    return { clean, segments: this.segments.filter((s) => s.sealed).map((s) => s.meta()), producers: this.producers.entries() };
+    const segments = this.segments.filter((s) => s.sealed).map((s) => s.meta());
+    return { clean, segments, producers: this.producers.entries(segments.at(-1)?.nextOffset ?? 0) };
   }
 
   /**

@@ -70,10 +70,18 @@ export class ProducerStates {
    * queued or being written is left out — were it listed and then lost in a crash, its retry
    * would be answered as a duplicate with offsets that hold nothing. If it becomes durable in
    * the active segment, recovery learns it again by scanning that segment.
+   *
+   * Except below `durableBelow`, the end of the sealed segments the same checkpoint lists:
+   * those are durable, and open does not scan them. A group commit that rolls part-way
+   * resolves (clears `done`) only once its last slice is written, so a batch of its first
+   * slice is still pending when the rolled segment's seal writes the checkpoint; left out,
+   * it was never learned again after a crash, and its retry was refused or stored twice.
    */
-  entries(): ProducerEntry[] {
+  entries(durableBelow = 0): ProducerEntry[] {
     const out: ProducerEntry[] = [];
-    for (const [id, batches] of this.producers) for (const b of batches) if (!b.done) out.push([id, b.firstSeq, b.firstSeq + b.count - 1, b.baseOffset, b.count]);
+    for (const [id, batches] of this.producers) {
+      for (const b of batches) if (!b.done || b.baseOffset + b.count <= durableBelow) out.push([id, b.firstSeq, b.firstSeq + b.count - 1, b.baseOffset, b.count]);
+    }
     return out;
   }
 
