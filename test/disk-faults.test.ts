@@ -368,7 +368,12 @@ describe('disk faults: smaller ones', () => {
 
   /** Runs `script` (with `engine` and `dir` defined) in a child node under `ulimit -n 128`; returns what it printed as JSON. */
   function underFdLimit(dir: string, script: string): any {
-    const run = spawnSync('bash', ['-c', `ulimit -n 128 && exec "${process.execPath}" -e "$SCRIPT"`], {
+    return underUlimit('-n 128', dir, script);
+  }
+
+  /** Runs `script` in a node child under `ulimit <limit>` (bash), with engine, dir and fs in scope; returns its one JSON line. */
+  function underUlimit(limit: string, dir: string, script: string): any {
+    const run = spawnSync('bash', ['-c', `ulimit ${limit} && exec "${process.execPath}" -e "$SCRIPT"`], {
       env: { ...process.env, SCRIPT: `const engine = require(${JSON.stringify(engine)}); const dir = ${JSON.stringify(dir)}; const fs = require('fs');\n${script}` },
       encoding: 'utf8',
     });
@@ -459,6 +464,34 @@ describe('disk faults: smaller ones', () => {
     assert.match(out.message, /^creating topic fresh: too many open files \(EMFILE\)/);
     assert.deepEqual(out.left, [], 'no .creating-fresh left until the next start');
     assert.equal(out.again, 'created');
+  });
+
+  // helper-31: one writeSync wrote what fitted, and the short file was renamed into place:
+  // createTopic succeeded and the next open left the topic closed (its topic.json cut off).
+  // A file size limit (ulimit -f, in KiB; Node ignores SIGXFSZ) makes the write short, as a full disk does.
+  it('a topic.json that can be written only in part fails the create with STORAGE_FAILED; nothing is renamed into place', () => {
+    const dir = tempDir();
+    const out = underUlimit(
+      '-f 1',
+      dir,
+      `(async () => {
+        const store = await engine.openStore(dir);
+        const err = await store.createTopic('big', { channels: 1, owner: 'o'.repeat(1000) }).then(() => null, (e) => e);
+        const small = await store.createTopic('small', { channels: 1 }).then(() => 'created', (e) => e.code);
+        await store.close();
+        const again = await engine.openStore(dir);
+        const topics = again.listTopics().map((t) => t.name);
+        const report = again.recoveryReport.length;
+        await again.close();
+        console.log(JSON.stringify({ code: err && err.code, message: err && err.message, small, topics, report, left: fs.readdirSync(require('path').join(dir, 'topics')) }));
+      })();`,
+    );
+    assert.equal(out.code, 'STORAGE_FAILED', JSON.stringify(out));
+    assert.match(out.message, /^creating topic big: /);
+    assert.equal(out.small, 'created');
+    assert.deepEqual(out.topics, ['small']);
+    assert.equal(out.report, 0, 'no topic left closed with a cut-off topic.json');
+    assert.deepEqual(out.left, ['small']);
   });
 
   it('serve exits 1 with one line when closing the store fails on SIGTERM, and the next start has every message', async () => {

@@ -21,6 +21,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { checkedJsonText, parseCheckedJson } from './checked-json';
 import * as pool from './fs-pool';
+import { writeFileSynced } from './index-file';
 import type { SegmentMeta } from './segment';
 
 export const checkpointFile = 'checkpoint.json';
@@ -94,13 +95,9 @@ export function writeCheckpoint(dir: string, checkpoint: Checkpoint): void {
 /** temp + fdatasync + rename + fsync(dir): the file is either the old or the new one after a crash. */
 export function writeFileAtomic(file: string, text: string): void {
   const temp = `${file}.tmp`;
-  const fd = fs.openSync(temp, 'w');
-  try {
-    fs.writeSync(fd, text);
-    fs.fdatasyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
+  // Every byte, or an error: one writeSync may write less (a full disk, a file size limit),
+  // and a short file renamed over a good one was a topic left closed at the next open.
+  writeFileSynced(temp, Buffer.from(text));
   fs.renameSync(temp, file);
   syncDir(path.dirname(file));
 }
