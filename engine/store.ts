@@ -241,6 +241,8 @@ interface DamagedChannel {
 
 export class Store {
   private readonly topics = new Map<string, Topic>();
+  /** Topic folders found at open and left closed (topic.json unreadable): see unopenedTopics(). */
+  private readonly unopened = new Set<string>();
   /** Broker times and topic creation times (see StoreClock). */
   private readonly clock = new StoreClock();
   private closed = false;
@@ -375,6 +377,7 @@ export class Store {
           info = readTopicFile(dir, this.options);
         } catch (err) {
           // One unreadable topic must not keep the others from serving: it is left closed and said.
+          this.unopened.add(name);
           this.report([{ file: path.join(dir, 'topic.json'), position: 0, bytesDropped: 0, kind: 'corrupt', reason: `topic ${name} not opened: ${(err as Error).message}; waymark repair rebuilds topic.json from its channel folders` }]);
           done++;
           progress();
@@ -584,6 +587,16 @@ export class Store {
 
   hasTopic(name: string): boolean {
     return this.topics.has(name);
+  }
+
+  /**
+   * Topic folders this open found and left closed because their topic.json is unreadable
+   * (see recoveryReport; `waymark repair` rebuilds it). Their data is on disk and comes back
+   * with the repair, so what refers to them by name (committed group positions) must not be
+   * taken for the leftovers of a deleted topic meanwhile.
+   */
+  isUnopenedTopic(name: string): boolean {
+    return this.unopened.has(name);
   }
 
   describeTopic(name: string): TopicInfo & { channelInfo: ChannelInfo[] } {

@@ -159,6 +159,15 @@ export class GroupPositions {
     return this.store.hasTopic(topic) && committedAt >= this.store.topicInfo(topic).createdAt;
   }
 
+  /**
+   * Whether a compaction keeps a key's last commit: while it counts, and while its topic is on
+   * disk but was left closed at open (an unreadable topic.json: its createdAt is unknown, and
+   * `waymark repair` brings the topic back with its positions; dropped, they were lost for good).
+   */
+  private keepsThrough(key: string, committedAt: number): boolean {
+    return this.isLive(key, committedAt) || this.store.isUnopenedTopic(key.slice(0, key.indexOf('/')));
+  }
+
   /** Starts a compaction when `__groups` has grown enough since the last one (see the file comment). */
   private maybeCompact(): void {
     if (this.compaction || !this.isLoaded) return;
@@ -200,7 +209,7 @@ export class GroupPositions {
       // newer than what we hold), one made after it lands after the rewrite; a topic deleted
       // (or deleted and made again) meanwhile has its positions dropped here, not revived.
       const batch: MessageInput[] = [];
-      for (const [key, { body, committedAt }] of keep.slice(i, i + compactionBatchRecords)) if (!touched.has(key) && this.isLive(key, committedAt)) batch.push({ key, body });
+      for (const [key, { body, committedAt }] of keep.slice(i, i + compactionBatchRecords)) if (!touched.has(key) && this.keepsThrough(key, committedAt)) batch.push({ key, body });
       if (batch.length === 0) continue;
       await this.store.append(groupsTopic, 0, batch);
       rewritten += batch.length;

@@ -4,7 +4,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openStore, type Store, type SyncMode } from '../engine/index';
 import { cachedPositionCountMax, compactionSegmentCount, GroupPositions, groupsTopic } from '../server/groups';
-import { rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
+import { repairStore } from '../engine/inspect/index';
+import { flipByte, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
 after(removeTempDirs);
 
@@ -229,6 +230,38 @@ describe('__groups: the cache of positions', () => {
     }
     assert.deepEqual([...groups.cached()].map(([topic, group, p]) => [topic, group, p.offset]), [['orders', 'billing', 4]]);
     assert.equal(await groups.get('orders', 'probe5', 0), null, 'an absence is still known');
+    await store.close();
+  });
+});
+
+describe('__groups: a topic left closed at open', () => {
+  // helper-31: a topic whose topic.json fails its check is left closed (until waymark repair
+  // rebuilds it); compaction took it for a deleted topic and dropped its committed positions,
+  // so the repaired topic came back with none.
+  it('keeps its committed positions through compactions; after repair they count again', async () => {
+    const dir = tempDir();
+    let { store, groups } = await openGroups(dir);
+    await store.createTopic('orders', { channels: 1, owner: 'team-a' });
+    await store.createTopic('other', { channels: 1 });
+    await groups.commit('orders', 'billing', [{ channel: 0, offset: 42, timestamp: 1 }]);
+    await store.close();
+    const file = path.join(dir, 'topics', 'orders', 'topic.json');
+    flipByte(file, fs.readFileSync(file, 'latin1').indexOf('team-a'), 0x01); // "team-a" -> "ueam-a": fails the checksum
+
+    ({ store, groups } = await openGroups(dir));
+    assert.equal(store.hasTopic('orders'), false);
+    assert.equal(store.isUnopenedTopic('orders'), true);
+    for (let i = 0; i < 300; i++) {
+      await groups.commit('other', `g${i % 3}`, [{ channel: 0, offset: i, timestamp: 1 }]);
+      await groups.compacted();
+    }
+    assert.ok(groups.compactions >= 3, `compactions ${groups.compactions}`);
+    assert.ok(store.channelState(groupsTopic, 0).logStartOffset > 0, 'the segment with the commit was compacted away');
+    await store.close();
+
+    assert.deepEqual((await repairStore(dir)).topicsRebuilt.map((t) => path.basename(path.dirname(t.file))), ['orders']);
+    ({ store, groups } = await openGroups(dir));
+    assert.equal((await groups.get('orders', 'billing', 0))?.offset, 42);
     await store.close();
   });
 });
