@@ -41,7 +41,10 @@ export const repairCommand: Command = {
       lines.push(`${actionWords[c.action]} ${shownPath(c.file)}${into}`);
     }
     for (const g of report.gaps) lines.push(`gap ${g.channel}: offsets ${g.from}..${g.to - 1} hold no message now`);
-    for (const t of report.topicsRebuilt) lines.push(`rebuilt ${shownPath(t.file)}: ${t.channels} channels from the channel folders, no retention, default segment sizes (was: ${t.reason})`);
+    for (const t of report.topicsRebuilt) {
+      const saved = t.savedTo ? `; the old file is kept as ${path.basename(t.savedTo)}` : '';
+      lines.push(`rebuilt ${shownPath(t.file)}: ${t.channels} channels from the channel folders, no retention, default segment sizes, no owner (was: ${t.reason}${saved})`);
+    }
     for (const f of report.foldersRemoved) lines.push(`removed ${shownPath(f)}: an empty folder without topic.json`);
     for (const r of report.channelsRaised) lines.push(`raised ${shownPath(r.file)}: channels ${r.from} -> ${r.to}, to cover channel folders beyond it that hold segments`);
     for (const d of report.channelsCreated) lines.push(`created ${shownPath(d)}: an empty channel folder topic.json counts (its data, if it had any, is gone)`);

@@ -95,7 +95,10 @@ function readTopic(dir: string): TopicRef {
   try {
     return { name, dir, channelCount: readTopicFile(dir).channels, problem: null };
   } catch (err) {
-    return { name, dir, channelCount: null, problem: (err as Error).message };
+    // Said by verify and repair with the file's path already: not twice.
+    const message = (err as Error).message;
+    const prefix = `${path.join(dir, 'topic.json')}: `;
+    return { name, dir, channelCount: null, problem: message.startsWith(prefix) ? message.slice(prefix.length) : message };
   }
 }
 

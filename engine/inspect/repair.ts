@@ -94,7 +94,7 @@ export interface RepairReport {
   /** What repair could not fix (the channel was left as it was). */
   problems: Fault[];
   /** topic.json files written anew from the channel folders (the old one was unreadable). */
-  topicsRebuilt: Array<{ file: string; channels: number; reason: string }>;
+  topicsRebuilt: Array<{ file: string; channels: number; reason: string; savedTo: string | null }>;
   /** Empty folders under topics/ without a topic.json, removed. */
   foldersRemoved: string[];
   /** Topics whose channel count was raised to cover channel folders beyond it that hold segments. */
@@ -217,8 +217,9 @@ function mendTopicFiles(layout: Layout, report: RepairReport): void {
         report.problems.push({ file, position: null, what: `${topic.problem}; channel folders up to ${highest}, past the ${limits.channelCountMax} a topic may have` });
         continue;
       }
+      const savedTo = keepDamaged(file);
       writeTopicFile(topic.dir, { name: topic.name, channels: count, retentionMs: 0, retentionBytes: 0, segmentBytes: limits.segmentBytesDefault, segmentMs: limits.segmentMsDefault, owner: '', createdAt: 0 });
-      report.topicsRebuilt.push({ file, channels: count, reason: topic.problem });
+      report.topicsRebuilt.push({ file, channels: count, reason: topic.problem, savedTo });
     } else {
       count = topic.channelCount!;
       const beyond = folders.filter((c) => c.channel! >= count && c.segments.length > 0).map((c) => c.channel!);
@@ -242,6 +243,15 @@ function mendTopicFiles(layout: Layout, report: RepairReport): void {
     }
     syncDir(topic.dir);
   }
+}
+
+/** Copies a damaged file that repair is about to replace to `<file>.damaged[-N]` (the first name free), for a person to read; null when there is none. */
+function keepDamaged(file: string): string | null {
+  if (!fs.existsSync(file)) return null;
+  let to = `${file}.damaged`;
+  for (let n = 2; fs.existsSync(to); n++) to = `${file}.damaged-${n}`;
+  fs.copyFileSync(file, to);
+  return to;
 }
 
 /**

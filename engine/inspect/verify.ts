@@ -205,7 +205,8 @@ function checkChannel(channel: ChannelRef, cp: CheckpointState, byFile: Map<stri
     let end = scan?.endOffset ?? s.baseOffset; // where this segment's offsets end, as open will see it
 
     if (cp.state === 'ok') {
-      if (!listed && !isLast) report.faults.push({ file: s.file, position: null, what: 'sealed segment not in checkpoint.json (open scans it and rebuilds its indexes)' });
+      // What a crash between a roll and the seal's checkpoint leaves: open scans it, as it does the active one. Not damage.
+      if (!listed && !isLast) report.notes.push(`${s.file}: sealed segment not in checkpoint.json, as a crash right after a roll leaves it (open scans it and rebuilds its indexes)`);
       // The segment a clean checkpoint lists last (the active one at that close) grows when an
       // open finds the store as that close left it: the broker writes no checkpoint then, and
       // appends to it. Open scans it.

@@ -31,7 +31,7 @@ import { lz4Codec } from '../codec';
 import type { KeyHit, TimeRange } from '../index/key-index';
 import { limits } from '../limits';
 import { CorruptIndexError, tooManyOpenFiles } from './errors';
-import { readCheckpoint, syncDir, writeCheckpoint, writeCheckpointAsync, type Checkpoint } from './checkpoint';
+import { checkpointFile, inspectCheckpoint, syncDir, writeCheckpoint, writeCheckpointAsync, type Checkpoint } from './checkpoint';
 import * as pool from './fs-pool';
 import { IoSlots } from './io-slots';
 import { ProducerStates } from './producer-state';
@@ -223,7 +223,9 @@ export class ChannelLog {
   }
 
   private recover(report: RecoveryFinding[]): void {
-    const checkpoint = readCheckpoint(this.dir);
+    const { checkpoint, problem } = inspectCheckpoint(this.dir);
+    // Costs only a full scan, but a file that fails its checks was damaged: said, not swallowed.
+    if (problem !== null) report.push({ file: path.join(this.dir, checkpointFile), position: 0, bytesDropped: 0, kind: 'corrupt', reason: `checkpoint untrusted (${problem}): every segment scanned, nothing lost` });
     const trusted = new Map<number, SegmentMeta>();
     for (const meta of checkpoint?.segments ?? []) trusted.set(meta.baseOffset, meta);
     const names = fs.readdirSync(this.dir);
