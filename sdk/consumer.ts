@@ -508,6 +508,7 @@ export class Consumer implements AsyncIterable<Message> {
 
   /** Moves the consumer: explicit offsets per channel, a broker timestamp, or earliest/latest. */
   async seek(to: { offsets: Record<number, number> } | { timestamp: number } | 'earliest' | 'latest'): Promise<void> {
+    checkSeekTarget(to, 'offsets');
     // While the client reconnects: after the subscription is made again (a seek naming the
     // dead one's id was refused, SUBSCRIPTION_NOT_FOUND, and the move lost).
     if (!this.connection.isConnected && !this.closed) await this.connection.whenConnected();
@@ -732,6 +733,17 @@ function checkConsumerOptions(options: ConsumerOptions): void {
 }
 
 /** A seek's broker time: a whole number of ms, 0 or more (0: from the earliest). */
+/**
+ * A seek's target, checked before anything moves: 'earliest', 'latest', or an object with
+ * `positionsKey` (the consumer's offsets, the msgStream's positions) or a timestamp. Anything
+ * else (null, a misspelt string) was a TypeError from deep inside, or a request the broker refused.
+ */
+export function checkSeekTarget(to: unknown, positionsKey: 'offsets' | 'positions'): void {
+  if (to === 'earliest' || to === 'latest') return;
+  if (typeof to === 'object' && to !== null && (positionsKey in to || 'timestamp' in to)) return;
+  throw new WaymarkError('INVALID_ARGUMENT', `seek takes {${positionsKey}}, {timestamp}, 'earliest' or 'latest', not ${typeof to === 'string' ? JSON.stringify(to) : to === null ? 'null' : typeof to === 'object' ? 'an object without either' : typeof to}`);
+}
+
 export function checkSeekTime(timestamp: number): number {
   if (!Number.isSafeInteger(timestamp) || timestamp < 0) throw new WaymarkError('INVALID_ARGUMENT', `seek timestamp ${timestamp}: a broker time in ms, 0 or more`);
   return timestamp;

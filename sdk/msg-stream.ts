@@ -18,7 +18,7 @@ import { WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
 import { channelsPastTheirEnd } from './admin';
-import { checkChannels, checkPosition, checkSeekTime, lostOrClosed } from './consumer';
+import { checkChannels, checkPosition, checkSeekTarget, checkSeekTime, lostOrClosed } from './consumer';
 import { checkCount, checkMs } from './options';
 import { Pull } from './pull';
 import { decodeBatches, type Message } from './messages';
@@ -108,10 +108,16 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     return inPackOrder(pack.msgs, sources, results);
   }
 
-  /** Sends every message of the pack to every channel. */
+  /**
+   * Sends every message of the pack to every channel: per message, one result per channel. The
+   * pack is checked first (a bad message, with its index, sends none of them); it goes after
+   * everything produced on this stream before the call and before anything produced after it,
+   * and a broadcast cut short by a broker crash is completed on reconnect, never doubled
+   * (Producer.broadcastBatch).
+   */
   async broadcast(pack: { msgs: OutgoingMessage[] }): Promise<SendResult[][]> {
     const producer = this.needProducer();
-    return Promise.all(pack.msgs.map((m) => producer.broadcast(m)));
+    return producer.broadcastBatch(pack.msgs);
   }
 
   /** Subscribes `subName` to the topic's channels as time-tick packs. */
@@ -340,8 +346,9 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   }
 
   /** Moves the consumer to positions (per channel) or to a broker timestamp. */
-  async seek(to: { positions: MsgPosition[] } | { timestamp: number }): Promise<void> {
+  async seek(to: { positions: MsgPosition[] } | { timestamp: number } | 'earliest' | 'latest'): Promise<void> {
     if (!this.consuming) throw new WaymarkError('INVALID_ARGUMENT', 'call asConsumer(topic, subName) first');
+    checkSeekTarget(to, 'positions');
     // While the client reconnects: after the subscription is made again (a seek naming the
     // dead one's id was refused, SUBSCRIPTION_NOT_FOUND, and the move lost).
     if (!this.connection.isConnected && !this.closed && !this.consumerClosed) await this.connection.whenConnected();
@@ -350,7 +357,14 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     // Time 0 is before every message: the earliest (on the wire 0 means "no timestamp").
     // Positions for some channels move those; the others go on from after the last pack
     // handed out (the seek drops the buffered packs, which hold every channel's messages).
-    const where = 'positions' in to ? { positions: withOthers(checkPositions(to.positions), this.resume.positions) } : checkSeekTime(to.timestamp) > 0 ? { timestamp: to.timestamp } : { to: 'earliest' };
+    const where =
+      typeof to === 'string'
+        ? { to }
+        : 'positions' in to
+          ? { positions: withOthers(checkPositions(to.positions), this.resume.positions) }
+          : checkSeekTime(to.timestamp) > 0
+            ? { timestamp: to.timestamp }
+            : { to: 'earliest' };
     const epoch = ++this.epoch;
     for (const item of this.packs.splice(0)) this.grant(item.credit[0], item.credit[1]);
     const subscription = this.consuming.subscription;
@@ -371,7 +385,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     // The stream now stands where the seek put it (the broker's packBeginTs after a seek, in
     // session.seek), unless a pack of this seek was handed out already, or a newer seek was sent.
     if (this.epoch === epoch && this.resumeEpoch !== epoch) {
-      this.resume = { positions: new Map((reply.seekOk?.positions ?? []).map((p) => [p.channel ?? 0, p.offset ?? 0])), beginTs: 'positions' in to ? 0 : Math.max(0, to.timestamp - 1) };
+      this.resume = { positions: new Map((reply.seekOk?.positions ?? []).map((p) => [p.channel ?? 0, p.offset ?? 0])), beginTs: typeof to === 'object' && 'timestamp' in to ? Math.max(0, to.timestamp - 1) : 0 };
     }
   }
 

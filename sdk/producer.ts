@@ -9,12 +9,22 @@
  * A sequence is an i32 on the wire: before a channel's would pass 2^31 − 1 (after two
  * billion messages) the channel takes a new random id and starts again at 0.
  *
+ * Broadcasts (one batch to every channel) have a producer id and sequences of their own,
+ * held and resent on reconnect like any batch: the broker's per-channel dedup then stores a
+ * broadcast cut short by a crash on the channels it missed and answers the others as
+ * duplicates, so it ends on every channel exactly once. A broadcast is ordered with the
+ * producer's sends: every message sent before it (send order, across channels) is
+ * acknowledged before it goes, and no message sent after it goes before it is acknowledged
+ * — Milvus' "data, then the time tick" needs no awaits in between. Each message carries an
+ * epoch (the broadcasts issued before its send); a channel batch holds one epoch and goes only
+ * once that many broadcasts are done.
+ *
  * Invariants: per channel, batches are sent and acknowledged in sequence order; a message's
  * promise settles exactly once; memory is bounded by bufferedBytesMax (send() waits).
  */
 import { WaymarkError } from '../engine/format/errors';
 import { formatLimits } from '../engine/format/limits';
-import { MsgIdGenerator, msgIdToHex, msgIdFromHex, packedMsgIdsToHex } from '../engine/format/msg-id';
+import { MsgIdGenerator, msgIdFromHex, packedMsgIdsToHex } from '../engine/format/msg-id';
 import { checkMessage, encodeBatch, messagePrefix, type MessageInput } from '../engine/format/record-batch';
 import { channelForKey } from '../engine/format/repack';
 import type { Connection } from './client';
@@ -143,6 +153,8 @@ function failRuns(batch: Runs, err: Error): void {
 
 interface OpenBatch extends Runs {
   messages: MessageInput[];
+  /** The broadcasts issued before its messages were sent (one epoch a batch: see the file comment). */
+  epoch: number;
   /** performance.now() of its oldest message's send() (deliveryTimeoutMs runs from there). */
   since: number;
   bytes: number;
@@ -165,6 +177,23 @@ interface SealedBatch extends Runs {
   sent: boolean;
   /** Its oldest message's send() time (OpenBatch.since). */
   since: number;
+  /** OpenBatch.epoch: it goes once this many broadcasts are done. */
+  epoch: number;
+}
+
+/** One broadcast batch: the same bytes to every channel (Produce with broadcast set). */
+interface BroadcastBatch {
+  bytes: Uint8Array;
+  /** The msgIds of its records, 16 bytes each (as SealedBatch.msgIds). */
+  msgIds: Uint8Array;
+  count: number;
+  /** Its place among the producer's broadcasts: it goes once everything of epoch ≤ this is acknowledged. */
+  epoch: number;
+  /** waiting: for what was sent before it; sent: on the wire; held: lost with a connection, resent on reconnect. */
+  state: 'waiting' | 'sent' | 'held';
+  since: number;
+  resolve: (results: SendResult[][]) => void;
+  reject: (err: Error) => void;
 }
 
 interface ChannelState {
@@ -184,7 +213,7 @@ export class Producer {
   private roundRobin = 0;
   private bufferedBytes = 0;
   /** Messages waiting for room in the buffer, in send order (from parkedHead on). */
-  private parked: Array<{ channel: number; input: MessageInput; size: number; owner: Owner | ((result: SendResult) => void); reject: ((err: Error) => void) | null; slot: number; since: number }> = [];
+  private parked: Array<{ channel: number; input: MessageInput; size: number; owner: Owner | ((result: SendResult) => void); reject: ((err: Error) => void) | null; slot: number; since: number; epoch: number }> = [];
   private parkedHead = 0;
   private unparking = false;
   private idleWaiters: Array<() => void> = [];
@@ -194,6 +223,13 @@ export class Producer {
   private readonly stopListening: Array<() => void>;
   /** Fails what waited longer than deliveryTimeoutMs; set only while batches wait for a connection. */
   private expiryTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Broadcasts not yet done, in issue order (the first is the next to go). */
+  private readonly broadcasts: BroadcastBatch[] = [];
+  /** Broadcasts issued, and done (acknowledged or failed), so far: the epochs. */
+  private broadcastsIssued = 0;
+  private broadcastsDone = 0;
+  /** The broadcasts' own producer id and next sequence (every channel sees the same ones). */
+  private readonly broadcastLane = { producerId: newProducerId(), sequence: 0 };
 
   constructor(
     private readonly connection: Connection,
@@ -248,7 +284,7 @@ export class Producer {
       const size = sizeOf(message);
       const promise = new Promise<SendResult>(capture);
       if (this.mustWait(size)) this.park(channel, input, size, captured.resolve!, captured.reject!, 0);
-      else this.enqueue(channel, input, size, captured.resolve!, captured.reject!, 0, -1);
+      else this.enqueue(channel, input, size, captured.resolve!, captured.reject!, 0, -1, this.broadcastsIssued);
       return promise;
     } catch (err) {
       return Promise.reject(err);
@@ -290,7 +326,7 @@ export class Producer {
     const done = new Promise<SendResult[]>((resolve, reject) => (owner = new ArrayOwner(count, resolve, reject)));
     for (let i = 0; i < count; i++) {
       if (this.mustWait(sizes[i]!)) this.park(channels[i]!, inputs[i]!, sizes[i]!, owner, null, i);
-      else this.enqueue(channels[i]!, inputs[i]!, sizes[i]!, owner, null, i, -1);
+      else this.enqueue(channels[i]!, inputs[i]!, sizes[i]!, owner, null, i, -1, this.broadcastsIssued);
     }
     return done;
   }
@@ -334,7 +370,7 @@ export class Producer {
 
   /** A message that found the buffer full (or others waiting): queued in send order until there is room. */
   private park(channel: number, input: MessageInput, size: number, owner: Owner | ((result: SendResult) => void), reject: ((err: Error) => void) | null, slot: number): void {
-    this.parked.push({ channel, input, size, owner, reject, slot, since: performance.now() });
+    this.parked.push({ channel, input, size, owner, reject, slot, since: performance.now(), epoch: this.broadcastsIssued });
   }
 
   /**
@@ -352,7 +388,7 @@ export class Producer {
         const p = this.parked[this.parkedHead]!;
         if (!this.hasRoom(p.size)) break;
         this.parked[this.parkedHead++] = undefined!;
-        this.enqueue(p.channel, p.input, p.size, p.owner, p.reject, p.slot, p.since);
+        this.enqueue(p.channel, p.input, p.size, p.owner, p.reject, p.slot, p.since, p.epoch);
       }
     } finally {
       this.unparking = false;
@@ -367,12 +403,12 @@ export class Producer {
     if (this.idleWaiters.length > 0) for (let c = 0; c < this.channels.length; c++) this.seal(c);
   }
 
-  /** Adds a message to its channel's open batch; `since` is when it was parked, -1 when it is sent now. */
-  private enqueue(channel: number, input: MessageInput, size: number, owner: Owner | ((result: SendResult) => void), reject: ((err: Error) => void) | null, slot: number, since: number): void {
+  /** Adds a message to its channel's open batch; `since` is when it was parked, -1 when it is sent now; `epoch` as OpenBatch's. */
+  private enqueue(channel: number, input: MessageInput, size: number, owner: Owner | ((result: SendResult) => void), reject: ((err: Error) => void) | null, slot: number, since: number, epoch: number): void {
     const state = this.channels[channel]!;
-    const open = (state.open ??= newOpenBatch());
-    if (open.messages.length > 0 && open.bytes + size > this.options.batchBytesMax) this.seal(channel);
-    const batch = (state.open ??= newOpenBatch());
+    const open = (state.open ??= newOpenBatch(epoch));
+    if (open.messages.length > 0 && (open.bytes + size > this.options.batchBytesMax || open.epoch !== epoch)) this.seal(channel);
+    const batch = (state.open ??= newOpenBatch(epoch));
     if (batch.messages.length === 0) batch.since = since >= 0 ? since : performance.now();
     batch.messages.push(input);
     const runs = batch.runs;
@@ -381,20 +417,114 @@ export class Producer {
     else runs.push(owner, reject, slot, 1);
     batch.bytes += size;
     this.bufferedBytes += size;
-    if (batch.messages.length >= this.options.batchMessagesMax || batch.bytes >= this.options.batchBytesMax) this.seal(channel);
+    // A broadcast waits for it: no lingering.
+    if (batch.messages.length >= this.options.batchMessagesMax || batch.bytes >= this.options.batchBytesMax || epoch < this.broadcastsIssued) this.seal(channel);
     else if (batch.messages.length === 1) {
       batch.timer = this.options.lingerMs > 0 ? setTimeout(() => this.lingerDone(channel, batch), this.options.lingerMs) : nextTurn(() => this.lingerDone(channel, batch));
     }
   }
 
-  /** Sends one message to every channel of the topic. */
+  /** Sends one message to every channel of the topic; one result per channel. See broadcastBatch. */
   async broadcast(message: Omit<OutgoingMessage, 'channel'>): Promise<SendResult[]> {
-    if (this.closing) throw new WaymarkError('CLIENT_CLOSED', 'the producer is closed');
-    const msgId = message.msgId ? msgIdFromHex(message.msgId) : this.ids.next();
-    if (!msgId) throw new WaymarkError('INVALID_ARGUMENT', 'msgId must be 32 hex digits');
-    const { batch } = encodeBatch([{ msgId, key: message.key ?? null, headers: message.headers, body: message.body }], { codec: this.codec() });
-    const reply = await this.connection.request({ produce: { topic: this.topic, channel: 0, batch, broadcast: true } });
-    return (reply.produceOk?.appends ?? []).map((a) => ({ msgId: msgIdToHex(msgId), channel: a.channel ?? 0, offset: a.baseOffset ?? 0, brokerTimestamp: a.brokerTimestamp ?? 0, duplicate: !!a.duplicate }));
+    return (await this.broadcastBatch([message]))[0]!;
+  }
+
+  /**
+   * Sends each message to every channel of the topic: per message, one result per channel (in
+   * channel order). The messages are checked during the call: a bad one (with its index) rejects
+   * the call and none of them is sent. They go as few batches as the batch limits allow, after
+   * every message sent before this call and before any sent after it (see the file comment),
+   * and are resent on reconnect like any batch: each ends on every channel exactly once.
+   */
+  broadcastBatch(messages: readonly Omit<OutgoingMessage, 'channel'>[]): Promise<SendResult[][]> {
+    if (!Array.isArray(messages)) return Promise.reject(new WaymarkError('INVALID_ARGUMENT', `broadcastBatch takes an array of messages, not ${messages === null ? 'null' : typeof messages}`));
+    const encoded: Array<{ bytes: Uint8Array; msgIds: Uint8Array; count: number }> = [];
+    try {
+      if (this.closing) throw new WaymarkError('CLIENT_CLOSED', 'the producer is closed');
+      const inputs = messages.map((m, i) => this.input(m, i));
+      const lane = this.broadcastLane;
+      for (let first = 0; first < inputs.length; ) {
+        let bytes = 0;
+        let end = first;
+        while (end < inputs.length && end - first < this.options.batchMessagesMax && (end === first || bytes + sizeOf(messages[end]!) <= this.options.batchBytesMax)) bytes += sizeOf(messages[end++]!);
+        const chunk = inputs.slice(first, end);
+        if (lane.sequence + chunk.length - 1 > sequenceMax) {
+          lane.producerId = newProducerId();
+          lane.sequence = 0;
+        }
+        const batch = encodeBatch(chunk, { producerId: lane.producerId, producerSequence: lane.sequence, codec: this.codec(), msgIds: this.ids, checked: true });
+        lane.sequence += chunk.length;
+        encoded.push({ bytes: batch.batch, msgIds: batch.packedMsgIds, count: chunk.length });
+        first = end;
+      }
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (encoded.length === 0) return Promise.resolve([]);
+    // What was sent before goes now (it must be acknowledged before the broadcast can go).
+    for (let c = 0; c < this.channels.length; c++) this.seal(c);
+    const parts = encoded.map(
+      ({ bytes, msgIds, count }) =>
+        new Promise<SendResult[][]>((resolve, reject) => {
+          this.broadcasts.push({ bytes, msgIds, count, epoch: this.broadcastsIssued++, state: 'waiting', since: performance.now(), resolve, reject });
+        }),
+    );
+    this.pumpBroadcast();
+    return Promise.all(parts).then((results) => results.flat());
+  }
+
+  /** Sends the next broadcast once everything sent before it is acknowledged (and nothing of later epochs has gone). */
+  private pumpBroadcast(): void {
+    const head = this.broadcasts[0];
+    if (!head || head.state !== 'waiting') return;
+    if (this.parkedHead < this.parked.length && this.parked[this.parkedHead]!.epoch <= head.epoch) return;
+    for (const state of this.channels) {
+      if (state.inflight.length > 0) return;
+      if (state.ready.length > 0 && state.ready[0]!.epoch <= head.epoch) return;
+      if (state.open && state.open.messages.length > 0 && state.open.epoch <= head.epoch) return;
+    }
+    this.transmitBroadcast(head);
+  }
+
+  private transmitBroadcast(b: BroadcastBatch): void {
+    if (!this.connection.isConnected && this.connection.willReconnect) {
+      b.state = 'held'; // sent on reconnect (resendAll), or failed by deliveryTimeoutMs
+      this.armExpiry();
+      return;
+    }
+    b.state = 'sent';
+    this.connection.request({ produce: { topic: this.topic, channel: 0, batch: b.bytes, broadcast: true } }).then(
+      (reply) => {
+        const hex = packedMsgIdsToHex(b.msgIds);
+        const appends = reply.produceOk?.appends ?? [];
+        const results: SendResult[][] = [];
+        for (let i = 0; i < b.count; i++) {
+          const msgId = hex.slice(i * 32, i * 32 + 32);
+          results.push(appends.map((a) => ({ msgId, channel: a.channel ?? 0, offset: (a.baseOffset ?? 0) + i, brokerTimestamp: a.brokerTimestamp ?? 0, duplicate: !!a.duplicate })));
+        }
+        this.broadcastDone(b);
+        b.resolve(results);
+      },
+      (err: WaymarkError) => {
+        // Lost with the connection (or timed out, which drops it): kept and resent as the same bytes.
+        if ((err.code === 'CONNECTION_LOST' || err.code === 'TIMEOUT') && this.connection.willReconnect) {
+          b.state = 'held';
+          this.armExpiry();
+          return;
+        }
+        this.broadcastDone(b);
+        b.reject(err);
+      },
+    );
+  }
+
+  /** The first broadcast is done (acknowledged or failed): what was sent after it may go. */
+  private broadcastDone(b: BroadcastBatch): void {
+    if (this.broadcasts[0] === b) this.broadcasts.shift();
+    this.broadcastsDone++;
+    for (let c = 0; c < this.channels.length; c++) this.pump(c);
+    this.pumpBroadcast();
+    if (this.isIdle()) for (const resolve of this.idleWaiters.splice(0)) resolve();
   }
 
   private codec(): ReturnType<typeof nodeCodec> {
@@ -439,16 +569,18 @@ export class Producer {
     } catch (err) {
       this.release(open.bytes);
       failRuns(open, err as Error);
+      if (this.broadcasts.length > 0) this.pumpBroadcast(); // it may have waited for this batch
       return;
     }
     state.sequence += open.messages.length;
-    state.ready.push({ channel, bytes, bufferedBytes: open.bytes, msgIds, runs: open.runs, sent: false, since: open.since });
+    state.ready.push({ channel, bytes, bufferedBytes: open.bytes, msgIds, runs: open.runs, sent: false, since: open.since, epoch: open.epoch });
     this.pump(channel);
   }
 
   private pump(channel: number): void {
     const state = this.channels[channel]!;
-    while (state.ready.length > 0 && state.inflight.length < this.options.inflightBatchesMax) {
+    // A batch of a later epoch waits for the broadcasts before it.
+    while (state.ready.length > 0 && state.inflight.length < this.options.inflightBatchesMax && state.ready[0]!.epoch <= this.broadcastsDone) {
       const batch = state.ready.shift()!;
       state.inflight.push(batch);
       this.transmit(batch);
@@ -510,6 +642,7 @@ export class Producer {
     if (index >= 0) state.inflight.splice(index, 1);
     this.release(batch.bufferedBytes);
     this.pump(batch.channel);
+    if (this.broadcasts.length > 0) this.pumpBroadcast();
     if (this.isIdle()) for (const resolve of this.idleWaiters.splice(0)) resolve();
   }
 
@@ -533,6 +666,7 @@ export class Producer {
       if (state.ready.length > 0) oldest = Math.min(oldest, state.ready[0]!.since);
       if (state.open && state.open.messages.length > 0) oldest = Math.min(oldest, state.open.since);
     }
+    for (const b of this.broadcasts) if (b.state !== 'sent') oldest = Math.min(oldest, b.since);
     if (oldest === Infinity) return;
     this.expiryTimer = setTimeout(() => this.expire(), Math.max(0, oldest + timeout - performance.now()));
   }
@@ -571,6 +705,13 @@ export class Producer {
         failRuns(open, err());
       }
     }
+    // Broadcasts not on the wire, oldest first (each done lets the next and later sends go).
+    this.pumpBroadcast();
+    while (this.broadcasts.length > 0 && this.broadcasts[0]!.state !== 'sent' && this.broadcasts[0]!.since <= before) {
+      const b = this.broadcasts[0]!;
+      this.broadcastDone(b);
+      b.reject(err());
+    }
     if (this.isIdle()) for (const resolve of this.idleWaiters.splice(0)) resolve();
     if (!this.connection.isConnected) this.armExpiry();
   }
@@ -582,6 +723,11 @@ export class Producer {
   private failHeld(err: WaymarkError): void {
     this.disarmExpiry();
     for (const state of this.channels) this.failHeldBatches(state, () => true, () => err);
+    while (this.broadcasts.length > 0 && this.broadcasts[0]!.state !== 'sent') {
+      const b = this.broadcasts[0]!;
+      this.broadcastDone(b);
+      b.reject(err);
+    }
   }
 
   /** Fails the channel's batches held for a resend (in flight, not on the wire) that `which` picks. */
@@ -593,11 +739,16 @@ export class Producer {
   }
 
   private resendAll(): void {
+    // Held channel batches and a held broadcast are never out together (a broadcast goes
+    // alone: see pumpBroadcast), so resending each in its own order keeps the order they went in.
     for (const state of this.channels) for (const batch of state.inflight) if (!batch.sent) this.transmit(batch);
+    const head = this.broadcasts[0];
+    if (head?.state === 'held') this.transmitBroadcast(head);
+    else this.pumpBroadcast();
   }
 
   private isIdle(): boolean {
-    return this.parkedHead === this.parked.length && this.channels.every((s) => !s.open && s.ready.length === 0 && s.inflight.length === 0);
+    return this.parkedHead === this.parked.length && this.broadcasts.length === 0 && this.channels.every((s) => !s.open && s.ready.length === 0 && s.inflight.length === 0);
   }
 
   /**
@@ -626,8 +777,8 @@ export class Producer {
 const nextTurn: (fn: () => void) => ReturnType<typeof setTimeout> =
   typeof setImmediate === 'function' ? (fn) => setImmediate(fn) as unknown as ReturnType<typeof setTimeout> : (fn) => setTimeout(fn, 0);
 
-function newOpenBatch(): OpenBatch {
-  return { messages: [], runs: [], bytes: 0, timer: null, due: false, since: 0 };
+function newOpenBatch(epoch: number): OpenBatch {
+  return { messages: [], runs: [], bytes: 0, timer: null, due: false, since: 0, epoch };
 }
 
 /**

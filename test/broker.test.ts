@@ -236,6 +236,7 @@ describe('broker: SDK round trips against a real broker process', function () {
     await consumer.seek({ timestamp: 0 });
     assert.equal((await take(consumer, 1))[0]!.offset, 0, 'time 0: from the earliest');
     assert.equal((await rejection(consumer.seek({ timestamp: -5 }))).code, 'INVALID_ARGUMENT');
+    for (const bad of [null, 'newest', {}] as unknown[]) assert.equal((await rejection(consumer.seek(bad as 'latest'))).code, 'INVALID_ARGUMENT', `seek(${JSON.stringify(bad)})`);
     assert.equal((await take(consumer, 1))[0]!.offset, 1, 'a refused seek moves nothing');
     await consumer.seek('latest');
     const fresh = await producer.send({ body: 'after latest' });

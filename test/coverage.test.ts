@@ -101,6 +101,18 @@ describe('coverage: SDK and HTTP against a real broker', function () {
     const fromZero = await packs(consumer, all.length);
     assert.deepEqual(fromZero.msgs.map(where).sort(), all.map((r) => `${r.channel}:${r.offset}`).sort());
     assert.equal(fromZero.packs[0]!.beginTs, 0);
+
+    // 'earliest' and 'latest' as the consumer takes them; anything else a typed error, nothing moved (helper-32: a TypeError).
+    await consumer.seek('earliest');
+    assert.deepEqual((await packs(consumer, all.length)).msgs.map(where).sort(), all.map((r) => `${r.channel}:${r.offset}`).sort());
+    for (const bad of [null, 'newest', 7, {}] as unknown[]) {
+      const err = await rejection(consumer.seek(bad as 'latest'));
+      assert.equal(err.code, 'INVALID_ARGUMENT', String(bad));
+      assert.match(err.message, /^seek takes \{positions\}, \{timestamp\}, 'earliest' or 'latest', not /);
+    }
+    await consumer.seek('latest');
+    const newest = await stream.produce({ msgs: [{ body: 'newest', channel: 1 }] });
+    assert.deepEqual((await packs(consumer, 1)).msgs.map(where), newest.map((r) => `${r.channel}:${r.offset}`), 'only what came after the seek');
     await consumer.close();
     await stream.close();
   });

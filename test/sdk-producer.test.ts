@@ -1,9 +1,19 @@
 /** The SDK producer at its edges: options, batch sizes, sequence numbers, a connection that goes silent, msgStream packs. */
 import { strict as assert } from 'node:assert';
 import * as net from 'node:net';
+import { encodeBatch } from '../engine/format/record-batch';
+import type { Connection } from '../sdk/client';
 import { connect, type Client, type Producer } from '../sdk/index';
 import { brokerForSuite, take, text } from './broker-helpers';
 import { rejection } from './helpers';
+
+/** Every message of a topic's channel, as text, through a throwaway group. */
+async function readChannel(client: Client, topic: string, channel: number, count: number): Promise<string[]> {
+  const consumer = await client.consumer({ topic, group: `read-${Math.random()}`, start: 'earliest', channels: [channel], autoCommitIntervalMs: 0 });
+  const messages = await take(consumer, count);
+  await consumer.close();
+  return messages.map(text);
+}
 
 /** The producer's per-channel state (white-box: a sequence of 2^31 takes two billion messages to reach). */
 function channelState(producer: Producer, channel: number): { producerId: number; sequence: number } {
@@ -108,6 +118,89 @@ describe('sdk producer: options, sizes and sequences', function () {
     assert.deepEqual(results.map((r) => r.msgId), ids, 'in the pack\'s order');
     assert.deepEqual(results.map((r) => r.offset), [2, 1, 0], 'stored in the repack\'s order, from offset 0: nothing of the refused pack');
     await stream.close();
+  });
+});
+
+// helper-32: a broadcast went as one request with no producer id and was not resent, so a
+// broker crash could leave it on some channels only (the caller's retry then doubled it on
+// the others); it skipped the queue of sends made before it; a pack with a bad message stored
+// the good ones on every channel.
+describe('sdk producer: broadcasts', function () {
+  this.timeout(60_000);
+  const { broker, client: opened } = brokerForSuite();
+
+  it('lands after every message sent before it and before every message sent after it, on every channel, with no await in between', async () => {
+    const client = opened();
+    await client.admin.createTopic('bcast-order', { channels: 3 });
+    const producer = await client.producer({ topic: 'bcast-order', lingerMs: 20 }); // sends linger: the broadcast must not overtake them
+    const sends: Array<Promise<unknown>> = [];
+    for (let c = 0; c < 3; c++) sends.push(producer.send({ channel: c, body: `before-${c}` }));
+    sends.push(producer.broadcast({ body: 'tick-1' }));
+    for (let c = 0; c < 3; c++) sends.push(producer.send({ channel: c, body: `after-${c}` }));
+    sends.push(producer.broadcast({ body: 'tick-2' }));
+    for (let c = 0; c < 3; c++) sends.push(producer.send({ channel: c, body: `last-${c}` }));
+    await Promise.all(sends);
+    for (let c = 0; c < 3; c++) assert.deepEqual(await readChannel(client, 'bcast-order', c, 5), [`before-${c}`, 'tick-1', `after-${c}`, 'tick-2', `last-${c}`], `channel ${c}`);
+    await producer.close();
+  });
+
+  it('msgStream.broadcast checks the whole pack first: a bad message (named by its index) sends none; a good pack gives per message one result per channel', async () => {
+    const client = opened();
+    await client.admin.createTopic('bcast-check', { channels: 2 });
+    const stream = client.msgStream();
+    await stream.asProducer('bcast-check');
+    const err = await rejection(stream.broadcast({ msgs: [{ body: 'ok' }, { body: 'big', key: 'x'.repeat(5000) }] }));
+    assert.equal(err.code, 'KEY_TOO_LARGE');
+    assert.match(err.message, /message 1/);
+    const results = await stream.broadcast({ msgs: [{ body: 'one' }, { body: 'two' }] });
+    assert.deepEqual(results.map((perChannel) => perChannel.map((r) => [r.channel, r.offset])), [[[0, 0], [1, 0]], [[0, 1], [1, 1]]], 'offsets from 0: nothing of the refused pack was stored');
+    assert.equal(results[0]![0]!.msgId, results[0]![1]!.msgId, 'one msgId per message, on every channel');
+    await stream.close();
+  });
+
+  it('a broadcast whose reply is lost is resent on reconnect and answered as stored: once on every channel', async () => {
+    const proxy = await silentProxy(broker.port);
+    try {
+      const client = await connect(`ws://127.0.0.1:${proxy.port}/v1/ws`, { requestTimeoutMs: 300, reconnectDelayMs: 20, heartbeatMs: 0 });
+      await client.admin.createTopic('bcast-lost', { channels: 3 });
+      const producer = await client.producer({ topic: 'bcast-lost' });
+      const reconnected = new Promise<void>((resolve) => client.on('reconnect', () => resolve()));
+      proxy.mute('replies'); // the broadcast reaches the broker and is stored; its reply is lost
+      const results = await producer.broadcast({ body: 'tick' }); // failed with TIMEOUT before, and a retry doubled it
+      await reconnected;
+      assert.deepEqual(results.map((r) => [r.channel, r.offset, r.duplicate]), [[0, 0, true], [1, 0, true], [2, 0, true]]);
+      assert.equal((await producer.send({ channel: 1, body: 'after' })).offset, 1);
+      for (let c = 0; c < 3; c++) assert.deepEqual(await readChannel(opened(), 'bcast-lost', c, c === 1 ? 2 : 1), c === 1 ? ['tick', 'after'] : ['tick']);
+      await producer.close();
+      client.close();
+    } finally {
+      proxy.close();
+    }
+  });
+
+  it('a broadcast the broker refuses fails alone: the sends queued behind it go on (they do not wait for it for ever)', async () => {
+    const client = opened();
+    await client.admin.createTopic('bcast-refused', { channels: 2 });
+    const producer = await client.producer({ topic: 'bcast-refused' });
+    await producer.send({ body: 'first' });
+    await client.admin.deleteTopic('bcast-refused');
+    const broadcast = producer.broadcast({ body: 'tick' });
+    const after = producer.send({ channel: 0, body: 'after' });
+    assert.equal((await rejection(broadcast)).code, 'TOPIC_NOT_FOUND');
+    assert.equal((await rejection(after)).code, 'TOPIC_NOT_FOUND', 'sent once the broadcast was done, and answered');
+    await producer.flush(); // idle: nothing left waiting
+  });
+
+  it('the broker completes a broadcast cut short (stored on some channels) when it comes again: duplicate where it was, stored where it was not', async () => {
+    const client = opened();
+    await client.admin.createTopic('bcast-partial', { channels: 3 });
+    const connection = (client as unknown as { connection: Connection }).connection;
+    const { batch } = encodeBatch([{ body: 'tick' }], { producerId: 4242, producerSequence: 0 });
+    // What a crash between the channels' appends leaves: the batch on channel 1 only.
+    await connection.produce('bcast-partial', 1, batch.slice());
+    const reply = await connection.request({ produce: { topic: 'bcast-partial', channel: 0, batch: batch.slice(), broadcast: true } });
+    assert.deepEqual(reply.produceOk?.appends?.map((a) => [a.channel, a.baseOffset ?? 0, !!a.duplicate]), [[0, 0, false], [1, 0, true], [2, 0, false]]);
+    for (let c = 0; c < 3; c++) assert.deepEqual(await readChannel(client, 'bcast-partial', c, 1), ['tick']);
   });
 });
 
