@@ -360,7 +360,11 @@ export class Subscription {
     for (;;) {
       let t = Infinity;
       for (const cursor of cursors) {
-        if (cursor.next >= cursor.spans.length && !cursor.done && !(await refill(cursor))) return;
+        // Until it has a batch or is at its end: a read whose batches were all passed over
+        // (stamped before the channel's notBefore) left it without a head, and the merge took a
+        // later millisecond of another channel first — a pack then held a message past its endTs,
+        // and the next pack a message before its beginTs (helper-32).
+        while (cursor.next >= cursor.spans.length && !cursor.done) if (!(await refill(cursor))) return;
         const head = cursor.spans[cursor.next];
         if (head) t = Math.min(t, timeOf(head));
       }

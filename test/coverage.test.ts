@@ -134,6 +134,29 @@ describe('coverage: SDK and HTTP against a real broker', function () {
     await stream.close();
   });
 
+  it('msgStream packs after a seek to a time still ahead: a channel whose first reads are all passed over does not let another channel\'s later message into a pack (it came out of its pack\'s range, and out of order)', async () => {
+    await client.admin.createTopic('ms-ahead', { channels: 2 });
+    const stream = client.msgStream();
+    await stream.asProducer('ms-ahead');
+    const consumer = client.msgStream();
+    // A window of one message and 3,000 bytes: each read of a channel takes ~1,500 bytes (3 of the messages below).
+    await consumer.asConsumer('ms-ahead', 'ahead', { start: 'latest', tickIntervalMs: 10, prefetchMessages: 1, prefetchBytes: 3000 });
+    const at = Date.now() + 300;
+    await consumer.seek({ timestamp: at });
+    // Stamped before the time sought: passed over, 4 reads' worth on channel 0.
+    for (let i = 0; i < 12; i++) await stream.produce({ msgs: [{ channel: 0, body: `${'skip'.repeat(120)}${i}` }] });
+    while (Date.now() <= at + 5) await new Promise((resolve) => setTimeout(resolve, at + 6 - Date.now())); // the broker's clock past the time sought
+    const [a] = await stream.produce({ msgs: [{ channel: 0, body: 'A' }] });
+    while (Date.now() <= a!.brokerTimestamp) await new Promise((resolve) => setImmediate(resolve)); // B in a later millisecond
+    const [b] = await stream.produce({ msgs: [{ channel: 1, body: 'B' }] });
+    assert.ok(a!.brokerTimestamp >= at && b!.brokerTimestamp > a!.brokerTimestamp);
+    const got = await packs(consumer, 2);
+    assert.deepEqual(got.msgs.map(where), [`0:${a!.offset}`, `1:${b!.offset}`], 'A then B, nothing passed over');
+    for (const pack of got.packs) for (const m of pack.msgs) assert.ok(m.brokerTimestamp > pack.beginTs && m.brokerTimestamp <= pack.endTs, `${m.brokerTimestamp} in (${pack.beginTs}, ${pack.endTs}]`);
+    await consumer.close();
+    await stream.close();
+  });
+
   it('msgStream packs under a small credit: a millisecond holding more than the credit is asked for and comes; packs chain, lose and repeat nothing', async () => {
     await client.admin.createTopic('ms-credit', { channels: 3 });
     const producer = await client.producer({ topic: 'ms-credit', batchMessagesMax: 1 }); // one message per batch: packs can be cut anywhere
