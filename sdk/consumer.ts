@@ -98,6 +98,13 @@ export class Consumer implements AsyncIterable<Message> {
   private commitTimer: ReturnType<typeof setInterval> | null = null;
   private readonly options: Required<Omit<ConsumerOptions, 'channels' | 'start'>> & Pick<ConsumerOptions, 'channels' | 'start'>;
   private readonly stopListening: Array<() => void> = [];
+  /**
+   * A start or seek by a broker time, and the channels that have handed out nothing since.
+   * The broker passes over what such a channel gets stamped before that time (a time still
+   * ahead when it was placed); a resubscribe (after a reconnect) places those channels by the
+   * time again, not at their offsets, or what it passes over came after all (helper-32).
+   */
+  private timeSought: { timestamp: number; pending: Set<number> } | null = null;
 
   constructor(
     private readonly connection: Connection,
@@ -117,7 +124,9 @@ export class Consumer implements AsyncIterable<Message> {
 
   /** Subscribes (called by client.consumer()). */
   async start(): Promise<void> {
-    await this.subscribe(this.options.start ?? 'committed');
+    const start = this.options.start ?? 'committed';
+    await this.subscribe(start);
+    if (typeof start === 'object' && 'timestamp' in start && start.timestamp > 0) this.timeSought = { timestamp: start.timestamp, pending: new Set(this.delivered.keys()) };
     this.stopListening.push(this.connection.on('reconnect', () => void this.resubscribe()));
     // Without reconnect nothing more will come: what was received goes out, then CONNECTION_LOST.
     this.stopListening.push(this.connection.on('disconnect', () => this.connectionGone()));
@@ -175,10 +184,15 @@ export class Consumer implements AsyncIterable<Message> {
     if (this.closed) return;
     this.dropQueued();
     this.extra = [0, 0]; // a new subscription starts with the window alone
+    // Channels still waiting for a time sought go by that time again (see timeSought).
+    const delivered = this.delivered;
+    const byTime = this.timeSought ? [...this.timeSought.pending].filter((channel) => delivered.has(channel)) : [];
+    const soughtAt = byTime.length > 0 ? this.timeSought!.timestamp : 0;
+    const atOffsets = (channels: readonly number[]): Record<number, number> => Object.fromEntries([...delivered].filter(([channel]) => !channels.includes(channel)));
     try {
       // In the reconnect's own turn (a seek made right after goes to the new subscription).
       try {
-        await this.subscribe({ offsets: Object.fromEntries(this.delivered) });
+        await this.subscribe({ offsets: atOffsets(byTime) }, byTime.length > 0 ? { timestamp: soughtAt, channels: byTime } : null);
       } catch (err) {
         if ((err as WaymarkError).code !== 'OFFSET_OUT_OF_RANGE' || this.closed) throw err;
         // The broker came back with less than it had handed out (sync none/interval and a
@@ -191,8 +205,11 @@ export class Consumer implements AsyncIterable<Message> {
         if (this.closed) return; // closed meanwhile: no subscription left behind on the broker
         let after = Infinity;
         for (const channel of lost) after = Math.min(after, this.lastTimestamp.get(channel) ?? 0);
-        const kept = [...this.delivered].filter(([channel]) => !lost.includes(channel));
-        await this.subscribe({ offsets: Object.fromEntries(kept) }, { timestamp: after > 0 && after < Infinity ? after + 1 : 0, channels: lost });
+        // One start time for both kinds: the earlier (at worst a message comes twice, none is skipped).
+        let timestamp = after > 0 && after < Infinity ? after + 1 : 0;
+        if (soughtAt > 0) timestamp = timestamp > 0 ? Math.min(timestamp, soughtAt) : soughtAt;
+        const channels = [...new Set([...lost, ...byTime])];
+        await this.subscribe({ offsets: atOffsets(channels) }, { timestamp, channels });
       }
     } catch (err) {
       // Lost again before the reply: the next reconnect subscribes again from the same place.
@@ -312,6 +329,7 @@ export class Consumer implements AsyncIterable<Message> {
     this.lastTaken = null;
     this.deliveredMap.set(m.channel, m.offset + 1);
     this.deliveredEpochMap.set(m.channel, this.lastTakenEpoch);
+    this.timeSought?.pending.delete(m.channel);
     this.lastTimestampMap.set(m.channel, m.brokerTimestamp);
   }
 
@@ -535,6 +553,10 @@ export class Consumer implements AsyncIterable<Message> {
       throw err;
     }
     this.applySeek(reply, epoch);
+    if (this.epoch === epoch) {
+      const timestamp = typeof request.timestamp === 'number' ? request.timestamp : 0;
+      this.timeSought = timestamp > 0 ? { timestamp, pending: new Set((reply.seekOk?.positions ?? []).map((p) => p.channel ?? 0)) } : null;
+    }
   }
 
   /** A seek to offsets after a refused one (see seek); its own failure fails the consumer. */
@@ -543,6 +565,7 @@ export class Consumer implements AsyncIterable<Message> {
     this.dropBufferedForSeek();
     try {
       this.applySeek(await this.connection.request({ seek: { subscription: this.subscription, positions: offsetPositions(offsets), epoch } }), epoch);
+      if (this.epoch === epoch) this.timeSought = null; // the broker's subscription stands at offsets now
     } catch (err) {
       if (!lostOrClosed(err) && !this.closed) this.fail(err as Error);
     }

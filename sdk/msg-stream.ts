@@ -53,7 +53,13 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   private repack: RepackFunc | null = null;
   /** `topicCreatedAt`: which topic of the name it reads (SubscribeOk), sent with commits and resubscribes (see Consumer). */
   private consuming: { topic: string; group: string; subscription: number; channels: number[]; tickIntervalMs: number; topicCreatedAt: number } | null = null;
-  private resume: { positions: Map<number, number>; beginTs: number } = { positions: new Map(), beginTs: 0 };
+  /**
+   * Where a resubscribe starts: after the last pack handed out (its end positions and time),
+   * or, while no pack has been handed out since a start or seek by time (`byTime`), by that
+   * time again for every channel — at positions, what the broker passes over because it was
+   * stamped before a time still ahead would come after all (helper-32).
+   */
+  private resume: { positions: Map<number, number>; beginTs: number; byTime: boolean } = { positions: new Map(), beginTs: 0, byTime: false };
   /** The epoch of the last pack handed out (resume moved in it). */
   private resumeEpoch = 0;
   private stopPush: (() => void) | null = null;
@@ -139,7 +145,8 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     else if (typeof start === 'object' && start !== null && 'positions' in start) request.positions = checkPositions(start.positions);
     else throw new WaymarkError('INVALID_ARGUMENT', `start must be "committed", "earliest", "latest", {positions} or {timestamp}, not ${JSON.stringify(start)}`);
     // The broker begins the first pack just before a start time, else at 0 (session.subscribe).
-    this.resume = { positions: new Map(), beginTs: typeof start === 'object' && 'timestamp' in start && start.timestamp > 0 ? start.timestamp - 1 : 0 };
+    const startTime = typeof start === 'object' && 'timestamp' in start && start.timestamp > 0 ? start.timestamp : 0;
+    this.resume = { positions: new Map(), beginTs: Math.max(0, startTime - 1), byTime: startTime > 0 };
     this.consuming = { topic, group: subName, subscription: 0, channels: options.channels ?? [], tickIntervalMs: options.tickIntervalMs ?? 0, topicCreatedAt: 0 };
     try {
       await this.subscribe(request);
@@ -211,13 +218,14 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     if (this.closed || this.failed || !this.consuming) return;
     this.packs.length = 0; // from the dead subscription, not handed out: they come again
     this.extra = [0, 0];
-    const { positions, beginTs } = this.resume;
+    const { positions, beginTs, byTime } = this.resume;
     const topic = this.consuming.topic;
     const gone = (): boolean => this.closed || this.consumerClosed;
     try {
       // In the reconnect's own turn (a seek made right after goes to the new subscription).
       try {
-        await this.subscribe({ positions: [...positions].map(([channel, offset]) => ({ channel, offset })), startTimestamp: beginTs > 0 ? beginTs + 1 : 0 });
+        // By time: no positions, every channel placed by the time sought (see resume).
+        await this.subscribe({ positions: byTime && beginTs > 0 ? [] : [...positions].map(([channel, offset]) => ({ channel, offset })), startTimestamp: beginTs > 0 ? beginTs + 1 : 0 });
       } catch (err) {
         if ((err as WaymarkError).code !== 'OFFSET_OUT_OF_RANGE' || gone()) throw err;
         // The broker came back with less than it had handed out: its lost offsets go to new
@@ -286,6 +294,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     if (!item) return null;
     for (const p of item.pack.endPositions) this.resume.positions.set(p.channel, p.offset);
     this.resume.beginTs = item.pack.endTs;
+    this.resume.byTime = false;
     this.resumeEpoch = this.epoch;
     const [messages, bytes] = item.credit;
     const keepMessages = Math.min(this.extra[0], messages);
@@ -385,7 +394,8 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     // The stream now stands where the seek put it (the broker's packBeginTs after a seek, in
     // session.seek), unless a pack of this seek was handed out already, or a newer seek was sent.
     if (this.epoch === epoch && this.resumeEpoch !== epoch) {
-      this.resume = { positions: new Map((reply.seekOk?.positions ?? []).map((p) => [p.channel ?? 0, p.offset ?? 0])), beginTs: typeof to === 'object' && 'timestamp' in to ? Math.max(0, to.timestamp - 1) : 0 };
+      const soughtAt = typeof to === 'object' && 'timestamp' in to ? to.timestamp : 0;
+      this.resume = { positions: new Map((reply.seekOk?.positions ?? []).map((p) => [p.channel ?? 0, p.offset ?? 0])), beginTs: Math.max(0, soughtAt - 1), byTime: soughtAt > 0 };
     }
   }
 

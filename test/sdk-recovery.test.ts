@@ -158,6 +158,61 @@ describe('sdk recovery: a msgStream pack consumer across a broker restart', func
   });
 });
 
+// helper-32: a start or seek by a time still ahead passes over what is stamped before it; a
+// resubscribe after a reconnect named every channel's offset, which the broker takes as is,
+// so what had been passed over came after all (in a pack whose range did not hold it).
+describe('sdk recovery: a time sought that is still ahead, across a broker restart', function () {
+  this.timeout(60_000);
+  const suite = brokerForSuite({ connectOptions: { reconnectDelayMs: 20 } });
+  const { broker } = suite;
+
+  /** Resolves once the broker's clock (≈ this one's) is past `at`. */
+  const until = async (at: number): Promise<void> => {
+    while (Date.now() <= at) await new Promise((resolve) => setTimeout(resolve, at + 1 - Date.now()));
+  };
+
+  it('msgStream: what was stamped before the time sought is still passed over after the reconnect', async () => {
+    const client = suite.client();
+    await client.admin.createTopic('ahead-ms', { channels: 2 });
+    const producing = client.msgStream();
+    await producing.asProducer('ahead-ms');
+    const consuming = client.msgStream();
+    await consuming.asConsumer('ahead-ms', 'g', { start: 'latest', tickIntervalMs: 10 });
+    const at = Date.now() + 2000;
+    await consuming.seek({ timestamp: at });
+    const [before] = await producing.produce({ msgs: [{ channel: 0, body: 'before' }] });
+    assert.ok(before!.brokerTimestamp < at);
+    await killAndLose(broker, client);
+    await startAndReconnect(broker, client);
+    await until(at);
+    await producing.produce({ msgs: [{ channel: 0, body: 'after-0' }, { channel: 1, body: 'after-1' }] });
+    const reader = readPacks(consuming);
+    await reader.until(2);
+    assert.deepEqual(reader.msgs.map(text).sort(), ['after-0', 'after-1']);
+    for (const pack of reader.packs) for (const m of pack.msgs) assert.ok(m.brokerTimestamp > pack.beginTs && m.brokerTimestamp <= pack.endTs, `${m.brokerTimestamp} in (${pack.beginTs}, ${pack.endTs}]`);
+    await consuming.close();
+    await producing.close();
+  });
+
+  it('consumer: the same, for the channels that handed out nothing since the seek; the others go on from their offsets', async () => {
+    const client = suite.client();
+    await client.admin.createTopic('ahead-c', { channels: 2 });
+    const producer = await client.producer({ topic: 'ahead-c' });
+    const consumer = await client.consumer({ topic: 'ahead-c', group: 'g', start: 'latest', autoCommitIntervalMs: 0 });
+    const at = Date.now() + 2000;
+    await consumer.seek({ timestamp: at });
+    await producer.send({ channel: 0, body: 'before' });
+    await killAndLose(broker, client);
+    await startAndReconnect(broker, client);
+    await until(at);
+    await producer.send({ channel: 0, body: 'after-0' });
+    await producer.send({ channel: 1, body: 'after-1' });
+    assert.deepEqual((await take(consumer, 2)).map(text).sort(), ['after-0', 'after-1']);
+    await consumer.close();
+    await producer.close();
+  });
+});
+
 describe('sdk recovery: connect() with a URL it cannot use', function () {
   this.timeout(60_000);
 
