@@ -22,11 +22,19 @@ import { checkChannels, checkPosition, checkSeekTarget, checkSeekTime, lostOrClo
 import { checkCount, checkMs } from './options';
 import { Pull } from './pull';
 import { decodeBatches, type Message } from './messages';
+import { packBeginOf } from '../protocol/positions';
 import { Producer, type OutgoingMessage, type SendResult } from './producer';
 
 export interface MsgPosition {
   channel: number;
   offset: number;
+  /**
+   * The broker time the position stands at: a pack's beginTs in its startPositions, its endTs
+   * in its endPositions (as Milvus' MsgPosition carries its time tick). A seek or start at
+   * positions that all carry the same time goes on with a pack beginning there; committed,
+   * it is kept with the group's position. Optional (0: none).
+   */
+  timestamp?: number;
 }
 
 export interface MsgPack {
@@ -144,9 +152,11 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     else if (typeof start === 'object' && start !== null && 'timestamp' in start) request.startTimestamp = checkSeekTime(start.timestamp);
     else if (typeof start === 'object' && start !== null && 'positions' in start) request.positions = checkPositions(start.positions);
     else throw new WaymarkError('INVALID_ARGUMENT', `start must be "committed", "earliest", "latest", {positions} or {timestamp}, not ${JSON.stringify(start)}`);
-    // The broker begins the first pack just before a start time, else at 0 (session.subscribe).
+    // The broker begins the first pack just before a start time, at the time positions all
+    // carry (packBeginOf), else at 0 (session.open; a committed start: from the reply's pack).
     const startTime = typeof start === 'object' && 'timestamp' in start && start.timestamp > 0 ? start.timestamp : 0;
-    this.resume = { positions: new Map(), beginTs: Math.max(0, startTime - 1), byTime: startTime > 0 };
+    const positionsTime = Array.isArray(request.positions) ? packBeginOf(request.positions as MsgPosition[]) : 0;
+    this.resume = { positions: new Map(), beginTs: startTime > 0 ? startTime - 1 : positionsTime, byTime: startTime > 0 };
     this.consuming = { topic, group: subName, subscription: 0, channels: options.channels ?? [], tickIntervalMs: options.tickIntervalMs ?? 0, topicCreatedAt: 0 };
     try {
       await this.subscribe(request);
@@ -282,8 +292,8 @@ export class MsgStream implements AsyncIterable<MsgPack> {
       beginTs: p.beginTs ?? 0,
       endTs: p.endTs ?? 0,
       msgs,
-      startPositions: (p.channels ?? []).map((c) => ({ channel: c.channel ?? 0, offset: c.startOffset ?? 0 })),
-      endPositions: (p.channels ?? []).map((c) => ({ channel: c.channel ?? 0, offset: c.endOffset ?? 0 })),
+      startPositions: (p.channels ?? []).map((c) => ({ channel: c.channel ?? 0, offset: c.startOffset ?? 0, timestamp: p.beginTs ?? 0 })),
+      endPositions: (p.channels ?? []).map((c) => ({ channel: c.channel ?? 0, offset: c.endOffset ?? 0, timestamp: p.endTs ?? 0 })),
     };
     this.packs.push({ pack, credit: [records, bytes] });
     this.pull.wake(() => this.takePack());
@@ -370,7 +380,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
       typeof to === 'string'
         ? { to }
         : 'positions' in to
-          ? { positions: withOthers(checkPositions(to.positions), this.resume.positions) }
+          ? { positions: withOthers(checkPositions(to.positions), this.resume.positions, this.resume.beginTs) }
           : checkSeekTime(to.timestamp) > 0
             ? { timestamp: to.timestamp }
             : { to: 'earliest' };
@@ -395,7 +405,8 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     // session.seek), unless a pack of this seek was handed out already, or a newer seek was sent.
     if (this.epoch === epoch && this.resumeEpoch !== epoch) {
       const soughtAt = typeof to === 'object' && 'timestamp' in to ? to.timestamp : 0;
-      this.resume = { positions: new Map((reply.seekOk?.positions ?? []).map((p) => [p.channel ?? 0, p.offset ?? 0])), beginTs: Math.max(0, soughtAt - 1), byTime: soughtAt > 0 };
+      const beginTs = soughtAt > 0 ? soughtAt - 1 : 'positions' in where && where.positions ? packBeginOf(where.positions) : 0; // as the broker's (session.seek)
+      this.resume = { positions: new Map((reply.seekOk?.positions ?? []).map((p) => [p.channel ?? 0, p.offset ?? 0])), beginTs, byTime: soughtAt > 0 };
     }
   }
 
@@ -416,11 +427,13 @@ export class MsgStream implements AsyncIterable<MsgPack> {
 /** Positions as the protocol takes them; a negative or fractional offset is INVALID_ARGUMENT (it went out as a wrapped 64-bit number). */
 function checkPositions(positions: MsgPosition[]): MsgPosition[] {
   if (!Array.isArray(positions)) throw new WaymarkError('INVALID_ARGUMENT', 'positions: an array of {channel, offset}');
-  for (const p of positions as unknown[]) {
+  return (positions as unknown[]).map((p) => {
     if (typeof p !== 'object' || p === null) throw new WaymarkError('INVALID_ARGUMENT', `positions: ${JSON.stringify(p)} is not a {channel, offset}`);
-    checkPosition((p as MsgPosition).channel, (p as MsgPosition).offset, 'positions');
-  }
-  return positions;
+    const { channel, offset } = checkPosition((p as MsgPosition).channel, (p as MsgPosition).offset, 'positions');
+    const timestamp = (p as MsgPosition).timestamp ?? 0;
+    if (!Number.isSafeInteger(timestamp) || timestamp < 0) throw new WaymarkError('INVALID_ARGUMENT', `positions: timestamp ${JSON.stringify(timestamp)} of channel ${channel} is not a broker time in ms (0 or more)`);
+    return { channel, offset, timestamp };
+  });
 }
 
 /**
@@ -441,9 +454,10 @@ function inPackOrder(msgs: readonly OutgoingMessage[], sources: readonly Outgoin
   return ordered;
 }
 
-/** `positions`, plus every other channel of `current` at its current position. */
-function withOthers(positions: MsgPosition[], current: ReadonlyMap<number, number>): MsgPosition[] {
-  const all = new Map(current);
-  for (const p of positions) all.set(p.channel, p.offset);
-  return [...all].map(([channel, offset]) => ({ channel, offset }));
+/** `positions`, plus every other channel of `current` at its current position (which stands at time `currentTs`). */
+function withOthers(positions: MsgPosition[], current: ReadonlyMap<number, number>, currentTs: number): MsgPosition[] {
+  const all = new Map<number, MsgPosition>();
+  for (const [channel, offset] of current) all.set(channel, { channel, offset, timestamp: currentTs });
+  for (const p of positions) all.set(p.channel, p);
+  return [...all.values()];
 }

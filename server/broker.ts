@@ -6,6 +6,7 @@
 import { checkTopicName, WaymarkError, type AppendOutcome, type Store } from '../engine/index';
 import { GroupPositions, checkGroupName, type GroupPosition } from './groups';
 import { BrokerMetrics, type CounterCell } from './metrics';
+import { packBeginOf } from '../protocol/positions';
 
 export interface ChannelAppend {
   channel: number;
@@ -108,15 +109,23 @@ export class Broker {
    * Where each channel of a new subscription starts (Milvus: committed position, or
    * earliest/latest), and which channels were placed by the start time.
    */
-  async startPositions(request: StartRequest): Promise<{ positions: Map<number, number>; byTime: number[] }> {
+  /**
+   * Where each channel starts, the channels placed by a start time, and the time a pack
+   * stream begins at when every channel starts at a position carrying the same time
+   * (packBeginOf: explicit positions, or the group's committed ones; else 0).
+   */
+  async startPositions(request: StartRequest): Promise<{ positions: Map<number, number>; byTime: number[]; packBeginTs: number }> {
     checkGroupName(request.group);
     const positions = new Map<number, number>();
     const byTime: number[] = [];
-    const explicit = new Map(request.positions.map((p) => [p.channel, p.offset]));
+    /** Per channel, the time of the position it starts at (0: placed by time, earliest, latest, a fallback). */
+    const times: Array<{ timestamp: number }> = [];
+    const explicit = new Map(request.positions.map((p) => [p.channel, p]));
     for (const channel of request.channels) {
       const state = this.store.channelState(request.topic, channel);
       let offset: number;
-      if (explicit.has(channel)) offset = explicit.get(channel)!;
+      let timestamp = 0;
+      if (explicit.has(channel)) ({ offset, timestamp } = explicit.get(channel)!);
       else if (request.startTimestamp > 0) {
         offset = await this.store.offsetForTime(request.topic, channel, request.startTimestamp);
         byTime.push(channel);
@@ -130,10 +139,13 @@ export class Broker {
         // subscribe (which would fail every later one of the group too).
         const inRange = committed !== null && committed.offset >= state.logStartOffset && committed.offset <= state.highWatermark;
         offset = inRange ? committed.offset : request.fallback === 'latest' ? state.highWatermark : state.logStartOffset;
+        if (inRange) timestamp = committed.timestamp;
       }
-      positions.set(channel, clampPosition(offset, state, channel));
+      const clamped = clampPosition(offset, state, channel);
+      positions.set(channel, clamped);
+      times.push({ timestamp: clamped === offset ? timestamp : 0 });
     }
-    return { positions, byTime };
+    return { positions, byTime, packBeginTs: packBeginOf(times) };
   }
 
   /**

@@ -11,6 +11,7 @@ import type { WebSocket } from 'uWebSockets.js';
 import { WaymarkError, type TopicInfo } from '../engine/index';
 import { clientRequestKinds, decodeFrame, encodeFrame, encodePushFrame, errorFrame, toWaymarkError, type Frame, type FrameInit, type PushFields, type waymark } from '../protocol/frames';
 import { protocolLimits, protocolVersion } from '../protocol/limits';
+import { packBeginOf } from '../protocol/positions';
 import { formatLimits } from '../engine/format/limits';
 import type { Broker, StartKind } from './broker';
 import { Subscription } from './subscription';
@@ -231,7 +232,7 @@ export class Session {
     const fallback = request.fallback === 'latest' ? 'latest' : 'earliest';
     this.broker.sameTopic(request.topic, Number(request.topicCreatedAt ?? 0));
     const channels = this.broker.channelsOf(request.topic, request.channels ?? []);
-    const { positions, byTime } = await this.broker.startPositions({
+    const { positions, byTime, packBeginTs } = await this.broker.startPositions({
       topic: request.topic,
       group: request.group,
       channels,
@@ -252,7 +253,7 @@ export class Session {
         creditBytes: request.creditBytes,
         packs: request.packs,
         tickIntervalMs: request.tickIntervalMs || protocolLimits.tickIntervalMsDefault,
-        packBeginTs: request.startTimestamp > 0 ? request.startTimestamp - 1 : 0,
+        packBeginTs: request.startTimestamp > 0 ? request.startTimestamp - 1 : packBeginTs,
         byTime: { channels: byTime, timestamp: request.startTimestamp },
       },
       this.broker.store,
@@ -277,7 +278,7 @@ export class Session {
     const current = subscription.currentPositions();
     if ((request.positions ?? []).length > 0) {
       for (const p of request.positions) offsets.set(p.channel ?? 0, p.offset ?? 0);
-      packBeginTs = 0;
+      packBeginTs = packBeginOf(request.positions); // 0 unless every position carries the same time
     } else if (request.timestamp > 0) {
       for (const { channel } of current) offsets.set(channel, await this.broker.store.offsetForTime(subscription.topic, channel, request.timestamp));
       packBeginTs = request.timestamp - 1;

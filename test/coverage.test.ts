@@ -117,6 +117,40 @@ describe('coverage: SDK and HTTP against a real broker', function () {
     await stream.close();
   });
 
+  // helper-32: positions carried no time, so a seek to a pack's endPositions (or a start at the
+  // positions a group committed from them) began the next pack at 0, and a check that each
+  // pack begins where the last ended (Milvus' time-tick chain) failed.
+  it('msgStream: a seek to a pack\'s endPositions, or a start at the positions committed from them, goes on with a pack that begins at that pack\'s endTs', async () => {
+    await client.admin.createTopic('ms-chain', { channels: 2 });
+    const stream = client.msgStream();
+    await stream.asProducer('ms-chain');
+    const first = await stream.produce({ msgs: [{ body: 'a', channel: 0 }, { body: 'b', channel: 1 }] });
+    const consumer = client.msgStream();
+    await consumer.asConsumer('ms-chain', 'chain', { start: 'earliest', tickIntervalMs: 10 });
+    const got = await packs(consumer, 2);
+    const last = got.packs.at(-1)!;
+    assert.deepEqual(last.endPositions.map((p) => p.timestamp), [last.endTs, last.endTs], 'end positions carry the pack\'s endTs');
+    assert.ok(last.startPositions.every((p) => p.timestamp === last.beginTs));
+    await consumer.commit(last.endPositions);
+    const later = await stream.produce({ msgs: [{ body: 'c', channel: 1 }] });
+    await consumer.seek({ positions: last.endPositions });
+    const next = await packs(consumer, 1);
+    assert.equal(next.packs[0]!.beginTs, last.endTs, 'the chain goes on from the pack sought to');
+    assert.deepEqual(next.msgs.map(where), later.map((r) => `${r.channel}:${r.offset}`));
+    await consumer.close();
+
+    const resumed = client.msgStream();
+    await resumed.asConsumer('ms-chain', 'chain', { start: 'committed', tickIntervalMs: 10 });
+    const again = await packs(resumed, 1);
+    assert.equal(again.packs[0]!.beginTs, last.endTs, 'a start at the committed positions goes on from their time');
+    assert.deepEqual(again.msgs.map(where), later.map((r) => `${r.channel}:${r.offset}`));
+    // Positions at different times (or none): the next pack begins at 0, as before.
+    await resumed.seek({ positions: [{ channel: 0, offset: 0, timestamp: first[0]!.brokerTimestamp }, { channel: 1, offset: 0 }] });
+    assert.equal((await packs(resumed, 3)).packs[0]!.beginTs, 0);
+    await resumed.close();
+    await stream.close();
+  });
+
   it('msgStream: a seek the broker refuses (past the end) leaves the stream where it was: later messages come in packs chained to the last one', async () => {
     await client.admin.createTopic('ms-refused', { channels: 2 });
     const stream = client.msgStream();
@@ -233,7 +267,7 @@ describe('coverage: SDK and HTTP against a real broker', function () {
     const first = client.msgStream();
     await first.asConsumer('ms-commit', 'indexer', { start: 'earliest', tickIntervalMs: 10 });
     const read = await packs(first, 8);
-    assert.deepEqual(read.packs[read.packs.length - 1]!.endPositions.sort((a, b) => a.channel - b.channel), [{ channel: 0, offset: 4 }, { channel: 1, offset: 4 }]);
+    assert.deepEqual(read.packs[read.packs.length - 1]!.endPositions.sort((a, b) => a.channel - b.channel).map((p) => [p.channel, p.offset]), [[0, 4], [1, 4]]);
     await first.commit([{ channel: 0, offset: 3 }, { channel: 1, offset: 1 }]);
     await first.close();
     assert.deepEqual((await client.admin.positions('ms-commit', 'indexer')).map((p) => [p.channel, p.offset]), [[0, 3], [1, 1]]);
