@@ -37,15 +37,16 @@ export function encodeFrame(frame: FrameInit): Uint8Array {
 
 /**
  * A Produce frame written straight around the batch: the same bytes `encodeFrame` makes
- * for `{ id, produce: { topic, channel, batch } }` (a test holds them equal), without the
+ * for `{ id, produce: { topic, channel, batch, topicCreatedAt } }` (a test holds them equal), without the
  * encoder's per-field objects — the producer sends one of these per batch, and at small
  * batches that garbage was most of what its collector did. Field order and presence follow
  * the generated code: id (1), then produce (10) holding topic (1), channel (2), batch (3),
- * each scalar left out when it is the proto3 default (0, empty).
+ * topic_created_at (5), each scalar left out when it is the proto3 default (0, empty).
  */
-export function encodeProduceFrame(id: number, topic: string, channel: number, batch: Uint8Array): Uint8Array {
+export function encodeProduceFrame(id: number, topic: string, channel: number, batch: Uint8Array, topicCreatedAt = 0): Uint8Array {
   const topicBytes = utf8Length(topic);
-  const produceBytes = field(topicBytes, topicBytes + varintLength(topicBytes)) + field(channel, varintLength(channel)) + field(batch.length, batch.length + varintLength(batch.length));
+  const produceBytes =
+    field(topicBytes, topicBytes + varintLength(topicBytes)) + field(channel, varintLength(channel)) + field(batch.length, batch.length + varintLength(batch.length)) + field(topicCreatedAt, varintLength(topicCreatedAt));
   const total = field(id, varintLength(id)) + 1 + varintLength(produceBytes) + produceBytes;
   const out = allocBytes(total);
   let at = varintField(out, 0, 0x08, id); // Frame.id
@@ -61,7 +62,9 @@ export function encodeProduceFrame(id: number, topic: string, channel: number, b
     out[at++] = 0x1a; // Produce.batch
     at = writeVarint(out, at, batch.length);
     out.set(batch, at);
+    at += batch.length;
   }
+  varintField(out, at, 0x28, topicCreatedAt); // Produce.topic_created_at (5)
   return out;
 }
 

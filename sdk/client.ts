@@ -366,8 +366,8 @@ export class Connection {
   }
 
   /** request({ produce: { topic, channel, batch } }), the frame written around the batch (encodeProduceFrame). */
-  produce(topic: string, channel: number, batch: Uint8Array): Promise<Frame> {
-    return this.call((id) => encodeProduceFrame(id, topic, channel, batch));
+  produce(topic: string, channel: number, batch: Uint8Array, topicCreatedAt = 0): Promise<Frame> {
+    return this.call((id) => encodeProduceFrame(id, topic, channel, batch, topicCreatedAt));
   }
 
   /** Not an async function: with the socket up (the common case) one promise per request, not three. */

@@ -22,7 +22,7 @@ export class Client {
   /** A batching, pipelining, idempotent producer for one topic. */
   async producer(options: ProducerOptions): Promise<Producer> {
     const info = await this.admin.describeTopic(options.topic);
-    return new Producer(this.connection, options, info.channels);
+    return new Producer(this.connection, options, info.channels, info.createdAt);
   }
 
   /** A stream-group consumer, subscribed and ready to iterate. */

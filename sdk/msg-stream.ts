@@ -87,7 +87,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
 
   async asProducer(topic: string): Promise<void> {
     const info = await this.connection.request({ describeTopic: { topic } });
-    this.producer = new Producer(this.connection, { topic }, info.topicInfo?.channels ?? 1);
+    this.producer = new Producer(this.connection, { topic }, info.topicInfo?.channels ?? 1, Number(info.topicInfo?.createdAt ?? 0));
   }
 
   setRepackFunc(repack: RepackFunc): void {

@@ -235,6 +235,8 @@ export class Producer {
     private readonly connection: Connection,
     options: ProducerOptions,
     channelCount: number,
+    /** The topic's creation time when the producer was made: sent with every produce, so that a topic deleted and made again meanwhile refuses it (TOPIC_NOT_FOUND) instead of taking it. 0 = any. */
+    private readonly topicCreatedAt = 0,
   ) {
     this.topic = options.topic;
     checkProducerOptions(options);
@@ -493,7 +495,7 @@ export class Producer {
       return;
     }
     b.state = 'sent';
-    this.connection.request({ produce: { topic: this.topic, channel: 0, batch: b.bytes, broadcast: true } }).then(
+    this.connection.request({ produce: { topic: this.topic, channel: 0, batch: b.bytes, broadcast: true, topicCreatedAt: this.topicCreatedAt } }).then(
       (reply) => {
         const hex = packedMsgIdsToHex(b.msgIds);
         const appends = reply.produceOk?.appends ?? [];
@@ -598,7 +600,7 @@ export class Producer {
       return;
     }
     batch.sent = true;
-    this.connection.produce(this.topic, batch.channel, batch.bytes).then(
+    this.connection.produce(this.topic, batch.channel, batch.bytes, this.topicCreatedAt).then(
       (reply) => this.acknowledged(batch, reply.produceOk?.appends?.[0]),
       (err: WaymarkError) => {
         // A lost connection keeps the batch: it is resent, as the same bytes, on reconnect

@@ -144,6 +144,7 @@ export class Session {
       }
       case 'produce': {
         const p = (frame.produce as waymark.v1.Produce);
+        this.broker.sameTopic(p.topic, Number(p.topicCreatedAt ?? 0)); // a producer of a topic since deleted and made again
         const appends = await this.broker.produce(p.topic, p.channel, p.batch, p.broadcast);
         return { produceOk: { appends } };
       }

@@ -23,11 +23,15 @@ describe('protocol: the produce frame written around its batch', () => {
         for (const channel of channels)
           for (const size of [sizes[(id + channel + topic.length) % sizes.length]!, 100]) {
             const batch = randomBytes(size);
-            const mine = encodeProduceFrame(id, topic, channel, batch);
-            const theirs = encodeFrame({ id, produce: { topic, channel, batch } });
-            assert.ok(Buffer.from(mine).equals(Buffer.from(theirs)), `id ${id} topic ${topic} channel ${channel} batch ${size}`);
+            const topicCreatedAt = [0, 1, 1_763_726_400_000, Number.MAX_SAFE_INTEGER][(id + channel) % 4]!;
+            const mine = encodeProduceFrame(id, topic, channel, batch, topicCreatedAt);
+            const theirs = encodeFrame({ id, produce: { topic, channel, batch, topicCreatedAt } });
+            assert.ok(Buffer.from(mine).equals(Buffer.from(theirs)), `id ${id} topic ${topic} channel ${channel} batch ${size} topicCreatedAt ${topicCreatedAt}`);
             const back = decodeFrame(mine);
-            assert.deepEqual([back.id, back.produce!.topic, back.produce!.channel, Buffer.from(back.produce!.batch!).equals(batch)], [id, topic, channel, true]);
+            assert.deepEqual(
+              [back.id, back.produce!.topic, back.produce!.channel, Buffer.from(back.produce!.batch!).equals(batch), Number(back.produce!.topicCreatedAt ?? 0)],
+              [id, topic, channel, true, topicCreatedAt],
+            );
             cases++;
           }
     assert.equal(cases, ids.length * topics.length * channels.length * 2);

@@ -191,6 +191,25 @@ describe('sdk producer: broadcasts', function () {
     await producer.flush(); // idle: nothing left waiting
   });
 
+  // helper-32: a producer made before its topic was deleted and made again wrote into the new
+  // topic, while consumers and commits of the old one were refused.
+  it('a producer of a topic deleted and made again meanwhile is refused (TOPIC_NOT_FOUND) and stores nothing in the new one; a new producer writes', async () => {
+    const client = opened();
+    await client.admin.createTopic('again-p', { channels: 2 });
+    const producer = await client.producer({ topic: 'again-p' });
+    assert.equal((await producer.send({ channel: 0, body: 'old' })).offset, 0);
+    await client.admin.deleteTopic('again-p');
+    await client.admin.createTopic('again-p', { channels: 2 });
+    const err = await rejection(producer.send({ channel: 0, body: 'stale' }));
+    assert.equal(err.code, 'TOPIC_NOT_FOUND');
+    assert.match(err.message, /was deleted and made again/);
+    assert.equal((await rejection(producer.broadcast({ body: 'stale tick' }))).code, 'TOPIC_NOT_FOUND');
+    const fresh = await client.producer({ topic: 'again-p' });
+    assert.equal((await fresh.send({ channel: 0, body: 'new' })).offset, 0, 'nothing of the old producer was stored');
+    assert.deepEqual(await readChannel(client, 'again-p', 0, 1), ['new']);
+    await fresh.close();
+  });
+
   it('the broker completes a broadcast cut short (stored on some channels) when it comes again: duplicate where it was, stored where it was not', async () => {
     const client = opened();
     await client.admin.createTopic('bcast-partial', { channels: 3 });
