@@ -84,11 +84,11 @@ export class Broker {
     return (perChannel[channel] ??= { messages: this.metrics.appendedMessages.cell([topic, channel]), bytes: this.metrics.appendedBytes.cell([topic, channel]) });
   }
 
-  /** The channels a subscription covers: the asked ones (checked) or all. */
   /**
    * Throws TOPIC_NOT_FOUND when the topic a client read from (its creation time, from
-   * SubscribeOk) is not the one that has the name now: it was deleted and made again, and
-   * positions read from the old one would be taken for the new one's. 0 = any.
+   * SubscribeOk or TopicInfo) is not the one that has the name now: it was deleted and made
+   * again, and positions read from the old one (or a producer's messages for it) would be
+   * taken for the new one's. 0 = any.
    */
   sameTopic(topic: string, createdAt: number): void {
     if (!createdAt) return;
@@ -98,6 +98,7 @@ export class Broker {
     }
   }
 
+  /** The channels a subscription covers: the asked ones (checked) or all. */
   channelsOf(topic: string, asked: readonly number[]): number[] {
     const count = this.store.topicInfo(topic).channels;
     if (asked.length === 0) return [...Array(count).keys()];
@@ -107,10 +108,7 @@ export class Broker {
 
   /**
    * Where each channel of a new subscription starts (Milvus: committed position, or
-   * earliest/latest), and which channels were placed by the start time.
-   */
-  /**
-   * Where each channel starts, the channels placed by a start time, and the time a pack
+   * earliest/latest), the channels placed by a start time, and the time a pack
    * stream begins at when every channel starts at a position carrying the same time
    * (packBeginOf: explicit positions, or the group's committed ones; else 0).
    */
