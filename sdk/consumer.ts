@@ -531,11 +531,20 @@ export class Consumer implements AsyncIterable<Message> {
     // dead one's id was refused, SUBSCRIPTION_NOT_FOUND, and the move lost).
     if (!this.connection.isConnected && !this.closed) await this.connection.whenConnected();
     const request: Record<string, unknown> = { subscription: this.subscription };
+    /** Channels that stay placed by the time sought before (timeSought), by this seek's own `timestamp` with positions. */
+    let waiting: number[] = [];
     if (typeof to === 'string') request.to = to;
-    // Every channel moves: those not named to just after the last message handed out. (Only
-    // the named ones moved before, but the queue of every channel was dropped and their
-    // pushes in flight taken as stale: the other channels' buffered messages were lost.)
-    else if ('offsets' in to) request.positions = offsetPositions({ ...Object.fromEntries(this.delivered), ...to.offsets });
+    else if ('offsets' in to) {
+      // Every channel moves: those not named to just after the last message handed out. (Only
+      // the named ones moved before, but the queue of every channel was dropped and their
+      // pushes in flight taken as stale: the other channels' buffered messages were lost.)
+      // Those not named that still wait for a time sought stay placed by it (helper-33: at
+      // their offsets, the broker gave out what that seek had passed over).
+      const named = new Set(offsetPositions(to.offsets).map((p) => p.channel));
+      waiting = this.waitingFor(named);
+      request.positions = offsetPositions({ ...this.offsetsBut(waiting), ...to.offsets });
+      if (waiting.length > 0) request.timestamp = this.timeSought!.timestamp;
+    }
     // Time 0 is before every message: the earliest (on the wire 0 means "no timestamp").
     else if (checkSeekTime(to.timestamp) > 0) request.timestamp = to.timestamp;
     else request.to = 'earliest';
@@ -548,24 +557,44 @@ export class Consumer implements AsyncIterable<Message> {
     } catch (err) {
       // Refused (OFFSET_OUT_OF_RANGE past a channel's end, say): the broker goes on pushing in
       // the old epoch, which is now stale here, so nothing would ever come again. The consumer
-      // goes back to where it was: every channel just after the last message handed out.
-      if (this.epoch === epoch && !this.closed && !lostOrClosed(err)) await this.seekTo(Object.fromEntries(this.delivered));
+      // goes back to where it was: every channel just after the last message handed out, or
+      // by the time sought for those still waiting for it (seekBack).
+      if (this.epoch === epoch && !this.closed && !lostOrClosed(err)) await this.seekBack();
       throw err;
     }
     this.applySeek(reply, epoch);
     if (this.epoch === epoch) {
       const timestamp = typeof request.timestamp === 'number' ? request.timestamp : 0;
-      this.timeSought = timestamp > 0 ? { timestamp, pending: new Set((reply.seekOk?.positions ?? []).map((p) => p.channel ?? 0)) } : null;
+      // Waiting: the channels this seek placed by a time, but not one that already handed out
+      // a message of this seek (its reply and first pushes can come in one read).
+      const placed = request.positions ? waiting : (reply.seekOk?.positions ?? []).map((p) => p.channel ?? 0);
+      const pending = placed.filter((channel) => this.deliveredEpoch.get(channel) !== epoch);
+      this.timeSought = timestamp > 0 && pending.length > 0 ? { timestamp, pending: new Set(pending) } : null;
     }
   }
 
-  /** A seek to offsets after a refused one (see seek); its own failure fails the consumer. */
-  private async seekTo(offsets: Record<number, number>): Promise<void> {
+  /** The channels still waiting for a time sought (timeSought), less `except`. */
+  private waitingFor(except: ReadonlySet<number> = new Set()): number[] {
+    return this.timeSought ? [...this.timeSought.pending].filter((channel) => !except.has(channel) && this.delivered.has(channel)) : [];
+  }
+
+  /** Every channel's offset after the last message handed out, less `except`. */
+  private offsetsBut(except: readonly number[]): Record<number, number> {
+    return Object.fromEntries([...this.delivered].filter(([channel]) => !except.includes(channel)));
+  }
+
+  /**
+   * After a refused seek (see seek): every channel back to just after the last message handed
+   * out, and those still waiting for a time sought by that time; its own failure fails the consumer.
+   */
+  private async seekBack(): Promise<void> {
+    const waiting = this.waitingFor();
     const epoch = ++this.epoch;
     this.dropBufferedForSeek();
+    const request: Record<string, unknown> = { subscription: this.subscription, positions: offsetPositions(this.offsetsBut(waiting)), epoch };
+    if (waiting.length > 0) request.timestamp = this.timeSought!.timestamp;
     try {
-      this.applySeek(await this.connection.request({ seek: { subscription: this.subscription, positions: offsetPositions(offsets), epoch } }), epoch);
-      if (this.epoch === epoch) this.timeSought = null; // the broker's subscription stands at offsets now
+      this.applySeek(await this.connection.request({ seek: request }), epoch);
     } catch (err) {
       if (!lostOrClosed(err) && !this.closed) this.fail(err as Error);
     }

@@ -64,10 +64,11 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   /**
    * Where a resubscribe starts: after the last pack handed out (its end positions and time),
    * or, while no pack has been handed out since a start or seek by time (`byTime`), by that
-   * time again for every channel — at positions, what the broker passes over because it was
-   * stamped before a time still ahead would come after all (helper-32).
+   * time again for the channels it placed (null: every channel) — at positions, what the
+   * broker passes over because it was stamped before a time still ahead would come after all
+   * (helper-32). A later seek of some channels by positions leaves the others waiting.
    */
-  private resume: { positions: Map<number, number>; beginTs: number; byTime: boolean } = { positions: new Map(), beginTs: 0, byTime: false };
+  private resume: { positions: Map<number, number>; beginTs: number; byTime: { timestamp: number; channels: Set<number> | null } | null } = { positions: new Map(), beginTs: 0, byTime: null };
   /** The epoch of the last pack handed out (resume moved in it). */
   private resumeEpoch = 0;
   private stopPush: (() => void) | null = null;
@@ -156,7 +157,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     // carry (packBeginOf), else at 0 (session.open; a committed start: from the reply's pack).
     const startTime = typeof start === 'object' && 'timestamp' in start && start.timestamp > 0 ? start.timestamp : 0;
     const positionsTime = Array.isArray(request.positions) ? packBeginOf(request.positions as MsgPosition[]) : 0;
-    this.resume = { positions: new Map(), beginTs: startTime > 0 ? startTime - 1 : positionsTime, byTime: startTime > 0 };
+    this.resume = { positions: new Map(), beginTs: startTime > 0 ? startTime - 1 : positionsTime, byTime: startTime > 0 ? { timestamp: startTime, channels: null } : null };
     this.consuming = { topic, group: subName, subscription: 0, channels: options.channels ?? [], tickIntervalMs: options.tickIntervalMs ?? 0, topicCreatedAt: 0 };
     try {
       await this.subscribe(request);
@@ -234,8 +235,12 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     try {
       // In the reconnect's own turn (a seek made right after goes to the new subscription).
       try {
-        // By time: no positions, every channel placed by the time sought (see resume).
-        await this.subscribe({ positions: byTime && beginTs > 0 ? [] : [...positions].map(([channel, offset]) => ({ channel, offset })), startTimestamp: beginTs > 0 ? beginTs + 1 : 0 });
+        // The channels waiting for a time sought go by it (no position: see resume).
+        const waiting = (channel: number): boolean => byTime !== null && (byTime.channels === null || byTime.channels.has(channel));
+        await this.subscribe({
+          positions: [...positions].filter(([channel]) => !waiting(channel)).map(([channel, offset]) => ({ channel, offset })),
+          startTimestamp: byTime !== null ? byTime.timestamp : beginTs > 0 ? beginTs + 1 : 0,
+        });
       } catch (err) {
         if ((err as WaymarkError).code !== 'OFFSET_OUT_OF_RANGE' || gone()) throw err;
         // The broker came back with less than it had handed out: its lost offsets go to new
@@ -304,7 +309,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     if (!item) return null;
     for (const p of item.pack.endPositions) this.resume.positions.set(p.channel, p.offset);
     this.resume.beginTs = item.pack.endTs;
-    this.resume.byTime = false;
+    this.resume.byTime = null; // every channel is past the time now (the pack holds everything up to its end)
     this.resumeEpoch = this.epoch;
     const [messages, bytes] = item.credit;
     const keepMessages = Math.min(this.extra[0], messages);
@@ -375,15 +380,20 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     if (this.closed || this.consumerClosed) throw new WaymarkError('CLIENT_CLOSED', 'this msgStream\'s consumer is closed: consume with a new msgStream');
     // Time 0 is before every message: the earliest (on the wire 0 means "no timestamp").
     // Positions for some channels move those; the others go on from after the last pack
-    // handed out (the seek drops the buffered packs, which hold every channel's messages).
-    const where =
-      typeof to === 'string'
-        ? { to }
-        : 'positions' in to
-          ? { positions: withOthers(checkPositions(to.positions), this.resume.positions, this.resume.beginTs) }
-          : checkSeekTime(to.timestamp) > 0
-            ? { timestamp: to.timestamp }
-            : { to: 'earliest' };
+    // handed out (the seek drops the buffered packs, which hold every channel's messages) —
+    // or, those still waiting for a time sought, by that time (the seek's timestamp; at
+    // positions the broker gave out what that seek had passed over: helper-33).
+    let waiting: number[] = [];
+    let where: { to: string } | { timestamp: number } | { positions: MsgPosition[]; timestamp?: number };
+    if (typeof to === 'string') where = { to };
+    else if ('positions' in to) {
+      const named = checkPositions(to.positions);
+      const byTime = this.resume.byTime;
+      const namedChannels = new Set(named.map((p) => p.channel));
+      waiting = byTime === null ? [] : [...this.resume.positions.keys()].filter((channel) => !namedChannels.has(channel) && (byTime.channels === null || byTime.channels.has(channel)));
+      const others = new Map([...this.resume.positions].filter(([channel]) => !waiting.includes(channel)));
+      where = waiting.length > 0 ? { positions: withOthers(named, others, this.resume.beginTs), timestamp: byTime!.timestamp } : { positions: withOthers(named, others, this.resume.beginTs) };
+    } else where = checkSeekTime(to.timestamp) > 0 ? { timestamp: to.timestamp } : { to: 'earliest' };
     const epoch = ++this.epoch;
     for (const item of this.packs.splice(0)) this.grant(item.credit[0], item.credit[1]);
     const subscription = this.consuming.subscription;
@@ -404,9 +414,12 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     // The stream now stands where the seek put it (the broker's packBeginTs after a seek, in
     // session.seek), unless a pack of this seek was handed out already, or a newer seek was sent.
     if (this.epoch === epoch && this.resumeEpoch !== epoch) {
-      const soughtAt = typeof to === 'object' && 'timestamp' in to ? to.timestamp : 0;
-      const beginTs = soughtAt > 0 ? soughtAt - 1 : 'positions' in where && where.positions ? packBeginOf(where.positions) : 0; // as the broker's (session.seek)
-      this.resume = { positions: new Map((reply.seekOk?.positions ?? []).map((p) => [p.channel ?? 0, p.offset ?? 0])), beginTs, byTime: soughtAt > 0 };
+      // The pack the broker begins next (session.seek), and the channels left placed by a time.
+      const timestamp = 'timestamp' in where && where.timestamp ? where.timestamp : 0;
+      const positionsTime = 'positions' in where ? packBeginOf(where.positions) : 0;
+      const beginTs = 'positions' in where ? (timestamp > 0 ? Math.min(positionsTime, timestamp - 1) : positionsTime) : Math.max(0, timestamp - 1);
+      const byTime = timestamp === 0 ? null : 'positions' in where ? { timestamp, channels: new Set(waiting) } : { timestamp, channels: null };
+      this.resume = { positions: new Map((reply.seekOk?.positions ?? []).map((p) => [p.channel ?? 0, p.offset ?? 0])), beginTs, byTime };
     }
   }
 

@@ -275,15 +275,27 @@ export class Session {
     // (as a subscription without a start time does) when positions or "earliest" may go back
     // before the last pack's end — every message of a pack stays inside (beginTs, endTs].
     let packBeginTs: number | undefined;
-    let byTime: number | undefined;
+    let byTime: { timestamp: number; channels?: number[] } | undefined;
     const current = subscription.currentPositions();
     if ((request.positions ?? []).length > 0) {
       for (const p of request.positions) offsets.set(p.channel ?? 0, p.offset ?? 0);
       packBeginTs = packBeginOf(request.positions); // 0 unless every position carries the same time
+      if (request.timestamp > 0) {
+        // Positions and a time: the channels not named go by the time (a client moving some
+        // channels while the others still wait for a time it sought that was ahead).
+        const timed: number[] = [];
+        for (const { channel } of current) {
+          if (offsets.has(channel)) continue;
+          offsets.set(channel, await this.broker.store.offsetForTime(subscription.topic, channel, request.timestamp));
+          timed.push(channel);
+        }
+        packBeginTs = Math.min(packBeginTs, request.timestamp - 1);
+        byTime = { timestamp: request.timestamp, channels: timed };
+      }
     } else if (request.timestamp > 0) {
       for (const { channel } of current) offsets.set(channel, await this.broker.store.offsetForTime(subscription.topic, channel, request.timestamp));
       packBeginTs = request.timestamp - 1;
-      byTime = request.timestamp;
+      byTime = { timestamp: request.timestamp };
     } else if (request.to === 'earliest' || request.to === 'latest') {
       for (const { channel } of current) {
         const state = this.broker.store.channelState(subscription.topic, channel);

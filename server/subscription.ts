@@ -134,8 +134,11 @@ export class Subscription {
     this.kick();
   }
 
-  /** Moves channels to new offsets (checked against each channel's range); `byTime`: the time they were found for. */
-  seek(offsets: Map<number, number>, epoch: number, packBeginTs?: number, byTime?: number): void {
+  /**
+   * Moves channels to new offsets (checked against each channel's range); `byTime`: the
+   * channels placed by a time (all of `offsets` when not said), and that time (see notBefore).
+   */
+  seek(offsets: Map<number, number>, epoch: number, packBeginTs?: number, byTime?: { timestamp: number; channels?: readonly number[] }): void {
     // Every channel is checked before any moves: a refused seek is not applied at all (a
     // position past its channel's end moved the channels listed before it, in the old epoch).
     const moved = new Map<number, number>();
@@ -146,7 +149,7 @@ export class Subscription {
     for (const [channel, offset] of moved) this.positions.set(channel, offset);
     if (packBeginTs !== undefined) this.packBeginTs = packBeginTs;
     this.notBefore.clear();
-    if (byTime !== undefined) for (const channel of offsets.keys()) this.notBefore.set(channel, byTime);
+    if (byTime !== undefined) for (const channel of byTime.channels ?? offsets.keys()) this.notBefore.set(channel, byTime.timestamp);
     this.epoch = epoch;
     this.generation++;
     this.stalled = false;

@@ -213,6 +213,95 @@ describe('sdk recovery: a time sought that is still ahead, across a broker resta
   });
 });
 
+// helper-33, on the fix above: a seek of some channels by offsets, or a refused seek (moved
+// back by offsets), took the channels still waiting for the time off it; and a channel whose
+// first message of a time seek came in the same read as the seek's reply stayed "waiting".
+describe('sdk recovery: a time sought that is still ahead, and the seeks after it', function () {
+  this.timeout(60_000);
+  const suite = brokerForSuite({ connectOptions: { reconnectDelayMs: 20 } });
+  const { broker } = suite;
+  const until = async (at: number): Promise<void> => {
+    while (Date.now() <= at) await new Promise((resolve) => setTimeout(resolve, at + 1 - Date.now()));
+  };
+  const where = (m: Message): string => `${m.channel}:${text(m)}`;
+
+  it('consumer: a seek of channel 0 by offset leaves channel 1 waiting for the time; a refused seek leaves both waiting', async () => {
+    const client = suite.client();
+    for (const [topic, second] of [['later-a', { offsets: { 0: 0 } }], ['later-b', { offsets: { 0: 999 } }]] as const) {
+      await client.admin.createTopic(topic, { channels: 2 });
+      const producer = await client.producer({ topic });
+      const consumer = await client.consumer({ topic, group: 'g', start: 'latest', autoCommitIntervalMs: 0 });
+      const at = Date.now() + 1500;
+      await consumer.seek({ timestamp: at });
+      await producer.sendBatch([{ channel: 0, body: 'pre0' }, { channel: 1, body: 'pre1' }]);
+      const refused = await consumer.seek(second).then(() => null, (err: { code: string }) => err.code);
+      await until(at);
+      await producer.sendBatch([{ channel: 0, body: 'post0' }, { channel: 1, body: 'post1' }]);
+      if (topic === 'later-a') {
+        assert.equal(refused, null);
+        assert.deepEqual((await take(consumer, 3)).map(where).sort(), ['0:post0', '0:pre0', '1:post1'], 'channel 0 re-read from 0; channel 1 still passes over pre1');
+      } else {
+        assert.equal(refused, 'OFFSET_OUT_OF_RANGE');
+        assert.deepEqual((await take(consumer, 2)).map(where).sort(), ['0:post0', '1:post1'], 'the refused seek changed nothing');
+      }
+      await consumer.close();
+      await producer.close();
+    }
+  });
+
+  it('msgStream: a seek of channel 0 by position leaves channel 1 waiting for the time', async () => {
+    const client = suite.client();
+    await client.admin.createTopic('later-ms', { channels: 2 });
+    const producing = client.msgStream();
+    await producing.asProducer('later-ms');
+    const consuming = client.msgStream();
+    await consuming.asConsumer('later-ms', 'g', { start: 'latest', tickIntervalMs: 10 });
+    const at = Date.now() + 1500;
+    await consuming.seek({ timestamp: at });
+    await producing.produce({ msgs: [{ channel: 0, body: 'pre0' }, { channel: 1, body: 'pre1' }] });
+    await consuming.seek({ positions: [{ channel: 0, offset: 0 }] });
+    await until(at);
+    await producing.produce({ msgs: [{ channel: 0, body: 'post0' }, { channel: 1, body: 'post1' }] });
+    const reader = readPacks(consuming);
+    await reader.until(3);
+    assert.deepEqual(reader.msgs.map(where).sort(), ['0:post0', '0:pre0', '1:post1']);
+    await consuming.close();
+    await producing.close();
+  });
+
+  it('consumer: a message of a time seek handed out in the same read as its reply is not given again after a reconnect', async () => {
+    const client = suite.client();
+    await client.admin.createTopic('later-race', { channels: 2 });
+    const producer = await client.producer({ topic: 'later-race' });
+    const old = await producer.send({ channel: 0, body: 'old0' });
+    while (Date.now() <= old.brokerTimestamp) await new Promise((resolve) => setImmediate(resolve));
+    const at = old.brokerTimestamp + 1;
+    await producer.send({ channel: 0, body: 'new0' }); // stamped at or after `at`
+    const consumer = await client.consumer({ topic: 'later-race', group: 'g', start: 'latest', autoCommitIntervalMs: 0 });
+    const got: string[] = [];
+    let arrived: () => void = () => undefined;
+    const loop = (async () => {
+      for await (const m of consumer) {
+        got.push(where(m));
+        arrived();
+      }
+    })();
+    const seeking = consumer.seek({ timestamp: at });
+    const busyUntil = Date.now() + 300;
+    while (Date.now() < busyUntil); // the event loop held: the reply and the first push arrive in one read
+    await seeking;
+    while (got.length < 1) await new Promise<void>((resolve) => (arrived = resolve));
+    await killAndLose(broker, client);
+    await startAndReconnect(broker, client);
+    await producer.send({ channel: 1, body: 'after' });
+    while (!got.includes('1:after')) await new Promise<void>((resolve) => (arrived = resolve));
+    assert.deepEqual(got.sort(), ['0:new0', '1:after'], 'new0 once');
+    await consumer.close();
+    await loop;
+    await producer.close();
+  });
+});
+
 describe('sdk recovery: connect() with a URL it cannot use', function () {
   this.timeout(60_000);
 
