@@ -55,6 +55,11 @@ function readPacks(stream: MsgStream): { packs: MsgPack[]; msgs: Message[]; unti
   };
 }
 
+/** Resolves once the broker's clock (≈ this one's) is past `at`: a time sought that was ahead has come. */
+async function until(at: number): Promise<void> {
+  while (Date.now() <= at) await new Promise((resolve) => setTimeout(resolve, at + 1 - Date.now()));
+}
+
 /** Runs a process to its end: exit code, signal, and what it wrote. */
 function run(args: string[]): Promise<{ status: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -166,10 +171,6 @@ describe('sdk recovery: a time sought that is still ahead, across a broker resta
   const suite = brokerForSuite({ connectOptions: { reconnectDelayMs: 20 } });
   const { broker } = suite;
 
-  /** Resolves once the broker's clock (≈ this one's) is past `at`. */
-  const until = async (at: number): Promise<void> => {
-    while (Date.now() <= at) await new Promise((resolve) => setTimeout(resolve, at + 1 - Date.now()));
-  };
 
   it('msgStream: what was stamped before the time sought is still passed over after the reconnect', async () => {
     const client = suite.client();
@@ -220,9 +221,6 @@ describe('sdk recovery: a time sought that is still ahead, and the seeks after i
   this.timeout(60_000);
   const suite = brokerForSuite({ connectOptions: { reconnectDelayMs: 20 } });
   const { broker } = suite;
-  const until = async (at: number): Promise<void> => {
-    while (Date.now() <= at) await new Promise((resolve) => setTimeout(resolve, at + 1 - Date.now()));
-  };
   const where = (m: Message): string => `${m.channel}:${text(m)}`;
 
   it('consumer: a seek of channel 0 by offset leaves channel 1 waiting for the time; a refused seek leaves both waiting', async () => {
