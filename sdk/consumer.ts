@@ -105,6 +105,8 @@ export class Consumer implements AsyncIterable<Message> {
    * time again, not at their offsets, or what it passes over came after all (helper-32).
    */
   private timeSought: { timestamp: number; pending: Set<number> } | null = null;
+  /** Per channel, the epoch in which the broker last passed its position over messages (passedOver). */
+  private readonly passedEpoch = new Map<number, number>();
 
   constructor(
     private readonly connection: Connection,
@@ -167,6 +169,7 @@ export class Consumer implements AsyncIterable<Message> {
     // one's (a seek after a reconnect was taken as already overtaken by a taken message, and
     // never applied to positions() where nothing was taken since).
     this.deliveredEpoch.clear();
+    this.passedEpoch.clear();
     request.subscription = this.subscription;
     // A resubscribe reads the topic this consumer read: one deleted and made again meanwhile
     // is TOPIC_NOT_FOUND (its positions are not the new topic's), as when that happens while connected.
@@ -254,7 +257,21 @@ export class Consumer implements AsyncIterable<Message> {
     }
     const bytes = push.batches;
     if (bytes && bytes.length > 0) this.undecoded.push({ channel: push.channel ?? 0, bytes: plainBytes(bytes), pos: 0, fromOffset: push.startOffset ?? 0 });
+    else this.passedOver(push.channel ?? 0, Number(push.nextOffset ?? 0));
     this.wake();
+  }
+
+  /**
+   * A push with no batches: the broker passed over a channel's messages stamped before a time
+   * sought (see Subscription.notBefore) up to `nextOffset`. Nothing of the channel can be in
+   * hand or queued (the passing over comes before its first message of the seek), so its
+   * position moves there: a commit covers them, or a group resumed from it got them after all.
+   */
+  private passedOver(channel: number, nextOffset: number): void {
+    const delivered = this.delivered;
+    if (!delivered.has(channel) || nextOffset <= delivered.get(channel)!) return;
+    delivered.set(channel, nextOffset);
+    this.passedEpoch.set(channel, this.epoch);
   }
 
   /**
@@ -611,7 +628,8 @@ export class Consumer implements AsyncIterable<Message> {
   private applySeek(reply: Frame, epoch: number): void {
     for (const p of reply.seekOk?.positions ?? []) {
       const channel = p.channel ?? 0;
-      if (this.epoch === epoch && this.deliveredEpoch.get(channel) !== epoch) this.delivered.set(channel, p.offset ?? 0);
+      // Not back over a message taken, or a passing over announced, in this seek's epoch (both can come in the read before its reply).
+      if (this.epoch === epoch && this.deliveredEpoch.get(channel) !== epoch && this.passedEpoch.get(channel) !== epoch) this.delivered.set(channel, p.offset ?? 0);
     }
   }
 

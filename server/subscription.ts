@@ -248,7 +248,14 @@ export class Subscription {
           const skipped = spans[first - 1]!;
           position = skipped.baseOffset + skipped.recordCount;
           this.positions.set(channel, position);
-          if (first === spans.length) return true; // read on from there
+          if (first === spans.length) {
+            // Said to the client (a push with no batches, next_offset past them): it commits
+            // its position past what was passed over, or a group resumed from its commit got
+            // those messages after all.
+            const highWatermark = this.store.channelState(this.topic, channel).highWatermark;
+            this.sink.sendPush({ subscription: this.id, channel, startOffset: position, nextOffset: position, highWatermark, epoch: this.epoch }, new Uint8Array(0));
+            return true; // read on from there
+          }
           spans = spans.slice(first);
         }
       }

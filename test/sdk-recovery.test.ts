@@ -267,6 +267,32 @@ describe('sdk recovery: a time sought that is still ahead, and the seeks after i
     await producing.close();
   });
 
+  // helper-32: the group's commit stayed where the seek put the channel, below what the broker
+  // had passed over, so a consumer of the group started again got those messages after all.
+  it('consumer: a commit made before the time sought has come covers what was passed over; the group resumed from it does not get it', async () => {
+    const client = suite.client();
+    await client.admin.createTopic('later-commit', { channels: 1 });
+    const producer = await client.producer({ topic: 'later-commit' });
+    const consumer = await client.consumer({ topic: 'later-commit', group: 'g', start: 'latest', autoCommitIntervalMs: 0 });
+    const at = Date.now() + 1500;
+    await consumer.seek({ timestamp: at });
+    await producer.send({ channel: 0, body: 'pre' }); // offset 0, passed over
+    // Until the broker has said so (an empty push): each commit stores where the consumer stands.
+    for (;;) {
+      await consumer.commit();
+      const [position] = await client.admin.positions('later-commit', 'g');
+      if (position?.offset === 1) break;
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    await consumer.close();
+    await until(at);
+    await producer.send({ channel: 0, body: 'post' });
+    const resumed = await client.consumer({ topic: 'later-commit', group: 'g', autoCommitIntervalMs: 0 });
+    assert.deepEqual((await take(resumed, 1)).map(where), ['0:post']);
+    await resumed.close();
+    await producer.close();
+  });
+
   it('consumer: a message of a time seek handed out in the same read as its reply is not given again after a reconnect', async () => {
     const client = suite.client();
     await client.admin.createTopic('later-race', { channels: 2 });
