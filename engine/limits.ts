@@ -39,6 +39,8 @@ export const limits = {
   groupCommitBytesMax: 64 * 1024 * 1024,
   /** Producers whose last sequence a channel remembers for idempotent appends. */
   producerStateCountMax: 10_000,
+  /** Evicted producers whose id and last sequence a channel keeps, to refuse their resends (producer-state.ts). */
+  evictedProducerCountMax: 100_000,
   /** Interval of the fsync timer in sync mode "interval". */
   syncIntervalMsDefault: 50,
   /**

@@ -105,6 +105,8 @@ export class Consumer implements AsyncIterable<Message> {
    * time again, not at their offsets, or what it passes over came after all (helper-32).
    */
   private timeSought: { timestamp: number; pending: Set<number> } | null = null;
+  /** close() was called: run() hands its handler nothing more, though the closing commit still waits. */
+  private closing = false;
   /** Per channel, the epoch in which the broker last passed its position over messages (passedOver). */
   private readonly passedEpoch = new Map<number, number>();
 
@@ -465,7 +467,7 @@ export class Consumer implements AsyncIterable<Message> {
   async run(handler: (message: Message) => Promise<void> | void): Promise<void> {
     for (;;) {
       const r = await this.next();
-      if (r.done) return;
+      if (r.done || this.closing) return; // a message taken while closing stays in hand: not committed, it comes again
       let message: Message | null = r.value;
       let inTurn = 0;
       while (message !== null) {
@@ -478,7 +480,7 @@ export class Consumer implements AsyncIterable<Message> {
           inTurn = 0;
           await yieldTurn();
         }
-        message = this.closed || this.pull.failed ? null : this.take();
+        message = this.closed || this.closing || this.pull.failed ? null : this.take();
       }
     }
   }
@@ -653,6 +655,7 @@ export class Consumer implements AsyncIterable<Message> {
    */
   async close(): Promise<void> {
     if (this.closed) return;
+    this.closing = true; // run() hands out nothing more (its loop went on while the commit below waited)
     if (this.commitTimer) clearInterval(this.commitTimer);
     // The last commit's failure is the caller's to know (`waymark consume` exited 0 when it
     // failed): close() still unsubscribes and ends, then rejects with it.

@@ -565,6 +565,40 @@ describe('engine producer state', () => {
   });
 
 
+  // helper-34: a resend from a producer evicted meanwhile (its reply lost while more than
+  // 10,000 others wrote to the channel) was taken for a new producer's first batch and stored twice.
+  it('an evicted producer\'s resend is refused as a duplicate sequence (not stored again); its next sequence is a new batch', () => {
+    const states = new ProducerStates();
+    const max = limits.producerStateCountMax;
+    states.record(1, 0, 3, 0); // sequences 0..2
+    for (let id = 2; id <= max + 1; id++) states.record(id, 0, 1, id); // 1 is the least recently used: evicted
+    assert.ok(!states.entries().some((e) => e[0] === 1), 'evicted');
+    assert.deepEqual(states.check({ producerId: 1, producerSequence: 0, recordCount: 3 } as never), { kind: 'stale', lastSeq: 2 });
+    assert.equal(states.check({ producerId: 1, producerSequence: 2, recordCount: 1 } as never).kind, 'stale');
+    assert.equal(states.check({ producerId: 1, producerSequence: 3, recordCount: 1 } as never).kind, 'new');
+    assert.equal(states.check({ producerId: max + 5, producerSequence: 0, recordCount: 1 } as never).kind, 'new', 'a producer never seen is new');
+  });
+
+  it('through the store: the resend of an evicted producer fails with DUPLICATE_SEQUENCE and appends nothing; a retry of a known one is answered with its broker time', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir);
+    try {
+      await store.createTopic('t', { channels: 1 });
+      const first = encodeBatch([{ body: 'x' }], { producerId: 1, producerSequence: 0 }).batch;
+      const stored = await store.appendBatch('t', 0, first.slice());
+      const again = await store.appendBatch('t', 0, first.slice());
+      assert.deepEqual([again.duplicate, again.baseOffset, again.brokerTimestamp], [true, stored.baseOffset, stored.brokerTimestamp], 'the original broker time, not 0');
+      const others = Array.from({ length: limits.producerStateCountMax }, (_, i) => store.appendBatch('t', 0, encodeBatch([{ body: 'o' }], { producerId: 2 + i, producerSequence: 0 }).batch));
+      await Promise.all(others);
+      const highWatermark = store.channelState('t', 0).highWatermark;
+      assert.equal((await rejection(store.appendBatch('t', 0, first.slice()))).code, 'DUPLICATE_SEQUENCE');
+      assert.equal(store.channelState('t', 0).highWatermark, highWatermark, 'nothing appended');
+      assert.equal((await store.appendBatch('t', 0, encodeBatch([{ body: 'y' }], { producerId: 1, producerSequence: 1 }).batch)).duplicate, false, 'its next sequence is stored');
+    } finally {
+      await store.close();
+    }
+  });
+
   it('the checkpoint lists only durable batches of a producer, never one still being written', async () => {
     const states = new ProducerStates();
     states.record(7, 0, 10, 100); // recovered from the log: durable

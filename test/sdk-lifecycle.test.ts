@@ -167,6 +167,33 @@ describe('sdk lifecycle: what a consumer commits when processing fails', functio
   });
 });
 
+// helper-34: close() set `closed` only after its commit came back, and run() went on handing
+// the queued messages to the handler meanwhile (up to a thousand side effects after a stop).
+describe('sdk lifecycle: run() after close()', function () {
+  this.timeout(60_000);
+  const { client: opened } = brokerForSuite();
+
+  it('a handler that calls close() is given no other message; what it was not given comes again to the group', async () => {
+    const client = opened();
+    await client.admin.createTopic('run-close', { channels: 1 });
+    const producer = await client.producer({ topic: 'run-close' });
+    await producer.sendBatch(Array.from({ length: 2000 }, (_, i) => ({ body: `m${i}` })));
+    const consumer = await client.consumer({ topic: 'run-close', group: 'g', start: 'earliest' });
+    let calls = 0;
+    let closing: Promise<void> | null = null;
+    await consumer.run(() => {
+      calls++;
+      closing ??= consumer.close();
+    });
+    await closing;
+    assert.equal(calls, 1, 'one message handled, then none (the rest of its batch was queued behind it)');
+    const again = await client.consumer({ topic: 'run-close', group: 'g' });
+    assert.equal(text((await take(again, 1))[0]!), 'm0', 'the message in hand when close() was called was not committed: it comes again');
+    await again.close();
+    await producer.close();
+  });
+});
+
 describe('sdk lifecycle: messages a batch at a time (nextBatch, batches)', function () {
   this.timeout(30_000);
   const { client } = brokerForSuite();

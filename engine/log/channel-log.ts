@@ -336,8 +336,8 @@ export class ChannelLog {
     if (idempotent) {
       const check = this.producers.check(header);
       if (check.kind === 'duplicate') {
-        const { baseOffset, count, done } = check.batch;
-        const outcome: AppendOutcome = { baseOffset, recordCount: count, brokerTimestamp: 0, duplicate: true };
+        const { baseOffset, count, done, brokerTimestamp } = check.batch;
+        const outcome: AppendOutcome = { baseOffset, recordCount: count, brokerTimestamp, duplicate: true };
         return done ? done.then((o) => ({ ...(o as AppendOutcome), duplicate: true })) : Promise.resolve(outcome);
       }
       if (check.kind === 'stale') {
@@ -359,7 +359,7 @@ export class ChannelLog {
     });
     this.lastQueued = done;
     if (idempotent) {
-      const batch = this.producers.record(header.producerId, header.producerSequence, header.recordCount, baseOffset, done);
+      const batch = this.producers.record(header.producerId, header.producerSequence, header.recordCount, baseOffset, done, brokerTimestamp);
       done.then(
         () => (batch.done = null),
         () => undefined,

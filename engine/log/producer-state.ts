@@ -7,6 +7,13 @@
  * pipelining producer may have that many in flight on one channel and resend them all
  * after a reconnect); at most `producerStateCountMax` producers (least recently used evicted).
  * A resent sequence older than the window cannot be answered with offsets: DUPLICATE_SEQUENCE.
+ *
+ * An evicted producer leaves its id and last sequence behind, for `evictedProducerCountMax`
+ * more evictions: a resend from it (a producer whose reply was lost while more than
+ * `producerStateCountMax` others wrote to the channel — one producer per request does that
+ * in seconds) was taken for a new producer's batch and stored twice (helper-34). Now it is
+ * refused as DUPLICATE_SEQUENCE (stored, offsets no longer known), and a sequence past the
+ * last is a new batch, as before.
  */
 import type { BatchHeader } from '../format/record-batch';
 import { limits } from '../limits';
@@ -18,12 +25,16 @@ export interface ProducerBatch {
   baseOffset: number;
   /** Resolves when the batch is durable; a retry arriving before that waits on it. */
   done: Promise<unknown> | null;
+  /** Its broker time, for the answer to a retry (0 when not known: an entry of a checkpoint). */
+  brokerTimestamp: number;
 }
 
 export type ProducerCheck = { kind: 'new' } | { kind: 'duplicate'; batch: ProducerBatch } | { kind: 'stale'; lastSeq: number };
 
 export class ProducerStates {
   private readonly producers = new Map<number, ProducerBatch[]>();
+  /** Evicted producers' last sequences, oldest eviction first (see the file comment). */
+  private readonly evicted = new Map<number, number>();
   /** The producer recorded last: the last in the Map's order. */
   private newest = -1;
 
@@ -33,7 +44,10 @@ export class ProducerStates {
 
   check(header: BatchHeader): ProducerCheck {
     const batches = this.producers.get(header.producerId);
-    if (!batches || batches.length === 0) return { kind: 'new' };
+    if (!batches || batches.length === 0) {
+      const lastSeq = this.evicted.get(header.producerId);
+      return lastSeq !== undefined && header.producerSequence <= lastSeq ? { kind: 'stale', lastSeq } : { kind: 'new' };
+    }
     const last = batches[batches.length - 1]!;
     const lastSeq = last.firstSeq + last.count - 1;
     if (header.producerSequence > lastSeq) return { kind: 'new' };
@@ -41,11 +55,12 @@ export class ProducerStates {
     return batch ? { kind: 'duplicate', batch } : { kind: 'stale', lastSeq };
   }
 
-  record(producerId: number, firstSeq: number, count: number, baseOffset: number, done: Promise<unknown> | null = null): ProducerBatch {
+  record(producerId: number, firstSeq: number, count: number, baseOffset: number, done: Promise<unknown> | null = null, brokerTimestamp = 0): ProducerBatch {
     let batches = this.producers.get(producerId);
     if (!batches) {
       batches = [];
       this.producers.set(producerId, batches);
+      this.evicted.delete(producerId); // back: its batches are known again
     } else if (producerId !== this.newest) {
       // Re-insert: most recently used last. Not for the producer recorded last (it is last
       // already): a delete + set per batch rehashed the Map every few batches, and V8 keeps
@@ -54,15 +69,24 @@ export class ProducerStates {
       this.producers.set(producerId, batches);
     }
     this.newest = producerId;
-    const batch: ProducerBatch = { firstSeq, count, baseOffset, done };
+    const batch: ProducerBatch = { firstSeq, count, baseOffset, done, brokerTimestamp };
     batches.push(batch);
     if (batches.length > limits.producerBatchCountMax) batches.shift();
-    if (this.producers.size > limits.producerStateCountMax) this.producers.delete(this.producers.keys().next().value!);
+    if (this.producers.size > limits.producerStateCountMax) this.evict();
     return batch;
   }
 
+  /** Drops the least recently used producer, keeping its last sequence in `evicted`. */
+  private evict(): void {
+    const [id, batches] = this.producers.entries().next().value!;
+    this.producers.delete(id);
+    const last = batches[batches.length - 1];
+    if (last) this.evicted.set(id, last.firstSeq + last.count - 1);
+    if (this.evicted.size > limits.evictedProducerCountMax) this.evicted.delete(this.evicted.keys().next().value!);
+  }
+
   recordHeader(header: BatchHeader, baseOffset: number): void {
-    if (ProducerStates.isIdempotent(header)) this.record(header.producerId, header.producerSequence, header.recordCount, baseOffset);
+    if (ProducerStates.isIdempotent(header)) this.record(header.producerId, header.producerSequence, header.recordCount, baseOffset, null, header.brokerTimestamp);
   }
 
   /**
