@@ -342,7 +342,7 @@ export class ChannelLog {
       }
       if (check.kind === 'stale') {
         return Promise.reject(
-          new WaymarkError('DUPLICATE_SEQUENCE', `producer ${header.producerId} sequence ${header.producerSequence} is at or before its last stored sequence ${check.lastSeq} and not one of its recent batches`),
+          new WaymarkError('DUPLICATE_SEQUENCE', `producer ${header.producerId} sequence ${header.producerSequence} is at or before its last stored sequence ${check.lastSeq} and not one of its recent batches: a resend of a batch stored long ago (its offsets are no longer known), not stored again`),
         );
       }
     }
