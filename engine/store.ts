@@ -660,8 +660,9 @@ export class Store {
    * batch. With `buffer`, read into it (valid until the caller reuses it).
    */
   readBatches(topic: string, channel: number, options: { offset: number; maxBytes?: number; maxMessages?: number; buffer?: Buffer }): Promise<BatchRead> {
-    const { maxMessages } = options;
+    const { maxMessages, maxBytes } = options;
     if (maxMessages !== undefined && (!Number.isSafeInteger(maxMessages) || maxMessages < 1)) return Promise.reject(new WaymarkError('INVALID_ARGUMENT', `maxMessages ${maxMessages}: at least 1`));
+    if (maxBytes !== undefined && (!Number.isSafeInteger(maxBytes) || maxBytes < 1)) return Promise.reject(new WaymarkError('INVALID_ARGUMENT', `maxBytes ${maxBytes}: at least 1`));
     return this.channel(topic, channel).readBatches(options.offset, options.maxBytes ?? 1024 * 1024, options.buffer, options.maxMessages);
   }
 

@@ -547,6 +547,33 @@ describe('engine tail cache', () => {
   });
 });
 
+// helper-35: the offset index is sparse (an entry per 4 KiB of log or more), and a read ran to
+// the next batch start it knows, returning every whole batch on the way: 14 batches for a
+// maxBytes of 300 (read() then 28 messages).
+describe('engine reads: maxBytes', () => {
+  it('readBatches and read stop at maxBytes after the first batch (always one whole batch); a maxBytes that is not a whole number ≥ 1 is refused', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir, { compression: false });
+    try {
+      await store.createTopic('t', { channels: 1 });
+      for (let b = 0; b < 100; b++) await store.append('t', 0, [{ body: Buffer.alloc(100, b) }, { body: Buffer.alloc(100, b + 1) }]); // batches of one size
+      const one = await store.readBatches('t', 0, { offset: 0, maxBytes: 300 });
+      const batchBytes = one.bytes.readUInt32LE(28);
+      assert.ok(batchBytes > 200 && batchBytes < 400, `a batch of two 100-byte bodies is ${batchBytes} bytes`);
+      assert.deepEqual([one.batchCount, one.bytes.length, one.nextOffset], [1, batchBytes, 2], 'one batch: the first is always whole');
+      for (const maxBytes of [1000, 2500, 4000]) {
+        // Up to maxBytes (or less: up to a batch start the offset index knows within it).
+        const read = await store.readBatches('t', 0, { offset: 10, maxBytes });
+        assert.ok(read.batchCount >= 1 && read.bytes.length <= maxBytes, `maxBytes ${maxBytes}: ${read.batchCount} batches, ${read.bytes.length} bytes`);
+      }
+      assert.equal((await store.read('t', 0, { offset: 0, maxBytes: 300 })).length, 2, 'read: one batch');
+      for (const bad of [Number.NaN, 0, -5, 1.5]) assert.equal((await rejection(store.readBatches('t', 0, { offset: 0, maxBytes: bad }))).code, 'INVALID_ARGUMENT', String(bad));
+    } finally {
+      await store.close();
+    }
+  });
+});
+
 describe('engine producer state', () => {
   it('forgets the least recently used producer past the limit; a producer that keeps appending is never the one forgotten', () => {
     const states = new ProducerStates();

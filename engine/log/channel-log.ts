@@ -594,6 +594,9 @@ export class ChannelLog {
           if (at + h.batchLength > chunk.length) break;
           const batchEnd = expected + h.recordCount;
           if (count > 0 && batchEnd > endOffset) break;
+          // Past maxBytes after the first: the chunk can run to the next batch start the sparse
+          // offset index knows, ~4 KiB on, and every whole batch in it was returned (helper-35).
+          if (count > 0 && at + h.batchLength - first > maxBytes) break;
           expected = batchEnd;
           if (first < 0 && batchEnd <= offset) {
             at += h.batchLength; // before the asked offset
