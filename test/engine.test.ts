@@ -574,6 +574,34 @@ describe('engine reads: maxBytes', () => {
   });
 });
 
+// helper-35 (from reading the code): a segment's key index cap was checked only at the first
+// batch of each write of a group commit, so one group of many small keyed records took a key
+// index far past its 1,000,000 entries (memory, and a file that size).
+describe('engine key index cap within one group commit', () => {
+  it('a group commit that would take the key index past its cap rolls the segment part-way; every key is found after', async function () {
+    this.timeout(120_000);
+    const dir = tempDir();
+    const store = await openStore(dir, { compression: false });
+    try {
+      await store.createTopic('t', { channels: 1 });
+      const batches = Array.from({ length: 40 }, (_, b) =>
+        encodeBatch(Array.from({ length: 10_000 }, (_, i) => ({ key: `k${b}-${i}`, headers: { traceid: `t${b}` }, body: '' })), { codec: null }).batch,
+      );
+      await store.appendBatch('t', 0, batches[0]!.slice()); // the first write: the group after it holds the rest
+      await Promise.all(batches.slice(1).map((batch) => store.appendBatch('t', 0, batch)));
+      for (const key of ['k0-0', 'k17-5000', 'k39-9999']) assert.equal((await store.lookupKey('t', key)).length, 1, key);
+    } finally {
+      await store.close();
+    }
+    // Every segment's key index written (a clean close writes the active one's too).
+    const kix = segmentFiles(path.join(dir, 'topics', 't', '0'), 'kix');
+    const entries = kix.map((file) => fs.readFileSync(file).readUInt32LE(28));
+    assert.ok(kix.length >= 2, `rolled: ${kix.length} key index files`);
+    for (const count of entries) assert.ok(count <= limits.keyIndexEntryCountMax, `a key index of ${count} entries`);
+    assert.equal(entries.reduce((a, b) => a + b, 0), 40 * 10_000 * 3, 'msgId, key and traceid of every record');
+  });
+});
+
 describe('engine producer state', () => {
   it('forgets the least recently used producer past the limit; a producer that keeps appending is never the one forgotten', () => {
     const states = new ProducerStates();

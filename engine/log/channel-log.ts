@@ -423,8 +423,10 @@ export class ChannelLog {
       const segment = this.active;
       let end = start;
       let bytes = 0;
-      while (end < group.length && (end === start || !this.wouldOverflow(segment, bytes, group[end]!))) {
+      let records = 0;
+      while (end < group.length && (end === start || !this.wouldOverflow(segment, bytes, records, group[end]!))) {
         bytes += group[end]!.batch.length;
+        records += group[end]!.header.recordCount;
         end++;
       }
       const slice = group.slice(start, end);
@@ -440,8 +442,15 @@ export class ChannelLog {
     }
   }
 
-  private wouldOverflow(segment: Segment, pendingBytes: number, next: Pending): boolean {
-    return segment.size + pendingBytes + next.batch.length > this.options.segmentBytes;
+  /**
+   * Whether `next` would take the segment past its size or its key index past its entries
+   * (shouldRoll's limits), after `pendingBytes` / `pendingRecords` of the slice before it. (The
+   * entries were checked only at a slice's first batch: one group commit of many small
+   * records could take a key index several times past its cap.)
+   */
+  private wouldOverflow(segment: Segment, pendingBytes: number, pendingRecords: number, next: Pending): boolean {
+    if (segment.size + pendingBytes + next.batch.length > this.options.segmentBytes) return true;
+    return segment.keyEntryCount + (pendingRecords + next.header.recordCount) * 3 > limits.keyIndexEntryCountMax;
   }
 
   private shouldRoll(next: Pending): boolean {
