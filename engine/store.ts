@@ -25,7 +25,7 @@ import { lockFolder, type FolderLock } from './lock';
 import { IoSlots } from './log/io-slots';
 import { ChannelLog, type AppendOutcome, type BatchRead, type ChannelOptions, type SyncMode } from './log/channel-log';
 import { syncDir, writeFileAtomic } from './log/checkpoint';
-import { readTopicFile, writeTopicFile } from './log/topic-file';
+import { readTopicFile, topicFile, writeTopicFile } from './log/topic-file';
 import { DamageBeforeSoundBatchesError, tooManyOpenFiles } from './log/errors';
 import type { RecoveryFinding } from './log/segment';
 import { repairStore } from './inspect/repair';
@@ -241,7 +241,7 @@ interface DamagedChannel {
 
 export class Store {
   private readonly topics = new Map<string, Topic>();
-  /** Topic folders found at open and left closed (topic.json unreadable): see unopenedTopics(). */
+  /** Topic folders found at open and left closed (topic.json unreadable): see isUnopenedTopic(). */
   private readonly unopened = new Set<string>();
   /** Broker times and topic creation times (see StoreClock). */
   private readonly clock = new StoreClock();
@@ -378,7 +378,7 @@ export class Store {
         } catch (err) {
           // One unreadable topic must not keep the others from serving: it is left closed and said.
           this.unopened.add(name);
-          this.report([{ file: path.join(dir, 'topic.json'), position: 0, bytesDropped: 0, kind: 'corrupt', reason: `topic ${name} not opened: ${(err as Error).message}; waymark repair rebuilds topic.json from its channel folders` }]);
+          this.report([{ file: path.join(dir, topicFile), position: 0, bytesDropped: 0, kind: 'corrupt', reason: `topic ${name} not opened: ${(err as Error).message}; waymark repair rebuilds topic.json from its channel folders` }]);
           done++;
           progress();
           continue;
@@ -655,7 +655,7 @@ export class Store {
   // ---------------------------------------------------------------- reads
 
   /**
-   * Raw whole batches from an offset, about `maxBytes` (1 MiB) and, with `maxMessages`, none
+   * Raw whole batches from an offset, at most `maxBytes` (1 MiB) after the first and, with `maxMessages`, none
    * after the first that holds a record at or past offset + maxMessages; always at least one
    * batch. With `buffer`, read into it (valid until the caller reuses it).
    */

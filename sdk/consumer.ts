@@ -190,14 +190,12 @@ export class Consumer implements AsyncIterable<Message> {
     this.dropQueued();
     this.extra = [0, 0]; // a new subscription starts with the window alone
     // Channels still waiting for a time sought go by that time again (see timeSought).
-    const delivered = this.delivered;
-    const byTime = this.timeSought ? [...this.timeSought.pending].filter((channel) => delivered.has(channel)) : [];
+    const byTime = this.waitingFor();
     const soughtAt = byTime.length > 0 ? this.timeSought!.timestamp : 0;
-    const atOffsets = (channels: readonly number[]): Record<number, number> => Object.fromEntries([...delivered].filter(([channel]) => !channels.includes(channel)));
     try {
       // In the reconnect's own turn (a seek made right after goes to the new subscription).
       try {
-        await this.subscribe({ offsets: atOffsets(byTime) }, byTime.length > 0 ? { timestamp: soughtAt, channels: byTime } : null);
+        await this.subscribe({ offsets: this.offsetsBut(byTime) }, byTime.length > 0 ? { timestamp: soughtAt, channels: byTime } : null);
       } catch (err) {
         if ((err as WaymarkError).code !== 'OFFSET_OUT_OF_RANGE' || this.closed) throw err;
         // The broker came back with less than it had handed out (sync none/interval and a
@@ -210,11 +208,12 @@ export class Consumer implements AsyncIterable<Message> {
         if (this.closed) return; // closed meanwhile: no subscription left behind on the broker
         let after = Infinity;
         for (const channel of lost) after = Math.min(after, this.lastTimestamp.get(channel) ?? 0);
-        // One start time for both kinds: the earlier (at worst a message comes twice, none is skipped).
+        // One start time for both kinds (Subscribe has one): the earlier. None is skipped, but a
+        // channel waiting for a time sought may then get what is stamped between the two.
         let timestamp = after > 0 && after < Infinity ? after + 1 : 0;
         if (soughtAt > 0) timestamp = timestamp > 0 ? Math.min(timestamp, soughtAt) : soughtAt;
         const channels = [...new Set([...lost, ...byTime])];
-        await this.subscribe({ offsets: atOffsets(channels) }, { timestamp, channels });
+        await this.subscribe({ offsets: this.offsetsBut(channels) }, { timestamp, channels });
       }
     } catch (err) {
       // Lost again before the reply: the next reconnect subscribes again from the same place.

@@ -69,6 +69,12 @@ export class MsgStream implements AsyncIterable<MsgPack> {
    * (helper-32). A later seek of some channels by positions leaves the others waiting.
    */
   private resume: { positions: Map<number, number>; beginTs: number; byTime: { timestamp: number; channels: Set<number> | null } | null } = { positions: new Map(), beginTs: 0, byTime: null };
+  /** Whether a channel is still placed by a time sought (resume.byTime). */
+  private waitingForTime(channel: number): boolean {
+    const byTime = this.resume.byTime;
+    return byTime !== null && (byTime.channels === null || byTime.channels.has(channel));
+  }
+
   /** The epoch of the last pack handed out (resume moved in it). */
   private resumeEpoch = 0;
   private stopPush: (() => void) | null = null;
@@ -236,9 +242,8 @@ export class MsgStream implements AsyncIterable<MsgPack> {
       // In the reconnect's own turn (a seek made right after goes to the new subscription).
       try {
         // The channels waiting for a time sought go by it (no position: see resume).
-        const waiting = (channel: number): boolean => byTime !== null && (byTime.channels === null || byTime.channels.has(channel));
         await this.subscribe({
-          positions: [...positions].filter(([channel]) => !waiting(channel)).map(([channel, offset]) => ({ channel, offset })),
+          positions: [...positions].filter(([channel]) => !this.waitingForTime(channel)).map(([channel, offset]) => ({ channel, offset })),
           startTimestamp: byTime !== null ? byTime.timestamp : beginTs > 0 ? beginTs + 1 : 0,
         });
       } catch (err) {
@@ -388,11 +393,10 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     if (typeof to === 'string') where = { to };
     else if ('positions' in to) {
       const named = checkPositions(to.positions);
-      const byTime = this.resume.byTime;
       const namedChannels = new Set(named.map((p) => p.channel));
-      waiting = byTime === null ? [] : [...this.resume.positions.keys()].filter((channel) => !namedChannels.has(channel) && (byTime.channels === null || byTime.channels.has(channel)));
+      waiting = [...this.resume.positions.keys()].filter((channel) => !namedChannels.has(channel) && this.waitingForTime(channel));
       const others = new Map([...this.resume.positions].filter(([channel]) => !waiting.includes(channel)));
-      where = waiting.length > 0 ? { positions: withOthers(named, others, this.resume.beginTs), timestamp: byTime!.timestamp } : { positions: withOthers(named, others, this.resume.beginTs) };
+      where = { positions: withOthers(named, others, this.resume.beginTs), ...(waiting.length > 0 ? { timestamp: this.resume.byTime!.timestamp } : {}) };
     } else where = checkSeekTime(to.timestamp) > 0 ? { timestamp: to.timestamp } : { to: 'earliest' };
     const epoch = ++this.epoch;
     for (const item of this.packs.splice(0)) this.grant(item.credit[0], item.credit[1]);

@@ -443,10 +443,10 @@ export class ChannelLog {
   }
 
   /**
-   * Whether `next` would take the segment past its size or its key index past its entries
-   * (shouldRoll's limits), after `pendingBytes` / `pendingRecords` of the slice before it. (The
-   * entries were checked only at a slice's first batch: one group commit of many small
-   * records could take a key index several times past its cap.)
+   * Whether `next` would take the segment past its size or its key index past its entries,
+   * after `pendingBytes` / `pendingRecords` of the slice before it (0 for a slice's first
+   * batch: shouldRoll). (The entries were checked only at a slice's first batch: one group
+   * commit of many small records could take a key index several times past its cap.)
    */
   private wouldOverflow(segment: Segment, pendingBytes: number, pendingRecords: number, next: Pending): boolean {
     if (segment.size + pendingBytes + next.batch.length > this.options.segmentBytes) return true;
@@ -456,8 +456,7 @@ export class ChannelLog {
   private shouldRoll(next: Pending): boolean {
     const segment = this.active;
     if (segment.size === 0) return false;
-    if (segment.size + next.batch.length > this.options.segmentBytes) return true;
-    if (segment.keyEntryCount + next.header.recordCount * 3 > limits.keyIndexEntryCountMax) return true;
+    if (this.wouldOverflow(segment, 0, 0, next)) return true;
     // Capped for topics made before segmentMs was bounded: key index times are u32 ms within a segment.
     return next.brokerTimestamp - segment.firstTimestamp >= Math.min(this.options.segmentMs, limits.segmentMsMax);
   }
@@ -559,7 +558,7 @@ export class ChannelLog {
   }
 
   /**
-   * Reads whole raw batches from `offset`, about `maxBytes` and, with `maxMessages`, no batch
+   * Reads whole raw batches from `offset`, at most `maxBytes` after the first and, with `maxMessages`, no batch
    * after the first holding a record at or past offset + maxMessages (always at least one
    * whole batch). One read per call in the common case: from the offset index's position,
    * skipping the batches before `offset` inside the chunk, up to a batch start the index

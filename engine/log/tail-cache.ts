@@ -77,7 +77,7 @@ export class TailCache {
   }
 
   /**
-   * Whole batches from the one holding `offset`, about `maxBytes`, none holding a record at
+   * Whole batches from the one holding `offset`, at most `maxBytes` after it, none holding a record at
    * or past `endOffset` (at least one batch), as ChannelLog.readBatches returns them; null
    * when `offset` is not in the cache.
    */
