@@ -20,6 +20,9 @@
  *           then the first read and lookups after it
  *   channels openStore and close of 600 topics × 16 small      one atomic checkpoint-sized file
  *           channels (per-channel file work, not data)       write per channel folder, 32 at once
+ *   small   store.appendBatch of one-message batches, one    O_DSYNC writes of the same bytes
+ *           at a time, sync "batch" (the latency path)       that grow a file, and into a file
+ *                                                            zeroed beforehand
  *
  * Rounds alternate the order of engine and baseline so that a burst of noise from the other
  * processes on the machine does not land on one side only; a ratio is the median over rounds
@@ -37,13 +40,14 @@ import { lookupPhase } from './engine-phases/lookup';
 import { channelsPhase } from './engine-phases/channels';
 import { childWriter, openPhase, type WriterConfig } from './engine-phases/open';
 import { readPhase } from './engine-phases/read';
+import { smallPhase } from './engine-phases/small';
 import { goals, phases, type Options } from './engine-phases/shared';
 
 const usage = `usage: node dist/bench/engine.js [options]        (npm run bench:engine -- [options])
 
   --quick                 small smoke run (about a minute): the sizes below shrink
-  --only LIST             phases to run, comma separated: append,read,lookup,open,channels
-                          (default all)
+  --only LIST             phases to run, comma separated: append,read,lookup,open,channels,
+                          small (default all)
   --dir PATH              where data goes (default .bench-data/engine-<pid>; removed at the end)
   --keep                  keep the data folder
   --rounds N              rounds per figure, engine and baseline alternating (3; quick 2)
@@ -61,6 +65,8 @@ const usage = `usage: node dist/bench/engine.js [options]        (npm run bench:
   --open-body-bytes N     body size of the messages filling that store (100)
   --many-topics N         topics of the store the channels phase opens and closes (600; quick 60)
   --many-channels N       channels per topic there (16)
+  --small-appends N       one-message appends per round and side in the small phase (5000;
+                          quick 1000)
   --no-cold               skip the cold (page cache dropped) figures
   --help                  this text`;
 
@@ -86,6 +92,7 @@ function parseArgs(argv: string[]): Options {
     openBodyBytes: 100,
     manyTopics: quick ? 60 : 600,
     manyChannels: 16,
+    smallAppends: quick ? 1000 : 5000,
     cold: true,
   };
   const count = countFlag;
@@ -141,6 +148,9 @@ function parseArgs(argv: string[]): Options {
         break;
       case '--many-channels':
         o.manyChannels = count(flag, value());
+        break;
+      case '--small-appends':
+        o.smallAppends = count(flag, value());
         break;
       case '--no-cold':
         o.cold = false;
@@ -236,6 +246,7 @@ async function main(): Promise<void> {
     if (o.only.has('lookup')) await lookupPhase(o, cold);
     if (o.only.has('open')) await openPhase(o, cold);
     if (o.only.has('channels')) await channelsPhase(o);
+    if (o.only.has('small')) await smallPhase(o);
   } finally {
     cleanUp();
   }

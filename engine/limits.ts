@@ -37,6 +37,14 @@ export const limits = {
   groupCommitBatchCountMax: 4096,
   /** Bytes gathered into one group commit write at most. */
   groupCommitBytesMax: 64 * 1024 * 1024,
+  /**
+   * The zeroed tail (sync mode "batch", Segment.zerosAhead): a group commit of at most this
+   * many bytes that would grow the active segment's file also writes zeros after itself, to
+   * the next multiple of `zeroAheadBytes`. Bigger commits just append: their journal commit is
+   * a small share of their write, and zeros as large as they are would double it.
+   */
+  zeroAheadCommitBytesMax: 16 * 1024,
+  zeroAheadBytes: 1024 * 1024,
   /** Producers whose last sequence a channel remembers for idempotent appends. */
   producerStateCountMax: 10_000,
   /** Evicted producers whose id and last sequence a channel keeps, to refuse their resends (producer-state.ts). */

@@ -2,7 +2,7 @@
  * The store: one locked data folder holding topics, each with N channels.
  *
  *   <data>/LOCK                          flock + holder pid
- *   <data>/store.json                    { "format": "waymark", "version": 1 }
+ *   <data>/store.json                    { "format": "waymark", "version": 2 }
  *   <data>/topics/<topic>/topic.json     the topic's configuration
  *   <data>/topics/<topic>/<channel>/     a segment set (channel-log.ts)
  *
@@ -219,17 +219,26 @@ function makeFolder(dir: string): void {
   }
 }
 
-/** store.json names the folder's format and version; anything else is refused before a byte is read. */
-function checkStoreFile(file: string): void {
+/**
+ * The store format this build writes: 2 lets an active segment end in a zeroed tail
+ * (FORMAT.md), which a build of version 1 would take for damage. Version 1 stores are read and
+ * marked 2 at open, before anything is written.
+ */
+export const storeFormatVersion = 2;
+const storeFileText = JSON.stringify({ format: 'waymark', version: storeFormatVersion });
+
+/** store.json names the folder's format and version; anything else is refused before a byte is read. Returns the version. */
+function checkStoreFile(file: string): number {
   let parsed: { format?: unknown; version?: unknown };
   try {
     parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as typeof parsed;
   } catch (err) {
-    throw new WaymarkError('CORRUPT_FILE', `${file}: ${(err as Error).message} (it should be {"format":"waymark","version":1}; remove it to have it written again)`, { file });
+    throw new WaymarkError('CORRUPT_FILE', `${file}: ${(err as Error).message} (it should be ${storeFileText}; remove it to have it written again)`, { file });
   }
-  if (parsed?.format !== 'waymark' || parsed.version !== 1) {
-    throw new WaymarkError('CORRUPT_FILE', `${file}: ${JSON.stringify(parsed)} is not a waymark store of format version 1 (this build reads version 1)`, { file });
+  if (parsed?.format !== 'waymark' || (parsed.version !== 1 && parsed.version !== storeFormatVersion)) {
+    throw new WaymarkError('CORRUPT_FILE', `${file}: ${JSON.stringify(parsed)} is not a waymark store of format version 1 or ${storeFormatVersion} (what this build reads)`, { file });
   }
+  return parsed.version;
 }
 
 /** A channel to repair before the store opens (see Store.repairAtOpen). */
@@ -343,8 +352,7 @@ export class Store {
   private async openAll(): Promise<DamagedChannel[]> {
     const damaged: DamagedChannel[] = [];
     const storeFile = path.join(this.dir, 'store.json');
-    if (!fs.existsSync(storeFile)) writeFileAtomic(storeFile, JSON.stringify({ format: 'waymark', version: 1 }));
-    else checkStoreFile(storeFile);
+    if (!fs.existsSync(storeFile) || checkStoreFile(storeFile) !== storeFormatVersion) writeFileAtomic(storeFile, storeFileText);
     const topicsDir = path.join(this.dir, 'topics');
     const names = fs.readdirSync(topicsDir);
     const slots = new IoSlots(limits.openCloseChannelCountMax);

@@ -6,16 +6,13 @@ import { connect, type Message } from '../sdk/index';
 import { countRecords } from '../sdk/consumer';
 import { BatchOffset } from '../engine/format/index';
 import { BrokerProcess, httpJson } from './broker-helpers';
-import { flipByte, removeTempDirs, segmentFiles, tempDir } from './helpers';
+import { batchLayout, flipByte, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
 after(removeTempDirs);
 
 /** Start position of every batch in a segment file (walking batchLength fields). */
 function batchStarts(file: string): number[] {
-  const bytes = fs.readFileSync(file);
-  const starts: number[] = [];
-  for (let at = 0; at < bytes.length; at += bytes.readUInt32LE(at + BatchOffset.batchLength)) starts.push(at);
-  return starts;
+  return batchLayout(fs.readFileSync(file)).starts;
 }
 
 describe('a damaged batch in the middle of what a consumer reads', function () {

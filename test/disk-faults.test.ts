@@ -467,6 +467,35 @@ describe('disk faults: smaller ones', () => {
   });
 
   // helper-31: one writeSync wrote what fitted, and the short file was renamed into place:
+  // The zeroed tail writes up to 1 MiB ahead of the data: where that does not fit, the data
+  // alone must still be written (a file size limit stands in for a nearly full disk).
+  it('an append that fits but whose zeros ahead do not is written without them (ENOSPC, EFBIG): acknowledged, read back, the file cut back at close', () => {
+    const dir = tempDir();
+    const out = underUlimit(
+      '-f 256',
+      dir,
+      `(async () => {
+        const store = await engine.openStore(dir);
+        await store.createTopic('t', { channels: 1 });
+        const offsets = [];
+        for (let i = 0; i < 20; i++) offsets.push((await store.append('t', 0, [{ body: 'm' + i }])).baseOffset);
+        const log = require('path').join(dir, 'topics', 't', '0', '00000000000000000000.log');
+        const whileOpen = fs.statSync(log).size;
+        await store.close();
+        const again = await engine.openStore(dir);
+        const bodies = (await again.read('t', 0, { offset: 0, maxMessages: 100 })).map((m) => m.body.toString());
+        const report = again.recoveryReport.length;
+        await again.close();
+        console.log(JSON.stringify({ offsets, bodies, report, whileOpen, closed: fs.statSync(log).size }));
+      })();`,
+    );
+    assert.deepEqual(out.offsets, Array.from({ length: 20 }, (_, i) => i), JSON.stringify(out));
+    assert.deepEqual(out.bodies, Array.from({ length: 20 }, (_, i) => `m${i}`));
+    assert.equal(out.report, 0);
+    assert.ok(out.whileOpen <= 256 * 1024, 'no zeros past the limit');
+    assert.ok(out.closed < 4096, `the file holds the batches only (${out.closed} bytes)`);
+  });
+
   // createTopic succeeded and the next open left the topic closed (its topic.json cut off).
   // A file size limit (ulimit -f, in KiB; Node ignores SIGXFSZ) makes the write short, as a full disk does.
   it('a topic.json that can be written only in part fails the create with STORAGE_FAILED; nothing is renamed into place', () => {

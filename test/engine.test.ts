@@ -9,7 +9,7 @@ import { limits } from '../engine/limits';
 import { TailCache } from '../engine/log/tail-cache';
 import { KeyIndexBuilder } from '../engine/index/key-index';
 import { xxh32 } from '../engine/format/checksum';
-import { bodyFor, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
+import { batchLayout, bodyFor, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
 const variants: Array<{ sync: SyncMode; compression: boolean }> = [];
 for (const sync of ['batch', 'interval', 'none'] as const) for (const compression of [false, true]) variants.push({ sync, compression });
@@ -241,7 +241,7 @@ for (const variant of variants) {
       // Proof the newest batch comes from memory: rot its last byte on disk; the watched read is still sound.
       const file = segmentFiles(path.join(dir, 'topics', 't', '0')).pop()!;
       const fd = fs.openSync(file, 'r+');
-      const size = fs.fstatSync(fd).size;
+      const size = batchLayout(fs.readFileSync(file)).end; // the last batch's end (the file may run on with the zeroed tail)
       const original = Buffer.alloc(1);
       fs.readSync(fd, original, 0, 1, size - 1);
       fs.writeSync(fd, Buffer.from([original[0]! ^ 0xff]), 0, 1, size - 1);
@@ -711,7 +711,7 @@ describe('engine store: the folder itself', () => {
     assert.equal(twice.code, 'STORE_LOCKED');
     assert.match(twice.message, /this process \(pid \d+\): it is already open here/);
     await store.close();
-    for (const text of ['{bad', '{"format":"kafka","version":1}', '{"format":"waymark","version":2}']) {
+    for (const text of ['{bad', '{"format":"kafka","version":2}', '{"format":"waymark","version":3}']) {
       fs.writeFileSync(path.join(dir, 'store.json'), text);
       const err = await rejection(openStore(dir));
       assert.equal(err.code, 'CORRUPT_FILE', text);
@@ -719,7 +719,23 @@ describe('engine store: the folder itself', () => {
     }
     fs.rmSync(path.join(dir, 'store.json'));
     await (await openStore(dir)).close();
-    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 1 }, 'written again');
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 2 }, 'written again');
+  });
+
+  it('a store of format 1 (no zeroed tails) is read, and marked 2 at open before anything is written', async () => {
+    const dir = tempDir();
+    let store = await openStore(dir);
+    await store.createTopic('t', { channels: 1 });
+    await store.append('t', 0, [{ body: 'one' }]);
+    await store.close();
+    fs.writeFileSync(path.join(dir, 'store.json'), '{"format":"waymark","version":1}');
+    store = await openStore(dir);
+    try {
+      assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 2 });
+      assert.deepEqual((await store.read('t', 0, { offset: 0 })).map((m) => m.body.toString()), ['one']);
+    } finally {
+      await store.close();
+    }
   });
 });
 

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { openStore, type Store, type SyncMode } from '../engine/index';
 import { cachedPositionCountMax, compactionSegmentCount, GroupPositions, groupsTopic } from '../server/groups';
 import { repairStore } from '../engine/inspect/index';
-import { flipByte, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
+import { flipByte, logEnd, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
 after(removeTempDirs);
 
@@ -104,7 +104,7 @@ describe('__groups compaction', () => {
     let { store, groups } = await openGroups(dir);
     await store.createTopic('orders', { channels: 1 });
     const channel = path.join(dir, 'topics', groupsTopic, '0');
-    const activeBytes = (): number => fs.statSync(segmentFiles(channel).at(-1)!).size;
+    const activeBytes = (): number => logEnd(segmentFiles(channel).at(-1)!);
     const grown = async (work: () => Promise<unknown>): Promise<number> => {
       const before = activeBytes();
       await work();

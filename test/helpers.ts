@@ -44,6 +44,26 @@ export function truncateTail(file: string, size: number): void {
   fs.truncateSync(file, size);
 }
 
+/**
+ * Start position of every batch in a segment file's bytes, walking batchLength fields, and
+ * where the batches end: at the end of the file or at its zeroed tail (FORMAT.md), the zeros
+ * an active segment in sync mode "batch" is written ahead with (a zero magic byte).
+ */
+export function batchLayout(bytes: Buffer): { starts: number[]; end: number } {
+  const starts: number[] = [];
+  let at = 0;
+  while (at + 64 <= bytes.length && bytes[at + 24] !== 0) {
+    starts.push(at);
+    at += bytes.readUInt32LE(at + 28);
+  }
+  return { starts, end: at };
+}
+
+/** Where a segment file's batches end: its size, less any zeroed tail (an active segment in sync mode "batch"). */
+export function logEnd(file: string): number {
+  return batchLayout(fs.readFileSync(file)).end;
+}
+
 export function segmentFiles(channelDir: string, extension = 'log'): string[] {
   return fs
     .readdirSync(channelDir)

@@ -16,7 +16,7 @@ import { GroupPositions } from '../server/groups';
 import type { Frame } from '../protocol/frames';
 import { channelForKey, connect, ErrorTable } from '../sdk/index';
 import { BrokerProcess, RawClient, httpJson, take, text } from './broker-helpers';
-import { copyFolder, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
+import { copyFolder, logEnd, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
 
 after(removeTempDirs);
 
@@ -155,7 +155,7 @@ describe('input fixes: group positions outside their channel', function () {
     const segment = (dir: string): string => segmentFiles(path.join(dir, 'topics', 'cut', '0'))[0]!;
     const starts: number[] = [];
     for (const body of ['m0', 'm1', 'm2']) {
-      starts.push(fs.statSync(segment(live)).size);
+      starts.push(logEnd(segment(live)));
       await store.append('cut', 0, [{ body }]);
     }
     const groups = await GroupPositions.open(store);

@@ -6,7 +6,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { connect, type Message, type MsgPack, type MsgStream } from '../sdk/index';
 import { BrokerProcess, brokerForSuite, heldForResend, killAndLose, startAndReconnect, take, text } from './broker-helpers';
-import { rejection, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
+import { batchLayout, rejection, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
 
 after(removeTempDirs);
 
@@ -407,8 +407,7 @@ function cutLastBatches(channelDir: string, count: number): number {
   const [segment, ...others] = segmentFiles(channelDir);
   assert.equal(others.length, 0, 'one segment');
   const bytes = fs.readFileSync(segment!);
-  const starts: number[] = [];
-  for (let pos = 0; pos < bytes.length; pos += bytes.readUInt32LE(pos + 28)) starts.push(pos);
+  const { starts } = batchLayout(bytes);
   assert.ok(starts.length > count, `more than ${count} batches in the segment (${starts.length})`);
   const kept = starts[starts.length - count]!;
   truncateTail(segment!, kept);

@@ -8,8 +8,8 @@ import { openStore, type MessageInput, type Store } from '../../engine/index';
 import { BodySource, formatBytes, now, progress, sig } from '../common';
 export { settle } from '../common';
 
-export type Phase = 'append' | 'read' | 'lookup' | 'open' | 'channels';
-export const phases: Phase[] = ['append', 'read', 'lookup', 'open', 'channels'];
+export type Phase = 'append' | 'read' | 'lookup' | 'open' | 'channels' | 'small';
+export const phases: Phase[] = ['append', 'read', 'lookup', 'open', 'channels', 'small'];
 
 export interface Options {
   quick: boolean;
@@ -31,6 +31,8 @@ export interface Options {
   /** The channels phase: topics, and channels per topic. */
   manyTopics: number;
   manyChannels: number;
+  /** The small phase: one-message appends per round and side. */
+  smallAppends: number;
   cold: boolean;
 }
 

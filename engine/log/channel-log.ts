@@ -88,6 +88,8 @@ interface Pending {
 
 /** A lookup reads this much at a batch's position at once (most batches fit; a larger one takes a second read). */
 const lookupReadBytes = 128 * 1024;
+/** Write errors that say the file system has no room (or the file may grow no further). */
+const outOfSpaceCodes = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
 
 export class ChannelLog {
   private readonly segments: Segment[] = [];
@@ -430,13 +432,26 @@ export class ChannelLog {
         end++;
       }
       const slice = group.slice(start, end);
-      const writing = pool.writev(segment.fd, slice.map((p) => p.batch), segment.size);
+      const buffers = slice.map((p) => p.batch);
+      const zeros = segment.zerosAhead(segment.size + bytes, this.options.segmentBytes);
+      let writing = pool.writev(segment.fd, zeros.length > 0 ? [...buffers, zeros] : buffers, segment.size);
+      if (zeros.length > 0) {
+        // The zeros must never cost an append that fits: on a full disk (or a file size
+        // limit) the same bytes are written again without them, and this segment writes no
+        // more zeros ahead (zeroAheadFailed).
+        writing = writing.catch((err: NodeJS.ErrnoException) => {
+          if (!outOfSpaceCodes.has(err.code ?? '')) throw err;
+          segment.zeroAheadFailed();
+          return pool.writev(segment.fd, buffers, segment.size);
+        });
+      }
       let at = segment.size;
       for (const p of slice) {
         segment.indexBatch(at, p.header, p.batch);
         at += p.batch.length;
       }
       await writing;
+      segment.wrote(at + zeros.length);
       segment.size = at;
       start = end;
     }

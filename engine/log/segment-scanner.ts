@@ -10,6 +10,18 @@
  *   | fewer bytes than a header, or than batchLength     | torn      | yes: cut-short write  |
  *   | an inconsistent header (magic, lengths, flags)     | corrupt   | no                    |
  *   | a consistent header whose checksum fails           | corrupt*  | no                    |
+ *   | zeros, and only zeros to the end of the file       | (the end) | no: a zeroed tail     |
+ *   | a batch whose bytes stop at a page boundary inside | torn      | yes: a write into the |
+ *   |   it, only zeros after (header or checksum fails)  |           |   zeroed tail cut short |
+ *
+ * The last two rows are the zeroed tail (FORMAT.md, "The zeroed tail"): the active segment
+ * of a store in sync mode "batch" is written ahead with zeros, so a small group commit
+ * overwrites blocks that are already allocated and its O_DSYNC write commits no file-size
+ * change. The scan ends where only zeros are left; a crash cuts a write at a page boundary
+ * (the kernel copies a write into the page cache page by page), which leaves a batch whose
+ * bytes stop at one with zeros after — torn, as a batch cut short at the end of a file is.
+ * A damaged batch is never mistaken for that unless its own last bytes from a page boundary
+ * on are zero, and then it is the file's last batch either way.
  *
  *   * with `checksumMismatch: 'report'` the batch is yielded with checksumOk=false and the
  *     scan goes on by its length (dump shows every batch's status); otherwise the scan stops.
@@ -80,15 +92,24 @@ export function* scanSegment(fd: number, options: ScanOptions = {}): Generator<S
       probe = probeHeader(window.buf, at2, at2 + window.length - at2);
     }
     if (probe.kind === 'short') {
-      yield { kind: 'torn', position, bytesDropped: fileEnd - position };
+      if (zeroRunStart(fd, position, fileEnd) > position) yield { kind: 'torn', position, bytesDropped: fileEnd - position };
       return;
     }
     if (probe.kind === 'corrupt') {
-      yield { kind: 'corrupt', position, reason: probe.reason };
+      const tail = zeroTailAt(fd, position, position + batchHeaderBytes, fileEnd);
+      if (tail.kind === 'torn') yield { kind: 'torn', position, bytesDropped: tail.dataEnd - position };
+      else if (tail.kind === 'damage') yield { kind: 'corrupt', position, reason: probe.reason };
       return;
     }
     const from = position - window.start;
     const checksumOk = checksumHolds(window.buf, from, probe.header);
+    if (!checksumOk) {
+      const tail = zeroTailAt(fd, position, position + probe.header.batchLength, fileEnd);
+      if (tail.kind === 'torn') {
+        yield { kind: 'torn', position, bytesDropped: tail.dataEnd - position };
+        return;
+      }
+    }
     if (!checksumOk && options.checksumMismatch !== 'report') {
       yield { kind: 'corrupt', position, reason: 'checksum mismatch' };
       return;
@@ -96,6 +117,42 @@ export function* scanSegment(fd: number, options: ScanOptions = {}): Generator<S
     yield { kind: 'batch', position, header: probe.header, bytes: window.buf.subarray(from, from + probe.header.batchLength), checksumOk };
     position += probe.header.batchLength;
   }
+}
+
+/** The kernel's page: a crash cuts a write into the page cache only at a multiple of it. */
+const pageBytes = 4096;
+
+/**
+ * At `position`, a batch start that holds no sound batch (its bytes, as its header claims or
+ * at least a header, run to `claimedEnd`): 'zeros' when every byte from there to the end of
+ * the file is zero (the zeroed tail: the data ends here), 'torn' when the bytes stop at a
+ * page boundary before `claimedEnd` with only zeros after (a write into the zeroed tail cut
+ * short), otherwise 'damage'. `dataEnd`: where the file's last run of zeros starts.
+ */
+function zeroTailAt(fd: number, position: number, claimedEnd: number, fileEnd: number): { kind: 'zeros' | 'torn' | 'damage'; dataEnd: number } {
+  const dataEnd = zeroRunStart(fd, position, fileEnd);
+  if (dataEnd === position) return { kind: 'zeros', dataEnd };
+  const cut = Math.ceil(dataEnd / pageBytes) * pageBytes;
+  return { kind: cut < claimedEnd ? 'torn' : 'damage', dataEnd };
+}
+
+/** Where the file's last run of zero bytes starts (`fileEnd` when its last byte is not zero), looking back no further than `from`. */
+export function zeroRunStart(fd: number, from: number, fileEnd: number): number {
+  const chunk = Buffer.allocUnsafe(Math.min(windowBytesDefault, Math.max(0, fileEnd - from)));
+  let end = fileEnd;
+  while (end > from) {
+    const start = Math.max(from, end - chunk.length);
+    const want = end - start;
+    let got = 0;
+    while (got < want) {
+      const n = fs.readSync(fd, chunk, got, want - got, start + got);
+      if (n === 0) return end; // the file shrank under us: treat what is gone as data, not zeros
+      got += n;
+    }
+    for (let i = want - 1; i >= 0; i--) if (chunk[i] !== 0) return start + i + 1;
+    end = start;
+  }
+  return from;
 }
 
 /**

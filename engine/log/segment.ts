@@ -11,7 +11,10 @@
  * - `size` is the byte length of whole batches; nothing past it is ever read;
  * - `nextOffset` = baseOffset + number of records (offsets are dense within a segment);
  * - broker timestamps are non-decreasing (the channel makes them so);
- * - the active segment's indexes live in memory and cover exactly [0, size).
+ * - the active segment's indexes live in memory and cover exactly [0, size);
+ * - the log file may run past `size` only with zeros, up to `writtenTo` (the zeroed tail,
+ *   written ahead in sync mode "batch": `zerosAhead`); a seal, a clean close and recovery
+ *   cut the file back to `size`.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -27,12 +30,19 @@ import { CorruptIndexError, DamageBeforeSoundBatchesError } from './errors';
 import * as pool from './fs-pool';
 import { writeFileSynced, writeFileSyncedAsync, writeIndexFileAsync } from './index-file';
 import { OffsetIndex } from './offset-index';
-import { findNextBatch, scanSegment } from './segment-scanner';
+import { findNextBatch, scanSegment, zeroRunStart } from './segment-scanner';
 import { TimeIndex } from './time-index';
 
 /** A segment's log and its index files: the base offset, 20 digits, and the extension. */
 export const segmentNamePattern = /^(\d{20})\.log$/;
 export const indexNamePattern = /^(\d{20})\.(oix|tix|kix)$/;
+
+const emptyBytes = new Uint8Array(0);
+let zeros: Uint8Array | null = null;
+/** One shared buffer of zeros for every segment's zeroed tail (only ever read). */
+function zeroBytes(): Uint8Array {
+  return (zeros ??= new Uint8Array(limits.zeroAheadBytes));
+}
 
 export function segmentFileName(baseOffset: number, extension: string): string {
   return `${String(baseOffset).padStart(20, '0')}.${extension}`;
@@ -70,6 +80,11 @@ export class Segment {
   firstTimestamp = -1;
   maxTimestamp = -1;
   sealed = false;
+  /**
+   * Bytes of the log file that are written, data or the zeroed tail after it: a write that
+   * ends at or below this overwrites allocated, written blocks (no file-size change to commit).
+   */
+  writtenTo = 0;
   private bytesSinceIndexEntry = Infinity;
   private offsetIndex: OffsetIndex | null = null;
   private timeIndex: TimeIndex | null = null;
@@ -179,14 +194,19 @@ export class Segment {
           fs.closeSync(fd);
           throw new DamageBeforeSoundBatchesError(dir, file, event.position, soundAt, event.reason);
         }
-        end = { file, position: event.position, bytesDropped: fileBytes - event.position, kind: 'corrupt', reason: event.reason };
+        // Up to the zeroed tail, if the file has one: the zeros after are not data.
+        end = { file, position: event.position, bytesDropped: zeroRunStart(fd, event.position, fileBytes) - event.position, kind: 'corrupt', reason: event.reason };
       }
     }
     if (end) {
-      if (end.kind === 'corrupt') end.savedTo = saveDroppedBytes(fd, file, end.position, fileBytes);
+      if (end.kind === 'corrupt') end.savedTo = saveDroppedBytes(fd, file, end.position, end.position + end.bytesDropped);
       fs.ftruncateSync(fd, segment.size);
       findings.push(end);
+    } else if (fileBytes > segment.size) {
+      // The zeroed tail after the last batch (scanSegment ended at it): not data, no finding.
+      fs.ftruncateSync(fd, segment.size);
     }
+    segment.writtenTo = segment.size;
     if (findings.length > 0) fs.fdatasyncSync(fd);
     return { segment, findings };
   }
@@ -213,6 +233,7 @@ export class Segment {
     const segment = new Segment(dir, meta.baseOffset, fd, dsync);
     try {
       segment.size = meta.bytes;
+      segment.writtenTo = meta.bytes; // the caller found the file this size (ChannelLog.load)
       segment.nextOffset = meta.nextOffset;
       segment.firstTimestamp = meta.firstTimestamp;
       segment.maxTimestamp = meta.maxTimestamp;
@@ -290,7 +311,11 @@ export class Segment {
     // The checkpoint is about to vouch for the log: in sync modes "interval" and "none" this
     // makes it durable. In "batch" it is already: every write was O_DSYNC, and open synced
     // what an earlier run left (ChannelLog.leftoverTailToSync). An fdatasync with nothing to
-    // write still cost ~0.3 ms here, at every close of ten thousand channels.
+    // write still cost ~0.3 ms here, at every close of ten thousand channels. A zeroed tail
+    // is cut off first. The cut need not be synced: the checkpoint vouches for a file of
+    // exactly `size` bytes, and open scans one of any other size (a cut a power loss undid
+    // costs a scan, never data; on ext4 the checkpoint's own sync commits it anyway).
+    if (this.cutZeroedTail()) await pool.ftruncate(this.fd, this.size);
     if (!this.writesDurable) await pool.fdatasync(this.fd);
     if (options.syncIndexFiles) for (const [file, bytes] of files) await writeFileSyncedAsync(file, bytes);
     else await Promise.all(files.map(([file, bytes]) => writeIndexFileAsync(file, bytes)));
@@ -301,10 +326,46 @@ export class Segment {
   /** Writes the index files, syncs the log, and makes the segment read-only. */
   seal(): void {
     if (this.sealed) return;
+    if (this.cutZeroedTail()) fs.ftruncateSync(this.fd, this.size);
     fs.fdatasyncSync(this.fd);
     for (const [file, bytes] of this.encodeIndexFiles()) writeFileSynced(file, bytes);
     this.keyBuilder = null;
     this.sealed = true;
+  }
+
+  /**
+   * The zeros to write after a group commit that ends at `end` (a slice of one shared zero
+   * buffer, empty when none): in sync mode "batch", a commit of at most
+   * `zeroAheadCommitBytesMax` that would take the file past `writtenTo` also writes zeros to
+   * the next multiple of `zeroAheadBytes` (never past `segmentBytes`). So the commits after it
+   * overwrite written blocks, and their O_DSYNC write has no new size or block allocation to
+   * commit to the file system's journal — on ext4 a third less device time and half the CPU
+   * of an append (BENCHMARKS.md). Call `wrote(end + zeros.length)` once the write is done.
+   */
+  zerosAhead(end: number, segmentBytes: number): Uint8Array {
+    if (!this.writesDurable || end <= this.writtenTo || end - this.size > limits.zeroAheadCommitBytesMax) return emptyBytes;
+    const to = Math.min(segmentBytes, (Math.floor(end / limits.zeroAheadBytes) + 1) * limits.zeroAheadBytes);
+    return to > end ? zeroBytes().subarray(0, to - end) : emptyBytes;
+  }
+
+  /**
+   * A write with zeros ahead failed for want of space: none are written from here on, and a
+   * seal cuts the file back to `size`, whatever part of the zeros reached it.
+   */
+  zeroAheadFailed(): void {
+    this.writtenTo = Number.MAX_SAFE_INTEGER;
+  }
+
+  /** A write of the log up to `end` is done (data and any zeros after it). */
+  wrote(end: number): void {
+    this.writtenTo = Math.max(this.writtenTo, end);
+  }
+
+  /** Whether the file runs past `size` with the zeroed tail (which a seal cuts off). */
+  private cutZeroedTail(): boolean {
+    const cut = this.writtenTo > this.size;
+    this.writtenTo = this.size;
+    return cut;
   }
 
   /** The three index files of this segment as they are written at a seal: [path, bytes]. */
