@@ -155,6 +155,21 @@ export function latencySummary(samplesMs: ArrayLike<number> | Samples, unit: 'us
 }
 
 /**
+ * The p99 of each consecutive block of `perBlock` samples, in ms (samples in the order they
+ * were taken: at a fixed rate, a block is a stretch of time). Where a phase's tail sits —
+ * spread evenly, or in a few seconds after something else the machine did — tells a
+ * disturbance from a steady cost.
+ */
+export function blockP99s(samples: Samples, perBlock: number): number[] {
+  const values = samples.values();
+  const out: number[] = [];
+  for (let at = 0; at + perBlock <= values.length; at += perBlock) {
+    out.push(sig(percentile(values.slice(at, at + perBlock).sort(), 0.99), 3));
+  }
+  return out;
+}
+
+/**
  * A preallocated list of samples: recording one allocates nothing (a growing number[] is
  * garbage that lives through the whole run, and its copies on growth are promoted).
  */

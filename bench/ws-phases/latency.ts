@@ -1,13 +1,14 @@
 /**
  * Latency phase of bench/ws.ts: end-to-end, produce → consumer, at a fixed rate (10,000
  * messages a second by default) of 100 B messages. One SDK producer and one stream-group
- * consumer (start "latest"), each on its own connection, in this process; the producer's
+ * consumer (start "latest"), each on its own connection, in a fresh client process
+ * (latency-client.ts: not this one, whose heap the earlier phases shaped); the producer's
  * defaults (lingerMs 0: a batch goes at the end of the current turn; acknowledged after
  * fdatasync). Message i is due at t0 + i / rate; the sender (bench/pacer.ts: woken at each
- * due time by a worker thread, so this process's event loop never blocks) sends every
+ * due time by a worker thread, so the client's event loop never blocks) sends every
  * message when it is due, with its due time in the body. The
  * latency of a message is (consumer has it) − (its due time), so time the sender spent behind
- * schedule counts too (no coordinated omission). The first second is warm-up, not counted.
+ * schedule counts too (no coordinated omission). The first seconds are warm-up, not counted.
  *
  * Floors measured in the same run, at the same rate:
  *   engine store.appendBatch of one-message batches in the broker process, paced the same
@@ -22,13 +23,15 @@
  *          cannot beat (at 10,000 msg/s the broker's group commit puts several messages in
  *          one fdatasync).
  */
+import { fork } from 'node:child_process';
+import * as path from 'node:path';
 import { WebSocket } from 'ws';
 import { connect } from '../../sdk/index';
 import { encodeBatch } from '../../engine/index';
 import { encodeFrame } from '../../protocol/frames';
-import { emit, latencySummary, now, progress, quiesceDisk, Samples, sig } from '../common';
+import { blockP99s, emit, latencySummary, now, progress, quiesceDisk, Samples, sig, type Json } from '../common';
 import { paced } from '../pacer';
-import { brokerBusy, type BrokerChild, type Options } from './shared';
+import { brokerBusy, pin, type BrokerChild, type Options } from './shared';
 
 /** Warm-up of the floors (they run after the SDK pass, in processes already warm). */
 const floorWarmupMs = 1000;
@@ -40,8 +43,9 @@ export async function latencyPhase(o: Options, broker: BrokerChild): Promise<{ p
   await admin.admin.createTopic(topic, { channels: 1 });
   admin.close();
 
-  progress(`latency: SDK produce → consume at ${o.latencyRate.toLocaleString('en')} msg/s for ${o.latencyWarmupSeconds} s of warm-up, then ${o.latencySeconds} s measured`);
-  const { result: sdk, brokerBusy: busy } = await brokerBusy(broker, () => sdkLatency(broker.url, topic, o));
+  progress(`latency: SDK produce → consume at ${o.latencyRate.toLocaleString('en')} msg/s for ${o.latencyWarmupSeconds} s of warm-up, then ${o.latencySeconds} s measured (a fresh client process)`);
+  const params: LatencyParams = { latencyRate: o.latencyRate, latencySeconds: o.latencySeconds, latencyWarmupSeconds: o.latencyWarmupSeconds };
+  const { result: sdk, brokerBusy: busy } = await brokerBusy(broker, () => sdkLatencyInChild(broker.url, topic, params, o.pin));
   const floorSeconds = Math.min(o.latencySeconds, 10);
   progress(`latency: engine floor (appendBatch of one-message batches in the broker process) at the same rate for ${floorSeconds} s`);
   await broker.call({ cmd: 'gc' });
@@ -53,7 +57,6 @@ export async function latencyPhase(o: Options, broker: BrokerChild): Promise<{ p
   progress(`latency: fdatasync floor, back to back, for ${floorSeconds} s`);
   const fsync = await broker.call({ cmd: 'fsyncLatency', seconds: floorSeconds, bytes: 128 });
 
-  const summary = latencySummary(sdk.fromDue, 'ms');
   emit({
     name: 'latency',
     what: 'produce → consumer, from the due time',
@@ -61,22 +64,54 @@ export async function latencyPhase(o: Options, broker: BrokerChild): Promise<{ p
     seconds: o.latencySeconds,
     warmupSeconds: o.latencyWarmupSeconds,
     bodyBytes: 100,
-    ...summary,
-    fromSendCall: latencySummary(sdk.fromSend, 'ms'),
-    produceAck: latencySummary(sdk.acks, 'ms'),
-    received: sdk.received,
-    sent: sdk.sent,
-    produceRequests: sdk.produceRequests,
+    ...sdk,
     brokerBusy: busy,
     engineFloor: { ...engine.result, brokerBusy: engine.brokerBusy },
     echoFloor: latencySummary(echo, 'ms'),
     fsyncFloor: fsync,
   });
   await broker.call({ cmd: 'deleteTopic', topic });
-  return { p50: summary.p50_ms as number, p99: summary.p99_ms as number, max: summary.max_ms as number };
+  return { p50: sdk.p50_ms as number, p99: sdk.p99_ms as number, max: sdk.max_ms as number };
 }
 
-interface SdkLatency {
+/** What the SDK pass needs of the options (they cross a process boundary). */
+export interface LatencyParams {
+  latencyRate: number;
+  latencySeconds: number;
+  latencyWarmupSeconds: number;
+}
+
+/** Runs sdkLatency in a fresh child process (latency-client.ts says why), pinned as this process is. */
+async function sdkLatencyInChild(url: string, topic: string, params: LatencyParams, pinned: boolean): Promise<Json> {
+  const child = fork(path.join(__dirname, 'latency-client.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  if (pinned) pin(child.pid!, 1);
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  try {
+    return await new Promise<Json>((resolve, reject) => {
+      child.once('message', (m: { result?: Json; error?: string }) => (m.result ? resolve(m.result) : reject(new Error(`latency client: ${m.error}`))));
+      child.once('exit', (code, signal) => reject(new Error(`latency client exited (${signal ?? code}) before answering`)));
+      child.send({ url, topic, params });
+    });
+  } finally {
+    await exited;
+  }
+}
+
+/** The pass's figures: the from-due summary (the goal's), per-second p99s, and the other views. */
+export function summarizeSdkLatency(sdk: SdkLatency, params: LatencyParams): Json {
+  return {
+    ...latencySummary(sdk.fromDue, 'ms'),
+    // p99 of each measured second, in order (messages arrive in the order they were due).
+    p99_bySecond_ms: blockP99s(sdk.fromDue, params.latencyRate),
+    fromSendCall: latencySummary(sdk.fromSend, 'ms'),
+    produceAck: latencySummary(sdk.acks, 'ms'),
+    received: sdk.received,
+    sent: sdk.sent,
+    produceRequests: sdk.produceRequests,
+  };
+}
+
+export interface SdkLatency {
   fromDue: Samples;
   fromSend: Samples;
   /** send() call → its promise resolved (durable on the broker). */
@@ -87,7 +122,7 @@ interface SdkLatency {
   produceRequests: number;
 }
 
-async function sdkLatency(url: string, topic: string, o: Options): Promise<SdkLatency> {
+export async function sdkLatency(url: string, topic: string, o: LatencyParams): Promise<SdkLatency> {
   const producerClient = await connect(url, { clientName: 'bench-latency-producer' });
   const consumerClient = await connect(url, { clientName: 'bench-latency-consumer' });
   try {
