@@ -55,7 +55,7 @@ const usage = `usage: node dist/bench/ws.js [options]        (npm run bench:ws -
   --latency-warmup-seconds N  seconds of the same traffic before them, not measured (5; quick 2):
                             the broker's and client's JIT and heap settle first
   --broker-cpu-prof         write a V8 CPU profile of the broker process (into the data folder's parent)
-  --client-cpu-prof         same for this process (run node with --cpu-prof yourself, or use this)
+  --client-cpu-prof         same for this process, and for the latency phase's client process
   --broker-node-flags "F…"  node flags for the broker process, space separated (e.g. "--trace-gc")
   --help                    this text`;
 

@@ -45,7 +45,7 @@ export async function latencyPhase(o: Options, broker: BrokerChild): Promise<{ p
 
   progress(`latency: SDK produce → consume at ${o.latencyRate.toLocaleString('en')} msg/s for ${o.latencyWarmupSeconds} s of warm-up, then ${o.latencySeconds} s measured (a fresh client process)`);
   const params: LatencyParams = { latencyRate: o.latencyRate, latencySeconds: o.latencySeconds, latencyWarmupSeconds: o.latencyWarmupSeconds };
-  const { result: sdk, brokerBusy: busy } = await brokerBusy(broker, () => sdkLatencyInChild(broker.url, topic, params, o.pin));
+  const { result: sdk, brokerBusy: busy } = await brokerBusy(broker, () => sdkLatencyInChild(broker.url, topic, params, o));
   const floorSeconds = Math.min(o.latencySeconds, 10);
   progress(`latency: engine floor (appendBatch of one-message batches in the broker process) at the same rate for ${floorSeconds} s`);
   await broker.call({ cmd: 'gc' });
@@ -81,10 +81,14 @@ export interface LatencyParams {
   latencyWarmupSeconds: number;
 }
 
-/** Runs sdkLatency in a fresh child process (latency-client.ts says why), pinned as this process is. */
-async function sdkLatencyInChild(url: string, topic: string, params: LatencyParams, pinned: boolean): Promise<Json> {
-  const child = fork(path.join(__dirname, 'latency-client.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  if (pinned) pin(child.pid!, 1);
+/**
+ * Runs sdkLatency in a fresh child process (latency-client.ts says why), pinned as this
+ * process is; with --client-cpu-prof it writes its own profile next to this process's.
+ */
+async function sdkLatencyInChild(url: string, topic: string, params: LatencyParams, o: Options): Promise<Json> {
+  const execArgv = [...process.execArgv, ...(o.clientCpuProf ? ['--cpu-prof', `--cpu-prof-dir=${path.dirname(o.dir)}`] : [])];
+  const child = fork(path.join(__dirname, 'latency-client.js'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv });
+  if (o.pin) pin(child.pid!, 1);
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   try {
     return await new Promise<Json>((resolve, reject) => {
