@@ -934,6 +934,35 @@ describe('broker: the waymark CLI against a real broker', function () {
     assert.equal(gone.stderr, 'waymark: topics: topic "cli" does not exist\n');
   });
 
+  it('npm start: a SIGTERM to npm (as a supervisor sends it) stops the broker gracefully, none left running', async () => {
+    // The script runs through `sh -c`; without `exec` npm signalled the shell, which died and
+    // left the broker running, holding the port and the data folder's lock.
+    const data = tempDir();
+    const root = path.resolve(__dirname, '..', '..');
+    const npm = spawn('npm', ['start', '--silent', '--', '--port', '0', '--data', data], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    const url = await new Promise<string>((resolve, reject) => {
+      npm.stderr!.on('data', (d: Buffer) => {
+        stderr += d;
+        const m = /serving (ws:\/\/\S+)/.exec(stderr);
+        if (m) resolve(m[1]!);
+      });
+      npm.on('exit', (code) => reject(new Error(`npm start exited ${code}: ${stderr}`)));
+    });
+    const exited = new Promise<number | null>((resolve) => npm.on('exit', (code) => resolve(code)));
+    npm.kill('SIGTERM');
+    await exited;
+    assert.match(stderr, /SIGTERM: shutting down\n(.*\n)*waymark: stopped: the store in .* is closed cleanly\n/);
+    // Nobody answers on the port any more.
+    const port = Number(new URL(url).port);
+    const refused = await new Promise<boolean>((resolve) => {
+      const socket = net.connect(port, '127.0.0.1');
+      socket.once('connect', () => (socket.destroy(), resolve(false)));
+      socket.once('error', () => resolve(true));
+    });
+    assert.equal(refused, true, `a broker still listens on ${port}`);
+  });
+
   it('waymark serve (what npm start runs): port and data from the environment, a flag for sync; SIGINT shuts it down with exit 0 and keeps what was acknowledged', async () => {
     const data = tempDir();
     const serve = (sync: string): { proc: ReturnType<typeof spawn>; url: Promise<string>; stderr: () => string } => {
