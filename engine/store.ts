@@ -626,10 +626,10 @@ export class Store {
   /** Encodes messages into one batch and appends it; resolves once durable (per the sync mode). */
   async append(topic: string, channel: number, messages: readonly MessageInput[], options: AppendOptions = {}): Promise<AppendResult> {
     const log = this.channel(topic, channel);
-    const { batch, packedMsgIds } = encodeBatch(messages, { ...options, codec: this.options.compression ? lz4Codec : null });
+    const { batch, packedMsgIds, indexKeys } = encodeBatch(messages, { ...options, codec: this.options.compression ? lz4Codec : null, indexKeys: true });
     const probe = probeHeader(batch, 0);
     if (probe.kind !== 'ok') throw new Error(`append: encoded batch fails its own probe (${probe.kind})`);
-    const appended = log.append(batch, probe.header);
+    const appended = log.append(batch, probe.header, indexKeys);
     const msgIds = packedMsgIdsToHexList(packedMsgIds); // while the write is in flight
     const outcome = await appended;
     if (outcome.duplicate) return this.storedAppend(topic, channel, outcome);

@@ -8,7 +8,7 @@ import { ProducerStates } from '../engine/log/producer-state';
 import { limits } from '../engine/limits';
 import { TailCache } from '../engine/log/tail-cache';
 import { KeyIndexBuilder } from '../engine/index/key-index';
-import { xxh32 } from '../engine/format/checksum';
+import { loadChecksum, xxh32 } from '../engine/format/checksum';
 import { batchLayout, bodyFor, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
 const variants: Array<{ sync: SyncMode; compression: boolean }> = [];
@@ -686,6 +686,30 @@ describe('engine key index: slots grow with the entries', () => {
       const offsets = growing.lookup(hashes[i]!, {}, 10).map((h) => h.offset);
       const expected = [...Array(5000).keys()].filter((n) => n % 1700 === i % 1700).reverse();
       assert.deepEqual(offsets.filter((o) => expected.includes(o)), expected, `key-${i % 1700}, newest first`);
+    }
+  });
+
+  it('addHashed (the encoder\'s hashes, a batch at a time) builds exactly what add() one entry at a time does, through doublings, the cap and chunk ends', async () => {
+    await loadChecksum();
+    for (const max of [1 << 13, 256]) {
+      const one = new KeyIndexBuilder(1000, limits.keyIndexSlotCountMin, max);
+      const batched = new KeyIndexBuilder(1000, limits.keyIndexSlotCountMin, max);
+      let offset = 1000;
+      let position = 0;
+      // Entries per batch: totals land exactly on two a slot (128, 256, 512, 1,024, 2,048 —
+      // where add() does not double yet), cross 4,096-entry chunk ends mid-batch, and one batch has none.
+      for (const [b, entries] of [1, 0, 127, 128, 256, 1, 511, 1024, 4096, 3000, 5].entries()) {
+        const pairs: number[] = [];
+        for (let k = 0; k < entries; k++) pairs.push(k >> 1, xxh32(Buffer.from(`${k & 1 ? 'key' : 'id'}-${(offset + (k >> 1)) % 977}`), 1 + (k & 1)));
+        const timestamp = 5_000 + b * 7;
+        for (let p = 0; p < pairs.length; p += 2) one.add(pairs[p + 1]!, position, offset + pairs[p]!, timestamp);
+        batched.addHashed(Uint32Array.from(pairs), pairs.length / 2, position, offset, timestamp);
+        offset += (entries + 1) >> 1;
+        position += 100 + entries;
+        assert.equal(batched.entryCount, one.entryCount);
+        assert.equal(batched.slotCount, one.slotCount, `slots after ${one.entryCount} entries (max ${max})`);
+        assert.ok(batched.encode(position).equals(one.encode(position)), `same bytes after ${one.entryCount} entries (max ${max})`);
+      }
     }
   });
 

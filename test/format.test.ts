@@ -29,7 +29,8 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { nativeXxh64MinBytes, xxh32, xxh32Range, xxh32Wasm, xxh64, xxh64Implementations } from '../engine/format/checksum';
-import { forEachRecordKeys } from '../engine/format/index-keys';
+import { forEachRecordKeys, IndexKind } from '../engine/format/index-keys';
+import { recordsSection } from '../engine/format/record-batch';
 import { lz4Codec } from '../engine/codec';
 import { checkedJsonText, parseCheckedJson } from '../engine/log/checked-json';
 import { thrown } from './helpers';
@@ -120,6 +121,33 @@ describe('format: key hashes', () => {
     });
     assert.deepEqual(seen, ["0 key=- trace=-", "1 key='k-1' trace='trace-1'", "2 key='' trace=''", "3 key='ü' trace=-"]);
   });
+
+  for (const { name, codec } of codecs) {
+    it(`the encoder's index key hashes are the walk's, entry for entry (${name})`, () => {
+      const messages: MessageInput[] = [
+        { body: 'a' },
+        { key: 'k-1', body: 'b', headers: { other: 'x', traceid: 'trace-1' } },
+        { key: '', body: 'c', headers: [{ name: 'traceid', value: new Uint8Array(0) }, { name: 'traceid', value: Buffer.from('second') }] },
+        { key: 'ü😀', body: new Uint8Array(0), headers: { traceidx: 'no', trace: 'no' } },
+        { key: Buffer.from([0, 255, 7]), body: 'x'.repeat(2000), msgId: randomBytes(16) },
+        ...Array.from({ length: 300 }, (_, i) => ({ key: i % 3 === 0 ? null : `user-${i}`, body: 'y'.repeat(i), headers: i % 5 === 0 ? { traceid: `t-${i}` } : undefined })),
+      ];
+      const encoded = encodeBatch(messages, { codec, indexKeys: true });
+      const header = validateBatch(encoded.batch);
+      if (codec) assert.equal(header.flags & 7, Compression.lz4, 'the long section compresses: the hashes are of the records before compression');
+      const raw = recordsSection(encoded.batch, 0, header, lz4Codec);
+      const walked: number[] = [];
+      forEachRecordKeys(raw, header.recordCount, (k) => {
+        walked.push(k.index, xxh32Range(raw, k.msgIdAt, k.msgIdAt + 16, IndexKind.msgId));
+        if (k.keyLength >= 0) walked.push(k.index, xxh32Range(raw, k.keyAt, k.keyAt + k.keyLength, IndexKind.key));
+        if (k.traceIdLength >= 0) walked.push(k.index, xxh32Range(raw, k.traceIdAt, k.traceIdAt + k.traceIdLength, IndexKind.traceId));
+      });
+      const keys = encoded.indexKeys!;
+      assert.equal(keys.count * 2, walked.length);
+      assert.deepEqual(Array.from(keys.pairs.subarray(0, 2 * keys.count)), walked);
+      assert.equal(encodeBatch(messages, { codec }).indexKeys, null, 'hashed only when asked');
+    });
+  }
 });
 
 describe('format: checksummed JSON files (checkpoint.json, topic.json)', () => {

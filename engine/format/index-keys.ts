@@ -7,13 +7,9 @@ import { WaymarkError } from './errors';
 import { msgIdBytes } from './msg-id';
 import { Reader } from './varint';
 import { RecordAttr } from './record-batch';
+import { traceIdNameBytes as traceIdName } from './index-kind';
 
-/** Seeds of the key hash: one per kind, so a key never collides with a msgId by design. */
-export const IndexKind = { msgId: 1, key: 2, traceId: 3 } as const;
-export type IndexKindId = (typeof IndexKind)[keyof typeof IndexKind];
-
-export const traceIdHeaderName = 'traceid';
-const traceIdName = new TextEncoder().encode(traceIdHeaderName);
+export { IndexKind, traceIdHeaderName, type IndexKindId, type IndexKeyHashes } from './index-kind';
 
 /** Where one record's index keys sit in the records section: byte positions, length -1 when absent. */
 export interface RecordKeys {

@@ -18,7 +18,8 @@
  */
 import { WaymarkError } from './errors';
 import { formatLimits } from './limits';
-import { xxh64 } from './checksum';
+import { xxh32Range, xxh64 } from './checksum';
+import { IndexKind, traceIdNameBytes, type IndexKeyHashes } from './index-kind';
 import { msgIdBytes, MsgIdGenerator } from './msg-id';
 import { Reader, varintSize, writeVarint, zigzag } from './varint';
 
@@ -120,6 +121,11 @@ export interface EncodeOptions {
   msgIds?: MsgIdGenerator;
   /** Every message already passed checkMessage (a producer checks each when it is handed over): not checked again. */
   checked?: boolean;
+  /**
+   * Also hash the records' index keys as they are written (EncodedBatch.indexKeys): the
+   * engine's own appends index from these instead of walking the records again.
+   */
+  indexKeys?: boolean;
 }
 
 const textEncoder = new TextEncoder();
@@ -191,11 +197,14 @@ interface PreparedHeaders {
  */
 export function checkMessage(message: MessageInput, index?: number): void {
   checkTypes(message, index);
-  const bodyLength = lengthOf(message.body);
+  checkLimits(message, lengthOf(message.body), message.key == null ? -1 : lengthOf(message.key), index);
+}
+
+/** checkMessage after checkTypes, with the body's and key's lengths (-1: no key) measured by the caller. */
+function checkLimits(message: MessageInput, bodyLength: number, keyLength: number, index: number | undefined): void {
   if (bodyLength > formatLimits.messageBytesMax) {
     throw new WaymarkError('MESSAGE_TOO_LARGE', `${messagePrefix(index)}body is ${bodyLength} bytes, the limit is ${formatLimits.messageBytesMax}`);
   }
-  const keyLength = message.key == null ? -1 : lengthOf(message.key);
   if (keyLength > formatLimits.keyBytesMax) {
     throw new WaymarkError('KEY_TOO_LARGE', `${messagePrefix(index)}key is ${keyLength} bytes, the limit is ${formatLimits.keyBytesMax}`);
   }
@@ -247,26 +256,29 @@ function isText(value: unknown): value is string | Uint8Array {
  * for ever.
  */
 function checkTypes(message: MessageInput, index: number | undefined): void {
-  const wrong = (what: string): WaymarkError => new WaymarkError('INVALID_ARGUMENT', `${messagePrefix(index)}${what}`);
-  if (typeof message !== 'object' || message === null) throw wrong(`a message is an object with a body, not ${message === null ? 'null' : typeof message}`);
-  if (!isText(message.body)) throw wrong(`body must be a string or a Uint8Array, not ${describeType(message.body)}`);
-  if (message.key != null && !isText(message.key)) throw wrong(`key must be a string, a Uint8Array or null, not ${describeType(message.key)}`);
-  if (message.msgId !== undefined && !isBytes(message.msgId)) throw wrong(`msgId must be a Uint8Array of ${msgIdBytes} bytes, not ${describeType(message.msgId)}`);
+  if (typeof message !== 'object' || message === null) throw wrongType(index, `a message is an object with a body, not ${message === null ? 'null' : typeof message}`);
+  if (!isText(message.body)) throw wrongType(index, `body must be a string or a Uint8Array, not ${describeType(message.body)}`);
+  if (message.key != null && !isText(message.key)) throw wrongType(index, `key must be a string, a Uint8Array or null, not ${describeType(message.key)}`);
+  if (message.msgId !== undefined && !isBytes(message.msgId)) throw wrongType(index, `msgId must be a Uint8Array of ${msgIdBytes} bytes, not ${describeType(message.msgId)}`);
   const headers = message.headers;
   if (headers == null) return;
   if (Array.isArray(headers)) {
     for (const header of headers as unknown[]) {
       const h = header as Partial<Header> | null;
-      if (typeof h !== 'object' || h === null || typeof h.name !== 'string' || !isBytes(h.value)) throw wrong('headers as an array hold {name: string, value: Uint8Array} objects');
+      if (typeof h !== 'object' || h === null || typeof h.name !== 'string' || !isBytes(h.value)) throw wrongType(index, 'headers as an array hold {name: string, value: Uint8Array} objects');
     }
   } else if (typeof headers === 'object') {
     for (const name of Object.keys(headers)) {
       const value = (headers as Record<string, unknown>)[name];
-      if (!isText(value)) throw wrong(`header ${JSON.stringify(name)} must be a string or a Uint8Array, not ${describeType(value)}`);
+      if (!isText(value)) throw wrongType(index, `header ${JSON.stringify(name)} must be a string or a Uint8Array, not ${describeType(value)}`);
     }
   } else {
-    throw wrong(`headers must be an object of strings, not ${describeType(headers)}`);
+    throw wrongType(index, `headers must be an object of strings, not ${describeType(headers)}`);
   }
+}
+
+function wrongType(index: number | undefined, what: string): WaymarkError {
+  return new WaymarkError('INVALID_ARGUMENT', `${messagePrefix(index)}${what}`);
 }
 
 /** What a value is, for an error message: null, undefined (absent), an array, an object, a string, … */
@@ -314,25 +326,33 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
   const lanes = laneScratch(count);
   let withHeaders: Array<PreparedHeaders | undefined> | null = null;
   let rawLength = 0;
+  let indexEntries = count; // a msgId each, and a key or a traceid header where there is one
   for (let i = 0; i < count; i++) {
     const message = messages[i]!;
-    if (!options.checked) checkMessage(message, i);
+    if (!options.checked) checkTypes(message, i);
     const bodyLength = lengthOf(message.body);
     const keyLength = message.key == null ? -1 : lengthOf(message.key);
+    if (!options.checked) checkLimits(message, bodyLength, keyLength, i);
     const timestamp = message.timestamp ?? firstTimestamp;
     const deliverAt = message.deliverAt ?? null;
     let size = 1 + varintSize(i) + varintSize(zigzag(timestamp - firstTimestamp)) + msgIdBytes;
-    if (keyLength >= 0) size += varintSize(keyLength) + keyLength;
+    if (keyLength >= 0) {
+      size += varintSize(keyLength) + keyLength;
+      indexEntries++;
+    }
     const headers = normalizeHeaders(message.headers);
     size += varintSize(headers.length);
     if (headers.length > 0) {
       const names: Uint8Array[] = [];
+      let traceId = false;
       for (const header of headers) {
         const name = textEncoder.encode(header.name); // header names are few and short
         names.push(name);
+        if (!traceId && isTraceIdName(name)) traceId = true;
         size += varintSize(name.length) + name.length + varintSize(header.value.length) + header.value.length;
       }
       (withHeaders ??= new Array(count))[i] = { names, headers };
+      if (traceId) indexEntries++;
     }
     if (deliverAt !== null) size += varintSize(zigzag(deliverAt - firstTimestamp));
     size += varintSize(bodyLength) + bodyLength;
@@ -347,6 +367,8 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
 
   const raw = new Uint8Array(batchHeaderBytes + rawLength);
   const msgIdBytesPacked = new Uint8Array(count * msgIdBytes);
+  const hashes = options.indexKeys ? new Uint32Array(2 * indexEntries) : null;
+  let hashed = 0;
   const idTime = Date.now();
   let pos = batchHeaderBytes;
   for (let i = 0; i < count; i++) {
@@ -366,14 +388,24 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
     if (given) for (let b = 0; b < msgIdBytes; b++) msgIdBytesPacked[packedAt + b] = given[b]!;
     else ids.writeNext(msgIdBytesPacked, packedAt, idTime);
     for (let b = 0; b < msgIdBytes; b++) raw[pos + b] = msgIdBytesPacked[packedAt + b]!;
+    if (hashes) {
+      hashes[hashed++] = i;
+      hashes[hashed++] = xxh32Range(raw, pos, pos + msgIdBytes, IndexKind.msgId);
+    }
     pos += msgIdBytes;
     if (keyLength >= 0) {
       pos = writeVarint(raw, pos, keyLength);
+      const keyAt = pos;
       pos = writeValue(raw, pos, message.key!, keyLength);
+      if (hashes) {
+        hashes[hashed++] = i;
+        hashes[hashed++] = xxh32Range(raw, keyAt, pos, IndexKind.key);
+      }
     }
     const prepared = withHeaders?.[i];
     if (prepared) {
       pos = writeVarint(raw, pos, prepared.headers.length);
+      let traceId = false;
       for (let h = 0; h < prepared.headers.length; h++) {
         const name = prepared.names[h]!;
         const value = prepared.headers[h]!.value;
@@ -382,6 +414,11 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
         pos += name.length;
         pos = writeVarint(raw, pos, value.length);
         raw.set(value, pos);
+        if (hashes && !traceId && isTraceIdName(name)) {
+          traceId = true; // the first one only, as the walk does
+          hashes[hashed++] = i;
+          hashes[hashed++] = xxh32Range(raw, pos, pos + value.length, IndexKind.traceId);
+        }
         pos += value.length;
       }
     } else {
@@ -393,6 +430,7 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
     if (pos - recordStart !== size) throw new Error(`encodeBatch: record ${i} size ${pos - recordStart} != ${size}`);
   }
   if (pos !== raw.length) throw new Error('encodeBatch: records section length mismatch');
+  if (hashes && hashed !== hashes.length) throw new Error('encodeBatch: index key count mismatch');
 
   let batch = raw;
   let compression: CompressionId = Compression.none;
@@ -415,7 +453,13 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
     recordsLength: batch.length - batchHeaderBytes,
     recordsLengthRaw: rawLength,
   });
-  return new EncodedBatch(batch, msgIdBytesPacked);
+  return new EncodedBatch(batch, msgIdBytesPacked, hashes ? { pairs: hashes, count: indexEntries } : null);
+}
+
+function isTraceIdName(name: Uint8Array): boolean {
+  if (name.length !== traceIdNameBytes.length) return false;
+  for (let i = 0; i < name.length; i++) if (name[i] !== traceIdNameBytes[i]) return false;
+  return true;
 }
 
 /** encodeBatch's result. */
@@ -425,6 +469,8 @@ export class EncodedBatch {
     readonly batch: Uint8Array,
     /** The records' msgIds, 16 bytes each, back to back in record order. */
     readonly packedMsgIds: Uint8Array,
+    /** The records' index keys, hashed as they were written (with EncodeOptions.indexKeys), else null. */
+    readonly indexKeys: IndexKeyHashes | null = null,
   ) {}
 
   /** The msgIds as one 16-byte view each (made on first use). */

@@ -138,6 +138,40 @@ export class KeyIndexBuilder {
     this.slots[slot] = this.count; // entry number + 1
   }
 
+  /**
+   * add() for every pair (record index, hash) of `pairs[0, 2 * count)`, all in the batch at
+   * `position` whose first record is `baseOffset`: what a walk of the batch adds, in the same
+   * order, from hashes its encoder made (IndexKeyHashes).
+   */
+  addHashed(pairs: Uint32Array, count: number, position: number, baseOffset: number, timestamp: number): void {
+    if (count === 0) return;
+    if (this.baseTimestamp < 0) this.baseTimestamp = timestamp;
+    // The doublings add() would make within these entries, made first: the relinking makes
+    // the chains the same either way (see grow), and the loop below needs one slot count.
+    while (this.count + count - 1 >= 2 * this.slots.length && this.slots.length < this.slotCountMax) this.grow();
+    const slots = this.slots;
+    const mask = slots.length - 1;
+    const relative = baseOffset - this.baseOffset;
+    const timeDelta = Math.max(0, timestamp - this.baseTimestamp);
+    let n = this.count;
+    let e = (n & chunkMask) === 0 ? null : this.chunks[n >>> chunkEntriesShift]!;
+    for (let p = 0; p < 2 * count; p += 2) {
+      const within = n & chunkMask;
+      if (within === 0) this.chunks.push((e = new Uint32Array(5 * chunkEntries)));
+      const hash = pairs[p + 1]!;
+      const slot = hash & mask;
+      const at = 5 * within;
+      e![at] = hash;
+      e![at + 1] = position;
+      e![at + 2] = relative + pairs[p]!;
+      e![at + 3] = timeDelta;
+      e![at + 4] = slots[slot]!;
+      n++;
+      slots[slot] = n; // entry number + 1
+    }
+    this.count = n;
+  }
+
   lookup(hash: number, range: TimeRange, limit: number): KeyHit[] {
     const hits: KeyHit[] = [];
     const wanted = hash >>> 0;

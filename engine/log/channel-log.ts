@@ -29,6 +29,7 @@ import { BatchOffset, batchHeaderBytes, decodeRecordAt, decodeRecords, patchBatc
 import { checksumHolds } from '../format/record-batch';
 import { lz4Codec } from '../codec';
 import type { KeyHit, TimeRange } from '../index/key-index';
+import type { IndexKeyHashes } from '../format/index-kind';
 import { limits } from '../limits';
 import { CorruptIndexError, tooManyOpenFiles } from './errors';
 import { checkpointFile, inspectCheckpoint, syncDir, writeCheckpoint, writeCheckpointAsync, type Checkpoint } from './checkpoint';
@@ -80,6 +81,8 @@ export interface BatchRead {
 interface Pending {
   batch: Uint8Array;
   header: BatchHeader;
+  /** Its index keys as its encoder hashed them (store.append), null to walk the records. */
+  keys: IndexKeyHashes | null;
   baseOffset: number;
   brokerTimestamp: number;
   resolve: (outcome: AppendOutcome) => void;
@@ -329,9 +332,10 @@ export class ChannelLog {
   /**
    * Appends one validated batch (header probed, checksum verified by the caller). The batch
    * bytes are patched in place with the base offset and broker time, then written as they
-   * are. Resolves once durable per the sync mode.
+   * are. Resolves once durable per the sync mode. `keys`: the batch's index keys as our own
+   * encoder hashed them (trusted as the batch is), else null and they are read from the records.
    */
-  append(batch: Uint8Array, header: BatchHeader): Promise<AppendOutcome> {
+  append(batch: Uint8Array, header: BatchHeader, keys: IndexKeyHashes | null = null): Promise<AppendOutcome> {
     if (this.closed) return Promise.reject(new WaymarkError('STORE_CLOSED'));
     if (this.failure) return Promise.reject(this.failure);
     const idempotent = ProducerStates.isIdempotent(header);
@@ -357,7 +361,7 @@ export class ChannelLog {
     header.baseOffset = baseOffset;
     header.brokerTimestamp = brokerTimestamp;
     const done = new Promise<AppendOutcome>((resolve, reject) => {
-      this.queue.push({ batch, header, baseOffset, brokerTimestamp, resolve, reject });
+      this.queue.push({ batch, header, keys, baseOffset, brokerTimestamp, resolve, reject });
     });
     this.lastQueued = done;
     if (idempotent) {
@@ -447,7 +451,7 @@ export class ChannelLog {
       }
       let at = segment.size;
       for (const p of slice) {
-        segment.indexBatch(at, p.header, p.batch);
+        segment.indexBatch(at, p.header, p.batch, p.keys);
         at += p.batch.length;
       }
       await writing;

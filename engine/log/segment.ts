@@ -21,7 +21,7 @@ import * as path from 'node:path';
 import { lz4Codec } from '../codec';
 import { WaymarkError } from '../format/errors';
 import { xxh32Range } from '../format/checksum';
-import { forEachRecordKeys, IndexKind } from '../format/index-keys';
+import { forEachRecordKeys, IndexKind, type IndexKeyHashes } from '../format/index-keys';
 import { msgIdBytes } from '../format/msg-id';
 import { batchHeaderBytes, patchBatch, probeHeader, recordsSection, type BatchHeader } from '../format/record-batch';
 import { checkKeyIndexBytes, KeyIndexBuilder, KeyIndexFile, version1LastPosition, type KeyHit, type TimeRange } from '../index/key-index';
@@ -262,7 +262,7 @@ export class Segment {
   }
 
   /** Updates the in-memory indexes for a batch now at `position` (bytes = the whole batch). */
-  indexBatch(position: number, header: BatchHeader, bytes: Uint8Array): void {
+  indexBatch(position: number, header: BatchHeader, bytes: Uint8Array, hashed: IndexKeyHashes | null = null): void {
     this.untouched = false;
     if (this.bytesSinceIndexEntry >= limits.indexIntervalBytes) {
       this.offsetIndex!.append(header.baseOffset, position);
@@ -271,14 +271,20 @@ export class Segment {
     }
     this.bytesSinceIndexEntry += header.batchLength;
     const keys = this.keyBuilder!;
-    const section = recordsSection(bytes, 0, header, lz4Codec);
     const timestamp = header.brokerTimestamp;
-    forEachRecordKeys(section, header.recordCount, (record) => {
-      const offset = header.baseOffset + record.index;
-      keys.add(xxh32Range(section, record.msgIdAt, record.msgIdAt + msgIdBytes, IndexKind.msgId), position, offset, timestamp);
-      if (record.keyLength >= 0) keys.add(xxh32Range(section, record.keyAt, record.keyAt + record.keyLength, IndexKind.key), position, offset, timestamp);
-      if (record.traceIdLength >= 0) keys.add(xxh32Range(section, record.traceIdAt, record.traceIdAt + record.traceIdLength, IndexKind.traceId), position, offset, timestamp);
-    });
+    if (hashed) {
+      // Hashed by our own encoder as it wrote these records (store.append): no walk, and no
+      // decompression of a section it has just compressed.
+      keys.addHashed(hashed.pairs, hashed.count, position, header.baseOffset, timestamp);
+    } else {
+      const section = recordsSection(bytes, 0, header, lz4Codec);
+      forEachRecordKeys(section, header.recordCount, (record) => {
+        const offset = header.baseOffset + record.index;
+        keys.add(xxh32Range(section, record.msgIdAt, record.msgIdAt + msgIdBytes, IndexKind.msgId), position, offset, timestamp);
+        if (record.keyLength >= 0) keys.add(xxh32Range(section, record.keyAt, record.keyAt + record.keyLength, IndexKind.key), position, offset, timestamp);
+        if (record.traceIdLength >= 0) keys.add(xxh32Range(section, record.traceIdAt, record.traceIdAt + record.traceIdLength, IndexKind.traceId), position, offset, timestamp);
+      });
+    }
     if (this.firstTimestamp < 0) this.firstTimestamp = header.brokerTimestamp;
     this.maxTimestamp = Math.max(this.maxTimestamp, header.brokerTimestamp);
     this.nextOffset = header.baseOffset + header.recordCount;
