@@ -9,7 +9,7 @@ import { Reader } from './varint';
 import { RecordAttr } from './record-batch';
 import { traceIdNameBytes as traceIdName } from './index-kind';
 
-export { IndexKind, traceIdHeaderName, type IndexKindId, type IndexKeyHashes } from './index-kind';
+export { IndexKind, traceIdHeaderName, type IndexKindId, type IndexKeyRanges } from './index-kind';
 
 /** Where one record's index keys sit in the records section: byte positions, length -1 when absent. */
 export interface RecordKeys {

@@ -12,12 +12,14 @@ export const traceIdHeaderName = 'traceid';
 export const traceIdNameBytes = new TextEncoder().encode(traceIdHeaderName);
 
 /**
- * A batch's key-index entries as its encoder hashed them: `count` pairs of (record index,
- * xxh32 hash) in `pairs`, in exactly the order a walk of the records adds them (per record:
- * msgId, then key, then the first `traceid` header), so the index built from them is the one
- * a rebuild from the log makes, byte for byte.
+ * Where a batch's key-index entries sit, as its encoder wrote them: `count` triples in
+ * `entries` of (record index × 4 + IndexKind, start, end), byte ranges of `bytes` (the batch
+ * before compression), in exactly the order a walk of the records adds them (per record:
+ * msgId, then key, then the first `traceid` header). Hashed by the engine while the batch's
+ * write is in flight, they make the index a rebuild from the log makes, byte for byte.
  */
-export interface IndexKeyHashes {
-  readonly pairs: Uint32Array;
+export interface IndexKeyRanges {
+  readonly bytes: Uint8Array;
+  readonly entries: Uint32Array;
   readonly count: number;
 }

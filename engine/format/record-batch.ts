@@ -18,8 +18,8 @@
  */
 import { WaymarkError } from './errors';
 import { formatLimits } from './limits';
-import { xxh32Range, xxh64 } from './checksum';
-import { IndexKind, traceIdNameBytes, type IndexKeyHashes } from './index-kind';
+import { xxh64 } from './checksum';
+import { IndexKind, traceIdNameBytes, type IndexKeyRanges } from './index-kind';
 import { msgIdBytes, MsgIdGenerator } from './msg-id';
 import { Reader, varintSize, writeVarint, zigzag } from './varint';
 
@@ -122,8 +122,8 @@ export interface EncodeOptions {
   /** Every message already passed checkMessage (a producer checks each when it is handed over): not checked again. */
   checked?: boolean;
   /**
-   * Also hash the records' index keys as they are written (EncodedBatch.indexKeys): the
-   * engine's own appends index from these instead of walking the records again.
+   * Also note where the records' index keys are as they are written (EncodedBatch.indexKeys):
+   * the engine's own appends index from these instead of walking the records again.
    */
   indexKeys?: boolean;
 }
@@ -367,8 +367,8 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
 
   const raw = new Uint8Array(batchHeaderBytes + rawLength);
   const msgIdBytesPacked = new Uint8Array(count * msgIdBytes);
-  const hashes = options.indexKeys ? new Uint32Array(2 * indexEntries) : null;
-  let hashed = 0;
+  const keyRanges = options.indexKeys ? new Uint32Array(3 * indexEntries) : null;
+  let ranged = 0;
   const idTime = Date.now();
   let pos = batchHeaderBytes;
   for (let i = 0; i < count; i++) {
@@ -388,18 +388,20 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
     if (given) for (let b = 0; b < msgIdBytes; b++) msgIdBytesPacked[packedAt + b] = given[b]!;
     else ids.writeNext(msgIdBytesPacked, packedAt, idTime);
     for (let b = 0; b < msgIdBytes; b++) raw[pos + b] = msgIdBytesPacked[packedAt + b]!;
-    if (hashes) {
-      hashes[hashed++] = i;
-      hashes[hashed++] = xxh32Range(raw, pos, pos + msgIdBytes, IndexKind.msgId);
+    if (keyRanges) {
+      keyRanges[ranged++] = 4 * i + IndexKind.msgId;
+      keyRanges[ranged++] = pos;
+      keyRanges[ranged++] = pos + msgIdBytes;
     }
     pos += msgIdBytes;
     if (keyLength >= 0) {
       pos = writeVarint(raw, pos, keyLength);
       const keyAt = pos;
       pos = writeValue(raw, pos, message.key!, keyLength);
-      if (hashes) {
-        hashes[hashed++] = i;
-        hashes[hashed++] = xxh32Range(raw, keyAt, pos, IndexKind.key);
+      if (keyRanges) {
+        keyRanges[ranged++] = 4 * i + IndexKind.key;
+        keyRanges[ranged++] = keyAt;
+        keyRanges[ranged++] = pos;
       }
     }
     const prepared = withHeaders?.[i];
@@ -414,10 +416,11 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
         pos += name.length;
         pos = writeVarint(raw, pos, value.length);
         raw.set(value, pos);
-        if (hashes && !traceId && isTraceIdName(name)) {
+        if (keyRanges && !traceId && isTraceIdName(name)) {
           traceId = true; // the first one only, as the walk does
-          hashes[hashed++] = i;
-          hashes[hashed++] = xxh32Range(raw, pos, pos + value.length, IndexKind.traceId);
+          keyRanges[ranged++] = 4 * i + IndexKind.traceId;
+          keyRanges[ranged++] = pos;
+          keyRanges[ranged++] = pos + value.length;
         }
         pos += value.length;
       }
@@ -430,7 +433,7 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
     if (pos - recordStart !== size) throw new Error(`encodeBatch: record ${i} size ${pos - recordStart} != ${size}`);
   }
   if (pos !== raw.length) throw new Error('encodeBatch: records section length mismatch');
-  if (hashes && hashed !== hashes.length) throw new Error('encodeBatch: index key count mismatch');
+  if (keyRanges && ranged !== keyRanges.length) throw new Error('encodeBatch: index key count mismatch');
 
   let batch = raw;
   let compression: CompressionId = Compression.none;
@@ -453,7 +456,7 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
     recordsLength: batch.length - batchHeaderBytes,
     recordsLengthRaw: rawLength,
   });
-  return new EncodedBatch(batch, msgIdBytesPacked, hashes ? { pairs: hashes, count: indexEntries } : null);
+  return new EncodedBatch(batch, msgIdBytesPacked, keyRanges ? { bytes: raw, entries: keyRanges, count: indexEntries } : null);
 }
 
 function isTraceIdName(name: Uint8Array): boolean {
@@ -469,8 +472,8 @@ export class EncodedBatch {
     readonly batch: Uint8Array,
     /** The records' msgIds, 16 bytes each, back to back in record order. */
     readonly packedMsgIds: Uint8Array,
-    /** The records' index keys, hashed as they were written (with EncodeOptions.indexKeys), else null. */
-    readonly indexKeys: IndexKeyHashes | null = null,
+    /** Where the records' index keys are (with EncodeOptions.indexKeys), else null. */
+    readonly indexKeys: IndexKeyRanges | null = null,
   ) {}
 
   /** The msgIds as one 16-byte view each (made on first use). */

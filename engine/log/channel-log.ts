@@ -29,7 +29,7 @@ import { BatchOffset, batchHeaderBytes, decodeRecordAt, decodeRecords, patchBatc
 import { checksumHolds } from '../format/record-batch';
 import { lz4Codec } from '../codec';
 import type { KeyHit, TimeRange } from '../index/key-index';
-import type { IndexKeyHashes } from '../format/index-kind';
+import type { IndexKeyRanges } from '../format/index-kind';
 import { limits } from '../limits';
 import { CorruptIndexError, tooManyOpenFiles } from './errors';
 import { checkpointFile, inspectCheckpoint, syncDir, writeCheckpoint, writeCheckpointAsync, type Checkpoint } from './checkpoint';
@@ -81,8 +81,8 @@ export interface BatchRead {
 interface Pending {
   batch: Uint8Array;
   header: BatchHeader;
-  /** Its index keys as its encoder hashed them (store.append), null to walk the records. */
-  keys: IndexKeyHashes | null;
+  /** Where its index keys are, as its encoder wrote them (store.append); null to walk the records. */
+  keys: IndexKeyRanges | null;
   baseOffset: number;
   brokerTimestamp: number;
   resolve: (outcome: AppendOutcome) => void;
@@ -332,10 +332,10 @@ export class ChannelLog {
   /**
    * Appends one validated batch (header probed, checksum verified by the caller). The batch
    * bytes are patched in place with the base offset and broker time, then written as they
-   * are. Resolves once durable per the sync mode. `keys`: the batch's index keys as our own
-   * encoder hashed them (trusted as the batch is), else null and they are read from the records.
+   * are. Resolves once durable per the sync mode. `keys`: where the batch's index keys are, as
+   * our own encoder wrote them (trusted as the batch is), else null and the records are walked.
    */
-  append(batch: Uint8Array, header: BatchHeader, keys: IndexKeyHashes | null = null): Promise<AppendOutcome> {
+  append(batch: Uint8Array, header: BatchHeader, keys: IndexKeyRanges | null = null): Promise<AppendOutcome> {
     if (this.closed) return Promise.reject(new WaymarkError('STORE_CLOSED'));
     if (this.failure) return Promise.reject(this.failure);
     const idempotent = ProducerStates.isIdempotent(header);

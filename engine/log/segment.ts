@@ -21,7 +21,7 @@ import * as path from 'node:path';
 import { lz4Codec } from '../codec';
 import { WaymarkError } from '../format/errors';
 import { xxh32Range } from '../format/checksum';
-import { forEachRecordKeys, IndexKind, type IndexKeyHashes } from '../format/index-keys';
+import { forEachRecordKeys, IndexKind, type IndexKeyRanges } from '../format/index-keys';
 import { msgIdBytes } from '../format/msg-id';
 import { batchHeaderBytes, patchBatch, probeHeader, recordsSection, type BatchHeader } from '../format/record-batch';
 import { checkKeyIndexBytes, KeyIndexBuilder, KeyIndexFile, version1LastPosition, type KeyHit, type TimeRange } from '../index/key-index';
@@ -32,6 +32,20 @@ import { writeFileSynced, writeFileSyncedAsync, writeIndexFileAsync } from './in
 import { OffsetIndex } from './offset-index';
 import { findNextBatch, scanSegment, zeroRunStart } from './segment-scanner';
 import { TimeIndex } from './time-index';
+
+let hashScratch = new Uint32Array(3 * 1024);
+
+/** (record index, xxh32) pairs of the key ranges, in one scratch array reused by every call. */
+function hashRanges(ranges: IndexKeyRanges): Uint32Array {
+  if (hashScratch.length < 2 * ranges.count) hashScratch = new Uint32Array(2 * ranges.count);
+  const { bytes, entries } = ranges;
+  for (let k = 0; k < ranges.count; k++) {
+    const tagged = entries[3 * k]!;
+    hashScratch[2 * k] = tagged >>> 2;
+    hashScratch[2 * k + 1] = xxh32Range(bytes, entries[3 * k + 1]!, entries[3 * k + 2]!, tagged & 3);
+  }
+  return hashScratch;
+}
 
 /** A segment's log and its index files: the base offset, 20 digits, and the extension. */
 export const segmentNamePattern = /^(\d{20})\.log$/;
@@ -262,7 +276,7 @@ export class Segment {
   }
 
   /** Updates the in-memory indexes for a batch now at `position` (bytes = the whole batch). */
-  indexBatch(position: number, header: BatchHeader, bytes: Uint8Array, hashed: IndexKeyHashes | null = null): void {
+  indexBatch(position: number, header: BatchHeader, bytes: Uint8Array, ranges: IndexKeyRanges | null = null): void {
     this.untouched = false;
     if (this.bytesSinceIndexEntry >= limits.indexIntervalBytes) {
       this.offsetIndex!.append(header.baseOffset, position);
@@ -272,10 +286,10 @@ export class Segment {
     this.bytesSinceIndexEntry += header.batchLength;
     const keys = this.keyBuilder!;
     const timestamp = header.brokerTimestamp;
-    if (hashed) {
-      // Hashed by our own encoder as it wrote these records (store.append): no walk, and no
-      // decompression of a section it has just compressed.
-      keys.addHashed(hashed.pairs, hashed.count, position, header.baseOffset, timestamp);
+    if (ranges) {
+      // Where our own encoder wrote the keys (store.append): no walk, and no decompression
+      // of a section it has just compressed. Hashed here, while the batch's write runs.
+      keys.addHashed(hashRanges(ranges), ranges.count, position, header.baseOffset, timestamp);
     } else {
       const section = recordsSection(bytes, 0, header, lz4Codec);
       forEachRecordKeys(section, header.recordCount, (record) => {
