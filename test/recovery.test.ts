@@ -506,7 +506,8 @@ describe('recovery: idempotent producers across a roll (helper-31)', () => {
   // being written, so B was still pending and left out of the checkpoint's producers. A crash
   // at that moment forgot B: its retry was refused (DUPLICATE_SEQUENCE) or, with C torn,
   // stored twice. The folder is copied the instant that checkpoint is renamed into place —
-  // what a SIGKILL then leaves.
+  // what a SIGKILL then leaves. C's write is held until then: the seal runs in the
+  // background, and left to race an 8 MB write it lost now and then (1 run in 6).
   it('a checkpoint written while a group that rolled is still being written lists the batches of the segment it vouches for; a retry after a crash there is a duplicate', async () => {
     const dir = tempDir();
     const image = tempDir();
@@ -517,8 +518,11 @@ describe('recovery: idempotent producers across a roll (helper-31)', () => {
     let copied = false;
     // The module object itself (the engine's `import * as fs` reads through to it at each call).
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const nodeFs = require('node:fs') as { renameSync: typeof fs.renameSync };
+    const nodeFs = require('node:fs') as { renameSync: typeof fs.renameSync; writev: typeof fs.writev };
     const realRename = nodeFs.renameSync;
+    const realWritev = nodeFs.writev;
+    let imageTaken!: () => void;
+    const taken = new Promise<void>((resolve) => (imageTaken = resolve));
     nodeFs.renameSync = (from: fs.PathLike, to: fs.PathLike): void => {
       realRename(from, to);
       if (String(to) !== path.join(channel, 'checkpoint.json') || copied || !cPending) return;
@@ -526,7 +530,13 @@ describe('recovery: idempotent producers across a roll (helper-31)', () => {
       if (!listed.some((m) => m.baseOffset === 0)) return;
       copyFolder(dir, image);
       copied = true;
+      imageTaken();
     };
+    nodeFs.writev = ((fd: number, buffers: NodeJS.ArrayBufferView[], position: number, callback: (err: Error | null, written: number) => void): void => {
+      const bytes = buffers.reduce((sum, b) => sum + b.byteLength, 0);
+      if (bytes < 8_000_000) return realWritev(fd, buffers, position, callback);
+      void taken.then(() => realWritev(fd, buffers, position, callback)); // C: once the image is taken
+    }) as typeof fs.writev;
     const bodyB = randomBytes(3000);
     let results: Array<{ baseOffset: number }>;
     try {
@@ -537,6 +547,7 @@ describe('recovery: idempotent producers across a roll (helper-31)', () => {
       results = await Promise.all([a, b, c]);
     } finally {
       nodeFs.renameSync = realRename;
+      nodeFs.writev = realWritev;
     }
     await store.close();
     assert.deepEqual(results.map((r) => r.baseOffset), [0, 1, 2]);
