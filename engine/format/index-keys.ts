@@ -7,7 +7,7 @@ import { WaymarkError } from './errors';
 import { msgIdBytes } from './msg-id';
 import { Reader } from './varint';
 import { RecordAttr } from './record-batch';
-import { traceIdNameBytes as traceIdName } from './index-kind';
+import { isTraceIdName } from './index-kind';
 
 export { IndexKind, traceIdHeaderName, type IndexKindId, type IndexKeyRanges } from './index-kind';
 
@@ -55,7 +55,7 @@ export function forEachRecordKeys(section: Uint8Array, recordCount: number, visi
       const nameAt = r.skip(nameLength);
       const valueLength = r.varint();
       const valueAt = r.skip(valueLength);
-      if (keys.traceIdLength < 0 && nameLength === traceIdName.length && sameBytes(section, nameAt, traceIdName)) {
+      if (keys.traceIdLength < 0 && isTraceIdName(section, nameAt, nameLength)) {
         keys.traceIdAt = valueAt;
         keys.traceIdLength = valueLength;
       }
@@ -65,7 +65,3 @@ export function forEachRecordKeys(section: Uint8Array, recordCount: number, visi
   }
 }
 
-function sameBytes(buf: Uint8Array, at: number, b: Uint8Array): boolean {
-  for (let i = 0; i < b.length; i++) if (buf[at + i] !== b[i]) return false;
-  return true;
-}

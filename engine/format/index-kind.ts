@@ -9,10 +9,17 @@ export const IndexKind = { msgId: 1, key: 2, traceId: 3 } as const;
 export type IndexKindId = (typeof IndexKind)[keyof typeof IndexKind];
 
 export const traceIdHeaderName = 'traceid';
-export const traceIdNameBytes = new TextEncoder().encode(traceIdHeaderName);
+const traceIdNameBytes = new TextEncoder().encode(traceIdHeaderName);
+
+/** Whether the `length` bytes at buf[at] are a header name that is `traceid`. */
+export function isTraceIdName(buf: Uint8Array, at: number, length: number): boolean {
+  if (length !== traceIdNameBytes.length) return false;
+  for (let i = 0; i < length; i++) if (buf[at + i] !== traceIdNameBytes[i]) return false;
+  return true;
+}
 
 /**
- * Where a batch's key-index entries sit, as its encoder wrote them: `count` triples in
+ * Where a batch's key-index entries sit, as its encoder wrote them: triples in
  * `entries` of (record index × 4 + IndexKind, start, end), byte ranges of `bytes` (the batch
  * before compression), in exactly the order a walk of the records adds them (per record:
  * msgId, then key, then the first `traceid` header). Hashed by the engine while the batch's
@@ -21,5 +28,4 @@ export const traceIdNameBytes = new TextEncoder().encode(traceIdHeaderName);
 export interface IndexKeyRanges {
   readonly bytes: Uint8Array;
   readonly entries: Uint32Array;
-  readonly count: number;
 }

@@ -19,7 +19,7 @@
 import { WaymarkError } from './errors';
 import { formatLimits } from './limits';
 import { xxh64 } from './checksum';
-import { IndexKind, traceIdNameBytes, type IndexKeyRanges } from './index-kind';
+import { IndexKind, isTraceIdName, type IndexKeyRanges } from './index-kind';
 import { msgIdBytes, MsgIdGenerator } from './msg-id';
 import { Reader, varintSize, writeVarint, zigzag } from './varint';
 
@@ -348,7 +348,7 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
       for (const header of headers) {
         const name = textEncoder.encode(header.name); // header names are few and short
         names.push(name);
-        if (!traceId && isTraceIdName(name)) traceId = true;
+        if (!traceId && isTraceIdName(name, 0, name.length)) traceId = true;
         size += varintSize(name.length) + name.length + varintSize(header.value.length) + header.value.length;
       }
       (withHeaders ??= new Array(count))[i] = { names, headers };
@@ -416,7 +416,7 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
         pos += name.length;
         pos = writeVarint(raw, pos, value.length);
         raw.set(value, pos);
-        if (keyRanges && !traceId && isTraceIdName(name)) {
+        if (keyRanges && !traceId && isTraceIdName(name, 0, name.length)) {
           traceId = true; // the first one only, as the walk does
           keyRanges[ranged++] = 4 * i + IndexKind.traceId;
           keyRanges[ranged++] = pos;
@@ -456,14 +456,9 @@ export function encodeBatch(messages: readonly MessageInput[], options: EncodeOp
     recordsLength: batch.length - batchHeaderBytes,
     recordsLengthRaw: rawLength,
   });
-  return new EncodedBatch(batch, msgIdBytesPacked, keyRanges ? { bytes: raw, entries: keyRanges, count: indexEntries } : null);
+  return new EncodedBatch(batch, msgIdBytesPacked, keyRanges ? { bytes: raw, entries: keyRanges } : null);
 }
 
-function isTraceIdName(name: Uint8Array): boolean {
-  if (name.length !== traceIdNameBytes.length) return false;
-  for (let i = 0; i < name.length; i++) if (name[i] !== traceIdNameBytes[i]) return false;
-  return true;
-}
 
 /** encodeBatch's result. */
 export class EncodedBatch {

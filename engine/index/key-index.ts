@@ -141,7 +141,7 @@ export class KeyIndexBuilder {
   /**
    * add() for every pair (record index, hash) of `pairs[0, 2 * count)`, all in the batch at
    * `position` whose first record is `baseOffset`: what a walk of the batch adds, in the same
-   * order, from hashes its encoder made (IndexKeyHashes).
+   * order, from the key ranges its encoder noted (IndexKeyRanges, hashed by Segment.indexBatch).
    */
   addHashed(pairs: Uint32Array, count: number, position: number, baseOffset: number, timestamp: number): void {
     if (count === 0) return;

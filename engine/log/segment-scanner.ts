@@ -20,8 +20,8 @@
  * change. The scan ends where only zeros are left; a crash cuts a write at a page boundary
  * (the kernel copies a write into the page cache page by page), which leaves a batch whose
  * bytes stop at one with zeros after — torn, as a batch cut short at the end of a file is.
- * A damaged batch is never mistaken for that unless its own last bytes from a page boundary
- * on are zero, and then it is the file's last batch either way.
+ * A damaged batch whose own last 4 KiB or more are zeros cannot be told from that and is
+ * taken for torn: a known gap (FORMAT.md, "The zeroed tail"), closed only by a format change.
  *
  *   * with `checksumMismatch: 'report'` the batch is yielded with checksumOk=false and the
  *     scan goes on by its length (dump shows every batch's status); otherwise the scan stops.

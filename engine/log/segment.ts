@@ -36,10 +36,10 @@ import { TimeIndex } from './time-index';
 let hashScratch = new Uint32Array(3 * 1024);
 
 /** (record index, xxh32) pairs of the key ranges, in one scratch array reused by every call. */
-function hashRanges(ranges: IndexKeyRanges): Uint32Array {
-  if (hashScratch.length < 2 * ranges.count) hashScratch = new Uint32Array(2 * ranges.count);
-  const { bytes, entries } = ranges;
-  for (let k = 0; k < ranges.count; k++) {
+function hashRanges({ bytes, entries }: IndexKeyRanges): Uint32Array {
+  const count = entries.length / 3;
+  if (hashScratch.length < 2 * count) hashScratch = new Uint32Array(2 * count);
+  for (let k = 0; k < count; k++) {
     const tagged = entries[3 * k]!;
     hashScratch[2 * k] = tagged >>> 2;
     hashScratch[2 * k + 1] = xxh32Range(bytes, entries[3 * k + 1]!, entries[3 * k + 2]!, tagged & 3);
@@ -289,7 +289,7 @@ export class Segment {
     if (ranges) {
       // Where our own encoder wrote the keys (store.append): no walk, and no decompression
       // of a section it has just compressed. Hashed here, while the batch's write runs.
-      keys.addHashed(hashRanges(ranges), ranges.count, position, header.baseOffset, timestamp);
+      keys.addHashed(hashRanges(ranges), ranges.entries.length / 3, position, header.baseOffset, timestamp);
     } else {
       const section = recordsSection(bytes, 0, header, lz4Codec);
       forEachRecordKeys(section, header.recordCount, (record) => {
