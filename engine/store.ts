@@ -20,6 +20,7 @@ import { encodeBatch, headerValue, probeHeader, validateBatch, BatchFlag, type H
 import { lz4Codec } from './codec';
 import type { TimeRange } from './index/key-index';
 import { limits } from './limits';
+import { BatchBuffers } from './batch-buffers';
 import { StoreClock } from './clock';
 import { lockFolder, type FolderLock } from './lock';
 import { IoSlots } from './log/io-slots';
@@ -254,6 +255,8 @@ export class Store {
   private readonly unopened = new Set<string>();
   /** Broker times and topic creation times (see StoreClock). */
   private readonly clock = new StoreClock();
+  /** What store.append encodes batches into (reused: see batch-buffers.ts). */
+  private readonly batchBuffers = new BatchBuffers();
   private closed = false;
   /**
    * Topics being deleted, until their channels have closed: an append in flight may still
@@ -626,12 +629,20 @@ export class Store {
   /** Encodes messages into one batch and appends it; resolves once durable (per the sync mode). */
   async append(topic: string, channel: number, messages: readonly MessageInput[], options: AppendOptions = {}): Promise<AppendResult> {
     const log = this.channel(topic, channel);
-    const { batch, packedMsgIds, indexKeys } = encodeBatch(messages, { ...options, codec: this.options.compression ? lz4Codec : null, indexKeys: true });
+    const buffers = this.batchBuffers;
+    const { batch, packedMsgIds, indexKeys } = encodeBatch(messages, { ...options, codec: this.options.compression ? lz4Codec : null, indexKeys: true, allocate: buffers.take });
     const probe = probeHeader(batch, 0);
     if (probe.kind !== 'ok') throw new Error(`append: encoded batch fails its own probe (${probe.kind})`);
     const appended = log.append(batch, probe.header, indexKeys);
     const msgIds = packedMsgIdsToHexList(packedMsgIds); // while the write is in flight
-    const outcome = await appended;
+    let outcome: AppendOutcome;
+    try {
+      outcome = await appended;
+    } finally {
+      // Settled: written (or failed), indexed, copied to the tail cache; nothing reads it now.
+      buffers.give(batch);
+      if (indexKeys!.bytes !== batch) buffers.give(indexKeys!.bytes);
+    }
     if (outcome.duplicate) return this.storedAppend(topic, channel, outcome);
     return { channel, baseOffset: outcome.baseOffset, brokerTimestamp: outcome.brokerTimestamp, msgIds, duplicate: false };
   }

@@ -8,6 +8,7 @@ import { ProducerStates } from '../engine/log/producer-state';
 import { limits } from '../engine/limits';
 import { TailCache } from '../engine/log/tail-cache';
 import { KeyIndexBuilder } from '../engine/index/key-index';
+import { BatchBuffers } from '../engine/batch-buffers';
 import { loadChecksum, xxh32 } from '../engine/format/checksum';
 import { batchLayout, bodyFor, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
@@ -947,3 +948,77 @@ function decodeFirstBody(bytes: Buffer): Buffer {
   const [record] = decodeRecords(bytes, 0, validateBatch(bytes.subarray(0, bytes.readUInt32LE(28))), lz4Codec);
   return Buffer.from(record!.body);
 }
+
+describe('engine batch buffers (what store.append encodes into)', () => {
+  it('lends views of reused buffers, takes back only its own and each once, and keeps at most its bounds idle', () => {
+    const buffers = new BatchBuffers(1024, 2, 1024 * 1024);
+    const small = buffers.take(100);
+    assert.equal(small.length, 100);
+    buffers.give(small);
+    assert.deepEqual(buffers.idleStats, { count: 0, bytes: 0 }, 'below pooledBytesMin: a plain array, not pooled');
+
+    const a = buffers.take(5000);
+    assert.equal(a.length, 5000);
+    a.fill(7);
+    buffers.give(a);
+    buffers.give(a);
+    buffers.give(new Uint8Array(5000));
+    assert.equal(buffers.idleStats.count, 1, 'a second give and a stranger are ignored');
+    const b = buffers.take(4000);
+    assert.equal(b.buffer, a.buffer, 'the idle buffer is lent again');
+    assert.equal(b.length, 4000);
+    assert.equal(b[0], 7, 'as it was: stale bytes are the caller\'s to overwrite');
+    assert.deepEqual(buffers.idleStats, { count: 0, bytes: 0 });
+    const c = buffers.take(4000);
+    assert.notEqual(c.buffer, b.buffer, 'one lent is not lent twice');
+    const big = buffers.take(200_000);
+    assert.ok(big.buffer.byteLength >= 200_000);
+    const tooBig = buffers.take(2 * 1024 * 1024);
+    for (const v of [b, c, big, tooBig]) buffers.give(v);
+    const idle = buffers.idleStats;
+    assert.equal(idle.count, 2, 'at most idleCountMax idle');
+    assert.ok(idle.bytes <= 1024 * 1024, 'at most idleBytesMax idle');
+    assert.equal(buffers.take(150_000).buffer, big.buffer, 'the larger ones are the ones kept');
+  });
+
+  it('store.append reuses them under load and every message reads back as sent: 8 channels, 6 appends in flight each, segments rolling', async () => {
+    await loadChecksum();
+    const dir = tempDir();
+    const store = await openStore(dir, { segmentBytes: 256 * 1024, compression: true });
+    const channels = 8;
+    await store.createTopic('t', { channels });
+    const sent: Array<Map<number, string>> = Array.from({ length: channels }, () => new Map());
+    const watched = store.watch('t', 3, () => undefined); // the tail cache copies channel 3's batches
+    let reused = 0;
+    const seenBuffers = new Set<ArrayBufferLike>();
+    const take = (store as unknown as { batchBuffers: BatchBuffers }).batchBuffers.take;
+    (store as unknown as { batchBuffers: { take: (n: number) => Uint8Array } }).batchBuffers.take = (bytes: number) => {
+      const view = take(bytes);
+      if (seenBuffers.has(view.buffer)) reused++;
+      seenBuffers.add(view.buffer);
+      return view;
+    };
+    await Promise.all(
+      Array.from({ length: channels * 6 }, async (_, lane) => {
+        const channel = lane % channels;
+        for (let round = 0; round < 12; round++) {
+          const count = 40 + ((lane * 13 + round * 7) % 60);
+          const messages = Array.from({ length: count }, (_, i) => ({ key: `k${lane}-${round}-${i}`, body: `${lane}:${round}:${i}:${randomBytes(150 + (i % 200)).toString('hex')}` }));
+          const r = await store.append('t', channel, messages);
+          messages.forEach((m, i) => sent[channel]!.set(r.baseOffset + i, m.body));
+        }
+      }),
+    );
+    watched();
+    assert.ok(reused > 100, `buffers were lent again (${reused} times)`);
+    for (let c = 0; c < channels; c++) {
+      const stored = await store.read('t', c, { offset: 0, maxMessages: 100_000, maxBytes: 64 * 1024 * 1024 });
+      assert.equal(stored.length, sent[c]!.size);
+      for (const m of stored) assert.equal(m.body.toString(), sent[c]!.get(m.offset), `channel ${c} offset ${m.offset}`);
+    }
+    await store.close();
+    const reopened = await openStore(dir);
+    assert.deepEqual(reopened.recoveryReport, [], "reopened with nothing to recover");
+    await reopened.close();
+  });
+});

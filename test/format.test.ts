@@ -152,6 +152,34 @@ describe('format: key hashes', () => {
       assert.deepEqual(hashed, walked);
       assert.equal(encodeBatch(messages, { codec }).indexKeys, null, 'hashed only when asked');
     });
+
+    it(`encodes into a lent buffer full of stale bytes exactly what it encodes into a new one (${name})`, () => {
+      const messages: MessageInput[] = Array.from({ length: 200 }, (_, i) => ({
+        msgId: Buffer.alloc(16, i),
+        timestamp: 1_800_000_000_000 + i,
+        key: i % 4 === 0 ? null : `key-${i}`,
+        body: i % 2 ? 'text '.repeat(i % 40) : Buffer.alloc(i % 50, i),
+        headers: i % 7 === 0 ? { traceid: `t-${i}`, other: 'x' } : undefined,
+        deliverAt: i % 5 === 0 ? 1_800_000_100_000 : undefined,
+      }));
+      const fresh = encodeBatch(messages, { codec, indexKeys: true });
+      const lent: Uint8Array[] = [];
+      const stale = encodeBatch(messages, {
+        codec,
+        indexKeys: true,
+        allocate: (bytes) => {
+          const view = new Uint8Array(new ArrayBuffer(bytes + 100), 0, bytes).fill(0xa5);
+          lent.push(view);
+          return view;
+        },
+      });
+      assert.ok(lent.includes(stale.batch), 'the batch is the lent buffer');
+      assert.ok(lent.includes(stale.indexKeys!.bytes), 'and so is the section the key ranges point into');
+      assert.equal(lent.length, codec ? 2 : 1, 'one buffer, and one more for the compressed batch');
+      assert.deepEqual(Buffer.from(stale.batch), Buffer.from(fresh.batch));
+      assert.deepEqual(stale.indexKeys!.entries, fresh.indexKeys!.entries);
+      assert.deepEqual(decodeRecords(stale.batch, 0, validateBatch(stale.batch), lz4Codec).length, 200);
+    });
   }
 });
 

@@ -450,9 +450,15 @@ export class ChannelLog {
         });
       }
       let at = segment.size;
-      for (const p of slice) {
-        segment.indexBatch(at, p.header, p.batch, p.keys);
-        at += p.batch.length;
+      try {
+        for (const p of slice) {
+          segment.indexBatch(at, p.header, p.batch, p.keys);
+          at += p.batch.length;
+        }
+      } catch (err) {
+        // Not before the write lets go of the batches: their buffers are reused once the appends settle.
+        await writing.catch(() => undefined);
+        throw err;
       }
       await writing;
       segment.wrote(at + zeros.length);
