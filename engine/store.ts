@@ -2,7 +2,7 @@
  * The store: one locked data folder holding topics, each with N channels.
  *
  *   <data>/LOCK                          flock + holder pid
- *   <data>/store.json                    { "format": "waymark", "version": 2 }
+ *   <data>/store.json                    { "format": "waymark", "version": 3 }
  *   <data>/topics/<topic>/topic.json     the topic's configuration
  *   <data>/topics/<topic>/<channel>/     a segment set (channel-log.ts)
  *
@@ -221,11 +221,13 @@ function makeFolder(dir: string): void {
 }
 
 /**
- * The store format this build writes: 2 lets an active segment end in a zeroed tail
- * (FORMAT.md), which a build of version 1 would take for damage. Version 1 stores are read and
- * marked 2 at open, before anything is written.
+ * The store format this build writes (FORMAT.md): 2 let an active segment end in a zeroed
+ * tail, which a build of version 1 would take for damage; 3 writes an end mark after every
+ * group commit, which a build of version 2 would take for damage. Stores of versions 1 and 2
+ * are read (their files have no marks; nothing in them changes) and marked 3 at open, before
+ * anything is written.
  */
-export const storeFormatVersion = 2;
+export const storeFormatVersion = 3;
 const storeFileText = JSON.stringify({ format: 'waymark', version: storeFormatVersion });
 
 /** store.json names the folder's format and version; anything else is refused before a byte is read. Returns the version. */
@@ -236,8 +238,8 @@ function checkStoreFile(file: string): number {
   } catch (err) {
     throw new WaymarkError('CORRUPT_FILE', `${file}: ${(err as Error).message} (it should be ${storeFileText}; remove it to have it written again)`, { file });
   }
-  if (parsed?.format !== 'waymark' || (parsed.version !== 1 && parsed.version !== storeFormatVersion)) {
-    throw new WaymarkError('CORRUPT_FILE', `${file}: ${JSON.stringify(parsed)} is not a waymark store of format version 1 or ${storeFormatVersion} (what this build reads)`, { file });
+  if (parsed?.format !== 'waymark' || (parsed.version !== 1 && parsed.version !== 2 && parsed.version !== storeFormatVersion)) {
+    throw new WaymarkError('CORRUPT_FILE', `${file}: ${JSON.stringify(parsed)} is not a waymark store of format version 1, 2 or ${storeFormatVersion} (what this build reads)`, { file });
   }
   return parsed.version;
 }

@@ -736,7 +736,7 @@ describe('engine store: the folder itself', () => {
     assert.equal(twice.code, 'STORE_LOCKED');
     assert.match(twice.message, /this process \(pid \d+\): it is already open here/);
     await store.close();
-    for (const text of ['{bad', '{"format":"kafka","version":2}', '{"format":"waymark","version":3}']) {
+    for (const text of ['{bad', '{"format":"kafka","version":2}', '{"format":"waymark","version":4}']) {
       fs.writeFileSync(path.join(dir, 'store.json'), text);
       const err = await rejection(openStore(dir));
       assert.equal(err.code, 'CORRUPT_FILE', text);
@@ -744,24 +744,26 @@ describe('engine store: the folder itself', () => {
     }
     fs.rmSync(path.join(dir, 'store.json'));
     await (await openStore(dir)).close();
-    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 2 }, 'written again');
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 3 }, 'written again');
   });
 
-  it('a store of format 1 (no zeroed tails) is read, and marked 2 at open before anything is written', async () => {
-    const dir = tempDir();
-    let store = await openStore(dir);
-    await store.createTopic('t', { channels: 1 });
-    await store.append('t', 0, [{ body: 'one' }]);
-    await store.close();
-    fs.writeFileSync(path.join(dir, 'store.json'), '{"format":"waymark","version":1}');
-    store = await openStore(dir);
-    try {
-      assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 2 });
-      assert.deepEqual((await store.read('t', 0, { offset: 0 })).map((m) => m.body.toString()), ['one']);
-    } finally {
+  for (const version of [1, 2]) {
+    it(`a store of format ${version} (${version === 1 ? 'no zeroed tails' : 'no end marks'}) is read, and marked 3 at open before anything is written`, async () => {
+      const dir = tempDir();
+      let store = await openStore(dir);
+      await store.createTopic('t', { channels: 1 });
+      await store.append('t', 0, [{ body: 'one' }]);
       await store.close();
-    }
-  });
+      fs.writeFileSync(path.join(dir, 'store.json'), `{"format":"waymark","version":${version}}`);
+      store = await openStore(dir);
+      try {
+        assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 3 });
+        assert.deepEqual((await store.read('t', 0, { offset: 0 })).map((m) => m.body.toString()), ['one']);
+      } finally {
+        await store.close();
+      }
+    });
+  }
 });
 
 describe('engine store: a topic re-created while its namesake is being deleted', () => {

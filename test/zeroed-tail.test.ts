@@ -8,9 +8,10 @@ import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { openStore, type SyncMode } from '../engine/index';
+import { encodeBatch, openStore, type SyncMode } from '../engine/index';
 import { repairStore, verifyStore, walkSegment } from '../engine/inspect/index';
 import { limits } from '../engine/limits';
+import { endMarkBytes } from '../engine/log/segment-scanner';
 import { batchLayout, copyFolder, flipByte, removeTempDirs, segmentFiles, tempDir } from './helpers';
 
 after(removeTempDirs);
@@ -18,13 +19,13 @@ after(removeTempDirs);
 const channelDir = (dir: string): string => path.join(dir, 'topics', 't', '0');
 const page = 4096;
 
-/** Appends one batch per entry of `bodyBytes` (one incompressible message each) to t/0. */
-async function appendEach(store: Awaited<ReturnType<typeof openStore>>, bodyBytes: number[]): Promise<void> {
-  for (const [i, n] of bodyBytes.entries()) await store.append('t', 0, [{ key: `k${i}`, body: randomBytes(n) }]);
+/** Appends one batch per entry of `bodies` (one message each: that body, or an incompressible one of that many bytes) to t/0. */
+async function appendEach(store: Awaited<ReturnType<typeof openStore>>, bodies: Array<number | Buffer>): Promise<void> {
+  for (const [i, n] of bodies.entries()) await store.append('t', 0, [{ key: `k${i}`, body: typeof n === 'number' ? randomBytes(n) : n }]);
 }
 
 /** A copy of a live store's folder (what a SIGKILL leaves), with the batches of its one segment. */
-async function crashImage(bodyBytes: number[]): Promise<{ image: string; log: string; starts: number[]; end: number; fileBytes: number }> {
+async function crashImage(bodyBytes: Array<number | Buffer>): Promise<{ image: string; log: string; starts: number[]; end: number; fileBytes: number }> {
   const live = tempDir();
   const store = await openStore(live);
   await store.createTopic('t', { channels: 1 });
@@ -50,7 +51,8 @@ describe('the zeroed tail: what the writer leaves', () => {
     const { starts, end } = batchLayout(bytes);
     assert.equal(starts.length, 3);
     assert.equal(bytes.length, limits.zeroAheadBytes, 'written ahead to 1 MiB');
-    assert.ok(bytes.subarray(end).every((b) => b === 0), 'with zeros');
+    assert.equal(bytes.subarray(end, end + endMarkBytes).toString('latin1'), 'WaymEnd!', 'the last commit\'s end mark right after its batch');
+    assert.ok(bytes.subarray(end + endMarkBytes).every((b) => b === 0), 'then zeros');
     // A commit past the first MiB (under 16 KiB) takes the zeros on to the next one.
     await appendEach(store, Array<number>(71).fill(limits.zeroAheadCommitBytesMax - 200));
     bytes = fs.readFileSync(log);
@@ -83,14 +85,29 @@ describe('the zeroed tail: what the writer leaves', () => {
   });
 
   for (const sync of ['interval', 'none'] as SyncMode[]) {
-    it(`sync "${sync}" writes no zeros (it does not wait for the device)`, async () => {
+    it(`sync "${sync}" writes no zeros (it does not wait for the device), only the end mark; a crash image of it opens with nothing to report`, async () => {
       const dir = tempDir();
       const store = await openStore(dir, { sync });
       await store.createTopic('t', { channels: 1 });
       await appendEach(store, [100, 200]);
       const log = segmentFiles(channelDir(dir))[0]!;
-      assert.equal(fs.statSync(log).size, batchLayout(fs.readFileSync(log)).end);
+      const bytes = fs.readFileSync(log);
+      const { end } = batchLayout(bytes);
+      assert.equal(bytes.length, end + endMarkBytes);
+      assert.equal(bytes.subarray(end).toString('latin1'), 'WaymEnd!');
+      const image = tempDir();
+      copyFolder(dir, image);
+      fs.rmSync(path.join(image, 'LOCK'), { force: true });
       await store.close();
+      assert.equal(fs.statSync(log).size, end, 'a clean close cuts the mark off');
+      assert.deepEqual((await verifyStore(image)).faults, []);
+      const reopened = await openStore(image);
+      try {
+        assert.deepEqual(reopened.recoveryReport, []);
+        assert.equal((await reopened.read('t', 0, { offset: 0 })).length, 2);
+      } finally {
+        await reopened.close();
+      }
     });
   }
 
@@ -100,7 +117,7 @@ describe('the zeroed tail: what the writer leaves', () => {
     await store.createTopic('t', { channels: 1 });
     await appendEach(store, [limits.zeroAheadCommitBytesMax + 1]);
     const log = segmentFiles(channelDir(dir))[0]!;
-    assert.equal(fs.statSync(log).size, batchLayout(fs.readFileSync(log)).end, 'no zeros after a big commit');
+    assert.equal(fs.statSync(log).size, batchLayout(fs.readFileSync(log)).end + endMarkBytes, 'no zeros after a big commit, only its end mark');
     await appendEach(store, [10]);
     assert.equal(fs.statSync(log).size, limits.zeroAheadBytes);
     await store.close();
@@ -145,7 +162,7 @@ describe('the zeroed tail after a crash', () => {
       copyFolder(image, copy);
       const log = segmentFiles(channelDir(copy))[0]!;
       const fd = fs.openSync(log, 'r+');
-      fs.writeSync(fd, Buffer.alloc(end - cut), 0, end - cut, cut); // the pages from `cut` never written
+      fs.writeSync(fd, Buffer.alloc(end + endMarkBytes - cut), 0, end + endMarkBytes - cut, cut); // the pages from `cut` (the end mark's too) never written
       fs.closeSync(fd);
       const { faults } = await verifyStore(copy);
       assert.equal(faults.length, 1, `cut at ${cut}: ${JSON.stringify(faults)}`);
@@ -191,7 +208,7 @@ describe('the zeroed tail after a crash', () => {
         assert.deepEqual(report.map((f) => [f.kind, f.position]), [['corrupt', last]], name);
         const saved = fs.statSync(report[0]!.savedTo!).size;
         assert.equal(report[0]!.bytesDropped, saved);
-        assert.ok(saved <= end - last && saved > 0, `${name}: ${saved} bytes saved, the batch's nonzero bytes only`);
+        assert.ok(saved <= end - last && saved > 0, `${name}: ${saved} bytes saved, the batch's nonzero bytes only (not its end mark, not the zeros)`);
         assert.deepEqual((await store.read('t', 0, { offset: 0 })).map((m) => m.body.length), [100, 700]);
       } finally {
         await store.close();
@@ -221,4 +238,62 @@ describe('the zeroed tail after a crash', () => {
     }
     assert.deepEqual((await verifyStore(copy)).faults, []);
   });
+
+  it('a whole batch ending in 4 KiB of zeros with a flipped bit is damage, not a torn tail: its end mark says the write was whole (the gap of store format 2)', async () => {
+    // Incompressible first (lz4's sample says no), then 8 KiB of zeros: stored as it is, so
+    // the batch's own bytes stop at a page boundary before its end, as a cut-short write's do.
+    const body = Buffer.concat([randomBytes(6000), Buffer.alloc(8192)]);
+    const { image, log, starts, end } = await crashImage([100, body]);
+    const last = starts[1]!;
+    const bytes = fs.readFileSync(log);
+    assert.ok(bytes.subarray(end - 8192, end).every((b) => b === 0), 'the batch ends in zeros');
+    assert.equal(bytes.subarray(end, end + endMarkBytes).toString('latin1'), 'WaymEnd!');
+    flipByte(log, last + 3000);
+    const { faults } = await verifyStore(image);
+    assert.equal(faults.length, 1, JSON.stringify(faults));
+    assert.doesNotMatch(faults[0]!.what, /torn|cut short/, 'verify calls it damage');
+    const repairCopy = tempDir();
+    copyFolder(image, repairCopy);
+    const repaired = await repairStore(repairCopy);
+    assert.equal(repaired.dropped.length, 1, 'repair says what it dropped');
+    const store = await openStore(image);
+    try {
+      const report = store.recoveryReport;
+      assert.deepEqual(report.map((f) => [f.kind, f.position]), [['corrupt', last]]);
+      const saved = fs.readFileSync(report[0]!.savedTo!);
+      assert.deepEqual(saved, bytes.subarray(last, end).map((b, i) => (i === 3000 ? b ^ 0xff : b)), 'the whole damaged batch saved aside, zeros and all, not its end mark');
+      assert.deepEqual((await store.read('t', 0, { offset: 0 })).map((m) => m.body.length), [100]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a write cut at a page boundary inside the end mark it was overwriting is a torn tail: the mark\'s last bytes after the cut are not damage', async () => {
+    // A first batch whose end mark straddles a page boundary, then a second batch written over
+    // that mark, cut at the boundary: the second batch's first bytes, then the rest of the old mark.
+    const size = (n: number): number => encodeBatch([{ key: 'k0', body: randomBytes(n) }]).batch.length;
+    let n = 3900;
+    while (size(n) % page < page - endMarkBytes + 1) n++;
+    const first = size(n);
+    const cut = Math.ceil(first / page) * page;
+    assert.ok(cut > first && cut < first + endMarkBytes, `the mark at ${first} straddles ${cut}`);
+    const { image, log, starts, end } = await crashImage([n, 3000]);
+    assert.deepEqual(starts, [0, first]);
+    const fd = fs.openSync(log, 'r+');
+    const stale = Buffer.alloc(end + endMarkBytes - cut);
+    Buffer.from('WaymEnd!', 'latin1').copy(stale, 0, cut - first);
+    fs.writeSync(fd, stale, 0, stale.length, cut);
+    fs.closeSync(fd);
+    const { faults } = await verifyStore(image);
+    assert.equal(faults.length, 1, JSON.stringify(faults));
+    assert.match(faults[0]!.what, /torn|cut short/);
+    const store = await openStore(image);
+    try {
+      assert.deepEqual(store.recoveryReport.map((f) => [f.kind, f.position, f.savedTo]), [['torn', first, undefined]]);
+      assert.deepEqual((await store.read('t', 0, { offset: 0 })).map((m) => m.body.length), [n]);
+    } finally {
+      await store.close();
+    }
+  });
+
 });

@@ -19,12 +19,12 @@
  *
  * "Good batch" = consistent header and holding checksum. The range from `position` to the
  * resume point is one damage event, whose `bytes` is exactly what repair drops. With nothing
- * good after the damage it ends where the file's zeroed tail starts (FORMAT.md), if it has
- * one: the scanner ends the walk at the zeros, which are not data (repair cuts them off).
+ * good after the damage it ends where the file's end mark or zeroed tail starts (FORMAT.md),
+ * if it has them: the scanner ends the walk there, they are not data (repair cuts them off).
  */
 import * as fs from 'node:fs';
 import { batchHeaderBytes, checksumHolds, probeHeader, type BatchHeader } from '../format/record-batch';
-import { findNextBatch, scanSegment, zeroRunStart } from '../log/segment-scanner';
+import { damagedTailEnd, findNextBatch, scanSegment } from '../log/segment-scanner';
 
 export type WalkEvent =
   /** A whole batch whose checksum holds. `bytes` is a view valid until the next event. */
@@ -61,7 +61,7 @@ export function* walkSegment(fd: number, options: WalkOptions = {}): Generator<W
         const { header } = event;
         const after = event.position + header.batchLength;
         const next = after === end || goodBatchAt(fd, after, end) ? after : findNextBatch(fd, event.position + 1, end);
-        resumeAt = next < 0 ? Math.max(after, zeroRunStart(fd, event.position, end)) : next;
+        resumeAt = next < 0 ? Math.max(after, damagedTailEnd(fd, event.position, end)) : next;
         const last = header.baseOffset + header.recordCount - 1;
         yield {
           kind: 'damage',
@@ -75,7 +75,7 @@ export function* walkSegment(fd: number, options: WalkOptions = {}): Generator<W
         break;
       }
       const next = findNextBatch(fd, event.position + 1, end);
-      resumeAt = next < 0 ? zeroRunStart(fd, event.position, end) : next;
+      resumeAt = next < 0 ? damagedTailEnd(fd, event.position, end) : next;
       const torn = event.kind === 'torn' && next < 0;
       const reason =
         event.kind === 'corrupt' ? `corrupt batch header: ${event.reason}` : torn ? 'batch cut short at the end of the file' : 'batch length runs past the next good batch';

@@ -37,6 +37,7 @@ import * as pool from './fs-pool';
 import { IoSlots } from './io-slots';
 import { ProducerStates } from './producer-state';
 import { indexNamePattern, Segment, segmentFileName, segmentNamePattern, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
+import { endMark, endMarkBytes } from './segment-scanner';
 import { TailCache } from './tail-cache';
 import type { StoreClock } from '../clock';
 
@@ -436,8 +437,11 @@ export class ChannelLog {
         end++;
       }
       const slice = group.slice(start, end);
+      // The batches, the end mark after them (FORMAT.md, "The end mark": a whole commit never
+      // ends in zeros; the next commit writes over it), and perhaps zeros ahead.
       const buffers = slice.map((p) => p.batch);
-      const zeros = segment.zerosAhead(segment.size + bytes, this.options.segmentBytes);
+      buffers.push(endMark);
+      const zeros = segment.zerosAhead(segment.size + bytes + endMarkBytes, this.options.segmentBytes);
       let writing = pool.writev(segment.fd, zeros.length > 0 ? [...buffers, zeros] : buffers, segment.size);
       if (zeros.length > 0) {
         // The zeros must never cost an append that fits: on a full disk (or a file size
@@ -461,7 +465,7 @@ export class ChannelLog {
         throw err;
       }
       await writing;
-      segment.wrote(at + zeros.length);
+      segment.wrote(at + endMarkBytes + zeros.length);
       segment.size = at;
       start = end;
     }

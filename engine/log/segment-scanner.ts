@@ -10,18 +10,23 @@
  *   | fewer bytes than a header, or than batchLength     | torn      | yes: cut-short write  |
  *   | an inconsistent header (magic, lengths, flags)     | corrupt   | no                    |
  *   | a consistent header whose checksum fails           | corrupt*  | no                    |
+ *   | the end mark, then only zeros to the end of file  | (the end) | no: the last commit's |
  *   | zeros, and only zeros to the end of the file       | (the end) | no: a zeroed tail     |
  *   | a batch whose bytes stop at a page boundary inside | torn      | yes: a write into the |
  *   |   it, only zeros after (header or checksum fails)  |           |   zeroed tail cut short |
  *
- * The last two rows are the zeroed tail (FORMAT.md, "The zeroed tail"): the active segment
- * of a store in sync mode "batch" is written ahead with zeros, so a small group commit
- * overwrites blocks that are already allocated and its O_DSYNC write commits no file-size
- * change. The scan ends where only zeros are left; a crash cuts a write at a page boundary
- * (the kernel copies a write into the page cache page by page), which leaves a batch whose
- * bytes stop at one with zeros after — torn, as a batch cut short at the end of a file is.
- * A damaged batch whose own last 4 KiB or more are zeros cannot be told from that and is
- * taken for torn: a known gap (FORMAT.md, "The zeroed tail"), closed only by a format change.
+ * The zeroed tail (FORMAT.md): the active segment of a store in sync mode "batch" is written
+ * ahead with zeros, so a small group commit overwrites blocks that are already allocated and
+ * its O_DSYNC write commits no file-size change. The scan ends where only zeros are left; a
+ * crash cuts a write at a page boundary (the kernel copies a write into the page cache page
+ * by page), which leaves a batch whose bytes stop at one with zeros after — torn, as a batch
+ * cut short at the end of a file is.
+ *
+ * The end mark (store format 3): every group commit writes `endMark` right after its last
+ * batch (the next commit overwrites it). So a whole batch is never followed by zeros alone:
+ * a damaged one whose own last 4 KiB are zeros has the mark after it and is damage, where
+ * without it (format 2 files) it looked like a write cut short. A cut that falls inside the
+ * previous commit's mark leaves its last 1–7 bytes after the page boundary: still torn.
  *
  *   * with `checksumMismatch: 'report'` the batch is yielded with checksumOk=false and the
  *     scan goes on by its length (dump shows every batch's status); otherwise the scan stops.
@@ -85,6 +90,7 @@ export function* scanSegment(fd: number, options: ScanOptions = {}): Generator<S
   while (position < fileEnd) {
     const available = window.ensure(position, Math.min(batchHeaderBytes, fileEnd - position));
     const at = position - window.start;
+    if (available >= endMarkBytes && isEndMark(window.buf, at) && zeroRunStart(fd, position + endMarkBytes, fileEnd) === position + endMarkBytes) return;
     let probe = probeHeader(window.buf, at, at + available);
     if (probe.kind === 'short' && position + probe.needBytes <= fileEnd) {
       window.ensure(position, probe.needBytes);
@@ -133,7 +139,48 @@ function zeroTailAt(fd: number, position: number, claimedEnd: number, fileEnd: n
   const dataEnd = zeroRunStart(fd, position, fileEnd);
   if (dataEnd === position) return { kind: 'zeros', dataEnd };
   const cut = Math.ceil(dataEnd / pageBytes) * pageBytes;
-  return { kind: cut < claimedEnd ? 'torn' : 'damage', dataEnd };
+  if (cut < claimedEnd) return { kind: 'torn', dataEnd };
+  return { kind: staleMarkAfterCut(fd, position, dataEnd) ? 'torn' : 'damage', dataEnd };
+}
+
+/**
+ * A write cut at the page boundary just below `dataEnd`, the bytes from it to `dataEnd` being
+ * what was there before: the last 1–7 bytes of the previous commit's end mark, which the
+ * write began to overwrite. Not when a whole mark ends at `dataEnd` (a whole commit's own).
+ */
+function staleMarkAfterCut(fd: number, position: number, dataEnd: number): boolean {
+  const boundary = Math.floor((dataEnd - 1) / pageBytes) * pageBytes;
+  const remnant = dataEnd - boundary;
+  if (boundary <= position || remnant >= endMarkBytes || dataEnd < endMarkBytes) return false;
+  const bytes = Buffer.alloc(endMarkBytes);
+  if (fs.readSync(fd, bytes, 0, endMarkBytes, dataEnd - endMarkBytes) !== endMarkBytes) return false;
+  if (isEndMark(bytes, 0)) return false;
+  return bytes.subarray(endMarkBytes - remnant).equals(endMark.subarray(endMarkBytes - remnant));
+}
+
+/**
+ * Written after the last batch of every group commit (store format 3; FORMAT.md, "The end
+ * mark"): ASCII "WaymEnd!". Read as a batch's baseOffset it is 2.4e18, past any offset, so
+ * no batch starts with it; its last byte is not zero, so a whole commit never ends in zeros.
+ */
+export const endMark = Buffer.from('WaymEnd!', 'latin1');
+export const endMarkBytes = 8;
+
+export function isEndMark(buf: Uint8Array, at: number): boolean {
+  for (let i = 0; i < endMarkBytes; i++) if (buf[at + i] !== endMark[i]) return false;
+  return true;
+}
+
+/**
+ * Where the data of a damaged tail ends: the start of the file's last run of zeros, less the
+ * end mark that a whole commit left right before it (the mark is not data: nothing to save).
+ */
+export function damagedTailEnd(fd: number, from: number, fileEnd: number): number {
+  const dataEnd = zeroRunStart(fd, from, fileEnd);
+  if (dataEnd - from < endMarkBytes) return dataEnd;
+  const bytes = Buffer.alloc(endMarkBytes);
+  if (fs.readSync(fd, bytes, 0, endMarkBytes, dataEnd - endMarkBytes) !== endMarkBytes) return dataEnd;
+  return isEndMark(bytes, 0) ? dataEnd - endMarkBytes : dataEnd;
 }
 
 /** Where the file's last run of zero bytes starts (`fileEnd` when its last byte is not zero), looking back no further than `from`. */

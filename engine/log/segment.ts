@@ -12,9 +12,9 @@
  * - `nextOffset` = baseOffset + number of records (offsets are dense within a segment);
  * - broker timestamps are non-decreasing (the channel makes them so);
  * - the active segment's indexes live in memory and cover exactly [0, size);
- * - the log file may run past `size` only with zeros, up to `writtenTo` (the zeroed tail,
- *   written ahead in sync mode "batch": `zerosAhead`); a seal, a clean close and recovery
- *   cut the file back to `size`.
+ * - the log file may run past `size` only with the last commit's end mark and zeros after
+ *   it, up to `writtenTo` (the zeroed tail, written ahead in sync mode "batch": `zerosAhead`);
+ *   a seal, a clean close and recovery cut the file back to `size`.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -30,7 +30,7 @@ import { CorruptIndexError, DamageBeforeSoundBatchesError } from './errors';
 import * as pool from './fs-pool';
 import { writeFileSynced, writeFileSyncedAsync, writeIndexFileAsync } from './index-file';
 import { OffsetIndex } from './offset-index';
-import { findNextBatch, scanSegment, zeroRunStart } from './segment-scanner';
+import { damagedTailEnd, findNextBatch, scanSegment } from './segment-scanner';
 import { TimeIndex } from './time-index';
 
 let hashScratch = new Uint32Array(3 * 1024);
@@ -208,8 +208,8 @@ export class Segment {
           fs.closeSync(fd);
           throw new DamageBeforeSoundBatchesError(dir, file, event.position, soundAt, event.reason);
         }
-        // Up to the zeroed tail, if the file has one: the zeros after are not data.
-        end = { file, position: event.position, bytesDropped: zeroRunStart(fd, event.position, fileBytes) - event.position, kind: 'corrupt', reason: event.reason };
+        // Up to the end mark and zeroed tail, if the file has them: they are not data.
+        end = { file, position: event.position, bytesDropped: damagedTailEnd(fd, event.position, fileBytes) - event.position, kind: 'corrupt', reason: event.reason };
       }
     }
     if (end) {
@@ -376,12 +376,12 @@ export class Segment {
     this.writtenTo = Number.MAX_SAFE_INTEGER;
   }
 
-  /** A write of the log up to `end` is done (data and any zeros after it). */
+  /** A write of the log up to `end` is done (data, its end mark and any zeros after it). */
   wrote(end: number): void {
     this.writtenTo = Math.max(this.writtenTo, end);
   }
 
-  /** Whether the file runs past `size` with the zeroed tail (which a seal cuts off). */
+  /** Whether the file runs past `size` (an end mark, a zeroed tail: a seal cuts them off). */
   private cutZeroedTail(): boolean {
     const cut = this.writtenTo > this.size;
     this.writtenTo = this.size;
