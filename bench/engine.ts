@@ -8,8 +8,9 @@
  *   phase   what                                             baseline (same run)
  *   append  store.append of 1,000-message batches, sync      fs.write + fdatasync of the same
  *           "batch"; one append in flight (the goal) and     bytes per batch to a plain file,
- *           several (group commit); store.appendBatch of     one batch in flight
- *           pre-encoded batches (the SDK path)
+ *           several (group commit); store.appendBatch of     one batch in flight; the copy
+ *           pre-encoded batches (the SDK path)               floor: raw, each batch first
+ *                                                            made by copying its bodies
  *   read    store.readBatches and store.read from offset 0   fs.read of the same segment files
  *           of a 1 GiB channel, maxBytes 1 MiB; warm, and    in the same chunk size, warm and
  *           cold when the page cache can be dropped          cold alike

@@ -60,14 +60,17 @@ export function readAt(fd: number, buf: Buffer, length: number, position: number
   return new Promise((resolve, reject) => fs.read(fd, buf, 0, length, position, (err, n) => (err ? reject(err) : resolve(n))));
 }
 
-/** The append baseline: each batch written with fs.write and fdatasynced, one at a time. */
-export async function rawAppend(file: string, batches: Uint8Array[], count: number): Promise<number> {
+/**
+ * The append baseline: each batch written with fs.write and fdatasynced, one at a time.
+ * `before(i)`, when given, makes the bytes of write i (timed with it): the copy floor.
+ */
+export async function rawAppend(file: string, batches: Uint8Array[], count: number, before?: (i: number) => Uint8Array): Promise<number> {
   const fd = fs.openSync(file, 'w');
   try {
     let position = 0;
     const t0 = now();
     for (let i = 0; i < count; i++) {
-      const batch = batches[i % batches.length]!;
+      const batch = before ? before(i) : batches[i % batches.length]!;
       await writeAt(fd, batch, position);
       position += batch.length;
       await datasync(fd);
