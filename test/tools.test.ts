@@ -5,7 +5,8 @@ import * as path from 'node:path';
 import { openStore } from '../engine/index';
 import { dumpPath, repairStore, verifyStore, type DumpItem } from '../engine/inspect/index';
 import { main } from '../tools/cli';
-import { bodyFor, copyFolder, flipByte, removeTempDirs, rejection, rewriteCheckedJson, segmentFiles, tempDir, truncateTail } from './helpers';
+import { bodyFor, copyFolder, flipByte, logEnd, removeTempDirs, rejection, rewriteCheckedJson, segmentFiles, tempDir, truncateTail } from './helpers';
+import { endMarkBytes } from '../engine/log/segment-scanner';
 import { batchCount, batchesOf, captureIo, channelDir, logsOf, makeStore, readEverything, recordsPerBatch } from './tools-helpers';
 
 after(removeTempDirs);
@@ -200,7 +201,8 @@ describe('tools: repair', () => {
     assert.equal(report.dropped.length, 1);
     assert.equal(report.dropped[0]!.file, active);
     assert.match(report.dropped[0]!.reason, /torn tail/);
-    assert.equal(fs.statSync(active).size, last.position);
+    assert.equal(logEnd(active), last.position);
+    assert.equal(fs.statSync(active).size, last.position + endMarkBytes, 'then the end mark its seal wrote');
     assert.deepEqual((await verifyStore(dir)).faults, []);
     const after = await readEverything(dir);
     assert.equal(after.findings, 0);
@@ -432,7 +434,7 @@ describe('tools: dump', () => {
     assert.equal(header.magic, 'WKIX');
     assert.equal(header.problem, null);
     assert.equal(header.version, 2);
-    assert.equal(header.logBytes, fs.statSync(logsOf(dir)[0]!).size, 'the log size it was built for');
+    assert.equal(header.logBytes, logEnd(logsOf(dir)[0]!), 'the log size it was built for');
     const entries = items.filter((i) => i.type === 'kix-entry');
     assert.equal(entries.length, header.entryCount);
     // msgId, key and traceid per record
@@ -520,7 +522,7 @@ describe('tools: the waymark command', () => {
     const log = segmentFiles(path.join(dir, 'topics', 'one', '0'))[0]!;
     const dump = waymark('dump', log);
     assert.match(dump.stdout, /^# 1 segment, 1 batch \(0 BAD\), 1 record, 0 damaged ranges$/m);
-    flipByte(log, fs.statSync(log).size - 2);
+    flipByte(log, logEnd(log) - 2);
     const broken = waymark('verify', dir);
     assert.equal(broken.status, 1);
     assert.match(broken.stdout, /^verify: 1 fault \(1 channel, /m);

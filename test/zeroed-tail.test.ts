@@ -41,7 +41,7 @@ async function crashImage(bodyBytes: Array<number | Buffer>): Promise<{ image: s
 }
 
 describe('the zeroed tail: what the writer leaves', () => {
-  it('sync "batch": small commits leave the file zeroed to the next MiB; a roll and a clean close cut it back to the batches', async () => {
+  it('sync "batch": small commits leave the file zeroed to the next MiB; a roll and a clean close cut it back to the batches and the end mark', async () => {
     const dir = tempDir();
     const store = await openStore(dir);
     await store.createTopic('t', { channels: 1, segmentBytes: 3 * 1024 * 1024 });
@@ -59,7 +59,7 @@ describe('the zeroed tail: what the writer leaves', () => {
     assert.ok(batchLayout(bytes).end > limits.zeroAheadBytes);
     assert.equal(bytes.length, 2 * limits.zeroAheadBytes);
     await store.close();
-    assert.equal(fs.statSync(log).size, batchLayout(fs.readFileSync(log)).end, 'a clean close cuts the zeros off');
+    assert.equal(fs.statSync(log).size, batchLayout(fs.readFileSync(log)).end + endMarkBytes, 'a clean close cuts the zeros off, not the mark');
     const again = await openStore(dir);
     try {
       assert.deepEqual(again.recoveryReport, []);
@@ -70,7 +70,7 @@ describe('the zeroed tail: what the writer leaves', () => {
     assert.deepEqual((await verifyStore(dir)).faults, []);
   });
 
-  it('a rolled segment is cut back when it is sealed; the new active one starts its own zeros', async () => {
+  it('a rolled segment is cut back to its batches and end mark when it is sealed; the new active one starts its own zeros', async () => {
     const dir = tempDir();
     const store = await openStore(dir);
     await store.createTopic('t', { channels: 1, segmentBytes: 64 * 1024 });
@@ -78,7 +78,11 @@ describe('the zeroed tail: what the writer leaves', () => {
     await store.settled();
     const logs = segmentFiles(channelDir(dir));
     assert.ok(logs.length >= 2);
-    for (const log of logs.slice(0, -1)) assert.equal(fs.statSync(log).size, batchLayout(fs.readFileSync(log)).end, `${path.basename(log)} sealed without zeros`);
+    for (const log of logs.slice(0, -1)) {
+      const bytes = fs.readFileSync(log);
+      const { end } = batchLayout(bytes);
+      assert.equal(bytes.subarray(end).toString('latin1'), 'WaymEnd!', `${path.basename(log)} sealed without zeros, with its end mark`);
+    }
     const active = fs.readFileSync(logs.at(-1)!);
     assert.equal(active.length, 64 * 1024, 'zeroed up to segmentBytes, never past it');
     await store.close();
@@ -99,7 +103,7 @@ describe('the zeroed tail: what the writer leaves', () => {
       copyFolder(dir, image);
       fs.rmSync(path.join(image, 'LOCK'), { force: true });
       await store.close();
-      assert.equal(fs.statSync(log).size, end, 'a clean close cuts the mark off');
+      assert.equal(fs.statSync(log).size, end + endMarkBytes, 'a clean close keeps the mark');
       assert.deepEqual((await verifyStore(image)).faults, []);
       const reopened = await openStore(image);
       try {
@@ -136,12 +140,12 @@ describe('the zeroed tail after a crash', () => {
     copyFolder(image, repairCopy);
     const repaired = await repairStore(repairCopy);
     assert.deepEqual(repaired.dropped, []);
-    assert.equal(fs.statSync(segmentFiles(channelDir(repairCopy))[0]!).size, end, 'repair cuts the zeros off');
+    assert.equal(fs.statSync(segmentFiles(channelDir(repairCopy))[0]!).size, end + endMarkBytes, 'repair cuts the zeros off, not the mark');
 
     const store = await openStore(image);
     try {
       assert.deepEqual(store.recoveryReport, []);
-      assert.equal(fs.statSync(log).size, end, 'recovery cut the zeros off');
+      assert.equal(fs.statSync(log).size, end + endMarkBytes, 'recovery cut the zeros off, not the mark');
       assert.deepEqual((await store.read('t', 0, { offset: 0 })).map((m) => m.body.length), [100, 5000, 9000, 300]);
       const next = await store.append('t', 0, [{ body: 'after' }]);
       assert.equal(next.baseOffset, 4);
@@ -293,6 +297,44 @@ describe('the zeroed tail after a crash', () => {
       assert.deepEqual((await store.read('t', 0, { offset: 0 })).map((m) => m.body.length), [n]);
     } finally {
       await store.close();
+    }
+  });
+
+
+  it('a sealed segment keeps its end mark: its damaged last batch ending in zeros is damage when the checkpoint is lost and open scans it; repair of a whole store changes nothing', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir);
+    await store.createTopic('t', { channels: 1, segmentBytes: 64 * 1024 });
+    await appendEach(store, [100, Buffer.concat([randomBytes(6000), Buffer.alloc(8192)])]);
+    for (let i = 0; segmentFiles(channelDir(dir)).length < 2; i++) await appendEach(store, [30_000]);
+    await store.close();
+    const sealed = segmentFiles(channelDir(dir))[0]!;
+    const bytes = fs.readFileSync(sealed);
+    const { starts, end } = batchLayout(bytes);
+    assert.equal(bytes.length, end + endMarkBytes, 'sealed: its batches, then the end mark');
+    assert.deepEqual((await verifyStore(dir)).faults, [], 'the checkpoint vouches for a file with the mark');
+    const whole = tempDir();
+    copyFolder(dir, whole);
+    const repaired = await repairStore(whole);
+    assert.deepEqual([repaired.dropped, repaired.changed], [[], []], 'repair of a whole store changes no segment');
+
+    // The zero-ending batch is not the sealed segment's last one (30 KB batches followed it): make it so.
+    const last = starts.find((p) => bytes.readUInt32LE(p + 28) > 14_000)!;
+    const lastEnd = last + bytes.readUInt32LE(last + 28);
+    const cut = Buffer.concat([bytes.subarray(0, lastEnd), Buffer.from('WaymEnd!', 'latin1')]);
+    fs.writeFileSync(sealed, cut);
+    fs.rmSync(path.join(channelDir(dir), 'checkpoint.json'));
+    flipByte(sealed, last + 3000);
+    assert.ok(cut.subarray(lastEnd - 8192, lastEnd).every((b) => b === 0));
+    const { faults } = await verifyStore(dir);
+    assert.ok(faults.some((f) => f.file === sealed && !/torn|cut short/.test(f.what)), JSON.stringify(faults));
+    const reopened = await openStore(dir);
+    try {
+      const damage = reopened.recoveryReport.filter((f) => f.file === sealed);
+      assert.deepEqual(damage.map((f) => [f.kind, f.position]), [['corrupt', last]]);
+      assert.ok(damage[0]!.savedTo, 'saved aside, not taken for a torn tail');
+    } finally {
+      await reopened.close();
     }
   });
 

@@ -28,6 +28,7 @@
  * Kept batches are then grouped into pieces, each dense in offsets; a piece ends where a
  * segment ends or where dropped batches leave a gap (repair.ts says why).
  */
+import { segmentFileFits } from '../log/segment-scanner';
 import { batchHeaderBytes } from '../format/record-batch';
 import { formatLimits } from '../format/limits';
 import type { ProducerEntry } from '../log/checkpoint';
@@ -214,7 +215,9 @@ export function planChannel(channel: ChannelRef, results: ScanResult[], stagingD
       }
     } else if (only && only.baseOffset === segment.baseOffset && only.runs.length === 1 && only.runs[0]![0] === 0) {
       const keptEnd = only.runs[0]![1];
-      if (keptEnd !== results[s]!.fileBytes) {
+      // Kept as it is when whole: its batches, perhaps then the end mark (or 8 bytes the scan took for the end).
+      const whole = results[s]!.damage.length === 0 && segmentFileFits(results[s]!.fileBytes, keptEnd);
+      if (!whole) {
         task.action = 'truncate';
         task.truncateTo = keptEnd;
       }

@@ -23,6 +23,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BatchOffset } from '../format/record-batch';
 import { droppedBytesPath, Segment, segmentFileName, type SegmentMeta } from '../log/segment';
+import { segmentFileFits } from '../log/segment-scanner';
 import { inspectLimits } from './limits';
 import { indexPath } from './segment-check';
 import { readFully } from './walk';
@@ -150,7 +151,7 @@ function sealInPlace(dir: string, baseOffset: number, endOffset: number | null):
   const finding = findings[0];
   try {
     if (finding) throw new Error(`repair: ${file} is not whole after repair (${finding.reason} at ${finding.position}); the bytes were saved to ${finding.savedTo ?? 'nowhere'}`);
-    if (segment.size !== bytesBefore) throw new Error(`repair: ${file} reads back as ${segment.size} bytes, it has ${bytesBefore}`);
+    if (!segmentFileFits(bytesBefore, segment.size)) throw new Error(`repair: ${file} reads back as ${segment.size} bytes, it has ${bytesBefore}`);
     if (endOffset !== null && segment.nextOffset !== endOffset) throw new Error(`repair: ${file} ends at offset ${segment.nextOffset}, the plan says ${endOffset}`);
     segment.seal();
     return segment.meta();

@@ -21,6 +21,7 @@ import * as path from 'node:path';
 import { lockHolder } from '../lock';
 import { checkpointFile, inspectCheckpoint, type Checkpoint } from '../log/checkpoint';
 import { segmentFileName, type SegmentMeta } from '../log/segment';
+import { segmentFileFits } from '../log/segment-scanner';
 import { describePath, indexNamePattern, stagingDirName, type ChannelRef, type Layout } from './layout';
 import { runSegmentTasks, type PoolOptions } from './pool';
 import type { ProgressState } from './progress';
@@ -63,7 +64,7 @@ export function loadCheckpoint(dir: string): CheckpointState {
 export function vouchedMeta(cp: CheckpointState, base: number, fileBytes: number, isLast: boolean): SegmentMeta | null {
   if (cp.state !== 'ok') return null;
   const meta = cp.checkpoint.segments.find((m) => m.baseOffset === base);
-  if (!meta || meta.bytes !== fileBytes) return null;
+  if (!meta || !segmentFileFits(fileBytes, meta.bytes)) return null;
   if (isLast && !cp.checkpoint.clean) return null;
   return meta;
 }
@@ -211,7 +212,7 @@ function checkChannel(channel: ChannelRef, cp: CheckpointState, byFile: Map<stri
       // open finds the store as that close left it: the broker writes no checkpoint then, and
       // appends to it. Open scans it.
       const grewAfterCleanClose = listed !== undefined && cp.checkpoint.clean && listed === cp.checkpoint.segments.at(-1) && s.fileBytes > listed.bytes;
-      if (listed && listed.bytes !== s.fileBytes && !(isLast && !cp.checkpoint.clean) && !grewAfterCleanClose) {
+      if (listed && !segmentFileFits(s.fileBytes, listed.bytes) && !(isLast && !cp.checkpoint.clean) && !grewAfterCleanClose) {
         report.faults.push({ file: s.file, position: null, what: `checkpoint.json says ${listed.bytes} bytes, the file has ${s.fileBytes} (open scans it)` });
       }
     }

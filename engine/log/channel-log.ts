@@ -36,8 +36,8 @@ import { checkpointFile, inspectCheckpoint, syncDir, writeCheckpoint, writeCheck
 import * as pool from './fs-pool';
 import { IoSlots } from './io-slots';
 import { ProducerStates } from './producer-state';
-import { indexNamePattern, Segment, segmentFileName, segmentNamePattern, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
-import { endMark, endMarkBytes } from './segment-scanner';
+import { indexNamePattern, outOfSpace, Segment, segmentFileName, segmentNamePattern, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
+import { endMark, endMarkBytes, segmentFileFits } from './segment-scanner';
 import { TailCache } from './tail-cache';
 import type { StoreClock } from '../clock';
 
@@ -93,7 +93,6 @@ interface Pending {
 /** A lookup reads this much at a batch's position at once (most batches fit; a larger one takes a second read). */
 const lookupReadBytes = 128 * 1024;
 /** Write errors that say the file system has no room (or the file may grow no further). */
-const outOfSpaceCodes = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
 
 export class ChannelLog {
   private readonly segments: Segment[] = [];
@@ -249,14 +248,14 @@ export class ChannelLog {
       const meta = trusted.get(base);
       const size = fs.statSync(path.join(this.dir, segmentFileName(base, 'log'))).size;
       const expectedBase = this.segments.length > 0 ? this.active.nextOffset : base;
-      if (meta && meta.bytes === size && meta.baseOffset === expectedBase) {
+      if (meta && segmentFileFits(size, meta.bytes) && meta.baseOffset === expectedBase) {
         if (!isLast) {
           this.segments.push(Segment.openSealed(this.dir, meta));
           continue;
         }
         if (checkpoint!.clean) {
           try {
-            this.segments.push(Segment.reopenActive(this.dir, meta, this.dsync));
+            this.segments.push(Segment.reopenActive(this.dir, meta, size, this.dsync));
             continue;
           } catch (err) {
             if (!(err instanceof CorruptIndexError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
@@ -448,7 +447,7 @@ export class ChannelLog {
         // limit) the same bytes are written again without them, and this segment writes no
         // more zeros ahead (zeroAheadFailed).
         writing = writing.catch((err: NodeJS.ErrnoException) => {
-          if (!outOfSpaceCodes.has(err.code ?? '')) throw err;
+          if (!outOfSpace(err)) throw err;
           segment.zeroAheadFailed();
           return pool.writev(segment.fd, buffers, segment.size);
         });
@@ -467,6 +466,7 @@ export class ChannelLog {
       await writing;
       segment.wrote(at + endMarkBytes + zeros.length);
       segment.size = at;
+      segment.markedEnd = true;
       start = end;
     }
   }

@@ -171,6 +171,22 @@ export function isEndMark(buf: Uint8Array, at: number): boolean {
   return true;
 }
 
+/** Whether the file has the end mark at `position`. */
+export function endMarkAt(fd: number, position: number, fileEnd: number = fs.fstatSync(fd).size): boolean {
+  if (fileEnd - position < endMarkBytes) return false;
+  const bytes = Buffer.alloc(endMarkBytes);
+  return fs.readSync(fd, bytes, 0, endMarkBytes, position) === endMarkBytes && isEndMark(bytes, 0);
+}
+
+/**
+ * Whether a sealed segment's file is the size a checkpoint entry of `bytes` says: its batches,
+ * then the end mark (store format 3), or its batches alone (format 2, or a seal that found no
+ * room for the mark).
+ */
+export function segmentFileFits(fileBytes: number, bytes: number): boolean {
+  return fileBytes === bytes || (bytes > 0 && fileBytes === bytes + endMarkBytes);
+}
+
 /**
  * Where the data of a damaged tail ends: the start of the file's last run of zeros, less the
  * end mark that a whole commit left right before it (the mark is not data: nothing to save).

@@ -12,9 +12,11 @@
  * - `nextOffset` = baseOffset + number of records (offsets are dense within a segment);
  * - broker timestamps are non-decreasing (the channel makes them so);
  * - the active segment's indexes live in memory and cover exactly [0, size);
- * - the log file may run past `size` only with the last commit's end mark and zeros after
- *   it, up to `writtenTo` (the zeroed tail, written ahead in sync mode "batch": `zerosAhead`);
- *   a seal, a clean close and recovery cut the file back to `size`.
+ * - the log file may run past `size` only with the end mark (8 bytes, FORMAT.md) and zeros
+ *   after it, up to `writtenTo` (the zeroed tail, written ahead in sync mode "batch":
+ *   `zerosAhead`); a seal and a clean close cut the file to `size` and the mark (`fileEnd`),
+ *   writing the mark if it is not there; recovery cuts it to `size`, and the mark when it is
+ *   there.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -30,7 +32,7 @@ import { CorruptIndexError, DamageBeforeSoundBatchesError } from './errors';
 import * as pool from './fs-pool';
 import { writeFileSynced, writeFileSyncedAsync, writeIndexFileAsync } from './index-file';
 import { OffsetIndex } from './offset-index';
-import { damagedTailEnd, findNextBatch, scanSegment } from './segment-scanner';
+import { damagedTailEnd, endMark, endMarkAt, endMarkBytes, findNextBatch, scanSegment } from './segment-scanner';
 import { TimeIndex } from './time-index';
 
 let hashScratch = new Uint32Array(3 * 1024);
@@ -56,6 +58,13 @@ let zeros: Uint8Array | null = null;
 /** One shared buffer of zeros for every segment's zeroed tail (only ever read). */
 function zeroBytes(): Uint8Array {
   return (zeros ??= new Uint8Array(limits.zeroAheadBytes));
+}
+
+const outOfSpaceCodes = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
+
+/** A write failed for want of space (a full disk, a quota, a file size limit). */
+export function outOfSpace(err: NodeJS.ErrnoException): boolean {
+  return outOfSpaceCodes.has(err.code ?? '');
 }
 
 export function segmentFileName(baseOffset: number, extension: string): string {
@@ -99,6 +108,8 @@ export class Segment {
    * ends at or below this overwrites allocated, written blocks (no file-size change to commit).
    */
   writtenTo = 0;
+  /** The end mark sits at `size`, right after the last batch (every commit writes one). */
+  markedEnd = false;
   private bytesSinceIndexEntry = Infinity;
   private offsetIndex: OffsetIndex | null = null;
   private timeIndex: TimeIndex | null = null;
@@ -216,11 +227,12 @@ export class Segment {
       if (end.kind === 'corrupt') end.savedTo = saveDroppedBytes(fd, file, end.position, end.position + end.bytesDropped);
       fs.ftruncateSync(fd, segment.size);
       findings.push(end);
-    } else if (fileBytes > segment.size) {
-      // The zeroed tail after the last batch (scanSegment ended at it): not data, no finding.
-      fs.ftruncateSync(fd, segment.size);
+    } else {
+      // The scan ended at the end mark or the zeroed tail: not data, no finding. The mark stays.
+      segment.markedEnd = segment.size > 0 && endMarkAt(fd, segment.size, fileBytes);
+      if (fileBytes > segment.fileEnd) fs.ftruncateSync(fd, segment.fileEnd);
     }
-    segment.writtenTo = segment.size;
+    segment.writtenTo = segment.fileEnd;
     if (findings.length > 0) fs.fdatasyncSync(fd);
     return { segment, findings };
   }
@@ -242,12 +254,15 @@ export class Segment {
    * loaded (and fully checked) into memory. Throws CorruptIndexError when they fail, and the
    * caller falls back to recover().
    */
-  static reopenActive(dir: string, meta: SegmentMeta, dsync = false): Segment {
+  static reopenActive(dir: string, meta: SegmentMeta, fileBytes: number, dsync = false): Segment {
     const fd = fs.openSync(path.join(dir, segmentFileName(meta.baseOffset, 'log')), writableFlags(dsync));
     const segment = new Segment(dir, meta.baseOffset, fd, dsync);
     try {
       segment.size = meta.bytes;
-      segment.writtenTo = meta.bytes; // the caller found the file this size (ChannelLog.load)
+      // The caller found the file this size (segmentFileFits): the batches, and the end mark
+      // when a format-3 close left one.
+      segment.markedEnd = fileBytes === meta.bytes + endMarkBytes;
+      segment.writtenTo = fileBytes;
       segment.nextOffset = meta.nextOffset;
       segment.firstTimestamp = meta.firstTimestamp;
       segment.maxTimestamp = meta.maxTimestamp;
@@ -331,11 +346,13 @@ export class Segment {
     // The checkpoint is about to vouch for the log: in sync modes "interval" and "none" this
     // makes it durable. In "batch" it is already: every write was O_DSYNC, and open synced
     // what an earlier run left (ChannelLog.leftoverTailToSync). An fdatasync with nothing to
-    // write still cost ~0.3 ms here, at every close of ten thousand channels. A zeroed tail
-    // is cut off first. The cut need not be synced: the checkpoint vouches for a file of
-    // exactly `size` bytes, and open scans one of any other size (a cut a power loss undid
-    // costs a scan, never data; on ext4 the checkpoint's own sync commits it anyway).
-    if (this.cutZeroedTail()) await pool.ftruncate(this.fd, this.size);
+    // write still cost ~0.3 ms here, at every close of ten thousand channels. The end mark
+    // goes after the last batch if it is not there, and a zeroed tail is cut off. The cut need
+    // not be synced: the checkpoint vouches for a file of `size` bytes and the mark, and open
+    // scans one of any other size (a cut a power loss undid costs a scan, never data; on ext4
+    // the checkpoint's own sync commits it anyway).
+    if (this.endMarkOwed()) await pool.writeAll(this.fd, endMark, this.size).then(() => this.markWritten(), (err: NodeJS.ErrnoException) => this.markFailed(err));
+    if (this.cutZeroedTail()) await pool.ftruncate(this.fd, this.fileEnd);
     if (!this.writesDurable) await pool.fdatasync(this.fd);
     if (options.syncIndexFiles) for (const [file, bytes] of files) await writeFileSyncedAsync(file, bytes);
     else await Promise.all(files.map(([file, bytes]) => writeIndexFileAsync(file, bytes)));
@@ -346,8 +363,21 @@ export class Segment {
   /** Writes the index files, syncs the log, and makes the segment read-only. */
   seal(): void {
     if (this.sealed) return;
-    if (this.cutZeroedTail()) fs.ftruncateSync(this.fd, this.size);
+    if (this.endMarkOwed()) {
+      try {
+        fs.writeSync(this.fd, endMark, 0, endMarkBytes, this.size);
+        this.markWritten();
+      } catch (err) {
+        this.markFailed(err as NodeJS.ErrnoException);
+      }
+    }
+    if (this.cutZeroedTail()) fs.ftruncateSync(this.fd, this.fileEnd);
     fs.fdatasyncSync(this.fd);
+    this.writeIndexFiles();
+  }
+
+  /** Writes the index files (synced) from the in-memory indexes and makes the segment read-only. */
+  private writeIndexFiles(): void {
     for (const [file, bytes] of this.encodeIndexFiles()) writeFileSynced(file, bytes);
     this.keyBuilder = null;
     this.sealed = true;
@@ -381,11 +411,32 @@ export class Segment {
     this.writtenTo = Math.max(this.writtenTo, end);
   }
 
-  /** Whether the file runs past `size` (an end mark, a zeroed tail: a seal cuts them off). */
+  /** Whether the file runs past `fileEnd` (a zeroed tail, which a seal cuts off). */
   private cutZeroedTail(): boolean {
-    const cut = this.writtenTo > this.size;
-    this.writtenTo = this.size;
+    const cut = this.writtenTo > this.fileEnd;
+    this.writtenTo = this.fileEnd;
     return cut;
+  }
+
+  /** Where the file ends once sealed: the batches, then the end mark when it is there. */
+  get fileEnd(): number {
+    return this.size + (this.markedEnd ? endMarkBytes : 0);
+  }
+
+  /** A seal writes the end mark after the last batch when no commit left it there (after a recovery that cut a tail, or in a file a store of format 2 wrote). */
+  private endMarkOwed(): boolean {
+    return !this.markedEnd && this.size > 0;
+  }
+
+  private markWritten(): void {
+    this.markedEnd = true;
+    this.writtenTo = Math.max(this.writtenTo, this.fileEnd);
+  }
+
+  /** No room for 8 more bytes: sealed without the mark (it only sharpens a later scan's verdict), never failed for it. */
+  private markFailed(err: NodeJS.ErrnoException): void {
+    if (!outOfSpace(err)) throw err;
+    this.writtenTo = Math.max(this.writtenTo, this.size + endMarkBytes); // a part of it may be there: cut it off
   }
 
   /** The three index files of this segment as they are written at a seal: [path, bytes]. */
@@ -454,8 +505,7 @@ export class Segment {
       this.indexBatch(event.position, event.header, event.bytes);
     }
     this.nextOffset = nextOffset;
-    this.sealed = false;
-    this.seal();
+    this.writeIndexFiles(); // the log is sealed, durable and opened read-only: not touched
     this.keyFile = KeyIndexFile.open(this.path('kix'), this.baseOffset, this.size);
   }
 
