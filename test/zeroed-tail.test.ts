@@ -178,6 +178,7 @@ describe('the zeroed tail after a crash', () => {
           [['torn', last]],
           `cut at ${cut}`,
         );
+        assert.equal(faults[0]!.what.match(/(\d+) bytes/)?.[1], String(store.recoveryReport[0]!.bytesDropped), `cut at ${cut}: verify and open count the same bytes`);
         assert.equal(store.recoveryReport[0]!.savedTo, undefined, 'a torn tail is not saved aside');
         assert.deepEqual((await store.read('t', 0, { offset: 0 })).map((m) => m.body.length), [100, 700]);
         assert.equal(fs.readdirSync(path.dirname(log)).filter((n) => n.includes('.dropped-')).length, 0);
@@ -256,6 +257,7 @@ describe('the zeroed tail after a crash', () => {
     const { faults } = await verifyStore(image);
     assert.equal(faults.length, 1, JSON.stringify(faults));
     assert.doesNotMatch(faults[0]!.what, /torn|cut short/, 'verify calls it damage');
+    assert.match(faults[0]!.what, new RegExp(`up to the end of the data at ${end} \\(the end mark`), 'and says where the data ends, not a "next good batch"');
     const repairCopy = tempDir();
     copyFolder(image, repairCopy);
     const repaired = await repairStore(repairCopy);

@@ -42,6 +42,8 @@ export interface Damage {
   position: number;
   bytes: number;
   torn: boolean;
+  /** Nothing good after it (walkSegment's toEnd). */
+  toEnd: boolean;
   reason: string;
 }
 
@@ -119,7 +121,8 @@ function describeDamage(d: Damage, isLast: boolean, fileBytes: number): string {
       ? `torn tail: the last batch is cut short, ${d.bytes} bytes (open truncates them)`
       : `torn tail in a sealed segment: the last ${d.bytes} bytes are a cut-short batch`;
   }
-  const to = d.position + d.bytes >= fileBytes ? 'the end of the file' : `the next good batch at ${d.position + d.bytes}`;
+  const end = d.position + d.bytes;
+  const to = !d.toEnd ? `the next good batch at ${end}` : end >= fileBytes ? 'the end of the file' : `the end of the data at ${end} (the end mark or zeroed tail after it is not data)`;
   return `${d.reason}; ${d.bytes} bytes unreadable up to ${to}`;
 }
 
@@ -212,7 +215,7 @@ export function scanSegmentFile(task: ScanTask): ScanResult {
     let previousTime = -1;
     for (const event of walkSegment(fd)) {
       if (event.kind === 'damage') {
-        const damage: Damage = { position: event.position, bytes: event.bytes, torn: event.torn, reason: event.reason };
+        const damage: Damage = { position: event.position, bytes: event.bytes, torn: event.torn, toEnd: event.toEnd, reason: event.reason };
         result.damage.push(damage);
         faults.push({ file: task.file, position: event.position, what: describeDamage(damage, task.isLast, result.fileBytes) });
         result.whole = false;

@@ -36,6 +36,8 @@ export type WalkEvent =
       bytes: number;
       /** A batch cut short at the end of the file with nothing good after it: a crash mid-write. */
       torn: boolean;
+      /** Nothing good after it: the damage runs to the end of the data (the file's end, or its end mark or zeroed tail). */
+      toEnd: boolean;
       reason: string;
       /** For a checksum mismatch: the (untrusted) header and bytes, so dump can still show them. */
       header: BatchHeader | null;
@@ -68,6 +70,7 @@ export function* walkSegment(fd: number, options: WalkOptions = {}): Generator<W
           position: event.position,
           bytes: resumeAt - event.position,
           torn: false,
+          toEnd: next < 0 || next >= end,
           reason: `checksum mismatch (batch says offsets ${header.baseOffset}..${last}, ${header.batchLength} bytes)`,
           header,
           batchBytes: event.bytes,
@@ -75,11 +78,12 @@ export function* walkSegment(fd: number, options: WalkOptions = {}): Generator<W
         break;
       }
       const next = findNextBatch(fd, event.position + 1, end);
-      resumeAt = next < 0 ? damagedTailEnd(fd, event.position, end) : next;
+      // A torn tail is the bytes the scanner dropped (what open reports); other damage runs to where the data ends.
+      resumeAt = next >= 0 ? next : event.kind === 'torn' ? event.position + event.bytesDropped : damagedTailEnd(fd, event.position, end);
       const torn = event.kind === 'torn' && next < 0;
       const reason =
         event.kind === 'corrupt' ? `corrupt batch header: ${event.reason}` : torn ? 'batch cut short at the end of the file' : 'batch length runs past the next good batch';
-      yield { kind: 'damage', position: event.position, bytes: resumeAt - event.position, torn, reason, header: null, batchBytes: null };
+      yield { kind: 'damage', position: event.position, bytes: resumeAt - event.position, torn, toEnd: next < 0, reason, header: null, batchBytes: null };
       break;
     }
     if (resumeAt <= position) throw new Error(`walkSegment: no progress at ${position}`); // findNextBatch only looks forward
