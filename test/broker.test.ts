@@ -949,7 +949,8 @@ describe('broker: the waymark CLI against a real broker', function () {
       });
       npm.on('exit', (code) => reject(new Error(`npm start exited ${code}: ${stderr}`)));
     });
-    const exited = new Promise<number | null>((resolve) => npm.on('exit', (code) => resolve(code)));
+    // 'close', not 'exit': what the broker wrote to the pipe is read by then (and the broker, which holds it too, is gone).
+    const exited = new Promise<number | null>((resolve) => npm.on('close', (code) => resolve(code)));
     npm.kill('SIGTERM');
     await exited;
     assert.match(stderr, /SIGTERM: shutting down\n(.*\n)*waymark: stopped: the store in .* is closed cleanly\n/);
@@ -994,7 +995,7 @@ describe('broker: the waymark CLI against a real broker', function () {
     const producer = await client.producer({ topic: 'served' });
     await producer.sendBatch([{ body: 'a' }, { body: 'b' }]);
     client.close();
-    const exited = new Promise<number | null>((resolve) => first.proc.on('exit', (code) => resolve(code)));
+    const exited = new Promise<number | null>((resolve) => first.proc.on('close', (code) => resolve(code))); // its stderr read to the end
     first.proc.kill('SIGINT');
     assert.equal(await exited, 0);
     assert.match(first.stderr(), /SIGINT: shutting down\n(.*\n)*waymark: stopped: the store in .* is closed cleanly\n$/);

@@ -42,7 +42,8 @@ class Serve {
         w.resolve(line);
       }
     });
-    this.exited = new Promise((resolve) => proc.once('exit', (code) => resolve(code)));
+    // 'close', not 'exit': by then every line it wrote to stderr has been read.
+    this.exited = new Promise((resolve) => proc.once('close', (code) => resolve(code)));
   }
 
   static async start(data: string): Promise<Serve> {

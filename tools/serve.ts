@@ -36,8 +36,7 @@ export const serveCommand: Command = {
       onFault: (f) => io.err(`waymark: ${f.message}\n`),
       onProgress: progressLine((line) => io.err(`waymark: ${line}\n`)),
     });
-    io.err(`waymark: serving ${server.url} and http://${server.host}:${server.port} (data ${data}, sync ${sync})\n`);
-    const failure = await new Promise<Error | null>((resolve) => {
+    const stopped = new Promise<Error | null>((resolve) => {
       const stop = (signal: string): void => {
         io.err(`waymark: ${signal}: shutting down\n`);
         server.close().then(
@@ -48,6 +47,10 @@ export const serveCommand: Command = {
       process.once('SIGINT', () => stop('SIGINT'));
       process.once('SIGTERM', () => stop('SIGTERM'));
     });
+    // Said only once the handlers are in place: a supervisor that signals as soon as it reads
+    // this line gets a graceful stop (said before, a SIGTERM in between killed the process).
+    io.err(`waymark: serving ${server.url} and http://${server.host}:${server.port} (data ${data}, sync ${sync})\n`);
+    const failure = await stopped;
     // The store is closed: everything acknowledged is durable and the lock released. An HTTP
     // keep-alive connection a client holds open would keep the process up until its idle
     // timeout (each reply since the signal closed its connection; an idle one gets no reply):

@@ -196,7 +196,6 @@ async function main(): Promise<void> {
   dataDir = process.argv[at + 1]!;
   if (at < 0 || !dataDir || !process.send) throw new Error('bench/ws-phases/broker.js is started by bench/ws.js (fork, --data DIR)');
   server = await startServer({ data: dataDir, port: 0, host: '127.0.0.1', sync: 'batch' });
-  process.send({ listening: server.port });
   process.on('message', (message: BrokerCommand & { id: number }) => {
     run(message).then(
       (ok) => process.send!({ id: message.id, ok }),
@@ -212,6 +211,7 @@ async function main(): Promise<void> {
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
   process.on('disconnect', stop); // the bench process died: do not linger
+  process.send({ listening: server.port }); // once the handlers are in place
 }
 
 main().catch((err: unknown) => {
