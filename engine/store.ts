@@ -25,11 +25,14 @@ import { StoreClock } from './clock';
 import { lockFolder, type FolderLock } from './lock';
 import { IoSlots } from './log/io-slots';
 import { ChannelLog, type AppendOutcome, type BatchRead, type ChannelOptions, type SyncMode } from './log/channel-log';
-import { syncDir, writeFileAtomic } from './log/checkpoint';
+import { syncDir } from './log/checkpoint';
+import { markStoreCurrent } from './store-file';
 import { readTopicFile, topicFile, writeTopicFile } from './log/topic-file';
 import { DamageBeforeSoundBatchesError, tooManyOpenFiles } from './log/errors';
 import type { RecoveryFinding } from './log/segment';
 import { repairStore } from './inspect/repair';
+
+export { storeFormatVersion } from './store-file';
 
 export interface StoreOptions {
   /** "batch" (default): acknowledge after fdatasync; "interval": after write, fsync every syncIntervalMs; "none": after write. */
@@ -220,30 +223,6 @@ function makeFolder(dir: string): void {
   }
 }
 
-/**
- * The store format this build writes (FORMAT.md): 2 let an active segment end in a zeroed
- * tail, which a build of version 1 would take for damage; 3 writes an end mark after every
- * group commit, which a build of version 2 would take for damage. Stores of versions 1 and 2
- * are read (their files have no marks; nothing in them changes) and marked 3 at open, before
- * anything is written.
- */
-export const storeFormatVersion = 3;
-const storeFileText = JSON.stringify({ format: 'waymark', version: storeFormatVersion });
-
-/** store.json names the folder's format and version; anything else is refused before a byte is read. Returns the version. */
-function checkStoreFile(file: string): number {
-  let parsed: { format?: unknown; version?: unknown };
-  try {
-    parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as typeof parsed;
-  } catch (err) {
-    throw new WaymarkError('CORRUPT_FILE', `${file}: ${(err as Error).message} (it should be ${storeFileText}; remove it to have it written again)`, { file });
-  }
-  if (parsed?.format !== 'waymark' || (parsed.version !== 1 && parsed.version !== 2 && parsed.version !== storeFormatVersion)) {
-    throw new WaymarkError('CORRUPT_FILE', `${file}: ${JSON.stringify(parsed)} is not a waymark store of format version 1, 2 or ${storeFormatVersion} (what this build reads)`, { file });
-  }
-  return parsed.version;
-}
-
 /** A channel to repair before the store opens (see Store.repairAtOpen). */
 interface DamagedChannel {
   topic: Topic;
@@ -356,8 +335,7 @@ export class Store {
    */
   private async openAll(): Promise<DamagedChannel[]> {
     const damaged: DamagedChannel[] = [];
-    const storeFile = path.join(this.dir, 'store.json');
-    if (!fs.existsSync(storeFile) || checkStoreFile(storeFile) !== storeFormatVersion) writeFileAtomic(storeFile, storeFileText);
+    markStoreCurrent(this.dir);
     const topicsDir = path.join(this.dir, 'topics');
     const names = fs.readdirSync(topicsDir);
     const slots = new IoSlots(limits.openCloseChannelCountMax);

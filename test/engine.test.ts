@@ -11,6 +11,7 @@ import { KeyIndexBuilder } from '../engine/index/key-index';
 import { BatchBuffers } from '../engine/batch-buffers';
 import { loadChecksum, xxh32 } from '../engine/format/checksum';
 import { batchLayout, bodyFor, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
+import { repairStore, verifyStore } from '../engine/inspect/index';
 
 const variants: Array<{ sync: SyncMode; compression: boolean }> = [];
 for (const sync of ['batch', 'interval', 'none'] as const) for (const compression of [false, true]) variants.push({ sync, compression });
@@ -736,11 +737,18 @@ describe('engine store: the folder itself', () => {
     assert.equal(twice.code, 'STORE_LOCKED');
     assert.match(twice.message, /this process \(pid \d+\): it is already open here/);
     await store.close();
+    const files = (): string[] => fs.readdirSync(dir, { recursive: true, encoding: 'utf8' }).sort();
     for (const text of ['{bad', '{"format":"kafka","version":2}', '{"format":"waymark","version":4}']) {
       fs.writeFileSync(path.join(dir, 'store.json'), text);
-      const err = await rejection(openStore(dir));
-      assert.equal(err.code, 'CORRUPT_FILE', text);
-      assert.match(err.message, /store\.json/);
+      const before = files();
+      // open, verify and repair alike: a format this build does not know would be misread.
+      for (const [what, attempt] of [['open', () => openStore(dir)], ['verify', () => verifyStore(dir)], ['repair', () => repairStore(dir)]] as const) {
+        const err = await rejection(attempt());
+        assert.equal(err.code, 'CORRUPT_FILE', `${what}: ${text}`);
+        assert.match(err.message, /store\.json/);
+      }
+      assert.deepEqual(files(), before, 'nothing written');
+      assert.equal(fs.readFileSync(path.join(dir, 'store.json'), 'utf8'), text);
     }
     fs.rmSync(path.join(dir, 'store.json'));
     await (await openStore(dir)).close();
@@ -764,6 +772,37 @@ describe('engine store: the folder itself', () => {
       }
     });
   }
+
+  it('repair of a store of format 2 marks it 3 before it writes the end marks of format 3 (a build of format 2 would take them for damage)', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir);
+    await store.createTopic('t', { channels: 1, segmentBytes: 4096 });
+    for (let i = 0; i < 6; i++) await store.append('t', 0, [{ body: bodyFor('f2', i, 1500) }]);
+    await store.close();
+    // What a format-2 build leaves: the same files without end marks.
+    const logs = segmentFiles(path.join(dir, 'topics', 't', '0'));
+    assert.ok(logs.length >= 2, 'sealed segments and an active one');
+    for (const log of logs) {
+      const bytes = fs.readFileSync(log);
+      assert.equal(bytes.subarray(bytes.length - 8).toString('latin1'), 'WaymEnd!');
+      fs.truncateSync(log, bytes.length - 8);
+    }
+    fs.writeFileSync(path.join(dir, 'store.json'), '{"format":"waymark","version":2}');
+    const report = await repairStore(dir);
+    assert.deepEqual(report.storeMarked, { from: 2, to: 3 });
+    assert.deepEqual(report.dropped, []);
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 3 });
+    assert.equal((await verifyStore(dir)).ok, true);
+    const again = await repairStore(dir);
+    assert.equal(again.storeMarked, null, 'a store of this format is not marked again');
+    const reopened = await openStore(dir);
+    try {
+      assert.deepEqual(reopened.recoveryReport, []);
+      assert.equal((await reopened.read('t', 0, { offset: 0 })).length, 6);
+    } finally {
+      await reopened.close();
+    }
+  });
 });
 
 describe('engine store: a topic re-created while its namesake is being deleted', () => {

@@ -340,4 +340,35 @@ describe('the zeroed tail after a crash', () => {
     }
   });
 
+  it('a batch whose length fields were flipped alike (a consistent header claiming 64 KiB more) is damage, not a torn tail, with the end mark after the data: last or in the middle, it is reported and saved, and every sound batch is kept', async () => {
+    // batchLength (header byte 28), recordsLength (56) and, the batch being stored as it is,
+    // recordsLengthRaw (60) all +65536: the header still adds up, and the batch claims bytes
+    // past the data. Before, that read as a write cut short:
+    // the last batch vanished silently, and in the middle every batch after it went with it.
+    for (const victim of [3, 1]) {
+      const { image, log, starts, end } = await crashImage([100, 200, 300, 400]);
+      const at = starts[victim]!;
+      const batchEnd = victim + 1 < starts.length ? starts[victim + 1]! : end;
+      const original = fs.readFileSync(log).subarray(at, batchEnd);
+      flipByte(log, at + 30, 0x01);
+      flipByte(log, at + 58, 0x01);
+      flipByte(log, at + 62, 0x01);
+      const { faults } = await verifyStore(image);
+      assert.equal(faults.length, 1, JSON.stringify(faults));
+      assert.equal(faults[0]!.position, at);
+      assert.doesNotMatch(faults[0]!.what, /torn|cut short/, `batch ${victim}: verify calls it damage`);
+      const store = await openStore(image);
+      try {
+        const report = store.recoveryReport;
+        assert.deepEqual(report.map((f) => [f.kind, f.position, f.bytesDropped]), [['corrupt', at, batchEnd - at]], `batch ${victim}`);
+        const saved = fs.readFileSync(report[0]!.savedTo!);
+        assert.equal(saved.length, original.length, 'the damaged batch saved aside, without the end mark');
+        const kept = (await store.read('t', 0, { offset: 0 })).map((m) => m.body.length);
+        assert.deepEqual(kept, [100, 200, 300, 400].filter((_, i) => i !== victim), `batch ${victim}: every sound batch kept`);
+      } finally {
+        await store.close();
+      }
+    }
+  });
+
 });

@@ -48,6 +48,7 @@ export const repairCommand: Command = {
     for (const f of report.foldersRemoved) lines.push(`removed ${shownPath(f)}: an empty folder without topic.json`);
     for (const r of report.channelsRaised) lines.push(`raised ${shownPath(r.file)}: channels ${r.from} -> ${r.to}, to cover channel folders beyond it that hold segments`);
     for (const d of report.channelsCreated) lines.push(`created ${shownPath(d)}: an empty channel folder topic.json counts (its data, if it had any, is gone)`);
+    if (report.storeMarked) lines.push(`marked store.json: format ${report.storeMarked.from} -> ${report.storeMarked.to} (repair writes segments of this format: an end mark after each)`);
     for (const p of report.problems) lines.push(`not repaired: ${formatFault(p)}`);
     const counts =
       `${counted(report.channels, 'channel')}, ${report.segmentsBefore} -> ${counted(report.segmentsAfter, 'segment')}, ${counted(report.recordsKept, 'record')} kept, ` +

@@ -51,6 +51,7 @@ import { planChannel, type ChannelPlan, type PlannedPatch } from './repair-plan'
 import { indexPath, scanSegmentFile, type Fault, type ScanResult } from './segment-check';
 import { rewriteSegmentFile, type RewriteAction, type RewriteResult, type RewriteTask } from './segment-rewrite';
 import { loadCheckpoint } from './verify';
+import { markStoreCurrent, storeFileVersion, storeFormatVersion } from '../store-file';
 
 export interface RepairOptions extends PoolOptions {
   onProgress?: (state: ProgressState) => void;
@@ -101,6 +102,11 @@ export interface RepairReport {
   channelsRaised: Array<{ file: string; from: number; to: number }>;
   /** Channel folders topic.json counts that were missing, made empty. */
   channelsCreated: string[];
+  /**
+   * store.json's format version raised to this build's before anything was written (a store
+   * of format 1 or 2: repair writes format-3 segments, an end mark after each), else null.
+   */
+  storeMarked: { from: number; to: number } | null;
 }
 
 export async function repairStore(target: string, options: RepairOptions = {}): Promise<RepairReport> {
@@ -112,6 +118,8 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
   const lock = options.lockHeld ? null : lockFolder(lockedDir);
   try {
     const layout = describePath(target); // again, now that nobody else may change it
+    // A store of a format this build does not know is refused before anything changes, as open refuses it.
+    const formatBefore = layout.storeDir ? storeFileVersion(layout.storeDir) : null;
     const report: RepairReport = {
       target,
       lockedDir,
@@ -130,7 +138,13 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
       foldersRemoved: [],
       channelsRaised: [],
       channelsCreated: [],
+      storeMarked: null,
     };
+    if (layout.storeDir && formatBefore !== null && formatBefore !== storeFormatVersion) {
+      // Before the first write, as open does: a build of the old format must not read the marks repair writes.
+      markStoreCurrent(layout.storeDir);
+      report.storeMarked = { from: formatBefore, to: storeFormatVersion };
+    }
     mendTopicFiles(layout, report);
     for (const channel of layout.channels) fs.rmSync(path.join(channel.dir, stagingDirName), { recursive: true, force: true });
 

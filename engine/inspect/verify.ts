@@ -26,6 +26,7 @@ import { describePath, indexNamePattern, stagingDirName, type ChannelRef, type L
 import { runSegmentTasks, type PoolOptions } from './pool';
 import type { ProgressState } from './progress';
 import { scanSegmentFile, type Fault, type ScanResult, type ScanTask } from './segment-check';
+import { storeFileVersion } from '../store-file';
 
 export type { Fault } from './segment-check';
 
@@ -71,6 +72,8 @@ export function vouchedMeta(cp: CheckpointState, base: number, fileBytes: number
 
 export async function verifyStore(target: string, options: VerifyOptions = {}): Promise<VerifyReport> {
   const layout = describePath(target);
+  // A store of a format this build does not know is refused, as open refuses it: its files would be misread.
+  if (layout.storeDir) storeFileVersion(layout.storeDir);
   const report: VerifyReport = {
     target,
     kind: layout.kind,

@@ -14,6 +14,8 @@
  *   | zeros, and only zeros to the end of the file       | (the end) | no: a zeroed tail     |
  *   | a batch whose bytes stop at a page boundary inside | torn      | yes: a write into the |
  *   |   it, only zeros after (header or checksum fails)  |           |   zeroed tail cut short |
+ *   | a batch claiming bytes past the data, when a whole | corrupt   | no: a cut-short write |
+ *   |   end mark ends the data (lengths flipped alike)   |           |   never leaves the mark |
  *
  * The zeroed tail (FORMAT.md): the active segment of a store in sync mode "batch" is written
  * ahead with zeros, so a small group commit overwrites blocks that are already allocated and
@@ -98,7 +100,11 @@ export function* scanSegment(fd: number, options: ScanOptions = {}): Generator<S
       probe = probeHeader(window.buf, at2, at2 + window.length - at2);
     }
     if (probe.kind === 'short') {
-      if (zeroRunStart(fd, position, fileEnd) > position) yield { kind: 'torn', position, bytesDropped: fileEnd - position };
+      const dataEnd = zeroRunStart(fd, position, fileEnd);
+      if (dataEnd > position) {
+        if (wholeMarkEndsAt(fd, position, dataEnd)) yield { kind: 'corrupt', position, reason: lengthPastMark };
+        else yield { kind: 'torn', position, bytesDropped: fileEnd - position };
+      }
       return;
     }
     if (probe.kind === 'corrupt') {
@@ -113,6 +119,10 @@ export function* scanSegment(fd: number, options: ScanOptions = {}): Generator<S
       const tail = zeroTailAt(fd, position, position + probe.header.batchLength, fileEnd);
       if (tail.kind === 'torn') {
         yield { kind: 'torn', position, bytesDropped: tail.dataEnd - position };
+        return;
+      }
+      if (tail.lengthPastMark) {
+        yield { kind: 'corrupt', position, reason: lengthPastMark };
         return;
       }
     }
@@ -135,12 +145,32 @@ const pageBytes = 4096;
  * page boundary before `claimedEnd` with only zeros after (a write into the zeroed tail cut
  * short), otherwise 'damage'. `dataEnd`: where the file's last run of zeros starts.
  */
-function zeroTailAt(fd: number, position: number, claimedEnd: number, fileEnd: number): { kind: 'zeros' | 'torn' | 'damage'; dataEnd: number } {
+function zeroTailAt(fd: number, position: number, claimedEnd: number, fileEnd: number): { kind: 'zeros' | 'torn' | 'damage'; dataEnd: number; lengthPastMark?: boolean } {
   const dataEnd = zeroRunStart(fd, position, fileEnd);
   if (dataEnd === position) return { kind: 'zeros', dataEnd };
   const cut = Math.ceil(dataEnd / pageBytes) * pageBytes;
-  if (cut < claimedEnd) return { kind: 'torn', dataEnd };
+  if (cut < claimedEnd) return wholeMarkEndsAt(fd, position, dataEnd) ? { kind: 'damage', dataEnd, lengthPastMark: true } : { kind: 'torn', dataEnd };
   return { kind: staleMarkAfterCut(fd, position, dataEnd) ? 'torn' : 'damage', dataEnd };
+}
+
+/**
+ * Why a batch whose length runs past the data is damage, not a torn tail, when a whole end
+ * mark ends the data (wholeMarkEndsAt): its length fields were damaged in agreement.
+ */
+const lengthPastMark = 'batch length runs past the end of the data, and a whole end mark ends the data: the write was whole, its length is damaged';
+
+/**
+ * Whether the data that starts with a batch at `position` and ends at `dataEnd` (where the
+ * zeros or the file end) ends in a whole end mark after that batch's start. A write cut
+ * short never leaves one: the mark is its last 8 bytes, and the previous commit's mark,
+ * at `position`, is where the write began. So a batch claiming bytes past such data is
+ * damage (its length fields, flipped in agreement), not a torn tail, and whatever sound
+ * batches lie after it are not lost silently.
+ */
+function wholeMarkEndsAt(fd: number, position: number, dataEnd: number): boolean {
+  if (dataEnd - position < batchHeaderBytes + endMarkBytes) return false;
+  const bytes = Buffer.alloc(endMarkBytes);
+  return fs.readSync(fd, bytes, 0, endMarkBytes, dataEnd - endMarkBytes) === endMarkBytes && isEndMark(bytes, 0);
 }
 
 /**
