@@ -306,6 +306,35 @@ describe('recovery: fields outside the checksum', () => {
     }
   });
 
+  it("a record count flipped to 0 in a segment the checkpoint trusts: the read at it fails (it returned nothing for ever, the high watermark past it); the records before it are served", async () => {
+    // Reads check a batch's checksum only when they hand it out; one they skip is read by its
+    // unchecked header. A count of 0 took no offsets: a consumer at it got [] at every poll.
+    for (const victim of [1, 2]) {
+      const dir = tempDir();
+      let store = await openStore(dir);
+      await store.createTopic('t', { channels: 1 });
+      for (let b = 0; b < 3; b++) await store.append('t', 0, [{ body: bodyFor('rc', b, 300) }]);
+      await store.close();
+      const log = segmentFiles(channelDir(dir))[0]!;
+      const { starts } = batchLayout(fs.readFileSync(log));
+      flipByte(log, starts[victim]! + 44, 0x01); // recordCount 1 -> 0
+      store = await openStore(dir);
+      try {
+        assert.deepEqual(store.recoveryReport, [], 'a clean close: the segment is trusted, not scanned');
+        assert.equal(store.channelState('t', 0).highWatermark, 3);
+        assert.deepEqual((await store.read('t', 0, { offset: 0, maxMessages: 10 })).map((m) => m.offset), [0, 1].slice(0, victim));
+        for (let offset = victim; offset < 3; offset++) {
+          const err = await rejection(store.read('t', 0, { offset }));
+          assert.equal(err.code, 'CORRUPT_FILE', `victim ${victim}, read at ${offset}`);
+          assert.match(err.message, /holds 0 records/);
+        }
+      } finally {
+        await store.close();
+      }
+      assert.equal((await verifyStore(dir)).ok, false, 'verify finds it');
+    }
+  });
+
   it("a flipped bit in a middle batch's broker time costs nothing: every record kept, the indexes stay sane", async () => {
     const { image, starts } = await crashImage(8);
     const log = segmentFiles(channelDir(image))[0]!;

@@ -118,7 +118,7 @@ export function indexPath(logFile: string, extension: 'oix' | 'tix' | 'kix'): st
 function describeDamage(d: Damage, isLast: boolean, fileBytes: number): string {
   if (d.torn) {
     return isLast
-      ? `torn tail: the last batch is cut short, ${d.bytes} bytes (open truncates them)`
+      ? `torn tail: the last batch is cut short, ${d.bytes} bytes (open truncates them when it scans this segment, after a crash; repair always does)`
       : `torn tail in a sealed segment: the last ${d.bytes} bytes are a cut-short batch`;
   }
   const end = d.position + d.bytes;

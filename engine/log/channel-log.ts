@@ -621,6 +621,13 @@ export class ChannelLog {
         while (at + batchHeaderBytes <= chunk.length) {
           const h = probeFields(chunk.subarray(at));
           if (h.batchLength < batchHeaderBytes) throw corruptAt(segment, position + at, `batch length ${h.batchLength}`);
+          // Every batch holds a record: a count of 0 (a flipped bit; the field is checksummed,
+          // but a skipped batch's checksum is not checked) would take no offsets, and a read
+          // at its offset returned nothing for ever while the high watermark stood past it.
+          if (h.recordCount < 1) {
+            if (count > 0) break; // the sound batches before it go out; the next read starts at it
+            throw corruptAt(segment, position + at, `batch says it holds ${h.recordCount} records`);
+          }
           // A damaged offset field in a batch before the asked offset costs nothing: it is
           // skipped by where it stands. One that would be handed out fails the read (after the
           // sound batches before it).
