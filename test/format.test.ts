@@ -280,15 +280,16 @@ describe('format: record batches', () => {
         { key: 'order-17', body: new Uint8Array([0, 1, 2, 255]), headers: { traceid: 'abc', 'content-type': 'bin' }, timestamp: now + 5 },
         { key: new Uint8Array([0xde, 0xad]), body: '', deliverAt: now + 60_000, timestamp: now - 3 },
         { body: 'x'.repeat(5000), headers: [{ name: 'h', value: new Uint8Array(0) }] },
+        { key: 'ключ', body: 'größe 😀 ok' }, // UTF-8 of two to four bytes a character, key and body
       ];
       const { batch, msgIds } = encodeBatch(messages, { codec, producerId: 42, producerSequence: 7 });
       const header = validateBatch(batch);
-      assert.equal(header.recordCount, 4);
+      assert.equal(header.recordCount, 5);
       assert.equal(header.producerId, 42);
       assert.equal(header.producerSequence, 7);
       if (codec) assert.equal(header.flags & 7, Compression.lz4, 'a compressible batch is compressed');
       const records = decodeRecords(batch, 0, header, lz4Codec);
-      assert.equal(records.length, 4);
+      assert.equal(records.length, 5);
       assert.deepEqual(records.map((r) => msgIdToHex(r.msgId)), msgIds.map(msgIdToHex));
       assert.equal(Buffer.from(records[0]!.body).toString(), 'plain');
       assert.equal(records[0]!.key, null);
@@ -302,8 +303,10 @@ describe('format: record batches', () => {
       assert.equal(records[2]!.deliverAt, now + 60_000);
       assert.equal(records[2]!.timestamp, now - 3);
       assert.equal(records[3]!.deliverAt, null);
-      assert.equal(records[3]!.body.length, 5000);
-      assert.deepEqual(records.map((r) => r.offset), [0, 1, 2, 3]);
+      assert.equal(Buffer.from(records[3]!.body).toString(), 'x'.repeat(5000));
+      assert.equal(Buffer.from(records[4]!.key!).toString(), 'ключ');
+      assert.equal(Buffer.from(records[4]!.body).toString(), 'größe 😀 ok');
+      assert.deepEqual(records.map((r) => r.offset), [0, 1, 2, 3, 4]);
     });
 
     it(`round-trips every field at its limit (${name})`, () => {
