@@ -200,14 +200,7 @@ export function median(values: number[]): number {
 /** The machine line: first line of every benchmark's output. */
 export function machineLine(name: string, extra: Json = {}): Json {
   const cpus = os.cpus();
-  let commit = 'unknown';
-  let engineDirty: boolean | string = 'unknown';
-  try {
-    commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-    engineDirty = execFileSync('git', ['status', '--porcelain', '--', 'engine'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim() !== '';
-  } catch {
-    // not a git checkout: the commit is a courtesy
-  }
+  const build = buildInfo();
   return {
     name,
     date: new Date().toISOString(),
@@ -218,11 +211,27 @@ export function machineLine(name: string, extra: Json = {}): Json {
     cpu: cpus[0]?.model ?? 'unknown',
     memGiB: sig(os.totalmem() / 1024 ** 3, 3),
     loadavg: os.loadavg().map((l) => sig(l, 3)),
-    commit,
-    engineDirty,
+    // The build that runs (dist/build-info.json, written by npm run build): a copy of dist/
+    // run later names the commit it was compiled from, not the one checked out now.
+    commit: build.commit,
+    engineDirty: build.engineDirty,
+    builtAt: build.builtAt,
     argv: process.argv.slice(2),
     ...extra,
   };
+}
+
+function buildInfo(): { commit: string; engineDirty: boolean | string; builtAt: string } {
+  try {
+    const info = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'build-info.json'), 'utf8')) as { commit?: unknown; engineDirty?: unknown; builtAt?: unknown };
+    return {
+      commit: typeof info.commit === 'string' ? info.commit : 'unknown',
+      engineDirty: typeof info.engineDirty === 'boolean' ? info.engineDirty : 'unknown',
+      builtAt: typeof info.builtAt === 'string' ? info.builtAt : 'unknown',
+    };
+  } catch {
+    return { commit: 'unknown', engineDirty: 'unknown', builtAt: 'unknown' }; // built without the stamp step
+  }
 }
 
 export function freeBytes(dir: string): number {
