@@ -715,6 +715,39 @@ describe('engine key index: slots grow with the entries', () => {
     }
   });
 
+  it('a segment that rolled full hands its slot count on to the next one; one that rolled by age does not; verify agrees', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir, { compression: false });
+    await store.createTopic('full', { channels: 1, segmentBytes: 64 * 1024 });
+    await store.createTopic('aged', { channels: 1, segmentMs: 1 });
+    const channelDir = (topic: string): string => path.join(dir, 'topics', topic, '0');
+    const keyed = (n: number, from: number): Array<{ key: string; body: Buffer }> => Array.from({ length: n }, (_, i) => ({ key: `k-${from + i}`, body: bodyFor('slots', from + i, 100) }));
+    let sent = 0;
+    while (segmentFiles(channelDir('full')).length < 2) {
+      await store.append('full', 0, keyed(100, sent));
+      sent += 100;
+    }
+    await store.append('full', 0, keyed(3, sent)); // the new segment: three messages, six entries
+    // 'aged': one batch that grows its key index, then single messages until the age rolls it
+    // (segmentMs 1: the next append a millisecond or more later).
+    await store.append('aged', 0, keyed(400, 0));
+    for (let i = 0; segmentFiles(channelDir('aged')).length < 2; i++) await store.append('aged', 0, keyed(1, 400 + i));
+    await store.close();
+    const slotCount = (file: string): number => fs.readFileSync(file).readUInt32LE(24);
+    const [fullFirst, fullNext] = segmentFiles(channelDir('full'), 'kix').map(slotCount);
+    assert.ok(fullFirst! > limits.keyIndexSlotCountMin, `the full segment's index grew (${fullFirst} slots)`);
+    assert.equal(fullNext, fullFirst, 'the next segment started at the slots the full one grew to');
+    const [agedFirst, agedNext] = segmentFiles(channelDir('aged'), 'kix').map(slotCount);
+    assert.ok(agedFirst! > limits.keyIndexSlotCountMin, `the aged segment's index grew (${agedFirst} slots)`);
+    assert.equal(agedNext, limits.keyIndexSlotCountMin, 'a segment after a roll by age starts small');
+    const report = await verifyStore(dir);
+    assert.equal(report.ok, true, JSON.stringify(report.faults));
+    const again = await openStore(dir);
+    assert.equal((await again.lookupKey('full', `k-${sent + 2}`))[0]?.offset, sent + 2, 'the pre-sized index finds its keys');
+    assert.equal((await again.lookupKey('full', 'k-0'))[0]?.offset, 0);
+    await again.close();
+  });
+
   it('a segment with a few messages gets a small .kix, and a 64-channel topic does not cost 64 MiB of index', async () => {
     const dir = tempDir();
     const store = await openStore(dir);

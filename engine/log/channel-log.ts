@@ -425,7 +425,8 @@ export class ChannelLog {
   private async writeGroup(group: Pending[]): Promise<void> {
     let start = 0;
     while (start < group.length) {
-      if (this.shouldRoll(group[start]!)) this.roll();
+      const roll = this.shouldRoll(group[start]!);
+      if (roll) this.roll(roll);
       const segment = this.active;
       let end = start;
       let bytes = 0;
@@ -482,12 +483,13 @@ export class ChannelLog {
     return segment.keyEntryCount + (pendingRecords + next.header.recordCount) * 3 > limits.keyIndexEntryCountMax;
   }
 
-  private shouldRoll(next: Pending): boolean {
+  /** Whether the active segment rolls before `next`: 'full' (bytes or key index entries), 'age', or null. */
+  private shouldRoll(next: Pending): 'full' | 'age' | null {
     const segment = this.active;
-    if (segment.size === 0) return false;
-    if (this.wouldOverflow(segment, 0, 0, next)) return true;
+    if (segment.size === 0) return null;
+    if (this.wouldOverflow(segment, 0, 0, next)) return 'full';
     // Capped for topics made before segmentMs was bounded: key index times are u32 ms within a segment.
-    return next.brokerTimestamp - segment.firstTimestamp >= Math.min(this.options.segmentMs, limits.segmentMsMax);
+    return next.brokerTimestamp - segment.firstTimestamp >= Math.min(this.options.segmentMs, limits.segmentMsMax) ? 'age' : null;
   }
 
   /**
@@ -496,9 +498,11 @@ export class ChannelLog {
    * another in roll order; a failed seal or checkpoint write fails the channel (sticky), as a
    * failed write does — never the process.
    */
-  private roll(): void {
+  private roll(why: 'full' | 'age'): void {
     const old = this.active;
-    this.segments.push(Segment.create(this.dir, old.nextOffset, this.dsync));
+    // A full segment's successor will most likely fill too: its key index starts at the size
+    // the old one grew to (Segment.keySlotCount). One that rolled by age starts small.
+    this.segments.push(Segment.create(this.dir, old.nextOffset, this.dsync, why === 'full' ? old.keySlotCount : undefined));
     this.committedSize = 0;
     const sealed: Promise<void> = (this.sealing ?? Promise.resolve())
       .then(async () => {
