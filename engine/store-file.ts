@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { WaymarkError } from './format/errors';
 import { writeFileAtomic } from './log/checkpoint';
+import { parseJson, printable } from './log/checked-json';
 
 /**
  * The store format this build writes (FORMAT.md): 2 let an active segment end in a zeroed
@@ -29,12 +30,12 @@ export function storeFileVersion(dir: string): number | null {
   if (!fs.existsSync(file)) return null;
   let parsed: { format?: unknown; version?: unknown };
   try {
-    parsed = JSON.parse(fs.readFileSync(file, 'utf8')) as typeof parsed;
+    parsed = parseJson(fs.readFileSync(file, 'utf8')) as typeof parsed;
   } catch (err) {
     throw new WaymarkError('CORRUPT_FILE', `${file}: ${(err as Error).message} (it should be ${storeFileText}; remove it to have it written again)`, { file });
   }
   if (parsed?.format !== 'waymark' || (parsed.version !== 1 && parsed.version !== 2 && parsed.version !== storeFormatVersion)) {
-    throw new WaymarkError('CORRUPT_FILE', `${file}: ${JSON.stringify(parsed)} is not a waymark store of format version 1, 2 or ${storeFormatVersion} (what this build reads)`, { file });
+    throw new WaymarkError('CORRUPT_FILE', `${file}: ${printable(JSON.stringify(parsed) ?? String(parsed))} is not a waymark store of format version 1, 2 or ${storeFormatVersion} (what this build reads)`, { file });
   }
   return parsed.version;
 }

@@ -788,6 +788,26 @@ describe('engine store: the folder itself', () => {
     assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 3 }, 'written again');
   });
 
+  it('a damaged store.json or topic.json is quoted printably: one line, no control bytes, no raw invalid UTF-8 (helper-44)', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir);
+    await store.createTopic('t', { channels: 1 });
+    await store.close();
+    const unprintable = /[\u0000-\u001f\u007f-\u009f\ufffd]/;
+    fs.writeFileSync(path.join(dir, 'topics', 't', 'topic.json'), 'hello world\n\u001b[31m');
+    const faults = (await verifyStore(dir)).faults.filter((f) => f.file.endsWith('topic.json'));
+    assert.equal(faults.length, 1);
+    assert.match(faults[0]!.what, /hello world\\u000a\\u001b/);
+    assert.doesNotMatch(faults[0]!.what, unprintable);
+    fs.writeFileSync(path.join(dir, 'store.json'), Buffer.from([0xff, 0xfe, 0x0a, 0x00, 0x1b, 0x41]));
+    for (const attempt of [() => openStore(dir), () => verifyStore(dir)]) {
+      const err = await rejection(attempt());
+      assert.equal(err.code, 'CORRUPT_FILE');
+      assert.match(err.message, /store\.json: .*\\ufffd/);
+      assert.doesNotMatch(err.message, unprintable);
+    }
+  });
+
   for (const version of [1, 2]) {
     it(`a store of format ${version} (${version === 1 ? 'no zeroed tails' : 'no end marks'}) is read, and marked 3 at open before anything is written`, async () => {
       const dir = tempDir();

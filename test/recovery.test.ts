@@ -203,6 +203,23 @@ describe('recovery: corruption', () => {
     }
   });
 
+  it('a log cut shorter than checkpoint.json vouched for: repair says how many durable bytes are gone, even when what is left is the zeros of offset 0 (helper-44)', async () => {
+    for (const keep of [5, 9]) {
+      const dir = tempDir();
+      const store = await openStore(dir);
+      await store.createTopic('t', { channels: 1 });
+      await store.append('t', 0, [{ key: 'a', body: 'hello' }, { body: 'x' }]);
+      await store.close();
+      const log = segmentFiles(path.join(dir, 'topics', 't', '0'))[0]!;
+      const vouched = fs.statSync(log).size - 8; // the batch; the end mark after it is not data
+      fs.truncateSync(log, keep); // the first bytes of a batch at offset 0: its base offset, zeros
+      const report = await repairStore(dir);
+      assert.deepEqual(report.shortened, [{ file: log, vouchedBytes: vouched, fileBytes: keep }], `cut to ${keep} bytes`);
+      assert.deepEqual(report.problems, []);
+      assert.equal((await verifyStore(dir)).ok, true);
+    }
+  });
+
   it('BitRot in a sealed segment: reads of that batch fail with CORRUPT_FILE, the rest of the channel still serves', async () => {
     const dir = tempDir();
     let store = await openStore(dir, { segmentBytes: 4 * 1024 });

@@ -31,6 +31,9 @@ export const repairCommand: Command = {
       return report.problems.length === 0 ? 0 : 1;
     }
     let droppedBytes = 0;
+    for (const c of report.shortened) {
+      lines.push(`short ${shownPath(c.file)}: checkpoint.json vouched for ${c.vouchedBytes} bytes, the file holds ${c.fileBytes}: the last ${c.vouchedBytes - c.fileBytes} bytes were lost before repair ran (nothing left to save)`);
+    }
     for (const d of report.dropped) {
       droppedBytes += d.bytes;
       lines.push(`dropped ${shownPath(d.file)}, ${d.position}, ${d.bytes} bytes: ${d.reason}${d.savedTo ? ` (saved to ${path.basename(d.savedTo)})` : ''}`);

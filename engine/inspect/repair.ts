@@ -107,6 +107,12 @@ export interface RepairReport {
    * of format 1 or 2: repair writes format-3 segments, an end mark after each), else null.
    */
   storeMarked: { from: number; to: number } | null;
+  /**
+   * Segment logs shorter than checkpoint.json vouched for: bytes that were durable are gone
+   * (cut off by something other than the broker) before repair ran. Nothing is left of them to
+   * save; repair keeps what the file still holds, and says so here.
+   */
+  shortened: Array<{ file: string; vouchedBytes: number; fileBytes: number }>;
 }
 
 export async function repairStore(target: string, options: RepairOptions = {}): Promise<RepairReport> {
@@ -139,6 +145,7 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
       channelsRaised: [],
       channelsCreated: [],
       storeMarked: null,
+      shortened: [],
     };
     if (layout.storeDir && formatBefore !== null && formatBefore !== storeFormatVersion) {
       // Before the first write, as open does: a build of the old format must not read the marks repair writes.
@@ -172,7 +179,12 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
         report.problems.push({ file: unreadable.file, position: null, what: `${unreadable.faults[0]?.what ?? 'unreadable'}; channel ${channel.label} left as it was` });
         continue;
       }
-      const producers = loadCheckpoint(channel.dir).checkpoint?.producers ?? [];
+      const checkpoint = loadCheckpoint(channel.dir).checkpoint;
+      for (const segment of channel.segments) {
+        const listed = checkpoint?.segments.find((m) => m.baseOffset === segment.baseOffset);
+        if (listed && segment.fileBytes < listed.bytes) report.shortened.push({ file: segment.file, vouchedBytes: listed.bytes, fileBytes: segment.fileBytes });
+      }
+      const producers = checkpoint?.producers ?? [];
       plans.push(planChannel(channel, results, path.join(channel.dir, stagingDirName), producers));
     }
 

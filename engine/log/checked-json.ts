@@ -33,11 +33,30 @@ export function checkedJsonText(fields: Record<string, unknown>, indent?: number
  * was a checksum: format 1 files have none, and the caller, who knows the version, decides.
  */
 export function parseCheckedJson(text: string): { fields: Record<string, unknown>; checked: boolean } {
-  const parsed = JSON.parse(text) as unknown;
+  const parsed = parseJson(text);
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not a JSON object');
   const { [checksumField]: checksum, ...fields } = parsed as Record<string, unknown>;
   if (checksum === undefined) return { fields, checked: false };
   const actual = checksumOf(fields);
   if (checksum !== actual) throw new Error(`checksum ${JSON.stringify(checksum)} does not match the content (${actual}): the file was damaged or edited`);
   return { fields, checked: true };
+}
+
+/**
+ * JSON.parse, whose syntax error quotes the text it choked on made printable: a damaged file
+ * can hold newlines, control bytes or invalid UTF-8, and the message is one line of a report
+ * (verify, repair, the start-up log) that must not break into pieces or write raw bytes to a
+ * terminal.
+ */
+export function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    throw new Error(printable((err as Error).message));
+  }
+}
+
+/** `text` with control characters, U+FFFD (what invalid UTF-8 decodes to) and line separators written as \uXXXX. */
+export function printable(text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\ufffd]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
