@@ -256,6 +256,16 @@ const readMessagesMax = 10_000;
 /** Bytes of bodies one read or key lookup returns at most (at least one message). */
 const readBytesMax = 8 * 1024 * 1024;
 
+/** The first messages whose bodies add up to at most `bytes` (always the first one). */
+function withinBodyBytes<M extends { body: Uint8Array }>(messages: M[], bytes: number): M[] {
+  let total = 0;
+  for (let i = 0; i < messages.length; i++) {
+    total += messages[i]!.body.length;
+    if (i > 0 && total > bytes) return messages.slice(0, i);
+  }
+  return messages;
+}
+
 /**
  * A header the API reads, or null when it is absent.
  *
@@ -426,7 +436,10 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
     const max = intParam(query.get('max'), 'max', 100, 1, readMessagesMax);
     const encoding = encodingParam(query);
     const state = store.channelState(topic, channel);
-    const messages = offset >= state.highWatermark && offset === state.highWatermark ? [] : await store.read(topic, channel, { offset, maxMessages: max, maxBytes: readBytesMax });
+    const read = offset >= state.highWatermark && offset === state.highWatermark ? [] : await store.read(topic, channel, { offset, maxMessages: max, maxBytes: readBytesMax });
+    // store.read counts stored batch bytes after a first batch it always returns whole (up to
+    // 16 MiB): a reply held up to ~24 MiB of bodies. Cut to 8 MiB of bodies, at least one message.
+    const messages = withinBodyBytes(read, readBytesMax);
     return json({
       topic,
       channel,

@@ -460,6 +460,26 @@ describe('input fixes: HTTP', function () {
     }
   });
 
+  it('a read reply holds at most 8 MiB of bodies, at least one message; nextOffset goes on from there (helper-44: three 4 MB messages came back in one reply)', async () => {
+    await httpJson(`${broker.http}/v1/topics/bulky`, { method: 'PUT', body: JSON.stringify({ channels: 1 }) });
+    const bodies = [4_000_000, 4_000_000, 4_000_000, 8 * 1024 * 1024].map((n, i) => Buffer.alloc(n, 0x61 + i));
+    for (const body of bodies) assert.equal((await httpJson(`${broker.http}/v1/topics/bulky/messages`, { method: 'POST', body })).status, 200);
+    const seen: number[] = [];
+    for (let offset = 0, replies = 0; offset < bodies.length; replies++) {
+      const r = await httpJson(`${broker.http}/v1/topics/bulky/messages?offset=${offset}&max=100`);
+      assert.equal(r.status, 200);
+      const sizes = r.body.messages.map((m: { body: string }) => Buffer.byteLength(m.body));
+      assert.ok(sizes.length >= 1, 'at least one message');
+      assert.ok(sizes.length === 1 || sizes.reduce((a: number, b: number) => a + b, 0) <= 8 * 1024 * 1024, `reply ${replies}: ${sizes}`);
+      assert.equal(r.body.nextOffset, offset + sizes.length);
+      seen.push(...sizes);
+      offset = r.body.nextOffset;
+    }
+    assert.deepEqual(seen, bodies.map((b) => b.length), 'every message once, in order');
+    const first = await httpJson(`${broker.http}/v1/topics/bulky/messages?max=100`);
+    assert.equal(first.body.messages.length, 2, 'two 4 MB bodies fit in 8 MiB, a third does not');
+  });
+
   it('max above 10,000 is INVALID_ARGUMENT like max=0 (it was capped in silence); 10,000 is served', async () => {
     const over = await httpJson(`${broker.http}/v1/topics/events/messages?max=10001`);
     assert.equal(over.status, 400);
