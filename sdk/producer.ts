@@ -349,6 +349,11 @@ export class Producer {
   private input(message: OutgoingMessage, index?: number): MessageInput {
     if (this.closing) throw new WaymarkError('CLIENT_CLOSED', 'the producer is closed');
     if (typeof message !== 'object' || message === null) throw new WaymarkError('INVALID_ARGUMENT', `${messagePrefix(index)}a message is an object with a body, not ${message === null ? 'null' : typeof message}`);
+    const scheduled = message as { deliverAt?: unknown; delayMs?: unknown };
+    if (scheduled.deliverAt != null || scheduled.delayMs != null) {
+      // Not a field of OutgoingMessage yet: from JavaScript it was stored for delivery at once, in silence.
+      throw new WaymarkError('UNSUPPORTED', `${messagePrefix(index)}scheduled delivery (deliverAt / delayMs) is not available on this broker yet`);
+    }
     let msgId: Uint8Array | undefined;
     if (message.msgId) {
       const parsed = msgIdFromHex(message.msgId);

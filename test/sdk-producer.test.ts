@@ -3,7 +3,7 @@ import { strict as assert } from 'node:assert';
 import * as net from 'node:net';
 import { encodeBatch } from '../engine/format/record-batch';
 import type { Connection } from '../sdk/client';
-import { connect, type Client, type Producer } from '../sdk/index';
+import { connect, type Client, type OutgoingMessage, type Producer } from '../sdk/index';
 import { brokerForSuite, take, text } from './broker-helpers';
 import { rejection } from './helpers';
 
@@ -54,6 +54,19 @@ describe('sdk producer: options, sizes and sequences', function () {
     const fine = await client.producer({ topic: 'opts', inflightBatchesMax: 16, lingerMs: 0 });
     assert.equal((await fine.send({ body: 'ok' })).offset, 0);
     await fine.close();
+  });
+
+  it('a message with deliverAt or delayMs is refused with UNSUPPORTED, as HTTP refuses it, and nothing is stored (from JavaScript it was stored at once; helper-44)', async () => {
+    const client = opened();
+    await client.admin.createTopic('later', { channels: 1 });
+    const producer = await client.producer({ topic: 'later' });
+    for (const extra of [{ deliverAt: Date.now() + 60_000 }, { delayMs: 1000 }]) {
+      const message = { body: 'later', ...extra } as unknown as OutgoingMessage;
+      assert.equal((await rejection(producer.send(message))).code, 'UNSUPPORTED', JSON.stringify(extra));
+      assert.equal((await rejection(producer.sendBatch([{ body: 'now' }, message]))).code, 'UNSUPPORTED');
+    }
+    assert.equal((await producer.send({ body: 'now', deliverAt: null } as unknown as OutgoingMessage)).offset, 0, 'nothing before it was stored');
+    await producer.close();
   });
 
   it('fills batches by UTF-8 size: messages with long non-ASCII header names, 8 MiB batches, all stored (they failed together with BATCH_TOO_LARGE)', async () => {
