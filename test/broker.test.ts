@@ -925,6 +925,10 @@ describe('broker: the waymark CLI against a real broker', function () {
     assert.match(described.stdout, /channel 1: \d+ messages?, offsets 0\.\.\d+ \(next \d+\)/);
     const listed = await run(['topics', 'list']);
     assert.match(listed.stdout, /^cli\s+channels=2/m);
+    const listedJson = JSON.parse((await run(['topics', 'list', '--json'])).stdout) as Array<Record<string, unknown>>;
+    const cli = listedJson.find((t) => t.name === 'cli')!;
+    assert.equal(cli.channels, 2);
+    assert.equal('channelStates' in cli, false, 'a list carries no channel states (it said [] for every topic)');
     const urlFirst = await run(['topics', '--url', broker.url, 'describe', 'cli', '--json'], undefined, false);
     assert.equal(urlFirst.status, 0, urlFirst.stderr);
     assert.equal((JSON.parse(urlFirst.stdout) as { channels: number }).channels, 2, 'options may come before the action');

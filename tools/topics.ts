@@ -69,7 +69,9 @@ export const topicsCommand: Command = {
       const name = parsed.positionals[0]!;
       if (action === 'list') {
         const topics = await client.admin.listTopics();
-        io.out(parsed.flags.json ? `${JSON.stringify(topics)}\n` : topics.map((t) => `${line(t)}\n`).join('') || '(no topics)\n');
+        // A list carries no channel states (describe does): no "channelStates": [] that reads as "no channels".
+        const listed = topics.map(({ channelStates: _none, ...topic }) => topic);
+        io.out(parsed.flags.json ? `${JSON.stringify(listed)}\n` : topics.map((t) => `${line(t)}\n`).join('') || '(no topics)\n');
       } else if (action === 'create') {
         const t = await client.admin.createTopic(name, {
           channels: (parsed.flags.channels as number | undefined) ?? 1,

@@ -221,15 +221,22 @@ export function dumpIndexFile(file: string, from: number, max: number, emit: (it
       : version < 1 || version > newest
         ? `version ${version}, not one this build reads (1..${newest}): the fields below may mean something else`
         : null;
-  const problems = (sizeProblem: string | null): string | null => [headerProblem, sizeProblem].filter((p) => p !== null).join('; ') || null;
-  const baseOffset = Number(bytes.readBigInt64LE(8));
+  // A 64-bit field past 2^53 (a damaged header) is shown rounded, as a JSON number must be,
+  // and its exact value is said in the problem.
+  const unsafe: string[] = [];
+  const field64 = (name: string, value: bigint): number => {
+    if (value > BigInt(Number.MAX_SAFE_INTEGER) || value < BigInt(Number.MIN_SAFE_INTEGER)) unsafe.push(`${name} is ${value}, past 2^53 (shown rounded)`);
+    return Number(value);
+  };
+  const problems = (sizeProblem: string | null): string | null => [headerProblem, ...unsafe, sizeProblem].filter((p) => p !== null).join('; ') || null;
+  const baseOffset = field64('baseOffset', bytes.readBigInt64LE(8));
   // The log size the index was built for: not in version 1 files.
-  const logBytes = version === 1 ? null : Number(bytes.readBigUInt64LE(kind === 'kix' ? 40 : 32));
+  const logBytes = version === 1 ? null : field64('logBytes', bytes.readBigUInt64LE(kind === 'kix' ? 40 : 32));
   const roomFor = (): void => {
     if (summary.indexEntries >= max) throw new Stop();
   };
   if (kind === 'kix') {
-    const baseTimestamp = Number(bytes.readBigInt64LE(16));
+    const baseTimestamp = field64('baseTimestamp', bytes.readBigInt64LE(16));
     const slotCount = bytes.readUInt32LE(24);
     const entryCount = bytes.readUInt32LE(28);
     const slotsEnd = keyIndexHeaderBytes + slotCount * 4;
