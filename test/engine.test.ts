@@ -424,6 +424,55 @@ describe('engine store: topics and retention', () => {
     await store.close();
   });
 
+  it('a retention pass while a seal\'s checkpoint is written through the thread pool leaves the file to that writer: no second writer of the temp file, the checkpoint owed to the next pass', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir, { compression: false });
+    await store.createTopic('r', { channels: 1, segmentBytes: 4096, retentionBytes: 4096 });
+    const checkpointFile = path.join(dir, 'topics', 'r', '0', 'checkpoint.json');
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const nodeFs = require('node:fs') as { renameSync: typeof fs.renameSync; rename: typeof fs.rename };
+    const realRenameSync = nodeFs.renameSync;
+    const realRename = nodeFs.rename;
+    let hold = false;
+    let release: (() => void) | null = null;
+    let reached!: () => void;
+    const held = new Promise<void>((resolve) => (reached = resolve));
+    let syncWritesWhileHeld = 0;
+    nodeFs.rename = ((from: fs.PathLike, to: fs.PathLike, callback: (err: NodeJS.ErrnoException | null) => void): void => {
+      if (hold && String(to) === checkpointFile && !release) {
+        release = () => realRename(from, to, callback);
+        reached();
+        return;
+      }
+      realRename(from, to, callback);
+    }) as typeof fs.rename;
+    nodeFs.renameSync = (from: fs.PathLike, to: fs.PathLike): void => {
+      if (release && String(to) === checkpointFile) syncWritesWhileHeld++;
+      realRenameSync(from, to);
+    };
+    try {
+      for (let i = 0; i < 3; i++) await store.append('r', 0, [{ body: Buffer.alloc(3000, i) }]); // a roll at each append after the first
+      await store.settled();
+      hold = true;
+      await store.append('r', 0, [{ body: Buffer.alloc(3000, 3) }]); // rolls: its seal's checkpoint write is held at the rename
+      await held;
+      assert.ok(store.applyRetention() >= 1, 'retention removed old segments meanwhile');
+      assert.equal(syncWritesWhileHeld, 0, 'and did not write the checkpoint while the seal was writing it');
+      release!();
+      await store.settled();
+    } finally {
+      nodeFs.rename = realRename;
+      nodeFs.renameSync = realRenameSync;
+    }
+    store.applyRetention(); // writes what was owed
+    const listed = (JSON.parse(fs.readFileSync(checkpointFile, 'utf8')) as { segments: Array<{ baseOffset: number }> }).segments.map((m) => m.baseOffset);
+    const logs = segmentFiles(path.join(dir, 'topics', 'r', '0')).map((f) => Number(path.basename(f, '.log')));
+    assert.deepEqual(listed, logs.slice(0, -1), 'the checkpoint lists exactly the sealed segments left');
+    await store.append('r', 0, [{ body: 'after' }]); // the channel did not fail
+    await store.close();
+    assert.equal((await verifyStore(dir)).ok, true);
+  });
+
   it('deletes whole old segments by total bytes and by age, the active one only by age', async () => {
     const dir = tempDir();
     const store = await openStore(dir, { segmentBytes: 8 * 1024 });

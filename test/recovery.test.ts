@@ -598,13 +598,14 @@ describe('recovery: idempotent producers across a roll (helper-31)', () => {
     let copied = false;
     // The module object itself (the engine's `import * as fs` reads through to it at each call).
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const nodeFs = require('node:fs') as { renameSync: typeof fs.renameSync; writev: typeof fs.writev };
-    const realRename = nodeFs.renameSync;
+    const nodeFs = require('node:fs') as { renameSync: typeof fs.renameSync; rename: typeof fs.rename; writev: typeof fs.writev };
+    const realRenameSync = nodeFs.renameSync;
+    const realRename = nodeFs.rename;
     const realWritev = nodeFs.writev;
     let imageTaken!: () => void;
     const taken = new Promise<void>((resolve) => (imageTaken = resolve));
-    nodeFs.renameSync = (from: fs.PathLike, to: fs.PathLike): void => {
-      realRename(from, to);
+    // The seal's checkpoint goes through the thread pool (fs.rename); others are synchronous.
+    const renamed = (to: fs.PathLike): void => {
       if (String(to) !== path.join(channel, 'checkpoint.json') || copied || !cPending) return;
       const listed = (JSON.parse(fs.readFileSync(String(to), 'utf8')) as { segments: Array<{ baseOffset: number }> }).segments;
       if (!listed.some((m) => m.baseOffset === 0)) return;
@@ -612,6 +613,16 @@ describe('recovery: idempotent producers across a roll (helper-31)', () => {
       copied = true;
       imageTaken();
     };
+    nodeFs.renameSync = (from: fs.PathLike, to: fs.PathLike): void => {
+      realRenameSync(from, to);
+      renamed(to);
+    };
+    nodeFs.rename = ((from: fs.PathLike, to: fs.PathLike, callback: (err: NodeJS.ErrnoException | null) => void): void => {
+      realRename(from, to, (err) => {
+        if (!err) renamed(to);
+        callback(err);
+      });
+    }) as typeof fs.rename;
     nodeFs.writev = ((fd: number, buffers: NodeJS.ArrayBufferView[], position: number, callback: (err: Error | null, written: number) => void): void => {
       const bytes = buffers.reduce((sum, b) => sum + b.byteLength, 0);
       if (bytes < 8_000_000) return realWritev(fd, buffers, position, callback);
@@ -626,7 +637,8 @@ describe('recovery: idempotent producers across a roll (helper-31)', () => {
       void c.finally(() => (cPending = false));
       results = await Promise.all([a, b, c]);
     } finally {
-      nodeFs.renameSync = realRename;
+      nodeFs.renameSync = realRenameSync;
+      nodeFs.rename = realRename;
       nodeFs.writev = realWritev;
     }
     await store.close();
