@@ -372,40 +372,6 @@ describe('recovery: fields outside the checksum', () => {
   });
 });
 
-describe('recovery: a broker time the key index contradicts (helper-44)', () => {
-  it('a flipped low byte of a sealed batch\'s broker time (still in order) is blamed on the header, not on the three files that agree; repair writes the key index\'s time back', async () => {
-    const dir = tempDir();
-    const store = await openStore(dir);
-    await store.createTopic('t', { channels: 1 });
-    await store.append('t', 0, [{ key: 'a', body: 'first' }, { body: 'second' }]);
-    await store.append('t', 0, [{ key: 'b', body: 'third' }]);
-    const before = await store.read('t', 0, { offset: 0 });
-    await store.close(); // seals nothing, but writes the active segment's index files at a clean close
-    const log = segmentFiles(path.join(dir, 'topics', 't', '0'))[0]!;
-    flipByte(log, 8, 0x5a); // byte 0 of the first batch's broker time: it moves by up to 255 ms
-    const report = await verifyStore(dir);
-    assert.deepEqual(
-      report.faults.map((f) => [path.basename(f.file), f.position]),
-      [[path.basename(log), 0]],
-      `only the header is at fault: ${JSON.stringify(report.faults)}`,
-    );
-    assert.match(report.faults[0]!.what, new RegExp(`in the key index \\(whose checksum holds\\): the header field, outside the checksum, is damaged \\(repair writes ${before[0]!.brokerTimestamp} back\\)`));
-    const repaired = await repairStore(dir);
-    assert.deepEqual(
-      repaired.patched.map((p) => [p.field, p.to]),
-      [['brokerTimestamp', before[0]!.brokerTimestamp]],
-    );
-    assert.equal((await verifyStore(dir)).ok, true);
-    const again = await openStore(dir);
-    try {
-      const after = await again.read('t', 0, { offset: 0 });
-      assert.deepEqual(after.map((m) => m.brokerTimestamp), before.map((m) => m.brokerTimestamp), 'the times as they were appended');
-    } finally {
-      await again.close();
-    }
-  });
-});
-
 describe('recovery: an unreadable topic folder', () => {
   it('is left closed and reported while every other topic serves; repair rebuilds its topic.json from the channel folders and removes an empty stray folder', async () => {
     const dir = tempDir();

@@ -21,8 +21,6 @@
  *   | records each)                                    |                                         |
  *   | a batch whose offsets overlap ones already kept  | dropped (a duplicate; e.g. a repair     |
  *   |                                                  | interrupted between rename and delete)  |
- *   | a broker time other than the one a sound key    | the key index's time (it was written    |
- *   | index file records for the batch                 | when the segment was sealed)            |
  *   | broker times: batches off the longest            | time patched to the previous kept time  |
  *   | non-decreasing sequence of the channel           | (broker time never goes back)           |
  *   | checksum holds, records do not decode            | dropped (the writer made it so)         |
@@ -148,9 +146,7 @@ export function planChannel(channel: ChannelRef, results: ScanResult[], stagingD
         }
         if (offset !== headerOffset) plan.patched.push({ file: segment.file, position, field: 'baseOffset', from: headerOffset, to: offset, reason: 'the batches around it in the run say so' });
         const time = at(j, BatchColumn.brokerTimestamp);
-        const headerTime = at(j, BatchColumn.headerTimestamp);
-        if (time !== headerTime) plan.patched.push({ file: segment.file, position, field: 'brokerTimestamp', from: headerTime, to: time, reason: 'the key index (whose checksum holds) records this time for the batch' });
-        kept.push({ segment: s, position, length, headerOffset, headerTime, offset, time, count, producerId: at(j, BatchColumn.producerId), sequence: at(j, BatchColumn.producerSequence) });
+        kept.push({ segment: s, position, length, headerOffset, headerTime: time, offset, time, count, producerId: at(j, BatchColumn.producerId), sequence: at(j, BatchColumn.producerSequence) });
         next = offset + count;
         gapBytes = 0;
       }

@@ -15,16 +15,13 @@
  *   whole, every entry against the log: .oix entries point at batch starts with that
  *   offset, .tix entries name a batch start and its broker time, and the .kix file equals,
  *   byte for byte, the one the engine would build from this log.
- * - the broker time of each batch (outside the checksum) against the time a sound key index
- *   file recorded for it when the segment was sealed (indexedTimes): where they differ, the
- *   header is the damaged copy, and the index's time is the batch's for every other check.
  */
 import * as fs from 'node:fs';
 import { lz4Codec } from '../codec';
 import { xxh32 } from '../format/checksum';
 import { IndexKind, traceIdHeaderName } from '../format/index-keys';
 import { decodeRecords, headerValue, type StoredRecord } from '../format/record-batch';
-import { checkKeyIndexBytes, decodeKeyIndexHeader, KeyIndexBuilder, keyIndexEntryBytes, keyIndexHeaderBytes } from '../index/key-index';
+import { checkKeyIndexBytes, KeyIndexBuilder, keyIndexEntryBytes, keyIndexHeaderBytes } from '../index/key-index';
 import { CorruptIndexError } from '../log/errors';
 import { decodeIndexFile, fileChecksum } from '../log/index-file';
 import { OffsetIndex, offsetIndexMagic } from '../log/offset-index';
@@ -61,14 +58,8 @@ export const BatchColumn = {
   producerSequence: 6,
   /** 1 when every record decodes, 0 when not (the checksum held, so the writer made it so). */
   decodes: 7,
-  /**
-   * The broker time as the header has it. `brokerTimestamp` differs from it only when a sound
-   * key index records another time for this batch: the header's, outside the checksum, is
-   * then the damaged copy (indexedTimes).
-   */
-  headerTimestamp: 8,
 } as const;
-export const batchColumnCount = 9;
+export const batchColumnCount = 8;
 
 const faultsPerFileMax = inspectLimits.faultsPerFileMax;
 
@@ -218,10 +209,8 @@ export function scanSegmentFile(task: ScanTask): ScanResult {
       }
     }
 
-    const indexed = indexedTimes(indexPath(task.file, 'kix'), kixBytes, task.baseOffset);
     const rows = new BatchRows();
     const order = new FaultCap(task.file, faults);
-    const times = new FaultCap(task.file, faults);
     let expected: number | null = task.baseOffset;
     let previousTime = -1;
     for (const event of walkSegment(fd)) {
@@ -242,43 +231,36 @@ export function scanSegmentFile(task: ScanTask): ScanResult {
         result.whole = false;
         expected = null;
       }
-      // baseOffset and brokerTimestamp are outside the checksum: a flipped bit there passes it.
-      // A sound key index says what the time was when the segment was sealed.
-      const indexedTime = records ? indexed?.get(event.position) : undefined;
-      const time = indexedTime ?? h.brokerTimestamp;
-      if (time !== h.brokerTimestamp) {
-        times.add(event.position, `broker time ${h.brokerTimestamp} in the batch header, ${time} in the key index (whose checksum holds): the header field, outside the checksum, is damaged (repair writes ${time} back)`);
-      }
-      rows.push([event.position, h.batchLength, h.baseOffset, h.recordCount, time, h.producerId, h.producerSequence, records ? 1 : 0, h.brokerTimestamp]);
+      rows.push([event.position, h.batchLength, h.baseOffset, h.recordCount, h.brokerTimestamp, h.producerId, h.producerSequence, records ? 1 : 0]);
       if (!records) continue;
+      // baseOffset and brokerTimestamp are outside the checksum: a flipped bit there passes it.
       if (expected !== null && h.baseOffset !== expected) {
         const what = result.batchCount === 0 ? `first batch has offset ${h.baseOffset}, the file name says ${task.baseOffset}` : `batch has offset ${h.baseOffset} where ${expected} was expected`;
         order.add(event.position, what);
         result.whole = false;
       }
-      if (time < previousTime) {
-        order.add(event.position, `broker time ${time} goes back (the batch before has ${previousTime})`);
+      if (h.brokerTimestamp < previousTime) {
+        order.add(event.position, `broker time ${h.brokerTimestamp} goes back (the batch before has ${previousTime})`);
         result.whole = false;
       }
       // Follow the position chain, not the field: one flipped offset is then one fault, not two.
       expected = (expected ?? h.baseOffset) + h.recordCount;
-      previousTime = time;
+      previousTime = h.brokerTimestamp;
       if (keys && result.whole) {
         for (const record of records) {
-          keys.add(xxh32(record.msgId, IndexKind.msgId), event.position, record.offset, time);
-          if (record.key !== null) keys.add(xxh32(record.key, IndexKind.key), event.position, record.offset, time);
+          keys.add(xxh32(record.msgId, IndexKind.msgId), event.position, record.offset, h.brokerTimestamp);
+          if (record.key !== null) keys.add(xxh32(record.key, IndexKind.key), event.position, record.offset, h.brokerTimestamp);
           const traceId = headerValue(record.headers, traceIdHeaderName);
-          if (traceId !== undefined) keys.add(xxh32(traceId, IndexKind.traceId), event.position, record.offset, time);
+          if (traceId !== undefined) keys.add(xxh32(traceId, IndexKind.traceId), event.position, record.offset, h.brokerTimestamp);
         }
       }
       result.batchCount++;
       result.recordCount += h.recordCount;
       result.endOffset = expected;
-      if (result.firstTimestamp < 0) result.firstTimestamp = time;
-      result.maxTimestamp = Math.max(result.maxTimestamp, time);
+      if (result.firstTimestamp < 0) result.firstTimestamp = h.brokerTimestamp;
+      result.maxTimestamp = Math.max(result.maxTimestamp, h.brokerTimestamp);
     }
     order.finish('more batches out of order');
-    times.finish('more batch headers with a damaged broker time');
 
     if (meta) {
       checkSparseIndexes(task, meta, rows, result);
@@ -289,37 +271,6 @@ export function scanSegmentFile(task: ScanTask): ScanResult {
     fs.closeSync(fd);
   }
   return result;
-}
-
-/**
- * The broker time a key index file records for each batch of the log, by batch position;
- * null when the file is absent or fails its header or its checksum (then it proves nothing).
- * Every record has a msgId entry, whose time delta from the file's base time is its batch's
- * broker time as the engine had it when it wrote the file: a second copy of the one header
- * field, besides the offset, that the batch checksum does not cover. `bytes`: the file when
- * already read.
- */
-function indexedTimes(file: string, bytes: Buffer | null, baseOffset: number): Map<number, number> | null {
-  try {
-    bytes ??= fs.readFileSync(file);
-  } catch {
-    return null; // absent or unreadable: verify says so where it checks the file
-  }
-  try {
-    const header = decodeKeyIndexHeader(file, bytes, bytes.length, baseOffset);
-    if (fileChecksum(bytes, 32) !== bytes.readBigUInt64LE(32)) return null;
-    const times = new Map<number, number>();
-    const entriesAt = keyIndexHeaderBytes + header.slotCount * 4;
-    for (let i = 0; i < header.entryCount; i++) {
-      const at = entriesAt + i * keyIndexEntryBytes;
-      const position = bytes.readUInt32LE(at + 4);
-      if (!times.has(position)) times.set(position, header.baseTimestamp + bytes.readUInt32LE(at + 12));
-    }
-    return times;
-  } catch (err) {
-    if (err instanceof CorruptIndexError) return null;
-    throw err;
-  }
 }
 
 /** .oix and .tix: the engine's decoders, then (log whole) each entry against the batches. */
