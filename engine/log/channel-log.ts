@@ -514,7 +514,9 @@ export class ChannelLog {
     const old = this.active;
     // A full segment's successor will most likely fill too: its key index starts at the size
     // the old one grew to (Segment.keySlotCount). One that rolled by age starts small.
-    this.segments.push(Segment.create(this.dir, old.nextOffset, this.dsync, why === 'full' ? old.keySlotCount : undefined));
+    // (Clamped into the limits: a reopened active segment's .kix may hold any power of two.)
+    const slots = Math.min(Math.max(old.keySlotCount, limits.keyIndexSlotCountMin), limits.keyIndexSlotCount);
+    this.segments.push(Segment.create(this.dir, old.nextOffset, this.dsync, why === 'full' ? slots : undefined));
     this.committedSize = 0;
     const sealed: Promise<void> = (this.sealing ?? Promise.resolve())
       .then(async () => {

@@ -54,6 +54,12 @@ export const segmentNamePattern = /^(\d{20})\.log$/;
 export const indexNamePattern = /^(\d{20})\.(oix|tix|kix)$/;
 
 const emptyBytes = new Uint8Array(0);
+
+function checkKeySlotCount(count: number): void {
+  if (count < limits.keyIndexSlotCountMin || count > limits.keyIndexSlotCount || (count & (count - 1)) !== 0) {
+    throw new Error(`key index slot count ${count} is not a power of two within ${limits.keyIndexSlotCountMin}…${limits.keyIndexSlotCount}`);
+  }
+}
 let zeros: Uint8Array | null = null;
 /** One shared buffer of zeros for every segment's zeroed tail (only ever read). */
 function zeroBytes(): Uint8Array {
@@ -177,6 +183,7 @@ export class Segment {
    * two within the limits; ChannelLog passes on a full segment's, see `keySlotCount`).
    */
   static create(dir: string, baseOffset: number, dsync = false, keySlotCount: number = limits.keyIndexSlotCountMin): Segment {
+    checkKeySlotCount(keySlotCount); // before the file is made: a refusal leaves nothing behind
     const file = path.join(dir, segmentFileName(baseOffset, 'log'));
     const fd = fs.openSync(file, writableFlags(dsync) | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o644);
     const segment = new Segment(dir, baseOffset, fd, dsync);
@@ -296,9 +303,7 @@ export class Segment {
   }
 
   private startInMemoryIndexes(keySlotCount: number = limits.keyIndexSlotCountMin): void {
-    if (keySlotCount < limits.keyIndexSlotCountMin || keySlotCount > limits.keyIndexSlotCount || (keySlotCount & (keySlotCount - 1)) !== 0) {
-      throw new Error(`key index slot count ${keySlotCount} is not a power of two within ${limits.keyIndexSlotCountMin}…${limits.keyIndexSlotCount}`);
-    }
+    checkKeySlotCount(keySlotCount);
     this.offsetIndex = OffsetIndex.empty(this.baseOffset);
     this.timeIndex = TimeIndex.empty(this.baseOffset);
     this.keyBuilder = new KeyIndexBuilder(this.baseOffset, keySlotCount, limits.keyIndexSlotCount);
