@@ -54,16 +54,17 @@ export const segmentNamePattern = /^(\d{20})\.log$/;
 export const indexNamePattern = /^(\d{20})\.(oix|tix|kix)$/;
 
 const emptyBytes = new Uint8Array(0);
-
-function checkKeySlotCount(count: number): void {
-  if (count < limits.keyIndexSlotCountMin || count > limits.keyIndexSlotCount || (count & (count - 1)) !== 0) {
-    throw new Error(`key index slot count ${count} is not a power of two within ${limits.keyIndexSlotCountMin}…${limits.keyIndexSlotCount}`);
-  }
-}
 let zeros: Uint8Array | null = null;
 /** One shared buffer of zeros for every segment's zeroed tail (only ever read). */
 function zeroBytes(): Uint8Array {
   return (zeros ??= new Uint8Array(limits.zeroAheadBytes));
+}
+
+/** A key index's first slot count: a power of two within the limits. */
+function checkKeySlotCount(count: number): void {
+  if (count < limits.keyIndexSlotCountMin || count > limits.keyIndexSlotCount || (count & (count - 1)) !== 0) {
+    throw new Error(`key index slot count ${count} is not a power of two within ${limits.keyIndexSlotCountMin}…${limits.keyIndexSlotCount}`);
+  }
 }
 
 const outOfSpaceCodes = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
@@ -302,8 +303,8 @@ export class Segment {
     }
   }
 
+  /** `keySlotCount`: checked by the caller (Segment.create) before the log file is made. */
   private startInMemoryIndexes(keySlotCount: number = limits.keyIndexSlotCountMin): void {
-    checkKeySlotCount(keySlotCount);
     this.offsetIndex = OffsetIndex.empty(this.baseOffset);
     this.timeIndex = TimeIndex.empty(this.baseOffset);
     this.keyBuilder = new KeyIndexBuilder(this.baseOffset, keySlotCount, limits.keyIndexSlotCount);
