@@ -28,7 +28,7 @@ import {
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { nativeXxh64MinBytes, xxh32, xxh32Range, xxh32Wasm, xxh64, xxh64Implementations } from '../engine/format/checksum';
+import { nativeXxh64MinBytes, xxh32, xxh32Range, xxh32Wasm, xxh64, xxh64Implementations, xxh64Stream } from '../engine/format/checksum';
 import { forEachRecordKeys, IndexKind } from '../engine/format/index-keys';
 import { recordsSection } from '../engine/format/record-batch';
 import { lz4Codec } from '../engine/codec';
@@ -100,6 +100,28 @@ describe('format: key hashes', () => {
     const flipped = Uint8Array.from(mib);
     flipped[123_456]! ^= 1;
     assert.notEqual(xxh64(flipped), xxh64(mib));
+  });
+
+  it('xxh64Stream, native and WebAssembly alike, equals xxh64 of the pieces joined, however they are cut', () => {
+    const bytes = randomBytes(300_000);
+    const cuts: number[][] = [[], [0], [1], [31, 32, 33], [4095, 4096, 80_000], [299_999], Array.from({ length: 40 }, (_, i) => i * 7_001)];
+    const expected = xxh64(bytes);
+    for (const implementation of ['native', 'wasm'] as const) {
+      for (const cut of cuts) {
+        const stream = xxh64Stream(implementation);
+        let from = 0;
+        for (const at of [...cut, bytes.length]) {
+          stream.update(bytes.subarray(from, at));
+          from = at;
+        }
+        assert.equal(stream.digest(), expected, `${implementation}, cut at ${cut.join(',')}`);
+      }
+      const empty = xxh64Stream(implementation);
+      assert.equal(empty.digest(), xxh64(new Uint8Array(0)), implementation);
+    }
+    const other = xxh64Stream();
+    other.update(bytes.subarray(1));
+    assert.notEqual(other.digest(), expected);
   });
 
   it('the key walk finds each record\'s msgId, key and traceid header where they are', () => {

@@ -23,14 +23,19 @@ let loading: Promise<void> | null = null;
 
 /** From this many bytes up, xxh64 uses the native hasher when there is one. */
 export const nativeXxh64MinBytes = 4096;
-const nativeXxh64: ((bytes: Uint8Array) => bigint) | null = loadNative();
+interface NativeXxhash {
+  xxh64(input: Uint8Array, seed?: bigint): bigint;
+  Xxh64: new () => { update(input: Uint8Array): unknown; digest(): bigint };
+}
+const native = loadNative();
+const nativeXxh64: ((bytes: Uint8Array) => bigint) | null = native ? (bytes) => native.xxh64(bytes) : null;
+const NativeXxh64 = native?.Xxh64 ?? null;
 
-function loadNative(): ((bytes: Uint8Array) => bigint) | null {
+function loadNative(): NativeXxhash | null {
   try {
     if (typeof process === 'undefined' || !process.versions?.node) return null;
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const native = require('@node-rs/xxhash') as { xxh64(input: Uint8Array, seed?: bigint): bigint };
-    return (bytes) => native.xxh64(bytes);
+    return require('@node-rs/xxhash') as NativeXxhash;
   } catch {
     return null; // not installed or no binary for this platform: WebAssembly does it all
   }
@@ -53,6 +58,26 @@ function get(): Hasher {
 export function xxh64(bytes: Uint8Array): bigint {
   if (nativeXxh64 !== null && bytes.length >= nativeXxh64MinBytes) return nativeXxh64(bytes);
   return get().h64Raw(bytes);
+}
+
+/** An xxh64 (seed 0) fed in pieces: the same value as xxh64 of the pieces joined. */
+export interface Xxh64Stream {
+  update(bytes: Uint8Array): void;
+  digest(): bigint;
+}
+
+/**
+ * A streaming xxh64: the native hasher's when there is one (it hashes each piece where it is),
+ * else WebAssembly's. (`implementation` is for the test that holds both equal to xxh64.)
+ */
+export function xxh64Stream(implementation: 'native' | 'wasm' = NativeXxh64 !== null ? 'native' : 'wasm'): Xxh64Stream {
+  if (implementation === 'native') {
+    if (NativeXxh64 === null) throw new Error('xxh64Stream: no native hasher here');
+    const state = new NativeXxh64();
+    return { update: (bytes) => void state.update(bytes), digest: () => state.digest() };
+  }
+  const state = get().create64();
+  return { update: (bytes) => void state.update(bytes), digest: () => state.digest() };
 }
 
 /** xxhash-wasm's xxh64 and the native one (null when absent), for the test that holds them equal. */

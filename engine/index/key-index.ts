@@ -27,7 +27,7 @@
 import * as fs from 'node:fs';
 import { CorruptIndexError } from '../log/errors';
 import { limits } from '../limits';
-import { fileChecksum, staleIndexError } from '../log/index-file';
+import { fileChecksum, IndexFileParts, staleIndexError } from '../log/index-file';
 
 export const keyIndexMagic = 'WKIX';
 export const keyIndexVersion = 2;
@@ -190,26 +190,31 @@ export class KeyIndexBuilder {
     return hits;
   }
 
-  /** The file, for a log of `logBytes` bytes. */
-  encode(logBytes: number): Buffer {
-    // The u32 arrays are copied as they are: the file is little-endian, as is every host Node runs on.
-    const out = Buffer.alloc(keyIndexHeaderBytes + this.slotCount * 4 + this.count * keyIndexEntryBytes);
-    out.write(keyIndexMagic, 0, 'latin1');
-    out.writeUInt8(keyIndexVersion, 4);
-    out.writeBigInt64LE(BigInt(this.baseOffset), 8);
-    out.writeBigInt64LE(BigInt(Math.max(0, this.baseTimestamp)), 16);
-    out.writeUInt32LE(this.slotCount, 24);
-    out.writeUInt32LE(this.count, 28);
-    out.writeBigUInt64LE(BigInt(logBytes), 40);
-    Buffer.from(this.slots.buffer, this.slots.byteOffset, this.slots.byteLength).copy(out, keyIndexHeaderBytes);
-    let at = keyIndexHeaderBytes + this.slotCount * 4;
+  /**
+   * The file, for a log of `logBytes` bytes: its header, then views of the slots and of each
+   * chunk's entries (copied as they are: the file is little-endian, as is every host Node
+   * runs on). Not copied: a rolled segment's index no longer changes.
+   */
+  parts(logBytes: number): IndexFileParts {
+    const header = Buffer.alloc(keyIndexHeaderBytes);
+    header.write(keyIndexMagic, 0, 'latin1');
+    header.writeUInt8(keyIndexVersion, 4);
+    header.writeBigInt64LE(BigInt(this.baseOffset), 8);
+    header.writeBigInt64LE(BigInt(Math.max(0, this.baseTimestamp)), 16);
+    header.writeUInt32LE(this.slotCount, 24);
+    header.writeUInt32LE(this.count, 28);
+    header.writeBigUInt64LE(BigInt(logBytes), 40);
+    const body: Uint8Array[] = [new Uint8Array(this.slots.buffer, this.slots.byteOffset, this.slots.byteLength)];
     for (let c = 0; c < this.chunks.length; c++) {
       const entries = Math.min(chunkEntries, this.count - c * chunkEntries);
-      Buffer.from(this.chunks[c]!.buffer, 0, entries * keyIndexEntryBytes).copy(out, at);
-      at += entries * keyIndexEntryBytes;
+      body.push(new Uint8Array(this.chunks[c]!.buffer, 0, entries * keyIndexEntryBytes));
     }
-    out.writeBigUInt64LE(fileChecksum(out, 32), 32);
-    return out;
+    return new IndexFileParts(header, 32, body);
+  }
+
+  /** The file in one buffer (verify compares it with the one on disk). */
+  encode(logBytes: number): Buffer {
+    return this.parts(logBytes).join();
   }
 }
 

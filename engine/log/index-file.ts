@@ -19,7 +19,7 @@
  * (a flipped key hash would otherwise make a lookup silently miss).
  */
 import * as fs from 'node:fs';
-import { xxh64 } from '../format/checksum';
+import { xxh64, xxh64Stream, type Xxh64Stream } from '../format/checksum';
 import { CorruptIndexError } from './errors';
 import * as pool from './fs-pool';
 
@@ -39,17 +39,82 @@ export interface IndexFileHeader {
   headerBytes: number;
 }
 
-export function encodeIndexFile(magic: string, baseOffset: number, entryBytes: number, entries: Uint8Array, entryCount: number, logBytes: number): Buffer {
-  const out = Buffer.alloc(indexHeaderBytes + entryCount * entryBytes);
-  out.write(magic, 0, 'latin1');
-  out.writeUInt8(indexVersion, 4);
-  out.writeBigInt64LE(BigInt(baseOffset), 8);
-  out.writeUInt32LE(entryCount, 16);
-  out.writeUInt32LE(entryBytes, 20);
-  out.writeBigUInt64LE(BigInt(logBytes), 32);
-  out.set(entries.subarray(0, entryCount * entryBytes), indexHeaderBytes);
-  out.writeBigUInt64LE(fileChecksum(out, 24), 24);
-  return out;
+/**
+ * An index file as it is written: its header, then views of the index's own memory (not
+ * copied: the index of a rolled segment no longer changes). The header's checksum field is
+ * zero until `checksum` or `checksumInSlices` fills it.
+ */
+export class IndexFileParts {
+  constructor(
+    readonly header: Buffer,
+    private readonly checksumAt: number,
+    readonly body: readonly Uint8Array[],
+  ) {}
+
+  /** The header and the body, for one writev. */
+  get pieces(): Uint8Array[] {
+    return [this.header, ...this.body];
+  }
+
+  /** Fills the checksum field: xxh64 of the whole file with those 8 bytes zero. */
+  checksum(): this {
+    const hash = this.startHash();
+    for (const piece of this.body) hash.update(piece);
+    this.header.writeBigUInt64LE(hash.digest(), this.checksumAt);
+    return this;
+  }
+
+  /**
+   * checksum() with a turn of the event loop after every `sliceBytes` hashed: a seal in the
+   * background. The key index of a full segment of 100 B messages is 7.7 MB: copied into one
+   * buffer and hashed in one go, the seal held every client of the broker 7.7–11.3 ms at each
+   * roll; now its longest step is 0.2–1.3 ms (/tmp probe timing the seal's synchronous part).
+   */
+  async checksumInSlices(sliceBytes = indexHashSliceBytes): Promise<this> {
+    const hash = this.startHash();
+    let sinceTurn = 0;
+    for (const piece of this.body) {
+      for (let at = 0; at < piece.length; ) {
+        if (sinceTurn >= sliceBytes) {
+          await new Promise<void>((resolve) => setImmediate(resolve));
+          sinceTurn = 0;
+        }
+        const end = Math.min(piece.length, at + sliceBytes - sinceTurn);
+        hash.update(piece.subarray(at, end));
+        sinceTurn += end - at;
+        at = end;
+      }
+    }
+    this.header.writeBigUInt64LE(hash.digest(), this.checksumAt);
+    return this;
+  }
+
+  /** The whole file in one buffer, its checksum filled (a synchronous seal; verify's comparison). */
+  join(): Buffer {
+    this.checksum();
+    return Buffer.concat(this.pieces);
+  }
+
+  private startHash(): Xxh64Stream {
+    this.header.writeBigUInt64LE(0n, this.checksumAt);
+    const hash = xxh64Stream();
+    hash.update(this.header);
+    return hash;
+  }
+}
+
+/** How many bytes of an index file a seal in the background hashes between turns of the event loop (tens of µs with the native hasher). */
+const indexHashSliceBytes = 256 * 1024;
+
+export function encodeIndexFile(magic: string, baseOffset: number, entryBytes: number, entries: Uint8Array, entryCount: number, logBytes: number): IndexFileParts {
+  const header = Buffer.alloc(indexHeaderBytes);
+  header.write(magic, 0, 'latin1');
+  header.writeUInt8(indexVersion, 4);
+  header.writeBigInt64LE(BigInt(baseOffset), 8);
+  header.writeUInt32LE(entryCount, 16);
+  header.writeUInt32LE(entryBytes, 20);
+  header.writeBigUInt64LE(BigInt(logBytes), 32);
+  return new IndexFileParts(header, 24, [entries.subarray(0, entryCount * entryBytes)]);
 }
 
 /**
@@ -113,19 +178,19 @@ export function writeFileSynced(file: string, bytes: Uint8Array): void {
  * — each carries a checksum, is checked when first loaded, and is rebuilt from the (synced)
  * log when missing or torn — so their bytes may reach the disk with the kernel's writeback.
  */
-export function writeIndexFileAsync(file: string, bytes: Uint8Array): Promise<void> {
-  return writeFileThroughPool(file, bytes, false);
+export function writeIndexFileAsync(file: string, parts: IndexFileParts): Promise<void> {
+  return writeFileThroughPool(file, parts, false);
 }
 
 /** writeFileSynced through the thread pool (a segment sealed at store close, many channels at once). */
-export function writeFileSyncedAsync(file: string, bytes: Uint8Array): Promise<void> {
-  return writeFileThroughPool(file, bytes, true);
+export function writeFileSyncedAsync(file: string, parts: IndexFileParts): Promise<void> {
+  return writeFileThroughPool(file, parts, true);
 }
 
-async function writeFileThroughPool(file: string, bytes: Uint8Array, sync: boolean): Promise<void> {
+async function writeFileThroughPool(file: string, parts: IndexFileParts, sync: boolean): Promise<void> {
   const fd = await pool.open(file, 'w');
   try {
-    await pool.writeAll(fd, bytes, 0);
+    await pool.writev(fd, parts.pieces, 0);
     if (sync) await pool.fdatasync(fd);
   } finally {
     await pool.close(fd);

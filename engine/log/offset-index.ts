@@ -4,7 +4,7 @@
  * the position of the last indexed batch at or before an offset; the reader scans forward.
  */
 import { CorruptIndexError } from './errors';
-import { decodeIndexFile, encodeIndexFile, EntryBuffer } from './index-file';
+import { decodeIndexFile, encodeIndexFile, EntryBuffer, type IndexFileParts } from './index-file';
 
 export const offsetIndexMagic = 'WOIX';
 const entryBytes = 8;
@@ -107,8 +107,8 @@ export class OffsetIndex {
     }
   }
 
-  /** The file, for a log of `logBytes` bytes. */
-  encode(logBytes: number): Buffer {
+  /** The file, for a log of `logBytes` bytes, its body a view of the entries. */
+  parts(logBytes: number): IndexFileParts {
     return encodeIndexFile(offsetIndexMagic, this.baseOffset, entryBytes, this.entries.bytes, this.entries.count, logBytes);
   }
 }

@@ -30,7 +30,7 @@ import { checkKeyIndexBytes, KeyIndexBuilder, KeyIndexFile, version1LastPosition
 import { limits } from '../limits';
 import { CorruptIndexError, DamageBeforeSoundBatchesError } from './errors';
 import * as pool from './fs-pool';
-import { writeFileSynced, writeFileSyncedAsync, writeIndexFileAsync } from './index-file';
+import { writeFileSynced, writeFileSyncedAsync, writeIndexFileAsync, type IndexFileParts } from './index-file';
 import { OffsetIndex } from './offset-index';
 import { damagedTailEnd, endMark, endMarkAt, endMarkBytes, findNextBatch, scanSegment } from './segment-scanner';
 import { TimeIndex } from './time-index';
@@ -341,9 +341,11 @@ export class Segment {
   }
 
   /**
-   * seal() with the file work in the thread pool, for a segment that just rolled: the index
-   * files are encoded here, then the log is fdatasynced and the three files written in the pool while appends go on in the next segment (done inline,
-   * the whole broker stalled 40–65 ms at every roll of a 64 MiB segment of 100 B messages).
+   * seal() with the file work in the thread pool, for a segment that just rolled: the log is
+   * fdatasynced and the three index files written in the pool while appends go on in the next
+   * segment (done inline, the whole broker stalled 40–65 ms at every roll of a 64 MiB segment
+   * of 100 B messages). The files are written from views of the in-memory indexes, hashed a
+   * slice at a time between turns of the event loop (IndexFileParts.checksumInSlices).
    * The index files are not synced: they are derived data, checksummed, checked when first
    * loaded and rebuilt from the log when missing or torn (writeIndexFileAsync). Until this
    * resolves the segment keeps its in-memory indexes, which reads and lookups use, and is not
@@ -375,8 +377,9 @@ export class Segment {
     if (this.endMarkOwed()) await pool.writeAll(this.fd, endMark, this.size).then(() => this.markWritten(), (err: NodeJS.ErrnoException) => this.markFailed(err));
     if (this.cutZeroedTail()) await pool.ftruncate(this.fd, this.fileEnd);
     if (!this.writesDurable) await pool.fdatasync(this.fd);
-    if (options.syncIndexFiles) for (const [file, bytes] of files) await writeFileSyncedAsync(file, bytes);
-    else await Promise.all(files.map(([file, bytes]) => writeIndexFileAsync(file, bytes)));
+    for (const [, parts] of files) await parts.checksumInSlices();
+    if (options.syncIndexFiles) for (const [file, parts] of files) await writeFileSyncedAsync(file, parts);
+    else await Promise.all(files.map(([file, parts]) => writeIndexFileAsync(file, parts)));
     this.keyBuilder = null;
     this.sealed = true;
   }
@@ -399,7 +402,7 @@ export class Segment {
 
   /** Writes the index files (synced) from the in-memory indexes and makes the segment read-only. */
   private writeIndexFiles(): void {
-    for (const [file, bytes] of this.encodeIndexFiles()) writeFileSynced(file, bytes);
+    for (const [file, parts] of this.encodeIndexFiles()) writeFileSynced(file, parts.join());
     this.keyBuilder = null;
     this.sealed = true;
   }
@@ -460,12 +463,12 @@ export class Segment {
     this.writtenTo = Math.max(this.writtenTo, this.size + endMarkBytes); // a part of it may be there: cut it off
   }
 
-  /** The three index files of this segment as they are written at a seal: [path, bytes]. */
-  private encodeIndexFiles(): Array<[string, Uint8Array]> {
+  /** The three index files of this segment as they are written at a seal: [path, parts] (views of the in-memory indexes, checksums not yet filled). */
+  private encodeIndexFiles(): Array<[string, IndexFileParts]> {
     return [
-      [this.path('oix'), this.offsetIndex!.encode(this.size)],
-      [this.path('tix'), this.timeIndex!.encode(this.size)],
-      [this.path('kix'), this.keyBuilder!.encode(this.size)],
+      [this.path('oix'), this.offsetIndex!.parts(this.size)],
+      [this.path('tix'), this.timeIndex!.parts(this.size)],
+      [this.path('kix'), this.keyBuilder!.parts(this.size)],
     ];
   }
 

@@ -4,7 +4,7 @@
  * monotonic per channel on append, so "the first offset with time ≥ T" is well defined.
  */
 import { CorruptIndexError } from './errors';
-import { decodeIndexFile, encodeIndexFile, EntryBuffer } from './index-file';
+import { decodeIndexFile, encodeIndexFile, EntryBuffer, type IndexFileParts } from './index-file';
 
 export const timeIndexMagic = 'WTIX';
 const entryBytes = 12;
@@ -67,8 +67,8 @@ export class TimeIndex {
     }
   }
 
-  /** The file, for a log of `logBytes` bytes. */
-  encode(logBytes: number): Buffer {
+  /** The file, for a log of `logBytes` bytes, its body a view of the entries. */
+  parts(logBytes: number): IndexFileParts {
     return encodeIndexFile(timeIndexMagic, this.baseOffset, entryBytes, this.entries.bytes, this.entries.count, logBytes);
   }
 }
