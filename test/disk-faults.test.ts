@@ -113,7 +113,7 @@ describe('disk faults: retention', () => {
       const oldest = segmentFiles(channelDir)[0]!;
       blockUnlink(oldest);
 
-      assert.ok(store.applyRetention() > 0, 'channel 1 is trimmed; the pass does not throw');
+      assert.ok((await store.applyRetention()) > 0, 'channel 1 is trimmed; the pass does not throw');
       assert.equal(store.describeTopic('t').channelInfo[1]!.segments, 1, 'the other channel is not held back');
       assert.deepEqual(store.describeTopic('t').channelInfo[0], before, 'channel 0 is as it was: its oldest segment stays whole');
       assert.equal((await store.read('t', 0, { offset: 0, maxMessages: 1 }))[0]!.body.equals(bodyFor('retention', 0, 1000)), true);
@@ -124,7 +124,7 @@ describe('disk faults: retention', () => {
       );
       assert.match(faults[0]!.message, /^retention of topic t channel 0 failed: EISDIR.*tries again/);
 
-      assert.equal(store.applyRetention(), 0);
+      assert.equal(await store.applyRetention(), 0);
       assert.equal(faults.length, 1, 'the same cause is said once, not at every pass');
       assert.deepEqual(store.channelHealth(), [{ topic: 't', channel: 0, failed: null, retentionFailures: 2 }]);
 
@@ -132,7 +132,7 @@ describe('disk faults: retention', () => {
       fs.rmSync(oldest, { recursive: true });
       const temp = path.join(channelDir, 'checkpoint.json.tmp');
       fs.mkdirSync(temp);
-      assert.ok(store.applyRetention() === 0, 'the removals are not counted when the pass fails');
+      assert.ok((await store.applyRetention()) === 0, 'the removals are not counted when the pass fails');
       const trimmed = store.describeTopic('t').channelInfo[0]!;
       assert.equal(trimmed.segments, 1, 'the segments went even though the checkpoint could not be written');
       assert.ok(trimmed.logStartOffset > 0);
@@ -142,7 +142,7 @@ describe('disk faults: retention', () => {
 
       // The next pass writes the checkpoint it owes.
       fs.rmdirSync(temp);
-      store.applyRetention();
+      await store.applyRetention();
       const checkpoint = JSON.parse(fs.readFileSync(path.join(channelDir, 'checkpoint.json'), 'utf8')) as { segments: Array<{ baseOffset: number }> };
       assert.ok(checkpoint.segments.every((s) => s.baseOffset >= trimmed.logStartOffset), 'the checkpoint no longer lists the removed segments');
       assert.equal(faults.length, 2);
@@ -231,10 +231,10 @@ describe('disk faults: opening', () => {
       assert.match(faults[0]!.message, /^topic t channel 0 opened, but its checkpoint could not be written: EISDIR/);
       assert.equal((await store.read('t', 0))[0]!.body.toString(), 'acknowledged');
       assert.equal((await store.append('t', 0, [{ body: 'after' }])).baseOffset, 1);
-      store.applyRetention();
+      await store.applyRetention();
       assert.equal(faults.length, 1, 'a retry that fails alike is not said again');
       fs.rmdirSync(temp);
-      store.applyRetention();
+      await store.applyRetention();
       const checkpoint = JSON.parse(fs.readFileSync(path.join(dir, 'topics', 't', '0', 'checkpoint.json'), 'utf8')) as { clean: boolean };
       assert.equal(checkpoint.clean, false, 'the owed checkpoint was written: it no longer says clean');
     } finally {

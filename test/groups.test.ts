@@ -279,7 +279,7 @@ describe('__groups: consumer lag (/metrics)', () => {
     await groups.commit('orders', 'fast', [{ channel: 0, offset: 18, timestamp: 1 }]);
     const lags = (): string[] => [...groups.lags()].map((l) => `${l.group}/${l.channel}=${l.messages}`).sort();
     assert.deepEqual(lags(), ['fast/0=2', 'slow/0=19', 'slow/1=1']);
-    store.applyRetention();
+    await store.applyRetention();
     const { logStartOffset, highWatermark } = store.channelState('orders', 0);
     assert.ok(logStartOffset > 1 && logStartOffset < 18, `retention deleted offsets below ${logStartOffset}`);
     assert.deepEqual(lags(), ['fast/0=2', `slow/0=${highWatermark - logStartOffset}`, 'slow/1=1']);

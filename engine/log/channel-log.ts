@@ -820,20 +820,76 @@ export class ChannelLog {
 
   /**
    * Deletes whole sealed segments past the age or size bound, and the active segment too when
-   * every record in it is past the age bound (removeExpiredActive). Returns how many. Throws
-   * as removeOldestWhile says.
+   * every record in it is past the age bound (removeExpiredActive). The files go at once;
+   * resolves with how many once the checkpoint that no longer lists them is written
+   * (checkpointInTurn, holding a slot of `slots` when given). Rejects as removeOldestWhile
+   * throws, or when that checkpoint cannot be written (it stays owed).
    */
-  applyRetention(now: number): number {
+  async applyRetention(now: number, slots?: IoSlots): Promise<number> {
     if (this.closed) return 0; // close() writes the files from then on (see deleteSegmentsBefore)
     const { retentionMs, retentionBytes } = this.options;
     const expired = (segment: Segment): boolean => retentionMs > 0 && segment.maxTimestamp >= 0 && segment.maxTimestamp < now - retentionMs;
     let total = this.totalBytes;
-    const removed = this.removeOldestWhile((oldest) => {
-      const tooBig = retentionBytes > 0 && total > retentionBytes;
-      total -= oldest.size;
-      return expired(oldest) || tooBig;
+    return this.removeThenCheckpoint(
+      () =>
+        this.removeOldestWhile((oldest) => {
+          const tooBig = retentionBytes > 0 && total > retentionBytes;
+          total -= oldest.size;
+          return expired(oldest) || tooBig;
+        }) + this.removeExpiredActive(expired),
+      slots,
+    );
+  }
+
+  /**
+   * Runs `remove` (synchronous: it deletes files and says how many segments went), then writes
+   * the checkpoint it left owed, even when it threw part-way; rejects with the first failure.
+   */
+  private async removeThenCheckpoint(remove: () => number, slots?: IoSlots): Promise<number> {
+    let removed = 0;
+    let failure: unknown = null;
+    try {
+      removed = remove();
+    } catch (err) {
+      failure = err;
+    }
+    if (this.checkpointOwed) {
+      try {
+        await this.checkpointInTurn(slots);
+      } catch (err) {
+        failure ??= err;
+      }
+    }
+    if (failure) throw failure;
+    return removed;
+  }
+
+  /**
+   * Writes the owed checkpoint through the thread pool, after the seals and checkpoint writes
+   * already under way (`sealing`): one writer of the temp file at a time, and close() waits
+   * for it as for a seal. Written synchronously (as retention did), a checkpoint after a
+   * removal held the event loop 3–7 ms: its fdatasync waited on the journal commit that frees
+   * the removed segment. Nothing is written once the channel is closed (close writes it).
+   * Rejects when the write fails; the checkpoint stays owed (the next pass, roll or close
+   * writes it) and the channel goes on.
+   */
+  private checkpointInTurn(slots?: IoSlots): Promise<void> {
+    const write = async (): Promise<void> => {
+      if (!this.checkpointOwed || this.closed) return;
+      if (!slots) return this.saveCheckpointAsync(false);
+      const release = await slots.acquire();
+      try {
+        await slots.withDescriptors(() => this.saveCheckpointAsync(false));
+      } finally {
+        release();
+      }
+    };
+    const written = (this.sealing ?? Promise.resolve()).then(write);
+    const turn: Promise<void> = written.then(noop, noop).finally(() => {
+      if (this.sealing === turn) this.sealing = null;
     });
-    return removed + this.removeExpiredActive(expired);
+    this.sealing = turn;
+    return written;
   }
 
   /**
@@ -871,20 +927,20 @@ export class ChannelLog {
     this.segments[0] = next;
     this.committedSize = 0;
     this.leftovers.push(...left);
-    this.checkpointOwed = true;
-    this.saveCheckpoint(false); // when it fails, it is owed to the next pass (see removeOldestWhile)
+    this.checkpointOwed = true; // the caller writes it (removeThenCheckpoint)
     return 1;
   }
 
   /**
    * Deletes the oldest segments, one after another, while `remove` says so; never the active
-   * one nor one still being sealed in the background (roll). Checkpoints when any went.
+   * one nor one still being sealed in the background (roll). Leaves the checkpoint owed when
+   * any went: the caller writes it (removeThenCheckpoint).
    *
    * A failure (EIO, EROFS, a full disk) leaves the channel consistent, and is thrown once the
    * rest is done; the next call tries again: a log that cannot be unlinked keeps its segment
    * (whole, open, readable), and so stops the pass there; index files left by a removed
-   * segment and a checkpoint that could not be written are owed. A stale checkpoint is
-   * harmless meanwhile: recovery trusts only the segments whose logs it finds.
+   * segment are owed. A stale checkpoint is harmless meanwhile: recovery trusts only the
+   * segments whose logs it finds.
    */
   private removeOldestWhile(remove: (oldest: Segment) => boolean): number {
     let removed = 0;
@@ -906,9 +962,6 @@ export class ChannelLog {
         unlinkIfPresent(this.leftovers[0]!);
         this.leftovers.shift();
       }
-      // Not while a seal's checkpoint is being written through the thread pool: two writers of
-      // one temp file. It stays owed: the next pass, roll or close writes it.
-      if (this.checkpointOwed && !this.sealing) this.saveCheckpoint(false);
     } catch (err) {
       failure ??= err;
     }
@@ -939,7 +992,7 @@ export class ChannelLog {
     // the middle of it (same temp file) failed the close and left a checkpoint listing
     // segments that were gone.
     if (this.closed) throw new WaymarkError('STORE_CLOSED');
-    return this.removeOldestWhile((oldest) => oldest.nextOffset <= offset);
+    return this.removeThenCheckpoint(() => this.removeOldestWhile((oldest) => oldest.nextOffset <= offset));
   }
 
   /**
@@ -1007,12 +1060,6 @@ export class ChannelLog {
     this.closed = true;
     if (this.syncTimer) clearInterval(this.syncTimer);
     for (const s of this.segments) s.close();
-  }
-
-  /** Closes and deletes every file of the channel. */
-  async destroy(): Promise<void> {
-    await this.close();
-    fs.rmSync(this.dir, { recursive: true, force: true });
   }
 }
 
