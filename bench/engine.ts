@@ -24,6 +24,9 @@
  *   small   store.appendBatch of one-message batches, one    O_DSYNC writes of the same bytes
  *           at a time, sync "batch" (the latency path)       that grow a file, and into a file
  *                                                            zeroed beforehand
+ *   upkeep  the longest event-loop stall (a 1 ms ticker)     the same ticker over: fs.write +
+ *           during appends through rolls, a retention pass,  fdatasync of the same bytes; unlink
+ *           a topic delete                                   / rm of as many same-sized files
  *
  * Rounds alternate the order of engine and baseline so that a burst of noise from the other
  * processes on the machine does not land on one side only; a ratio is the median over rounds
@@ -42,13 +45,14 @@ import { channelsPhase } from './engine-phases/channels';
 import { childWriter, openPhase, type WriterConfig } from './engine-phases/open';
 import { readPhase } from './engine-phases/read';
 import { smallPhase } from './engine-phases/small';
+import { upkeepPhase } from './engine-phases/upkeep';
 import { goals, phases, type Options } from './engine-phases/shared';
 
 const usage = `usage: node dist/bench/engine.js [options]        (npm run bench:engine -- [options])
 
   --quick                 small smoke run (about a minute): the sizes below shrink
   --only LIST             phases to run, comma separated: append,read,lookup,open,channels,
-                          small (default all)
+                          small,upkeep (default all)
   --dir PATH              where data goes (default .bench-data/engine-<pid>; removed at the end)
   --keep                  keep the data folder
   --rounds N              rounds per figure, engine and baseline alternating (3; quick 2)
@@ -177,6 +181,7 @@ function estimateDiskBytes(o: Options): number {
     o.only.has('lookup') ? o.lookupMessages * 160 * 1.4 : 0,
     o.only.has('open') ? (o.openBytes + 2 * limits.segmentBytesDefault + 96 * 1024 ** 2) * 1.4 : 0,
     o.only.has('channels') ? o.manyTopics * o.manyChannels * 32 * 1024 : 0, // ~24 KB a channel (230 MB for 9,601)
+    o.only.has('upkeep') ? 2 * 5 * limits.segmentBytesDefault * 1.1 : 0, // two topics of five 64 MiB segments
   ];
   return Math.max(...perPhase);
 }
@@ -248,6 +253,7 @@ async function main(): Promise<void> {
     if (o.only.has('open')) await openPhase(o, cold);
     if (o.only.has('channels')) await channelsPhase(o);
     if (o.only.has('small')) await smallPhase(o);
+    if (o.only.has('upkeep')) await upkeepPhase(o);
   } finally {
     cleanUp();
   }

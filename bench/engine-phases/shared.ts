@@ -8,8 +8,8 @@ import { openStore, type MessageInput, type Store } from '../../engine/index';
 import { BodySource, formatBytes, now, progress, sig } from '../common';
 export { settle } from '../common';
 
-export type Phase = 'append' | 'read' | 'lookup' | 'open' | 'channels' | 'small';
-export const phases: Phase[] = ['append', 'read', 'lookup', 'open', 'channels', 'small'];
+export type Phase = 'append' | 'read' | 'lookup' | 'open' | 'channels' | 'small' | 'upkeep';
+export const phases: Phase[] = ['append', 'read', 'lookup', 'open', 'channels', 'small', 'upkeep'];
 
 export interface Options {
   quick: boolean;

@@ -37,6 +37,11 @@ export function close(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fs.close(fd, (err) => (err ? reject(err) : resolve())));
 }
 
+/** unlink(2), a file already gone being no error. */
+export function unlinkIfPresent(file: string): Promise<void> {
+  return new Promise((resolve, reject) => fs.unlink(file, (err) => (err && err.code !== 'ENOENT' ? reject(err) : resolve())));
+}
+
 export function rename(from: string, to: string): Promise<void> {
   return new Promise((resolve, reject) => fs.rename(from, to, (err) => (err ? reject(err) : resolve())));
 }

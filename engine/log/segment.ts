@@ -629,25 +629,18 @@ export class Segment {
   }
 
   /**
-   * Removes the segment's files (retention, compaction). The log goes first, while its
-   * descriptor is still open (a read in flight finishes on it): when it cannot be unlinked
-   * (EIO, EROFS…) this throws with nothing changed, the segment whole and open. Once the log
-   * is gone the segment is; an index file that cannot be unlinked then is returned for the
-   * caller to try again (a log-less index is never read: recovery lists logs).
+   * Removes the segment (retention, compaction): unlinks its log, while its descriptor is
+   * still open (a read in flight finishes on it), and closes it. When the log cannot be
+   * unlinked (EIO, EROFS…) this throws with nothing changed, the segment whole and open. Once
+   * the log is gone the segment is. Returns its index files, for the caller to unlink (through
+   * the thread pool: unlinking a file nobody holds open frees its blocks) and to try again
+   * when that fails (a log-less index is never read: recovery lists logs).
    */
   remove(): string[] {
     unlinkIfPresent(this.path('log'));
     this.removed = true;
     this.close();
-    const left: string[] = [];
-    for (const extension of ['oix', 'tix', 'kix']) {
-      try {
-        unlinkIfPresent(this.path(extension));
-      } catch {
-        left.push(this.path(extension));
-      }
-    }
-    return left;
+    return ['oix', 'tix', 'kix'].map((extension) => this.path(extension));
   }
 }
 
