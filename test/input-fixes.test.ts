@@ -15,6 +15,8 @@ import { Broker } from '../server/broker';
 import { GroupPositions } from '../server/groups';
 import type { Frame } from '../protocol/frames';
 import { channelForKey, connect, ErrorTable } from '../sdk/index';
+import { InOrderAcks } from '../tools/produce';
+import { WaymarkError } from '../sdk/index';
 import { BrokerProcess, RawClient, httpJson, take, text } from './broker-helpers';
 import { copyFolder, logEnd, removeTempDirs, segmentFiles, tempDir, truncateTail } from './helpers';
 
@@ -50,9 +52,10 @@ class Running {
   readonly exited: Promise<number | null>;
   private waiter: { count: number; resolve: () => void } | null = null;
 
-  constructor(args: string[]) {
+  /** With `keepStdin` the caller writes stdin (and ends it); else it is empty. */
+  constructor(args: string[], keepStdin = false) {
     this.proc = spawn(process.execPath, [cli, ...args]);
-    this.proc.stdin.end();
+    if (!keepStdin) this.proc.stdin.end();
     this.proc.stdout.on('data', (d: Buffer) => {
       this.stdout += d;
       if (this.waiter && this.lines().length >= this.waiter.count) this.waiter.resolve();
@@ -321,6 +324,51 @@ describe('input fixes: waymark produce with an oversized stdin line', function (
     assert.match(r.stdout, /^0 0 [0-9a-f]{32}\n$/, 'the acknowledgement of the first line');
     const read = await httpJson(`${broker.http}/v1/topics/t3/messages`);
     assert.deepEqual(read.body.messages.map((m: { body: string }) => m.body), ['first']);
+  });
+});
+
+describe('input fixes: waymark produce prints acknowledgements up to the first failure', function () {
+  this.timeout(120_000);
+  const broker = new BrokerProcess(tempDir());
+  before(async () => {
+    await loadChecksum();
+    await broker.start();
+  });
+  after(() => broker.stop());
+
+  it('an acknowledgement that comes after an earlier line failed is not printed, and the error names the line to resend from', async () => {
+    const printed: number[] = [];
+    const acks = new InOrderAcks<number>((n) => printed.push(n), 'line');
+    const gates = [0, 1, 2, 3].map(() => {
+      let open!: (n: number) => void;
+      let fail!: (err: unknown) => void;
+      const promise = new Promise<number>((resolve, reject) => ((open = resolve), (fail = reject)));
+      return { promise, open, fail };
+    });
+    for (const gate of gates) acks.add(gate.promise);
+    // Line 3 and 4 (another channel, say) are acknowledged before line 2 fails.
+    gates[0]!.open(1);
+    gates[2]!.open(3);
+    gates[3]!.open(4);
+    gates[1]!.fail(new WaymarkError('TOPIC_NOT_FOUND', 'topic "t" not found'));
+    await acks.settled();
+    assert.deepEqual(printed, [1], 'only the line acknowledged before the failed one');
+    assert.equal(acks.failed, true);
+    const err = acks.error() as WaymarkError;
+    assert.equal(err.code, 'TOPIC_NOT_FOUND');
+    assert.equal(err.message, 'line 2: topic "t" not found; the line before it was acknowledged (printed); the 2 lines sent after it are not printed and may or may not be stored');
+  });
+
+  it('through a real broker: the topic deleted between two lines, the first is printed (as it comes, not at the end) and the run exits 1 at line 2', async () => {
+    await httpJson(`${broker.http}/v1/topics/gone`, { method: 'PUT', body: '{}' });
+    const producing = new Running(['produce', '--topic', 'gone', '--url', broker.url], true);
+    producing.proc.stdin.write('first\n');
+    await producing.linesPrinted(1);
+    assert.equal((await httpJson(`${broker.http}/v1/topics/gone`, { method: 'DELETE' })).status, 200);
+    producing.proc.stdin.end('second\n');
+    assert.equal(await producing.exited, 1, producing.stderr);
+    assert.match(producing.stdout, /^0 0 [0-9a-f]{32}\n$/);
+    assert.match(producing.stderr, /^waymark: produce: line 2: .*topic.*; the line before it was acknowledged \(printed\)\n$/);
   });
 });
 

@@ -25,7 +25,7 @@ export const produceCommand: Command = {
       url: urlOption,
     },
     details:
-      'Prints channel, offset and msgId of each message once the broker has made it durable. From stdin, lines are sent as they are read (as UTF-8 text, without their line ends); a line the broker would refuse (over 8 MiB, say) stops the run before it is sent: the lines before it are sent and printed, none after it, and the command exits 2 naming the line. With --raw, stdin is read to its end and sent as one message with its exact bytes (empty stdin: one empty message); stdin over 8 MiB (the limit of one message) sends nothing and exits 2 (MESSAGE_TOO_LARGE).',
+      'Prints channel, offset and msgId of each message once the broker has made it durable. From stdin, lines are sent as they are read (as UTF-8 text, without their line ends); a line the broker would refuse (over 8 MiB, say) stops the run before it is sent: the lines before it are sent and printed, none after it, and the command exits 2 naming the line. When the broker refuses a message (the topic was deleted, say), printing stops there: the lines printed are exactly those acknowledged before it, and the error names the line to resend from. With --raw, stdin is read to its end and sent as one message with its exact bytes (empty stdin: one empty message); stdin over 8 MiB (the limit of one message) sends nothing and exits 2 (MESSAGE_TOO_LARGE).',
   },
   async run(args, io) {
     const topic = args.flags.topic as string | undefined;
@@ -51,25 +51,25 @@ export const produceCommand: Command = {
     }
     const client = await connectForCommand(args.flags.url);
     const out = new LineBuffer(io);
+    // Written once the acknowledgements that came together are gathered, not at the end: stdin
+    // may be endless (a pipe from a log), and its acknowledgements are wanted as they come.
+    let flushing = false;
     const print = (r: SendResult): void => {
       out.push(args.flags.json ? JSON.stringify(r) : `${r.channel} ${r.offset} ${r.msgId}`);
+      if (flushing) return;
+      flushing = true;
+      setImmediate(() => {
+        flushing = false;
+        out.flush();
+      });
     };
     try {
       const producer = await client.producer({ topic, channel: args.flags.channel as number | undefined });
-      // Every send's failure is taken at once (a rejection left for Promise.all after the read
-      // loop came out as an unhandled rejection and a stack trace); the first one stops the run.
-      let failure: unknown = null;
-      const sends: Array<Promise<void>> = [];
-      // Printed in input order: acknowledgements come back per channel, so lines sent to
-      // different channels printed interleaved (a, e, b, f, …), and a script could not match
-      // them to its input.
-      let printed: Promise<void> = Promise.resolve();
-      const send = (message: string | Uint8Array): void => {
-        const sent = producer.send({ body: message, key, headers });
-        sent.catch(() => undefined); // taken below, in order; not an unhandled rejection meanwhile
-        printed = printed.then(() => sent).then(print, (err: unknown) => void (failure ??= err));
-        sends.push(printed);
-      };
+      // Acknowledgements are printed in input order and stop at the first failure; the read
+      // loop stops at a refused line (checkMessage) before sending it.
+      const acks = new InOrderAcks<SendResult>(print, rawBody !== null || (body !== undefined && body !== '-') ? 'message' : 'line');
+      let refused: WaymarkError | null = null;
+      const send = (message: string | Uint8Array): void => acks.add(producer.send({ body: message, key, headers }));
       if (rawBody !== null) {
         send(rawBody);
       } else if (body !== undefined && body !== '-') {
@@ -82,19 +82,22 @@ export const produceCommand: Command = {
         let lineNumber = 0;
         for await (const text of lines) {
           lineNumber++;
+          if (acks.failed) break;
           try {
             checkMessage({ body: text, key, headers });
           } catch (err) {
             if (!(err instanceof WaymarkError)) throw err;
-            failure ??= new WaymarkError(err.code, `line ${lineNumber}: ${err.message}; ${sentBefore(lineNumber - 1)}`);
+            refused = new WaymarkError(err.code, `line ${lineNumber}: ${err.message}; ${sentBefore(lineNumber - 1)}`);
+            break;
           }
-          if (failure !== null) break;
           send(text);
         }
         lines.close();
       }
-      await Promise.all(sends);
+      await acks.settled();
       out.flush();
+      // A failed send comes before the refused line: it is the one the user resends from.
+      const failure = acks.error() ?? refused;
       if (failure !== null) throw failure;
       await producer.close();
       return 0;
@@ -120,6 +123,68 @@ async function readAllBounded(input: NodeJS.ReadableStream, bytesMax: number): P
     chunks.push(bytes);
   }
   return Buffer.concat(chunks, size);
+}
+
+/**
+ * Acknowledgements printed in the order the messages were sent (they come back per channel,
+ * so lines sent to different channels came back interleaved and a script could not match
+ * them to its input), stopping at the first failure: the lines printed are exactly the ones
+ * acknowledged before the first that failed, the line to resend from. An acknowledgement that
+ * comes after the failure is not printed (it was, and a script resending from the failed line
+ * stored the later ones twice).
+ */
+export class InOrderAcks<T> {
+  private chain: Promise<void> = Promise.resolve();
+  private sent = 0;
+  private failedAt = 0;
+  private cause: unknown = null;
+
+  /** `what` names one input in the error: 'line' (stdin) or 'message' (BODY --count N). */
+  constructor(
+    private readonly print: (result: T) => void,
+    private readonly what: 'line' | 'message',
+  ) {}
+
+  /** True once an acknowledgement in order has failed. */
+  get failed(): boolean {
+    return this.failedAt > 0;
+  }
+
+  add(ack: Promise<T>): void {
+    const n = ++this.sent;
+    ack.catch(() => undefined); // taken below, in order; not an unhandled rejection meanwhile
+    this.chain = this.chain
+      .then(() => ack)
+      .then(
+        (result) => {
+          if (this.failedAt === 0) this.print(result);
+        },
+        (err: unknown) => {
+          if (this.failedAt > 0) return;
+          this.failedAt = n;
+          this.cause = err;
+        },
+      );
+  }
+
+  /** Resolves once every acknowledgement so far is printed or passed over; never rejects. */
+  settled(): Promise<void> {
+    return this.chain;
+  }
+
+  /**
+   * The first failure, saying which input failed, how many before it were acknowledged and
+   * what became of the ones sent after it; the cause itself when it was the only one sent.
+   */
+  error(): unknown {
+    if (this.failedAt === 0) return null;
+    if (this.sent === 1 || !(this.cause instanceof WaymarkError)) return this.cause;
+    const before = this.failedAt - 1;
+    const after = this.sent - this.failedAt;
+    const acked = before === 0 ? 'none before it was acknowledged' : `the ${before === 1 ? `${this.what} before it was` : `${before} ${this.what}s before it were`} acknowledged (printed)`;
+    const later = after === 0 ? '' : `; ${after === 1 ? `the ${this.what} sent after it is` : `the ${after} ${this.what}s sent after it are`} not printed and may or may not be stored`;
+    return new WaymarkError(this.cause.code, `${this.what} ${this.failedAt}: ${this.cause.message}; ${acked}${later}`);
+  }
 }
 
 /** What a run stopped at a refused line had sent. */
