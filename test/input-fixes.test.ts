@@ -114,14 +114,20 @@ async function post(broker: BrokerProcess, topic: string, body: string): Promise
 const highWatermark = async (broker: BrokerProcess, topic: string, channel = 0): Promise<number> =>
   (await httpJson(`${broker.http}/v1/topics/${topic}`)).body.channelStates[channel].highWatermark;
 
-describe('input fixes: group positions outside their channel', function () {
-  this.timeout(120_000);
+/** A broker child process started before the suite's tests and stopped after them. */
+function brokerForSuite(): BrokerProcess {
   const broker = new BrokerProcess(tempDir());
   before(async () => {
     await loadChecksum();
     await broker.start();
   });
   after(() => broker.stop());
+  return broker;
+}
+
+describe('input fixes: group positions outside their channel', function () {
+  this.timeout(120_000);
+  const broker = brokerForSuite();
 
   it('CommitPastHighWatermarkIsRefused: OFFSET_OUT_OF_RANGE, nothing of the request stored, and the group still consumes', async () => {
     await httpJson(`${broker.http}/v1/topics/orders`, { method: 'PUT', body: JSON.stringify({ channels: 2 }) });
@@ -329,12 +335,7 @@ describe('input fixes: waymark produce with an oversized stdin line', function (
 
 describe('input fixes: waymark produce prints acknowledgements up to the first failure', function () {
   this.timeout(120_000);
-  const broker = new BrokerProcess(tempDir());
-  before(async () => {
-    await loadChecksum();
-    await broker.start();
-  });
-  after(() => broker.stop());
+  const broker = brokerForSuite();
 
   it('an acknowledgement that comes after an earlier line failed is not printed, and the error names the line to resend from', async () => {
     const printed: number[] = [];
