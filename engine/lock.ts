@@ -1,6 +1,6 @@
 /**
- * The data folder lock: an exclusive, non-blocking flock (fs-ext) on `<dir>/LOCK`, held for
- * the life of the store. The holder writes its pid into the file so that a refused opener
+ * The data folder lock: an exclusive, non-blocking flock (fs-ext) on the folder itself and on
+ * `<dir>/LOCK`, held for the life of the store. The holder writes its pid into the file so that a refused opener
  * can name it. flock is tied to the open file description, so the lock also refuses a
  * second store in the same process, and the kernel drops it when the holder dies.
  */
@@ -15,22 +15,19 @@ export interface FolderLock {
 
 export function lockFolder(dir: string): FolderLock {
   const file = path.join(dir, 'LOCK');
-  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
+  // The folder itself is locked first: a LOCK file someone removed (a clean-up script, a user
+  // who took it for a stale pid file) would otherwise free the way for a second broker on the
+  // same data, the two then writing the same segments. LOCK is locked too, as before: a
+  // process of an earlier build locks only that.
+  const dirFd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  let fd = -1;
   try {
-    flockSync(fd, 'exnb');
+    tryLock(dirFd, dir, file);
+    fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
+    tryLock(fd, dir, file);
   } catch (err) {
-    fs.closeSync(fd);
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EAGAIN' || code === 'EWOULDBLOCK') {
-      let holder = 'unknown';
-      try {
-        holder = fs.readFileSync(file, 'utf8').trim() || 'unknown';
-      } catch {
-        // the pid is a courtesy; the lock is what matters
-      }
-      const who = holder === String(process.pid) ? `this process (pid ${holder}): it is already open here` : `another process (pid ${holder})`;
-      throw new WaymarkError('STORE_LOCKED', `data folder ${path.resolve(dir)} is locked by ${who}`, { dir, pid: holder });
-    }
+    if (fd >= 0) fs.closeSync(fd);
+    fs.closeSync(dirFd);
     throw err;
   }
   try {
@@ -45,10 +42,34 @@ export function lockFolder(dir: string): FolderLock {
       try {
         fs.ftruncateSync(fd, 0);
       } finally {
-        fs.closeSync(fd); // closing drops the flock
+        fs.closeSync(fd); // closing drops the flocks
+        fs.closeSync(dirFd);
       }
     },
   };
+}
+
+/** flock(fd, LOCK_EX | LOCK_NB); held elsewhere: STORE_LOCKED naming the holder's pid from `file`. */
+function tryLock(fd: number, dir: string, file: string): void {
+  try {
+    flockSync(fd, 'exnb');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'EAGAIN' && code !== 'EWOULDBLOCK') throw err;
+    let holder = 'unknown';
+    try {
+      holder = fs.readFileSync(file, 'utf8').trim() || 'unknown';
+    } catch {
+      // the pid is a courtesy; the lock is what matters
+    }
+    const who =
+      holder === String(process.pid)
+        ? `this process (pid ${holder}): it is already open here`
+        : holder === 'unknown'
+          ? 'another process (its pid is not known: the LOCK file that names it was removed)'
+          : `another process (pid ${holder})`;
+    throw new WaymarkError('STORE_LOCKED', `data folder ${path.resolve(dir)} is locked by ${who}`, { dir, pid: holder });
+  }
 }
 
 /**

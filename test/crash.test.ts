@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { openStore } from '../engine/index';
@@ -121,6 +122,27 @@ describe('lock: one process per data folder', () => {
     assert.ok(err!.message.includes(`pid ${holder.pid}`), err!.message);
     holder.kill('SIGKILL');
     await exited(holder);
+    const again = await openStore(dir);
+    await again.close();
+  });
+
+  it('removing the LOCK file does not free the folder: a second process is still refused while the holder lives', async function () {
+    this.timeout(60_000);
+    const dir = tempDir();
+    const holder = spawn(process.execPath, [child, 'hold', dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await waitForLine(holder, /^held$/);
+      fs.rmSync(path.join(dir, 'LOCK'));
+      const tryer = spawn(process.execPath, [child, 'try', dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const answer = JSON.parse(await waitForLine(tryer, /^\{/)) as { code?: string; message?: string };
+      await exited(tryer);
+      assert.equal(answer.code, 'STORE_LOCKED', JSON.stringify(answer));
+      assert.ok(answer.message!.includes(path.resolve(dir)), answer.message);
+      assert.ok(answer.message!.includes('the LOCK file that names it was removed'), answer.message);
+    } finally {
+      holder.kill('SIGKILL');
+      await exited(holder);
+    }
     const again = await openStore(dir);
     await again.close();
   });
