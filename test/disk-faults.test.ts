@@ -96,7 +96,7 @@ function saysNotClean(channelDir: string): void {
   });
 }
 describe('disk faults: retention', () => {
-  it('a pass that cannot unlink a segment or write the checkpoint after it fails only that channel: said once per cause, counted, retried next pass', async () => {
+  it('a pass that cannot unlink a segment or write the checkpoint with its intent fails only that channel: said once per cause, counted, retried next pass', async () => {
     const dir = tempDir();
     const faults: StoreFault[] = [];
     let store = await openStore(dir, { segmentBytes: 4096, compression: false });
@@ -128,24 +128,29 @@ describe('disk faults: retention', () => {
       assert.equal(faults.length, 1, 'the same cause is said once, not at every pass');
       assert.deepEqual(store.channelHealth(), [{ topic: 't', channel: 0, failed: null, retentionFailures: 2 }]);
 
-      // The unlink works again, but the checkpoint after it cannot be written (EISDIR).
+      // The unlink works again, but the checkpoint with the removal's intent cannot be
+      // written (EISDIR): nothing is removed, the segments stay whole and readable.
       fs.rmSync(oldest, { recursive: true });
       const temp = path.join(channelDir, 'checkpoint.json.tmp');
       fs.mkdirSync(temp);
-      assert.ok((await store.applyRetention()) === 0, 'the removals are not counted when the pass fails');
-      const trimmed = store.describeTopic('t').channelInfo[0]!;
-      assert.equal(trimmed.segments, 1, 'the segments went even though the checkpoint could not be written');
-      assert.ok(trimmed.logStartOffset > 0);
+      assert.equal(await store.applyRetention(), 0);
+      assert.equal(store.describeTopic('t').channelInfo[0]!.logStartOffset, 0, 'nothing removed before its intent is on disk');
+      assert.equal((await store.read('t', 0, { offset: 0, maxMessages: 1 }))[0]!.body.equals(bodyFor('retention', 0, 1000)), true);
       assert.equal(faults.length, 2, 'a new cause is said');
       assert.match(faults[1]!.message, /checkpoint\.json\.tmp/);
       assert.deepEqual(store.channelHealth(), [{ topic: 't', channel: 0, failed: null, retentionFailures: 3 }]);
 
-      // The next pass writes the checkpoint it owes.
+      // The next pass writes its intent, removes, and writes the checkpoint without them.
       fs.rmdirSync(temp);
-      await store.applyRetention();
-      const checkpoint = JSON.parse(fs.readFileSync(path.join(channelDir, 'checkpoint.json'), 'utf8')) as { segments: Array<{ baseOffset: number }> };
+      assert.ok((await store.applyRetention()) > 0);
+      const trimmed = store.describeTopic('t').channelInfo[0]!;
+      assert.equal(trimmed.segments, 1);
+      assert.ok(trimmed.logStartOffset > 0);
+      const checkpoint = JSON.parse(fs.readFileSync(path.join(channelDir, 'checkpoint.json'), 'utf8')) as { removingBefore: number; segments: Array<{ baseOffset: number }> };
       assert.ok(checkpoint.segments.every((s) => s.baseOffset >= trimmed.logStartOffset), 'the checkpoint no longer lists the removed segments');
+      assert.equal(checkpoint.removingBefore, 0);
       assert.equal(faults.length, 2);
+      assert.deepEqual(store.channelHealth(), [{ topic: 't', channel: 0, failed: null, retentionFailures: 3 }], 'a pass that succeeds is not counted');
       await store.close();
       store = await openStore(dir, { segmentBytes: 4096 });
       assert.equal(store.describeTopic('t').channelInfo[0]!.logStartOffset, trimmed.logStartOffset);

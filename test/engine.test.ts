@@ -315,8 +315,22 @@ describe('engine store: broker time, stable time and offsetForTime', () => {
     for (let i = 0; i < 100; i++) await store.append('t', 0, [{ body: randomBytes(400) }]);
     await store.settled();
     assert.equal(await store.offsetForTime('t', 0, base), 0);
-    const search = store.offsetForTime('t', 0, base); // reads the first segment…
-    assert.ok((await store.applyRetention(base + 60_001)) >= 1, 'the first segment is deleted under it');
+    // The search starts as the first segment's log is unlinked (the removal comes after the
+    // checkpoint with its intent is written): it reads a segment deleted under it.
+    let search: Promise<number> | null = null;
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const nodeFs = require('node:fs') as { unlinkSync: typeof fs.unlinkSync };
+    const unlinkSync = nodeFs.unlinkSync;
+    nodeFs.unlinkSync = (file: fs.PathLike): void => {
+      if (search === null && String(file).endsWith(`${'0'.repeat(20)}.log`)) search = store.offsetForTime('t', 0, base);
+      unlinkSync(file);
+    };
+    try {
+      assert.ok((await store.applyRetention(base + 60_001)) >= 1, 'the first segment is deleted under it');
+    } finally {
+      nodeFs.unlinkSync = unlinkSync;
+    }
+    assert.ok(search !== null, 'the search started as the log went');
     const logStart = store.channelState('t', 0).logStartOffset;
     assert.ok(logStart > 0 && logStart < 200);
     assert.equal(await search, logStart, 'the first message at or after the time that is still there');
@@ -424,6 +438,38 @@ describe('engine store: topics and retention', () => {
     await store.close();
   });
 
+  it('a retention pass writes its intent first: as each log is unlinked the checkpoint on disk says removingBefore past it; after the pass, 0', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir, { compression: false });
+    await store.createTopic('r', { channels: 1, segmentBytes: 4096, retentionBytes: 4096 });
+    for (let i = 0; i < 5; i++) await store.append('r', 0, [{ body: Buffer.alloc(3000, i) }]);
+    await store.settled();
+    const channel = path.join(dir, 'topics', 'r', '0');
+    const readCheckpoint = (): { removingBefore: number; segments: Array<{ baseOffset: number; nextOffset: number }> } => JSON.parse(fs.readFileSync(path.join(channel, 'checkpoint.json'), 'utf8'));
+    const seen: Array<{ log: number; nextOffset: number; removingBefore: number }> = [];
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const nodeFs = require('node:fs') as { unlinkSync: typeof fs.unlinkSync };
+    const unlinkSync = nodeFs.unlinkSync;
+    nodeFs.unlinkSync = (file: fs.PathLike): void => {
+      if (String(file).startsWith(channel) && String(file).endsWith('.log')) {
+        const cp = readCheckpoint();
+        const log = Number(path.basename(String(file), '.log'));
+        seen.push({ log, nextOffset: cp.segments.find((m) => m.baseOffset === log)!.nextOffset, removingBefore: cp.removingBefore });
+      }
+      unlinkSync(file);
+    };
+    try {
+      assert.ok((await store.applyRetention()) >= 2);
+    } finally {
+      nodeFs.unlinkSync = unlinkSync;
+    }
+    assert.ok(seen.length >= 2, JSON.stringify(seen));
+    for (const s of seen) assert.ok(s.removingBefore >= s.nextOffset, `the intent covered segment ${s.log} before it went: ${JSON.stringify(seen)}`);
+    assert.equal(readCheckpoint().removingBefore, 0, 'lifted once the pass is done');
+    await store.close();
+    assert.equal((await verifyStore(dir)).ok, true);
+  });
+
   it('a retention pass while a seal\'s checkpoint is written through the thread pool writes its own after it, never alongside: one writer of the temp file at a time', async () => {
     const dir = tempDir();
     const store = await openStore(dir, { compression: false });
@@ -465,14 +511,15 @@ describe('engine store: topics and retention', () => {
       const segmentsBefore = store.describeTopic('r').channelInfo[0]!.segments;
       let passDone = false;
       const pass = store.applyRetention().then((removed) => ((passDone = true), removed));
-      assert.ok(store.describeTopic('r').channelInfo[0]!.segments < segmentsBefore, 'the pass removed old segments at once');
       await new Promise((resolve) => setImmediate(resolve));
-      assert.equal(passDone, false, 'its checkpoint waits for the seal\'s write');
-      assert.equal(writesWhileHeld, 0, 'and is not written while the seal is writing it');
+      assert.equal(passDone, false, 'its checkpoint (the intent, first) waits for the seal\'s write');
+      assert.equal(store.describeTopic('r').channelInfo[0]!.segments, segmentsBefore, 'and nothing is removed before the intent is written');
+      assert.equal(writesWhileHeld, 0, 'nor is it written while the seal is writing it');
       released = true;
       release!();
-      assert.ok((await pass) >= 1, 'the pass succeeded: its write did not run into the seal\'s (the same temp file)');
-      assert.equal(writesAfter, 1, 'the pass wrote its checkpoint after the seal\'s');
+      assert.ok((await pass) >= 1, 'the pass succeeded: its writes did not run into the seal\'s (the same temp file)');
+      assert.ok(store.describeTopic('r').channelInfo[0]!.segments < segmentsBefore, 'the pass removed old segments');
+      assert.equal(writesAfter, 2, 'the pass wrote its two checkpoints (the intent, then the one without the segments) after the seal\'s');
     } finally {
       nodeFs.rename = realRename;
       nodeFs.renameSync = realRenameSync;

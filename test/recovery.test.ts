@@ -685,7 +685,11 @@ describe('recovery: a removal cut short', () => {
     for (let i = 0; segmentFiles(channel).length < 3; i++) await store.append('t', 0, [{ key: `k${i}`, body: bodyFor('orphan', i, 400) }]);
     await store.close();
     const oldest = segmentFiles(channel)[0]!;
-    fs.unlinkSync(oldest); // the crash came right after the log's unlink
+    // The crash came right after the log's unlink: the removal's intent was written before it.
+    rewriteCheckedJson<{ removingBefore: number }>(path.join(channel, 'checkpoint.json'), (cp) => {
+      cp.removingBefore = Number(path.basename(segmentFiles(channel)[1]!, '.log'));
+    });
+    fs.unlinkSync(oldest);
     const orphans = ['kix', 'oix', 'tix'].map((ext) => path.basename(oldest).replace(/\.log$/, `.${ext}`));
     const report = await verifyStore(dir);
     assert.deepEqual(report.faults, []);

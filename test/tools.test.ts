@@ -99,25 +99,73 @@ describe('tools: verify', () => {
     assert.ok(report.faults.some((f) => f.file === file && /ends at offset/.test(f.what)), JSON.stringify(report.faults));
   });
 
-  // Retention unlinks the oldest segments, then writes the checkpoint; a crash between the two
-  // left verify exiting 1 on a store that open serves whole. A segment missing between others
-  // is still a fault.
-  it('notes listed segments older than every one left (an interrupted retention pass); a missing one between others is a fault', async () => {
-    const dir = tempDir();
-    const store = await openStore(dir, { segmentBytes: 4096 });
-    await store.createTopic('t', { channels: 1 });
-    for (let i = 0; i < 12; i++) await store.append('t', 0, [{ body: bodyFor('ret', i, 1500) + 'y'.repeat(1500) }]);
-    await store.close();
-    const logs = segmentFiles(path.join(dir, 'topics', 't', '0'));
-    assert.ok(logs.length >= 4, `${logs.length} segments`);
-    fs.rmSync(logs[0]!); // as retention does, before its checkpoint
-    const interrupted = await verifyStore(dir);
-    assert.deepEqual(interrupted.faults, []);
-    assert.equal(interrupted.ok, true);
-    assert.ok(interrupted.notes.some((n) => n.includes(`lists segment ${path.basename(logs[0]!)}, older than every segment left`)), JSON.stringify(interrupted.notes));
-    fs.rmSync(logs[2]!);
-    const holed = await verifyStore(dir);
-    assert.deepEqual(holed.faults.map((f) => f.what).filter((w) => /which is missing/.test(w)), [`lists segment ${path.basename(logs[2]!)}, which is missing`]);
+  // Retention writes its intent (removingBefore), unlinks the oldest segments, then writes the
+  // checkpoint without them; a crash in between left verify exiting 1 on a store that open
+  // serves whole. Without the intent, a missing segment is lost data, first or not: verify
+  // exited 0 when a topic without retention lost its first segment (helper-46).
+  describe('listed segments that are missing', () => {
+    const fourSegments = async (): Promise<{ dir: string; logs: string[]; checkpoint: string }> => {
+      const dir = tempDir();
+      const store = await openStore(dir, { segmentBytes: 4096 });
+      await store.createTopic('t', { channels: 1 });
+      for (let i = 0; i < 12; i++) await store.append('t', 0, [{ body: bodyFor('ret', i, 1500) + 'y'.repeat(1500) }]);
+      await store.close();
+      const logs = segmentFiles(path.join(dir, 'topics', 't', '0'));
+      assert.ok(logs.length >= 4, `${logs.length} segments`);
+      return { dir, logs, checkpoint: path.join(dir, 'topics', 't', '0', 'checkpoint.json') };
+    };
+    const base = (log: string): number => Number(path.basename(log, '.log'));
+
+    it('under a removal\'s intent (an interrupted retention pass), the oldest are a note and open serves the rest', async () => {
+      const { dir, logs, checkpoint } = await fourSegments();
+      rewriteCheckedJson<{ removingBefore: number }>(checkpoint, (cp) => {
+        cp.removingBefore = base(logs[1]!);
+      });
+      fs.rmSync(logs[0]!);
+      const report = await verifyStore(dir);
+      assert.deepEqual(report.faults, []);
+      assert.ok(report.notes.some((n) => n.includes(`lists segment ${path.basename(logs[0]!)}, older than every segment left: a retention pass or compaction stopped`)), JSON.stringify(report.notes));
+      const store = await openStore(dir);
+      assert.deepEqual(store.recoveryReport, []);
+      assert.equal(store.channelState('t', 0).logStartOffset, base(logs[1]!));
+      await store.close();
+    });
+
+    it('without one, the first segment gone is lost data: verify fails naming its offsets, open says so, repair reports it and verify then passes', async () => {
+      const { dir, logs } = await fourSegments();
+      fs.rmSync(logs[0]!); // by hand: no removal was under way
+      const report = await verifyStore(dir);
+      assert.equal(report.ok, false);
+      assert.deepEqual(
+        report.faults.map((f) => f.what),
+        [`lists segment ${path.basename(logs[0]!)} (offsets 0..${base(logs[1]!) - 1}), which is missing: no removal was under way, its messages are lost`],
+      );
+      const broken = tempDir();
+      copyFolder(dir, broken);
+      const store = await openStore(broken);
+      assert.deepEqual(
+        store.recoveryReport.map((f) => [path.basename(f.file), f.reason]),
+        [[path.basename(logs[0]!), `missing: checkpoint.json lists it (offsets 0..${base(logs[1]!) - 1}) and no removal was under way; its messages are lost`]],
+      );
+      await store.close();
+      const io = captureIo();
+      assert.equal(await main(['repair', dir], io), 0, io.stderr);
+      assert.ok(io.stdout.includes(`missing ${logs[0]!}: checkpoint.json listed it, offsets 0..${base(logs[1]!) - 1}; it was gone before repair ran, with no removal under way (its messages are lost)`), io.stdout);
+      assert.equal((await verifyStore(dir)).ok, true);
+    });
+
+    it('one missing between others is a fault, whatever the intent', async () => {
+      const { dir, logs, checkpoint } = await fourSegments();
+      rewriteCheckedJson<{ removingBefore: number }>(checkpoint, (cp) => {
+        cp.removingBefore = base(logs[1]!);
+      });
+      fs.rmSync(logs[2]!);
+      const report = await verifyStore(dir);
+      assert.deepEqual(
+        report.faults.map((f) => f.what).filter((w) => /which is missing/.test(w)),
+        [`lists segment ${path.basename(logs[2]!)} (offsets ${base(logs[2]!)}..${base(logs[3]!) - 1}), which is missing: no removal was under way, its messages are lost`],
+      );
+    });
   });
 
   // A clean close writes `segments: []` for a channel never written to (an empty topic, the

@@ -34,6 +34,9 @@ export const repairCommand: Command = {
     for (const c of report.shortened) {
       lines.push(`short ${shownPath(c.file)}: checkpoint.json vouched for ${c.vouchedBytes} bytes, the file holds ${c.fileBytes}: the last ${c.vouchedBytes - c.fileBytes} bytes were lost before repair ran (nothing left to save)`);
     }
+    for (const m of report.missing) {
+      lines.push(`missing ${shownPath(m.file)}: checkpoint.json listed it, offsets ${m.from}..${m.to - 1}; it was gone before repair ran, with no removal under way (its messages are lost)`);
+    }
     for (const d of report.dropped) {
       droppedBytes += d.bytes;
       lines.push(`dropped ${shownPath(d.file)}, ${d.position}, ${d.bytes} bytes: ${d.reason}${d.savedTo ? ` (saved to ${path.basename(d.savedTo)})` : ''}`);

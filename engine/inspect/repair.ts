@@ -113,6 +113,12 @@ export interface RepairReport {
    * save; repair keeps what the file still holds, and says so here.
    */
   shortened: Array<{ file: string; vouchedBytes: number; fileBytes: number }>;
+  /**
+   * Segments checkpoint.json lists whose logs were gone before repair ran, with no removal
+   * under way (a checkpoint of format 3 says): their messages are lost, nothing is left to
+   * save. A channel whose first segments went so starts at the first one left.
+   */
+  missing: Array<{ file: string; from: number; to: number }>;
 }
 
 export async function repairStore(target: string, options: RepairOptions = {}): Promise<RepairReport> {
@@ -133,6 +139,7 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
       patched: [],
       changed: [],
       gaps: [],
+      missing: [],
       channels: layout.channels.length,
       segmentsBefore: 0,
       segmentsAfter: 0,
@@ -183,6 +190,11 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
       for (const segment of channel.segments) {
         const listed = checkpoint?.segments.find((m) => m.baseOffset === segment.baseOffset);
         if (listed && segment.fileBytes < listed.bytes) report.shortened.push({ file: segment.file, vouchedBytes: listed.bytes, fileBytes: segment.fileBytes });
+      }
+      const present = new Set(channel.segments.map((s) => s.baseOffset));
+      for (const meta of checkpoint?.segments ?? []) {
+        if (present.has(meta.baseOffset) || checkpoint!.removingBefore === null || meta.nextOffset <= checkpoint!.removingBefore) continue;
+        report.missing.push({ file: path.join(channel.dir, segmentFileName(meta.baseOffset, 'log')), from: meta.baseOffset, to: meta.nextOffset });
       }
       const producers = checkpoint?.producers ?? [];
       plans.push(planChannel(channel, results, path.join(channel.dir, stagingDirName), producers));
@@ -337,7 +349,7 @@ function commitChannel(plan: ChannelPlan, rewriteOf: Map<string, RewriteResult>,
     if (finals[k + 1]!.baseOffset < finals[k]!.nextOffset) throw new Error(`repair: ${dir}: planned segments overlap at ${finals[k + 1]!.baseOffset}`);
     finals[k]!.nextOffset = finals[k + 1]!.baseOffset;
   }
-  writeCheckpoint(dir, { clean: true, segments: finals.filter((m) => m.bytes > 0), producers: plan.producers });
+  writeCheckpoint(dir, { clean: true, removingBefore: 0, segments: finals.filter((m) => m.bytes > 0), producers: plan.producers });
   report.checkpointsWritten++;
   fs.rmSync(path.join(dir, stagingDirName), { recursive: true, force: true });
   report.segmentsAfter += finals.length;

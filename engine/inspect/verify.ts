@@ -188,14 +188,22 @@ function checkChannel(channel: ChannelRef, cp: CheckpointState, byFile: Map<stri
     }
   } else {
     const present = new Set(segments.map((s) => s.baseOffset));
-    // Retention deletes the oldest segments, then writes the checkpoint: a crash between the
-    // two leaves listed segments older than every one present. Open drops them; not a fault.
-    const oldestPresent = segments.length > 0 ? Math.min(...present) : -1;
+    // Retention and compaction write their intent (removingBefore), delete the oldest
+    // segments, then write the checkpoint without them: a crash between leaves listed segments
+    // under the intent missing. Open drops them; not a fault. Missing otherwise, they are lost.
+    const oldestPresent = segments.length > 0 ? Math.min(...present) : Infinity;
+    const { removingBefore } = cp.checkpoint;
     for (const meta of cp.checkpoint.segments) {
       if (present.has(meta.baseOffset)) continue;
       const name = segmentFileName(meta.baseOffset, 'log');
-      if (meta.baseOffset < oldestPresent) report.notes.push(`${cpFile}: lists segment ${name}, older than every segment left: a retention pass stopped before its checkpoint (open drops it)`);
-      else report.faults.push({ file: cpFile, position: null, what: `lists segment ${name}, which is missing` });
+      const offsets = meta.nextOffset > meta.baseOffset ? `offsets ${meta.baseOffset}..${meta.nextOffset - 1}` : 'no offsets';
+      if (meta.baseOffset < oldestPresent && removingBefore !== null && meta.nextOffset <= removingBefore) {
+        report.notes.push(`${cpFile}: lists segment ${name}, older than every segment left: a retention pass or compaction stopped before its checkpoint (open drops it)`);
+      } else if (meta.baseOffset < oldestPresent && removingBefore === null) {
+        report.notes.push(`${cpFile}: lists segment ${name}, older than every segment left: a retention pass stopped before its checkpoint, or the file was removed (a checkpoint of format 1 or 2 cannot tell; open drops it)`);
+      } else {
+        report.faults.push({ file: cpFile, position: null, what: `lists segment ${name} (${offsets}), which is missing: no removal was under way, its messages are lost` });
+      }
     }
   }
 

@@ -126,6 +126,10 @@ export class ChannelLog {
   private leftovers: string[] = [];
   /** A checkpoint write failed where nothing had to fail with it (after retention, at open): the next pass writes it. */
   private checkpointOwed = false;
+  /** The intent of the removal under way (checkpoint `removingBefore`), 0 when none. */
+  private removingBefore = 0;
+  /** Removals (retention, compaction) run one at a time: each writes its intent, then removes. */
+  private removals: Promise<unknown> = Promise.resolve();
   /**
    * The checkpoint on disk is a clean close's and this open found everything as it left it:
    * none was written at open. Until the next checkpoint write it still says clean, with the
@@ -240,6 +244,20 @@ export class ChannelLog {
       .sort((a, b) => a - b);
     removeOrphanIndexFiles(this.dir, names, new Set(bases));
     this.producers.load(checkpoint?.producers ?? []);
+    // A listed segment whose log is gone, with no removal under way (a checkpoint of format 3
+    // says): its messages were lost by something other than the broker. Said, as recovery
+    // says bytes it drops; the channel goes on with what is left.
+    const found = new Set(bases);
+    for (const meta of checkpoint?.segments ?? []) {
+      if (found.has(meta.baseOffset) || checkpoint!.removingBefore === null || meta.nextOffset <= checkpoint!.removingBefore) continue;
+      report.push({
+        file: path.join(this.dir, segmentFileName(meta.baseOffset, 'log')),
+        position: 0,
+        bytesDropped: meta.bytes,
+        kind: 'corrupt',
+        reason: `missing: checkpoint.json lists it (offsets ${meta.baseOffset}..${meta.nextOffset - 1}) and no removal was under way; its messages are lost`,
+      });
+    }
 
     let everyTrusted = true;
     for (let i = 0; i < bases.length; i++) {
@@ -338,7 +356,7 @@ export class ChannelLog {
 
   private checkpoint(clean: boolean): Checkpoint {
     const segments = this.segments.filter((s) => s.sealed).map((s) => s.meta());
-    return { clean, segments, producers: this.producers.entries(segments.at(-1)?.nextOffset ?? 0) };
+    return { clean, removingBefore: this.removingBefore, segments, producers: this.producers.entries(segments.at(-1)?.nextOffset ?? 0) };
   }
 
   /**
@@ -820,54 +838,88 @@ export class ChannelLog {
 
   /**
    * Deletes whole sealed segments past the age or size bound, and the active segment too when
-   * every record in it is past the age bound (removeExpiredActive). The files go at once;
-   * resolves with how many once the checkpoint that no longer lists them is written
-   * (checkpointInTurn, holding a slot of `slots` when given). Rejects as removeOldestWhile
-   * throws, or when that checkpoint cannot be written (it stays owed).
+   * every record in it is past the age bound (removeExpiredActive). Resolves with how many
+   * once the checkpoint that no longer lists them is written (removeThenCheckpoint, holding a
+   * slot of `slots` when given). Rejects as removeOldestWhile throws, or when a checkpoint
+   * cannot be written (it stays owed).
    */
   async applyRetention(now: number, slots?: IoSlots): Promise<number> {
     if (this.closed) return 0; // close() writes the files from then on (see deleteSegmentsBefore)
     const { retentionMs, retentionBytes } = this.options;
     const expired = (segment: Segment): boolean => retentionMs > 0 && segment.maxTimestamp >= 0 && segment.maxTimestamp < now - retentionMs;
-    let total = this.totalBytes;
+    // Where retention cuts the log: the oldest sealed segments while past either bound, then
+    // the active one when it is the last left and expired.
+    const cut = (): number => {
+      let total = this.totalBytes;
+      let below = this.logStartOffset;
+      for (const segment of this.segments) {
+        if (segment === this.active) return this.activeRemovable(expired) ? segment.nextOffset : below;
+        const tooBig = retentionBytes > 0 && total > retentionBytes;
+        total -= segment.size;
+        if (!segment.sealed || !(expired(segment) || tooBig)) break;
+        below = segment.nextOffset;
+      }
+      return below;
+    };
     return this.removeThenCheckpoint(
-      () =>
-        this.removeOldestWhile((oldest) => {
-          const tooBig = retentionBytes > 0 && total > retentionBytes;
-          total -= oldest.size;
-          return expired(oldest) || tooBig;
-        }) + this.removeExpiredActive(expired),
+      cut,
+      (below) => this.removeOldestWhile((oldest) => oldest.nextOffset <= below) + this.removeExpiredActive((active) => expired(active) && active.nextOffset <= below),
       slots,
     );
   }
 
   /**
-   * Runs `remove` (synchronous: it unlinks logs and says how many segments went), then unlinks
-   * the index files they left and writes the checkpoint left owed, even when `remove` threw
-   * part-way; rejects with the first failure.
+   * One removal at a time, in three durable steps: a checkpoint saying `removingBefore` (the
+   * offset `cut` gives: segments wholly below it may go), then `remove(below)` (synchronous:
+   * it unlinks logs, never past `below`, and says how many segments went) and the index files
+   * they left, then the checkpoint that no longer lists them, with `removingBefore` 0. A crash
+   * between leaves listed segments missing under a written intent: open and verify tell that
+   * from data lost otherwise (a log removed by hand), which they report. The checkpoint is
+   * written after `remove` even when it threw part-way; rejects with the first failure, and
+   * removes nothing when the intent cannot be written. With nothing to cut, writes only a
+   * checkpoint owed by an earlier failure.
    */
-  private async removeThenCheckpoint(remove: () => number, slots?: IoSlots): Promise<number> {
-    let removed = 0;
-    let failure: unknown = null;
-    try {
-      removed = remove();
-    } catch (err) {
-      failure = err;
-    }
-    try {
-      await this.removeLeftovers();
-    } catch (err) {
-      failure ??= err;
-    }
-    if (this.checkpointOwed) {
+  private removeThenCheckpoint(cut: () => number, remove: (below: number) => number, slots?: IoSlots): Promise<number> {
+    const run = async (): Promise<number> => {
+      let removed = 0;
+      let failure: unknown = null;
+      const below = this.closed ? 0 : cut();
+      if (below > this.logStartOffset) {
+        this.removingBefore = below;
+        try {
+          const written = this.checkpointInTurn(slots, true);
+          // Its turn in `sealing` ends a few microtasks after the write: until then the active
+          // segment would not count as removable. That turn, not a later seal's (under a steady
+          // roll there is always another).
+          const turn = this.sealing;
+          await written;
+          await turn;
+          // Closed meanwhile: close writes the checkpoint; nothing is removed.
+          if (!this.closed) removed = remove(below);
+        } catch (err) {
+          failure = err;
+        }
+        this.removingBefore = 0;
+        this.checkpointOwed = true; // the intent is lifted whether or not anything went
+      }
       try {
-        await this.checkpointInTurn(slots);
+        await this.removeLeftovers();
       } catch (err) {
         failure ??= err;
       }
-    }
-    if (failure) throw failure;
-    return removed;
+      if (this.checkpointOwed) {
+        try {
+          await this.checkpointInTurn(slots);
+        } catch (err) {
+          failure ??= err;
+        }
+      }
+      if (failure) throw failure;
+      return removed;
+    };
+    const done = this.removals.then(run, run);
+    this.removals = done.catch(noop);
+    return done;
   }
 
   /**
@@ -877,11 +929,11 @@ export class ChannelLog {
    * removal held the event loop 3–7 ms: its fdatasync waited on the journal commit that frees
    * the removed segment. Nothing is written once the channel is closed (close writes it).
    * Rejects when the write fails; the checkpoint stays owed (the next pass, roll or close
-   * writes it) and the channel goes on.
+   * writes it) and the channel goes on. `always`: written even when not owed (an intent).
    */
-  private checkpointInTurn(slots?: IoSlots): Promise<void> {
+  private checkpointInTurn(slots?: IoSlots, always = false): Promise<void> {
     const write = async (): Promise<void> => {
-      if (!this.checkpointOwed || this.closed) return;
+      if (!(this.checkpointOwed || always) || this.closed) return;
       if (!slots) return this.saveCheckpointAsync(false);
       const release = await slots.acquire();
       try {
@@ -907,9 +959,8 @@ export class ChannelLog {
    * A failed channel is left alone. Returns 1 when it went, else 0.
    */
   private removeExpiredActive(expired: (segment: Segment) => boolean): number {
+    if (!this.activeRemovable(expired)) return 0;
     const old = this.active;
-    if (this.segments.length > 1 || old.size === 0 || !expired(old)) return 0;
-    if (this.queue.length > 0 || this.flushing || this.syncing || this.sealing || this.failure || this.closed) return 0;
     const next = Segment.create(this.dir, old.nextOffset, this.dsync); // throws: nothing changed
     let left: string[];
     try {
@@ -935,6 +986,13 @@ export class ChannelLog {
     this.leftovers.push(...left);
     this.checkpointOwed = true; // the caller writes it (removeThenCheckpoint)
     return 1;
+  }
+
+  /** removeExpiredActive's condition: the active segment is the last left, expired, and nothing is in flight. */
+  private activeRemovable(expired: (segment: Segment) => boolean): boolean {
+    const old = this.active;
+    if (this.segments.length > 1 || old.size === 0 || !expired(old)) return false;
+    return !(this.queue.length > 0 || this.flushing || this.syncing || this.sealing || this.failure || this.closed);
   }
 
   /**
@@ -1009,7 +1067,15 @@ export class ChannelLog {
     // the middle of it (same temp file) failed the close and left a checkpoint listing
     // segments that were gone.
     if (this.closed) throw new WaymarkError('STORE_CLOSED');
-    return this.removeThenCheckpoint(() => this.removeOldestWhile((oldest) => oldest.nextOffset <= offset));
+    const cut = (): number => {
+      let below = this.logStartOffset;
+      for (const segment of this.segments) {
+        if (segment === this.active || !segment.sealed || segment.nextOffset > offset) break;
+        below = segment.nextOffset;
+      }
+      return below;
+    };
+    return this.removeThenCheckpoint(cut, (below) => this.removeOldestWhile((oldest) => oldest.nextOffset <= below));
   }
 
   /**

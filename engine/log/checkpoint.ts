@@ -1,10 +1,15 @@
 /**
  * The channel checkpoint (checkpoint.json): what recovery may trust without reading.
  *
- *   { "version": 2, "clean": bool, "segments": [SegmentMeta…], "producers": [[id, firstSeq, lastSeq, baseOffset, count]…], "checksum": "…" }
+ *   { "version": 3, "clean": bool, "removingBefore": offset, "segments": [SegmentMeta…], "producers": [[id, firstSeq, lastSeq, baseOffset, count]…], "checksum": "…" }
  *
  * The checksum (checked-json.ts) makes a damaged file untrusted as a whole: a full scan, which
- * re-learns the producers too. Version 1 (no checksum) is still read.
+ * re-learns the producers too. Versions 1 (no checksum) and 2 (no removingBefore) are still read.
+ *
+ * `removingBefore` is the intent of a removal (retention, compaction): written, before the
+ * first file goes, as the offset below which listed segments may be missing; 0 in every
+ * other checkpoint. A listed segment missing without it is data lost by something other than
+ * the broker, which verify and open say (before version 3 the two could not be told apart).
  *
  * Written atomically (temp file, fdatasync, rename, fsync of the folder) once a rolled
  * segment is sealed (its index files written, in the background), after retention, at open
@@ -25,12 +30,14 @@ import { writeFileSynced } from './index-file';
 import type { SegmentMeta } from './segment';
 
 export const checkpointFile = 'checkpoint.json';
-const checkpointVersion = 2;
+const checkpointVersion = 3;
 
 export type ProducerEntry = [producerId: number, firstSeq: number, lastSeq: number, baseOffset: number, count: number];
 
 export interface Checkpoint {
   clean: boolean;
+  /** Listed segments wholly below it may be missing (a removal was under way); 0: none may; null: a file of version 1 or 2, which cannot say. */
+  removingBefore: number | null;
   segments: SegmentMeta[];
   producers: ProducerEntry[];
 }
@@ -58,12 +65,13 @@ export function inspectCheckpoint(dir: string): { checkpoint: Checkpoint; proble
   } catch (err) {
     return untrusted((err as Error).message);
   }
-  const { version, clean, segments, producers = [] } = parsed.fields;
-  if (version !== 1 && version !== checkpointVersion) return untrusted(`version ${JSON.stringify(version)} is not one this build reads (1, ${checkpointVersion})`);
-  if (version === checkpointVersion && !parsed.checked) return untrusted('no checksum');
+  const { version, clean, segments, producers = [], removingBefore } = parsed.fields;
+  if (version !== 1 && version !== 2 && version !== checkpointVersion) return untrusted(`version ${JSON.stringify(version)} is not one this build reads (1, 2, ${checkpointVersion})`);
+  if (version !== 1 && !parsed.checked) return untrusted('no checksum');
+  if (version === checkpointVersion && !count(removingBefore)) return untrusted('removingBefore is not an offset');
   if (!Array.isArray(segments) || !segments.every(isSegmentMeta)) return untrusted('a segment entry is not what open expects');
   if (!Array.isArray(producers) || !producers.every(isProducerEntry)) return untrusted('a producer entry is not what open expects');
-  return { checkpoint: { clean: clean === true, segments, producers }, problem: null };
+  return { checkpoint: { clean: clean === true, removingBefore: version === checkpointVersion ? (removingBefore as number) : null, segments, producers }, problem: null };
 }
 
 /** Non-negative safe integers in the right relations; anything else makes the checkpoint untrusted (a full scan). */
@@ -108,7 +116,8 @@ export function writeCheckpointAsync(dir: string, checkpoint: Checkpoint): Promi
 }
 
 function checkpointText(checkpoint: Checkpoint): string {
-  return checkedJsonText({ version: checkpointVersion, clean: checkpoint.clean, segments: checkpoint.segments, producers: checkpoint.producers });
+  const { clean, segments, producers } = checkpoint;
+  return checkedJsonText({ version: checkpointVersion, clean, removingBefore: checkpoint.removingBefore ?? 0, segments, producers });
 }
 
 /** writeFileAtomic through the thread pool: the same steps, in the same order. */
