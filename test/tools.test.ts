@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { openStore } from '../engine/index';
 import { dumpPath, repairStore, verifyStore, type DumpItem } from '../engine/inspect/index';
 import { main } from '../tools/cli';
+import { recoveryLine } from '../tools/serve';
 import { bodyFor, copyFolder, flipByte, logEnd, removeTempDirs, rejection, rewriteCheckedJson, segmentFiles, tempDir, truncateTail } from './helpers';
 import { endMarkBytes } from '../engine/log/segment-scanner';
 import { batchCount, batchesOf, captureIo, channelDir, logsOf, makeStore, readEverything, recordsPerBatch } from './tools-helpers';
@@ -616,5 +617,30 @@ describe('tools: the waymark command', () => {
     } finally {
       await store.close();
     }
+  });
+});
+
+describe('serve: start-up lines for what open found', () => {
+  it('say what was found, and bytes dropped only when some were (a topic left closed said "recovered … 0 bytes dropped")', () => {
+    assert.equal(
+      recoveryLine({ file: '/d/topics/t/topic.json', position: 0, bytesDropped: 0, kind: 'corrupt', reason: 'topic t not opened: bad JSON' }),
+      'waymark: open found damage in /d/topics/t/topic.json: topic t not opened: bad JSON',
+    );
+    assert.equal(
+      recoveryLine({ file: '/d/topics/t/0/00000000000000000000.log', position: 4096, bytesDropped: 3, kind: 'torn', reason: 'short batch' }),
+      'waymark: open found a tail cut short (a crash) in /d/topics/t/0/00000000000000000000.log: short batch; 3 bytes dropped at byte 4096',
+    );
+    assert.equal(
+      recoveryLine({ file: 'x.log', position: 10, bytesDropped: 200, kind: 'corrupt', reason: 'checksum mismatch', savedTo: 'x.log.dropped-1' }),
+      'waymark: open found damage in x.log: checksum mismatch; 200 bytes dropped at byte 10, saved to x.log.dropped-1',
+    );
+  });
+});
+
+describe('consume --from: an offset past 2^53 - 1', () => {
+  it('is refused (exit 2) instead of being rounded to another offset, before connecting', async () => {
+    const io = captureIo();
+    assert.equal(await main(['consume', '--topic', 't', '--group', 'g', '--from', '99999999999999999999', '--url', 'ws://127.0.0.1:1/v1/ws'], io), 2);
+    assert.equal(io.stderr, `waymark: consume: --from 99999999999999999999: an offset is at most ${Number.MAX_SAFE_INTEGER}\n`);
   });
 });

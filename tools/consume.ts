@@ -32,8 +32,12 @@ export const consumeCommand: Command = {
     const channel = args.flags.channel as number | undefined;
     let start: StartAt;
     if (from === 'committed' || from === 'earliest' || from === 'latest') start = from;
-    else if (/^\d+$/.test(from)) start = { offsets: {} };
-    else throw new UsageError(`--from must be committed, earliest, latest or an offset, not ${JSON.stringify(from)}`);
+    else if (/^\d+$/.test(from)) {
+      // Past 2^53 - 1 a number is rounded (99999999999999999999 read as 100000000000000000000):
+      // refused rather than read as another offset. No channel holds one so high.
+      if (!Number.isSafeInteger(Number(from))) throw new UsageError(`--from ${from}: an offset is at most ${Number.MAX_SAFE_INTEGER}`);
+      start = { offsets: {} };
+    } else throw new UsageError(`--from must be committed, earliest, latest or an offset, not ${JSON.stringify(from)}`);
     const client = await connectForCommand(args.flags.url);
     try {
       const channels = channel !== undefined ? [channel] : undefined;

@@ -1,7 +1,7 @@
 /** `waymark serve`: runs the broker (npm start runs this with the defaults). */
 import * as fs from 'node:fs';
 import { startServer, serverDefaults } from '../server/index';
-import type { StoreProgress, SyncMode } from '../engine/index';
+import type { RecoveryFinding, StoreProgress, SyncMode } from '../engine/index';
 import { UsageError } from './args';
 import type { Command } from './command';
 
@@ -32,7 +32,7 @@ export const serveCommand: Command = {
       host,
       data,
       sync,
-      onRecovery: (f) => io.err(`waymark: recovered ${f.file}: ${f.kind} at byte ${f.position}, ${f.bytesDropped} bytes dropped (${f.reason})${f.savedTo ? `; saved to ${f.savedTo}` : ''}\n`),
+      onRecovery: (f) => io.err(`${recoveryLine(f)}\n`),
       onFault: (f) => io.err(`waymark: ${f.message}\n`),
       onProgress: progressLine((line) => io.err(`waymark: ${line}\n`)),
     });
@@ -88,6 +88,17 @@ function progressLine(say: (line: string) => void): (p: StoreProgress) => void {
     const what = p.phase === 'open' ? `opening the store: ${p.done} of ${p.total} topics` : `closing the store: ${p.done} of ${p.total} channels`;
     say(finished ? `${what}, done in ${((now - started) / 1000).toFixed(1)} s` : what);
   };
+}
+
+/**
+ * One start-up line per recovery finding. "recovered … 0 bytes dropped" was said of a topic
+ * left closed and of a lost segment alike: the line now says what open found and, only when
+ * bytes were dropped, how many and where.
+ */
+export function recoveryLine(f: RecoveryFinding): string {
+  const what = f.kind === 'torn' ? 'a tail cut short (a crash)' : f.kind === 'patched' ? 'a header field outside the checksum rewritten' : 'damage';
+  const dropped = f.bytesDropped > 0 ? `; ${f.bytesDropped} bytes dropped at byte ${f.position}${f.savedTo ? `, saved to ${f.savedTo}` : ''}` : '';
+  return `waymark: open found ${what} in ${f.file}: ${f.reason}${dropped}`;
 }
 
 function envInteger(name: string, value: string | undefined): number | undefined {

@@ -253,7 +253,7 @@ export class ChannelLog {
       report.push({
         file: path.join(this.dir, segmentFileName(meta.baseOffset, 'log')),
         position: 0,
-        bytesDropped: meta.bytes,
+        bytesDropped: 0, // nothing dropped here: they were gone before
         kind: 'corrupt',
         reason: `missing: checkpoint.json lists it (offsets ${meta.baseOffset}..${meta.nextOffset - 1}) and no removal was under way; its messages are lost`,
       });
