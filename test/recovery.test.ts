@@ -753,7 +753,7 @@ describe('recovery: stale index files (an older file brought back by a power cut
       const size = logEnd(path.join(channelDir(dir), first)); // the batches: the end mark after them is not log
       assert.deepEqual(
         faults.map((f) => [path.basename(f.file), f.what]).sort(),
-        ['kix', 'oix', 'tix'].map((ext) => [first.replace(/\.log$/, `.${ext}`), `built for ${builtFor(files, ext)} bytes of log, the segment has ${size}: stale (an older file) (open rebuilds it from the log)`]),
+        ['kix', 'oix', 'tix'].map((ext) => [first.replace(/\.log$/, `.${ext}`), `built for ${builtFor(files, ext)} bytes of log, the segment has ${size}: stale (an older file) (rebuilt from the log when the broker first needs it; or by repair)`]),
       );
       await lookupsFindEvery(dir, total);
       assert.deepEqual((await verifyStore(dir)).faults, [], 'rebuilt: verify passes');

@@ -3,11 +3,12 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openStore } from '../engine/index';
-import { dumpPath, repairStore, verifyStore, type DumpItem } from '../engine/inspect/index';
+import { dumpPath, ProgressLine, repairStore, verifyStore, type DumpItem, type ProgressState } from '../engine/inspect/index';
 import { main } from '../tools/cli';
 import { recoveryLine } from '../tools/serve';
-import { bodyFor, copyFolder, flipByte, logEnd, removeTempDirs, rejection, rewriteCheckedJson, segmentFiles, tempDir, truncateTail } from './helpers';
+import { batchLayout, bodyFor, copyFolder, flipByte, logEnd, removeTempDirs, rejection, rewriteCheckedJson, segmentFiles, tempDir, truncateTail } from './helpers';
 import { endMarkBytes } from '../engine/log/segment-scanner';
+import { BatchOffset } from '../engine/format/index';
 import { batchCount, batchesOf, captureIo, channelDir, logsOf, makeStore, readEverything, recordsPerBatch } from './tools-helpers';
 
 after(removeTempDirs);
@@ -89,6 +90,39 @@ describe('tools: verify', () => {
       );
     });
   }
+
+  it('a broker time flipped forward names its own batch (ahead of both neighbours); flipped back, its own too', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir);
+    await store.createTopic('t', { channels: 1 });
+    const realNow = Date.now;
+    const base = realNow();
+    try {
+      for (let b = 0; b < 5; b++) {
+        Date.now = () => base + b * 1000;
+        await store.append('t', 0, [{ body: `b${b}` }]);
+      }
+    } finally {
+      Date.now = realNow;
+    }
+    await store.close();
+    const log = segmentFiles(path.join(dir, 'topics', 't', '0'))[0]!;
+    const starts = batchLayout(fs.readFileSync(log)).starts;
+    const setTime = (batch: number, time: number): void => {
+      const fd = fs.openSync(log, 'r+');
+      const field = Buffer.alloc(8);
+      field.writeBigUInt64LE(BigInt(time));
+      fs.writeSync(fd, field, 0, 8, starts[batch]! + BatchOffset.brokerTimestamp);
+      fs.closeSync(fd);
+    };
+    const timeFaults = async (): Promise<Array<[number | null, string]>> =>
+      (await verifyStore(dir)).faults.filter((f) => f.file === log && /broker time/.test(f.what)).map((f) => [f.position, f.what]);
+
+    setTime(2, base + 9_000_000); // forward: batch 3 seemed to go back
+    assert.deepEqual(await timeFaults(), [[starts[2]!, `broker time ${base + 9_000_000} is ahead of the batches on either side (${base + 1000} before it, ${base + 3000} after it)`]]);
+    setTime(2, base - 9_000_000); // back
+    assert.deepEqual(await timeFaults(), [[starts[2]!, `broker time ${base - 9_000_000} goes back (the batch before has ${base + 1000})`]]);
+  });
 
   it('a checkpoint that lies about a sealed segment is a fault', async () => {
     const dir = await freshStore();
@@ -642,5 +676,34 @@ describe('consume --from: an offset past 2^53 - 1', () => {
     const io = captureIo();
     assert.equal(await main(['consume', '--topic', 't', '--group', 'g', '--from', '99999999999999999999', '--url', 'ws://127.0.0.1:1/v1/ws'], io), 2);
     assert.equal(io.stderr, `waymark: consume: --from 99999999999999999999: an offset is at most ${Number.MAX_SAFE_INTEGER}\n`);
+  });
+});
+
+describe('verify and repair progress', () => {
+  const state = (done: number): ProgressState => ({ phase: 'verify', segmentsDone: done, segmentsTotal: 10, bytesDone: done * 1024, bytesTotal: 10 * 1024 });
+
+  it('to a pipe or file: nothing for a short run, then a plain line every 10 s', () => {
+    let clock = 1_000_000;
+    const written: string[] = [];
+    const progress = new ProgressLine({ isTTY: false, write: (t) => written.push(t) }, () => clock);
+    for (const [at, done] of [[5_000, 1], [9_999, 2], [10_000, 3], [15_000, 4], [20_000, 5], [31_000, 6]] as const) {
+      clock = 1_000_000 + at;
+      progress.update(state(done));
+    }
+    progress.finish();
+    assert.deepEqual(written, ['verify: 3/10 segments, 3.0 KiB / 10.0 KiB (10 s)\n', 'verify: 5/10 segments, 5.0 KiB / 10.0 KiB (20 s)\n', 'verify: 6/10 segments, 6.0 KiB / 10.0 KiB (31 s)\n']);
+  });
+
+  it('on a terminal: one line redrawn in place, cleared at the end', () => {
+    let clock = 0;
+    const written: string[] = [];
+    const progress = new ProgressLine({ isTTY: true, write: (t) => written.push(t) }, () => clock);
+    progress.update(state(1));
+    clock = 50;
+    progress.update(state(2)); // too soon
+    clock = 200;
+    progress.update(state(10));
+    progress.finish();
+    assert.deepEqual(written, ['\r\x1b[2Kverify: 1/10 segments, 1.0 KiB / 10.0 KiB', '\r\x1b[2Kverify: 10/10 segments, 10.0 KiB / 10.0 KiB', '\r\x1b[2K']);
   });
 });

@@ -18,7 +18,8 @@ export const repairCommand: Command = {
       'Every dropped byte range is copied to <segment>.dropped-<position> first. A segment with a damaged batch in\n' +
       'the middle is rewritten without it, split where its offsets now jump; the offsets of a dropped batch hold\n' +
       'no message afterwards. A wrong offset or broker time in a batch header (outside the checksum) is written\n' +
-      'back from its neighbours rather than dropped. Exit status: 0 when repaired, 1 when something could not be.',
+      'back from its neighbours rather than dropped. Exit status: 0 when repaired, 1 when something could not be.\n' +
+      'Progress goes to stderr: redrawn in place on a terminal, else a line every 10 s once the run has taken 10 s.',
   },
   async run(args, io) {
     const progress = new ProgressLine({ isTTY: io.errIsTTY, write: (text) => io.err(text) });

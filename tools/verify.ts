@@ -22,7 +22,8 @@ export const verifyCommand: Command = {
       '(one summary line), 1 when anything is wrong (one line per fault: file, position, what; position - =\n' +
       'the whole file). A torn tail on an active segment is a fault: open would truncate it. Takes no lock:\n' +
       'on a folder a broker is writing, the active segments may change while they are read (a note says\n' +
-      'when a live process holds the folder).',
+      'when a live process holds the folder). Progress goes to stderr: redrawn in place on a terminal, else a\n' +
+      'line every 10 s once the run has taken 10 s.',
   },
   async run(args, io) {
     const progress = new ProgressLine({ isTTY: io.errIsTTY, write: (text) => io.err(text) });

@@ -11,6 +11,8 @@ export const inspectLimits = {
   faultsPerFileMax: 10,
   /** Progress on a terminal is redrawn at most this often (the last update of a phase always is). */
   progressRedrawMsMin: 100,
+  /** Off a terminal: a plain progress line this often, the first after as long. */
+  progressPlainLineMs: 10_000,
   /** CLI output is written in chunks of about this size (one write per record line would be one syscall each). */
   outputChunkBytes: 64 * 1024,
 } as const;

@@ -1,6 +1,7 @@
 /**
- * Progress of verify and repair on stderr: one line redrawn in place, and only when the
- * stream is a terminal (a pipe or a file gets nothing, so logs stay clean).
+ * Progress of verify and repair on stderr: on a terminal, one line redrawn in place; to a pipe
+ * or a file (a cron job's log, CI), a plain line every 10 s once the work has run 10 s, so a
+ * long run says it is alive and how far it got while a short one writes nothing.
  */
 import { inspectLimits } from './limits';
 
@@ -19,6 +20,7 @@ export interface ProgressStream {
 }
 
 const redrawMsMin = inspectLimits.progressRedrawMsMin;
+const plainLineMs = inspectLimits.progressPlainLineMs;
 
 export function formatBytes(bytes: number): string {
   if (bytes < 1024) return `${bytes} B`;
@@ -28,23 +30,34 @@ export function formatBytes(bytes: number): string {
 }
 
 export class ProgressLine {
-  private lastDrawMs = 0;
+  private lastDrawMs = -Infinity;
   private drawn = false;
-  private readonly enabled: boolean;
+  private readonly terminal: boolean;
+  private readonly startedMs: number;
 
-  constructor(private readonly stream: ProgressStream) {
-    this.enabled = stream.isTTY === true;
+  constructor(
+    private readonly stream: ProgressStream,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.terminal = stream.isTTY === true;
+    this.startedMs = now();
+    if (!this.terminal) this.lastDrawMs = this.startedMs;
   }
 
   /** A callback for the library's `onProgress` option. */
   readonly update = (state: ProgressState): void => {
-    if (!this.enabled) return;
-    const now = Date.now();
+    const now = this.now();
+    const line = (): string => `${state.phase}: ${state.segmentsDone}/${state.segmentsTotal} segments, ${formatBytes(state.bytesDone)} / ${formatBytes(state.bytesTotal)}`;
+    if (!this.terminal) {
+      if (now - this.lastDrawMs < plainLineMs) return;
+      this.lastDrawMs = now;
+      this.stream.write(`${line()} (${Math.round((now - this.startedMs) / 1000)} s)\n`);
+      return;
+    }
     const last = state.segmentsDone === state.segmentsTotal;
     if (!last && now - this.lastDrawMs < redrawMsMin) return;
     this.lastDrawMs = now;
-    const line = `${state.phase}: ${state.segmentsDone}/${state.segmentsTotal} segments, ${formatBytes(state.bytesDone)} / ${formatBytes(state.bytesTotal)}`;
-    this.stream.write(`\r\x1b[2K${line}`);
+    this.stream.write(`\r\x1b[2K${line()}`);
     this.drawn = true;
   };
 

@@ -131,7 +131,7 @@ function readIndex(file: string, faults: Fault[]): Buffer | null {
     return fs.readFileSync(file);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    faults.push({ file, position: null, what: code === 'ENOENT' ? 'missing (open rebuilds it from the log)' : `cannot read: ${(err as Error).message}` });
+    faults.push({ file, position: null, what: code === 'ENOENT' ? 'missing (rebuilt from the log when the broker first needs it: a read, time search or lookup in this segment; or by repair)' : `cannot read: ${(err as Error).message}` });
     return null;
   }
 }
@@ -143,7 +143,7 @@ function engineCheck(file: string, faults: Fault[], check: () => void): boolean 
     return true;
   } catch (err) {
     if (!(err instanceof CorruptIndexError)) throw err;
-    faults.push({ file, position: null, what: `${err.reason} (open rebuilds it from the log)` });
+    faults.push({ file, position: null, what: `${err.reason} (rebuilt from the log when the broker first needs it; or by repair)` });
     return false;
   }
 }
@@ -213,6 +213,8 @@ export function scanSegmentFile(task: ScanTask): ScanResult {
     const order = new FaultCap(task.file, faults);
     let expected: number | null = task.baseOffset;
     let previousTime = -1;
+    let timeBefore = -1; // the broker time of the batch before the previous one
+    let previousPosition = 0;
     for (const event of walkSegment(fd)) {
       if (event.kind === 'damage') {
         const damage: Damage = { position: event.position, bytes: event.bytes, torn: event.torn, toEnd: event.toEnd, reason: event.reason };
@@ -240,12 +242,20 @@ export function scanSegmentFile(task: ScanTask): ScanResult {
         result.whole = false;
       }
       if (h.brokerTimestamp < previousTime) {
-        order.add(event.position, `broker time ${h.brokerTimestamp} goes back (the batch before has ${previousTime})`);
+        // One flipped time field makes the time go back after it when it was flipped forward:
+        // then the batch before is ahead of both neighbours, and it is the one named.
+        if (result.batchCount >= 2 && timeBefore <= h.brokerTimestamp) {
+          order.add(previousPosition, `broker time ${previousTime} is ahead of the batches on either side (${timeBefore} before it, ${h.brokerTimestamp} after it)`);
+        } else {
+          order.add(event.position, `broker time ${h.brokerTimestamp} goes back (the batch before has ${previousTime})`);
+        }
         result.whole = false;
       }
       // Follow the position chain, not the field: one flipped offset is then one fault, not two.
       expected = (expected ?? h.baseOffset) + h.recordCount;
+      timeBefore = previousTime;
       previousTime = h.brokerTimestamp;
+      previousPosition = event.position;
       if (keys && result.whole) {
         for (const record of records) {
           keys.add(xxh32(record.msgId, IndexKind.msgId), event.position, record.offset, h.brokerTimestamp);
