@@ -60,6 +60,8 @@ export const limits = {
   retentionSweepMs: 30_000,
   /** Key index hits confirmed per lookup at most (bounds a lookup of a very hot key). */
   lookupResultCountMax: 1000,
+  /** Damaged batches remembered as said by lookups (StoreFault "damaged"); past it the memory starts again. */
+  damageSaidMax: 10_000,
   /** A topic's owner description, UTF-8 bytes (every topic listing carries it: 7 MiB owners made a listing 22 MB). */
   ownerBytesMax: 1024,
 } as const;

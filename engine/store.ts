@@ -77,9 +77,10 @@ export interface StoreFault {
    * checkpoint: the channel opened but could not write its checkpoint (it serves; the next
    * retention pass, roll or close writes it); failed: a write, sync or roll of the channel
    * failed, and it refuses appends until the store is reopened (reads go on); delete: a
-   * deleted topic's files could not all be removed (the next open removes them).
+   * deleted topic's files could not all be removed (the next open removes them); damaged: a
+   * lookup met a damaged batch and passed over it (said once per batch; verify and repair).
    */
-  kind: 'retention' | 'checkpoint' | 'failed' | 'delete';
+  kind: 'retention' | 'checkpoint' | 'failed' | 'delete' | 'damaged';
   topic: string;
   /** null: the topic as a whole. */
   channel: number | null;
@@ -248,6 +249,8 @@ export class Store {
   private retentionTimer: NodeJS.Timeout | null = null;
   /** Every torn tail and corruption found while opening. */
   readonly recoveryReport: RecoveryFinding[] = [];
+  /** Damaged batches lookups have said (damagedRead), so each is said once. */
+  private readonly damageSaid = new Set<string>();
 
   private constructor(
     readonly dir: string,
@@ -749,11 +752,18 @@ export class Store {
     limit = Math.max(1, Math.min(limit, limits.lookupResultCountMax));
     if (!(maxBytes >= 1)) throw new WaymarkError('INVALID_ARGUMENT', `maxBytes ${maxBytes}: at least 1`);
     const results: StoredMessage[] = [];
+    const damaged: WaymarkError[] = [];
     for (let c = 0; c < t.channels.length; c++) {
-      for (const { record, brokerTimestamp } of await t.channels[c]!.lookup(hash, range, limit, matches, maxBytes)) {
+      const before = damaged.length;
+      for (const { record, brokerTimestamp } of await t.channels[c]!.lookup(hash, range, limit, matches, maxBytes, damaged)) {
         results.push(toMessage(topic, c, record, brokerTimestamp));
       }
+      for (const err of damaged.slice(before)) this.damagedRead(topic, c, err);
     }
+    // Candidates in damaged batches were passed over: the sound ones are the answer. When
+    // none is sound, "none found" could be false (the one sought may be in the damage): the
+    // damage is the answer.
+    if (results.length === 0 && damaged.length > 0) throw damaged[0]!;
     results.sort((a, b) => b.brokerTimestamp - a.brokerTimestamp || b.offset - a.offset);
     // Newest first while they fit the byte bound (the first always).
     let count = 0;
@@ -811,6 +821,15 @@ export class Store {
           ? `topic ${name} channel ${channel} opened, but its checkpoint could not be written: ${cause}; it serves, and the next retention pass, roll or close writes it`
           : `topic ${name} channel ${channel} failed: ${cause}; it refuses appends until the broker restarts (reads go on)`;
     this.fault({ kind, topic: name, channel, code: errorCode(err), message });
+  }
+
+  /** A lookup met a damaged batch: said once per file and position (a bounded memory of them). */
+  private damagedRead(topic: string, channel: number, err: WaymarkError): void {
+    const where = err.message;
+    if (this.damageSaid.has(where)) return;
+    if (this.damageSaid.size >= limits.damageSaidMax) this.damageSaid.clear();
+    this.damageSaid.add(where);
+    this.fault({ kind: 'damaged', topic, channel, code: err.code, message: `a lookup in topic ${topic} channel ${channel} passed over a damaged batch: ${err.message}` });
   }
 
   private fault(fault: StoreFault): void {

@@ -10,7 +10,7 @@ import { TailCache } from '../engine/log/tail-cache';
 import { KeyIndexBuilder } from '../engine/index/key-index';
 import { BatchBuffers } from '../engine/batch-buffers';
 import { loadChecksum, xxh32 } from '../engine/format/checksum';
-import { batchLayout, bodyFor, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
+import { batchLayout, bodyFor, flipByte, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
 import { repairStore, verifyStore } from '../engine/inspect/index';
 
 const variants: Array<{ sync: SyncMode; compression: boolean }> = [];
@@ -1304,5 +1304,35 @@ describe('engine batch buffers (what store.append encodes into)', () => {
     const reopened = await openStore(dir);
     assert.deepEqual(reopened.recoveryReport, [], "reopened with nothing to recover");
     await reopened.close();
+  });
+});
+
+describe('engine store: a lookup that meets a damaged batch', () => {
+  // helper-46: one damaged batch under a key made every lookup of that key fail with
+  // CORRUPT_FILE (HTTP 500), though the other messages under it were sound.
+  it('passes over it: a key lookup answers the sound messages and says the damage once; a msgId in the damage is CORRUPT_FILE, not "none"', async () => {
+    const dir = tempDir();
+    let store = await openStore(dir, { compression: false });
+    await store.createTopic('t', { channels: 1 });
+    const ids: string[] = [];
+    for (let b = 0; b < 3; b++) ids.push(...(await store.append('t', 0, [{ key: 'k', body: `body ${b}` }])).msgIds);
+    await store.close();
+    const log = segmentFiles(path.join(dir, 'topics', 't', '0'))[0]!;
+    const starts = batchLayout(fs.readFileSync(log)).starts;
+    flipByte(log, starts[2]! - 1); // the last byte of the middle batch's body: its checksum fails
+    const faults: Array<{ kind: string; code: string; message: string }> = [];
+    store = await openStore(dir, { onFault: (f) => faults.push(f) });
+    try {
+      for (let i = 0; i < 2; i++) {
+        const found = await store.lookupKey('t', 'k');
+        assert.deepEqual(found.map((m) => m.body.toString()), ['body 2', 'body 0']);
+      }
+      assert.deepEqual(faults.map((f) => [f.kind, f.code]), [['damaged', 'CORRUPT_FILE']], 'said once');
+      assert.match(faults[0]!.message, new RegExp(`passed over a damaged batch: .*${path.basename(log)} at position ${starts[1]}: checksum mismatch`));
+      assert.equal((await store.lookupMsgId('t', ids[0]!))?.body.toString(), 'body 0');
+      assert.equal((await rejection(store.lookupMsgId('t', ids[1]!))).code, 'CORRUPT_FILE', 'the one sought may be in the damage');
+    } finally {
+      await store.close();
+    }
   });
 });

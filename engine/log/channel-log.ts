@@ -791,9 +791,17 @@ export class ChannelLog {
   /**
    * Records whose key hash is `hash` and that `matches`, newest first, up to `limit` records
    * and — past the first — `maxBytes` of bodies: the reads are synchronous, and a hundred
-   * 8 MiB messages under one key held the broker for 24 s.
+   * 8 MiB messages under one key held the broker for 24 s. A candidate in a damaged batch
+   * (CORRUPT_FILE) is passed over and its error pushed to `damaged`.
    */
-  async lookup(hash: number, range: TimeRange, limit: number, matches: (record: StoredRecord) => boolean, maxBytes = Infinity): Promise<Array<{ record: StoredRecord; brokerTimestamp: number }>> {
+  async lookup(
+    hash: number,
+    range: TimeRange,
+    limit: number,
+    matches: (record: StoredRecord) => boolean,
+    maxBytes = Infinity,
+    damaged: WaymarkError[] = [],
+  ): Promise<Array<{ record: StoredRecord; brokerTimestamp: number }>> {
     const found: Array<{ record: StoredRecord; brokerTimestamp: number }> = [];
     let bytes = 0;
     for (let i = this.segments.length - 1; i >= 0 && found.length < limit && bytes < maxBytes; i--) {
@@ -804,7 +812,16 @@ export class ChannelLog {
       const hits: KeyHit[] = segment.keyLookup(hash, range, limits.lookupResultCountMax);
       for (const hit of hits) {
         if (hit.offset >= this.highWatermark || found.length >= limit || bytes >= maxBytes) continue;
-        const at = this.recordAt(segment, hit.position, hit.offset);
+        let at: { record: StoredRecord; brokerTimestamp: number } | null;
+        try {
+          at = this.recordAt(segment, hit.position, hit.offset);
+        } catch (err) {
+          // A damaged batch costs the lookup that candidate, not the whole answer: passed
+          // over and handed to the caller (`damaged`), which says it and decides.
+          if (!(err instanceof WaymarkError && err.code === 'CORRUPT_FILE')) throw err;
+          damaged.push(err);
+          continue;
+        }
         if (at && matches(at.record)) {
           found.push(at);
           bytes += at.record.body.length;
