@@ -1206,6 +1206,37 @@ describe('engine store: deleteSegmentsBefore and settled() under a steady roll',
   });
 });
 
+describe('engine store: seals keep up with rolls', () => {
+  // helper-47: 4 KiB segments under a steady load rolled faster than they were sealed (index
+  // files and a checkpoint each): 11,000 segments in 12 s, 10,600 open files, then EMFILE
+  // failed the channel. A roll now waits while limits.sealsPendingMax seals are behind.
+  it('no more than limits.sealsPendingMax rolled segments wait for their seal, however fast appends roll', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir, { segmentBytes: 4096, compression: false });
+    try {
+      await store.createTopic('t', { channels: 1 });
+      const channel = path.join(dir, 'topics', 't', '0');
+      let most = 0;
+      const writer = async (): Promise<void> => {
+        for (let i = 0; i < 40; i++) {
+          await store.append('t', 0, [{ body: randomBytes(3000) }]); // one segment each
+          const names = fs.readdirSync(channel);
+          const unsealed = names.filter((n) => n.endsWith('.log')).length - 1 - names.filter((n) => n.endsWith('.kix')).length;
+          most = Math.max(most, unsealed);
+        }
+      };
+      await Promise.all(Array.from({ length: 8 }, writer));
+      assert.ok(most <= limits.sealsPendingMax, `${most} segments waited for their seal at once`);
+      await store.settled();
+      const checkpoint = JSON.parse(fs.readFileSync(path.join(channel, 'checkpoint.json'), 'utf8')) as { segments: unknown[] };
+      assert.equal(checkpoint.segments.length, segmentFiles(channel).length - 1, 'once settled, the checkpoint lists every sealed segment');
+    } finally {
+      await store.close();
+    }
+    assert.equal((await verifyStore(dir)).ok, true);
+  });
+});
+
 describe('engine store: a segment deleted under a read', () => {
   it('keeps its file open until the read in flight is done: the read returns the bytes it asked for, never EBADF', async () => {
     const dir = tempDir();

@@ -126,6 +126,8 @@ export class ChannelLog {
   private leftovers: string[] = [];
   /** A checkpoint write failed where nothing had to fail with it (after retention, at open): the next pass writes it. */
   private checkpointOwed = false;
+  /** Rolled segments whose seal (roll) has not finished: at most limits.sealsPendingMax before a roll waits. */
+  private sealsPending = 0;
   /** The intent of the removal under way (checkpoint `removingBefore`), 0 when none. */
   private removingBefore = 0;
   /** Removals (retention, compaction) run one at a time: each writes its intent, then removes. */
@@ -456,7 +458,11 @@ export class ChannelLog {
     let start = 0;
     while (start < group.length) {
       const roll = this.shouldRoll(group[start]!);
-      if (roll) this.roll(roll);
+      if (roll) {
+        // Backpressure: the seals behind must keep up (limits.sealsPendingMax).
+        while (this.sealsPending >= limits.sealsPendingMax && this.sealing) await this.sealing;
+        this.roll(roll);
+      }
       const segment = this.active;
       let end = start;
       let bytes = 0;
@@ -536,15 +542,21 @@ export class ChannelLog {
     const slots = Math.min(Math.max(old.keySlotCount, limits.keyIndexSlotCountMin), limits.keyIndexSlotCount);
     this.segments.push(Segment.create(this.dir, old.nextOffset, this.dsync, why === 'full' ? slots : undefined));
     this.committedSize = 0;
+    this.sealsPending++;
     const sealed: Promise<void> = (this.sealing ?? Promise.resolve())
       .then(async () => {
         await old.sealInBackground();
         // Through the thread pool: written with synchronous calls it held the event loop
         // 0.6-0.95 ms a roll (an fdatasync, a rename, a folder fsync), every client waiting.
-        await this.saveCheckpointAsync(false);
+        // Skipped when another seal is queued behind this one: its checkpoint lists this
+        // segment too (a checkpoint per seal made a backlog of small segments cost more as it
+        // grew). Until then a crash leaves this segment unlisted, which open scans.
+        if (this.sealing === sealed) await this.saveCheckpointAsync(false);
+        else this.checkpointOwed = true; // a retention turn queued behind writes it then
       })
       .catch((err: Error) => this.fail(err, []))
       .finally(() => {
+        this.sealsPending--;
         if (this.sealing === sealed) this.sealing = null;
       });
     this.sealing = sealed;
