@@ -62,6 +62,7 @@ function tryLock(fd: number, dir: string, file: string): void {
     } catch {
       // the pid is a courtesy; the lock is what matters
     }
+    if (holder === 'unknown') holder = String(flockHolder(dir) ?? 'unknown'); // LOCK was removed: the kernel knows
     const who =
       holder === String(process.pid)
         ? `this process (pid ${holder}): it is already open here`
@@ -83,13 +84,39 @@ export function lockHolder(dir: string): number | null {
   try {
     pid = Number(fs.readFileSync(path.join(dir, 'LOCK'), 'utf8').trim());
   } catch {
-    return null;
+    return flockHolder(dir);
   }
-  if (!Number.isSafeInteger(pid) || pid <= 0) return null; // released: the file is emptied
+  if (!Number.isSafeInteger(pid) || pid <= 0) return flockHolder(dir); // released (emptied), or LOCK removed under a holder
   try {
     process.kill(pid, 0);
     return pid;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM' ? pid : null; // EPERM: alive, another user's
   }
+}
+
+/**
+ * The pid holding a flock on `file` (the data folder itself: see lockFolder), from the
+ * kernel's table (/proc/locks, Linux); null when none, or when the table cannot be read.
+ * For messages only: it names a holder whose LOCK file was removed.
+ */
+export function flockHolder(file: string): number | null {
+  let table: string;
+  let stat: fs.BigIntStats;
+  try {
+    table = fs.readFileSync('/proc/locks', 'utf8');
+    stat = fs.statSync(file, { bigint: true });
+  } catch {
+    return null;
+  }
+  // Linux's dev_t: major in bits 8-19 and 32+, minor in bits 0-7 and 20+ (the glibc encoding).
+  const major = Number(((stat.dev >> 8n) & 0xfffn) | ((stat.dev >> 32n) & ~0xfffn));
+  const minor = Number((stat.dev & 0xffn) | ((stat.dev >> 12n) & ~0xffn));
+  for (const line of table.split('\n')) {
+    // "1: FLOCK  ADVISORY  WRITE 4962 fe:00:2146553 0 EOF"; a waiter's line has "->" after the number.
+    const m = /^\d+:\s+FLOCK\s+\S+\s+\S+\s+(\d+)\s+([0-9a-f]+):([0-9a-f]+):(\d+)\s/.exec(line);
+    if (!m) continue;
+    if (BigInt(m[4]!) === stat.ino && parseInt(m[2]!, 16) === major && parseInt(m[3]!, 16) === minor) return Number(m[1]);
+  }
+  return null;
 }

@@ -126,7 +126,7 @@ describe('lock: one process per data folder', () => {
     await again.close();
   });
 
-  it('removing the LOCK file does not free the folder: a second process is still refused while the holder lives', async function () {
+  it('removing the LOCK file does not free the folder: a second process is still refused while the holder lives, and told its pid (as verify is)', async function () {
     this.timeout(60_000);
     const dir = tempDir();
     const holder = spawn(process.execPath, [child, 'hold', dir], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -138,7 +138,9 @@ describe('lock: one process per data folder', () => {
       await exited(tryer);
       assert.equal(answer.code, 'STORE_LOCKED', JSON.stringify(answer));
       assert.ok(answer.message!.includes(path.resolve(dir)), answer.message);
-      assert.ok(answer.message!.includes('the LOCK file that names it was removed'), answer.message);
+      assert.ok(answer.message!.includes(`another process (pid ${holder.pid})`), `the kernel's lock table names the holder: ${answer.message}`);
+      const report = await verifyStore(dir);
+      assert.ok(report.notes.some((n) => n.startsWith(`the store is open by a running process (pid ${holder.pid})`)), JSON.stringify(report.notes));
     } finally {
       holder.kill('SIGKILL');
       await exited(holder);

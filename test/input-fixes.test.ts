@@ -373,6 +373,23 @@ describe('input fixes: waymark produce prints acknowledgements up to the first f
   });
 });
 
+describe('input fixes: waymark produce whose stdout goes away', function () {
+  this.timeout(120_000);
+  const broker = brokerForSuite();
+
+  it('stops reading and exits 1 saying what was sent (it sent on blind and exited 0: helper-47)', async () => {
+    await httpJson(`${broker.http}/v1/topics/piped`, { method: 'PUT', body: '{}' });
+    const producing = new Running(['produce', '--topic', 'piped', '--url', broker.url], true);
+    producing.proc.stdin.write('first\n');
+    await producing.linesPrinted(1);
+    producing.proc.stdout.destroy(); // the reader is gone (`| head -1`)
+    producing.proc.stdin.end('second\n');
+    assert.equal(await producing.exited, 1, producing.stderr);
+    assert.equal(producing.stderr, 'waymark: produce: stdout was closed, so reading stopped: 2 lines were sent and acknowledged, not all of them printed\n');
+    assert.equal(await highWatermark(broker, 'piped'), 2);
+  });
+});
+
 describe('input fixes: waymark produce --raw (stdin as one message, its exact bytes)', function () {
   this.timeout(120_000);
   const broker = new BrokerProcess(tempDir());

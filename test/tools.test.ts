@@ -186,7 +186,10 @@ describe('tools: verify', () => {
       const io = captureIo();
       assert.equal(await main(['repair', dir], io), 0, io.stderr);
       assert.ok(io.stdout.includes(`missing ${logs[0]!}: checkpoint.json listed it, offsets 0..${base(logs[1]!) - 1}; it was gone before repair ran, with no removal under way (its messages are lost)`), io.stdout);
-      assert.equal((await verifyStore(dir)).ok, true);
+      for (const ext of ['kix', 'oix', 'tix']) assert.ok(io.stdout.includes(`removed ${logs[0]!.replace(/log$/, ext)}: an index file without its log`), io.stdout);
+      const after = await verifyStore(dir);
+      assert.equal(after.ok, true);
+      assert.deepEqual(after.notes.filter((n) => n.includes('without their log')), [], 'repair removed the lost segment\'s index files');
     });
 
     it('one missing between others is a fault, whatever the intent', async () => {

@@ -25,7 +25,7 @@ export const produceCommand: Command = {
       url: urlOption,
     },
     details:
-      'Prints channel, offset and msgId of each message once the broker has made it durable. From stdin, lines are sent as they are read (as UTF-8 text, without their line ends); a line the broker would refuse (over 8 MiB, say) stops the run before it is sent: the lines before it are sent and printed, none after it, and the command exits 2 naming the line. When the broker refuses a message (the topic was deleted, say), printing stops there: the lines printed are exactly those acknowledged before it, and the error names the line to resend from. With --raw, stdin is read to its end and sent as one message with its exact bytes (empty stdin: one empty message); stdin over 8 MiB (the limit of one message) sends nothing and exits 2 (MESSAGE_TOO_LARGE).',
+      'Prints channel, offset and msgId of each message once the broker has made it durable. From stdin, lines are sent as they are read (as UTF-8 text, without their line ends); a line the broker would refuse (over 8 MiB, say) stops the run before it is sent: the lines before it are sent and printed, none after it, and the command exits 2 naming the line. When the broker refuses a message (the topic was deleted, say), printing stops there: the lines printed are exactly those acknowledged before it, and the error names the line to resend from. When stdout is closed (| head), reading stops and the command exits 1 saying how many lines were sent. With --raw, stdin is read to its end and sent as one message with its exact bytes (empty stdin: one empty message); stdin over 8 MiB (the limit of one message) sends nothing and exits 2 (MESSAGE_TOO_LARGE).',
   },
   async run(args, io) {
     const topic = args.flags.topic as string | undefined;
@@ -53,14 +53,18 @@ export const produceCommand: Command = {
     const out = new LineBuffer(io);
     // Written once the acknowledgements that came together are gathered, not at the end: stdin
     // may be endless (a pipe from a log), and its acknowledgements are wanted as they come.
+    // When stdout goes away (`… | head -2`), reading stops: acknowledgements that cannot be
+    // printed are no record of what was stored, and sending on blind was 20,000 lines stored
+    // with exit 0 (helper-47).
     let flushing = false;
+    let outputGone = false;
     const print = (r: SendResult): void => {
-      out.push(args.flags.json ? JSON.stringify(r) : `${r.channel} ${r.offset} ${r.msgId}`);
+      if (!out.push(args.flags.json ? JSON.stringify(r) : `${r.channel} ${r.offset} ${r.msgId}`)) outputGone = true;
       if (flushing) return;
       flushing = true;
       setImmediate(() => {
         flushing = false;
-        out.flush();
+        if (!out.flush()) outputGone = true;
       });
     };
     try {
@@ -69,7 +73,11 @@ export const produceCommand: Command = {
       // loop stops at a refused line (checkMessage) before sending it.
       const acks = new InOrderAcks<SendResult>(print, rawBody !== null || (body !== undefined && body !== '-') ? 'message' : 'line');
       let refused: WaymarkError | null = null;
-      const send = (message: string | Uint8Array): void => acks.add(producer.send({ body: message, key, headers }));
+      let sent = 0;
+      const send = (message: string | Uint8Array): void => {
+        sent++;
+        acks.add(producer.send({ body: message, key, headers }));
+      };
       if (rawBody !== null) {
         send(rawBody);
       } else if (body !== undefined && body !== '-') {
@@ -81,8 +89,8 @@ export const produceCommand: Command = {
         const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
         let lineNumber = 0;
         for await (const text of lines) {
+          if (acks.failed || outputGone) break;
           lineNumber++;
-          if (acks.failed) break;
           try {
             checkMessage({ body: text, key, headers });
           } catch (err) {
@@ -95,11 +103,15 @@ export const produceCommand: Command = {
         lines.close();
       }
       await acks.settled();
-      out.flush();
+      if (!out.flush()) outputGone = true;
       // A failed send comes before the refused line: it is the one the user resends from.
       const failure = acks.error() ?? refused;
       if (failure !== null) throw failure;
       await producer.close();
+      if (outputGone) {
+        io.err(`waymark: produce: stdout was closed, so reading stopped: ${sent === 1 ? '1 line was' : `${sent} lines were`} sent and acknowledged, not all of them printed\n`);
+        return 1;
+      }
       return 0;
     } finally {
       client.close();

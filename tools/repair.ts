@@ -47,6 +47,7 @@ export const repairCommand: Command = {
       const into = c.into.length > 0 ? ` -> ${c.into.map((f) => path.basename(f)).join(', ')}` : '';
       lines.push(`${actionWords[c.action]} ${shownPath(c.file)}${into}`);
     }
+    for (const f of report.orphansRemoved) lines.push(`removed ${shownPath(f)}: an index file without its log`);
     for (const g of report.gaps) lines.push(`gap ${g.channel}: offsets ${g.from}..${g.to - 1} hold no message now`);
     for (const t of report.topicsRebuilt) {
       const saved = t.savedTo ? `; the old file is kept as ${path.basename(t.savedTo)}` : '';

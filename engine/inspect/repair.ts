@@ -42,7 +42,7 @@ import { WaymarkError } from '../format/errors';
 import { lockFolder } from '../lock';
 import { limits } from '../limits';
 import { syncDir, writeCheckpoint } from '../log/checkpoint';
-import { segmentFileName, type SegmentMeta } from '../log/segment';
+import { indexNamePattern, segmentFileName, segmentNamePattern, type SegmentMeta } from '../log/segment';
 import { readTopicFile, topicFile, writeTopicFile } from '../log/topic-file';
 import { describePath, indexExtensions, stagingDirName, type Layout } from './layout';
 import { runSegmentTasks, type PoolOptions } from './pool';
@@ -119,6 +119,8 @@ export interface RepairReport {
    * save. A channel whose first segments went so starts at the first one left.
    */
   missing: Array<{ file: string; from: number; to: number }>;
+  /** Index files without their log, removed. */
+  orphansRemoved: string[];
 }
 
 export async function repairStore(target: string, options: RepairOptions = {}): Promise<RepairReport> {
@@ -140,6 +142,7 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
       changed: [],
       gaps: [],
       missing: [],
+      orphansRemoved: [],
       channels: layout.channels.length,
       segmentsBefore: 0,
       segmentsAfter: 0,
@@ -340,6 +343,15 @@ function commitChannel(plan: ChannelPlan, rewriteOf: Map<string, RewriteResult>,
     if (finalBases.has(task.baseOffset)) continue;
     fs.rmSync(task.file, { force: true });
     for (const ext of indexExtensions) fs.rmSync(indexPath(task.file, ext), { force: true });
+  }
+  // Index files whose log is gone (a removal cut short, a log removed by hand): nothing reads
+  // them, and verify kept noting them after a repair (helper-47).
+  const names = fs.readdirSync(dir);
+  const logs = new Set(names.filter((n) => segmentNamePattern.test(n)).map((n) => Number(n.slice(0, 20))));
+  for (const name of names) {
+    if (!indexNamePattern.test(name) || logs.has(Number(name.slice(0, 20)))) continue;
+    fs.rmSync(path.join(dir, name), { force: true });
+    report.orphansRemoved.push(path.join(dir, name));
   }
   syncDir(dir);
 

@@ -179,7 +179,7 @@ function checkChannel(channel: ChannelRef, cp: CheckpointState, byFile: Map<stri
   const dropped = names.filter((n) => /\.log\.dropped-\d+(\.\d+)?$/.test(n));
   const logs = new Set(segments.map((s) => s.baseOffset));
   const orphans = names.filter((n) => indexNamePattern.test(n) && !logs.has(Number(n.slice(0, 20)))).sort();
-  if (orphans.length > 0) report.notes.push(`${channel.label}: ${orphans.length} index file(s) without their log (${orphans.join(', ')}), left by a removal cut short (open removes them)`);
+  if (orphans.length > 0) report.notes.push(`${channel.label}: ${orphans.length} index file(s) without their log (${orphans.join(', ')}), left by a removal cut short or a log removed otherwise (open and repair remove them)`);
   if (fs.existsSync(path.join(channel.dir, stagingDirName))) report.notes.push(`${channel.label}: a staging folder (.repair) of an interrupted repair is left; run repair again`);
   if (dropped.length > 0) report.notes.push(`${channel.label}: ${dropped.length} file(s) of bytes dropped by recovery or repair (*.dropped-*), kept for inspection`);
   if (cp.state !== 'ok') {
