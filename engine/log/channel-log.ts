@@ -885,7 +885,9 @@ export class ChannelLog {
         if (segment === this.active) return this.activeRemovable(expired) ? segment.nextOffset : below;
         const tooBig = retentionBytes > 0 && total > retentionBytes;
         total -= segment.size;
-        if (!segment.sealed || !(expired(segment) || tooBig)) break;
+        // Never past the high watermark (as Kafka): a segment rolled in the middle of a group
+        // commit holds batches not acknowledged yet, and the log start must not pass them.
+        if (!segment.sealed || segment.nextOffset > this.highWatermark || !(expired(segment) || tooBig)) break;
         below = segment.nextOffset;
       }
       return below;
@@ -1099,7 +1101,7 @@ export class ChannelLog {
     const cut = (): number => {
       let below = this.logStartOffset;
       for (const segment of this.segments) {
-        if (segment === this.active || !segment.sealed || segment.nextOffset > offset) break;
+        if (segment === this.active || !segment.sealed || segment.nextOffset > offset || segment.nextOffset > this.highWatermark) break;
         below = segment.nextOffset;
       }
       return below;
