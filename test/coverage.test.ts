@@ -194,7 +194,16 @@ describe('coverage: SDK and HTTP against a real broker', function () {
   it('msgStream packs under a small credit: a millisecond holding more than the credit is asked for and comes; packs chain, lose and repeat nothing', async () => {
     await client.admin.createTopic('ms-credit', { channels: 3 });
     const producer = await client.producer({ topic: 'ms-credit', batchMessagesMax: 1 }); // one message per batch: packs can be cut anywhere
-    const single = await Promise.all(Array.from({ length: 45 }, (_, i) => producer.send({ body: `c${i}`, channel: i % 3 })));
+    // Three waves, each stamped in a later millisecond than the one before (the broker stamps
+    // on append, after the wave before was acknowledged): the backlog spans at least three
+    // milliseconds, so the credit of 5 must split it. (Sent at once, all 45 could fall in one
+    // or two milliseconds on a fast run: 2 packs, and the test failed.)
+    const single: SendResult[] = [];
+    for (let wave = 0; wave < 3; wave++) {
+      const after = Date.now();
+      while (Date.now() <= after) await new Promise((resolve) => setImmediate(resolve)); // the next millisecond
+      single.push(...(await Promise.all(Array.from({ length: 15 }, (_, i) => producer.send({ body: `c${wave * 15 + i}`, channel: i % 3 })))));
+    }
     const big = await client.producer({ topic: 'ms-credit' });
     const bundle = await big.sendBatch(Array.from({ length: 12 }, (_, i) => ({ body: `big${i}`, channel: 1 }))); // one batch of 12 > the credit of 5
     const stream = client.msgStream();

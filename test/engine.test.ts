@@ -7,6 +7,9 @@ import { openStore, encodeBatch, decodeRecords, lz4Codec, validateBatch, type St
 import { ProducerStates } from '../engine/log/producer-state';
 import { limits } from '../engine/limits';
 import { TailCache } from '../engine/log/tail-cache';
+import { ChannelLog, type ChannelOptions } from '../engine/log/channel-log';
+import { IoSlots } from '../engine/log/io-slots';
+import { StoreClock } from '../engine/clock';
 import { KeyIndexBuilder } from '../engine/index/key-index';
 import { BatchBuffers } from '../engine/batch-buffers';
 import { loadChecksum, xxh32 } from '../engine/format/checksum';
@@ -1234,6 +1237,59 @@ describe('engine store: seals keep up with rolls', () => {
       await store.close();
     }
     assert.equal((await verifyStore(dir)).ok, true);
+  });
+});
+
+describe('engine channel: seals, retention turns and settled() (helper-48)', () => {
+  const options = (retentionBytes: number): ChannelOptions => ({ sync: 'batch', syncIntervalMs: 1000, segmentBytes: 4096, segmentMs: 3600e3, retentionMs: 0, retentionBytes, tailCacheBytes: 0, clock: new StoreClock() });
+  const appender = (channel: ChannelLog) => (): Promise<unknown> => {
+    const { batch } = encodeBatch([{ body: Buffer.alloc(3000, 7) }]); // one segment each
+    return channel.append(batch, validateBatch(batch));
+  };
+
+  it('appends that roll go on while a retention pass waits for a thread-pool slot (they waited for the whole pass)', async function () {
+    this.timeout(20_000); // without the fix the appends below wait for the slot: a hang
+    await loadChecksum();
+    const dir = tempDir();
+    const channel = ChannelLog.open(dir, options(1), []);
+    const append = appender(channel);
+    let release: (() => void) | null = null;
+    try {
+      for (let i = 0; i < 3; i++) await append();
+      await channel.settled();
+      const slots = new IoSlots(1);
+      release = await slots.acquire(); // another channel's checkpoint write holds the pass's only slot
+      let retentionDone = false;
+      const retention = channel.applyRetention(Date.now(), slots).finally(() => (retentionDone = true));
+      for (let i = 0; i < 2 * limits.sealsPendingMax + 2; i++) await append(); // each rolls; seals queue behind the retention turn when it has joined the chain
+      assert.equal(retentionDone, false, 'the pass still waits for its slot');
+      release();
+      release = null;
+      assert.ok((await retention) >= 1);
+    } finally {
+      release?.();
+      await channel.close();
+    }
+  });
+
+  it('settled(): every segment sealed before it resolves is in the checkpoint, though a roll after its call queued a seal behind', async () => {
+    await loadChecksum();
+    const dir = tempDir();
+    const channel = ChannelLog.open(dir, options(0), []);
+    const append = appender(channel);
+    try {
+      await append();
+      await append(); // rolls: segment 0 is being sealed
+      const settled = channel.settled();
+      await new Promise((resolve) => setImmediate(resolve));
+      const later = append(); // a roll after settled()'s snapshot queues a seal behind segment 0's
+      await settled;
+      const listed = (JSON.parse(fs.readFileSync(path.join(dir, 'checkpoint.json'), 'utf8')) as { segments: Array<{ baseOffset: number }> }).segments.map((m) => m.baseOffset);
+      assert.ok(listed.includes(0), `segment 0 listed: ${JSON.stringify(listed)}`);
+      await later;
+    } finally {
+      await channel.close();
+    }
   });
 });
 

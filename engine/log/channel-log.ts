@@ -126,8 +126,8 @@ export class ChannelLog {
   private leftovers: string[] = [];
   /** A checkpoint write failed where nothing had to fail with it (after retention, at open): the next pass writes it. */
   private checkpointOwed = false;
-  /** Rolled segments whose seal (roll) has not finished: at most limits.sealsPendingMax before a roll waits. */
-  private sealsPending = 0;
+  /** The seals (roll) not finished yet, oldest first: at limits.sealsPendingMax a roll waits for the oldest. */
+  private readonly seals: Array<Promise<void>> = [];
   /** The intent of the removal under way (checkpoint `removingBefore`), 0 when none. */
   private removingBefore = 0;
   /** Removals (retention, compaction) run one at a time: each writes its intent, then removes. */
@@ -460,7 +460,7 @@ export class ChannelLog {
       const roll = this.shouldRoll(group[start]!);
       if (roll) {
         // Backpressure: the seals behind must keep up (limits.sealsPendingMax).
-        while (this.sealsPending >= limits.sealsPendingMax && this.sealing) await this.sealing;
+        while (this.seals.length >= limits.sealsPendingMax) await this.seals[0];
         this.roll(roll);
       }
       const segment = this.active;
@@ -542,7 +542,6 @@ export class ChannelLog {
     const slots = Math.min(Math.max(old.keySlotCount, limits.keyIndexSlotCountMin), limits.keyIndexSlotCount);
     this.segments.push(Segment.create(this.dir, old.nextOffset, this.dsync, why === 'full' ? slots : undefined));
     this.committedSize = 0;
-    this.sealsPending++;
     const sealed: Promise<void> = (this.sealing ?? Promise.resolve())
       .then(async () => {
         await old.sealInBackground();
@@ -556,10 +555,11 @@ export class ChannelLog {
       })
       .catch((err: Error) => this.fail(err, []))
       .finally(() => {
-        this.sealsPending--;
+        this.seals.splice(this.seals.indexOf(sealed), 1); // the oldest: seals end in roll order
         if (this.sealing === sealed) this.sealing = null;
       });
     this.sealing = sealed;
+    this.seals.push(sealed);
   }
 
   /** Turns the channel failed (sticky), said once (onFault), keeping the first cause; rejects what waits. */
@@ -916,15 +916,8 @@ export class ChannelLog {
       let failure: unknown = null;
       const below = this.closed ? 0 : cut();
       if (below > this.logStartOffset) {
-        this.removingBefore = below;
         try {
-          const written = this.checkpointInTurn(slots, true);
-          // Its turn in `sealing` ends a few microtasks after the write: until then the active
-          // segment would not count as removable. That turn, not a later seal's (under a steady
-          // roll there is always another).
-          const turn = this.sealing;
-          await written;
-          await turn;
+          await this.checkpointInTurn(slots, below);
           // Closed meanwhile: close writes the checkpoint; nothing is removed.
           if (!this.closed) removed = remove(below);
         } catch (err) {
@@ -959,26 +952,43 @@ export class ChannelLog {
    * for it as for a seal. Written synchronously (as retention did), a checkpoint after a
    * removal held the event loop 3–7 ms: its fdatasync waited on the journal commit that frees
    * the removed segment. Nothing is written once the channel is closed (close writes it).
-   * Rejects when the write fails; the checkpoint stays owed (the next pass, roll or close
-   * writes it) and the channel goes on. `always`: written even when not owed (an intent).
+   * Resolves once its turn is over (`sealing` no longer names it). Rejects when the write
+   * fails; the checkpoint stays owed (the next pass, roll or close writes it) and the channel
+   * goes on. `intent`: a removal's, written even when nothing is owed, with `removingBefore`
+   * set as the write starts (not before: a seal's checkpoint ahead of it must not carry an
+   * intent that may never be written) and back to 0 when it fails.
+   *
+   * The slot of `slots` (a retention pass's, shared by every channel of the store) is taken
+   * before the turn joins the chain: a turn waiting there for a slot held up every seal queued
+   * behind it, and with them (sealsPendingMax) the channel's appends, for a whole pass.
    */
-  private checkpointInTurn(slots?: IoSlots, always = false): Promise<void> {
-    const write = async (): Promise<void> => {
-      if (!(this.checkpointOwed || always) || this.closed) return;
-      if (!slots) return this.saveCheckpointAsync(false);
-      const release = await slots.acquire();
+  private async checkpointInTurn(slots?: IoSlots, intent = 0): Promise<void> {
+    const release = slots ? await slots.acquire() : null;
+    try {
+      const write = async (): Promise<void> => {
+        if (!(this.checkpointOwed || intent > 0) || this.closed) return;
+        if (intent > 0) this.removingBefore = intent;
+        try {
+          if (slots) await slots.withDescriptors(() => this.saveCheckpointAsync(false));
+          else await this.saveCheckpointAsync(false);
+        } catch (err) {
+          if (intent > 0) this.removingBefore = 0;
+          throw err;
+        }
+      };
+      const written = (this.sealing ?? Promise.resolve()).then(write);
+      const turn: Promise<void> = written.then(noop, noop).finally(() => {
+        if (this.sealing === turn) this.sealing = null;
+      });
+      this.sealing = turn;
       try {
-        await slots.withDescriptors(() => this.saveCheckpointAsync(false));
+        await written;
       } finally {
-        release();
+        await turn;
       }
-    };
-    const written = (this.sealing ?? Promise.resolve()).then(write);
-    const turn: Promise<void> = written.then(noop, noop).finally(() => {
-      if (this.sealing === turn) this.sealing = null;
-    });
-    this.sealing = turn;
-    return written;
+    } finally {
+      release?.();
+    }
   }
 
   /**
@@ -1122,6 +1132,10 @@ export class ChannelLog {
     if (this.syncing) await this.syncing;
     const sealing = this.sealing; // seals run one after another: the newest ends after every earlier one
     if (sealing) await sealing;
+    // A seal that found another queued behind it left the checkpoint to that one, which may
+    // have come after the snapshot: written now, after the seals queued so far (at most
+    // sealsPendingMax), so that every segment sealed is in the checkpoint. Never rejects.
+    if (this.checkpointOwed) await this.checkpointInTurn().catch(noop);
   }
 
   /**
