@@ -108,7 +108,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     const listenSocket = await new Promise<uWS.us_listen_socket>((resolve, reject) => {
       const listen = app.listen as unknown as (host: string, port: number, options: number, cb: (socket: uWS.us_listen_socket | false) => void) => void;
       listen.call(app, host, port, (uWS as unknown as { LIBUS_LISTEN_EXCLUSIVE_PORT: number }).LIBUS_LISTEN_EXCLUSIVE_PORT, (socket) =>
-        socket ? resolve(socket) : reject(new WaymarkError('INVALID_ARGUMENT', `cannot listen on ${host}:${port}: the port is in use or the address is not local`)),
+        socket ? resolve(socket) : void listenFailure(host, port).then(reject),
       );
     });
     return {
@@ -131,6 +131,23 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     if (!dataExisted) fs.rmSync(data, { recursive: true, force: true });
     throw err;
   }
+}
+
+/**
+ * Why µWS could not listen (it says only that it could not): the same bind tried with `net`.
+ * A port in use is a failure of the moment (exit 1, a system error naming the call); an
+ * address that is not local, or anything else, is an argument to change (INVALID_ARGUMENT, exit 2).
+ */
+function listenFailure(host: string, port: number): Promise<Error> {
+  return new Promise((resolve) => {
+    const probe = net.createServer();
+    const said = (code: string | undefined): void => {
+      if (code === 'EADDRINUSE') resolve(Object.assign(new Error(`cannot listen on ${host}:${port}: the port is in use (another broker or program holds it)`), { code, syscall: 'listen' }));
+      else resolve(new WaymarkError('INVALID_ARGUMENT', `cannot listen on ${host}:${port}: ${code === 'EADDRNOTAVAIL' ? 'the address is not one of this machine\'s' : `the port is in use or the address is not local${code ? ` (${code})` : ''}`}`));
+    };
+    probe.once('error', (err: NodeJS.ErrnoException) => said(err.code));
+    probe.listen(port, host, () => probe.close(() => said(undefined)));
+  });
 }
 
 /** A port that is free right now on `host` (the kernel picks it). */

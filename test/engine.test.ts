@@ -1153,6 +1153,26 @@ describe('engine store: retention of an idle channel', () => {
   }
 });
 
+describe('engine store: retention of sealed segments and the active one together', () => {
+  // helper-49: with every segment expired, the first pass removed the sealed ones and left the
+  // active one for the next pass (30 s later): the checkpoint intent's cut asked whether the
+  // active segment was the last one left before the others had gone.
+  it('one pass removes every expired segment, the active one included', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir, { segmentBytes: 4096, compression: false });
+    try {
+      await store.createTopic('old', { channels: 1, retentionMs: 60_000 });
+      for (let i = 0; i < 5; i++) await store.append('old', 0, [{ body: Buffer.alloc(3000, i) }]); // a roll at each append after the first
+      await store.settled();
+      assert.ok(store.describeTopic('old').channelInfo[0]!.segments >= 5);
+      assert.ok((await store.applyRetention(Date.now() + 3_600_000)) >= 5);
+      assert.deepEqual(store.describeTopic('old').channelInfo[0], { channel: 0, logStartOffset: 5, highWatermark: 5, bytes: 0, segments: 1 });
+    } finally {
+      await store.close();
+    }
+  });
+});
+
 describe('engine store: out of file descriptors', () => {
   it('a topic that cannot open all its channels is not left half made: STORAGE_FAILED says why, nothing stays on disk, the name can be created again', () => {
     const dir = tempDir();

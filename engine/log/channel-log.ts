@@ -882,7 +882,9 @@ export class ChannelLog {
       let total = this.totalBytes;
       let below = this.logStartOffset;
       for (const segment of this.segments) {
-        if (segment === this.active) return this.activeRemovable(expired) ? segment.nextOffset : below;
+        // Every older segment goes: the active one may too, in the same pass (removeExpiredActive
+        // runs after them, when it is the last one left).
+        if (segment === this.active) return this.activeRemovable(expired, true) ? segment.nextOffset : below;
         const tooBig = retentionBytes > 0 && total > retentionBytes;
         total -= segment.size;
         // Never past the high watermark (as Kafka): a segment rolled in the middle of a group
@@ -1029,10 +1031,13 @@ export class ChannelLog {
     return 1;
   }
 
-  /** removeExpiredActive's condition: the active segment is the last left, expired, and nothing is in flight. */
-  private activeRemovable(expired: (segment: Segment) => boolean): boolean {
+  /**
+   * removeExpiredActive's condition: the active segment is the last left (or every older one
+   * is about to go: `olderGoing`), expired, and nothing is in flight.
+   */
+  private activeRemovable(expired: (segment: Segment) => boolean, olderGoing = false): boolean {
     const old = this.active;
-    if (this.segments.length > 1 || old.size === 0 || !expired(old)) return false;
+    if ((this.segments.length > 1 && !olderGoing) || old.size === 0 || !expired(old)) return false;
     return !(this.queue.length > 0 || this.flushing || this.syncing || this.sealing || this.failure || this.closed);
   }
 
