@@ -7,6 +7,7 @@ import { openStore, encodeBatch, decodeRecords, lz4Codec, validateBatch, type St
 import { ProducerStates } from '../engine/log/producer-state';
 import { limits } from '../engine/limits';
 import { TailCache } from '../engine/log/tail-cache';
+import { segmentFileName } from '../engine/log/segment';
 import { ChannelLog, type ChannelOptions } from '../engine/log/channel-log';
 import { IoSlots } from '../engine/log/io-slots';
 import { StoreClock } from '../engine/clock';
@@ -1314,38 +1315,62 @@ describe('engine channel: seals, retention turns and settled() (helper-48)', () 
 });
 
 describe('engine store: retention never passes the high watermark', () => {
-  // Found while checking the seal backpressure: a group commit that rolls part-way (and now
-  // may wait for seals there) leaves sealed segments holding batches not acknowledged yet;
-  // retention removed them, and the log start passed the high watermark (1200751 > 1199581).
-  it('while group commits roll at every batch and retention passes run, the log start stays at or below the high watermark', async () => {
+  // Found while checking the seal backpressure: a group commit that rolls part-way leaves a
+  // sealed segment holding batches not acknowledged yet; retention removed it, and the log
+  // start passed the high watermark (1200751 > 1199581 under load).
+  it('a segment sealed while the rest of its group commit is still being written is kept: the log start stays at or below the high watermark', async () => {
     const dir = tempDir();
     const store = await openStore(dir, { segmentBytes: 4096, compression: false });
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const nodeFs = require('node:fs') as { writev: typeof fs.writev; rename: typeof fs.rename };
+    const { writev, rename } = nodeFs;
+    // Writes to these logs wait until released: the first append's (so that the next two
+    // queue up and go out as one group commit), and the group's second batch's, in segment 2.
+    const holds = new Map<string, { released: Promise<void>; release: () => void }>();
+    const hold = (log: string): void => {
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      holds.set(log, { released, release });
+    };
     try {
       await store.createTopic('t', { channels: 1, retentionBytes: 1 });
-      const seen: string[] = [];
-      const check = (): void => {
-        const { logStartOffset, highWatermark } = store.channelState('t', 0);
-        if (logStartOffset > highWatermark) seen.push(`${logStartOffset} > ${highWatermark}`);
-      };
-      let writing = true;
-      const writer = async (): Promise<void> => {
-        for (let i = 0; i < 60; i++) {
-          await store.append('t', 0, [{ body: randomBytes(3000) }]); // one segment each
-          check();
-        }
-      };
-      const writers = Promise.all(Array.from({ length: 16 }, writer)).finally(() => (writing = false));
-      let passes = 0;
-      while (writing) {
-        await store.applyRetention();
-        passes++;
-        check();
-        await new Promise((resolve) => setImmediate(resolve)); // a pass with nothing to do settles in microtasks: let the writes' I/O in
-      }
-      await writers;
-      assert.ok(passes > 1);
-      assert.deepEqual(seen.slice(0, 3), []);
+      const channel = path.join(dir, 'topics', 't', '0');
+      const [first, third] = [0, 2].map((base) => path.join(channel, segmentFileName(base, 'log')));
+      hold(first!);
+      hold(third!);
+      let sealed!: () => void;
+      const segmentOneListed = new Promise<void>((resolve) => (sealed = resolve));
+      nodeFs.writev = ((fd: number, buffers: NodeJS.ArrayBufferView[], position: number, callback: (err: NodeJS.ErrnoException | null, written: number) => void): void => {
+        const held = holds.get(fs.readlinkSync(`/proc/self/fd/${fd}`));
+        if (held) void held.released.then(() => writev(fd, buffers, position, callback));
+        else writev(fd, buffers, position, callback);
+      }) as typeof fs.writev;
+      nodeFs.rename = ((from: fs.PathLike, to: fs.PathLike, callback: (err: NodeJS.ErrnoException | null) => void): void => {
+        rename(from, to, (err) => {
+          const listed = !err && String(to).endsWith('checkpoint.json') && (JSON.parse(fs.readFileSync(String(to), 'utf8')) as { segments: Array<{ baseOffset: number }> }).segments.some((m) => m.baseOffset === 1);
+          callback(err);
+          if (listed) sealed();
+        });
+      }) as typeof fs.rename;
+      const one = store.append('t', 0, [{ body: Buffer.alloc(3000, 1) }]); // segment 0; its write waits
+      const group = Promise.all([store.append('t', 0, [{ body: Buffer.alloc(3000, 2) }]), store.append('t', 0, [{ body: Buffer.alloc(3000, 3) }])]); // queued behind it
+      holds.get(first!)!.release();
+      await one;
+      // The group: batch 2 rolls into segment 1 and is written; batch 3 rolls into segment 2,
+      // whose write waits. Segment 1 is sealed and listed, its batch not acknowledged.
+      await segmentOneListed;
+      assert.deepEqual(store.channelState('t', 0), { logStartOffset: 0, highWatermark: 1 });
+      await store.applyRetention();
+      const { logStartOffset, highWatermark } = store.channelState('t', 0);
+      assert.ok(logStartOffset <= highWatermark, `log start ${logStartOffset}, high watermark ${highWatermark}`);
+      assert.equal(logStartOffset, 1, 'segment 0 went; segment 1, whose batch is not acknowledged, stays');
+      holds.get(third!)!.release();
+      await group;
+      assert.deepEqual(store.channelState('t', 0), { logStartOffset: 1, highWatermark: 3 });
     } finally {
+      for (const { release } of holds.values()) release();
+      nodeFs.writev = writev;
+      nodeFs.rename = rename;
       await store.close();
     }
   });

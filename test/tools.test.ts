@@ -139,7 +139,9 @@ describe('tools: verify', () => {
   // serves whole. Without the intent, a missing segment is lost data, first or not: verify
   // exited 0 when a topic without retention lost its first segment (helper-46).
   describe('listed segments that are missing', () => {
-    const fourSegments = async (): Promise<{ dir: string; logs: string[]; checkpoint: string }> => {
+    const base = (log: string): number => Number(path.basename(log, '.log'));
+    /** A channel of four or more segments, closed; with `intent`, its checkpoint says a removal of the first was under way. */
+    const fourSegments = async (intent = false): Promise<{ dir: string; logs: string[] }> => {
       const dir = tempDir();
       const store = await openStore(dir, { segmentBytes: 4096 });
       await store.createTopic('t', { channels: 1 });
@@ -147,15 +149,16 @@ describe('tools: verify', () => {
       await store.close();
       const logs = segmentFiles(path.join(dir, 'topics', 't', '0'));
       assert.ok(logs.length >= 4, `${logs.length} segments`);
-      return { dir, logs, checkpoint: path.join(dir, 'topics', 't', '0', 'checkpoint.json') };
+      if (intent) {
+        rewriteCheckedJson<{ removingBefore: number }>(path.join(dir, 'topics', 't', '0', 'checkpoint.json'), (cp) => {
+          cp.removingBefore = base(logs[1]!);
+        });
+      }
+      return { dir, logs };
     };
-    const base = (log: string): number => Number(path.basename(log, '.log'));
 
     it('under a removal\'s intent (an interrupted retention pass), the oldest are a note and open serves the rest', async () => {
-      const { dir, logs, checkpoint } = await fourSegments();
-      rewriteCheckedJson<{ removingBefore: number }>(checkpoint, (cp) => {
-        cp.removingBefore = base(logs[1]!);
-      });
+      const { dir, logs } = await fourSegments(true);
       fs.rmSync(logs[0]!);
       const report = await verifyStore(dir);
       assert.deepEqual(report.faults, []);
@@ -193,10 +196,7 @@ describe('tools: verify', () => {
     });
 
     it('one missing between others is a fault, whatever the intent', async () => {
-      const { dir, logs, checkpoint } = await fourSegments();
-      rewriteCheckedJson<{ removingBefore: number }>(checkpoint, (cp) => {
-        cp.removingBefore = base(logs[1]!);
-      });
+      const { dir, logs } = await fourSegments(true);
       fs.rmSync(logs[2]!);
       const report = await verifyStore(dir);
       assert.deepEqual(

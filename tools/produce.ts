@@ -73,11 +73,7 @@ export const produceCommand: Command = {
       // loop stops at a refused line (checkMessage) before sending it.
       const acks = new InOrderAcks<SendResult>(print, rawBody !== null || (body !== undefined && body !== '-') ? 'message' : 'line');
       let refused: WaymarkError | null = null;
-      let sent = 0;
-      const send = (message: string | Uint8Array): void => {
-        sent++;
-        acks.add(producer.send({ body: message, key, headers }));
-      };
+      const send = (message: string | Uint8Array): void => acks.add(producer.send({ body: message, key, headers }));
       if (rawBody !== null) {
         send(rawBody);
       } else if (body !== undefined && body !== '-') {
@@ -109,7 +105,7 @@ export const produceCommand: Command = {
       if (failure !== null) throw failure;
       await producer.close();
       if (outputGone) {
-        io.err(`waymark: produce: stdout was closed, so reading stopped: ${sent === 1 ? '1 line was' : `${sent} lines were`} sent and acknowledged, not all of them printed\n`);
+        io.err(`waymark: produce: stdout was closed, so reading stopped: ${acks.count === 1 ? '1 line was' : `${acks.count} lines were`} sent and acknowledged, not all of them printed\n`);
         return 1;
       }
       return 0;
@@ -156,6 +152,11 @@ export class InOrderAcks<T> {
     private readonly print: (result: T) => void,
     private readonly what: 'line' | 'message',
   ) {}
+
+  /** How many were added (sent). */
+  get count(): number {
+    return this.sent;
+  }
 
   /** True once an acknowledgement in order has failed. */
   get failed(): boolean {

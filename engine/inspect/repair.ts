@@ -41,8 +41,8 @@ import * as path from 'node:path';
 import { WaymarkError } from '../format/errors';
 import { lockFolder } from '../lock';
 import { limits } from '../limits';
-import { syncDir, writeCheckpoint } from '../log/checkpoint';
-import { indexNamePattern, segmentFileName, segmentNamePattern, type SegmentMeta } from '../log/segment';
+import { lostSegments, syncDir, writeCheckpoint } from '../log/checkpoint';
+import { orphanIndexNames, segmentFileName, type SegmentMeta } from '../log/segment';
 import { readTopicFile, topicFile, writeTopicFile } from '../log/topic-file';
 import { describePath, indexExtensions, stagingDirName, type Layout } from './layout';
 import { runSegmentTasks, type PoolOptions } from './pool';
@@ -194,9 +194,7 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
         const listed = checkpoint?.segments.find((m) => m.baseOffset === segment.baseOffset);
         if (listed && segment.fileBytes < listed.bytes) report.shortened.push({ file: segment.file, vouchedBytes: listed.bytes, fileBytes: segment.fileBytes });
       }
-      const present = new Set(channel.segments.map((s) => s.baseOffset));
-      for (const meta of checkpoint?.segments ?? []) {
-        if (present.has(meta.baseOffset) || checkpoint!.removingBefore === null || meta.nextOffset <= checkpoint!.removingBefore) continue;
+      for (const meta of lostSegments(checkpoint, new Set(channel.segments.map((s) => s.baseOffset)))) {
         report.missing.push({ file: path.join(channel.dir, segmentFileName(meta.baseOffset, 'log')), from: meta.baseOffset, to: meta.nextOffset });
       }
       const producers = checkpoint?.producers ?? [];
@@ -346,10 +344,7 @@ function commitChannel(plan: ChannelPlan, rewriteOf: Map<string, RewriteResult>,
   }
   // Index files whose log is gone (a removal cut short, a log removed by hand): nothing reads
   // them, and verify kept noting them after a repair (helper-47).
-  const names = fs.readdirSync(dir);
-  const logs = new Set(names.filter((n) => segmentNamePattern.test(n)).map((n) => Number(n.slice(0, 20))));
-  for (const name of names) {
-    if (!indexNamePattern.test(name) || logs.has(Number(name.slice(0, 20)))) continue;
+  for (const name of orphanIndexNames(fs.readdirSync(dir))) {
     fs.rmSync(path.join(dir, name), { force: true });
     report.orphansRemoved.push(path.join(dir, name));
   }

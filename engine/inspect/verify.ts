@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { lockHolder } from '../lock';
 import { checkpointFile, inspectCheckpoint, type Checkpoint } from '../log/checkpoint';
-import { segmentFileName, type SegmentMeta } from '../log/segment';
+import { orphanIndexNames, segmentFileName, type SegmentMeta } from '../log/segment';
 import { segmentFileFits } from '../log/segment-scanner';
 import { describePath, indexNamePattern, stagingDirName, type ChannelRef, type Layout } from './layout';
 import { runSegmentTasks, type PoolOptions } from './pool';
@@ -177,8 +177,7 @@ function checkChannel(channel: ChannelRef, cp: CheckpointState, byFile: Map<stri
   const segments = channel.segments;
   const names = fs.readdirSync(channel.dir);
   const dropped = names.filter((n) => /\.log\.dropped-\d+(\.\d+)?$/.test(n));
-  const logs = new Set(segments.map((s) => s.baseOffset));
-  const orphans = names.filter((n) => indexNamePattern.test(n) && !logs.has(Number(n.slice(0, 20)))).sort();
+  const orphans = orphanIndexNames(names).sort();
   if (orphans.length > 0) report.notes.push(`${channel.label}: ${orphans.length} index file(s) without their log (${orphans.join(', ')}), left by a removal cut short or a log removed otherwise (open and repair remove them)`);
   if (fs.existsSync(path.join(channel.dir, stagingDirName))) report.notes.push(`${channel.label}: a staging folder (.repair) of an interrupted repair is left; run repair again`);
   if (dropped.length > 0) report.notes.push(`${channel.label}: ${dropped.length} file(s) of bytes dropped by recovery or repair (*.dropped-*), kept for inspection`);

@@ -32,11 +32,11 @@ import type { KeyHit, TimeRange } from '../index/key-index';
 import type { IndexKeyRanges } from '../format/index-kind';
 import { limits } from '../limits';
 import { CorruptIndexError, tooManyOpenFiles } from './errors';
-import { checkpointFile, inspectCheckpoint, syncDir, writeCheckpoint, writeCheckpointAsync, type Checkpoint } from './checkpoint';
+import { checkpointFile, inspectCheckpoint, lostSegments, syncDir, writeCheckpoint, writeCheckpointAsync, type Checkpoint } from './checkpoint';
 import * as pool from './fs-pool';
 import { IoSlots } from './io-slots';
 import { ProducerStates } from './producer-state';
-import { indexNamePattern, outOfSpace, Segment, segmentFileName, segmentNamePattern, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
+import { orphanIndexNames, outOfSpace, Segment, segmentFileName, segmentNamePattern, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
 import { endMark, endMarkBytes, segmentFileFits } from './segment-scanner';
 import { TailCache } from './tail-cache';
 import type { StoreClock } from '../clock';
@@ -244,14 +244,12 @@ export class ChannelLog {
       .filter((name) => segmentNamePattern.test(name))
       .map((name) => Number(name.slice(0, 20)))
       .sort((a, b) => a - b);
-    removeOrphanIndexFiles(this.dir, names, new Set(bases));
+    removeOrphanIndexFiles(this.dir, names);
     this.producers.load(checkpoint?.producers ?? []);
     // A listed segment whose log is gone, with no removal under way (a checkpoint of format 3
     // says): its messages were lost by something other than the broker. Said, as recovery
     // says bytes it drops; the channel goes on with what is left.
-    const found = new Set(bases);
-    for (const meta of checkpoint?.segments ?? []) {
-      if (found.has(meta.baseOffset) || checkpoint!.removingBefore === null || meta.nextOffset <= checkpoint!.removingBefore) continue;
+    for (const meta of lostSegments(checkpoint, new Set(bases))) {
       report.push({
         file: path.join(this.dir, segmentFileName(meta.baseOffset, 'log')),
         position: 0,
@@ -877,22 +875,16 @@ export class ChannelLog {
     const { retentionMs, retentionBytes } = this.options;
     const expired = (segment: Segment): boolean => retentionMs > 0 && segment.maxTimestamp >= 0 && segment.maxTimestamp < now - retentionMs;
     // Where retention cuts the log: the oldest sealed segments while past either bound, then
-    // the active one when it is the last left and expired.
+    // the active one when every older one goes (removeExpiredActive runs after them, when it
+    // is the last one left) and it is expired.
     const cut = (): number => {
       let total = this.totalBytes;
-      let below = this.logStartOffset;
-      for (const segment of this.segments) {
-        // Every older segment goes: the active one may too, in the same pass (removeExpiredActive
-        // runs after them, when it is the last one left).
-        if (segment === this.active) return this.activeRemovable(expired, true) ? segment.nextOffset : below;
+      const { below, everyOlder } = this.cutOldest((segment) => {
         const tooBig = retentionBytes > 0 && total > retentionBytes;
         total -= segment.size;
-        // Never past the high watermark (as Kafka): a segment rolled in the middle of a group
-        // commit holds batches not acknowledged yet, and the log start must not pass them.
-        if (!segment.sealed || segment.nextOffset > this.highWatermark || !(expired(segment) || tooBig)) break;
-        below = segment.nextOffset;
-      }
-      return below;
+        return expired(segment) || tooBig;
+      });
+      return everyOlder && this.activeRemovable(expired, true) ? this.active.nextOffset : below;
     };
     return this.removeThenCheckpoint(
       cut,
@@ -1032,6 +1024,23 @@ export class ChannelLog {
   }
 
   /**
+   * Where a removal of the oldest segments would cut the log: past each sealed segment, oldest
+   * first, while `goes` says so (called in that order), never past the high watermark (as
+   * Kafka: a segment rolled in the middle of a group commit holds batches not acknowledged
+   * yet, and the log start must not pass them). `everyOlder`: every segment before the active
+   * one goes.
+   */
+  private cutOldest(goes: (segment: Segment) => boolean): { below: number; everyOlder: boolean } {
+    let below = this.logStartOffset;
+    for (const segment of this.segments) {
+      if (segment === this.active) return { below, everyOlder: true };
+      if (!segment.sealed || segment.nextOffset > this.highWatermark || !goes(segment)) break;
+      below = segment.nextOffset;
+    }
+    return { below, everyOlder: false };
+  }
+
+  /**
    * removeExpiredActive's condition: the active segment is the last left (or every older one
    * is about to go: `olderGoing`), expired, and nothing is in flight.
    */
@@ -1113,14 +1122,7 @@ export class ChannelLog {
     // the middle of it (same temp file) failed the close and left a checkpoint listing
     // segments that were gone.
     if (this.closed) throw new WaymarkError('STORE_CLOSED');
-    const cut = (): number => {
-      let below = this.logStartOffset;
-      for (const segment of this.segments) {
-        if (segment === this.active || !segment.sealed || segment.nextOffset > offset || segment.nextOffset > this.highWatermark) break;
-        below = segment.nextOffset;
-      }
-      return below;
-    };
+    const cut = (): number => this.cutOldest((segment) => segment.nextOffset <= offset).below;
     return this.removeThenCheckpoint(cut, (below) => this.removeOldestWhile((oldest) => oldest.nextOffset <= below));
   }
 
@@ -1225,9 +1227,8 @@ function corruptAt(segment: Segment, position: number, reason: string): WaymarkE
  * a crash before its index files left them. Nothing reads them; left alone they would stay for
  * ever. Best effort: one that cannot be removed now is tried at the next open.
  */
-function removeOrphanIndexFiles(dir: string, names: readonly string[], logs: ReadonlySet<number>): void {
-  for (const name of names) {
-    if (!indexNamePattern.test(name) || logs.has(Number(name.slice(0, 20)))) continue;
+function removeOrphanIndexFiles(dir: string, names: readonly string[]): void {
+  for (const name of orphanIndexNames(names)) {
     try {
       unlinkIfPresent(path.join(dir, name));
     } catch {

@@ -42,6 +42,17 @@ export interface Checkpoint {
   producers: ProducerEntry[];
 }
 
+/**
+ * The segments `checkpoint` lists whose logs are not among `present` (base offsets) and that
+ * no removal's intent covers: lost by something other than the broker. None for a checkpoint
+ * of format 1 or 2, which cannot tell (removingBefore null).
+ */
+export function lostSegments(checkpoint: Checkpoint | null, present: ReadonlySet<number>): SegmentMeta[] {
+  const intent = checkpoint?.removingBefore ?? null;
+  if (intent === null) return [];
+  return checkpoint!.segments.filter((meta) => !present.has(meta.baseOffset) && meta.nextOffset > intent);
+}
+
 export function readCheckpoint(dir: string): Checkpoint | null {
   return inspectCheckpoint(dir).checkpoint;
 }

@@ -53,6 +53,12 @@ function hashRanges({ bytes, entries }: IndexKeyRanges): Uint32Array {
 export const segmentNamePattern = /^(\d{20})\.log$/;
 export const indexNamePattern = /^(\d{20})\.(oix|tix|kix)$/;
 
+/** The index files among a folder's `names` whose log is not among them (a removal cut short, a log removed by hand). */
+export function orphanIndexNames(names: readonly string[]): string[] {
+  const logs = new Set(names.filter((n) => segmentNamePattern.test(n)).map((n) => n.slice(0, 20)));
+  return names.filter((n) => indexNamePattern.test(n) && !logs.has(n.slice(0, 20)));
+}
+
 const emptyBytes = new Uint8Array(0);
 let zeros: Uint8Array | null = null;
 /** One shared buffer of zeros for every segment's zeroed tail (only ever read). */
