@@ -596,6 +596,46 @@ describe('engine store: topics and retention', () => {
     await store.close();
   });
 
+  it('a deleted topic\'s folder left by a crash is removed after open, through the thread pool, while the store serves; close stops it and the next open goes on', async () => {
+    const dir = tempDir();
+    let store = await openStore(dir);
+    await store.createTopic('keep', { channels: 1 });
+    await store.createTopic('gone', { channels: 2 });
+    for (let i = 0; i < 20; i++) await store.append('gone', i % 2, [{ body: bodyFor('g', i, 4000) }]);
+    await store.close();
+    // A crash right after deleteTopic's rename: the folder is renamed away, its files still there.
+    const topicsDir = path.join(dir, 'topics');
+    const leftover = path.join(topicsDir, '.deleted-gone-1700000000000');
+    fs.renameSync(path.join(topicsDir, 'gone'), leftover);
+    fs.mkdirSync(path.join(topicsDir, '.creating-half')); // an interrupted create
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const nodeFs = require('node:fs') as typeof fs;
+    const { rmSync } = nodeFs;
+    const removedSync: string[] = [];
+    nodeFs.rmSync = (target: fs.PathLike, options?: fs.RmOptions): void => {
+      removedSync.push(String(target));
+      rmSync(target, options);
+    };
+    try {
+      store = await openStore(dir);
+      // Closed at once: nothing of the leftover removed yet, nor after the close.
+      await store.close();
+      assert.ok(fs.existsSync(path.join(leftover, '0')) && fs.existsSync(path.join(leftover, '1')), 'close stopped the removal before its first file');
+      assert.equal(fs.existsSync(path.join(topicsDir, '.creating-half')), false, 'an interrupted create is removed at open');
+      store = await openStore(dir);
+      assert.deepEqual(store.listTopics().map((t) => t.name), ['keep']);
+      await store.createTopic('gone', { channels: 1 }); // the name is free while the old files go
+      await store.append('gone', 0, [{ body: new TextEncoder().encode('new') }]);
+      await store.settled();
+      assert.equal(fs.existsSync(leftover), false, 'the leftover folder is gone once the store has settled');
+      assert.deepEqual(removedSync.filter((f) => f.includes('.deleted-')), [], 'not removed on the event loop');
+      assert.equal(new TextDecoder().decode((await store.read('gone', 0, { offset: 0 }))[0]!.body), 'new');
+    } finally {
+      nodeFs.rmSync = rmSync;
+    }
+    await store.close();
+  });
+
   it('deletes whole old segments by total bytes and by age, the active one only by age', async () => {
     const dir = tempDir();
     const store = await openStore(dir, { segmentBytes: 8 * 1024 });

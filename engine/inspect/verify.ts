@@ -168,7 +168,7 @@ function checkTopics(layout: Layout, report: VerifyReport): void {
       else report.notes.push(`${channel.dir}: channel folder beyond the ${topic.channelCount} channels of topic.json (ignored by open)`);
     }
   }
-  for (const leftover of layout.leftovers) report.notes.push(`${leftover}: leftover of an interrupted topic create or delete (open removes it)`);
+  for (const leftover of layout.leftovers) report.notes.push(`${leftover}: leftover of an interrupted topic create or delete (open removes it: a create's before serving, a delete's in the background after)`);
 }
 
 /** The checkpoint's claims against the files, and offsets continuous across segments. */
