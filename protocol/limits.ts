@@ -10,8 +10,14 @@ export const protocolLimits = {
   inflightRequestCountMax: 10_000,
   /** Subscriptions per connection. */
   subscriptionCountMax: 256,
-  /** The server stops pushing to a socket holding more than this many unsent bytes. */
+  /** The server stops pushing to a socket holding more than this many unsent bytes, and waits to read a fetch. */
   socketBufferedBytesMax: 8 * 1024 * 1024,
+  /**
+   * Unsent bytes past which the connection is closed (1008) rather than a frame dropped: room
+   * for the 8 MiB, a whole read (engine readBytesMax, 64 MiB) and a frame, and the replies of
+   * requests a client sends without reading their answers.
+   */
+  socketBackpressureBytesMax: 128 * 1024 * 1024,
   /** Bytes one push frame carries at most (a single larger batch still goes whole). */
   pushBytesMax: 1024 * 1024,
   /** Bounds of a pack subscription's tick. */

@@ -59,7 +59,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       // Frames up to twice the limit reach the handler, which closes with 1009 and a reason;
       // past that µWS drops the connection itself (1006).
       maxPayloadLength: protocolLimits.frameBytesMax * 2,
-      maxBackpressure: protocolLimits.socketBufferedBytesMax * 4,
+      maxBackpressure: protocolLimits.socketBackpressureBytesMax,
       idleTimeout: 120,
       sendPingsAutomatically: true,
       compression: uWS.DISABLED,

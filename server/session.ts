@@ -32,6 +32,10 @@ export class Session {
   private readonly subscriptions = new Map<number, Subscription>();
   /** Subscribes waiting for their start positions: their ids are taken, and they count against the limit. */
   private readonly opening = new Set<number>();
+  /** Waiting for the socket to drain below socketBufferedBytesMax (room). */
+  private readonly roomWaiters: Array<() => void> = [];
+  /** Fetches are served one at a time, each once the socket has room (serveFetch). */
+  private fetches: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly ws: WebSocket<SessionData>,
@@ -42,19 +46,45 @@ export class Session {
   send(frame: FrameInit): void {
     if (this.closed) return;
     if (frame.error) this.broker.metrics.errors.inc([frame.error.name ?? 'INTERNAL']);
-    const bytes = encodeFrame(frame);
-    this.ws.cork(() => this.ws.send(bytes, true));
+    this.write(encodeFrame(frame));
   }
 
   sendPush(fields: PushFields, batches: Uint8Array): void {
     if (this.closed) return;
     // µWS copies what it is given (to the socket or its own buffer): one scratch buffer serves every push.
-    const bytes = encodePushFrame(fields, batches, pushScratch);
-    this.ws.cork(() => this.ws.send(bytes, true));
+    this.write(encodePushFrame(fields, batches, pushScratch));
+  }
+
+  /**
+   * Hands a frame to µWS. Past socketBackpressureBytesMax unsent bytes µWS would drop it
+   * (send answers 2), and a dropped reply or push is a silent gap (a consumer skipped
+   * messages and committed past them; a request went unanswered): the connection is closed
+   * instead, with a reason. Pushes and fetch replies wait for room (writable, room), so only
+   * a client that sends requests and does not read their replies gets here.
+   */
+  private write(bytes: Uint8Array): void {
+    let status = 1;
+    this.ws.cork(() => {
+      status = this.ws.send(bytes, true);
+    });
+    if (status === 2 && !this.closed) {
+      this.broker.metrics.errors.inc(['TOO_MANY_REQUESTS']); // as an oversized frame counts MESSAGE_TOO_LARGE
+      this.closed = true;
+      this.ws.end(1008, `the client left more than ${protocolLimits.socketBackpressureBytesMax} bytes of replies unread`);
+    }
   }
 
   writable(): boolean {
     return !this.closed && this.ws.getBufferedAmount() < protocolLimits.socketBufferedBytesMax;
+  }
+
+  /** Resolves once the socket holds less than socketBufferedBytesMax unsent bytes, or is gone. */
+  private async room(): Promise<void> {
+    while (!this.closed && !this.writable()) await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+  }
+
+  private wakeRoomWaiters(): void {
+    for (const resolve of this.roomWaiters.splice(0)) resolve();
   }
 
   ended(id: number): void {
@@ -67,11 +97,13 @@ export class Session {
 
   /** µWS drain: the socket has room again. */
   drained(): void {
+    this.wakeRoomWaiters();
     for (const s of this.subscriptions.values()) s.kick();
   }
 
   closedBySocket(): void {
     this.closed = true;
+    this.wakeRoomWaiters();
     for (const s of this.subscriptions.values()) s.close();
     this.subscriptions.clear();
   }
@@ -118,6 +150,11 @@ export class Session {
       return;
     }
     this.inflight++;
+    if (kind === 'fetch') {
+      const request = frame.fetch as waymark.v1.Fetch;
+      this.fetches = this.fetches.then(() => this.serveFetch(id, request));
+      return;
+    }
     this.handle(frame, kind).then(
       ({ afterSend, ...reply }) => {
         this.inflight--;
@@ -147,12 +184,6 @@ export class Session {
         this.broker.sameTopic(p.topic, Number(p.topicCreatedAt ?? 0)); // a producer of a topic since deleted and made again
         const appends = await this.broker.produce(p.topic, p.channel, p.batch, p.broadcast);
         return { produceOk: { appends } };
-      }
-      case 'fetch': {
-        const f = (frame.fetch as waymark.v1.Fetch);
-        const read = await store.readBatches(f.topic, f.channel, { offset: f.offset, maxBytes: f.maxBytes || 1024 * 1024 });
-        const state = store.channelState(f.topic, f.channel);
-        return { fetchOk: { channel: f.channel, batches: read.bytes, nextOffset: read.nextOffset, highWatermark: state.highWatermark, logStartOffset: state.logStartOffset } };
       }
       case 'subscribe':
         return this.subscribe((frame.subscribe as waymark.v1.Subscribe));
@@ -202,6 +233,27 @@ export class Session {
         return { topicInfo: topicInfoWire(store.topicInfo((frame.describeTopic as waymark.v1.DescribeTopic).topic), store) };
       default:
         throw new WaymarkError('BAD_REQUEST', `unexpected ${kind} frame`);
+    }
+  }
+
+  /**
+   * A fetch reply can be as large as a read (64 MiB): read only once the socket has room, and
+   * one fetch at a time, its reply sent before the next one reads — so a client pipelining
+   * fetches it reads slowly holds at most one reply past the 8 MiB, instead of one per fetch
+   * (past socketBackpressureBytesMax µWS dropped replies: requests went unanswered).
+   */
+  private async serveFetch(id: number, f: waymark.v1.Fetch): Promise<void> {
+    try {
+      await this.room();
+      if (this.closed) return;
+      const store = this.broker.store;
+      const read = await store.readBatches(f.topic, f.channel, { offset: f.offset, maxBytes: f.maxBytes || 1024 * 1024 });
+      const state = store.channelState(f.topic, f.channel);
+      this.send({ id, fetchOk: { channel: f.channel, batches: read.bytes, nextOffset: read.nextOffset, highWatermark: state.highWatermark, logStartOffset: state.logStartOffset } });
+    } catch (err) {
+      this.send(errorFrame(id, toWaymarkError(err)));
+    } finally {
+      this.inflight--;
     }
   }
 

@@ -238,6 +238,10 @@ export class Subscription {
       const read = await this.readBatches(channel, position, Math.min(protocolLimits.pushBytesMax, this.creditBytes), this.creditMessages, buffer);
       if (read === null) return false;
       if (this.closed || generation !== this.generation || read.batchCount === 0) return false;
+      // Checked again after the read: every subscription of the connection may have passed the
+      // check before it at once, and their pushes together went past µWS's limit (dropped
+      // frames: a consumer skipped messages). Nothing has moved yet; the drain kicks the pump.
+      if (!this.sink.writable()) return false;
       let spans = batchSpans(read.bytes);
       const notBefore = this.notBefore.get(channel);
       if (notBefore !== undefined) {
@@ -419,6 +423,7 @@ export class Subscription {
         break;
       }
     }
+    if (!this.sink.writable()) return; // as in pushChannel: nothing has moved yet; the drain kicks the pump
     const beginTs = this.packBeginTs;
     this.packBeginTs = endTs;
     for (const channel of reached) this.notBefore.delete(channel);
