@@ -618,11 +618,18 @@ export class Consumer implements AsyncIterable<Message> {
     }
   }
 
-  /** Buffered messages are from before a seek: dropped, and their credit returned. */
+  /**
+   * Buffered messages are from before a seek: dropped, and their credit returned — with the
+   * credit of messages already taken and not yet given back (giveBack holds up to a quarter
+   * window): the subscription goes on after a seek, and each seek lost that much of its
+   * window until the consumer stalled (helper-51). A reconnect's new subscription starts
+   * with a whole window instead (resubscribe).
+   */
   private dropBufferedForSeek(): void {
     const { messages, bytes } = this.bufferedCredit();
+    const owed = [this.returnMessages, this.returnBytes] as const;
     this.dropQueued();
-    this.grant(messages, bytes);
+    this.grant(messages + owed[0], bytes + owed[1]);
   }
 
   /** Pushes of this epoch may have arrived already; positions move only where nothing newer was taken. */

@@ -320,8 +320,18 @@ export class Session {
     };
   }
 
-  private async seek(request: waymark.v1.Seek): Promise<FrameInit> {
+  /**
+   * Seeks of one subscription are applied one after another, in the order they came: a seek
+   * to a time looks its offsets up first, and a later seek by positions was applied before it
+   * and then undone by it — with the older epoch, so the client dropped every push after as
+   * stale and the consumer stalled for good (helper-51).
+   */
+  private seek(request: waymark.v1.Seek): Promise<FrameInit> {
     const subscription = this.subscription(request.subscription);
+    return subscription.inSeekTurn(() => this.seekNow(subscription, request));
+  }
+
+  private async seekNow(subscription: Subscription, request: waymark.v1.Seek): Promise<FrameInit> {
     const offsets = new Map<number, number>();
     // The next pack begins where the seek puts the stream in time: at the asked time, or at 0
     // (as a subscription without a start time does) when positions or "earliest" may go back

@@ -90,6 +90,8 @@ export class Subscription {
   private readonly notBefore = new Map<number, number>();
   /** The topic subscribed to (Store.topicIncarnation): one of the same name made later is another topic. */
   private readonly incarnation: number;
+  /** The last seek queued (inSeekTurn); never rejects. */
+  private seeking: Promise<void> = Promise.resolve();
 
   constructor(
     spec: SubscriptionSpec,
@@ -132,6 +134,16 @@ export class Subscription {
     this.creditBytes = Math.min(this.creditBytes + bytes, Number.MAX_SAFE_INTEGER);
     this.stalled = false;
     this.kick();
+  }
+
+  /** Runs `seek` once every seek sent before it is done (see Session.seek). */
+  inSeekTurn<T>(seek: () => Promise<T>): Promise<T> {
+    const turn = this.seeking.then(seek);
+    this.seeking = turn.then(
+      () => undefined,
+      () => undefined,
+    );
+    return turn;
   }
 
   /**

@@ -261,6 +261,51 @@ describe('broker: SDK round trips against a real broker process', function () {
     await consumer.close();
   });
 
+  // Found by a review (helper-51): a seek zeroed the credit of messages taken and not yet given
+  // back (up to a quarter window); the subscription goes on, so each seek shrank its window
+  // until nothing came (with a window of 100: after the fifth seek).
+  it('seeks keep the whole credit window: a consumer that seeks again and again still gets everything', async () => {
+    await client.admin.createTopic('seek-credit', { channels: 1 });
+    const producer = await client.producer({ topic: 'seek-credit' });
+    for (let i = 0; i < 300; i++) await producer.send({ body: `m${i}` }); // a batch each: credit is counted per batch
+    const consumer = await client.consumer({ topic: 'seek-credit', group: 'g', start: 'earliest', autoCommitIntervalMs: 0, prefetchMessages: 100 });
+    let next = 0;
+    for (let round = 0; round < 10; round++) {
+      assert.deepEqual((await take(consumer, 24)).map((m) => m.offset), Array.from({ length: 24 }, (_, i) => next + i), `round ${round}`);
+      next += 24;
+      await consumer.seek({ offsets: { 0: next } }); // stays where it is
+    }
+    assert.deepEqual((await take(consumer, 300 - next)).map((m) => m.offset), Array.from({ length: 300 - next }, (_, i) => next + i));
+    await consumer.close();
+  });
+
+  // Found by a review (helper-51): a seek to a time looks its offsets up before it applies;
+  // a seek by positions sent right after it was applied first, then undone by it, in the older
+  // epoch — the client dropped every push after as stale, and the consumer stalled for good.
+  it('two seeks in flight are applied in the order sent: the later one wins, and what follows is pushed in its epoch', async () => {
+    await client.admin.createTopic('seek-order', { channels: 1 });
+    const producer = await client.producer({ topic: 'seek-order' });
+    await producer.sendBatch(Array.from({ length: 100 }, (_, i) => ({ body: `m${i}` })));
+    const raw = await RawClient.open(broker.url);
+    await raw.request({ subscribe: { topic: 'seek-order', group: 'g', start: 'latest', creditMessages: 1000, creditBytes: 1 << 20, subscription: 1 } });
+    const [byTime, byPosition] = await Promise.all([
+      raw.request({ seek: { subscription: 1, timestamp: 1, epoch: 1 } }),
+      raw.request({ seek: { subscription: 1, positions: [{ channel: 0, offset: 50 }], epoch: 2 } }),
+    ]);
+    assert.deepEqual(byTime.seekOk?.positions?.map((p) => Number(p.offset)), [0]);
+    assert.deepEqual(byPosition.seekOk?.positions?.map((p) => Number(p.offset)), [50]);
+    // Every push after both replies: to the end of the channel, in the later seek's epoch, from 50.
+    const after = raw.pushes.length;
+    await new Promise<void>((resolve) => {
+      const check = (): void => (raw.pushes.slice(after).some((f) => Number(f.push?.nextOffset) === 100) ? resolve() : void (raw.onFrame = check));
+      check();
+    });
+    const pushes = raw.pushes.slice(after).map((f) => ({ epoch: f.push!.epoch, start: Number(f.push!.startOffset) }));
+    assert.ok(pushes.every((p) => p.epoch === 2), `pushes after the seeks: ${JSON.stringify(pushes)}`);
+    assert.equal(pushes[0]!.start, 50);
+    await raw.close();
+  });
+
   it('a seek, or a start, at a time still ahead of the broker\'s clock hands out only messages stamped at or after it (packs and stream consumers)', async () => {
     await client.admin.createTopic('ahead', { channels: 2 });
     const producer = await client.producer({ topic: 'ahead' });
