@@ -119,6 +119,9 @@ export class Broker {
     /** Per channel, the time of the position it starts at (0: placed by time, earliest, latest, a fallback). */
     const times: Array<{ timestamp: number }> = [];
     const explicit = new Map(request.positions.map((p) => [p.channel, p]));
+    for (const channel of explicit.keys()) {
+      if (!request.channels.includes(channel)) throw new WaymarkError('CHANNEL_NOT_FOUND', `a start position for channel ${channel}, which the subscription does not cover (channels ${request.channels.join(', ')})`);
+    }
     for (const channel of request.channels) {
       const state = this.store.channelState(request.topic, channel);
       let offset: number;

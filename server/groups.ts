@@ -19,7 +19,7 @@
  * Invariant: a commit is acknowledged only once its record is durable (the store's sync
  * mode), so an acknowledged commit survives a restart.
  */
-import { checkTopicName, WaymarkError, type AppendResult, type MessageInput, type Store } from '../engine/index';
+import { checkTopicName, quoted, WaymarkError, type AppendResult, type MessageInput, type Store } from '../engine/index';
 import { protocolLimits } from '../protocol/limits';
 
 export const groupsTopic = '__groups';
@@ -57,7 +57,7 @@ interface LastCommit {
 
 export function checkGroupName(group: string): void {
   if (typeof group !== 'string' || group.length === 0 || Buffer.byteLength(group) > protocolLimits.groupNameBytesMax || !/^[A-Za-z0-9_][A-Za-z0-9._-]*$/.test(group)) {
-    throw new WaymarkError('INVALID_NAME', `group name ${JSON.stringify(group)}: use 1-${protocolLimits.groupNameBytesMax} characters of A-Z a-z 0-9 . _ -`);
+    throw new WaymarkError('INVALID_NAME', `group name ${typeof group === 'string' ? quoted(group) : String(group)}: use 1-${protocolLimits.groupNameBytesMax} characters of A-Z a-z 0-9 . _ -`);
   }
 }
 
@@ -83,6 +83,12 @@ export class GroupPositions {
   private compaction: { done: Promise<void>; touched: Set<string>; commitFailed: boolean } | null = null;
   /** Commits being appended, with their keys: a compaction sorts them by where they land and waits for them before it deletes. */
   private readonly inflight = new Map<Promise<AppendResult>, string[]>();
+  /**
+   * Bumped when a commit starts and when it is remembered: a get() whose lookup ran while it
+   * changed may hold an answer older than that commit, and does not cache it (it overwrote an
+   * acknowledged commit's position: a committed subscribe then started at the fallback).
+   */
+  private commits = 0;
   /** What the last compaction rewrote and where it started: the next waits for as many new records. */
   private lastCompaction = { records: 0, end: 0 };
 
@@ -233,8 +239,10 @@ export class GroupPositions {
     if (cached) return cached;
     if (this.absent.has(key)) return null;
     // Only commits made since the topic was created count: older ones belong to a deleted topic of that name.
+    const commits = this.commits;
     const [latest] = await this.store.lookupKey(groupsTopic, key, { limit: 1, timeFrom: this.store.topicInfo(topic).createdAt });
     const position = latest ? parsePosition(key, latest.body) : null;
+    if (this.commits !== commits) return this.cache.get(key) ?? position; // a commit's own remember wins
     this.remember(key, position);
     return position;
   }
@@ -252,6 +260,7 @@ export class GroupPositions {
     const records = positions.map((p) => ({ key: GroupPositions.key(topic, group, p.channel), body: JSON.stringify({ offset: p.offset, timestamp: p.timestamp }) }));
     const keys = records.map((r) => r.key);
     if (this.compaction) for (const key of keys) this.compaction.touched.add(key);
+    this.commits++;
     const appended = this.store.append(groupsTopic, 0, records);
     this.inflight.set(appended, keys);
     try {
@@ -270,6 +279,7 @@ export class GroupPositions {
     if (!this.store.hasTopic(topic) || this.store.topicIncarnation(topic) !== incarnation) {
       throw new WaymarkError('TOPIC_NOT_FOUND', `topic ${topic} was deleted while the commit was written`);
     }
+    this.commits++;
     for (const p of positions) this.remember(GroupPositions.key(topic, group, p.channel), { ...p });
   }
 

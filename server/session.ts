@@ -15,6 +15,7 @@ import { packBeginOf } from '../protocol/positions';
 import { formatLimits } from '../engine/format/limits';
 import type { Broker, StartKind } from './broker';
 import { Subscription } from './subscription';
+import { checkGroupName } from './groups';
 
 export interface SessionData {
   session?: Session;
@@ -207,6 +208,7 @@ export class Session {
       }
       case 'getPositions': {
         const g = (frame.getPositions as waymark.v1.GetPositions);
+        checkGroupName(g.group); // as Commit does: "" and "../x y" answered [], 70,000 bytes KEY_TOO_LARGE
         const info = store.topicInfo(g.topic);
         const positions: waymark.v1.IPosition[] = [];
         for (let channel = 0; channel < info.channels; channel++) {
@@ -282,6 +284,7 @@ export class Session {
   private async open(request: waymark.v1.Subscribe, id: number): Promise<Reply> {
     const start = (request.start || 'committed') as StartKind;
     if (!['committed', 'earliest', 'latest'].includes(start)) throw new WaymarkError('INVALID_ARGUMENT', `start must be committed, earliest or latest, not ${start}`);
+    if (!['', 'earliest', 'latest'].includes(request.fallback)) throw new WaymarkError('INVALID_ARGUMENT', `fallback must be earliest or latest, not ${request.fallback}`);
     const fallback = request.fallback === 'latest' ? 'latest' : 'earliest';
     this.broker.sameTopic(request.topic, Number(request.topicCreatedAt ?? 0));
     const channels = this.broker.channelsOf(request.topic, request.channels ?? []);

@@ -568,6 +568,30 @@ describe('broker: subscriptions at their edges', function () {
   const produce = (c: RawClient, topic: string, channel: number, body: string): Promise<unknown> => c.request({ produce: { topic, channel, batch: encodeBatch([{ body }]).batch } });
   const liveSubscriptions = async (): Promise<number> => Number(/^waymark_subscriptions (\d+)$/m.exec(await (await fetch(`${broker.http}/metrics`)).text())![1]);
 
+  // Found by a review (helper-51): GetPositions took any group name ("" and "../x y" answered
+  // [], 70,000 bytes KEY_TOO_LARGE), an unknown fallback became earliest, and a start
+  // position for a channel not subscribed was dropped, all without a word.
+  it('bad names, fallbacks and start positions are refused with a typed error, the name shown cut short', async () => {
+    const c = await RawClient.open(broker.url);
+    await c.request({ createTopic: { topic: 'edges', channels: 2 } });
+    const refused = async (request: Parameters<RawClient['request']>[0]): Promise<[string, string]> => {
+      const reply = await c.request(request);
+      return [reply.error?.name ?? 'answered', reply.error?.message ?? ''];
+    };
+    for (const group of ['', '../x y', 'a'.repeat(70_000)]) {
+      const [name, message] = await refused({ getPositions: { topic: 'edges', group } });
+      assert.equal(name, 'INVALID_NAME', `group of ${group.length} characters`);
+      assert.ok(message.length < 200, `the message names the group cut short: ${message.length} characters`);
+    }
+    const [topicError, topicMessage] = await refused({ describeTopic: { topic: 'b'.repeat(70_000) } });
+    assert.equal(topicError, 'TOPIC_NOT_FOUND');
+    assert.match(topicMessage, /\(70000 bytes\)/);
+    assert.deepEqual(await refused({ subscribe: { topic: 'edges', group: 'g', fallback: 'bogus', subscription: 1, creditMessages: 1, creditBytes: 1 } }), ['INVALID_ARGUMENT', 'fallback must be earliest or latest, not bogus']);
+    assert.equal((await refused({ subscribe: { topic: 'edges', group: 'g', channels: [0], positions: [{ channel: 1, offset: 0 }], subscription: 2, creditMessages: 1, creditBytes: 1 } }))[0], 'CHANNEL_NOT_FOUND');
+    assert.equal(await liveSubscriptions(), 0, 'no subscription was made');
+    await c.close();
+  });
+
   it('a refused seek moves no channel (those listed before the bad position moved, in the old epoch)', async () => {
     await loadChecksum();
     const c = await RawClient.open(broker.url);

@@ -216,6 +216,40 @@ describe('__groups: the cache of positions', () => {
     await store.close();
   });
 
+  // Found by a review (helper-51, with a lookup made 20 ms slower): get() cached what its
+  // lookup found after awaiting it, over a commit acknowledged meanwhile; the key then read
+  // "no position" until a restart (a committed subscribe started at the fallback).
+  for (const before of [false, true])
+  it(`a lookup slower than a commit does not replace the commit's position in the cache (${before ? 'an older position' : 'none'} on disk before)`, async () => {
+    const dir = tempDir();
+    const { store, groups } = await openGroups(dir);
+    await store.createTopic('orders', { channels: 1 });
+    if (before) {
+      await groups.commit('orders', 'slow', [{ channel: 0, offset: 3, timestamp: 1 }]);
+      groups.forgetTopic('orders'); // out of the cache: the next get looks it up
+    }
+    const lookupKey = store.lookupKey.bind(store);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let started!: () => void;
+    const looking = new Promise<void>((resolve) => (started = resolve));
+    store.lookupKey = async (...args) => {
+      const found = await lookupKey(...args);
+      started();
+      await held; // the disk is slow: the answer comes after the commit below
+      return found;
+    };
+    const slow = groups.get('orders', 'slow', 0);
+    await looking;
+    store.lookupKey = lookupKey;
+    await groups.commit('orders', 'slow', [{ channel: 0, offset: 10, timestamp: 2 }]);
+    release();
+    await slow;
+    assert.equal((await groups.get('orders', 'slow', 0))?.offset, 10);
+    assert.deepEqual([...groups.cached()].map(([, group, p]) => [group, p.offset]), [['slow', 10]]);
+    await store.close();
+  });
+
   it('lookups of groups that never committed do not push real positions out of the cache /metrics takes lag from', async function () {
     this.timeout(120_000);
     const dir = tempDir();

@@ -80,3 +80,12 @@ export function errorCodeFromWire(wire: number): ErrorCode {
 export function isErrorCode(value: string): value is ErrorCode {
   return Object.prototype.hasOwnProperty.call(ErrorTable, value);
 }
+
+/**
+ * A name or value as an error message shows it: quoted, and cut to its first 64 characters
+ * with its length when longer (a 70,000-byte group name came back whole in the error).
+ */
+export function quoted(value: string): string {
+  if (value.length <= 64) return JSON.stringify(value);
+  return `${JSON.stringify(value.slice(0, 64))}… (${new TextEncoder().encode(value).length} bytes)`;
+}
