@@ -579,7 +579,7 @@ export class ChannelLog {
   private syncIfDirty(): void {
     if (!this.dirty || this.failure || this.closed) return;
     this.dirty = false;
-    this.syncing = pool.fdatasync(this.active.fd).then(
+    this.syncing = this.active.syncData().then(
       () => void (this.syncing = null),
       (err: Error) => {
         this.syncing = null;
@@ -1105,6 +1105,10 @@ export class ChannelLog {
    * nothing before `offset` is needed any more (the `__groups` compaction rewrote it).
    */
   async deleteSegmentsBefore(offset: number): Promise<number> {
+    // A failed channel removes nothing: the rewrite at `offset` may be among the bytes whose
+    // write-back failed (sync mode "interval": acknowledged after the write, lost when the
+    // timer's fdatasync got EIO), and what it replaces is then the only copy.
+    if (this.failure) throw this.failure;
     // A segment rolled before the call is deleted too, once its seal is done (not left for the
     // next compaction, which may be long in coming). The seals started so far, not every one:
     // under a steady load there is always another (a compaction waiting for them all stalled
@@ -1113,17 +1117,40 @@ export class ChannelLog {
     if (sealing) await sealing;
     // What the caller rewrote at `offset` and after must be durable before what it replaces
     // goes: in sync modes "interval" and "none" its writes may still be only in the page cache.
+    // Through Segment.syncData: once an fdatasync of this descriptor failed (the sync timer's),
+    // Linux returns 0 to the next one, which proves nothing; syncData keeps the failure.
     if (!this.dsync) {
       if (this.closed) throw new WaymarkError('STORE_CLOSED');
-      await pool.fdatasync(this.active.fd);
+      if (this.failure) throw this.failure;
+      try {
+        await this.active.syncData();
+      } catch (err) {
+        // The bytes acknowledged since the last sync may be lost: the channel fails (sticky),
+        // as when the sync timer's fdatasync fails, and the caller hears STORAGE_FAILED.
+        this.fail(err as Error, []);
+        throw this.failure!;
+      }
     }
     // Checked again after the wait, and in every sync mode: once `closed` is set, close()
     // writes the checkpoint through the thread pool, and a removal's own checkpoint write in
     // the middle of it (same temp file) failed the close and left a checkpoint listing
     // segments that were gone.
     if (this.closed) throw new WaymarkError('STORE_CLOSED');
-    const cut = (): number => this.cutOldest((segment) => segment.nextOffset <= offset).below;
-    return this.removeThenCheckpoint(cut, (below) => this.removeOldestWhile((oldest) => oldest.nextOffset <= below));
+    // And the channel may have failed meanwhile (a seal, the sync timer, a group commit): then
+    // nothing here is known durable, and nothing goes (checked again where the removal runs,
+    // after the removals queued ahead of it).
+    if (this.failure) throw this.failure;
+    const refuseIfFailed = (): void => {
+      if (this.failure) throw this.failure;
+    };
+    const cut = (): number => {
+      refuseIfFailed();
+      return this.cutOldest((segment) => segment.nextOffset <= offset).below;
+    };
+    return this.removeThenCheckpoint(cut, (below) => {
+      refuseIfFailed();
+      return this.removeOldestWhile((oldest) => oldest.nextOffset <= below);
+    });
   }
 
   /**

@@ -139,6 +139,13 @@ export class Segment {
    * the first batch is indexed; a seal meanwhile has nothing to write or sync.
    */
   private untouched = false;
+  /**
+   * The first fdatasync of `fd` that failed. Linux reports a write-back error once per
+   * descriptor: the next fdatasync returns 0 though the pages it failed to write are lost (the
+   * "fsyncgate" behaviour). So a later success on this descriptor proves nothing, and every
+   * later syncData rejects with this error.
+   */
+  private syncFailure: Error | null = null;
 
   /**
    * @param writesDurable the log is open O_DSYNC (sync mode "batch"): each write returns once
@@ -384,12 +391,24 @@ export class Segment {
     // the checkpoint's own sync commits it anyway).
     if (this.endMarkOwed()) await pool.writeAll(this.fd, endMark, this.size).then(() => this.markWritten(), (err: NodeJS.ErrnoException) => this.markFailed(err));
     if (this.cutZeroedTail()) await pool.ftruncate(this.fd, this.fileEnd);
-    if (!this.writesDurable) await pool.fdatasync(this.fd);
+    if (!this.writesDurable) await this.syncData();
     for (const [, parts] of files) await parts.checksumInSlices();
     if (options.syncIndexFiles) for (const [file, parts] of files) await writeFileSyncedAsync(file, parts);
     else await Promise.all(files.map(([file, parts]) => writeIndexFileAsync(file, parts)));
     this.keyBuilder = null;
     this.sealed = true;
+  }
+
+  /**
+   * fdatasync of the log. Rejects with the first failure from then on (syncFailure): a later
+   * 0 from the kernel on this descriptor is not proof of anything.
+   */
+  syncData(): Promise<void> {
+    if (this.syncFailure) return Promise.reject(this.syncFailure);
+    return pool.fdatasync(this.fd).catch((err: Error) => {
+      this.syncFailure ??= err;
+      throw err;
+    });
   }
 
   /** Writes the index files, syncs the log, and makes the segment read-only. */
