@@ -101,3 +101,53 @@ describe('crash consistency: a failed fdatasync is never taken back', () => {
     await store.close();
   });
 });
+
+describe('crash consistency: one fdatasync at a time per descriptor', () => {
+  // sealrace (cc23): in sync mode "interval" a roll did not wait for the sync timer's
+  // fdatasync of the segment it sealed; the seal's own fdatasync of the same descriptor ran
+  // beside it. The timer's got EIO, the seal's 0, and the checkpoint listed the segment.
+  it('a roll seals the old segment only after the sync timer\'s fdatasync of it; when that one gets EIO the seal fails too, and no checkpoint lists the segment', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir, { sync: 'interval', syncIntervalMs: 5, segmentBytes: 4096, onFault: () => undefined });
+    await store.createTopic('t', { channels: 1 });
+    const channelDir = path.join(dir, 'topics', 't', '0');
+    const real = pool.fdatasync;
+    const running = new Map<number, number>(); // fdatasync calls under way per descriptor
+    let overlapped = false;
+    const held = deferred();
+    let release: (() => void) | null = null;
+    pool.fdatasync = (fd) => {
+      const calls = (running.get(fd) ?? 0) + 1;
+      running.set(fd, calls);
+      if (calls > 1) overlapped = true;
+      const over = (): void => void running.set(fd, running.get(fd)! - 1);
+      if (release || !fs.readlinkSync(`/proc/self/fd/${fd}`).endsWith('.log')) return real(fd).finally(over);
+      // The first sync of a segment (the timer's): held until the test lets it fail.
+      return new Promise<void>((_, reject) => {
+        release = () => {
+          over();
+          reject(eio('fdatasync'));
+        };
+        held.resolve();
+      });
+    };
+    try {
+      await store.append('t', 0, [{ body: randomBytes(2500) }]); // acknowledged after the write
+      await held.promise; // the timer's fdatasync of segment 0 is under way
+      await store.append('t', 0, [{ body: randomBytes(2500) }]); // rolls: segment 0 is sealed in the background
+      release!(); // the write-back error, reported to the timer's call
+      await store.settled();
+    } finally {
+      pool.fdatasync = real;
+    }
+    assert.equal(overlapped, false, 'two fdatasync calls ran on one descriptor at once');
+    const checkpoint = JSON.parse(fs.readFileSync(path.join(channelDir, 'checkpoint.json'), 'utf8')) as { segments: Array<{ baseOffset: number }> };
+    assert.deepEqual(
+      checkpoint.segments.map((s) => s.baseOffset),
+      [],
+      'the checkpoint vouches for no segment',
+    );
+    assert.equal((await rejection(store.append('t', 0, [{ body: Buffer.from('x') }]))).code, 'STORAGE_FAILED');
+    await store.close();
+  });
+});

@@ -165,16 +165,19 @@ describe('disk faults: a compaction that meets a close', () => {
   // close that began meanwhile writes its checkpoint through the thread pool; the compaction's
   // own checkpoint write then landed in the middle of it (the same temp file): close failed
   // with ENOENT on the rename and checkpoint.json listed segments that were gone.
+  // (The compaction's sync was held until the close opened its checkpoint's temp file. Since
+  // fdatasyncs of one descriptor run one at a time (Segment.syncData), the close's seal of
+  // that log waits for the held sync, so it is let go as soon as the close has begun.)
   it('finds the channel closed once its fdatasync returns: STORE_CLOSED, and the close writes a sound checkpoint', async () => {
     const dir = tempDir();
     const store = await openStore(dir, { sync: 'none', segmentBytes: 4096 });
     await store.createTopic('g', { channels: 1 });
     for (let i = 0; i < 30; i++) await store.append('g', 0, [{ key: `k${i}`, body: bodyFor('compact', i, 400) + 'x'.repeat(300) }]);
-    const mutable = require('node:fs') as { fdatasync: (fd: number, cb: (err: Error | null) => void) => void; open: (...args: unknown[]) => void };
-    const { fdatasync, open } = mutable;
+    const mutable = require('node:fs') as { fdatasync: (fd: number, cb: (err: Error | null) => void) => void };
+    const { fdatasync } = mutable;
     // The compaction syncs the active segment's log (the newest). Seals of the segments rolled
     // above may still be queued, each syncing its own log: held instead, the close (which
-    // waits for them) never opened its checkpoint and the test hung on a slow disk.
+    // waits for them) never began and the test hung on a slow disk.
     const activeLog = fs.realpathSync(segmentFiles(path.join(dir, 'topics', 'g', '0')).at(-1)!);
     let releaseCompaction: (() => void) | null = null;
     const compactionWaits = new Promise<void>((resolve) => {
@@ -185,29 +188,18 @@ describe('disk faults: a compaction that meets a close', () => {
         resolve();
       };
     });
-    // The held sync returns once the close has opened its checkpoint's temp file.
-    mutable.open = (...args: unknown[]) => {
-      const cb = args[args.length - 1] as (err: Error | null, fd?: number) => void;
-      open(...args.slice(0, -1), (err: Error | null, fd?: number) => {
-        cb(err, fd);
-        if (String(args[0]).endsWith('checkpoint.json.tmp') && releaseCompaction) {
-          const release = releaseCompaction;
-          releaseCompaction = null;
-          release();
-        }
-      });
-    };
     try {
       const compaction = store.deleteSegmentsBefore('g', 0, 25).then(
         () => null,
         (err: Error & { code?: string }) => err.code,
       );
       await compactionWaits;
-      await store.close();
+      const closing = store.close(); // `closed` is set before its first wait
+      releaseCompaction!();
+      await closing;
       assert.equal(await compaction, 'STORE_CLOSED');
     } finally {
       mutable.fdatasync = fdatasync;
-      mutable.open = open;
     }
     assert.deepEqual((await verifyStore(dir)).faults, []);
     const reopened = await openStore(dir);

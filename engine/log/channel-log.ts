@@ -180,7 +180,7 @@ export class ChannelLog {
     const channel = ChannelLog.recovered(dir, options, report);
     const ready = (async () => {
       try {
-        if (channel.leftoverTailToSync()) await pool.fdatasync(channel.active.fd);
+        if (channel.leftoverTailToSync()) await channel.active.syncData();
       } catch (err) {
         channel.closeNow();
         throw err;
@@ -543,6 +543,11 @@ export class ChannelLog {
     const sealed: Promise<void> = (this.sealing ?? Promise.resolve())
       .then(async () => {
         await old.sealInBackground();
+        // A failed channel writes no checkpoint here: whatever failed (a write, the sync
+        // timer's fdatasync of this very segment) may have lost bytes the checkpoint would
+        // vouch for. The seal itself already refuses when its own descriptor's sync failed
+        // (Segment.syncData, one at a time per descriptor); this holds for the rest.
+        if (this.failure) throw this.failure;
         // Through the thread pool: written with synchronous calls it held the event loop
         // 0.6-0.95 ms a roll (an fdatasync, a rename, a folder fsync), every client waiting.
         // Skipped when another seal is queued behind this one: its checkpoint lists this
@@ -577,7 +582,8 @@ export class ChannelLog {
   }
 
   private syncIfDirty(): void {
-    if (!this.dirty || this.failure || this.closed) return;
+    // One at a time: a tick while the last sync runs leaves `dirty` for the next tick.
+    if (!this.dirty || this.syncing || this.failure || this.closed) return;
     this.dirty = false;
     this.syncing = this.active.syncData().then(
       () => void (this.syncing = null),

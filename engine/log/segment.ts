@@ -139,6 +139,8 @@ export class Segment {
    * the first batch is indexed; a seal meanwhile has nothing to write or sync.
    */
   private untouched = false;
+  /** The newest fdatasync asked of `fd` (syncData), settled either way; null when none is under way. */
+  private syncInFlight: Promise<void> | null = null;
   /**
    * The first fdatasync of `fd` that failed. Linux reports a write-back error once per
    * descriptor: the next fdatasync returns 0 though the pages it failed to write are lost (the
@@ -400,15 +402,29 @@ export class Segment {
   }
 
   /**
-   * fdatasync of the log. Rejects with the first failure from then on (syncFailure): a later
-   * 0 from the kernel on this descriptor is not proof of anything.
+   * fdatasync of the log, one at a time on this descriptor: a call made while another runs
+   * starts once that one is over. Two at once (the sync timer's and a roll's seal, in sync
+   * mode "interval") shared one write-back error: the kernel reported it to one caller and
+   * returned 0 to the other, which then vouched for lost bytes. Rejects with the first failure
+   * from then on (syncFailure): a later 0 from the kernel on this descriptor proves nothing.
    */
   syncData(): Promise<void> {
-    if (this.syncFailure) return Promise.reject(this.syncFailure);
-    return pool.fdatasync(this.fd).catch((err: Error) => {
-      this.syncFailure ??= err;
-      throw err;
+    const run = async (): Promise<void> => {
+      if (this.syncFailure) throw this.syncFailure;
+      try {
+        await pool.fdatasync(this.fd);
+      } catch (err) {
+        this.syncFailure ??= err as Error;
+        throw err;
+      }
+    };
+    const sync = (this.syncInFlight ?? Promise.resolve()).then(run, run);
+    // The chain holds one promise: the newest call's, settled either way.
+    const settled: Promise<void> = sync.then(noop, noop).finally(() => {
+      if (this.syncInFlight === settled) this.syncInFlight = null;
     });
+    this.syncInFlight = settled;
+    return sync;
   }
 
   /** Writes the index files, syncs the log, and makes the segment read-only. */
