@@ -559,11 +559,19 @@ export class Store {
     try {
       fs.rmSync(temp, { recursive: true, force: true });
       fs.mkdirSync(temp);
+      // The channel folders are made here, in the folder not yet in place: the fsync of it
+      // that writing topic.json ends with makes their entries durable with topic.json's. Made
+      // after the rename (by the channels' open) they were entries nothing ever fsynced: a
+      // power cut could lose a channel folder and every acknowledged message in it.
+      for (let channel = 0; channel < channels; channel++) fs.mkdirSync(path.join(temp, String(channel)));
       writeTopicFile(temp, info);
       fs.renameSync(temp, dir);
     } catch (err) {
-      // A full disk, say: the half-made folder goes now, not at the next start.
+      // A full disk, say: the half-made folder goes now, not at the next start. The channel
+      // folders first, by name: removing a folder that is not empty lists it, which takes a
+      // descriptor, and the create may have failed for want of one (EMFILE).
       try {
+        for (let channel = 0; channel < channels; channel++) fs.rmSync(path.join(temp, String(channel)), { recursive: true, force: true });
         fs.rmSync(temp, { recursive: true, force: true });
       } catch {
         // the next open sweeps it
@@ -578,6 +586,13 @@ export class Store {
       // it neither comes back at the next start nor blocks a later create of the name.
       const away = path.join(topicsDir, `${deletedPrefix}${name}-${Date.now()}`);
       fs.renameSync(dir, away);
+      try {
+        // The name was made durable above: its removal must be too, or a power cut brings back
+        // a topic whose create was refused (the next open sweeps the renamed folder).
+        syncDir(topicsDir);
+      } catch {
+        // (the create's own error is the one to tell)
+      }
       fs.rmSync(away, { recursive: true, force: true });
       throw storageError(err, `creating topic ${name}`);
     }

@@ -5,11 +5,14 @@
  * a real child with SIGKILL; a power cut is the files edited as the device may have left them.
  */
 import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as readline from 'node:readline';
 import { openStore, type StoreFault } from '../engine/index';
-import { rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
+import { bodyOfLength, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
+import { journalFolders, powerCut, unsyncedEntries } from './namespace-journal';
 
 after(removeTempDirs);
 
@@ -148,6 +151,91 @@ describe('crash consistency: one fdatasync at a time per descriptor', () => {
       'the checkpoint vouches for no segment',
     );
     assert.equal((await rejection(store.append('t', 0, [{ body: Buffer.from('x') }]))).code, 'STORAGE_FAILED');
+    await store.close();
+  });
+});
+
+describe('crash consistency: a new file or folder is a durable entry before anything in it is acknowledged', () => {
+  const child = path.join(__dirname, 'fixtures', 'power-cut-child.js');
+
+  /**
+   * Runs power-cut-child (topic t, `appends` appends of 1,500 bytes, then SIGKILL), then cuts
+   * the power as the kill left things: every folder entry made after its folder's last fsync
+   * is removed (namespace-journal). Returns the acknowledged offsets and the entries removed.
+   */
+  async function killThenCutPower(dir: string, appends: number): Promise<{ acked: number[]; lost: string[] }> {
+    const proc = spawn(process.execPath, [child, dir, String(appends)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const lines: string[] = [];
+    readline.createInterface({ input: proc.stdout! }).on('line', (line) => lines.push(line));
+    const signal = await new Promise<NodeJS.Signals | null>((resolve) => proc.once('close', (_, sig) => resolve(sig)));
+    assert.equal(signal, 'SIGKILL', lines.join('\n'));
+    const acked = lines.filter((l) => l.startsWith('ack ')).map((l) => Number(l.slice(4)));
+    assert.equal(acked.length, appends);
+    return { acked, lost: powerCut(lines.filter((l) => !l.startsWith('ack '))) };
+  }
+
+  /** Every acknowledged offset reads back as written, and the next append comes after them all. */
+  async function everyAckKept(dir: string, acked: number[], lost: string[]): Promise<void> {
+    const store = await openStore(dir, { sync: 'batch' });
+    try {
+      for (const [i, offset] of acked.entries()) {
+        const read = await store.read('t', 0, { offset, maxMessages: 1 }).catch((err: Error) => assert.fail(`offset ${offset}, acknowledged, is gone after a power cut that lost ${lost.join(', ')}: ${err.message}`));
+        assert.ok(read.length > 0 && read[0]!.offset === offset, `offset ${offset}, acknowledged, is gone after a power cut that lost ${lost.join(', ')}`);
+        assert.deepEqual(read[0]!.body, bodyOfLength('cut', i, 1500), `offset ${offset}`);
+      }
+      const next = await store.append('t', 0, [{ body: Buffer.from('after') }]);
+      assert.equal(next.baseOffset, acked.at(-1)! + 1, 'an acknowledged offset handed out again');
+    } finally {
+      await store.close();
+    }
+  }
+
+  // roll/reopen (cc23), at topic create: the channel folders topics/t/0… were made after the
+  // last fsync of topics/t (which was never fsynced at all): a power cut could lose them, and
+  // every message acknowledged in them.
+  it("a topic's channel folders: a power cut right after the first acknowledgement keeps it", async () => {
+    const dir = tempDir();
+    const { acked, lost } = await killThenCutPower(dir, 1);
+    await everyAckKept(dir, acked, lost);
+  });
+
+  // roll/reopen (cc23): a roll made the next segment file (O_CREAT|O_EXCL) and acknowledged
+  // appends in it before any fsync of the channel folder; the only one was in the seal's
+  // checkpoint write, which may come late or be skipped while another seal is queued (the
+  // child holds it). A power cut lost the file, and open handed out its offsets again.
+  it('a rolled segment: a power cut right after the first acknowledgement in it keeps it (the checkpoint that would sync the folder never came)', async () => {
+    const dir = tempDir();
+    const { acked, lost } = await killThenCutPower(dir, 6); // two batches a segment: three rolls
+    await everyAckKept(dir, acked, lost);
+  });
+
+  it('a topic create that fails once its name is in place leaves that name removed durably (the topics folder fsynced after the rename away)', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir);
+    const mutable = require('node:fs') as { openSync: (file: fs.PathLike, ...rest: unknown[]) => number };
+    const openSync = mutable.openSync;
+    // Its first segment file cannot be made: the create fails after topics/broken is in place.
+    mutable.openSync = (file, ...rest) => {
+      if (/[\\/]broken[\\/]0[\\/]\d{20}\.log$/.test(String(file))) throw Object.assign(new Error(`EMFILE: too many open files, open '${file}'`), { code: 'EMFILE' });
+      return openSync(file, ...rest);
+    };
+    const lines: string[] = [];
+    const stop = journalFolders((line) => lines.push(line));
+    let err: Error & { code?: string };
+    try {
+      err = await rejection(store.createTopic('broken', { channels: 1 }));
+    } finally {
+      stop();
+      mutable.openSync = openSync;
+    }
+    assert.equal(err.code, 'STORAGE_FAILED');
+    const topics = fs.realpathSync(path.join(dir, 'topics'));
+    assert.deepEqual(
+      unsyncedEntries(lines).filter((line) => line.split(' ').some((p) => path.dirname(p) === topics)),
+      [],
+      'changes to topics/ a power cut may undo',
+    );
+    assert.equal(store.hasTopic('broken'), false);
     await store.close();
   });
 });

@@ -72,6 +72,13 @@ export function segmentFiles(channelDir: string, extension = 'log'): string[] {
     .map((n) => path.join(channelDir, n));
 }
 
+/** bodyFor's bytes, always `length` of them (a test that needs batches of a known size). */
+export function bodyOfLength(seed: string, index: number, length: number): Buffer {
+  const out = Buffer.alloc(length);
+  for (let i = 0; i < length; i += 32) createHash('sha256').update(`${seed}:${index}:${i}`).digest().copy(out, i, 0, Math.min(32, length - i));
+  return out;
+}
+
 /** Deterministic bytes for (seed, index): lets a reader check bit-identity without keeping copies. */
 export function bodyFor(seed: string, index: number, lengthMax = 300): Buffer {
   const digest = createHash('sha256').update(`${seed}:${index}`).digest();

@@ -32,7 +32,7 @@ import type { KeyHit, TimeRange } from '../index/key-index';
 import type { IndexKeyRanges } from '../format/index-kind';
 import { limits } from '../limits';
 import { CorruptIndexError, tooManyOpenFiles } from './errors';
-import { checkpointFile, inspectCheckpoint, lostSegments, syncDir, writeCheckpoint, writeCheckpointAsync, type Checkpoint } from './checkpoint';
+import { checkpointFile, inspectCheckpoint, lostSegments, syncDir, syncDirAsync, writeCheckpoint, writeCheckpointAsync, type Checkpoint } from './checkpoint';
 import * as pool from './fs-pool';
 import { IoSlots } from './io-slots';
 import { ProducerStates } from './producer-state';
@@ -140,6 +140,16 @@ export class ChannelLog {
    * write while the active segment is untouched too.
    */
   private cleanCheckpointCurrent = false;
+  /**
+   * Segment files made by this channel so far (Segment.create), and how many of them an fsync
+   * of the channel folder is known to have covered (one that began after they were made). A
+   * new file's folder entry is durable only once its folder is fsynced (POSIX; O_DSYNC writes
+   * to the file do not cover it): a power cut could lose the file, and open would hand out its
+   * offsets again. So nothing in a new segment is acknowledged before such an fsync
+   * (writeGroup; a checkpoint write ends with one too).
+   */
+  private segmentsCreated = 0;
+  private folderSyncedThrough = 0;
   highWatermark = 0;
 
   private constructor(
@@ -196,7 +206,17 @@ export class ChannelLog {
 
   /** A channel folder made if absent and recovered (see recover), its files open; not yet ready to serve (see open). */
   private static recovered(dir: string, options: ChannelOptions, report: RecoveryFinding[]): ChannelLog {
-    fs.mkdirSync(dir, { recursive: true });
+    // A channel folder missing within the count starts empty (a topic's are made with it, in
+    // Store.createTopic): made here, its entry is made durable before anything is written in
+    // it, as a new segment's is.
+    const made = fs.mkdirSync(dir, { recursive: true });
+    if (made !== undefined) {
+      const first = path.resolve(made);
+      for (let folder = path.resolve(dir); folder !== path.dirname(folder); folder = path.dirname(folder)) {
+        syncDir(path.dirname(folder));
+        if (folder === first) break;
+      }
+    }
     const channel = new ChannelLog(dir, options);
     try {
       channel.recover(report);
@@ -291,7 +311,10 @@ export class ChannelLog {
       this.segments.push(segment);
     }
 
-    if (this.segments.length === 0) this.segments.push(Segment.create(this.dir, 0, this.dsync));
+    if (this.segments.length === 0) {
+      this.segments.push(Segment.create(this.dir, 0, this.dsync));
+      this.segmentsCreated++; // the checkpoint written at open syncs the folder (else the first commit does)
+    }
     this.nextOffset = this.active.nextOffset;
     this.highWatermark = this.nextOffset;
     this.committedSize = this.active.size;
@@ -331,8 +354,15 @@ export class ChannelLog {
 
   private saveCheckpoint(clean: boolean): void {
     this.cleanCheckpointCurrent = false;
+    const created = this.segmentsCreated;
     writeCheckpoint(this.dir, this.checkpoint(clean));
     this.checkpointOwed = false;
+    this.folderSynced(created); // the write ends with an fsync of the folder
+  }
+
+  /** An fsync of the channel folder that began once `created` segment files were made is done. */
+  private folderSynced(created: number): void {
+    this.folderSyncedThrough = Math.max(this.folderSyncedThrough, created);
   }
 
   /**
@@ -346,12 +376,14 @@ export class ChannelLog {
     const checkpoint = this.checkpoint(clean);
     const owed = this.checkpointOwed;
     this.checkpointOwed = false;
+    const created = this.segmentsCreated;
     try {
       await writeCheckpointAsync(this.dir, checkpoint);
     } catch (err) {
       this.checkpointOwed ||= owed;
       throw err;
     }
+    this.folderSynced(created); // the write ends with an fsync of the folder
   }
 
   private checkpoint(clean: boolean): Checkpoint {
@@ -462,6 +494,10 @@ export class ChannelLog {
         this.roll(roll);
       }
       const segment = this.active;
+      // A segment file made since the channel folder's last fsync (a roll, just now): the
+      // folder is fsynced beside the write, through the thread pool, and the acknowledgement
+      // waits for both (segmentsCreated). Settled into a value here: the write may fail first.
+      const folderSync = this.folderSyncedThrough < this.segmentsCreated ? this.syncFolder().then(() => null, (err: Error) => err) : null;
       let end = start;
       let bytes = 0;
       let records = 0;
@@ -499,6 +535,8 @@ export class ChannelLog {
         throw err;
       }
       await writing;
+      const folderFailure = folderSync && (await folderSync);
+      if (folderFailure) throw folderFailure;
       segment.wrote(at + endMarkBytes + zeros.length);
       segment.size = at;
       segment.markedEnd = true;
@@ -539,6 +577,7 @@ export class ChannelLog {
     // (Clamped into the limits: a reopened active segment's .kix may hold any power of two.)
     const slots = Math.min(Math.max(old.keySlotCount, limits.keyIndexSlotCountMin), limits.keyIndexSlotCount);
     this.segments.push(Segment.create(this.dir, old.nextOffset, this.dsync, why === 'full' ? slots : undefined));
+    this.segmentsCreated++; // its folder entry is made durable before the first acknowledgement in it (writeGroup)
     this.committedSize = 0;
     const sealed: Promise<void> = (this.sealing ?? Promise.resolve())
       .then(async () => {
@@ -563,6 +602,13 @@ export class ChannelLog {
       });
     this.sealing = sealed;
     this.seals.push(sealed);
+  }
+
+  /** fsync of the channel folder through the thread pool; then the segment files made before it began are durable entries. */
+  private async syncFolder(): Promise<void> {
+    const created = this.segmentsCreated;
+    await syncDirAsync(this.dir);
+    this.folderSynced(created);
   }
 
   /** Turns the channel failed (sticky), said once (onFault), keeping the first cause; rejects what waits. */
@@ -1003,11 +1049,13 @@ export class ChannelLog {
     if (!this.activeRemovable(expired)) return 0;
     const old = this.active;
     const next = Segment.create(this.dir, old.nextOffset, this.dsync); // throws: nothing changed
+    const created = ++this.segmentsCreated;
     let left: string[];
     try {
       // The next segment is on disk before the old one goes: a crash between must not leave a
       // channel without segments (its offsets would start again at 0).
       syncDir(this.dir);
+      this.folderSynced(created);
       left = old.remove(); // throws with the old segment whole when its log cannot be unlinked
     } catch (err) {
       next.close();

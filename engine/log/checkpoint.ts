@@ -145,7 +145,8 @@ async function writeFileAtomicAsync(file: string, text: string): Promise<void> {
   await syncDirAsync(path.dirname(file));
 }
 
-async function syncDirAsync(dir: string): Promise<void> {
+/** syncDir through the thread pool. */
+export async function syncDirAsync(dir: string): Promise<void> {
   const fd = await pool.open(dir, 'r');
   try {
     await pool.fsync(fd);
