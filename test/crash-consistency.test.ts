@@ -11,7 +11,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { openStore, type StoreFault } from '../engine/index';
-import { bodyOfLength, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
+import { verifyStore } from '../engine/inspect/index';
+import { encodeEndMark, endMarkBytes } from '../engine/log/segment-scanner';
+import { batchLayout, bodyOfLength, rejection, removeTempDirs, rewriteCheckedJson, segmentFiles, tempDir } from './helpers';
 import { journalFolders, powerCut, unsyncedEntries } from './namespace-journal';
 
 after(removeTempDirs);
@@ -237,5 +239,128 @@ describe('crash consistency: a new file or folder is a durable entry before anyt
     );
     assert.equal(store.hasTopic('broken'), false);
     await store.close();
+  });
+});
+
+describe('crash consistency: a power cut inside a group commit of several batches', () => {
+  const child = path.join(__dirname, 'fixtures', 'power-cut-child.js');
+  const bodyBytes = [500, 3000, 500]; // power-cut-child's commit mode: B0, then B1 and B2 in one commit
+  const producer = 4242;
+
+  /** Runs power-cut-child's commit mode (killed after the acks); the log's bytes and batch layout, with one 512-byte sector inside B1 zeroed as a power cut may leave it (the zeros B0's commit wrote ahead). */
+  async function commitImage(): Promise<{ dir: string; bytes: Buffer; starts: number[]; end: number; sector: number }> {
+    const dir = tempDir();
+    const proc = spawn(process.execPath, [child, 'commit', dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const lines: string[] = [];
+    readline.createInterface({ input: proc.stdout! }).on('line', (line) => lines.push(line));
+    const signal = await new Promise<NodeJS.Signals | null>((resolve) => proc.once('close', (_, sig) => resolve(sig)));
+    assert.deepEqual([signal, lines], ['SIGKILL', ['acked']]);
+    const log = path.join(dir, 'topics', 't', '0', '00000000000000000000.log');
+    const bytes = fs.readFileSync(log);
+    const { starts, end } = batchLayout(bytes);
+    assert.equal(starts.length, 3);
+    assert.deepEqual(bytes.subarray(end, end + endMarkBytes), encodeEndMark(starts[1]!), 'B1 and B2 went out in one commit, whose end mark says it began at B1');
+    const sector = Math.ceil((starts[1]! + 1024) / 512) * 512;
+    assert.ok(sector + 512 <= starts[2]!);
+    const fd = fs.openSync(log, 'r+');
+    fs.writeSync(fd, Buffer.alloc(512), 0, 512, sector);
+    fs.closeSync(fd);
+    return { dir, bytes, starts, end, sector };
+  }
+
+  // reorder (cc23): B1 and B2 went out in one writev with the end mark after them, not yet
+  // acknowledged; the device kept B2 and the mark but not a sector of B1. Open took B1 for
+  // damage in the middle of the log (repaired at open), kept B2 (never acknowledged), and
+  // learned the producer's last sequence from it: the resend of B1 was refused as
+  // DUPLICATE_SEQUENCE — a lost message reported as stored.
+  it("damage inside the last commit, its end mark whole, cuts the log back to the commit's start: the producer's resend of both batches is stored", async () => {
+    // The power cut: one sector inside B1 never reached the disk; B2 and the end mark did.
+    const { dir, bytes, starts, end, sector } = await commitImage();
+    const store = await openStore(dir, { sync: 'batch' });
+    try {
+      const report = store.recoveryReport;
+      assert.deepEqual(
+        report.map((f) => [f.kind, f.position, f.bytesDropped]),
+        [['corrupt', starts[1], end - starts[1]!]],
+      );
+      assert.match(report[0]!.reason, /inside the last group commit/);
+      assert.deepEqual(fs.readFileSync(report[0]!.savedTo!), bytes.subarray(starts[1]!, end).fill(0, sector - starts[1]!, sector - starts[1]! + 512), 'the commit saved aside as it was found');
+      assert.equal(store.channelState('t', 0).highWatermark, 1, 'B1 and B2 are gone, B0 stays');
+      // The producer never had an acknowledgement for B1 or B2: it sends both again, in order.
+      for (const seq of [1, 2]) {
+        const again = await store.append('t', 0, [{ body: bodyOfLength('commit', seq, bodyBytes[seq]!) }], { producerId: producer, producerSequence: seq });
+        assert.deepEqual([again.baseOffset, again.duplicate], [seq, false], `the resend of sequence ${seq}`);
+      }
+      const read = await store.read('t', 0, { offset: 0 });
+      assert.deepEqual(
+        read.map((m) => m.body),
+        bodyBytes.map((n, i) => bodyOfLength('commit', i, n)),
+      );
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a commit start the end mark names is acted on only where a batch starts: a mark whose check holds by chance and points inside B0 leaves the damage in B1 mid-log damage (B2 kept)', async () => {
+    const { dir, starts, end } = await commitImage();
+    const log = path.join(dir, 'topics', 't', '0', '00000000000000000000.log');
+    const forged = encodeEndMark(starts[1]! - 288); // inside B0, with a check that holds
+    const fd = fs.openSync(log, 'r+');
+    fs.writeSync(fd, forged, 0, endMarkBytes, end);
+    fs.closeSync(fd);
+    const store = await openStore(dir, { sync: 'batch' });
+    try {
+      assert.deepEqual(
+        store.recoveryReport.map((f) => [f.kind, f.position, f.bytesDropped]),
+        [['corrupt', starts[1], starts[2]! - starts[1]!]],
+        'B1 alone dropped, as damage in the middle of the log',
+      );
+      assert.deepEqual((await store.read('t', 0, { offset: 0 })).map((m) => m.offset), [0, 2]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('a store of format 3 (8-byte end marks, no commit start) is read by its rules, marked 4 at open, and appended to', async () => {
+    const dir = tempDir();
+    let store = await openStore(dir);
+    await store.createTopic('t', { channels: 1, segmentBytes: 4096 });
+    for (let i = 0; i < 5; i++) await store.append('t', 0, [{ body: bodyOfLength('f3', i, 1500) }]);
+    await store.close();
+    const channelDir = path.join(dir, 'topics', 't', '0');
+    // What a format-3 build leaves: the same files, each mark its last 8 bytes (the text) alone.
+    const logs = segmentFiles(channelDir);
+    assert.ok(logs.length >= 3, 'sealed segments and an active one');
+    for (const log of logs) {
+      const bytes = fs.readFileSync(log);
+      const { starts, end } = batchLayout(bytes);
+      assert.deepEqual(bytes.subarray(end), encodeEndMark(starts.at(-1)!));
+      fs.writeFileSync(log, Buffer.concat([bytes.subarray(0, end), bytes.subarray(end + endMarkBytes - 8)]));
+    }
+    fs.writeFileSync(path.join(dir, 'store.json'), '{"format":"waymark","version":3}');
+    // As a crash leaves it: the active segment is scanned, its format-3 mark read as the end.
+    rewriteCheckedJson<{ clean: boolean }>(path.join(channelDir, 'checkpoint.json'), (checkpoint) => {
+      checkpoint.clean = false;
+    });
+    assert.deepEqual((await verifyStore(dir)).faults, []);
+    store = await openStore(dir);
+    try {
+      assert.deepEqual(store.recoveryReport, []);
+      assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 4 });
+      await store.append('t', 0, [{ body: bodyOfLength('f3', 5, 1500) }]);
+    } finally {
+      await store.close();
+    }
+    assert.deepEqual((await verifyStore(dir)).faults, []);
+    store = await openStore(dir);
+    try {
+      assert.deepEqual(store.recoveryReport, []);
+      assert.deepEqual(
+        (await store.read('t', 0, { offset: 0 })).map((m) => m.body),
+        Array.from({ length: 6 }, (_, i) => bodyOfLength('f3', i, 1500)),
+      );
+    } finally {
+      await store.close();
+    }
   });
 });

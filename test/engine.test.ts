@@ -1005,7 +1005,7 @@ describe('engine store: the folder itself', () => {
     assert.match(twice.message, /this process \(pid \d+\): it is already open here/);
     await store.close();
     const files = (): string[] => fs.readdirSync(dir, { recursive: true, encoding: 'utf8' }).sort();
-    for (const text of ['{bad', '{"format":"kafka","version":2}', '{"format":"waymark","version":4}']) {
+    for (const text of ['{bad', '{"format":"kafka","version":2}', '{"format":"waymark","version":5}']) {
       fs.writeFileSync(path.join(dir, 'store.json'), text);
       const before = files();
       // open, verify and repair alike: a format this build does not know would be misread.
@@ -1019,7 +1019,7 @@ describe('engine store: the folder itself', () => {
     }
     fs.rmSync(path.join(dir, 'store.json'));
     await (await openStore(dir)).close();
-    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 3 }, 'written again');
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 4 }, 'written again');
   });
 
   it('a damaged store.json or topic.json is quoted printably: one line, no control bytes, no raw invalid UTF-8 (helper-44)', async () => {
@@ -1043,7 +1043,7 @@ describe('engine store: the folder itself', () => {
   });
 
   for (const version of [1, 2]) {
-    it(`a store of format ${version} (${version === 1 ? 'no zeroed tails' : 'no end marks'}) is read, and marked 3 at open before anything is written`, async () => {
+    it(`a store of format ${version} (${version === 1 ? 'no zeroed tails' : 'no end marks'}) is read, and marked 4 at open before anything is written`, async () => {
       const dir = tempDir();
       let store = await openStore(dir);
       await store.createTopic('t', { channels: 1 });
@@ -1052,7 +1052,7 @@ describe('engine store: the folder itself', () => {
       fs.writeFileSync(path.join(dir, 'store.json'), `{"format":"waymark","version":${version}}`);
       store = await openStore(dir);
       try {
-        assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 3 });
+        assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 4 });
         assert.deepEqual((await store.read('t', 0, { offset: 0 })).map((m) => m.body.toString()), ['one']);
       } finally {
         await store.close();
@@ -1060,7 +1060,7 @@ describe('engine store: the folder itself', () => {
     });
   }
 
-  it('repair of a store of format 2 marks it 3 before it writes the end marks of format 3 (a build of format 2 would take them for damage)', async () => {
+  it('repair of a store of format 2 marks it 4 before it writes the end marks of format 4 (a build of format 2 would take them for damage)', async () => {
     const dir = tempDir();
     const store = await openStore(dir);
     await store.createTopic('t', { channels: 1, segmentBytes: 4096 });
@@ -1072,13 +1072,13 @@ describe('engine store: the folder itself', () => {
     for (const log of logs) {
       const bytes = fs.readFileSync(log);
       assert.equal(bytes.subarray(bytes.length - 8).toString('latin1'), 'WaymEnd!');
-      fs.truncateSync(log, bytes.length - 8);
+      fs.truncateSync(log, bytes.length - 16);
     }
     fs.writeFileSync(path.join(dir, 'store.json'), '{"format":"waymark","version":2}');
     const report = await repairStore(dir);
-    assert.deepEqual(report.storeMarked, { from: 2, to: 3 });
+    assert.deepEqual(report.storeMarked, { from: 2, to: 4 });
     assert.deepEqual(report.dropped, []);
-    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 3 });
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'store.json'), 'utf8')), { format: 'waymark', version: 4 });
     assert.equal((await verifyStore(dir)).ok, true);
     const again = await repairStore(dir);
     assert.equal(again.storeMarked, null, 'a store of this format is not marked again');

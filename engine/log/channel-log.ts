@@ -37,7 +37,7 @@ import * as pool from './fs-pool';
 import { IoSlots } from './io-slots';
 import { ProducerStates } from './producer-state';
 import { orphanIndexNames, outOfSpace, Segment, segmentFileName, segmentNamePattern, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
-import { endMark, endMarkBytes, segmentFileFits } from './segment-scanner';
+import { encodeEndMark, endMarkBytes, segmentFileFits } from './segment-scanner';
 import { TailCache } from './tail-cache';
 import type { StoreClock } from '../clock';
 
@@ -302,7 +302,7 @@ export class ChannelLog {
         }
       }
       everyTrusted = false;
-      const { segment, findings } = Segment.recover(this.dir, base, ({ header }) => this.producers.recordHeader(header, header.baseOffset), this.dsync);
+      const { segment, findings } = Segment.recover(this.dir, base, ({ header }) => this.producers.recordHeader(header, header.baseOffset), this.dsync, isLast);
       report.push(...findings);
       if (segment.baseOffset !== expectedBase) {
         report.push({ file: segment.path('log'), position: 0, bytesDropped: 0, kind: 'corrupt', reason: `segment starts at ${segment.baseOffset}, previous ends at ${expectedBase}` });
@@ -508,9 +508,10 @@ export class ChannelLog {
       }
       const slice = group.slice(start, end);
       // The batches, the end mark after them (FORMAT.md, "The end mark": a whole commit never
-      // ends in zeros; the next commit writes over it), and perhaps zeros ahead.
+      // ends in zeros, and the mark says where the commit began; the next commit writes over
+      // it), and perhaps zeros ahead.
       const buffers = slice.map((p) => p.batch);
-      buffers.push(endMark);
+      buffers.push(encodeEndMark(segment.size));
       const zeros = segment.zerosAhead(segment.size + bytes + endMarkBytes, this.options.segmentBytes);
       let writing = pool.writev(segment.fd, zeros.length > 0 ? [...buffers, zeros] : buffers, segment.size);
       if (zeros.length > 0) {
@@ -539,7 +540,7 @@ export class ChannelLog {
       if (folderFailure) throw folderFailure;
       segment.wrote(at + endMarkBytes + zeros.length);
       segment.size = at;
-      segment.markedEnd = true;
+      segment.markBytes = endMarkBytes;
       start = end;
     }
   }

@@ -24,11 +24,14 @@
  * by page), which leaves a batch whose bytes stop at one with zeros after — torn, as a batch
  * cut short at the end of a file is.
  *
- * The end mark (store format 3): every group commit writes `endMark` right after its last
- * batch (the next commit overwrites it). So a whole batch is never followed by zeros alone:
+ * The end mark (store format 3; 16 bytes with its commit's start since format 4, encodeEndMark):
+ * every group commit writes one right after its last batch (the next commit overwrites it). So a whole batch is never followed by zeros alone:
  * a damaged one whose own last 4 KiB are zeros has the mark after it and is damage, where
  * without it (format 2 files) it looked like a write cut short. A cut that falls inside the
- * previous commit's mark leaves its last 1–7 bytes after the page boundary: still torn.
+ * previous commit's mark leaves its last 1–15 bytes after the page boundary: still torn.
+ * Damage at or after the start of the last commit that a whole format-4 mark names is a last
+ * commit that did not reach the disk whole: Segment.recover cuts it off before it scans
+ * (lastCommitOf); the scan itself judges batch by batch as above.
  *
  *   * with `checksumMismatch: 'report'` the batch is yielded with checksumOk=false and the
  *     scan goes on by its length (dump shows every batch's status); otherwise the scan stops.
@@ -39,6 +42,7 @@
 import * as fs from 'node:fs';
 import { batchHeaderBytes, BatchOffset, batchMagic, batchVersion, checksumHolds, probeHeader, type BatchHeader } from '../format/record-batch';
 import { formatLimits } from '../format/limits';
+import { xxh32Range } from '../format/checksum';
 
 export type ScanEvent =
   | { kind: 'batch'; position: number; header: BatchHeader; bytes: Buffer; checksumOk: boolean }
@@ -92,7 +96,8 @@ export function* scanSegment(fd: number, options: ScanOptions = {}): Generator<S
   while (position < fileEnd) {
     const available = window.ensure(position, Math.min(batchHeaderBytes, fileEnd - position));
     const at = position - window.start;
-    if (available >= endMarkBytes && isEndMark(window.buf, at) && zeroRunStart(fd, position + endMarkBytes, fileEnd) === position + endMarkBytes) return;
+    const mark = markBytesAt(window.buf, at, available, position);
+    if (mark > 0 && zeroRunStart(fd, position + mark, fileEnd) === position + mark) return;
     let probe = probeHeader(window.buf, at, at + available);
     if (probe.kind === 'short' && position + probe.needBytes <= fileEnd) {
       window.ensure(position, probe.needBytes);
@@ -162,59 +167,152 @@ const lengthPastMark = 'batch length runs past the end of the data, and a whole 
 /**
  * Whether the data that starts with a batch at `position` and ends at `dataEnd` (where the
  * zeros or the file end) ends in a whole end mark after that batch's start. A write cut
- * short never leaves one: the mark is its last 8 bytes, and the previous commit's mark,
+ * short never leaves one: the mark is its last bytes, and the previous commit's mark,
  * at `position`, is where the write began. So a batch claiming bytes past such data is
  * damage (its length fields, flipped in agreement), not a torn tail, and whatever sound
- * batches lie after it are not lost silently.
+ * batches lie after it are not lost silently. A format-3 mark's 8 bytes ending 8–15 bytes
+ * after a page boundary are taken for what a cut left of a format-4 mark (staleMarkAfterCut).
  */
 function wholeMarkEndsAt(fd: number, position: number, dataEnd: number): boolean {
-  if (dataEnd - position < batchHeaderBytes + endMarkBytes) return false;
-  const bytes = Buffer.alloc(endMarkBytes);
-  return fs.readSync(fd, bytes, 0, endMarkBytes, dataEnd - endMarkBytes) === endMarkBytes && isEndMark(bytes, 0);
+  if (dataEnd - position < batchHeaderBytes + endMarkTextBytes) return false;
+  const mark = markEndingAt(fd, position, dataEnd);
+  if (mark === null) return false;
+  return mark.bytes === endMarkBytes || remnantAfterCut(position, dataEnd) < endMarkTextBytes;
 }
 
 /**
  * A write cut at the page boundary just below `dataEnd`, the bytes from it to `dataEnd` being
- * what was there before: the last 1–7 bytes of the previous commit's end mark, which the
- * write began to overwrite. Not when a whole mark ends at `dataEnd` (a whole commit's own).
+ * what was there before: the last 1–15 bytes of the previous commit's end mark, which the
+ * write began to overwrite (of a format-3 mark, 1–7). Not when a whole format-4 mark ends at
+ * `dataEnd` (a whole commit's own). The first 1–7 of 9–15 such bytes are the old mark's
+ * commit start and check, which nothing can confirm: its last 8 are the text.
  */
 function staleMarkAfterCut(fd: number, position: number, dataEnd: number): boolean {
+  const remnant = remnantAfterCut(position, dataEnd);
+  if (remnant === 0 || remnant >= endMarkBytes) return false;
+  const tail = Math.min(remnant, endMarkTextBytes);
+  const bytes = Buffer.alloc(tail);
+  if (fs.readSync(fd, bytes, 0, tail, dataEnd - tail) !== tail) return false;
+  if (!bytes.equals(endMarkText.subarray(endMarkTextBytes - tail))) return false;
+  return markEndingAt(fd, position, dataEnd)?.bytes !== endMarkBytes;
+}
+
+/** Bytes from the page boundary just below `dataEnd` to it, when that boundary is past `position` (else 0). */
+function remnantAfterCut(position: number, dataEnd: number): number {
   const boundary = Math.floor((dataEnd - 1) / pageBytes) * pageBytes;
-  const remnant = dataEnd - boundary;
-  if (boundary <= position || remnant >= endMarkBytes || dataEnd < endMarkBytes) return false;
-  const bytes = Buffer.alloc(endMarkBytes);
-  if (fs.readSync(fd, bytes, 0, endMarkBytes, dataEnd - endMarkBytes) !== endMarkBytes) return false;
-  if (isEndMark(bytes, 0)) return false;
-  return bytes.subarray(endMarkBytes - remnant).equals(endMark.subarray(endMarkBytes - remnant));
+  return boundary > position ? dataEnd - boundary : 0;
 }
 
 /**
- * Written after the last batch of every group commit (store format 3; FORMAT.md, "The end
- * mark"): ASCII "WaymEnd!". Read as a batch's baseOffset it is 2.4e18, past any offset, so
- * no batch starts with it; its last byte is not zero, so a whole commit never ends in zeros.
+ * The end mark (FORMAT.md, "The end mark"). Store format 4 writes 16 bytes after the last
+ * batch of every group commit: the position in the segment where that commit's first batch
+ * starts (u32), its check (xxh32 of those 4 bytes, seed `endMarkSeed`), then the ASCII text
+ * "WaymEnd!". Store format 3 wrote the text alone; it is still read. So the data of a whole
+ * commit ends in the text either way: its last byte is not zero, so a whole commit never
+ * ends in zeros. The commit start tells a write that did not reach the disk whole (damage at
+ * or after it: a torn last commit, none of it acknowledged) from damage before it.
  */
-export const endMark = Buffer.from('WaymEnd!', 'latin1');
-export const endMarkBytes = 8;
+export const endMarkText = Buffer.from('WaymEnd!', 'latin1');
+export const endMarkTextBytes = 8;
+/** The mark this build writes (store format 4). */
+export const endMarkBytes = 16;
+const endMarkSeed = 0x4d61726b; // "Mark"
 
-export function isEndMark(buf: Uint8Array, at: number): boolean {
-  for (let i = 0; i < endMarkBytes; i++) if (buf[at + i] !== endMark[i]) return false;
+/** The 16-byte end mark of a commit whose first batch starts at `commitStart`. */
+export function encodeEndMark(commitStart: number): Buffer {
+  const mark = Buffer.alloc(endMarkBytes);
+  mark.writeUInt32LE(commitStart, 0);
+  mark.writeUInt32LE(xxh32Range(mark, 0, 4, endMarkSeed), 4);
+  endMarkText.copy(mark, 8);
+  return mark;
+}
+
+/**
+ * The length of the end mark that starts at `at` in `buf` (`available` bytes there; the mark
+ * at file position `position`): 16 for a whole format-4 mark whose commit start is at or
+ * before it, 8 for the format-3 text, 0 for none.
+ */
+function markBytesAt(buf: Uint8Array, at: number, available: number, position: number): number {
+  if (available >= endMarkBytes && isEndMarkText(buf, at + 8) && commitStartOf(buf, at, position) !== null) return endMarkBytes;
+  return available >= endMarkTextBytes && isEndMarkText(buf, at) ? endMarkTextBytes : 0;
+}
+
+/** The commit start a format-4 mark at `at` (file position `position`) holds, null when its check fails or it points past the mark. */
+function commitStartOf(buf: Uint8Array, at: number, position: number): number | null {
+  const start = (buf[at]! | (buf[at + 1]! << 8) | (buf[at + 2]! << 16) | (buf[at + 3]! << 24)) >>> 0;
+  const check = (buf[at + 4]! | (buf[at + 5]! << 8) | (buf[at + 6]! << 16) | (buf[at + 7]! << 24)) >>> 0;
+  return check === xxh32Range(buf, at, at + 4, endMarkSeed) && start <= position ? start : null;
+}
+
+function isEndMarkText(buf: Uint8Array, at: number): boolean {
+  for (let i = 0; i < endMarkTextBytes; i++) if (buf[at + i] !== endMarkText[i]) return false;
   return true;
 }
 
-/** Whether the file has the end mark at `position`. */
-export function endMarkAt(fd: number, position: number, fileEnd: number = fs.fstatSync(fd).size): boolean {
-  if (fileEnd - position < endMarkBytes) return false;
-  const bytes = Buffer.alloc(endMarkBytes);
-  return fs.readSync(fd, bytes, 0, endMarkBytes, position) === endMarkBytes && isEndMark(bytes, 0);
+/**
+ * The end mark that ends at `dataEnd`, starting no earlier than `from`: a format-4 mark (16
+ * bytes, its commit start) or the format-3 text (8 bytes, no commit start), else null.
+ */
+export function markEndingAt(fd: number, from: number, dataEnd: number): { bytes: number; commitStart: number | null } | null {
+  const have = Math.min(endMarkBytes, dataEnd - from);
+  if (have < endMarkTextBytes) return null;
+  const bytes = Buffer.alloc(have);
+  if (fs.readSync(fd, bytes, 0, have, dataEnd - have) !== have || !isEndMarkText(bytes, have - endMarkTextBytes)) return null;
+  if (have === endMarkBytes) {
+    const start = commitStartOf(bytes, 0, dataEnd - endMarkBytes);
+    if (start !== null) return { bytes: endMarkBytes, commitStart: start };
+  }
+  return { bytes: endMarkTextBytes, commitStart: null };
+}
+
+/**
+ * Where the last group commit of a segment began, when a whole format-4 end mark ends its
+ * data (before any zeroed tail): `start` (its first batch) and `markAt` (where its batches
+ * end). Null otherwise (format 3, no mark, a torn write).
+ */
+export function lastCommitOf(fd: number, fileEnd: number = fs.fstatSync(fd).size): { start: number; markAt: number } | null {
+  const dataEnd = zeroRunStart(fd, 0, fileEnd);
+  const mark = markEndingAt(fd, 0, dataEnd);
+  if (mark === null || mark.commitStart === null) return null;
+  return { start: mark.commitStart, markAt: dataEnd - mark.bytes };
+}
+
+/** The length of the end mark at `position` in the file (16 format 4, 8 format 3), 0 when there is none. */
+export function endMarkAt(fd: number, position: number, fileEnd: number = fs.fstatSync(fd).size): number {
+  const have = Math.min(endMarkBytes, fileEnd - position);
+  if (have < endMarkTextBytes) return 0;
+  const bytes = Buffer.alloc(have);
+  if (fs.readSync(fd, bytes, 0, have, position) !== have) return 0;
+  return markBytesAt(bytes, 0, have, position);
 }
 
 /**
  * Whether a sealed segment's file is the size a checkpoint entry of `bytes` says: its batches,
- * then the end mark (store format 3), or its batches alone (format 2, or a seal that found no
- * room for the mark).
+ * then the end mark (16 bytes, store format 4; 8, format 3), or its batches alone (format 2,
+ * or a seal that found no room for the mark).
  */
 export function segmentFileFits(fileBytes: number, bytes: number): boolean {
-  return fileBytes === bytes || (bytes > 0 && fileBytes === bytes + endMarkBytes);
+  return fileBytes === bytes || (bytes > 0 && (fileBytes === bytes + endMarkBytes || fileBytes === bytes + endMarkTextBytes));
+}
+
+/**
+ * Whether a batch starts at `target`: walking from 0 by each header's `batchLength` (headers
+ * checked by probeHeader, checksums not) lands on it. False when a header fails on the way
+ * or the walk steps over it. For a position read from an end mark before it is acted on: its
+ * check is 32 bits, and a cut at a wrong place would drop sound batches.
+ */
+export function batchStartsAt(fd: number, target: number): boolean {
+  const head = Buffer.alloc(batchHeaderBytes);
+  let position = 0;
+  while (position < target) {
+    if (fs.readSync(fd, head, 0, batchHeaderBytes, position) !== batchHeaderBytes) return false;
+    const probe = probeHeader(head, 0, batchHeaderBytes);
+    if (probe.kind === 'corrupt') return false;
+    const length = probe.kind === 'ok' ? probe.header.batchLength : head.readUInt32LE(BatchOffset.batchLength);
+    if (length < batchHeaderBytes) return false;
+    position += length;
+  }
+  return position === target;
 }
 
 /**
@@ -223,10 +321,7 @@ export function segmentFileFits(fileBytes: number, bytes: number): boolean {
  */
 export function damagedTailEnd(fd: number, from: number, fileEnd: number): number {
   const dataEnd = zeroRunStart(fd, from, fileEnd);
-  if (dataEnd - from < endMarkBytes) return dataEnd;
-  const bytes = Buffer.alloc(endMarkBytes);
-  if (fs.readSync(fd, bytes, 0, endMarkBytes, dataEnd - endMarkBytes) !== endMarkBytes) return dataEnd;
-  return isEndMark(bytes, 0) ? dataEnd - endMarkBytes : dataEnd;
+  return dataEnd - (markEndingAt(fd, from, dataEnd)?.bytes ?? 0);
 }
 
 /** Where the file's last run of zero bytes starts (`fileEnd` when its last byte is not zero), looking back no further than `from`. */

@@ -32,7 +32,7 @@ import { CorruptIndexError, DamageBeforeSoundBatchesError } from './errors';
 import * as pool from './fs-pool';
 import { writeFileSynced, writeFileSyncedAsync, writeIndexFileAsync, type IndexFileParts } from './index-file';
 import { OffsetIndex } from './offset-index';
-import { damagedTailEnd, endMark, endMarkAt, endMarkBytes, findNextBatch, scanSegment } from './segment-scanner';
+import { batchStartsAt, damagedTailEnd, encodeEndMark, endMarkAt, endMarkBytes, findNextBatch, lastCommitOf, scanSegment } from './segment-scanner';
 import { TimeIndex } from './time-index';
 
 let hashScratch = new Uint32Array(3 * 1024);
@@ -121,8 +121,11 @@ export class Segment {
    * ends at or below this overwrites allocated, written blocks (no file-size change to commit).
    */
   writtenTo = 0;
-  /** The end mark sits at `size`, right after the last batch (every commit writes one). */
-  markedEnd = false;
+  /**
+   * The length of the end mark at `size`, right after the last batch (every commit writes
+   * one): 16 (store format 4), 8 (a format-3 mark a recovery or reopen found there), 0 none.
+   */
+  markBytes = 0;
   private bytesSinceIndexEntry = Infinity;
   private offsetIndex: OffsetIndex | null = null;
   private timeIndex: TimeIndex | null = null;
@@ -214,14 +217,23 @@ export class Segment {
    * not know), truncates a torn tail silently and a corrupt tail loudly (the dropped bytes
    * are copied aside first), and rebuilds its indexes in memory. Damage with sound batches
    * after it is not a tail: DamageBeforeSoundBatchesError, nothing changed (the store repairs).
+   * `lastCommitMayBeTorn` (the channel's last segment): a last group commit that did not reach
+   * the disk whole is cut off first (tornLastCommit).
    */
-  static recover(dir: string, baseOffset: number, onBatch?: (batch: RecoveredBatch) => void, dsync = false): { segment: Segment; findings: RecoveryFinding[] } {
+  static recover(dir: string, baseOffset: number, onBatch?: (batch: RecoveredBatch) => void, dsync = false, lastCommitMayBeTorn = false): { segment: Segment; findings: RecoveryFinding[] } {
     const file = path.join(dir, segmentFileName(baseOffset, 'log'));
     const fd = fs.openSync(file, writableFlags(dsync));
     const segment = new Segment(dir, baseOffset, fd, dsync);
     segment.startInMemoryIndexes();
-    const fileBytes = fs.fstatSync(fd).size;
+    let fileBytes = fs.fstatSync(fd).size;
     const findings: RecoveryFinding[] = [];
+    // Only the channel's last segment: a commit that went on into the next segment was written
+    // whole in this one before it went on (its slice's write returned first).
+    const torn = lastCommitMayBeTorn ? tornLastCommit(fd, file, fileBytes) : null;
+    if (torn) {
+      findings.push(torn);
+      fileBytes = torn.position;
+    }
     let end: RecoveryFinding | null = null;
     for (const event of scanSegment(fd)) {
       if (event.kind === 'batch') {
@@ -266,7 +278,7 @@ export class Segment {
       findings.push(end);
     } else {
       // The scan ended at the end mark or the zeroed tail: not data, no finding. The mark stays.
-      segment.markedEnd = segment.size > 0 && endMarkAt(fd, segment.size, fileBytes);
+      segment.markBytes = segment.size > 0 ? endMarkAt(fd, segment.size, fileBytes) : 0;
       if (fileBytes > segment.fileEnd) fs.ftruncateSync(fd, segment.fileEnd);
     }
     segment.writtenTo = segment.fileEnd;
@@ -298,7 +310,7 @@ export class Segment {
       segment.size = meta.bytes;
       // The caller found the file this size (segmentFileFits): the batches, and the end mark
       // when a format-3 close left one.
-      segment.markedEnd = fileBytes === meta.bytes + endMarkBytes;
+      segment.markBytes = fileBytes - meta.bytes;
       segment.writtenTo = fileBytes;
       segment.nextOffset = meta.nextOffset;
       segment.firstTimestamp = meta.firstTimestamp;
@@ -391,7 +403,7 @@ export class Segment {
     // not be synced: the checkpoint vouches for a file of `size` bytes and the mark, and open
     // scans one of any other size (a cut a power loss undid costs a scan, never data; on ext4
     // the checkpoint's own sync commits it anyway).
-    if (this.endMarkOwed()) await pool.writeAll(this.fd, endMark, this.size).then(() => this.markWritten(), (err: NodeJS.ErrnoException) => this.markFailed(err));
+    if (this.endMarkOwed()) await pool.writeAll(this.fd, encodeEndMark(this.size), this.size).then(() => this.markWritten(), (err: NodeJS.ErrnoException) => this.markFailed(err));
     if (this.cutZeroedTail()) await pool.ftruncate(this.fd, this.fileEnd);
     if (!this.writesDurable) await this.syncData();
     for (const [, parts] of files) await parts.checksumInSlices();
@@ -432,7 +444,7 @@ export class Segment {
     if (this.sealed) return;
     if (this.endMarkOwed()) {
       try {
-        fs.writeSync(this.fd, endMark, 0, endMarkBytes, this.size);
+        fs.writeSync(this.fd, encodeEndMark(this.size), 0, endMarkBytes, this.size);
         this.markWritten();
       } catch (err) {
         this.markFailed(err as NodeJS.ErrnoException);
@@ -487,16 +499,16 @@ export class Segment {
 
   /** Where the file ends once sealed: the batches, then the end mark when it is there. */
   get fileEnd(): number {
-    return this.size + (this.markedEnd ? endMarkBytes : 0);
+    return this.size + this.markBytes;
   }
 
   /** A seal writes the end mark after the last batch when no commit left it there (after a recovery that cut a tail, or in a file a store of format 2 wrote). */
   private endMarkOwed(): boolean {
-    return !this.markedEnd && this.size > 0;
+    return this.markBytes === 0 && this.size > 0;
   }
 
   private markWritten(): void {
-    this.markedEnd = true;
+    this.markBytes = endMarkBytes;
     this.writtenTo = Math.max(this.writtenTo, this.fileEnd);
   }
 
@@ -713,6 +725,43 @@ export function droppedBytesPath(file: string, position: number): string {
   const first = `${file}.dropped-${position}`;
   if (!fs.existsSync(first)) return first;
   for (let n = 2; ; n++) if (!fs.existsSync(`${first}.${n}`)) return `${first}.${n}`;
+}
+
+/**
+ * A last group commit that did not reach the disk whole (FORMAT.md, "The end mark"): a whole
+ * format-4 mark ends the data and says where its commit began, and a batch at or after that
+ * start is torn or damaged. A power cut inside the commit's write can leave that (the device
+ * may keep some of its sectors and not others, the mark among those kept); nothing in the
+ * commit was acknowledged, since an acknowledgement waits for all of it. So it is not damage
+ * in the middle of the log (whose sound batches after it are kept, and a producer's sequence
+ * learned from them, refusing the resend of the batch before as a duplicate): the file is cut
+ * back to the commit's start, its bytes saved aside first (`.dropped-…`). Reported as damage
+ * all the same: by its bytes, a batch of an acknowledged last commit damaged later looks alike.
+ * Returns that finding, or null when the last commit is whole or unknown (format 3).
+ */
+function tornLastCommit(fd: number, file: string, fileBytes: number): RecoveryFinding | null {
+  const commit = lastCommitOf(fd, fileBytes);
+  if (commit === null || commit.start >= commit.markAt) return null;
+  let brokenAt = -1;
+  for (const event of scanSegment(fd, { start: commit.start, end: fileBytes })) {
+    if (event.kind !== 'batch') {
+      brokenAt = event.position;
+      break;
+    }
+  }
+  // The commit start is read from the mark (a 32-bit check): acted on only once the batches
+  // before it lead there.
+  if (brokenAt < 0 || !batchStartsAt(fd, commit.start)) return null;
+  const savedTo = saveDroppedBytes(fd, file, commit.start, commit.markAt);
+  fs.ftruncateSync(fd, commit.start);
+  return {
+    file,
+    position: commit.start,
+    bytesDropped: commit.markAt - commit.start,
+    kind: 'corrupt',
+    reason: `a batch at ${brokenAt} fails inside the last group commit (bytes ${commit.start}..${commit.markAt - 1}, its end mark whole): a power cut during its write (none of it acknowledged) or later damage; cut back to the commit's start`,
+    savedTo,
+  };
 }
 
 function saveDroppedBytes(fd: number, file: string, from: number, to: number): string {
