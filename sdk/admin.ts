@@ -1,6 +1,8 @@
 /** Topic administration and group positions over the protocol. */
 import type { waymark } from '../protocol/frames';
 import type { Connection } from './client';
+import { WaymarkError } from '../engine/format/errors';
+import { checkCount, checkKnown } from './options';
 
 export interface TopicDescription {
   name: string;
@@ -40,7 +42,19 @@ function describe(info: waymark.v1.ITopicInfo | null | undefined): TopicDescript
 export class Admin {
   constructor(private readonly connection: Connection) {}
 
+  /**
+   * Options are checked here, before the request: protobuf would have truncated or coerced
+   * them (`retentionMs: '1h'` became 1 ms and retention deleted everything; `channels: 2.5`
+   * became 2, 4294967297 became 1; `chanels: 3` was ignored).
+   */
   async createTopic(topic: string, options: CreateTopicOptions = {}): Promise<TopicDescription> {
+    if (typeof topic !== 'string') throw new WaymarkError('INVALID_ARGUMENT', `the topic must be a string, not ${typeof topic}`);
+    checkKnown('createTopic', options, ['channels', 'retentionMs', 'retentionBytes', 'owner']);
+    checkCount('channels', options.channels);
+    if (options.channels !== undefined && options.channels > 0xffffffff) throw new WaymarkError('TOO_MANY_CHANNELS', `channels ${options.channels} is past what a topic may have`);
+    checkCount('retentionMs', options.retentionMs, true);
+    checkCount('retentionBytes', options.retentionBytes, true);
+    if (options.owner !== undefined && typeof options.owner !== 'string') throw new WaymarkError('INVALID_ARGUMENT', `owner must be a string, not ${typeof options.owner}`);
     const reply = await this.connection.request({ createTopic: { topic, channels: options.channels ?? 1, retentionMs: options.retentionMs ?? 0, retentionBytes: options.retentionBytes ?? 0, owner: options.owner ?? '' } });
     return describe(reply.topicInfo);
   }

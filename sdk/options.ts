@@ -19,3 +19,22 @@ export function checkMs(name: string, value: unknown, min = 0): void {
     throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number of ms from ${min} to ${timerMsMax}, not ${String(value)}`);
   }
 }
+
+/** Refuses option names it does not know (a misspelt `chanels` made a one-channel topic, silently). */
+export function checkKnown(what: string, options: object, known: readonly string[]): void {
+  if (options === null || typeof options !== 'object') throw new WaymarkError('INVALID_ARGUMENT', `${what} options must be an object, not ${String(options)}`);
+  for (const key of Object.keys(options)) {
+    if (!known.includes(key)) throw new WaymarkError('INVALID_ARGUMENT', `${what}: unknown option ${JSON.stringify(key)} (the options are ${known.join(', ')})`);
+  }
+}
+
+/**
+ * A channel number: a whole number 0 or more (INVALID_ARGUMENT otherwise: "1", -1 and 1.5
+ * were CHANNEL_NOT_FOUND "has channels 0..1, not 1"); whether the topic has it is the caller's check.
+ */
+export function checkChannelNumber(name: string, value: unknown): void {
+  if (value === undefined) return;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number 0 or more, not ${typeof value === 'string' ? JSON.stringify(value) : String(value)}`);
+  }
+}

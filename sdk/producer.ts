@@ -29,7 +29,7 @@ import { checkMessage, encodeBatch, messagePrefix, type MessageInput } from '../
 import { channelForKey } from '../engine/format/repack';
 import type { Connection } from './client';
 import { nodeCodec } from './codec';
-import { checkCount, checkMs } from './options';
+import { checkChannelNumber, checkCount, checkMs } from './options';
 
 export interface ProducerOptions {
   topic: string;
@@ -250,7 +250,8 @@ export class Producer {
       compression: options.compression ?? true,
       deliveryTimeoutMs: options.deliveryTimeoutMs ?? 120_000,
     };
-    if (options.channel !== undefined && (!Number.isInteger(options.channel) || options.channel < 0 || options.channel >= channelCount)) {
+    checkChannelNumber('channel', options.channel);
+    if (options.channel !== undefined && options.channel >= channelCount) {
       throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${options.topic} has channels 0..${channelCount - 1}, not ${options.channel}`);
     }
     this.channels = Array.from({ length: channelCount }, () => ({ open: null, producerId: newProducerId(), sequence: 0, ready: [], inflight: [] }));
@@ -336,6 +337,7 @@ export class Producer {
   /** Checks a message and routes it (throws on a closed producer or a bad channel). */
   private route(message: OutgoingMessage): number {
     if (this.closing) throw new WaymarkError('CLIENT_CLOSED', 'the producer is closed');
+    checkChannelNumber('channel', (message as { channel?: unknown }).channel);
     const channel = this.channelFor(message);
     if (!Number.isInteger(channel) || !this.channels[channel]) throw new WaymarkError('CHANNEL_NOT_FOUND', `topic ${this.topic} has channels 0..${this.channels.length - 1}, not ${channel}`);
     return channel;

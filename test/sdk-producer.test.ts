@@ -56,6 +56,38 @@ describe('sdk producer: options, sizes and sequences', function () {
     await fine.close();
   });
 
+  // Found by a black-box run (helper-50): createTopic handed its options to protobuf as they
+  // were: retentionMs '1h' became 1 ms (retention then deleted every message), channels 2.5
+  // became 2, 4294967297 became 1, and a misspelt `chanels` made a one-channel topic.
+  it('createTopic refuses options it would have coerced, and makes nothing; a channel that is not a whole number is INVALID_ARGUMENT', async () => {
+    const client = opened();
+    const bad: Array<[unknown, string]> = [
+      [{ retentionMs: '1h' }, 'INVALID_ARGUMENT'],
+      [{ retentionMs: 1.7 }, 'INVALID_ARGUMENT'],
+      [{ retentionBytes: -1 }, 'INVALID_ARGUMENT'],
+      [{ channels: 2.5 }, 'INVALID_ARGUMENT'],
+      [{ channels: '2' }, 'INVALID_ARGUMENT'],
+      [{ channels: 0 }, 'INVALID_ARGUMENT'],
+      [{ channels: 4294967297 }, 'TOO_MANY_CHANNELS'],
+      [{ chanels: 3 }, 'INVALID_ARGUMENT'],
+      [{ owner: 5 }, 'INVALID_ARGUMENT'],
+      [null, 'INVALID_ARGUMENT'],
+    ];
+    for (const [options, code] of bad) {
+      const err = await rejection(client.admin.createTopic('coerced', options as never));
+      assert.equal(err.code, code, JSON.stringify(options));
+    }
+    assert.equal((await rejection(client.admin.createTopic(5 as unknown as string))).code, 'INVALID_ARGUMENT');
+    assert.ok(!(await client.admin.listTopics()).some((t) => t.name === 'coerced'), 'no topic was made');
+    const made = await client.admin.createTopic('coerced', { channels: 2, retentionMs: 3_600_000 });
+    assert.deepEqual([made.channels, made.retentionMs], [2, 3_600_000]);
+    const producer = await client.producer({ topic: 'coerced' });
+    for (const channel of ['1', -1, 1.5]) assert.equal((await rejection(producer.send({ channel: channel as number, body: 'x' }))).code, 'INVALID_ARGUMENT', `channel ${JSON.stringify(channel)}`);
+    assert.equal((await rejection(producer.send({ channel: 2, body: 'x' }))).code, 'CHANNEL_NOT_FOUND');
+    assert.equal((await rejection(client.producer({ topic: 'coerced', channel: '0' as unknown as number }))).code, 'INVALID_ARGUMENT');
+    await producer.close();
+  });
+
   it('a message with deliverAt or delayMs is refused with UNSUPPORTED, as HTTP refuses it, and nothing is stored (from JavaScript it was stored at once; helper-44)', async () => {
     const client = opened();
     await client.admin.createTopic('later', { channels: 1 });
