@@ -452,7 +452,7 @@ describe('recovery: checkpoint.json and topic.json carry a checksum', () => {
   it('a flipped digit in topic.json (channels 3 -> 1) fails the checksum: the topic stays closed, verify says why, repair rebuilds it with its 3 channels', async () => {
     const dir = tempDir();
     let store = await openStore(dir);
-    await store.createTopic('t', { channels: 3, owner: 'team-a' });
+    const { createdAt } = await store.createTopic('t', { channels: 3, owner: 'team-a' });
     for (let c = 0; c < 3; c++) await store.append('t', c, [{ body: `t${c}` }]);
     await store.close();
     const file = path.join(dir, 'topics', 't', 'topic.json');
@@ -472,15 +472,33 @@ describe('recovery: checkpoint.json and topic.json carry a checksum', () => {
     const damaged = fs.readFileSync(file);
     const report = await repairStore(dir);
     assert.deepEqual(report.problems, []);
-    assert.deepEqual(report.topicsRebuilt.map((t) => [t.channels, t.savedTo]), [[3, `${file}.damaged`]]);
+    assert.deepEqual(report.topicsRebuilt.map((t) => [t.channels, t.savedTo, t.createdAt]), [[3, `${file}.damaged`, createdAt]]);
     assert.ok(fs.readFileSync(`${file}.damaged`).equals(damaged), 'the damaged file is kept for a person to read');
     assert.deepEqual((await verifyStore(dir)).faults, []);
     store = await openStore(dir);
     try {
-      assert.equal(store.topicInfo('t').createdAt, 0, 'rebuilt with createdAt 0: group positions committed before still count');
+      // Taken from the damaged file (it parses, and is no later than the oldest message): with
+      // 0, every client connected before was told the topic was deleted and made again.
+      assert.equal(store.topicInfo('t').createdAt, createdAt, 'rebuilt with the createdAt the damaged file holds');
       for (let c = 0; c < 3; c++) assert.equal((await store.read('t', c, { offset: 0 }))[0]!.body.toString(), `t${c}`);
     } finally {
       await store.close();
+    }
+  });
+
+  it('repair takes createdAt from a damaged topic.json only when it is no later than the topic\'s oldest message, else 0', async () => {
+    for (const damage of ['later', 'unparseable'] as const) {
+      const dir = tempDir();
+      const store = await openStore(dir);
+      const { createdAt } = await store.createTopic('t', { channels: 1 });
+      await store.append('t', 0, [{ body: 'm' }]);
+      await store.close();
+      const file = path.join(dir, 'topics', 't', 'topic.json');
+      const text = fs.readFileSync(file, 'utf8');
+      // A digit flipped up in createdAt (past the oldest message), or the file cut short.
+      fs.writeFileSync(file, damage === 'later' ? text.replace(`"createdAt": ${createdAt}`, `"createdAt": ${createdAt + 86_400_000}`) : text.slice(0, 40));
+      const report = await repairStore(dir);
+      assert.deepEqual(report.topicsRebuilt.map((t) => t.createdAt), [0], damage);
     }
   });
 

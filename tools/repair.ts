@@ -51,7 +51,8 @@ export const repairCommand: Command = {
     for (const g of report.gaps) lines.push(`gap ${g.channel}: offsets ${g.from}..${g.to - 1} hold no message now`);
     for (const t of report.topicsRebuilt) {
       const saved = t.savedTo ? `; the old file is kept as ${path.basename(t.savedTo)}` : '';
-      lines.push(`rebuilt ${shownPath(t.file)}: ${t.channels} channels from the channel folders, no retention, default segment sizes, no owner (was: ${t.reason}${saved})`);
+      const created = t.createdAt > 0 ? `created ${new Date(t.createdAt).toISOString()} as the damaged file says` : 'creation time unknown (producers and consumers made before the repair must be made again)';
+      lines.push(`rebuilt ${shownPath(t.file)}: ${t.channels} channels from the channel folders, no retention, default segment sizes, no owner, ${created} (was: ${t.reason}${saved})`);
     }
     for (const f of report.foldersRemoved) lines.push(`removed ${shownPath(f)}: an empty folder without topic.json`);
     for (const r of report.channelsRaised) lines.push(`raised ${shownPath(r.file)}: channels ${r.from} -> ${r.to}, to cover channel folders beyond it that hold segments`);

@@ -44,7 +44,9 @@ import { limits } from '../limits';
 import { lostSegments, syncDir, writeCheckpoint } from '../log/checkpoint';
 import { orphanIndexNames, segmentFileName, type SegmentMeta } from '../log/segment';
 import { readTopicFile, topicFile, writeTopicFile } from '../log/topic-file';
-import { describePath, indexExtensions, stagingDirName, type Layout } from './layout';
+import { parseJson } from '../log/checked-json';
+import { batchHeaderBytes, readInt64 } from '../format/record-batch';
+import { describePath, indexExtensions, stagingDirName, type ChannelRef, type Layout } from './layout';
 import { runSegmentTasks, type PoolOptions } from './pool';
 import type { ProgressState } from './progress';
 import { planChannel, type ChannelPlan, type PlannedPatch } from './repair-plan';
@@ -95,7 +97,7 @@ export interface RepairReport {
   /** What repair could not fix (the channel was left as it was). */
   problems: Fault[];
   /** topic.json files written anew from the channel folders (the old one was unreadable). */
-  topicsRebuilt: Array<{ file: string; channels: number; reason: string; savedTo: string | null }>;
+  topicsRebuilt: Array<{ file: string; channels: number; reason: string; savedTo: string | null; createdAt: number }>;
   /** Empty folders under topics/ without a topic.json, removed. */
   foldersRemoved: string[];
   /** Topics whose channel count was raised to cover channel folders beyond it that hold segments. */
@@ -228,7 +230,8 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
  * - topic.json unreadable (or failing its checksum; the store leaves such a topic closed):
  *   with channel folders in it, topic.json is written anew — channels = the highest channel
  *   folder + 1, no retention (nothing is ever deleted by a guess), default segment sizes,
- *   createdAt 0 (group positions committed before stay valid); an empty folder is removed;
+ *   createdAt from the damaged file when it passes salvageCreatedAt's check, else 0 (group
+ *   positions committed before stay valid either way); an empty folder is removed;
  *   anything else is a problem left for a person.
  * - channel folders beyond the count holding segments (open ignores them): the count is
  *   raised to cover them, the other fields kept.
@@ -256,9 +259,10 @@ function mendTopicFiles(layout: Layout, report: RepairReport): void {
         report.problems.push({ file, position: null, what: `${topic.problem}; channel folders up to ${highest}, past the ${limits.channelCountMax} a topic may have` });
         continue;
       }
+      const createdAt = salvageCreatedAt(file, folders);
       const savedTo = keepDamaged(file);
-      writeTopicFile(topic.dir, { name: topic.name, channels: count, retentionMs: 0, retentionBytes: 0, segmentBytes: limits.segmentBytesDefault, segmentMs: limits.segmentMsDefault, owner: '', createdAt: 0 });
-      report.topicsRebuilt.push({ file, channels: count, reason: topic.problem, savedTo });
+      writeTopicFile(topic.dir, { name: topic.name, channels: count, retentionMs: 0, retentionBytes: 0, segmentBytes: limits.segmentBytesDefault, segmentMs: limits.segmentMsDefault, owner: '', createdAt });
+      report.topicsRebuilt.push({ file, channels: count, reason: topic.problem, savedTo, createdAt });
     } else {
       count = topic.channelCount!;
       const beyond = folders.filter((c) => c.channel! >= count && c.segments.length > 0).map((c) => c.channel!);
@@ -282,6 +286,38 @@ function mendTopicFiles(layout: Layout, report: RepairReport): void {
     }
     syncDir(topic.dir);
   }
+}
+
+/**
+ * The createdAt a damaged topic.json still holds, when its text parses and the value is no
+ * later than the topic's oldest stored message (every message is stamped at or after its
+ * topic's creation: FORMAT.md, brokerTimestamp); else 0. Clients check it (protocol rule 8):
+ * rebuilt with 0, every producer and consumer connected before the repair failed for good
+ * with "deleted and made again" (helper-50). Group positions count from it as before.
+ */
+function salvageCreatedAt(file: string, folders: readonly ChannelRef[]): number {
+  let fields: unknown;
+  try {
+    fields = parseJson(fs.readFileSync(file, 'utf8'));
+  } catch {
+    return 0;
+  }
+  const createdAt = typeof fields === 'object' && fields !== null ? (fields as { createdAt?: unknown }).createdAt : undefined;
+  if (typeof createdAt !== 'number' || !Number.isSafeInteger(createdAt) || createdAt < 0) return 0;
+  let oldest = Date.now();
+  for (const channel of folders) {
+    const first = channel.segments[0];
+    if (!first || first.fileBytes < batchHeaderBytes) continue;
+    const header = Buffer.alloc(16);
+    const fd = fs.openSync(first.file, 'r');
+    try {
+      fs.readSync(fd, header, 0, 16, 0);
+    } finally {
+      fs.closeSync(fd);
+    }
+    oldest = Math.min(oldest, readInt64(header, 8));
+  }
+  return createdAt <= oldest ? createdAt : 0;
 }
 
 /** Copies a damaged file that repair is about to replace to `<file>.damaged[-N]` (the first name free), for a person to read; null when there is none. */
