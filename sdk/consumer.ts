@@ -780,7 +780,7 @@ export function offsetPositions(offsets: Record<number, number>): Array<{ channe
 /** One {channel, offset} the client sends (a start, a seek), checked: INVALID_ARGUMENT naming `what` otherwise. */
 export function checkPosition(channel: unknown, offset: unknown, what: string): { channel: number; offset: number } {
   if (!isChannelNumber(channel)) throw new WaymarkError('INVALID_ARGUMENT', `${what}: channel ${JSON.stringify(channel)} is not a channel number`);
-  if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `${what}: channel ${channel}: offset ${String(offset)} is not an offset (an integer, 0 or more)`);
+  if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `${what}: channel ${channel}: offset ${typeof offset === 'string' ? JSON.stringify(offset) : String(offset)} is not an offset (a number: an integer, 0 or more)`);
   return { channel, offset };
 }
 

@@ -430,7 +430,9 @@ export class MsgStream implements AsyncIterable<MsgPack> {
   /** Commits the group's positions (typically a consumed pack's endPositions). */
   async commit(positions: MsgPosition[]): Promise<void> {
     if (!this.consuming) throw new WaymarkError('INVALID_ARGUMENT', 'call asConsumer(topic, subName) first');
-    await this.connection.request({ commit: { topic: this.consuming.topic, group: this.consuming.group, positions, topicCreatedAt: this.consuming.topicCreatedAt } });
+    // Checked as seek and start check them: -3 went out as a wrapped 64-bit number, and the
+    // broker's error quoted 18446744073709552000 (helper-50).
+    await this.connection.request({ commit: { topic: this.consuming.topic, group: this.consuming.group, positions: checkPositions(positions), topicCreatedAt: this.consuming.topicCreatedAt } });
   }
 
   async close(): Promise<void> {

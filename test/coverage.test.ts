@@ -277,6 +277,9 @@ describe('coverage: SDK and HTTP against a real broker', function () {
     await first.asConsumer('ms-commit', 'indexer', { start: 'earliest', tickIntervalMs: 10 });
     const read = await packs(first, 8);
     assert.deepEqual(read.packs[read.packs.length - 1]!.endPositions.sort((a, b) => a.channel - b.channel).map((p) => [p.channel, p.offset]), [[0, 4], [1, 4]]);
+    const refused = await rejection(first.commit([{ channel: 0, offset: -3 }]));
+    assert.equal(refused.code, 'INVALID_ARGUMENT');
+    assert.doesNotMatch(refused.message, /18446744073709552000/, 'said as given, not as a wrapped 64-bit number');
     await first.commit([{ channel: 0, offset: 3 }, { channel: 1, offset: 1 }]);
     await first.close();
     assert.deepEqual((await client.admin.positions('ms-commit', 'indexer')).map((p) => [p.channel, p.offset]), [[0, 3], [1, 1]]);
