@@ -75,6 +75,8 @@ export class Admin {
 
   /** A group's committed positions (channels it never committed are absent). */
   async positions(topic: string, group: string): Promise<Array<{ channel: number; offset: number; timestamp: number }>> {
+    // Not sent as protobuf would take it: a group of 5 went out as "" (INVALID_NAME group name "").
+    if (typeof topic !== 'string' || typeof group !== 'string') throw new WaymarkError('INVALID_ARGUMENT', `topic and group must be strings, not ${typeof topic} and ${typeof group}`);
     const reply = await this.connection.request({ getPositions: { topic, group } });
     return (reply.positions?.positions ?? []).map((p) => ({ channel: p.channel ?? 0, offset: p.offset ?? 0, timestamp: p.timestamp ?? 0 }));
   }

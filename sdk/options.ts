@@ -5,7 +5,7 @@ import { WaymarkError } from '../engine/format/errors';
 export function checkCount(name: string, value: unknown, zeroOk = false): void {
   if (value === undefined) return;
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < (zeroOk ? 0 : 1)) {
-    throw new WaymarkError('INVALID_ARGUMENT', `${name} must be an integer ${zeroOk ? '0 or more' : 'above 0'}, not ${String(value)}`);
+    throw new WaymarkError('INVALID_ARGUMENT', `${name} must be an integer ${zeroOk ? '0 or more' : 'above 0'}, not ${typeof value === 'string' ? JSON.stringify(value) : String(value)}`);
   }
 }
 

@@ -119,6 +119,7 @@ export class Broker {
     /** Per channel, the time of the position it starts at (0: placed by time, earliest, latest, a fallback). */
     const times: Array<{ timestamp: number }> = [];
     const explicit = new Map(request.positions.map((p) => [p.channel, p]));
+    if (explicit.size < request.positions.length) throw new WaymarkError('INVALID_ARGUMENT', 'a start position is given twice for one channel');
     for (const channel of explicit.keys()) {
       if (!request.channels.includes(channel)) throw new WaymarkError('CHANNEL_NOT_FOUND', `a start position for channel ${channel}, which the subscription does not cover (channels ${request.channels.join(', ')})`);
     }

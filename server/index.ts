@@ -59,7 +59,8 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       // Frames up to twice the limit reach the handler, which closes with 1009 and a reason;
       // past that µWS drops the connection itself (1006).
       maxPayloadLength: protocolLimits.frameBytesMax * 2,
-      maxBackpressure: protocolLimits.socketBackpressureBytesMax,
+      // Above the session's own limit (Session.write), so that its close frame is never dropped.
+      maxBackpressure: protocolLimits.socketBackpressureBytesMax + 1024 * 1024,
       idleTimeout: 120,
       sendPingsAutomatically: true,
       compression: uWS.DISABLED,

@@ -64,15 +64,22 @@ export class Session {
    * a client that sends requests and does not read their replies gets here.
    */
   private write(bytes: Uint8Array): void {
+    // Closed before µWS would drop anything: µWS's own limit is a little higher
+    // (server/index.ts), so the close frame still fits behind what waits and the client reads
+    // 1008 and the reason once it reads again (closed by µWS's drop, it saw 1006 and nothing).
+    if (this.ws.getBufferedAmount() + bytes.byteLength > protocolLimits.socketBackpressureBytesMax) return this.overflow();
     let status = 1;
     this.ws.cork(() => {
       status = this.ws.send(bytes, true);
     });
-    if (status === 2 && !this.closed) {
-      this.broker.metrics.errors.inc(['TOO_MANY_REQUESTS']); // as an oversized frame counts MESSAGE_TOO_LARGE
-      this.closed = true;
-      this.ws.end(1008, `the client left more than ${protocolLimits.socketBackpressureBytesMax} bytes of replies unread`);
-    }
+    if (status === 2) this.overflow();
+  }
+
+  private overflow(): void {
+    if (this.closed) return;
+    this.broker.metrics.errors.inc(['TOO_MANY_REQUESTS']); // as an oversized frame counts MESSAGE_TOO_LARGE
+    this.closed = true;
+    this.ws.end(1008, `the client left more than ${protocolLimits.socketBackpressureBytesMax} bytes of replies unread`);
   }
 
   writable(): boolean {

@@ -159,18 +159,33 @@ describe('backpressure: a socket that does not drain', () => {
     session.closedBySocket();
   });
 
-  it('a frame µWS would drop (its unsent bytes past socketBackpressureBytesMax) closes the connection with 1008 and a reason, instead of leaving a silent gap', async () => {
+  it('a frame that would pass socketBackpressureBytesMax unsent closes the connection with 1008 and a reason (before µWS drops anything), instead of leaving a silent gap', async () => {
     const broker = await Broker.open(store);
     const ws = new StuckSocket();
     const session = new Session(ws as unknown as WebSocket<SessionData>, broker);
     session.onMessage(frame({ id: 1, hello: { protocolVersion } }), true);
     await until(() => ws.replies().length === 1);
-    ws.status = 2;
+    // Closed before µWS's own limit (which drops frames, and would drop the close frame too:
+    // the client then saw 1006 and no reason): the reply that would pass the session's limit
+    // is not sent, and the close goes out behind what waits.
+    ws.unsent = protocolLimits.socketBackpressureBytesMax - 10;
+    const sent = ws.frames.length;
     session.onMessage(frame({ id: 2, describeTopic: { topic: 't' } }), true);
     await until(() => ws.ended !== null);
     assert.equal(ws.ended!.code, 1008);
     assert.match(ws.ended!.reason, /unread/);
+    assert.equal(ws.frames.length, sent, 'the reply past the limit was not handed to µWS');
     assert.equal(session.writable(), false, 'nothing more is sent on it');
     session.closedBySocket();
+    // And should µWS drop a frame all the same (send answers 2), the connection is closed too.
+    const other = new StuckSocket();
+    const second = new Session(other as unknown as WebSocket<SessionData>, broker);
+    second.onMessage(frame({ id: 1, hello: { protocolVersion } }), true);
+    await until(() => other.replies().length === 1);
+    other.status = 2;
+    second.onMessage(frame({ id: 2, describeTopic: { topic: 't' } }), true);
+    await until(() => other.ended !== null);
+    assert.equal(other.ended!.code, 1008);
+    second.closedBySocket();
   });
 });

@@ -593,6 +593,7 @@ describe('broker: subscriptions at their edges', function () {
     assert.match(topicMessage, /\(70000 bytes\)/);
     assert.deepEqual(await refused({ subscribe: { topic: 'edges', group: 'g', fallback: 'bogus', subscription: 1, creditMessages: 1, creditBytes: 1 } }), ['INVALID_ARGUMENT', 'fallback must be earliest or latest, not bogus']);
     assert.equal((await refused({ subscribe: { topic: 'edges', group: 'g', channels: [0], positions: [{ channel: 1, offset: 0 }], subscription: 2, creditMessages: 1, creditBytes: 1 } }))[0], 'CHANNEL_NOT_FOUND');
+    assert.equal((await refused({ subscribe: { topic: 'edges', group: 'g', positions: [{ channel: 1, offset: 0 }, { channel: 1, offset: 0 }], subscription: 3, creditMessages: 1, creditBytes: 1 } }))[0], 'INVALID_ARGUMENT', 'a channel given twice');
     assert.equal(await liveSubscriptions(), 0, 'no subscription was made');
     await c.close();
   });

@@ -78,6 +78,8 @@ describe('sdk producer: options, sizes and sequences', function () {
       assert.equal(err.code, code, JSON.stringify(options));
     }
     assert.equal((await rejection(client.admin.createTopic(5 as unknown as string))).code, 'INVALID_ARGUMENT');
+    assert.match((await rejection(client.admin.createTopic('coerced', { channels: '2' as unknown as number }))).message, /not "2"$/, 'a string is quoted');
+    assert.equal((await rejection(client.admin.positions('coerced', 5 as unknown as string))).code, 'INVALID_ARGUMENT');
     assert.ok(!(await client.admin.listTopics()).some((t) => t.name === 'coerced'), 'no topic was made');
     const made = await client.admin.createTopic('coerced', { channels: 2, retentionMs: 3_600_000 });
     assert.deepEqual([made.channels, made.retentionMs], [2, 3_600_000]);
