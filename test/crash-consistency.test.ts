@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { openStore, type StoreFault } from '../engine/index';
-import { verifyStore } from '../engine/inspect/index';
+import { repairStore, verifyStore } from '../engine/inspect/index';
 import { encodeEndMark, endMarkBytes } from '../engine/log/segment-scanner';
 import { batchLayout, bodyOfLength, rejection, removeTempDirs, rewriteCheckedJson, segmentFiles, tempDir } from './helpers';
 import { journalFolders, powerCut, unsyncedEntries } from './namespace-journal';
@@ -296,6 +296,27 @@ describe('crash consistency: a power cut inside a group commit of several batche
         read.map((m) => m.body),
         bodyBytes.map((n, i) => bodyOfLength('commit', i, n)),
       );
+    } finally {
+      await store.close();
+    }
+  });
+
+  // helper-53 left it: offline repair did not apply the rule, and a repair run after the crash,
+  // before any open, kept B2 and dropped B1 alone (the resend of B1 refused as before).
+  it('waymark repair run before any open applies the same rule: the commit is cut off whole, saved aside, and both resends are stored', async () => {
+    const { dir, starts, end } = await commitImage();
+    const repaired = await repairStore(dir);
+    assert.deepEqual(repaired.problems, []);
+    assert.deepEqual(repaired.dropped.map((d) => [d.position, d.bytes, /inside the last group commit/.test(d.reason), d.savedTo !== null]), [[starts[1], end - starts[1]!, true, true]]);
+    assert.deepEqual((await verifyStore(dir)).faults, [], 'verify passes after repair');
+    const store = await openStore(dir, { sync: 'batch' });
+    try {
+      assert.deepEqual(store.recoveryReport, []);
+      assert.equal(store.channelState('t', 0).highWatermark, 1);
+      for (const seq of [1, 2]) {
+        const again = await store.append('t', 0, [{ body: bodyOfLength('commit', seq, bodyBytes[seq]!) }], { producerId: producer, producerSequence: seq });
+        assert.deepEqual([again.baseOffset, again.duplicate], [seq, false], `the resend of sequence ${seq}`);
+      }
     } finally {
       await store.close();
     }

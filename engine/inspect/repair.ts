@@ -39,10 +39,11 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { WaymarkError } from '../format/errors';
+import { loadChecksum } from '../format/checksum';
 import { lockFolder } from '../lock';
 import { limits } from '../limits';
 import { lostSegments, syncDir, writeCheckpoint } from '../log/checkpoint';
-import { orphanIndexNames, segmentFileName, type SegmentMeta } from '../log/segment';
+import { cutTornLastCommit, orphanIndexNames, segmentFileName, type SegmentMeta } from '../log/segment';
 import { readTopicFile, topicFile, writeTopicFile } from '../log/topic-file';
 import { parseJson } from '../log/checked-json';
 import { batchHeaderBytes, readInt64 } from '../format/record-batch';
@@ -166,6 +167,19 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
     }
     mendTopicFiles(layout, report);
     for (const channel of layout.channels) fs.rmSync(path.join(channel.dir, stagingDirName), { recursive: true, force: true });
+
+    await loadChecksum(); // step 0 checks batches in this thread (the scans load it in theirs)
+    // 0. a torn last group commit, cut back to its start as open would (Segment.recover): a
+    // later batch of the commit kept, the one before it dropped, was a lost message the
+    // producer's resend was refused for (DUPLICATE_SEQUENCE).
+    for (const channel of layout.channels) {
+      const last = channel.segments[channel.segments.length - 1];
+      if (!last || (channel.only !== null && channel.only.file !== last.file)) continue;
+      const torn = cutTornLastCommit(last.file);
+      if (!torn) continue;
+      report.dropped.push({ file: torn.file, position: torn.position, bytes: torn.bytesDropped, reason: torn.reason, savedTo: torn.savedTo ?? null });
+      last.fileBytes = torn.position;
+    }
 
     // 1. scan
     const scanTasks = layout.channels.flatMap((channel) =>

@@ -739,6 +739,22 @@ export function droppedBytesPath(file: string, position: number): string {
  * all the same: by its bytes, a batch of an acknowledged last commit damaged later looks alike.
  * Returns that finding, or null when the last commit is whole or unknown (format 3).
  */
+/**
+ * tornLastCommit on a channel's last segment file that nothing holds open (`waymark repair`,
+ * before it scans): the same rule as open, so a repair run after a crash before any open does
+ * not keep a later batch of a torn commit and lose the one before it. The cut is synced.
+ */
+export function cutTornLastCommit(file: string): RecoveryFinding | null {
+  const fd = fs.openSync(file, 'r+');
+  try {
+    const finding = tornLastCommit(fd, file, fs.fstatSync(fd).size);
+    if (finding) fs.fdatasyncSync(fd);
+    return finding;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 function tornLastCommit(fd: number, file: string, fileBytes: number): RecoveryFinding | null {
   const commit = lastCommitOf(fd, fileBytes);
   if (commit === null || commit.start >= commit.markAt) return null;
