@@ -385,3 +385,61 @@ describe('crash consistency: a power cut inside a group commit of several batche
     }
   });
 });
+
+// Suspected by the cc23 audit: bytes cut off a segment are copied aside first
+// (`<log>.dropped-<pos>`), but the copy's name was not made durable before the cut — a power
+// cut could keep the cut and lose the copy. Open's recovery and repair's rewrite share one
+// function now, which fsyncs the folder before it returns.
+describe('crash consistency: bytes saved aside are a durable entry before the cut', () => {
+  for (const by of ['open', 'repair'] as const)
+  it(`${by}: the folder holding the .dropped copy is fsynced after the copy is made and before the segment is cut`, async () => {
+    const dir = tempDir();
+    let store = await openStore(dir, { compression: false });
+    await store.createTopic('t', { channels: 1 });
+    for (let i = 0; i < 3; i++) await store.append('t', 0, [{ body: bodyOfLength('s', i, 600) }]);
+    if (by === 'repair') await store.append('t', 0, [{ body: bodyOfLength('s', 3, 600) }]);
+    await store.close();
+    const log = segmentFiles(path.join(dir, 'topics', 't', '0'))[0]!;
+    const { starts } = batchLayout(fs.readFileSync(log));
+    // open: the last batch damaged (nothing sound after it: cut at open); repair: one in the middle.
+    const damaged = by === 'open' ? starts[2]! : starts[1]!;
+    const fd = fs.openSync(log, 'r+');
+    fs.writeSync(fd, Buffer.from([0xff]), 0, 1, damaged + 100);
+    fs.closeSync(fd);
+    if (by === 'open') fs.rmSync(path.join(dir, 'topics', 't', '0', 'checkpoint.json')); // as after a crash: open scans the segment
+    const lines: string[] = [];
+    const mutable = require('node:fs') as Record<string, any>;
+    const { ftruncateSync, truncateSync, renameSync } = mutable;
+    mutable.ftruncateSync = (f: number, len?: number): void => {
+      lines.push(`cut ${fs.readlinkSync(`/proc/self/fd/${f}`)}`);
+      ftruncateSync(f, len);
+    };
+    mutable.truncateSync = (p: string, len?: number): void => {
+      lines.push(`cut ${p}`);
+      truncateSync(p, len);
+    };
+    mutable.renameSync = (from: string, to: string): void => {
+      lines.push(`cut ${to}`); // repair replaces a segment by renaming its rewrite over it
+      renameSync(from, to);
+    };
+    const stop = journalFolders((line) => lines.push(line));
+    try {
+      if (by === 'open') {
+        store = await openStore(dir, { sync: 'batch' });
+        await store.close();
+      } else {
+        await repairStore(dir, { threads: 0 });
+      }
+    } finally {
+      stop();
+      Object.assign(mutable, { ftruncateSync, truncateSync, renameSync });
+    }
+    const copy = lines.findIndex((l) => /^create .*\.dropped-/.test(l));
+    assert.ok(copy >= 0, lines.join('\n'));
+    const folder = path.dirname(lines[copy]!.slice('create '.length));
+    const synced = lines.findIndex((l, i) => i > copy && l === `syncdir ${folder}`);
+    const cut = lines.findIndex((l, i) => i > copy && l.startsWith('cut ') && l.includes(path.basename(log)));
+    assert.ok(synced > copy, `the folder is fsynced after the copy:\n${lines.join('\n')}`);
+    assert.ok(cut < 0 || synced < cut, `before the cut:\n${lines.join('\n')}`);
+  });
+});

@@ -22,7 +22,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BatchOffset } from '../format/record-batch';
-import { droppedBytesPath, Segment, segmentFileName, type SegmentMeta } from '../log/segment';
+import { saveBytesAside, Segment, segmentFileName, type SegmentMeta } from '../log/segment';
 import { segmentFileFits } from '../log/segment-scanner';
 import { inspectLimits } from './limits';
 import { indexPath } from './segment-check';
@@ -78,7 +78,7 @@ export function rewriteSegmentFile(task: RewriteTask): RewriteResult {
   if (task.save.length > 0) {
     const fd = fs.openSync(task.file, 'r');
     try {
-      for (const [position, length] of task.save) result.savedTo.push({ position, file: saveAside(fd, task.file, position, length) });
+      for (const [position, length] of task.save) result.savedTo.push({ position, file: saveBytesAside(fd, task.file, position, position + length) });
     } finally {
       fs.closeSync(fd);
     }
@@ -188,24 +188,6 @@ function copyRuns(source: number, target: string, runs: Array<[number, number]>,
 }
 
 /** Copies a dropped range to `<file>.dropped-<position>` and syncs it (the engine's naming: droppedBytesPath). */
-function saveAside(fd: number, file: string, position: number, length: number): string {
-  const target = droppedBytesPath(file, position);
-  const out = fs.openSync(target, 'w');
-  try {
-    const buf = Buffer.allocUnsafe(Math.min(copyChunkBytes, Math.max(length, 1)));
-    for (let done = 0; done < length; ) {
-      const got = readFully(fd, buf.subarray(0, Math.min(buf.length, length - done)), position + done);
-      if (got === 0) break;
-      for (let off = 0; off < got; ) off += fs.writeSync(out, buf, off, got - off, done + off);
-      done += got;
-    }
-    fs.fdatasyncSync(out);
-  } finally {
-    fs.closeSync(out);
-  }
-  return target;
-}
-
 /** Writes a batch's baseOffset and brokerTimestamp (bytes 0..15, outside the checksum). */
 function writeBrokerFields(fd: number, position: number, offset: number, time: number): void {
   const head = Buffer.alloc(16);

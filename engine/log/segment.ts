@@ -29,6 +29,7 @@ import { batchHeaderBytes, patchBatch, probeHeader, recordsSection, type BatchHe
 import { checkKeyIndexBytes, KeyIndexBuilder, KeyIndexFile, version1LastPosition, type KeyHit, type TimeRange } from '../index/key-index';
 import { limits } from '../limits';
 import { CorruptIndexError, DamageBeforeSoundBatchesError } from './errors';
+import { syncDir } from './checkpoint';
 import * as pool from './fs-pool';
 import { writeFileSynced, writeFileSyncedAsync, writeIndexFileAsync, type IndexFileParts } from './index-file';
 import { OffsetIndex } from './offset-index';
@@ -273,7 +274,7 @@ export class Segment {
       }
     }
     if (end) {
-      if (end.kind === 'corrupt') end.savedTo = saveDroppedBytes(fd, file, end.position, end.position + end.bytesDropped);
+      if (end.kind === 'corrupt') end.savedTo = saveBytesAside(fd, file, end.position, end.position + end.bytesDropped);
       fs.ftruncateSync(fd, segment.size);
       findings.push(end);
     } else {
@@ -768,7 +769,7 @@ function tornLastCommit(fd: number, file: string, fileBytes: number): RecoveryFi
   // The commit start is read from the mark (a 32-bit check): acted on only once the batches
   // before it lead there.
   if (brokenAt < 0 || !batchStartsAt(fd, commit.start)) return null;
-  const savedTo = saveDroppedBytes(fd, file, commit.start, commit.markAt);
+  const savedTo = saveBytesAside(fd, file, commit.start, commit.markAt);
   fs.ftruncateSync(fd, commit.start);
   return {
     file,
@@ -780,22 +781,29 @@ function tornLastCommit(fd: number, file: string, fileBytes: number): RecoveryFi
   };
 }
 
-function saveDroppedBytes(fd: number, file: string, from: number, to: number): string {
+/**
+ * Copies bytes `from..to` of a segment to `<file>.dropped-<from>` (droppedBytesPath), before
+ * they are cut: the copy's data and its name are durable first (fdatasync, then the folder's
+ * fsync), so that a power cut cannot keep the cut and lose the copy. Open's recovery and
+ * repair's rewrite both save this way. Returns the copy's path.
+ */
+export function saveBytesAside(fd: number, file: string, from: number, to: number): string {
   const target = droppedBytesPath(file, from);
   const length = to - from;
-  const buf = Buffer.allocUnsafe(Math.min(length, 8 * 1024 * 1024));
+  const buf = Buffer.allocUnsafe(Math.max(1, Math.min(length, 8 * 1024 * 1024)));
   const out = fs.openSync(target, 'w');
   try {
     for (let done = 0; done < length; ) {
       const n = fs.readSync(fd, buf, 0, Math.min(buf.length, length - done), from + done);
       if (n === 0) break;
-      fs.writeSync(out, buf, 0, n);
+      for (let off = 0; off < n; ) off += fs.writeSync(out, buf, off, n - off, done + off);
       done += n;
     }
     fs.fdatasyncSync(out);
   } finally {
     fs.closeSync(out);
   }
+  syncDir(path.dirname(target));
   return target;
 }
 
