@@ -316,8 +316,40 @@ function parseJsonBody(body: Buffer): Record<string, unknown> {
   } catch (err) {
     throw new WaymarkError('BAD_REQUEST', `the body is not valid JSON: ${(err as Error).message}`);
   }
-  if (value && typeof value === 'object' && !Array.isArray(value)) return value as Record<string, unknown>;
-  throw new WaymarkError('BAD_REQUEST', `the body must be a JSON object, not ${describeType(value)}`);
+  if (!value || typeof value !== 'object' || Array.isArray(value)) throw new WaymarkError('BAD_REQUEST', `the body must be a JSON object, not ${describeType(value)}`);
+  const twice = repeatedTopLevelKey(body.toString('utf8'));
+  // As a query parameter or header given twice is: JSON.parse kept the last ({"channels": 1, "channels": 3} made 3; helper-50).
+  if (twice !== null) throw new WaymarkError('INVALID_ARGUMENT', `field ${JSON.stringify(twice)} is given twice`);
+  return value as Record<string, unknown>;
+}
+
+/** The first key the top-level object of `json` (valid JSON, an object) has twice, or null. */
+function repeatedTopLevelKey(json: string): string | null {
+  const seen = new Set<string>();
+  let depth = 0;
+  let expectKey = false;
+  for (let i = 0; i < json.length; i++) {
+    const c = json[i];
+    if (c === '"') {
+      let end = i + 1;
+      while (json[end] !== '"') end += json[end] === '\\' ? 2 : 1;
+      if (depth === 1 && expectKey) {
+        const key = JSON.parse(json.slice(i, end + 1)) as string;
+        if (seen.has(key)) return key;
+        seen.add(key);
+        expectKey = false;
+      }
+      i = end;
+    } else if (c === '{' || c === '[') {
+      depth++;
+      expectKey = c === '{' && depth === 1;
+    } else if (c === '}' || c === ']') {
+      depth--;
+    } else if (c === ',' && depth === 1) {
+      expectKey = true;
+    }
+  }
+  return null;
 }
 
 /** The fields a topic is created with (PUT /v1/topics/T); any other is refused: `{"chanels": 2}` made a one-channel topic. */

@@ -650,6 +650,13 @@ describe('input fixes: HTTP', function () {
     assert.equal(typo.body.error.code, 'INVALID_ARGUMENT');
     assert.equal(typo.body.error.message, 'unknown field "chanels" (a topic takes channels, retentionMs, retentionBytes, owner)');
     assert.equal((await httpJson(`${broker.http}/v1/topics/strict3`)).body.error.code, 'TOPIC_NOT_FOUND');
+    // {"channels": 1, "channels": 3} made 3 channels (helper-50): a field given twice is refused,
+    // as a query parameter or header given twice is; text that only looks like a key is not one.
+    const twice = await httpJson(`${broker.http}/v1/topics/strict3`, { method: 'PUT', body: '{"channels": 1, "channels": 3}' });
+    assert.deepEqual([twice.status, twice.body.error.code, twice.body.error.message], [400, 'INVALID_ARGUMENT', 'field "channels" is given twice']);
+    assert.equal((await httpJson(`${broker.http}/v1/topics/strict3`)).body.error.code, 'TOPIC_NOT_FOUND');
+    const lookalike = await httpJson(`${broker.http}/v1/topics/strict4`, { method: 'PUT', body: '{"owner": "a\\", \\"channels\\": 2", "channels": 1}' });
+    assert.deepEqual([lookalike.status, lookalike.body.channels, lookalike.body.owner], [201, 1, 'a", "channels": 2']);
     const badJson = await httpJson(`${broker.http}/v1/topics/strict3`, { method: 'PUT', body: '{"channels": 2' });
     assert.equal(badJson.status, 400);
     assert.match(badJson.body.error.message, /^the body is not valid JSON: /);
