@@ -322,6 +322,40 @@ describe('crash consistency: a power cut inside a group commit of several batche
     }
   });
 
+  // helper-55: repair's rule cut a cleanly closed store's whole last commit when a batch in it
+  // rotted — acknowledged, sound batches with it — and their offsets were handed out again.
+  // After a clean close the last commit was acknowledged: damage in it is bit rot, and only
+  // the damaged batch goes, at open (a failing index makes open scan) and in repair.
+  for (const by of ['repair', 'open with a damaged index'] as const)
+  it(`after a clean close, bit rot in the last commit costs only that batch (${by}): the sound batch after it keeps its offset`, async () => {
+    const dir = tempDir();
+    let store = await openStore(dir, { sync: 'batch' });
+    await store.createTopic('t', { channels: 1 });
+    const acks = await Promise.all(bodyBytes.map((n, i) => store.append('t', 0, [{ body: bodyOfLength('commit', i, n) }], { producerId: producer, producerSequence: i })));
+    assert.deepEqual(acks.map((a) => a.baseOffset), [0, 1, 2]);
+    await store.close();
+    const log = path.join(dir, 'topics', 't', '0', '00000000000000000000.log');
+    const bytes = fs.readFileSync(log);
+    const { starts, end } = batchLayout(bytes);
+    assert.deepEqual(bytes.subarray(end, end + endMarkBytes), encodeEndMark(starts[1]!), 'B1 and B2 went out in one commit');
+    const fd = fs.openSync(log, 'r+');
+    fs.writeSync(fd, Buffer.from([bytes[starts[1]! + 200]! ^ 0xff]), 0, 1, starts[1]! + 200);
+    fs.closeSync(fd);
+    if (by === 'repair') {
+      const repaired = await repairStore(dir);
+      assert.deepEqual(repaired.dropped.map((d) => [d.position, d.bytes]), [[starts[1], starts[2]! - starts[1]!]], 'B1 alone');
+    } else {
+      fs.writeFileSync(log.replace(/\.log$/, '.oix'), 'not an index'); // open scans the log
+    }
+    store = await openStore(dir, { sync: 'batch' });
+    try {
+      assert.deepEqual((await store.read('t', 0, { offset: 0 })).map((m) => m.offset), [0, 2], 'offset 2 kept, 1 a gap');
+      assert.equal(store.channelState('t', 0).highWatermark, 3, 'offsets 1 and 2 are not handed out again');
+    } finally {
+      await store.close();
+    }
+  });
+
   it('a commit start the end mark names is acted on only where a batch starts: a mark whose check holds by chance and points inside B0 leaves the damage in B1 mid-log damage (B2 kept)', async () => {
     const { dir, starts, end } = await commitImage();
     const log = path.join(dir, 'topics', 't', '0', '00000000000000000000.log');

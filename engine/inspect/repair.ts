@@ -43,7 +43,7 @@ import { loadChecksum } from '../format/checksum';
 import { lockFolder } from '../lock';
 import { limits } from '../limits';
 import { lostSegments, syncDir, writeCheckpoint } from '../log/checkpoint';
-import { cutTornLastCommit, orphanIndexNames, segmentFileName, type SegmentMeta } from '../log/segment';
+import { cutTornLastCommit, lastCommitMayBeTorn, orphanIndexNames, segmentFileName, type SegmentMeta } from '../log/segment';
 import { readTopicFile, topicFile, writeTopicFile } from '../log/topic-file';
 import { parseJson } from '../log/checked-json';
 import { batchHeaderBytes, readInt64 } from '../format/record-batch';
@@ -175,6 +175,7 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
     for (const channel of layout.channels) {
       const last = channel.segments[channel.segments.length - 1];
       if (!last || (channel.only !== null && channel.only.file !== last.file)) continue;
+      if (!lastCommitMayBeTorn(loadCheckpoint(channel.dir).checkpoint, last.baseOffset, last.fileBytes)) continue;
       const torn = cutTornLastCommit(last.file);
       if (!torn) continue;
       report.dropped.push({ file: torn.file, position: torn.position, bytes: torn.bytesDropped, reason: torn.reason, savedTo: torn.savedTo ?? null });

@@ -36,7 +36,7 @@ import { checkpointFile, inspectCheckpoint, lostSegments, syncDir, syncDirAsync,
 import * as pool from './fs-pool';
 import { IoSlots } from './io-slots';
 import { ProducerStates } from './producer-state';
-import { orphanIndexNames, outOfSpace, Segment, segmentFileName, segmentNamePattern, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
+import { lastCommitMayBeTorn, orphanIndexNames, outOfSpace, Segment, segmentFileName, segmentNamePattern, unlinkIfPresent, type RecoveryFinding, type SegmentMeta } from './segment';
 import { encodeEndMark, endMarkBytes, segmentFileFits } from './segment-scanner';
 import { TailCache } from './tail-cache';
 import type { StoreClock } from '../clock';
@@ -302,7 +302,8 @@ export class ChannelLog {
         }
       }
       everyTrusted = false;
-      const { segment, findings } = Segment.recover(this.dir, base, ({ header }) => this.producers.recordHeader(header, header.baseOffset), this.dsync, isLast);
+      // A clean checkpoint's active segment lands here when its index fails: its last commit was acknowledged, not torn.
+      const { segment, findings } = Segment.recover(this.dir, base, ({ header }) => this.producers.recordHeader(header, header.baseOffset), this.dsync, isLast && lastCommitMayBeTorn(checkpoint, base, size));
       report.push(...findings);
       if (segment.baseOffset !== expectedBase) {
         report.push({ file: segment.path('log'), position: 0, bytesDropped: 0, kind: 'corrupt', reason: `segment starts at ${segment.baseOffset}, previous ends at ${expectedBase}` });

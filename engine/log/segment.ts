@@ -29,11 +29,11 @@ import { batchHeaderBytes, patchBatch, probeHeader, recordsSection, type BatchHe
 import { checkKeyIndexBytes, KeyIndexBuilder, KeyIndexFile, version1LastPosition, type KeyHit, type TimeRange } from '../index/key-index';
 import { limits } from '../limits';
 import { CorruptIndexError, DamageBeforeSoundBatchesError } from './errors';
-import { syncDir } from './checkpoint';
+import { syncDir, type Checkpoint } from './checkpoint';
 import * as pool from './fs-pool';
 import { writeFileSynced, writeFileSyncedAsync, writeIndexFileAsync, type IndexFileParts } from './index-file';
 import { OffsetIndex } from './offset-index';
-import { batchStartsAt, damagedTailEnd, encodeEndMark, endMarkAt, endMarkBytes, findNextBatch, lastCommitOf, scanSegment } from './segment-scanner';
+import { batchStartsAt, damagedTailEnd, encodeEndMark, endMarkAt, endMarkBytes, findNextBatch, lastCommitOf, scanSegment, segmentFileFits } from './segment-scanner';
 import { TimeIndex } from './time-index';
 
 let hashScratch = new Uint32Array(3 * 1024);
@@ -729,21 +729,22 @@ export function droppedBytesPath(file: string, position: number): string {
 }
 
 /**
- * A last group commit that did not reach the disk whole (FORMAT.md, "The end mark"): a whole
- * format-4 mark ends the data and says where its commit began, and a batch at or after that
- * start is torn or damaged. A power cut inside the commit's write can leave that (the device
- * may keep some of its sectors and not others, the mark among those kept); nothing in the
- * commit was acknowledged, since an acknowledgement waits for all of it. So it is not damage
- * in the middle of the log (whose sound batches after it are kept, and a producer's sequence
- * learned from them, refusing the resend of the batch before as a duplicate): the file is cut
- * back to the commit's start, its bytes saved aside first (`.dropped-…`). Reported as damage
- * all the same: by its bytes, a batch of an acknowledged last commit damaged later looks alike.
- * Returns that finding, or null when the last commit is whole or unknown (format 3).
+ * Whether a channel's last segment may end in a torn commit, to be cut (tornLastCommit): not
+ * when a clean close's checkpoint vouches for it — its last commit was acknowledged and is
+ * durable, so damage in it is bit rot, repaired batch by batch with the sound ones kept
+ * (helper-55: repair cut a clean store's whole last commit, acknowledged batches with it, and
+ * their offsets were handed out again). Open and repair ask the same question.
  */
+export function lastCommitMayBeTorn(checkpoint: Checkpoint | null, baseOffset: number, fileBytes: number): boolean {
+  const meta = checkpoint?.segments.find((m) => m.baseOffset === baseOffset);
+  return !(checkpoint?.clean && meta && segmentFileFits(fileBytes, meta.bytes));
+}
+
 /**
  * tornLastCommit on a channel's last segment file that nothing holds open (`waymark repair`,
- * before it scans): the same rule as open, so a repair run after a crash before any open does
- * not keep a later batch of a torn commit and lose the one before it. The cut is synced.
+ * before it scans, where lastCommitMayBeTorn): the same rule as open, so a repair run after a
+ * crash before any open does not keep a later batch of a torn commit and lose the one before
+ * it. The cut is synced.
  */
 export function cutTornLastCommit(file: string): RecoveryFinding | null {
   const fd = fs.openSync(file, 'r+');
@@ -756,6 +757,18 @@ export function cutTornLastCommit(file: string): RecoveryFinding | null {
   }
 }
 
+/**
+ * A last group commit that did not reach the disk whole (FORMAT.md, "The end mark"): a whole
+ * format-4 mark ends the data and says where its commit began, and a batch at or after that
+ * start is torn or damaged. A power cut inside the commit's write can leave that (the device
+ * may keep some of its sectors and not others, the mark among those kept); nothing in the
+ * commit was acknowledged, since an acknowledgement waits for all of it. So it is not damage
+ * in the middle of the log (whose sound batches after it are kept, and a producer's sequence
+ * learned from them, refusing the resend of the batch before as a duplicate): the file is cut
+ * back to the commit's start, its bytes saved aside first (`.dropped-…`). Reported as damage
+ * all the same: by its bytes, a batch of an acknowledged last commit damaged later looks alike.
+ * Returns that finding, or null when the last commit is whole or unknown (format 3).
+ */
 function tornLastCommit(fd: number, file: string, fileBytes: number): RecoveryFinding | null {
   const commit = lastCommitOf(fd, fileBytes);
   if (commit === null || commit.start >= commit.markAt) return null;
