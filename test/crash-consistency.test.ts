@@ -157,6 +157,57 @@ describe('crash consistency: one fdatasync at a time per descriptor', () => {
   });
 });
 
+describe('crash consistency: a close waits for an fdatasync under way', () => {
+  // helper-55: a close that writes nothing (here, a store opened from a clean close with no
+  // append since) closed the segment's descriptor while a compaction's fdatasync of it ran.
+  it('a close that writes nothing does not close a descriptor under a compaction\'s fdatasync', async () => {
+    const dir = tempDir();
+    let store = await openStore(dir, { sync: 'interval' });
+    await store.createTopic('t', { channels: 1 });
+    await store.append('t', 0, [{ body: Buffer.from('a') }]);
+    await store.close();
+    store = await openStore(dir, { sync: 'interval' });
+    const real = pool.fdatasync;
+    const mutable = require('node:fs') as Record<string, any>;
+    const { closeSync } = mutable;
+    const held = deferred();
+    let release!: () => void;
+    let heldFd = -1;
+    let syncing = false;
+    let closedUnder = false;
+    pool.fdatasync = (fd) => {
+      if (heldFd >= 0 || !fs.readlinkSync(`/proc/self/fd/${fd}`).endsWith('.log')) return real(fd);
+      heldFd = fd;
+      syncing = true;
+      held.resolve();
+      return new Promise<void>((resolve) => {
+        release = () =>
+          void real(fd).then(() => {
+            syncing = false;
+            resolve();
+          });
+      });
+    };
+    mutable.closeSync = (fd: number): void => {
+      if (fd === heldFd && syncing) closedUnder = true;
+      closeSync(fd);
+    };
+    try {
+      const compaction = store.deleteSegmentsBefore('t', 0, 0);
+      await held.promise;
+      const closing = store.close();
+      await new Promise((resolve) => setImmediate(resolve));
+      release();
+      await closing;
+      await compaction.catch(() => undefined); // refused (STORE_CLOSED) or done: either way after its sync
+      assert.equal(closedUnder, false, `descriptor ${heldFd} was closed while its fdatasync ran`);
+    } finally {
+      pool.fdatasync = real;
+      mutable.closeSync = closeSync;
+    }
+  });
+});
+
 describe('crash consistency: a new file or folder is a durable entry before anything in it is acknowledged', () => {
   const child = path.join(__dirname, 'fixtures', 'power-cut-child.js');
 

@@ -1267,6 +1267,10 @@ export class ChannelLog {
         release();
       }
     }
+    // An fdatasync still under way (a compaction's, when nothing above waited on the chain:
+    // a close that writes nothing) ends before its descriptor is closed: closed under it, it
+    // failed with EBADF, or synced another file that took the descriptor's number (helper-55).
+    await Promise.all(this.segments.map((s) => s.syncsDone()));
     for (const s of this.segments) s.close();
     // Watchers learn that the channel is gone (a deleted topic ends its subscriptions).
     for (const watcher of [...this.watchers]) watcher();

@@ -440,6 +440,11 @@ export class Segment {
     return sync;
   }
 
+  /** Resolves once no fdatasync of this log is under way (never rejects): close() waits for it. */
+  syncsDone(): Promise<void> {
+    return this.syncInFlight ?? Promise.resolve();
+  }
+
   /** Writes the index files, syncs the log, and makes the segment read-only. */
   seal(): void {
     if (this.sealed) return;
