@@ -13,7 +13,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadChecksum, xxh32 } from './format/checksum';
-import { quoted, WaymarkError } from './format/errors';
+import { quoted, shown, WaymarkError } from './format/errors';
 import { IndexKind, traceIdHeaderName } from './format/index-keys';
 import { bytesEqual, msgIdFromHex, msgIdToHex, msgIdTime, packedMsgIdsToHexList } from './format/msg-id';
 import { encodeBatch, headerValue, probeHeader, validateBatch, BatchFlag, type Header, type MessageInput, type StoredRecord } from './format/record-batch';
@@ -211,7 +211,7 @@ const textDecoder = new TextDecoder();
 
 export function checkTopicName(name: string, allowSystem = false): void {
   if (typeof name !== 'string' || !topicNamePattern.test(name) || Buffer.byteLength(name) > limits.topicNameBytesMax) {
-    throw new WaymarkError('INVALID_NAME', `topic name ${typeof name === 'string' ? quoted(name) : String(name)}: use 1-${limits.topicNameBytesMax} characters of A-Z a-z 0-9 . _ -, not starting with . or -`);
+    throw new WaymarkError('INVALID_NAME', `topic name ${shown(name)}: use 1-${limits.topicNameBytesMax} characters of A-Z a-z 0-9 . _ -, not starting with . or -`);
   }
   if (!allowSystem && name.startsWith('__')) throw new WaymarkError('INVALID_NAME', `topic names starting with __ are reserved for system topics`);
 }

@@ -23,11 +23,11 @@
  *   CONNECTION_LOST when it had positions left to commit (those messages come again).
  */
 import { BatchOffset, batchHeaderBytes, readUint32 } from '../engine/format/record-batch';
-import { WaymarkError } from '../engine/format/errors';
+import { shown, WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
 import { channelsPastTheirEnd } from './admin';
-import { checkCount } from './options';
+import { checkCount, isChannelNumber } from './options';
 import { Pull } from './pull';
 import { decodeBatchAt, plainBytes, type DecodedBatch, type Message } from './messages';
 
@@ -780,12 +780,8 @@ export function offsetPositions(offsets: Record<number, number>): Array<{ channe
 /** One {channel, offset} the client sends (a start, a seek), checked: INVALID_ARGUMENT naming `what` otherwise. */
 export function checkPosition(channel: unknown, offset: unknown, what: string): { channel: number; offset: number } {
   if (!isChannelNumber(channel)) throw new WaymarkError('INVALID_ARGUMENT', `${what}: channel ${JSON.stringify(channel)} is not a channel number`);
-  if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `${what}: channel ${channel}: offset ${typeof offset === 'string' ? JSON.stringify(offset) : String(offset)} is not an offset (a number: an integer, 0 or more)`);
+  if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < 0) throw new WaymarkError('INVALID_ARGUMENT', `${what}: channel ${channel}: offset ${shown(offset)} is not an offset (a number: an integer, 0 or more)`);
   return { channel, offset };
-}
-
-function isChannelNumber(value: unknown): value is number {
-  return typeof value === 'number' && Number.isInteger(value) && value >= 0;
 }
 
 /** A `channels` option: absent, or an array of channel numbers. */

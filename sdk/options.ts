@@ -1,11 +1,11 @@
 /** Checks of the numbers the SDK's options take (typed INVALID_ARGUMENT naming the option, before anything is used). */
-import { WaymarkError } from '../engine/format/errors';
+import { shown, WaymarkError } from '../engine/format/errors';
 
 /** A credit window or interval option: a positive (or, with zeroOk, non-negative) safe integer when given. */
 export function checkCount(name: string, value: unknown, zeroOk = false): void {
   if (value === undefined) return;
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < (zeroOk ? 0 : 1)) {
-    throw new WaymarkError('INVALID_ARGUMENT', `${name} must be an integer ${zeroOk ? '0 or more' : 'above 0'}, not ${typeof value === 'string' ? JSON.stringify(value) : String(value)}`);
+    throw new WaymarkError('INVALID_ARGUMENT', `${name} must be an integer ${zeroOk ? '0 or more' : 'above 0'}, not ${shown(value)}`);
   }
 }
 
@@ -34,7 +34,12 @@ export function checkKnown(what: string, options: object, known: readonly string
  */
 export function checkChannelNumber(name: string, value: unknown): void {
   if (value === undefined) return;
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
-    throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number 0 or more, not ${typeof value === 'string' ? JSON.stringify(value) : String(value)}`);
+  if (!isChannelNumber(value)) {
+    throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number 0 or more, not ${shown(value)}`);
   }
+}
+
+/** A whole number 0 or more: what a channel number may be (whether the topic has it is another check). */
+export function isChannelNumber(value: unknown): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
 }

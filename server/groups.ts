@@ -19,7 +19,7 @@
  * Invariant: a commit is acknowledged only once its record is durable (the store's sync
  * mode), so an acknowledged commit survives a restart.
  */
-import { checkTopicName, quoted, WaymarkError, type AppendResult, type MessageInput, type Store } from '../engine/index';
+import { checkTopicName, shown, WaymarkError, type AppendResult, type MessageInput, type Store } from '../engine/index';
 import { protocolLimits } from '../protocol/limits';
 
 export const groupsTopic = '__groups';
@@ -57,7 +57,7 @@ interface LastCommit {
 
 export function checkGroupName(group: string): void {
   if (typeof group !== 'string' || group.length === 0 || Buffer.byteLength(group) > protocolLimits.groupNameBytesMax || !/^[A-Za-z0-9_][A-Za-z0-9._-]*$/.test(group)) {
-    throw new WaymarkError('INVALID_NAME', `group name ${typeof group === 'string' ? quoted(group) : String(group)}: use 1-${protocolLimits.groupNameBytesMax} characters of A-Z a-z 0-9 . _ -`);
+    throw new WaymarkError('INVALID_NAME', `group name ${shown(group)}: use 1-${protocolLimits.groupNameBytesMax} characters of A-Z a-z 0-9 . _ -`);
   }
 }
 

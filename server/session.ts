@@ -342,6 +342,8 @@ export class Session {
   }
 
   private async seekNow(subscription: Subscription, request: waymark.v1.Seek): Promise<FrameInit> {
+    // Queued behind a slower seek, it may find the subscription gone (unsubscribed, or its topic deleted).
+    if (subscription.ended) throw new WaymarkError('SUBSCRIPTION_NOT_FOUND', `subscription ${subscription.id} has ended`);
     const offsets = new Map<number, number>();
     // The next pack begins where the seek puts the stream in time: at the asked time, or at 0
     // (as a subscription without a start time does) when positions or "earliest" may go back

@@ -125,6 +125,11 @@ export class Subscription {
     this.kick();
   }
 
+  /** Closed: unsubscribed, its connection gone, or ended by the broker (its topic deleted). */
+  get ended(): boolean {
+    return this.closed;
+  }
+
   currentPositions(): Array<{ channel: number; offset: number }> {
     return this.channels.map((channel) => ({ channel, offset: this.positions.get(channel)! }));
   }

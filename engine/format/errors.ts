@@ -89,3 +89,8 @@ export function quoted(value: string): string {
   if (value.length <= 64) return JSON.stringify(value);
   return `${JSON.stringify(value.slice(0, 64))}… (${new TextEncoder().encode(value).length} bytes)`;
 }
+
+/** A value a caller gave, as an error message shows it: a string quoted (and cut short, as `quoted`), anything else as String() gives it. */
+export function shown(value: unknown): string {
+  return typeof value === 'string' ? quoted(value) : String(value);
+}

@@ -46,7 +46,7 @@ import { lostSegments, syncDir, writeCheckpoint } from '../log/checkpoint';
 import { cutTornLastCommit, lastCommitMayBeTorn, orphanIndexNames, segmentFileName, type SegmentMeta } from '../log/segment';
 import { readTopicFile, topicFile, writeTopicFile } from '../log/topic-file';
 import { parseJson } from '../log/checked-json';
-import { batchHeaderBytes, readInt64 } from '../format/record-batch';
+import { BatchOffset, batchHeaderBytes, probeHeader, readInt64 } from '../format/record-batch';
 import { describePath, indexExtensions, stagingDirName, type ChannelRef, type Layout } from './layout';
 import { runSegmentTasks, type PoolOptions } from './pool';
 import type { ProgressState } from './progress';
@@ -323,14 +323,15 @@ function salvageCreatedAt(file: string, folders: readonly ChannelRef[]): number 
   for (const channel of folders) {
     const first = channel.segments[0];
     if (!first || first.fileBytes < batchHeaderBytes) continue;
-    const header = Buffer.alloc(16);
+    const header = Buffer.alloc(batchHeaderBytes);
     const fd = fs.openSync(first.file, 'r');
     try {
-      fs.readSync(fd, header, 0, 16, 0);
+      fs.readSync(fd, header, 0, batchHeaderBytes, 0);
     } finally {
       fs.closeSync(fd);
     }
-    oldest = Math.min(oldest, readInt64(header, 8));
+    if (probeHeader(header, 0).kind === 'corrupt') return 0; // the oldest time is not known
+    oldest = Math.min(oldest, readInt64(header, BatchOffset.brokerTimestamp));
   }
   return createdAt <= oldest ? createdAt : 0;
 }

@@ -40,7 +40,7 @@
  * way forward (repair), searching for the next position whose header and checksum both hold.
  */
 import * as fs from 'node:fs';
-import { batchHeaderBytes, BatchOffset, batchMagic, batchVersion, checksumHolds, probeHeader, type BatchHeader } from '../format/record-batch';
+import { batchHeaderBytes, BatchOffset, batchMagic, batchVersion, checksumHolds, probeHeader, readUint32, type BatchHeader } from '../format/record-batch';
 import { formatLimits } from '../format/limits';
 import { xxh32Range } from '../format/checksum';
 
@@ -239,8 +239,8 @@ function markBytesAt(buf: Uint8Array, at: number, available: number, position: n
 
 /** The commit start a format-4 mark at `at` (file position `position`) holds, null when its check fails or it points past the mark. */
 function commitStartOf(buf: Uint8Array, at: number, position: number): number | null {
-  const start = (buf[at]! | (buf[at + 1]! << 8) | (buf[at + 2]! << 16) | (buf[at + 3]! << 24)) >>> 0;
-  const check = (buf[at + 4]! | (buf[at + 5]! << 8) | (buf[at + 6]! << 16) | (buf[at + 7]! << 24)) >>> 0;
+  const start = readUint32(buf, at);
+  const check = readUint32(buf, at + 4);
   return check === xxh32Range(buf, at, at + 4, endMarkSeed) && start <= position ? start : null;
 }
 
