@@ -15,7 +15,7 @@ import { KeyIndexBuilder } from '../engine/index/key-index';
 import { BatchBuffers } from '../engine/batch-buffers';
 import { loadChecksum, xxh32 } from '../engine/format/checksum';
 import { batchLayout, bodyFor, flipByte, rejection, removeTempDirs, segmentFiles, tempDir } from './helpers';
-import { repairStore, verifyStore } from '../engine/inspect/index';
+import { dumpPath, repairStore, verifyStore } from '../engine/inspect/index';
 
 const variants: Array<{ sync: SyncMode; compression: boolean }> = [];
 for (const sync of ['batch', 'interval', 'none'] as const) for (const compression of [false, true]) variants.push({ sync, compression });
@@ -1008,8 +1008,9 @@ describe('engine store: the folder itself', () => {
     for (const text of ['{bad', '{"format":"kafka","version":2}', '{"format":"waymark","version":5}']) {
       fs.writeFileSync(path.join(dir, 'store.json'), text);
       const before = files();
-      // open, verify and repair alike: a format this build does not know would be misread.
-      for (const [what, attempt] of [['open', () => openStore(dir)], ['verify', () => verifyStore(dir)], ['repair', () => repairStore(dir)]] as const) {
+      // open, verify, repair and dump alike: a format this build does not know would be misread
+      // (a build of format 3 dumped a format-4 store and called each segment's end damage: helper-56).
+      for (const [what, attempt] of [['open', () => openStore(dir)], ['verify', () => verifyStore(dir)], ['repair', () => repairStore(dir)], ['dump', () => dumpPath(dir, {}, () => undefined)]] as const) {
         const err = await rejection(attempt());
         assert.equal(err.code, 'CORRUPT_FILE', `${what}: ${text}`);
         assert.match(err.message, /store\.json/);

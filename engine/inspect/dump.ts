@@ -23,6 +23,7 @@ import { timeIndexMagic } from '../log/time-index';
 import { describePath, indexExtensions, indexNamePattern, type ChannelRef } from './layout';
 import { indexPath } from './segment-check';
 import { walkSegment } from './walk';
+import { storeFileVersion } from '../store-file';
 
 export interface DumpOptions {
   /** Skip records (and index entries) with a lower offset. */
@@ -85,6 +86,9 @@ class Stop extends Error {}
 export async function dumpPath(target: string, options: DumpOptions, write: (item: DumpItem) => boolean | void): Promise<DumpSummary> {
   await loadChecksum();
   const layout = describePath(target);
+  // As verify and repair: a store of a format this build does not know is refused, not misread
+  // (a build of format 3 dumped a format-4 store and said every segment's end was damage).
+  if (layout.storeDir) storeFileVersion(layout.storeDir);
   const summary: DumpSummary = { segments: 0, batches: 0, badBatches: 0, records: 0, damagedRanges: 0, indexFiles: 0, indexEntries: 0, stopped: false };
   const from = options.from ?? 0;
   const max = options.max ?? Infinity;
