@@ -13,7 +13,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadChecksum, xxh32 } from './format/checksum';
-import { quoted, shown, WaymarkError } from './format/errors';
+import { shown, WaymarkError } from './format/errors';
 import { IndexKind, traceIdHeaderName } from './format/index-keys';
 import { bytesEqual, msgIdFromHex, msgIdToHex, msgIdTime, packedMsgIdsToHexList } from './format/msg-id';
 import { encodeBatch, headerValue, probeHeader, validateBatch, BatchFlag, type Header, type MessageInput, type StoredRecord } from './format/record-batch';
@@ -508,7 +508,7 @@ export class Store {
   private topic(name: string): Topic {
     this.check();
     const topic = this.topics.get(name);
-    if (!topic) throw new WaymarkError('TOPIC_NOT_FOUND', `topic ${quoted(String(name))} does not exist`, { topic: name });
+    if (!topic) throw new WaymarkError('TOPIC_NOT_FOUND', `topic ${shown(name)} does not exist`, { topic: name });
     return topic;
   }
 

@@ -62,6 +62,15 @@ function frame(init: FrameInit): ArrayBuffer {
   return bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer;
 }
 
+/** A session of `broker` on a StuckSocket, past its Hello. */
+async function greeted(broker: Broker): Promise<{ ws: StuckSocket; session: Session }> {
+  const ws = new StuckSocket();
+  const session = new Session(ws as unknown as WebSocket<SessionData>, broker);
+  session.onMessage(frame({ id: 1, hello: { protocolVersion } }), true);
+  await until(() => ws.replies().length === 1);
+  return { ws, session };
+}
+
 /** A store with `batches` batches of 16 × 64 KiB random bodies (1 MiB a batch) in channel 0 of `t`. */
 async function storeWithBacklog(batches: number): Promise<Store> {
   const store = await openStore(tempDir(), { compression: false });
@@ -138,10 +147,7 @@ describe('backpressure: a socket that does not drain', () => {
 
   it('fetches are read one at a time once the socket has room: pipelined by a client that does not read, they hold one reply past the limit, and every one is answered', async () => {
     const broker = await Broker.open(store);
-    const ws = new StuckSocket();
-    const session = new Session(ws as unknown as WebSocket<SessionData>, broker);
-    session.onMessage(frame({ id: 1, hello: { protocolVersion } }), true);
-    await until(() => ws.replies().length === 1);
+    const { ws, session } = await greeted(broker);
     const count = 30; // 1 MiB each: 30 MiB of replies, past µWS's old 32 MiB limit with the rest
     for (let i = 0; i < count; i++) session.onMessage(frame({ id: 2 + i, fetch: { topic: 't', channel: 0, offset: i % 12, maxBytes: 1 } }), true);
     const answered = (): number => ws.replies().filter((f) => f.fetchOk).length;
@@ -161,10 +167,7 @@ describe('backpressure: a socket that does not drain', () => {
 
   it('a frame that would pass socketBackpressureBytesMax unsent closes the connection with 1008 and a reason (before µWS drops anything), instead of leaving a silent gap', async () => {
     const broker = await Broker.open(store);
-    const ws = new StuckSocket();
-    const session = new Session(ws as unknown as WebSocket<SessionData>, broker);
-    session.onMessage(frame({ id: 1, hello: { protocolVersion } }), true);
-    await until(() => ws.replies().length === 1);
+    const { ws, session } = await greeted(broker);
     // Closed before µWS's own limit (which drops frames, and would drop the close frame too:
     // the client then saw 1006 and no reason): the reply that would pass the session's limit
     // is not sent, and the close goes out behind what waits.
@@ -178,10 +181,7 @@ describe('backpressure: a socket that does not drain', () => {
     assert.equal(session.writable(), false, 'nothing more is sent on it');
     session.closedBySocket();
     // And should µWS drop a frame all the same (send answers 2), the connection is closed too.
-    const other = new StuckSocket();
-    const second = new Session(other as unknown as WebSocket<SessionData>, broker);
-    second.onMessage(frame({ id: 1, hello: { protocolVersion } }), true);
-    await until(() => other.replies().length === 1);
+    const { ws: other, session: second } = await greeted(broker);
     other.status = 2;
     second.onMessage(frame({ id: 2, describeTopic: { topic: 't' } }), true);
     await until(() => other.ended !== null);

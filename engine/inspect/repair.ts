@@ -172,10 +172,11 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
     // 0. a torn last group commit, cut back to its start as open would (Segment.recover): a
     // later batch of the commit kept, the one before it dropped, was a lost message the
     // producer's resend was refused for (DUPLICATE_SEQUENCE).
+    const checkpoints = new Map(layout.channels.map((channel) => [channel, loadCheckpoint(channel.dir).checkpoint]));
     for (const channel of layout.channels) {
       const last = channel.segments[channel.segments.length - 1];
       if (!last || (channel.only !== null && channel.only.file !== last.file)) continue;
-      if (!lastCommitMayBeTorn(loadCheckpoint(channel.dir).checkpoint, last.baseOffset, last.fileBytes)) continue;
+      if (!lastCommitMayBeTorn(checkpoints.get(channel)!, last.baseOffset, last.fileBytes)) continue;
       const torn = cutTornLastCommit(last.file);
       if (!torn) continue;
       report.dropped.push({ file: torn.file, position: torn.position, bytes: torn.bytesDropped, reason: torn.reason, savedTo: torn.savedTo ?? null });
@@ -206,7 +207,7 @@ export async function repairStore(target: string, options: RepairOptions = {}): 
         report.problems.push({ file: unreadable.file, position: null, what: `${unreadable.faults[0]?.what ?? 'unreadable'}; channel ${channel.label} left as it was` });
         continue;
       }
-      const checkpoint = loadCheckpoint(channel.dir).checkpoint;
+      const checkpoint = checkpoints.get(channel)!;
       for (const segment of channel.segments) {
         const listed = checkpoint?.segments.find((m) => m.baseOffset === segment.baseOffset);
         if (listed && segment.fileBytes < listed.bytes) report.shortened.push({ file: segment.file, vouchedBytes: listed.bytes, fileBytes: segment.fileBytes });

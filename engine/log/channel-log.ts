@@ -1177,7 +1177,6 @@ export class ChannelLog {
     // Linux returns 0 to the next one, which proves nothing; syncData keeps the failure.
     if (!this.dsync) {
       if (this.closed) throw new WaymarkError('STORE_CLOSED');
-      if (this.failure) throw this.failure;
       try {
         await this.active.syncData();
       } catch (err) {
@@ -1193,9 +1192,8 @@ export class ChannelLog {
     // segments that were gone.
     if (this.closed) throw new WaymarkError('STORE_CLOSED');
     // And the channel may have failed meanwhile (a seal, the sync timer, a group commit): then
-    // nothing here is known durable, and nothing goes (checked again where the removal runs,
-    // after the removals queued ahead of it).
-    if (this.failure) throw this.failure;
+    // nothing here is known durable, and nothing goes — checked where the cut is taken and
+    // again where the removal runs, after the removals queued ahead of it.
     const refuseIfFailed = (): void => {
       if (this.failure) throw this.failure;
     };

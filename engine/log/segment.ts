@@ -794,7 +794,7 @@ function tornLastCommit(fd: number, file: string, fileBytes: number): RecoveryFi
     position: commit.start,
     bytesDropped: commit.markAt - commit.start,
     kind: 'corrupt',
-    reason: `a batch at ${brokenAt} fails inside the last group commit (bytes ${commit.start}..${commit.markAt - 1}, its end mark whole): a power cut during its write (none of it acknowledged) or later damage; cut back to the commit's start`,
+    reason: `a batch at ${brokenAt} fails inside the last group commit (bytes ${commit.start}..${commit.markAt - 1}, its end mark whole): a power cut during its write (in sync mode batch, none of it acknowledged) or later damage; cut back to the commit's start`,
     savedTo,
   };
 }
