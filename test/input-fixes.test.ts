@@ -388,6 +388,45 @@ describe('input fixes: waymark produce whose stdout goes away', function () {
     assert.equal(producing.stderr, 'waymark: produce: stdout was closed, so reading stopped: 2 lines were sent and acknowledged, not all of them printed\n');
     assert.equal(await highWatermark(broker, 'piped'), 2);
   });
+
+  it('BODY --count 10^9: sends within a window as the acknowledgements come, and stops when stdout goes away (it queued every send first and ran out of memory: helper-59)', async () => {
+    await httpJson(`${broker.http}/v1/topics/counted`, { method: 'PUT', body: '{}' });
+    const producing = new Running(['produce', '--topic', 'counted', '--count', '1000000000', 'x', '--url', broker.url]);
+    await producing.linesPrinted(1); // before the fix nothing was printed: the loop queued 10^9 sends first
+    producing.proc.stdout.destroy();
+    assert.equal(await producing.exited, 1, producing.stderr);
+    const match = /^waymark: produce: stdout was closed, so sending stopped: (\d+) messages were sent and acknowledged, not all of them printed\n$/.exec(producing.stderr);
+    assert.ok(match, producing.stderr);
+    const sent = Number(match[1]);
+    assert.equal(await highWatermark(broker, 'counted'), sent, 'every message sent was acknowledged and stored');
+    assert.ok(sent < 1_000_000_000);
+  });
+
+  it('InOrderAcks.room: no room once the window is unacknowledged, by count or by bytes (but always room for one); room again as each settles', async () => {
+    const gates: Array<(n: number) => void> = [];
+    const gate = (): Promise<number> => new Promise<number>((resolve) => gates.push(resolve));
+    const acks = new InOrderAcks<number>(() => undefined, 'message', 2, 100);
+    assert.equal(acks.room(), null);
+    acks.add(gate(), 10);
+    assert.equal(acks.room(), null);
+    acks.add(gate(), 10);
+    const full = acks.room();
+    assert.ok(full, 'two unacknowledged: the window of two is full');
+    let woke = false;
+    void full.then(() => (woke = true));
+    gates[0]!(1);
+    await full;
+    assert.equal(woke, true);
+    assert.equal(acks.room(), null, 'one settled: room for one more');
+    gates[1]!(2);
+    await acks.settled();
+    const big = new InOrderAcks<number>(() => undefined, 'message', 10, 100);
+    big.add(gate(), 500);
+    assert.ok(big.room(), 'past the bytes window with one unacknowledged');
+    gates[2]!(3);
+    await big.settled();
+    assert.equal(big.room(), null);
+  });
 });
 
 describe('input fixes: waymark produce --raw (stdin as one message, its exact bytes)', function () {

@@ -25,7 +25,7 @@ export const produceCommand: Command = {
       url: urlOption,
     },
     details:
-      'Prints channel, offset and msgId of each message once the broker has made it durable. From stdin, lines are sent as they are read (as UTF-8 text, without their line ends); a line the broker would refuse (over 8 MiB, say) stops the run before it is sent: the lines before it are sent and printed, none after it, and the command exits 2 naming the line. When the broker refuses a message (the topic was deleted, say), printing stops there: the lines printed are exactly those acknowledged before it, and the error names the line to resend from. When stdout is closed (| head), reading stops and the command exits 1 saying how many lines were sent. With --raw, stdin is read to its end and sent as one message with its exact bytes (empty stdin: one empty message); stdin over 8 MiB (the limit of one message) sends nothing and exits 2 (MESSAGE_TOO_LARGE).',
+      'Prints channel, offset and msgId of each message once the broker has made it durable. From stdin, lines are sent as they are read (as UTF-8 text, without their line ends); a line the broker would refuse (over 8 MiB, say) stops the run before it is sent: the lines before it are sent and printed, none after it, and the command exits 2 naming the line. When the broker refuses a message (the topic was deleted, say), printing stops there: the lines printed are exactly those acknowledged before it, and the error names the line to resend from. At most 32,768 messages (64 MiB) are unacknowledged at a time: reading and sending wait for acknowledgements. When stdout is closed (| head), reading (or sending BODY) stops and the command exits 1 saying how many were sent. With --raw, stdin is read to its end and sent as one message with its exact bytes (empty stdin: one empty message); stdin over 8 MiB (the limit of one message) sends nothing and exits 2 (MESSAGE_TOO_LARGE).',
   },
   async run(args, io) {
     const topic = args.flags.topic as string | undefined;
@@ -73,11 +73,18 @@ export const produceCommand: Command = {
       // loop stops at a refused line (checkMessage) before sending it.
       const acks = new InOrderAcks<SendResult>(print, rawBody !== null || (body !== undefined && body !== '-') ? 'message' : 'line');
       let refused: WaymarkError | null = null;
-      const send = (message: string | Uint8Array): void => acks.add(producer.send({ body: message, key, headers }));
+      const send = (message: string | Uint8Array): void => acks.add(producer.send({ body: message, key, headers }), typeof message === 'string' ? message.length : message.byteLength);
       if (rawBody !== null) {
         send(rawBody);
       } else if (body !== undefined && body !== '-') {
-        for (let i = 0; i < count; i++) send(body);
+        // At most a window unacknowledged (InOrderAcks.room): sent all at once, --count 10^9
+        // queued every message before anything went out and ran out of memory (helper-59).
+        for (let i = 0; i < count; i++) {
+          const wait = acks.room();
+          if (wait) await wait;
+          if (acks.failed || outputGone) break;
+          send(body);
+        }
       } else {
         // Lines are sent as they are read (stdin may be endless). A line the broker would refuse
         // (checkMessage: the SDK's own limits) stops the read before it is sent: the lines
@@ -85,6 +92,8 @@ export const produceCommand: Command = {
         const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
         let lineNumber = 0;
         for await (const text of lines) {
+          const wait = acks.room(); // stdin as fast as it comes (`yes |`) would be held whole
+          if (wait) await wait;
           if (acks.failed || outputGone) break;
           lineNumber++;
           try {
@@ -105,7 +114,8 @@ export const produceCommand: Command = {
       if (failure !== null) throw failure;
       await producer.close();
       if (outputGone) {
-        io.err(`waymark: produce: stdout was closed, so reading stopped: ${acks.count === 1 ? '1 line was' : `${acks.count} lines were`} sent and acknowledged, not all of them printed\n`);
+        const what = acks.what;
+        io.err(`waymark: produce: stdout was closed, so ${what === 'line' ? 'reading' : 'sending'} stopped: ${acks.count === 1 ? `1 ${what} was` : `${acks.count} ${what}s were`} sent and acknowledged, not all of them printed\n`);
         return 1;
       }
       return 0;
@@ -146,12 +156,27 @@ export class InOrderAcks<T> {
   private sent = 0;
   private failedAt = 0;
   private cause: unknown = null;
+  /** Sent and not yet printed or passed over, and their bytes (bodies). */
+  private pending = 0;
+  private pendingBytes = 0;
+  private wake: (() => void) | null = null;
 
-  /** `what` names one input in the error: 'line' (stdin) or 'message' (BODY --count N). */
+  /**
+   * `what` names one input in the error: 'line' (stdin) or 'message' (BODY --count N). At
+   * most `windowMessages` and `windowBytes` (but always one) are unacknowledged: room() waits.
+   */
   constructor(
     private readonly print: (result: T) => void,
-    private readonly what: 'line' | 'message',
+    readonly what: 'line' | 'message',
+    private readonly windowMessages = produceWindowMessages,
+    private readonly windowBytes = produceWindowBytes,
   ) {}
+
+  /** Null when another may be sent now; else a promise that resolves once one has settled. */
+  room(): Promise<void> | null {
+    if (this.pending < this.windowMessages && (this.pendingBytes < this.windowBytes || this.pending === 0)) return null;
+    return new Promise((resolve) => (this.wake = resolve));
+  }
 
   /** How many were added (sent). */
   get count(): number {
@@ -163,21 +188,34 @@ export class InOrderAcks<T> {
     return this.failedAt > 0;
   }
 
-  add(ack: Promise<T>): void {
+  add(ack: Promise<T>, bytes = 0): void {
     const n = ++this.sent;
+    this.pending++;
+    this.pendingBytes += bytes;
     ack.catch(() => undefined); // taken below, in order; not an unhandled rejection meanwhile
     this.chain = this.chain
       .then(() => ack)
       .then(
         (result) => {
+          this.settle(bytes);
           if (this.failedAt === 0) this.print(result);
         },
         (err: unknown) => {
+          this.settle(bytes);
           if (this.failedAt > 0) return;
           this.failedAt = n;
           this.cause = err;
         },
       );
+  }
+
+  /** One has been printed or passed over: room for another (room()). */
+  private settle(bytes: number): void {
+    this.pending--;
+    this.pendingBytes -= bytes;
+    const wake = this.wake;
+    this.wake = null;
+    wake?.();
   }
 
   /** Resolves once every acknowledgement so far is printed or passed over; never rejects. */
@@ -199,6 +237,14 @@ export class InOrderAcks<T> {
     return new WaymarkError(this.cause.code, `${this.what} ${this.failedAt}: ${this.cause.message}; ${acked}${later}`);
   }
 }
+
+/**
+ * What `waymark produce` leaves unacknowledged at most: enough for the SDK to fill its
+ * batches on every channel (1,000 messages, 16 in flight), and a bound on memory and on what
+ * is sent past a reader that has gone away (`| head`).
+ */
+export const produceWindowMessages = 32_768;
+export const produceWindowBytes = 64 * 1024 * 1024;
 
 /** What a run stopped at a refused line had sent. */
 function sentBefore(lines: number): string {
