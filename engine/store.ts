@@ -699,7 +699,14 @@ export class Store {
    * for the retry are new ones, never stored). Rare: a resend after a lost acknowledgement.
    */
   private async storedAppend(topic: string, channel: number, outcome: AppendOutcome): Promise<AppendResult> {
-    const stored = await this.read(topic, channel, { offset: outcome.baseOffset, maxMessages: outcome.recordCount, maxBytes: limits.batchBytesMax });
+    // Retention may have deleted it since (the read said OFFSET_OUT_OF_RANGE: helper-58): its
+    // msgIds cannot be told, so the retry is refused as one the channel cannot answer.
+    const gone = (): WaymarkError =>
+      new WaymarkError('DUPLICATE_SEQUENCE', `this producer sequence was appended before (offsets ${outcome.baseOffset}…), and retention has deleted it since; nothing was appended`);
+    if (outcome.baseOffset < this.channel(topic, channel).logStartOffset) throw gone();
+    const stored = await this.read(topic, channel, { offset: outcome.baseOffset, maxMessages: outcome.recordCount, maxBytes: limits.batchBytesMax }).catch((err: unknown) => {
+      throw err instanceof WaymarkError && err.code === 'OFFSET_OUT_OF_RANGE' ? gone() : err;
+    });
     if (stored.length !== outcome.recordCount || stored[0]?.offset !== outcome.baseOffset) {
       throw new WaymarkError('CORRUPT_FILE', `the batch a retried sequence matched (offsets ${outcome.baseOffset}…) cannot be read back`);
     }
@@ -729,7 +736,23 @@ export class Store {
     const { maxMessages, maxBytes } = options;
     if (maxMessages !== undefined && (!Number.isSafeInteger(maxMessages) || maxMessages < 1)) return Promise.reject(new WaymarkError('INVALID_ARGUMENT', `maxMessages ${maxMessages}: at least 1`));
     if (maxBytes !== undefined && (!Number.isSafeInteger(maxBytes) || maxBytes < 1)) return Promise.reject(new WaymarkError('INVALID_ARGUMENT', `maxBytes ${maxBytes}: at least 1`));
-    return this.channel(topic, channel).readBatches(options.offset, options.maxBytes ?? 1024 * 1024, options.buffer, options.maxMessages);
+    return this.readOf(topic, this.channel(topic, channel).readBatches(options.offset, options.maxBytes ?? 1024 * 1024, options.buffer, options.maxMessages));
+  }
+
+  /**
+   * A read of `topic` (begun just now), its failure named for what happened meanwhile: the
+   * topic deleted (TOPIC_NOT_FOUND; it was "deleted by retention: read again from the log
+   * start", helper-58) or the store closed (STORE_CLOSED).
+   */
+  private async readOf<T>(topic: string, read: Promise<T>): Promise<T> {
+    const reading = this.topics.get(topic);
+    try {
+      return await read;
+    } catch (err) {
+      if (this.closed) throw new WaymarkError('STORE_CLOSED', 'the store closed while a read was under way');
+      if (this.topics.get(topic) !== reading) throw new WaymarkError('TOPIC_NOT_FOUND', `topic ${shown(topic)} was deleted while being read`, { topic });
+      throw err;
+    }
   }
 
   async read(topic: string, channel: number, options: ReadOptions = {}): Promise<StoredMessage[]> {
@@ -739,7 +762,7 @@ export class Store {
     const maxBytes = options.maxBytes ?? 1024 * 1024;
     if (!Number.isSafeInteger(maxMessages) || maxMessages < 1) throw new WaymarkError('INVALID_ARGUMENT', `maxMessages ${maxMessages}: at least 1`);
     if (!Number.isSafeInteger(maxBytes) || maxBytes < 1) throw new WaymarkError('INVALID_ARGUMENT', `maxBytes ${maxBytes}: at least 1`);
-    const { records, brokerTimestamps } = await log.read(offset, maxMessages, maxBytes);
+    const { records, brokerTimestamps } = await this.readOf(topic, log.read(offset, maxMessages, maxBytes));
     return records.map((r, i) => toMessage(topic, channel, r, brokerTimestamps[i]!));
   }
 
@@ -856,6 +879,10 @@ export class Store {
               return removed;
             },
             (err: unknown) => {
+              // The topic deleted (or the store closed) under the pass: its files went with it,
+              // which is no fault to report (a pass caught writing its checkpoint said
+              // "retention … failed: ENOENT" for a topic that no longer exists: helper-58).
+              if (this.closed || this.topics.get(topic.info.name) !== topic) return 0;
               topic.upkeep[channel]!.retentionFailures++;
               this.channelFault(topic, channel, 'retention', err);
               return 0;

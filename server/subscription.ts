@@ -46,6 +46,8 @@ export interface SubscriptionSpec {
   packBeginTs: number;
   /** The channels placed by a start time, and that time (see Subscription.notBefore). */
   byTime?: { channels: readonly number[]; timestamp: number };
+  /** The topic the positions were found in (Store.topicIncarnation; else the one there now). */
+  incarnation?: number;
 }
 
 interface BatchSpan {
@@ -109,7 +111,20 @@ export class Subscription {
     this.packBeginTs = spec.packBeginTs;
     for (const channel of spec.byTime?.channels ?? []) this.notBefore.set(channel, spec.byTime!.timestamp);
     this.tickIntervalMs = Math.min(Math.max(protocolLimits.tickIntervalMsMin, spec.tickIntervalMs), protocolLimits.tickIntervalMsMax);
-    this.incarnation = store.topicIncarnation(spec.topic);
+    this.incarnation = spec.incarnation ?? store.topicIncarnation(spec.topic);
+    this.checkTopic();
+  }
+
+  /**
+   * Throws TOPIC_NOT_FOUND when the topic of this name is no longer the one subscribed to.
+   * Asked before every read and after it: the channels are looked up by name, so a topic
+   * deleted and made again while one channel's read was under way had the next channel read
+   * (and pushed) from the new topic at the old one's positions (helper-58).
+   */
+  private checkTopic(): void {
+    if (!this.store.hasTopic(this.topic) || this.store.topicIncarnation(this.topic) !== this.incarnation) {
+      throw new WaymarkError('TOPIC_NOT_FOUND', `topic ${this.topic} was deleted`);
+    }
   }
 
   /** Starts pushing (called once the SubscribeOk reply is on the wire). */
@@ -156,6 +171,7 @@ export class Subscription {
    * channels placed by a time (all of `offsets` when not said), and that time (see notBefore).
    */
   seek(offsets: Map<number, number>, epoch: number, packBeginTs?: number, byTime?: { timestamp: number; channels?: readonly number[] }): void {
+    this.checkTopic();
     // Every channel is checked before any moves: a refused seek is not applied at all (a
     // position past its channel's end moved the channels listed before it, in the old epoch).
     const moved = new Map<number, number>();
@@ -196,7 +212,7 @@ export class Subscription {
         this.again = false;
         // Checked before the credit: a subscription without credit left (a deleted topic's
         // watchers kick it) went on, after a re-create, into the new topic at its old positions.
-        if (this.store.topicIncarnation(this.topic) !== this.incarnation) throw new WaymarkError('TOPIC_NOT_FOUND', `topic ${this.topic} was deleted`);
+        this.checkTopic();
         if (this.packs) await this.pumpPack();
         else await this.pumpStream();
       } while (this.again && !this.closed);
@@ -233,9 +249,13 @@ export class Subscription {
    * is now before the log start): the pump goes round again and starts at the log start.
    */
   private async readBatches(channel: number, offset: number, maxBytes: number, maxMessages?: number, buffer?: Buffer): Promise<BatchRead | null> {
+    this.checkTopic();
     try {
-      return await this.store.readBatches(this.topic, channel, { offset, maxBytes, maxMessages, buffer });
+      const read = await this.store.readBatches(this.topic, channel, { offset, maxBytes, maxMessages, buffer });
+      this.checkTopic();
+      return read;
     } catch (err) {
+      this.checkTopic(); // a read the delete cut short: the topic's end, not a position to move
       if (!(err instanceof WaymarkError && err.code === 'OFFSET_OUT_OF_RANGE') || offset >= this.store.channelState(this.topic, channel).logStartOffset) throw err;
       this.again = true;
       return null;
@@ -244,6 +264,7 @@ export class Subscription {
 
   /** Pushes what fits of one channel; true when something was sent. */
   private async pushChannel(channel: number): Promise<boolean> {
+    this.checkTopic();
     const state = this.store.channelState(this.topic, channel);
     let position = Math.max(this.positions.get(channel)!, state.logStartOffset);
     if (position >= state.highWatermark) return false;
@@ -359,6 +380,7 @@ export class Subscription {
     const reached = new Set<number>();
     /** Reads a channel's next batches into its cursor; false when the pump must stop (a seek, a close, retention). */
     const refill = async (cursor: PackCursor): Promise<boolean> => {
+      this.checkTopic();
       if (cursor.position >= this.store.channelState(this.topic, cursor.channel).highWatermark) {
         cursor.done = true;
         return true;

@@ -1103,7 +1103,8 @@ export class ChannelLog {
   private activeRemovable(expired: (segment: Segment) => boolean, olderGoing = false): boolean {
     const old = this.active;
     if ((this.segments.length > 1 && !olderGoing) || old.size === 0 || !expired(old)) return false;
-    return !(this.queue.length > 0 || this.flushing || this.syncing || this.sealing || this.failure || this.closed);
+    // old.syncing: an fdatasync not the sync timer's (deleteSegmentsBefore's) is under way.
+    return !(this.queue.length > 0 || this.flushing || this.syncing || old.syncing || this.sealing || this.failure || this.closed);
   }
 
   /**

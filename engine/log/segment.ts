@@ -135,6 +135,8 @@ export class Segment {
   /** Async reads in flight (close() leaves the fd to the last of them). */
   private reading = 0;
   private closing = false;
+  /** Its descriptor is closed (closeLogWhenIdle): nothing may use `fd` again. */
+  private logClosed = false;
   /** Its log is unlinked (remove()): the last close frees the blocks (closeLog). */
   private removed = false;
   /**
@@ -424,6 +426,7 @@ export class Segment {
   syncData(): Promise<void> {
     const run = async (): Promise<void> => {
       if (this.syncFailure) throw this.syncFailure;
+      if (this.logClosed) throw new WaymarkError('STORE_CLOSED', `segment ${this.baseOffset} of ${this.dir} is closed`);
       try {
         await pool.fdatasync(this.fd);
       } catch (err) {
@@ -627,7 +630,12 @@ export class Segment {
   read(position: number, length: number, end: number = this.size, into?: Buffer): Promise<Buffer> {
     // A segment deleted (retention, compaction) while a reader is between two reads: its fd
     // number may already name another file, so it is never used again.
-    if (this.closing) return Promise.reject(new WaymarkError('OFFSET_OUT_OF_RANGE', `segment ${this.baseOffset} of ${this.dir} was deleted while being read (retention): read again from the log start`));
+    if (this.closing) {
+      // Deleted by retention or compaction: the reader reads on from the log start. Else its
+      // topic was deleted or the store closed: the store says which (Store.readOf).
+      if (this.removed) return Promise.reject(new WaymarkError('OFFSET_OUT_OF_RANGE', `segment ${this.baseOffset} of ${this.dir} was deleted while being read (retention): read again from the log start`));
+      return Promise.reject(new WaymarkError('STORE_CLOSED', `segment ${this.baseOffset} of ${this.dir} was closed while being read`));
+    }
     const want = Math.max(0, Math.min(length, end - position));
     const buf = into && into.length >= want ? into.subarray(0, want) : Buffer.allocUnsafe(want);
     this.reading++;
@@ -642,7 +650,7 @@ export class Segment {
       };
       step(0);
     }).finally(() => {
-      if (--this.reading === 0 && this.closing) this.closeLog();
+      if (--this.reading === 0 && this.closing) this.closeLogWhenIdle();
     });
   }
 
@@ -667,13 +675,34 @@ export class Segment {
     return got === buf.length ? buf : buf.subarray(0, got);
   }
 
-  /** Closes the files; a read in flight in the thread pool keeps the log's fd until it is done. */
+  /**
+   * Closes the files; a read or an fdatasync in flight in the thread pool keeps the log's fd
+   * until it is done (an fdatasync of a closed descriptor failed the channel for good with
+   * EBADF, and one of a reused number would have synced another file: helper-58).
+   */
   close(): void {
     if (this.closing) return;
     this.closing = true;
     this.keyFile?.close();
     this.keyFile = null;
-    if (this.reading === 0) this.closeLog();
+    this.closeLogWhenIdle();
+  }
+
+  /** Closes the log once no read nor fdatasync of it is under way (the last read calls it again). */
+  private closeLogWhenIdle(): void {
+    if (this.reading > 0 || this.logClosed) return;
+    const sync = this.syncInFlight;
+    if (sync) {
+      void sync.then(() => this.closeLogWhenIdle());
+      return;
+    }
+    this.logClosed = true;
+    this.closeLog();
+  }
+
+  /** Whether an fdatasync of the log is under way (syncData). */
+  get syncing(): boolean {
+    return this.syncInFlight !== null;
   }
 
   /**
