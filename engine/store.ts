@@ -508,8 +508,10 @@ export class Store {
   private topic(name: string): Topic {
     this.check();
     const topic = this.topics.get(name);
-    if (!topic) throw new WaymarkError('TOPIC_NOT_FOUND', `topic ${shown(name)} does not exist`, { topic: name });
-    return topic;
+    if (topic) return topic;
+    // A name no topic can have is INVALID_NAME, as creating it would be (`a/b` was "does not exist").
+    checkTopicName(name, true);
+    throw new WaymarkError('TOPIC_NOT_FOUND', `topic ${shown(name)} does not exist`, { topic: name });
   }
 
   private channel(topicName: string, channel: number): ChannelLog {
@@ -530,13 +532,11 @@ export class Store {
     if (this.topics.has(name)) throw new WaymarkError('TOPIC_EXISTS', `topic ${name} already exists`, { topic: name });
     const channels = config.channels;
     if (!Number.isInteger(channels) || channels < 1) {
-      // typeof first: JSON.stringify(Infinity) is "null" ({"channels": 1e400} said "not null").
-      const shown = typeof channels === 'number' ? String(channels) : JSON.stringify(channels);
-      throw new WaymarkError('INVALID_ARGUMENT', `channels must be a whole number from 1 to ${limits.channelCountMax}, not ${shown}`);
+      throw new WaymarkError('INVALID_ARGUMENT', `channels must be a whole number from 1 to ${limits.channelCountMax}, not ${shown(channels)}`);
     }
     if (channels > limits.channelCountMax) throw new WaymarkError('TOO_MANY_CHANNELS', `channels must be 1..${limits.channelCountMax}, not ${channels}`);
     // Checked, not coerced: configs come from JSON too (HTTP), where {"owner": 5} was stored as "5".
-    if (config.owner != null && typeof config.owner !== 'string') throw new WaymarkError('INVALID_ARGUMENT', `owner must be a string, not ${JSON.stringify(config.owner)}`);
+    if (config.owner != null && typeof config.owner !== 'string') throw new WaymarkError('INVALID_ARGUMENT', `owner must be a string, not ${shown(config.owner)}`);
     if (config.owner != null && Buffer.byteLength(config.owner) > limits.ownerBytesMax) throw new WaymarkError('INVALID_ARGUMENT', `owner is ${Buffer.byteLength(config.owner)} bytes, the limit is ${limits.ownerBytesMax}`);
     // eslint-disable-next-line no-control-regex
     if (config.owner != null && /[\u0000-\u001f\u007f]/.test(config.owner)) throw new WaymarkError('INVALID_ARGUMENT', 'owner must be one line of text (no control characters): listings print it as it is');
@@ -809,14 +809,22 @@ export class Store {
     const hash = xxh32(id, IndexKind.msgId);
     const matches = (r: StoredRecord): boolean => bytesEqual(r.msgId, id);
     const timeFrom = msgIdTime(id) - 24 * 3600 * 1000;
-    const found = await this.lookupAll(topic, hash, { timeFrom }, 1, matches);
+    const found = (await this.lookupAll(topic, hash, { timeFrom }, 1, matches)).messages;
     if (found.length > 0) return found[0]!;
-    const older = await this.lookupAll(topic, hash, { timeTo: timeFrom - 1 }, 1, matches);
+    const older = (await this.lookupAll(topic, hash, { timeTo: timeFrom - 1 }, 1, matches)).messages;
     return older[0] ?? null;
   }
 
   /** Messages with this key, newest first, optionally within a broker-time range. */
-  lookupKey(topic: string, key: string | Uint8Array, options: LookupOptions = {}): Promise<StoredMessage[]> {
+  async lookupKey(topic: string, key: string | Uint8Array, options: LookupOptions = {}): Promise<StoredMessage[]> {
+    return (await this.lookupKeyPage(topic, key, options)).messages;
+  }
+
+  /**
+   * lookupKey, and whether the answer stopped at `limit` or `maxBytes` (`truncated`: there may
+   * be older messages with the key; ask again with `timeTo` at the last one's broker time).
+   */
+  lookupKeyPage(topic: string, key: string | Uint8Array, options: LookupOptions = {}): Promise<{ messages: StoredMessage[]; truncated: boolean }> {
     const bytes = typeof key === 'string' ? Buffer.from(key) : key;
     // No stored key is longer: say so rather than answer "none found".
     if (bytes.length > limits.keyBytesMax) return Promise.reject(new WaymarkError('KEY_TOO_LARGE', `key is ${bytes.length} bytes, the limit is ${limits.keyBytesMax}`));
@@ -824,25 +832,32 @@ export class Store {
   }
 
   /** Messages whose `traceid` header equals `traceId`, newest first. */
-  lookupTraceId(topic: string, traceId: string, options: LookupOptions = {}): Promise<StoredMessage[]> {
+  async lookupTraceId(topic: string, traceId: string, options: LookupOptions = {}): Promise<StoredMessage[]> {
     const bytes = Buffer.from(traceId);
-    return this.lookupAll(topic, xxh32(bytes, IndexKind.traceId), options, options.limit ?? 100, (r) => {
+    const page = await this.lookupAll(topic, xxh32(bytes, IndexKind.traceId), options, options.limit ?? 100, (r) => {
       const value = headerValue(r.headers, traceIdHeaderName);
       return value !== undefined && bytesEqual(value, bytes);
     });
+    return page.messages;
   }
 
-  private async lookupAll(topic: string, hash: number, range: TimeRange, limit: number, matches: (r: StoredRecord) => boolean, maxBytes = Infinity): Promise<StoredMessage[]> {
+  private async lookupAll(topic: string, hash: number, range: TimeRange, limit: number, matches: (r: StoredRecord) => boolean, maxBytes = Infinity): Promise<{ messages: StoredMessage[]; truncated: boolean }> {
     const t = this.topic(topic);
     limit = Math.max(1, Math.min(limit, limits.lookupResultCountMax));
     if (!(maxBytes >= 1)) throw new WaymarkError('INVALID_ARGUMENT', `maxBytes ${maxBytes}: at least 1`);
     const results: StoredMessage[] = [];
     const damaged: WaymarkError[] = [];
+    let channelCut = false;
     for (let c = 0; c < t.channels.length; c++) {
       const before = damaged.length;
-      for (const { record, brokerTimestamp } of await t.channels[c]!.lookup(hash, range, limit, matches, maxBytes, damaged)) {
+      const found = await t.channels[c]!.lookup(hash, range, limit, matches, maxBytes, damaged);
+      // A channel's lookup stops at the limit or once it holds maxBytes: it may have more.
+      let bytes = 0;
+      for (const { record, brokerTimestamp } of found) {
         results.push(toMessage(topic, c, record, brokerTimestamp));
+        bytes += record.body.length;
       }
+      if (found.length >= limit || bytes >= maxBytes) channelCut = true;
       for (const err of damaged.slice(before)) this.damagedRead(topic, c, err);
     }
     // Candidates in damaged batches were passed over: the sound ones are the answer. When
@@ -853,7 +868,7 @@ export class Store {
     // Newest first while they fit the byte bound (the first always).
     let count = 0;
     for (let bytes = 0; count < Math.min(limit, results.length) && (count === 0 || bytes + results[count]!.body.length <= maxBytes); count++) bytes += results[count]!.body.length;
-    return results.slice(0, count);
+    return { messages: results.slice(0, count), truncated: channelCut || count < results.length };
   }
 
   // ---------------------------------------------------------------- upkeep
@@ -1026,20 +1041,20 @@ function toMessage(topic: string, channel: number, r: StoredRecord, brokerTimest
 }
 
 function nonNegative(name: string, value: number): number {
-  if (!Number.isSafeInteger(value) || value < 0) throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number ≥ 0, not ${value}`);
+  if (!Number.isSafeInteger(value) || value < 0) throw new WaymarkError('INVALID_ARGUMENT', `${name} must be a whole number ≥ 0, not ${shown(value)}`);
   return value;
 }
 
 function checkSegmentMs(value: number): number {
   if (!Number.isSafeInteger(value) || value < 1 || value > limits.segmentMsMax) {
-    throw new WaymarkError('INVALID_ARGUMENT', `segmentMs must be 1..${limits.segmentMsMax} (about 49.7 days: key index entries keep a segment's times as 32-bit ms), not ${value}`);
+    throw new WaymarkError('INVALID_ARGUMENT', `segmentMs must be 1..${limits.segmentMsMax} (about 49.7 days: key index entries keep a segment's times as 32-bit ms), not ${shown(value)}`);
   }
   return value;
 }
 
 function checkSegmentBytes(value: number): number {
   if (!Number.isSafeInteger(value) || value < limits.segmentBytesMin || value > limits.segmentBytesMax) {
-    throw new WaymarkError('INVALID_ARGUMENT', `segmentBytes must be ${limits.segmentBytesMin}..${limits.segmentBytesMax}, not ${value}`);
+    throw new WaymarkError('INVALID_ARGUMENT', `segmentBytes must be ${limits.segmentBytesMin}..${limits.segmentBytesMax}, not ${shown(value)}`);
   }
   return value;
 }

@@ -23,6 +23,9 @@ import { checkMs } from './options';
 import { openSocket, type Socket } from './transport';
 import { RequestTable } from './request-table';
 
+/** Every option of ConnectOptions (checkKnown: `reconect: false` was ignored). */
+export const connectOptionNames = ['clientName', 'requestTimeoutMs', 'reconnect', 'reconnectDelayMs', 'reconnectDelayMsMax', 'connectTimeoutMs', 'heartbeatMs'] as const satisfies ReadonlyArray<keyof ConnectOptions>;
+
 export interface ConnectOptions {
   /** Shown to the broker in Hello. */
   clientName?: string;

@@ -27,11 +27,14 @@ import { shown, WaymarkError } from '../engine/format/errors';
 import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
 import { channelsPastTheirEnd } from './admin';
-import { checkCount, isChannelNumber } from './options';
+import { checkCount, checkKnown, isChannelNumber } from './options';
 import { Pull } from './pull';
 import { decodeBatchAt, plainBytes, type DecodedBatch, type Message } from './messages';
 
 export type StartAt = 'committed' | 'earliest' | 'latest' | { offsets: Record<number, number> } | { timestamp: number };
+
+/** Every option of ConsumerOptions (checkKnown). */
+const consumerOptionNames = ['topic', 'group', 'channels', 'start', 'fallback', 'autoCommitIntervalMs', 'prefetchMessages', 'prefetchBytes'] as const satisfies ReadonlyArray<keyof ConsumerOptions>;
 
 export interface ConsumerOptions {
   topic: string;
@@ -784,15 +787,20 @@ export function checkPosition(channel: unknown, offset: unknown, what: string): 
   return { channel, offset };
 }
 
-/** A `channels` option: absent, or an array of channel numbers. */
+/** A `channels` option: absent (all), or an array of channel numbers, at least one ([] read every channel). */
 export function checkChannels(channels: unknown): void {
   if (channels !== undefined && (!Array.isArray(channels) || !channels.every(isChannelNumber))) {
     throw new WaymarkError('INVALID_ARGUMENT', 'channels must be an array of channel numbers');
   }
+  if (Array.isArray(channels) && channels.length === 0) throw new WaymarkError('INVALID_ARGUMENT', 'channels is empty: name at least one channel, or leave it out for every channel');
 }
 
-/** The options a consumer is made with, checked before anything is sent (a window of 0 received nothing, for ever). */
+/**
+ * The options a consumer is made with, checked before anything is sent (a window of 0
+ * received nothing, for ever; a misspelt `chanels: [1]` read every channel).
+ */
 function checkConsumerOptions(options: ConsumerOptions): void {
+  checkKnown('consumer', options, consumerOptionNames);
   checkCount('prefetchMessages', options.prefetchMessages);
   checkCount('prefetchBytes', options.prefetchBytes);
   checkCount('autoCommitIntervalMs', options.autoCommitIntervalMs, true);

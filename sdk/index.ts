@@ -2,11 +2,12 @@
  * The Waymark SDK — the only door users use (`import { connect } from 'waymark'`).
  * Runs in Node (transport: the ws package) and in browsers (global WebSocket; no lz4).
  */
-import { Connection, type ConnectOptions } from './client';
+import { Connection, connectOptionNames, type ConnectOptions } from './client';
 import { Admin } from './admin';
 import { Consumer, type ConsumerOptions } from './consumer';
 import { MsgStream } from './msg-stream';
-import { Producer, type ProducerOptions } from './producer';
+import { checkKnown } from './options';
+import { checkProducerOptions, Producer, type ProducerOptions } from './producer';
 
 export class Client {
   readonly admin: Admin;
@@ -21,6 +22,7 @@ export class Client {
 
   /** A batching, pipelining, idempotent producer for one topic. */
   async producer(options: ProducerOptions): Promise<Producer> {
+    checkProducerOptions(options); // before the topic is looked up: producer() threw a TypeError
     const info = await this.admin.describeTopic(options.topic);
     return new Producer(this.connection, options, info.channels, info.createdAt);
   }
@@ -49,6 +51,7 @@ export class Client {
 
 /** Connects to a broker, e.g. connect('ws://127.0.0.1:7070/v1/ws'). */
 export async function connect(url: string, options: ConnectOptions = {}): Promise<Client> {
+  checkKnown('connect', options, connectOptionNames);
   return new Client(await Connection.open(url, options));
 }
 

@@ -19,7 +19,7 @@ import { errorFromFrame, type Frame } from '../protocol/frames';
 import type { Connection } from './client';
 import { channelsPastTheirEnd } from './admin';
 import { checkChannels, checkPosition, checkSeekTarget, checkSeekTime, lostOrClosed } from './consumer';
-import { checkCount, checkMs } from './options';
+import { checkCount, checkKnown, checkMs } from './options';
 import { Pull } from './pull';
 import { decodeBatches, type Message } from './messages';
 import { packBeginOf } from '../protocol/positions';
@@ -148,6 +148,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
       // A second subscription would have left the first one open on the broker for good.
       throw new WaymarkError('INVALID_ARGUMENT', `this msgStream consumes ${this.consuming.topic} as ${this.consuming.group} already: close it, or use another msgStream`);
     }
+    checkKnown('asConsumer', options, ['start', 'channels', 'tickIntervalMs', 'prefetchMessages', 'prefetchBytes']);
     checkCount('prefetchMessages', options.prefetchMessages);
     checkCount('prefetchBytes', options.prefetchBytes);
     checkMs('tickIntervalMs', options.tickIntervalMs);

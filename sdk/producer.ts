@@ -22,14 +22,17 @@
  * Invariants: per channel, batches are sent and acknowledged in sequence order; a message's
  * promise settles exactly once; memory is bounded by bufferedBytesMax (send() waits).
  */
-import { WaymarkError } from '../engine/format/errors';
+import { shown, WaymarkError } from '../engine/format/errors';
 import { formatLimits } from '../engine/format/limits';
 import { MsgIdGenerator, msgIdFromHex, packedMsgIdsToHex } from '../engine/format/msg-id';
 import { checkMessage, encodeBatch, messagePrefix, type MessageInput } from '../engine/format/record-batch';
 import { channelForKey } from '../engine/format/repack';
 import type { Connection } from './client';
 import { nodeCodec } from './codec';
-import { checkChannelNumber, checkCount, checkMs } from './options';
+import { checkChannelNumber, checkCount, checkKnown, checkMs } from './options';
+
+/** Every option of ProducerOptions (checkKnown: a misspelt one was ignored). */
+const producerOptionNames = ['topic', 'channel', 'batchMessagesMax', 'batchBytesMax', 'lingerMs', 'inflightBatchesMax', 'bufferedBytesMax', 'compression', 'deliveryTimeoutMs'] as const satisfies ReadonlyArray<keyof ProducerOptions>;
 
 export interface ProducerOptions {
   topic: string;
@@ -823,7 +826,9 @@ function newProducerId(): number {
  * producer's last 16 batches per channel, so the 17th resent after a reconnect failed with
  * DUPLICATE_SEQUENCE although it was stored.
  */
-function checkProducerOptions(options: ProducerOptions): void {
+export function checkProducerOptions(options: ProducerOptions): void {
+  checkKnown('producer', options, producerOptionNames);
+  if (typeof options.topic !== 'string') throw new WaymarkError('INVALID_ARGUMENT', `producer needs a topic (a string), not ${shown(options.topic)}`);
   checkCount('batchMessagesMax', options.batchMessagesMax);
   checkCount('batchBytesMax', options.batchBytesMax);
   checkMs('lingerMs', options.lingerMs);

@@ -7,6 +7,7 @@
 import type { HttpRequest, HttpResponse, TemplatedApp } from 'uWebSockets.js';
 import { channelForKey, msgIdFromHex, MsgIdGenerator, WaymarkError, encodeBatch, lz4Codec, formatLimits, limits, type StoredMessage, type Header } from '../engine/index';
 import { describeType } from '../engine/format/record-batch';
+import { shown } from '../engine/format/errors';
 import { ErrorTable } from '../protocol/errors';
 import { toWaymarkError } from '../protocol/frames';
 import type { Broker } from './broker';
@@ -95,7 +96,9 @@ function route(
     const query = rawQuery ? new URLSearchParams(rawQuery) : noQuery;
     // URLSearchParams keeps a malformed %-escape as its text: `?key=%ZZ` stored the key "%ZZ".
     const badQuery = rawQuery && queryAllowed && malformedEscape.test(rawQuery) ? rawQuery : null;
-    const repeated = rawQuery ? repeatedName(query) : null;
+    // Routes that take any query (/healthz, /metrics) read none of it: nothing in it is refused
+    // (a repeated name was 400 there, a malformed escape 200).
+    const repeated = rawQuery && queryAllowed ? repeatedName(query) : null;
     const unknown = rawQuery && queryAllowed ? unknownName(query, queryAllowed) : null;
     const headers = new Map<string, string>();
     let repeatedHeader: string | null = null;
@@ -158,7 +161,7 @@ function endReply(res: HttpResponse, head: boolean, body: string, close: boolean
 /**
  * The query parameters each route reads (README's table). Any other name is refused: a
  * misspelt `?ofset=5` read from the channel's start in silence. Routes not listed here
- * (/healthz, /metrics) take any: probes and scrapers may add their own.
+ * (/healthz, /metrics) take any, and read none: probes and scrapers may add their own.
  */
 const queryNames: Record<string, readonly string[]> = {
   'GET /v1/topics': [],
@@ -288,6 +291,9 @@ function headerValue(headers: Map<string, string>, name: string): string | null 
   }
   return value;
 }
+
+/** The `waymark-*` headers POST /v1/topics/T/messages takes; any other is refused. */
+const produceHeaders = ['waymark-key', 'waymark-channel', 'waymark-msg-id', 'waymark-deliver-at', 'waymark-delay-ms'];
 
 /** The message key: the `waymark-key` header (ASCII) or `?key=` (percent-encoded UTF-8), not both. */
 function keyOf(headers: Map<string, string>, query: URLSearchParams): string | null {
@@ -420,6 +426,12 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
     async ({ params, query, headers, body }) => {
       const topic = params[0]!;
       if (topic.startsWith('__')) throw new WaymarkError('INVALID_NAME', `system topic ${topic} is written by the broker only`);
+      // A misspelt one (`waymark-chanel: 3`) was ignored: the message went elsewhere, with 200.
+      for (const name of headers.keys()) {
+        if (name.startsWith('waymark-') && !produceHeaders.includes(name)) {
+          throw new WaymarkError('INVALID_ARGUMENT', `unknown header ${shown(name)} (this route takes ${produceHeaders.join(', ')})`);
+        }
+      }
       if (headers.has('waymark-deliver-at') || headers.has('waymark-delay-ms')) {
         throw new WaymarkError('UNSUPPORTED', 'scheduled delivery (waymark-deliver-at / waymark-delay-ms) is not available on this broker yet');
       }
@@ -500,14 +512,15 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
     const timeFrom = query.get('from') !== null ? intParam(query.get('from'), 'from') : undefined;
     const timeTo = query.get('to') !== null ? intParam(query.get('to'), 'to') : undefined;
     if (timeFrom !== undefined && timeTo !== undefined && timeFrom > timeTo) throw new WaymarkError('INVALID_ARGUMENT', `from ${timeFrom} is after to ${timeTo}`);
-    const messages = await store.lookupKey(params[0]!, params[1]!, {
+    const { messages, truncated } = await store.lookupKeyPage(params[0]!, params[1]!, {
       // Past 1,000 it was cut to 1,000 in silence; a reply holds 8 MiB of bodies at most, as a read does.
       limit: intParam(query.get('limit'), 'limit', 100, 1, limits.lookupResultCountMax),
       maxBytes: readBytesMax,
       timeFrom,
       timeTo,
     });
-    return json({ messages: messages.map((m) => messageJson(m, encoding)) });
+    // truncated: cut at `limit` or at 8 MiB of bodies; older ones may match (it was silent: helper-59).
+    return json({ messages: messages.map((m) => messageJson(m, encoding)), truncated });
   });
 
   app.any('/*', (res, req) => {

@@ -829,3 +829,105 @@ describe('input fixes: waymark serve --data', () => {
     assert.equal(fs.readFileSync(file, 'utf8'), 'not a folder');
   });
 });
+
+describe('input fixes: a new user\'s run over HTTP and the CLI (helper-59)', function () {
+  this.timeout(60_000);
+  const broker = new BrokerProcess(tempDir());
+  before(async () => {
+    await loadChecksum();
+    await broker.start();
+    await httpJson(`${broker.http}/v1/topics/nu`, { method: 'PUT', body: '{"channels": 4}' });
+  });
+  after(() => broker.stop());
+
+  it('a misspelt waymark-* header is 400 INVALID_ARGUMENT naming it, and nothing is stored (waymark-chanel: 3 was ignored: round robin, 200)', async () => {
+    const r = await httpJson(`${broker.http}/v1/topics/nu/messages`, { method: 'POST', body: 'typo', headers: { 'waymark-chanel': '3' } });
+    assert.equal(r.status, 400, JSON.stringify(r.body));
+    assert.equal(r.body.error.code, 'INVALID_ARGUMENT');
+    assert.match(r.body.error.message, /^unknown header "waymark-chanel" \(this route takes waymark-key, waymark-channel, /);
+    for (let channel = 0; channel < 4; channel++) assert.equal(await highWatermark(broker, 'nu', channel), 0);
+    const right = await httpJson(`${broker.http}/v1/topics/nu/messages`, { method: 'POST', body: 'right', headers: { 'waymark-channel': '3' } });
+    assert.equal(right.body.channel, 3);
+  });
+
+  it('a key lookup says when it was cut short, by its limit or by 8 MiB of bodies (truncated; it was silent)', async () => {
+    await httpJson(`${broker.http}/v1/topics/kt`, { method: 'PUT', body: '{"channels": 2}' });
+    const big = 'b'.repeat(5 * 1024 * 1024);
+    for (const body of [big, big, 'small']) assert.equal((await httpJson(`${broker.http}/v1/topics/kt/messages?key=k`, { method: 'POST', body })).status, 200);
+    const all = await httpJson(`${broker.http}/v1/topics/kt/keys/k`);
+    assert.deepEqual([all.body.messages.map((m: { body: string }) => m.body.length), all.body.truncated], [[5, big.length], true], 'the third does not fit 8 MiB');
+    const limited = await httpJson(`${broker.http}/v1/topics/kt/keys/k?limit=1`);
+    assert.deepEqual([limited.body.messages.length, limited.body.truncated], [1, true]);
+    await httpJson(`${broker.http}/v1/topics/kt/messages?key=few`, { method: 'POST', body: 'one' });
+    const whole = await httpJson(`${broker.http}/v1/topics/kt/keys/few`);
+    assert.deepEqual([whole.body.messages.length, whole.body.truncated], [1, false]);
+  });
+
+  it('/healthz and /metrics read no query: a repeated name and a malformed escape are served alike (a repeated name was 400, a malformed escape 200)', async () => {
+    for (const route of ['/healthz', '/metrics']) {
+      for (const query of ['?x=1&x=2', '?x=%ZZ', '?probe=1']) {
+        const r = await fetch(`${broker.http}${route}${query}`);
+        assert.equal(r.status, 200, `${route}${query}`);
+        await r.arrayBuffer();
+      }
+    }
+  });
+
+  it('an error shows the value given as it was given: "10" quoted, [1] as JSON (both were shown as a bare number)', async () => {
+    const text = await httpJson(`${broker.http}/v1/topics/shownv`, { method: 'PUT', body: '{"retentionMs": "10"}' });
+    assert.equal(text.status, 400);
+    assert.match(text.body.error.message, /retentionMs must be a whole number ≥ 0, not "10"$/);
+    const array = await httpJson(`${broker.http}/v1/topics/shownv`, { method: 'PUT', body: '{"retentionBytes": [1]}' });
+    assert.match(array.body.error.message, /retentionBytes must be a whole number ≥ 0, not \[1\]$/);
+  });
+
+  it('a name no topic can have is INVALID_NAME wherever it is looked up (it was TOPIC_NOT_FOUND, and exit 1 from the CLI)', async () => {
+    const http = await httpJson(`${broker.http}/v1/topics/a%2Fb`);
+    assert.deepEqual([http.status, http.body.error.code], [400, 'INVALID_NAME']);
+    const keys = await httpJson(`${broker.http}/v1/topics/a%2Fb/keys/k`);
+    assert.equal(keys.body.error.code, 'INVALID_NAME');
+    const cli = await run(['produce', '--topic', 'a/b', 'hi', '--url', broker.url]);
+    assert.equal(cli.status, 2, cli.stderr);
+    assert.match(cli.stderr, /^waymark: produce: .*topic name "a\/b"/);
+    const missing = await httpJson(`${broker.http}/v1/topics/no-such`);
+    assert.equal(missing.body.error.code, 'TOPIC_NOT_FOUND', 'a valid name that is not there is still not found');
+  });
+
+  it('the SDK refuses a misspelt or missing option from JavaScript with INVALID_ARGUMENT (chanels: [1] read every channel; producer() was a TypeError)', async () => {
+    const code = async (make: () => Promise<unknown>): Promise<string | undefined> => {
+      try {
+        await make();
+        return 'accepted';
+      } catch (err) {
+        return err instanceof WaymarkError ? `${err.code}: ${err.message}` : `untyped: ${String(err)}`;
+      }
+    };
+    const loose = (o: object): never => o as never; // as plain JavaScript would pass it
+    assert.match((await code(() => connect(broker.url, loose({ reconect: false }))))!, /^INVALID_ARGUMENT: connect: unknown option "reconect"/);
+    const client = await connect(broker.url);
+    try {
+      assert.match((await code(() => client.producer(loose(undefined as unknown as object))))!, /^INVALID_ARGUMENT: producer options must be an object/);
+      assert.match((await code(() => client.producer(loose({ topic: 'nu', bogus: 1 }))))!, /^INVALID_ARGUMENT: producer: unknown option "bogus"/);
+      assert.match((await code(() => client.producer(loose({ channel: 1 }))))!, /^INVALID_ARGUMENT: producer needs a topic/);
+      assert.match((await code(() => client.consumer(loose({ topic: 'nu', group: 'g', chanels: [1] }))))!, /^INVALID_ARGUMENT: consumer: unknown option "chanels"/);
+      assert.match((await code(() => client.consumer({ topic: 'nu', group: 'g', channels: [] })))!, /^INVALID_ARGUMENT: channels is empty/);
+      assert.match((await code(() => client.msgStream().asConsumer('nu', 'g', loose({ strat: 'earliest' }))))!, /^INVALID_ARGUMENT: asConsumer: unknown option "strat"/);
+      // Spelt right, each is taken.
+      const consumer = await client.consumer({ topic: 'nu', group: 'g', channels: [1] });
+      await consumer.close();
+    } finally {
+      client.close();
+    }
+  });
+
+  it('dump, verify and repair of a path that is neither a folder nor a file (/dev/null) exit 2 with one line (it was "ENOTDIR … scandir" and exit 1); --version prints the version', async () => {
+    for (const command of ['dump', 'verify', 'repair']) {
+      const r = await run([command, '/dev/null']);
+      assert.equal(r.status, 2, `${command}: ${r.stderr}`);
+      assert.equal(r.stderr, `waymark: ${command}: /dev/null: not a store, topic or channel folder, nor a segment or index file\n`);
+    }
+    const version = await run(['--version']);
+    assert.equal(version.status, 0);
+    assert.match(version.stdout, /^waymark \d+\.\d+\.\d+( \([0-9a-f]+\))?\n$/);
+  });
+});

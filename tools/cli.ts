@@ -6,6 +6,8 @@
  * To add a command, write a Command (tools/command.ts) and put it in `commands`, replacing
  * its notYet entry.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { WaymarkError } from '../engine/format/errors';
 import { formatHelp, parseArgs, UsageError } from './args';
 import { notYet, type Command } from './command';
@@ -32,11 +34,24 @@ export const commands: readonly Command[] = [
   benchCommand,
 ];
 
+/** The package's version, and the commit it was built from when the build knows it (dist/build-info.json). */
+function version(): string {
+  const root = path.join(__dirname, '..', '..');
+  const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string };
+  try {
+    const info = JSON.parse(fs.readFileSync(path.join(root, 'dist', 'build-info.json'), 'utf8')) as { commit?: string };
+    if (typeof info.commit === 'string' && info.commit) return `${pkg.version} (${info.commit})`;
+  } catch {
+    // no build stamp: the version alone
+  }
+  return pkg.version;
+}
+
 function mainHelp(): string {
   const width = Math.max(...commands.map((c) => c.spec.name.length));
   const lines = ['usage: waymark <command> [options]', '', 'commands:'];
   for (const c of commands) lines.push(`  ${c.spec.name.padEnd(width)}  ${c.spec.summary}`);
-  lines.push('', 'Run `waymark <command> --help` for its options.');
+  lines.push('', 'Run `waymark <command> --help` for its options; `waymark --version` for the version.');
   return `${lines.join('\n')}\n`;
 }
 
@@ -51,6 +66,10 @@ export async function main(argv: string[], io: Io = processIo()): Promise<number
   }
   if (name === '--help' || name === '-h' || name === 'help') {
     io.out(mainHelp());
+    return 0;
+  }
+  if (name === '--version' || name === '-V' || name === 'version') {
+    io.out(`waymark ${version()}\n`);
     return 0;
   }
   const command = commands.find((c) => c.spec.name === name);

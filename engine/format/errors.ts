@@ -90,7 +90,21 @@ export function quoted(value: string): string {
   return `${JSON.stringify(value.slice(0, 64))}… (${new TextEncoder().encode(value).length} bytes)`;
 }
 
-/** A value a caller gave, as an error message shows it: a string quoted (and cut short, as `quoted`), anything else as String() gives it. */
+/**
+ * A value a caller gave, as an error message shows it: a string quoted (and cut short, as
+ * `quoted`), an array or object as JSON (cut short: `[1]` was shown as "1", `"10"` and 10
+ * alike), bytes by their length, anything else as String() gives it (Infinity, NaN, null).
+ */
 export function shown(value: unknown): string {
-  return typeof value === 'string' ? quoted(value) : String(value);
+  if (typeof value === 'string') return quoted(value);
+  if (typeof value !== 'object' || value === null) return String(value);
+  if (ArrayBuffer.isView(value)) return `${value.constructor.name} of ${value.byteLength} bytes`;
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(value);
+  } catch {
+    text = undefined; // a cycle, a BigInt inside
+  }
+  if (text === undefined) return Object.prototype.toString.call(value);
+  return text.length <= 64 ? text : `${text.slice(0, 64)}… (${text.length} characters of JSON)`;
 }

@@ -155,6 +155,8 @@ export function describePath(target: string): Layout {
     if (indexNamePattern.test(name)) return { kind: 'index', storeDir, topics: [], channels: [channel], leftovers: [] };
     throw new WaymarkError('INVALID_ARGUMENT', `${target}: not a segment (.log) or index file (.oix, .tix, .kix) named by a 20-digit base offset`);
   }
+  // A device, a socket, a pipe (`/dev/null` was "ENOTDIR: not a directory, scandir" and exit 1).
+  if (!stat.isDirectory()) throw new WaymarkError('INVALID_ARGUMENT', `${target}: not a store, topic or channel folder, nor a segment or index file`);
   if (isDir(path.join(p, 'topics'))) {
     const topicsDir = path.join(p, 'topics');
     const topics: TopicRef[] = [];
