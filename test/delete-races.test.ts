@@ -7,6 +7,7 @@
  */
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
+import type * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openStore, decodeRecords, lz4Codec, probeHeader, type Store } from '../engine/index';
 import { Broker } from '../server/broker';
@@ -220,6 +221,40 @@ describe('the engine: deletion racing work under way on what it deletes', () => 
       fsModule.open = open;
     }
     assert.deepEqual(faults, []);
+  });
+
+  it('a retention pass under way when its topic is deleted unlinks nothing by path once the delete is done (a topic made again under the name could lose its files)', async () => {
+    store = await openStore(tempDir(), { sync: 'none', segmentBytes: 4096 });
+    await store.createTopic('t', { channels: 1, retentionBytes: 1 });
+    for (let i = 0; i < 40; i++) await store.append('t', 0, [{ body: randomBytes(900) }]);
+    await store.settled();
+    // The pass's first index-file unlink is held until the delete has begun.
+    const slow = gate();
+    const unlink = fsModule.unlink;
+    const events: string[] = [];
+    let first = true;
+    fsModule.unlink = ((file: fs.PathLike, callback: fs.NoParamCallback) => {
+      const done: fs.NoParamCallback = (err) => {
+        events.push('unlink');
+        callback(err);
+      };
+      if (!/\.(oix|tix|kix)$/.test(String(file))) return unlink(file, callback);
+      if (!first) return unlink(file, done);
+      first = false;
+      void slow.hold().then(() => unlink(file, done));
+    }) as typeof fsModule.unlink;
+    try {
+      const pass = store.applyRetention();
+      await slow.held;
+      const deleting = store.deleteTopic('t').then(() => events.push('deleted'));
+      slow.open();
+      await deleting;
+      await pass;
+    } finally {
+      fsModule.unlink = unlink;
+    }
+    assert.ok(events.includes('deleted'));
+    assert.deepEqual(events.slice(events.indexOf('deleted') + 1), [], 'no unlink by the old channel after the delete');
   });
 
   it('a retried producer sequence whose first append retention has deleted is DUPLICATE_SEQUENCE and appends nothing (it was OFFSET_OUT_OF_RANGE from reading the deleted batch back)', async () => {

@@ -1143,9 +1143,17 @@ export class ChannelLog {
    * cannot be unlinked stays listed for the next pass; rejects with the first failure.
    */
   private async removeLeftovers(): Promise<void> {
+    // Closed: its topic may be deleted, and one of the same name made in the same folder; an
+    // unlink by path then removed the new topic's file of that name (helper-58). What is left
+    // is an orphan the next open removes.
+    if (this.closed) return;
     const files = this.leftovers.splice(0);
     let failure: unknown = null;
-    for (const file of files) {
+    for (const [i, file] of files.entries()) {
+      if (this.closed) {
+        this.leftovers.push(...files.slice(i));
+        break;
+      }
       try {
         await pool.unlinkIfPresent(file);
       } catch (err) {
@@ -1239,7 +1247,10 @@ export class ChannelLog {
     this.closed = true; // later appends are refused; queued ones still go out
     this.deleting = options.deleting === true;
     if (this.syncTimer) clearInterval(this.syncTimer);
-    // Closed: no append is queued from here on, so these end.
+    // Closed: no append is queued from here on, so these end. A removal under way (retention,
+    // compaction) ends too, writing and unlinking nothing more once it sees `closed`; waited
+    // for, so that nothing of it runs once the caller (deleteTopic) has let the folder's name go.
+    await this.removals;
     while (this.flushing) await this.flushing;
     if (this.syncing) await this.syncing;
     while (this.sealing) await this.sealing;
