@@ -920,12 +920,14 @@ describe('input fixes: a new user\'s run over HTTP and the CLI (helper-59)', fun
     }
   });
 
-  it('dump, verify and repair of a path that is neither a folder nor a file (/dev/null) exit 2 with one line (it was "ENOTDIR … scandir" and exit 1); --version prints the version', async () => {
+  it('dump, verify and repair of a path that is neither a folder nor a file (/dev/null) exit 2 with one line (it was "ENOTDIR … scandir" and exit 1); topics --help shows option values; --version prints the version', async () => {
     for (const command of ['dump', 'verify', 'repair']) {
       const r = await run([command, '/dev/null']);
       assert.equal(r.status, 2, `${command}: ${r.stderr}`);
       assert.equal(r.stderr, `waymark: ${command}: /dev/null: not a store, topic or channel folder, nor a segment or index file\n`);
     }
+    const topicsHelp = await run(['topics', '--help']);
+    assert.match(topicsHelp.stdout, /waymark topics create NAME \[--channels N\] \[--retention-ms MS\]/, 'option values shown (it was [--channels])');
     const version = await run(['--version']);
     assert.equal(version.status, 0);
     assert.match(version.stdout, /^waymark \d+\.\d+\.\d+( \([0-9a-f]+\))?\n$/);

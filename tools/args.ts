@@ -80,8 +80,13 @@ export function parseArgs(spec: CommandSpec, argv: readonly string[]): ParseResu
   return { help: false, flags, positionals };
 }
 
+/** One option as a usage line shows it: `[--json]`, `[--channels N]`. */
+export function optionUsage(name: string, option: CommandSpec['options'][string]): string {
+  return option.type === 'boolean' ? `[--${name}]` : `[--${name} ${option.valueName}]`;
+}
+
 export function usageLine(spec: CommandSpec): string {
-  const options = Object.entries(spec.options).map(([name, o]) => (o.type === 'boolean' ? `[--${name}]` : `[--${name} ${o.valueName}]`));
+  const options = Object.entries(spec.options).map(([name, o]) => optionUsage(name, o));
   const optional = (spec.optionalPositionals ?? []).map((name) => `[${name}]`);
   return ['usage: waymark', spec.name, ...spec.positionals, ...optional, ...options].join(' ');
 }

@@ -1,5 +1,5 @@
 /** `waymark topics list|create|describe|delete`: topic administration over the protocol. */
-import { formatHelp, parseArgs, UsageError, type CommandSpec } from './args';
+import { formatHelp, optionUsage, parseArgs, UsageError, type CommandSpec } from './args';
 import type { Command } from './command';
 import { connectForCommand, urlOption } from './broker-options';
 import type { TopicDescription } from '../sdk/index';
@@ -38,8 +38,10 @@ export const topicsCommand: Command = {
     details:
       Object.values(actions)
         .map((a) => {
-          const flags = Object.keys(a.options).filter((o) => o !== 'url' && o !== 'json');
-          return `  waymark ${a.name}${a.positionals.map((p) => ` ${p}`).join('')}${flags.map((f) => ` [--${f}]`).join('')} — ${a.summary}`;
+          const flags = Object.entries(a.options)
+            .filter(([name]) => name !== 'url' && name !== 'json')
+            .map(([name, o]) => ` ${optionUsage(name, o)}`);
+          return `  waymark ${a.name}${a.positionals.map((p) => ` ${p}`).join('')}${flags.join('')} — ${a.summary}`;
         })
         .join('\n') + '\nEach action has its own --help (waymark topics create --help).',
   },
