@@ -17,7 +17,7 @@ import { loadChecksum } from '../format/checksum';
 import { msgIdToHex } from '../format/msg-id';
 import { BatchFlag, decodeRecords, type BatchHeader, type StoredRecord } from '../format/record-batch';
 import { keyIndexEntryBytes, keyIndexHeaderBytes, keyIndexMagic, keyIndexVersion } from '../index/key-index';
-import { indexHeaderBytesOf, indexVersion } from '../log/index-file';
+import { fileChecksum, indexHeaderBytesOf, indexVersion } from '../log/index-file';
 import { offsetIndexMagic } from '../log/offset-index';
 import { timeIndexMagic } from '../log/time-index';
 import { describePath, indexExtensions, indexNamePattern, type ChannelRef } from './layout';
@@ -232,7 +232,11 @@ export function dumpIndexFile(file: string, from: number, max: number, emit: (it
     if (value > BigInt(Number.MAX_SAFE_INTEGER) || value < BigInt(Number.MIN_SAFE_INTEGER)) unsafe.push(`${name} is ${value}, past 2^53 (shown rounded)`);
     return Number(value);
   };
-  const problems = (sizeProblem: string | null): string | null => [headerProblem, ...unsafe, sizeProblem].filter((p) => p !== null).join('; ') || null;
+  // The file's checksum, as open and verify check it (a flipped byte showed no problem here,
+  // while verify said "checksum mismatch": helper-59). Only for a header this build reads.
+  const checksumAt = kind === 'kix' ? 32 : 24;
+  const checksumProblem = headerProblem === null && bytes.length >= checksumAt + 8 && fileChecksum(bytes, checksumAt) !== bytes.readBigUInt64LE(checksumAt) ? 'checksum mismatch (open and repair rebuild this file from the log)' : null;
+  const problems = (sizeProblem: string | null): string | null => [headerProblem, checksumProblem, ...unsafe, sizeProblem].filter((p) => p !== null).join('; ') || null;
   const baseOffset = field64('baseOffset', bytes.readBigInt64LE(8));
   // The log size the index was built for: not in version 1 files.
   const logBytes = version === 1 ? null : field64('logBytes', bytes.readBigUInt64LE(kind === 'kix' ? 40 : 32));
