@@ -3,7 +3,9 @@
  * start positions for subscriptions. No business logic the engine should own lives here —
  * only the wiring of store, group positions and metrics.
  */
+import * as path from 'node:path';
 import { checkTopicName, WaymarkError, type AppendOutcome, type Store } from '../engine/index';
+import { toWaymarkError } from '../protocol/frames';
 import { GroupPositions, checkGroupName, type GroupPosition } from './groups';
 import { BrokerMetrics, type CounterCell } from './metrics';
 import { packBeginOf } from '../protocol/positions';
@@ -82,6 +84,15 @@ export class Broker {
     let perChannel = this.appendCounters.get(topic);
     if (!perChannel) this.appendCounters.set(topic, (perChannel = []));
     return (perChannel[channel] ??= { messages: this.metrics.appendedMessages.cell([topic, channel]), bytes: this.metrics.appendedBytes.cell([topic, channel]) });
+  }
+
+  /**
+   * An error as a client is told it: file names without the data folder's path (a client
+   * saw `/srv/waymark/data/topics/orders/1` in CORRUPT_FILE: helper-59). The broker's own
+   * log (stderr, onFault) keeps them whole.
+   */
+  clientError(err: unknown): WaymarkError {
+    return clientError(err, this.store.dir);
   }
 
   /**
@@ -180,4 +191,11 @@ export function clampPosition(offset: number, state: { logStartOffset: number; h
     throw new WaymarkError('OFFSET_OUT_OF_RANGE', `channel ${channel}: offset ${offset} is outside [${state.logStartOffset}, ${state.highWatermark}]`);
   }
   return Math.max(offset, state.logStartOffset);
+}
+
+/** Broker.clientError, for a store in `dataDir`. */
+export function clientError(err: unknown, dataDir: string): WaymarkError {
+  const typed = toWaymarkError(err);
+  const prefix = dataDir.endsWith(path.sep) ? dataDir : `${dataDir}${path.sep}`;
+  return typed.message.includes(prefix) ? new WaymarkError(typed.code, typed.message.split(prefix).join('')) : typed;
 }

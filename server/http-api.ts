@@ -126,7 +126,7 @@ function route(
         if (repeatedHeader !== null) throw new WaymarkError('INVALID_ARGUMENT', `header ${repeatedHeader} is given more than once; give it once`);
         return work({ params, query, headers, body });
       })
-      .catch((err) => errorReply(err))
+      .catch((err) => errorReply(ctx.broker.clientError(err)))
       .then((reply) => {
         ctx.broker.metrics.httpRequests.inc([methodLabel, pattern, reply.status]);
         if (reply.errorCode) ctx.broker.metrics.errors.inc([reply.errorCode]);

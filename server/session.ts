@@ -9,7 +9,7 @@
  */
 import type { WebSocket } from 'uWebSockets.js';
 import { WaymarkError, type TopicInfo } from '../engine/index';
-import { clientRequestKinds, decodeFrame, encodeFrame, encodePushFrame, errorFrame, toWaymarkError, type Frame, type FrameInit, type PushFields, type waymark } from '../protocol/frames';
+import { clientRequestKinds, decodeFrame, encodeFrame, encodePushFrame, errorFrame, type Frame, type FrameInit, type PushFields, type waymark } from '../protocol/frames';
 import { protocolLimits, protocolVersion } from '../protocol/limits';
 import { packBeginOf } from '../protocol/positions';
 import { formatLimits } from '../engine/format/limits';
@@ -171,7 +171,7 @@ export class Session {
       },
       (err) => {
         this.inflight--;
-        this.send(errorFrame(id, toWaymarkError(err)));
+        this.send(errorFrame(id, this.broker.clientError(err)));
       },
     );
   }
@@ -260,7 +260,7 @@ export class Session {
       const state = store.channelState(f.topic, f.channel);
       this.send({ id, fetchOk: { channel: f.channel, batches: read.bytes, nextOffset: read.nextOffset, highWatermark: state.highWatermark, logStartOffset: state.logStartOffset } });
     } catch (err) {
-      this.send(errorFrame(id, toWaymarkError(err)));
+      this.send(errorFrame(id, this.broker.clientError(err)));
     } finally {
       this.inflight--;
     }

@@ -18,7 +18,8 @@
  */
 import { BatchOffset, batchHeaderBytes, readInt64, readUint32, WaymarkError, type BatchRead, type Store } from '../engine/index';
 import { protocolLimits } from '../protocol/limits';
-import { toWaymarkError, type FrameInit, type PushFields } from '../protocol/frames';
+import { type FrameInit, type PushFields } from '../protocol/frames';
+import { clientError } from './broker';
 import { clampPosition } from './broker';
 
 export interface SubscriptionSink {
@@ -218,7 +219,7 @@ export class Subscription {
       } while (this.again && !this.closed);
     } catch (err) {
       if (!this.closed) {
-        const typed = toWaymarkError(err);
+        const typed = clientError(err, this.store.dir);
         this.close();
         this.sink.send({ id: 0, error: { code: typed.wire, name: typed.code, message: typed.message, subscription: this.id } });
         this.sink.ended(this.id);

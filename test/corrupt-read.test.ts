@@ -62,6 +62,9 @@ describe('a damaged batch in the middle of what a consumer reads', function () {
     assert.deepEqual((page.body.messages as Array<{ offset: number }>).map((m) => m.offset), [...Array(30).keys()], 'HTTP: the 30 messages before the damage');
     const bad = await httpJson(`${broker.http}/v1/topics/rot/messages?channel=0&offset=30&max=100`);
     assert.equal(bad.body.error?.code, 'CORRUPT_FILE');
+    // Named inside the data folder, not by the broker's own path on its machine (helper-59).
+    assert.match(bad.body.error.message, /topics\/rot\/0/);
+    assert.ok(!bad.body.error.message.includes(broker.data), bad.body.error.message);
 
     const { offsets, failure } = await consumeUntilFailure('rot');
     assert.deepEqual(offsets, [...Array(30).keys()], 'SDK: the 30 messages before the damage, then the error');
