@@ -796,7 +796,7 @@ export class Store {
 
   /** The first offset with broker time ≥ `timestamp` (the high watermark when none). */
   offsetForTime(topic: string, channel: number, timestamp: number): Promise<number> {
-    return this.channel(topic, channel).offsetForTime(timestamp);
+    return this.readOf(topic, this.channel(topic, channel).offsetForTime(timestamp));
   }
 
   /** The message with this msgId (32 hex digits), searched in every channel of the topic. */
@@ -847,17 +847,14 @@ export class Store {
     if (!(maxBytes >= 1)) throw new WaymarkError('INVALID_ARGUMENT', `maxBytes ${maxBytes}: at least 1`);
     const results: StoredMessage[] = [];
     const damaged: WaymarkError[] = [];
-    let channelCut = false;
     for (let c = 0; c < t.channels.length; c++) {
       const before = damaged.length;
-      const found = await t.channels[c]!.lookup(hash, range, limit, matches, maxBytes, damaged);
-      // A channel's lookup stops at the limit or once it holds maxBytes: it may have more.
-      let bytes = 0;
-      for (const { record, brokerTimestamp } of found) {
+      // One past each bound (a message more than `limit`, a byte more than maxBytes): when one
+      // more exists it is found, and the cut below drops it: `truncated`. (Asked for exactly
+      // the bounds, a channel with exactly `limit` matches said truncated, for ever: helper-60.)
+      for (const { record, brokerTimestamp } of await t.channels[c]!.lookup(hash, range, limit + 1, matches, maxBytes + 1, damaged)) {
         results.push(toMessage(topic, c, record, brokerTimestamp));
-        bytes += record.body.length;
       }
-      if (found.length >= limit || bytes >= maxBytes) channelCut = true;
       for (const err of damaged.slice(before)) this.damagedRead(topic, c, err);
     }
     // Candidates in damaged batches were passed over: the sound ones are the answer. When
@@ -868,7 +865,7 @@ export class Store {
     // Newest first while they fit the byte bound (the first always).
     let count = 0;
     for (let bytes = 0; count < Math.min(limit, results.length) && (count === 0 || bytes + results[count]!.body.length <= maxBytes); count++) bytes += results[count]!.body.length;
-    return { messages: results.slice(0, count), truncated: channelCut || count < results.length };
+    return { messages: results.slice(0, count), truncated: count < results.length };
   }
 
   // ---------------------------------------------------------------- upkeep

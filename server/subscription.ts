@@ -123,9 +123,14 @@ export class Subscription {
    * (and pushed) from the new topic at the old one's positions (helper-58).
    */
   private checkTopic(): void {
-    if (!this.store.hasTopic(this.topic) || this.store.topicIncarnation(this.topic) !== this.incarnation) {
-      throw new WaymarkError('TOPIC_NOT_FOUND', `topic ${this.topic} was deleted`);
+    let now: number;
+    try {
+      now = this.store.topicIncarnation(this.topic); // STORE_CLOSED once the store is (not "deleted")
+    } catch (err) {
+      if (!(err instanceof WaymarkError && err.code === 'TOPIC_NOT_FOUND')) throw err;
+      now = -1;
     }
+    if (now !== this.incarnation) throw new WaymarkError('TOPIC_NOT_FOUND', `topic ${this.topic} was deleted`);
   }
 
   /** Starts pushing (called once the SubscribeOk reply is on the wire). */

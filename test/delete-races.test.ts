@@ -196,6 +196,32 @@ describe('the engine: deletion racing work under way on what it deletes', () => 
     }
   });
 
+  it('a time lookup (offsetForTime: a subscribe or seek by time) under way when its topic is deleted fails with TOPIC_NOT_FOUND, not STORE_CLOSED (helper-60)', async () => {
+    store = await openStore(tempDir(), { sync: 'none', segmentBytes: 4096 });
+    await store.createTopic('t', { channels: 1 });
+    for (let i = 0; i < 30; i++) await store.append('t', 0, [{ body: randomBytes(1000) }]);
+    await store.settled();
+    const at = (await store.read('t', 0, { offset: 20, maxMessages: 1 }))[0]!.brokerTimestamp;
+    const slow = gate();
+    const read = fsModule.read;
+    let held = false;
+    fsModule.read = ((...args: unknown[]) => {
+      if (held) return (read as (...a: unknown[]) => void)(...args);
+      held = true;
+      void slow.hold().then(() => (read as (...a: unknown[]) => void)(...args));
+    }) as typeof fsModule.read;
+    try {
+      const seeking = rejection(store.offsetForTime('t', 0, at));
+      await slow.held;
+      await store.deleteTopic('t');
+      slow.open();
+      const err = await seeking;
+      assert.equal(err.code, 'TOPIC_NOT_FOUND', err.message);
+    } finally {
+      fsModule.read = read;
+    }
+  });
+
   it('a retention pass under way when its topic is deleted reports no fault (it said "retention of topic t channel N failed: ENOENT" for a topic that no longer exists)', async () => {
     const faults: string[] = [];
     store = await openStore(tempDir(), { sync: 'none', segmentBytes: 4096, onFault: (f) => faults.push(`${f.kind}: ${f.message}`) });

@@ -861,6 +861,13 @@ describe('input fixes: a new user\'s run over HTTP and the CLI (helper-59)', fun
     await httpJson(`${broker.http}/v1/topics/kt/messages?key=few`, { method: 'POST', body: 'one' });
     const whole = await httpJson(`${broker.http}/v1/topics/kt/keys/few`);
     assert.deepEqual([whole.body.messages.length, whole.body.truncated], [1, false]);
+    // Exactly `limit` of them: nothing more (it said truncated, and paging on never ended: helper-60).
+    const exact = await httpJson(`${broker.http}/v1/topics/kt/keys/few?limit=1`);
+    assert.deepEqual([exact.body.messages.length, exact.body.truncated], [1, false]);
+    // Exactly 8 MiB of bodies in one message: nothing more either.
+    await httpJson(`${broker.http}/v1/topics/kt/messages?key=full`, { method: 'POST', body: 'f'.repeat(8 * 1024 * 1024) });
+    const full = await httpJson(`${broker.http}/v1/topics/kt/keys/full`);
+    assert.deepEqual([full.body.messages.length, full.body.truncated], [1, false]);
   });
 
   it('/healthz and /metrics read no query: a repeated name and a malformed escape are served alike (a repeated name was 400, a malformed escape 200)', async () => {

@@ -153,6 +153,40 @@ describe('tools: verify', () => {
     }
   });
 
+  it('on a live store, damage at one place whose reach changes between reads is reported once, as the last read says it, and nothing is said to be passed over (helper-60)', async () => {
+    const dir = tempDir();
+    const store = await openStore(dir, { compression: false });
+    const open = fsModule.openSync;
+    try {
+      await store.createTopic('live', { channels: 1 });
+      for (let i = 0; i < 8; i++) await store.append('live', 0, [{ body: bodyFor('l', i, 500) }]);
+      const log = segmentFiles(path.join(dir, 'topics', 'live', '0'))[0]!;
+      const pristineBytes = fs.readFileSync(log);
+      const { starts } = batchLayout(pristineBytes);
+      // Batch 2's header is zeros in every read; every other read batch 3's too.
+      let reads = 0;
+      fsModule.openSync = ((file: fs.PathLike, ...rest: unknown[]) => {
+        if (String(file) === log) {
+          const bytes = Buffer.from(pristineBytes);
+          bytes.fill(0, starts[2]!, (reads++ % 2 === 0 ? starts[2]! : starts[3]!) + 64);
+          const fd = open(log, 'r+');
+          fs.writeSync(fd, bytes, 0, bytes.length, 0);
+          fs.closeSync(fd);
+        }
+        return (open as (...a: unknown[]) => number)(file, ...rest);
+      }) as typeof fsModule.openSync;
+      const report = await verifyStore(dir, { threads: 0 });
+      fsModule.openSync = open;
+      fs.writeFileSync(log, pristineBytes);
+      assert.deepEqual(report.faults.map((f) => f.position), [starts[2]], JSON.stringify(report.faults));
+      assert.match(report.faults[0]!.what, new RegExp(`next good batch at ${starts[4]}$`), 'the last read\'s words (batches 2 and 3 unreadable)');
+      assert.ok(!report.notes.some((n) => n.includes('passed over')), JSON.stringify(report.notes));
+    } finally {
+      fsModule.openSync = open;
+      await store.close();
+    }
+  });
+
   it('waymark verify of a live store whose active segment has damage reports it (with worker threads it crashed: "checksum module not loaded", helper-57)', async () => {
     const dir = tempDir();
     const store = await openStore(dir, { compression: false });

@@ -95,23 +95,26 @@ async function settleLiveScans(tasks: readonly ScanTask[], results: ScanResult[]
   for (const [i, task] of tasks.entries()) {
     if (!task.isLast || results[i]!.faults.length === 0) continue;
     let previous = results[i]!;
-    let everyRead = previous.faults;
+    let everyRead = new Set(previous.faults.map(key));
     let settled = false;
     for (let n = 0; n < liveRescansMax && !settled; n++) {
       await new Promise((resolve) => setImmediate(resolve));
       const again = scanSegmentFile(task);
       settled = sameFaults(previous, again);
       const seen = new Set(again.faults.map(key));
-      everyRead = everyRead.filter((f) => seen.has(key(f)));
+      everyRead = new Set([...everyRead].filter((k) => seen.has(k)));
       previous = again;
     }
     // A torn tail of a segment being written is the batch being written (helper-54: every
     // verify of a store under a steady producer exited 1 with one per channel): a note.
     const torn = previous.faults.filter((f) => f.what.startsWith('torn tail:'));
     for (const f of torn) report.notes.push(`${f.file}: a batch being written at ${f.position} (its tail was cut short when read; the broker is writing this segment)`);
-    const passedOver = previous.faults.filter((f) => !torn.includes(f) && !everyRead.includes(f)).length;
-    results[i] = { ...previous, faults: everyRead.filter((f) => !f.what.startsWith('torn tail:')) };
-    if (!settled && passedOver > 0) {
+    // Two reads that agree: their faults stand (one the first read had not reached yet too).
+    // Never agreeing: those found at the same place by every read, as the last read says them.
+    const kept = previous.faults.filter((f) => !torn.includes(f) && (settled || everyRead.has(key(f))));
+    const passedOver = previous.faults.length - torn.length - kept.length;
+    results[i] = { ...previous, faults: kept };
+    if (passedOver > 0) {
       report.notes.push(`${task.file}: faults that were not at the same place in each of ${liveRescansMax + 1} reads while the broker wrote it were passed over (reads racing its writes); stop the broker for an exact answer`);
     }
   }

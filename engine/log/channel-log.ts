@@ -873,7 +873,7 @@ export class ChannelLog {
       if (segment.recordCount === 0) continue;
       if (range.timeTo !== undefined && segment.firstTimestamp > range.timeTo) continue;
       if (range.timeFrom !== undefined && segment.maxTimestamp < range.timeFrom) continue;
-      const hits: KeyHit[] = segment.keyLookup(hash, range, limits.lookupResultCountMax);
+      const hits: KeyHit[] = segment.keyLookup(hash, range, limits.lookupResultCountMax + 1); // + 1: Store.lookupAll asks one past its limit
       for (const hit of hits) {
         if (hit.offset >= this.highWatermark || found.length >= limit || bytes >= maxBytes) continue;
         let at: { record: StoredRecord; brokerTimestamp: number } | null;
