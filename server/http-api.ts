@@ -371,7 +371,6 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
   const { broker } = ctx;
   const store = broker.store;
   const ids = new MsgIdGenerator();
-  const roundRobin = new Map<string, number>();
 
   // A failed channel (sticky until restart) makes the broker "degraded", still 200: it serves
   // every other channel and the failed one's reads, and a probe that restarted it on a full
@@ -461,11 +460,7 @@ export function installHttpApi(app: TemplatedApp, ctx: HttpContext): void {
       let channel: number;
       if (explicitChannel !== null) channel = explicitChannel;
       else if (key !== null) channel = channelForKey(key, channels);
-      else {
-        channel = (roundRobin.get(topic) ?? -1) + 1;
-        if (channel >= channels) channel = 0;
-        roundRobin.set(topic, channel);
-      }
+      else channel = broker.roundRobin(topic, channels);
       const { batch, msgIds } = encodeBatch([{ msgId, key, body: payload, headers: messageHeaders }], { codec: lz4Codec, msgIds: ids });
       const [append] = await broker.produce(topic, channel, batch, false);
       return json({ msgId: Buffer.from(msgIds[0]!).toString('hex'), channel, offset: append!.baseOffset });

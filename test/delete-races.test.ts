@@ -297,3 +297,19 @@ describe('the engine: deletion racing work under way on what it deletes', () => 
     assert.deepEqual(store.channelState('t', 0), before, 'nothing appended');
   });
 });
+
+describe('what a deleted topic leaves in the broker', () => {
+  it('the HTTP round robin forgets a deleted topic (it kept ~265 B for every topic ever posted to: helper-61)', async () => {
+    const store = await openStore(tempDir(), { sync: 'none' });
+    try {
+      const broker = await Broker.open(store);
+      assert.deepEqual([0, 1, 2, 3].map(() => broker.roundRobin('t', 3)), [0, 1, 2, 0]);
+      assert.equal(broker.roundRobinTopics, 1);
+      broker.forgetTopic('t');
+      assert.equal(broker.roundRobinTopics, 0);
+      assert.equal(broker.roundRobin('t', 2), 0, 'a topic made again starts from channel 0');
+    } finally {
+      await store.close();
+    }
+  });
+});
