@@ -20,7 +20,10 @@
  * once that many broadcasts are done.
  *
  * Invariants: per channel, batches are sent and acknowledged in sequence order; a message's
- * promise settles exactly once; memory is bounded by bufferedBytesMax (send() waits).
+ * promise settles exactly once; the bytes in batches (being filled, sent, or waiting for an
+ * acknowledgement) stay within bufferedBytesMax: a send past it is parked, in order, until
+ * there is room, and its promise settles later. What a caller sends without awaiting is held
+ * (parked) until then: awaiting the sends, or a window of them, is what bounds that.
  */
 import { shown, WaymarkError } from '../engine/format/errors';
 import { formatLimits } from '../engine/format/limits';
@@ -46,7 +49,7 @@ export interface ProducerOptions {
   lingerMs?: number;
   /** Batches awaiting acknowledgement per channel, 1–16 (default 16: the broker remembers a producer's last 16 batches per channel to answer resends). */
   inflightBatchesMax?: number;
-  /** Bytes waiting to be sent before send() starts to wait (default 64 MiB). */
+  /** Bytes in batches (being filled, sent, or unacknowledged) past which a send is parked until there is room (default 64 MiB). */
   bufferedBytesMax?: number;
   /** Compress batches with lz4 in Node when it pays (default true). */
   compression?: boolean;
