@@ -872,11 +872,11 @@ describe('engine producer state', () => {
     const states = new ProducerStates();
     states.record(7, 0, 10, 100); // recovered from the log: durable
     let finish!: () => void;
-    const pending = states.record(7, 10, 10, 110, new Promise<void>((resolve) => (finish = resolve)));
+    const written = new Promise<void>((resolve) => (finish = resolve));
+    states.record(7, 10, 10, 110, written);
     assert.deepEqual(states.entries(), [[7, 0, 9, 100, 10]], 'the batch being written is not vouched for');
     finish();
-    await pending.done;
-    pending.done = null; // what ChannelLog does once the write is durable
+    await written; // durable: the states learn it as the promise resolves
     assert.deepEqual(states.entries(), [
       [7, 0, 9, 100, 10],
       [7, 10, 19, 110, 10],

@@ -427,13 +427,7 @@ export class ChannelLog {
       this.queue.push({ batch, header, keys, baseOffset, brokerTimestamp, resolve, reject });
     });
     this.lastQueued = done;
-    if (idempotent) {
-      const batch = this.producers.record(header.producerId, header.producerSequence, header.recordCount, baseOffset, done, brokerTimestamp);
-      done.then(
-        () => (batch.done = null),
-        () => undefined,
-      );
-    }
+    if (idempotent) this.producers.record(header.producerId, header.producerSequence, header.recordCount, baseOffset, done, brokerTimestamp);
     this.flushing ??= this.flushLoop();
     return done;
   }
