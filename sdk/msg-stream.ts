@@ -224,6 +224,11 @@ export class MsgStream implements AsyncIterable<MsgPack> {
     consuming.topicCreatedAt = Number(reply.subscribeOk?.topicCreatedAt ?? 0);
     // Where the subscription starts, for the channels no pack handed out has moved yet.
     for (const p of reply.subscribeOk?.positions ?? []) if (!this.resume.positions.has(p.channel ?? 0)) this.resume.positions.set(p.channel ?? 0, p.offset ?? 0);
+    // And when, while no pack or time says otherwise: a start at the group's committed
+    // positions begins at the time they carry, which only the broker knows. A resubscribe
+    // before the first pack was taken began at 0 instead (helper-62).
+    const packBeginTs = Number(reply.subscribeOk?.packBeginTs ?? 0);
+    if (this.resume.beginTs === 0 && this.resume.byTime === null && packBeginTs > 0) this.resume.beginTs = packBeginTs;
   }
 
   /**
@@ -422,7 +427,10 @@ export class MsgStream implements AsyncIterable<MsgPack> {
       // The pack the broker begins next (session.seek), and the channels left placed by a time.
       const timestamp = 'timestamp' in where && where.timestamp ? where.timestamp : 0;
       const positionsTime = 'positions' in where ? packBeginOf(where.positions) : 0;
-      const beginTs = 'positions' in where ? (timestamp > 0 ? Math.min(positionsTime, timestamp - 1) : positionsTime) : Math.max(0, timestamp - 1);
+      // The broker says where it begins the next pack (a seek to 'latest' keeps its own; an older
+      // broker says nothing, and the same rule is worked out here).
+      const told = Number(reply.seekOk?.packBeginTs ?? 0);
+      const beginTs = told > 0 ? told : 'positions' in where ? (timestamp > 0 ? Math.min(positionsTime, timestamp - 1) : positionsTime) : Math.max(0, timestamp - 1);
       const byTime = timestamp === 0 ? null : 'positions' in where ? { timestamp, channels: new Set(waiting) } : { timestamp, channels: null };
       this.resume = { positions: new Map((reply.seekOk?.positions ?? []).map((p) => [p.channel ?? 0, p.offset ?? 0])), beginTs, byTime };
     }

@@ -330,7 +330,7 @@ export class Session {
     this.subscriptions.set(id, subscription);
     // The reply goes out before the first push.
     return {
-      subscribeOk: { subscription: id, positions: subscription.currentPositions(), topicCreatedAt: this.broker.store.topicInfo(request.topic).createdAt },
+      subscribeOk: { subscription: id, positions: subscription.currentPositions(), topicCreatedAt: this.broker.store.topicInfo(request.topic).createdAt, packBeginTs: subscription.nextPackBeginTs },
       afterSend: () => subscription.start(),
     };
   }
@@ -385,7 +385,7 @@ export class Session {
       throw new WaymarkError('INVALID_ARGUMENT', 'seek needs positions, a timestamp, or to = earliest|latest');
     }
     subscription.seek(offsets, request.epoch, packBeginTs, byTime);
-    return { seekOk: { positions: subscription.currentPositions() } };
+    return { seekOk: { positions: subscription.currentPositions(), packBeginTs: subscription.nextPackBeginTs } };
   }
 }
 

@@ -146,6 +146,11 @@ export class Subscription {
     this.kick();
   }
 
+  /** Packs: the beginTs of the next pack it sends (0 for a stream subscription). */
+  get nextPackBeginTs(): number {
+    return this.packs ? this.packBeginTs : 0;
+  }
+
   /** Closed: unsubscribed, its connection gone, or ended by the broker (its topic deleted). */
   get ended(): boolean {
     return this.closed;

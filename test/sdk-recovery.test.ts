@@ -163,6 +163,51 @@ describe('sdk recovery: a msgStream pack consumer across a broker restart', func
   });
 });
 
+// helper-62: a stream that had taken no pack yet resubscribed with no time (the committed
+// positions' time is the broker's to know), and its first pack after the reconnect began at 0.
+describe('sdk recovery: a msgStream that had taken no pack when the broker restarted', function () {
+  this.timeout(60_000);
+  const suite = brokerForSuite({ connectOptions: { reconnectDelayMs: 20 } });
+  const { broker } = suite;
+
+  it('started at the group\'s committed positions, its first pack still begins at their endTs; after a seek to latest, no earlier than where the stream stood', async () => {
+    const client = suite.client();
+    await client.admin.createTopic('mcs', { channels: 2 });
+    const producing = client.msgStream();
+    await producing.asProducer('mcs');
+    for (let i = 0; i < 40; i += 5) await producing.produce({ msgs: Array.from({ length: 5 }, (_, j) => ({ key: `k${i + j}`, body: `m${i + j}` })) });
+    const first = client.msgStream();
+    await first.asConsumer('mcs', 'g', { start: 'earliest', tickIntervalMs: 10, prefetchMessages: 10 });
+    let committed: MsgPack | null = null;
+    while (!committed) {
+      const r = await first.next();
+      if (!r.done && r.value.msgs.length > 0) committed = r.value;
+    }
+    await first.commit(committed.endPositions);
+    await first.close();
+
+    const stream = client.msgStream();
+    await stream.asConsumer('mcs', 'g', { tickIntervalMs: 10 }); // start: committed
+    await killAndLose(broker, client);
+    await startAndReconnect(broker, client);
+    const after = await stream.next();
+    assert.ok(!after.done);
+    assert.equal(after.value.beginTs, committed.endTs, 'the first pack begins where the committed positions stand');
+    assert.deepEqual(after.value.startPositions, committed.endPositions);
+
+    // Where a seek to latest puts it, the broker says; the pack after a restart begins there, not at 0.
+    const taken = after.value.endTs;
+    await stream.seek('latest');
+    await killAndLose(broker, client);
+    await startAndReconnect(broker, client);
+    const latest = await stream.next();
+    assert.ok(!latest.done);
+    assert.ok(latest.value.beginTs >= taken, `after seek latest and a restart the pack begins at ${latest.value.beginTs}, before ${taken}`);
+    await stream.close();
+    await producing.close();
+  });
+});
+
 // helper-32: a start or seek by a time still ahead passes over what is stamped before it; a
 // resubscribe after a reconnect named every channel's offset, which the broker takes as is,
 // so what had been passed over came after all (in a pack whose range did not hold it).
