@@ -817,7 +817,7 @@ export class Store {
 
   /** Messages with this key, newest first, optionally within a broker-time range. */
   async lookupKey(topic: string, key: string | Uint8Array, options: LookupOptions = {}): Promise<StoredMessage[]> {
-    return (await this.lookupKeyPage(topic, key, options)).messages;
+    return (await this.keyLookup(topic, key, options, false)).messages;
   }
 
   /**
@@ -825,10 +825,14 @@ export class Store {
    * be older messages with the key; ask again with `timeTo` at the last one's broker time).
    */
   lookupKeyPage(topic: string, key: string | Uint8Array, options: LookupOptions = {}): Promise<{ messages: StoredMessage[]; truncated: boolean }> {
+    return this.keyLookup(topic, key, options, true);
+  }
+
+  private keyLookup(topic: string, key: string | Uint8Array, options: LookupOptions, tellTruncated: boolean): Promise<{ messages: StoredMessage[]; truncated: boolean }> {
     const bytes = typeof key === 'string' ? Buffer.from(key) : key;
     // No stored key is longer: say so rather than answer "none found".
     if (bytes.length > limits.keyBytesMax) return Promise.reject(new WaymarkError('KEY_TOO_LARGE', `key is ${bytes.length} bytes, the limit is ${limits.keyBytesMax}`));
-    return this.lookupAll(topic, xxh32(bytes, IndexKind.key), options, options.limit ?? 100, (r) => r.key !== null && bytesEqual(r.key, bytes), options.maxBytes);
+    return this.lookupAll(topic, xxh32(bytes, IndexKind.key), options, options.limit ?? 100, (r) => r.key !== null && bytesEqual(r.key, bytes), options.maxBytes, tellTruncated);
   }
 
   /** Messages whose `traceid` header equals `traceId`, newest first. */
@@ -841,7 +845,14 @@ export class Store {
     return page.messages;
   }
 
-  private async lookupAll(topic: string, hash: number, range: TimeRange, limit: number, matches: (r: StoredRecord) => boolean, maxBytes = Infinity): Promise<{ messages: StoredMessage[]; truncated: boolean }> {
+  /**
+   * `tellTruncated`: each channel is asked one past each bound (a message more than `limit`, a
+   * byte more than maxBytes), so that when one more exists it is found and the cut below drops
+   * it: `truncated`. (Asked for exactly the bounds, a channel with exactly `limit` matches said
+   * truncated, for ever: helper-60.) Else `truncated` is false: a msgId lookup stops at its
+   * first match, not searching every segment for a second one.
+   */
+  private async lookupAll(topic: string, hash: number, range: TimeRange, limit: number, matches: (r: StoredRecord) => boolean, maxBytes = Infinity, tellTruncated = false): Promise<{ messages: StoredMessage[]; truncated: boolean }> {
     const t = this.topic(topic);
     limit = Math.max(1, Math.min(limit, limits.lookupResultCountMax));
     if (!(maxBytes >= 1)) throw new WaymarkError('INVALID_ARGUMENT', `maxBytes ${maxBytes}: at least 1`);
@@ -849,10 +860,8 @@ export class Store {
     const damaged: WaymarkError[] = [];
     for (let c = 0; c < t.channels.length; c++) {
       const before = damaged.length;
-      // One past each bound (a message more than `limit`, a byte more than maxBytes): when one
-      // more exists it is found, and the cut below drops it: `truncated`. (Asked for exactly
-      // the bounds, a channel with exactly `limit` matches said truncated, for ever: helper-60.)
-      for (const { record, brokerTimestamp } of await t.channels[c]!.lookup(hash, range, limit + 1, matches, maxBytes + 1, damaged)) {
+      const past = tellTruncated ? 1 : 0;
+      for (const { record, brokerTimestamp } of await t.channels[c]!.lookup(hash, range, limit + past, matches, maxBytes + past, damaged)) {
         results.push(toMessage(topic, c, record, brokerTimestamp));
       }
       for (const err of damaged.slice(before)) this.damagedRead(topic, c, err);

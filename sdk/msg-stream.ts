@@ -48,6 +48,9 @@ export interface MsgPack {
 /** Splits a pack's messages over channels (Milvus RepackFunc); default: by key hash, keyless round robin. */
 export type RepackFunc = (msgs: readonly OutgoingMessage[], channelCount: number, route: (m: OutgoingMessage) => number) => Map<number, OutgoingMessage[]>;
 
+/** Every option of AsConsumerOptions (checkKnown). */
+const asConsumerOptionNames = ['start', 'channels', 'tickIntervalMs', 'prefetchMessages', 'prefetchBytes'] as const satisfies ReadonlyArray<keyof AsConsumerOptions>;
+
 export interface AsConsumerOptions {
   start?: 'committed' | 'earliest' | 'latest' | { timestamp: number } | { positions: MsgPosition[] };
   channels?: number[];
@@ -148,7 +151,7 @@ export class MsgStream implements AsyncIterable<MsgPack> {
       // A second subscription would have left the first one open on the broker for good.
       throw new WaymarkError('INVALID_ARGUMENT', `this msgStream consumes ${this.consuming.topic} as ${this.consuming.group} already: close it, or use another msgStream`);
     }
-    checkKnown('asConsumer', options, ['start', 'channels', 'tickIntervalMs', 'prefetchMessages', 'prefetchBytes']);
+    checkKnown('asConsumer', options, asConsumerOptionNames);
     checkCount('prefetchMessages', options.prefetchMessages);
     checkCount('prefetchBytes', options.prefetchBytes);
     checkMs('tickIntervalMs', options.tickIntervalMs);

@@ -260,7 +260,7 @@ export class Subscription {
    * is now before the log start): the pump goes round again and starts at the log start.
    */
   private async readBatches(channel: number, offset: number, maxBytes: number, maxMessages?: number, buffer?: Buffer): Promise<BatchRead | null> {
-    this.checkTopic();
+    // Checked before (by pushChannel and refill, which look the channel up first) and after.
     try {
       const read = await this.store.readBatches(this.topic, channel, { offset, maxBytes, maxMessages, buffer });
       this.checkTopic();

@@ -169,58 +169,39 @@ describe('the engine: deletion racing work under way on what it deletes', () => 
     assert.equal(await store.applyRetention(Date.now() + 3_600_000), 1, 'the next pass deletes it');
   });
 
-  it('a read under way when its topic is deleted fails with TOPIC_NOT_FOUND (it said OFFSET_OUT_OF_RANGE "deleted by retention: read again from the log start")', async () => {
-    store = await openStore(tempDir(), { sync: 'none', segmentBytes: 4096 });
-    await store.createTopic('t', { channels: 1 });
-    for (let i = 0; i < 30; i++) await store.append('t', 0, [{ body: randomBytes(1000) }]);
-    await store.settled();
-    // The read's first fs.read is held until the topic is deleted.
-    const slow = gate();
-    const read = fsModule.read;
-    let held = false;
-    fsModule.read = ((...args: unknown[]) => {
-      const callback = args[args.length - 1] as (...a: unknown[]) => void;
-      if (held) return (read as (...a: unknown[]) => void)(...args);
-      held = true;
-      void slow.hold().then(() => (read as (...a: unknown[]) => void)(...args.slice(0, -1), callback));
-    }) as typeof fsModule.read;
-    try {
-      const reading = rejection(store.read('t', 0, { offset: 0, maxMessages: 1000, maxBytes: 1 << 20 }));
-      await slow.held;
-      await store.deleteTopic('t');
-      slow.open();
-      const err = await reading;
-      assert.equal(err.code, 'TOPIC_NOT_FOUND', err.message);
-    } finally {
-      fsModule.read = read;
-    }
-  });
-
-  it('a time lookup (offsetForTime: a subscribe or seek by time) under way when its topic is deleted fails with TOPIC_NOT_FOUND, not STORE_CLOSED (helper-60)', async () => {
-    store = await openStore(tempDir(), { sync: 'none', segmentBytes: 4096 });
-    await store.createTopic('t', { channels: 1 });
-    for (let i = 0; i < 30; i++) await store.append('t', 0, [{ body: randomBytes(1000) }]);
-    await store.settled();
-    const at = (await store.read('t', 0, { offset: 20, maxMessages: 1 }))[0]!.brokerTimestamp;
-    const slow = gate();
-    const read = fsModule.read;
-    let held = false;
-    fsModule.read = ((...args: unknown[]) => {
-      if (held) return (read as (...a: unknown[]) => void)(...args);
-      held = true;
-      void slow.hold().then(() => (read as (...a: unknown[]) => void)(...args));
-    }) as typeof fsModule.read;
-    try {
-      const seeking = rejection(store.offsetForTime('t', 0, at));
-      await slow.held;
-      await store.deleteTopic('t');
-      slow.open();
-      const err = await seeking;
-      assert.equal(err.code, 'TOPIC_NOT_FOUND', err.message);
-    } finally {
-      fsModule.read = read;
-    }
-  });
+  // A read said OFFSET_OUT_OF_RANGE "deleted by retention: read again from the log start"; a
+  // time lookup (offsetForTime: a subscribe or seek by time) STORE_CLOSED (helper-60).
+  for (const [what, start] of [
+    ['a read', (s: Store) => s.read('t', 0, { offset: 0, maxMessages: 1000, maxBytes: 1 << 20 })],
+    ['a time lookup (a subscribe or seek by time)', (s: Store, at: number) => s.offsetForTime('t', 0, at)],
+  ] as const) {
+    it(`${what} under way when its topic is deleted fails with TOPIC_NOT_FOUND`, async () => {
+      store = await openStore(tempDir(), { sync: 'none', segmentBytes: 4096 });
+      await store.createTopic('t', { channels: 1 });
+      for (let i = 0; i < 30; i++) await store.append('t', 0, [{ body: randomBytes(1000) }]);
+      await store.settled();
+      const at = (await store.read('t', 0, { offset: 20, maxMessages: 1 }))[0]!.brokerTimestamp; // a time inside the log
+      // Its first fs.read is held until the topic is deleted.
+      const slow = gate();
+      const read = fsModule.read;
+      let held = false;
+      fsModule.read = ((...args: unknown[]) => {
+        if (held) return (read as (...a: unknown[]) => void)(...args);
+        held = true;
+        void slow.hold().then(() => (read as (...a: unknown[]) => void)(...args));
+      }) as typeof fsModule.read;
+      try {
+        const pending = rejection(start(store, at));
+        await slow.held;
+        await store.deleteTopic('t');
+        slow.open();
+        const err = await pending;
+        assert.equal(err.code, 'TOPIC_NOT_FOUND', err.message);
+      } finally {
+        fsModule.read = read;
+      }
+    });
+  }
 
   it('a retention pass under way when its topic is deleted reports no fault (it said "retention of topic t channel N failed: ENOENT" for a topic that no longer exists)', async () => {
     const faults: string[] = [];

@@ -115,10 +115,11 @@ describe('tools: verify', () => {
     }
   });
 
-  // helper-57: under a steady stream of small commits every read of the active __groups
-  // segment found zeros the broker was about to write over somewhere new, and each verify of
-  // a healthy broker exited 1 with 2-5 "bad magic 0x0" faults.
-  it('on a live store, faults at a new place in each read (reads racing the writes) are passed over with a note, not reported', async () => {
+  /**
+   * verifyStore (in process) of a live store of 8 batches in one active segment, whose log
+   * has bytes [from, to) zeros in each read: `zeros(read, starts)` says which, read by read.
+   */
+  async function verifyWhileReadsDiffer(zeros: (read: number, starts: number[]) => [number, number]): Promise<{ report: Awaited<ReturnType<typeof verifyStore>>; log: string; starts: number[]; reads: number }> {
     const dir = tempDir();
     const store = await openStore(dir, { compression: false });
     const open = fsModule.openSync;
@@ -128,13 +129,11 @@ describe('tools: verify', () => {
       const log = segmentFiles(path.join(dir, 'topics', 'live', '0'))[0]!;
       const pristineBytes = fs.readFileSync(log);
       const { starts } = batchLayout(pristineBytes);
-      // Each read of the log sees one batch still zeros, a later one each time.
       let reads = 0;
       fsModule.openSync = ((file: fs.PathLike, ...rest: unknown[]) => {
         if (String(file) === log) {
-          const at = starts[1 + (reads++ % 6)]!;
           const bytes = Buffer.from(pristineBytes);
-          bytes.fill(0, at, at + 64);
+          bytes.fill(0, ...zeros(reads++, starts));
           const fd = open(log, 'r+'); // (writeFileSync would come back here)
           fs.writeSync(fd, bytes, 0, bytes.length, 0);
           fs.closeSync(fd);
@@ -144,47 +143,30 @@ describe('tools: verify', () => {
       const report = await verifyStore(dir, { threads: 0 });
       fsModule.openSync = open;
       fs.writeFileSync(log, pristineBytes);
-      assert.ok(reads >= 4, `read once and again three times: ${reads} opens`);
-      assert.deepEqual(report.faults, []);
-      assert.ok(report.notes.some((n) => n.startsWith(`${log}: faults that were not at the same place in each of 4 reads`)), JSON.stringify(report.notes));
+      return { report, log, starts, reads };
     } finally {
       fsModule.openSync = open;
       await store.close();
     }
+  }
+
+  // helper-57: under a steady stream of small commits every read of the active __groups
+  // segment found zeros the broker was about to write over somewhere new, and each verify of
+  // a healthy broker exited 1 with 2-5 "bad magic 0x0" faults.
+  it('on a live store, faults at a new place in each read (reads racing the writes) are passed over with a note, not reported', async () => {
+    // Each read of the log sees one batch still zeros, a later one each time.
+    const { report, log, reads } = await verifyWhileReadsDiffer((read, starts) => [starts[1 + (read % 6)]!, starts[1 + (read % 6)]! + 64]);
+    assert.ok(reads >= 4, `read once and again three times: ${reads} opens`);
+    assert.deepEqual(report.faults, []);
+    assert.ok(report.notes.some((n) => n.startsWith(`${log}: faults that were not at the same place in each of 4 reads`)), JSON.stringify(report.notes));
   });
 
   it('on a live store, damage at one place whose reach changes between reads is reported once, as the last read says it, and nothing is said to be passed over (helper-60)', async () => {
-    const dir = tempDir();
-    const store = await openStore(dir, { compression: false });
-    const open = fsModule.openSync;
-    try {
-      await store.createTopic('live', { channels: 1 });
-      for (let i = 0; i < 8; i++) await store.append('live', 0, [{ body: bodyFor('l', i, 500) }]);
-      const log = segmentFiles(path.join(dir, 'topics', 'live', '0'))[0]!;
-      const pristineBytes = fs.readFileSync(log);
-      const { starts } = batchLayout(pristineBytes);
-      // Batch 2's header is zeros in every read; every other read batch 3's too.
-      let reads = 0;
-      fsModule.openSync = ((file: fs.PathLike, ...rest: unknown[]) => {
-        if (String(file) === log) {
-          const bytes = Buffer.from(pristineBytes);
-          bytes.fill(0, starts[2]!, (reads++ % 2 === 0 ? starts[2]! : starts[3]!) + 64);
-          const fd = open(log, 'r+');
-          fs.writeSync(fd, bytes, 0, bytes.length, 0);
-          fs.closeSync(fd);
-        }
-        return (open as (...a: unknown[]) => number)(file, ...rest);
-      }) as typeof fsModule.openSync;
-      const report = await verifyStore(dir, { threads: 0 });
-      fsModule.openSync = open;
-      fs.writeFileSync(log, pristineBytes);
-      assert.deepEqual(report.faults.map((f) => f.position), [starts[2]], JSON.stringify(report.faults));
-      assert.match(report.faults[0]!.what, new RegExp(`next good batch at ${starts[4]}$`), 'the last read\'s words (batches 2 and 3 unreadable)');
-      assert.ok(!report.notes.some((n) => n.includes('passed over')), JSON.stringify(report.notes));
-    } finally {
-      fsModule.openSync = open;
-      await store.close();
-    }
+    // Batch 2's header is zeros in every read; every other read batch 3's too.
+    const { report, starts } = await verifyWhileReadsDiffer((read, starts) => [starts[2]!, (read % 2 === 0 ? starts[2]! : starts[3]!) + 64]);
+    assert.deepEqual(report.faults.map((f) => f.position), [starts[2]], JSON.stringify(report.faults));
+    assert.match(report.faults[0]!.what, new RegExp(`next good batch at ${starts[4]}$`), 'the last read\'s words (batches 2 and 3 unreadable)');
+    assert.ok(!report.notes.some((n) => n.includes('passed over')), JSON.stringify(report.notes));
   });
 
   it('waymark verify of a live store whose active segment has damage reports it (with worker threads it crashed: "checksum module not loaded", helper-57)', async () => {

@@ -1137,13 +1137,12 @@ export class ChannelLog {
    * cannot be unlinked stays listed for the next pass; rejects with the first failure.
    */
   private async removeLeftovers(): Promise<void> {
-    // Closed: its topic may be deleted, and one of the same name made in the same folder; an
-    // unlink by path then removed the new topic's file of that name (helper-58). What is left
-    // is an orphan the next open removes.
-    if (this.closed) return;
     const files = this.leftovers.splice(0);
     let failure: unknown = null;
     for (const [i, file] of files.entries()) {
+      // Closed: its topic may be deleted, and one of the same name made in the same folder; an
+      // unlink by path then removed the new topic's file of that name (helper-58). What is
+      // left is an orphan the next open removes.
       if (this.closed) {
         this.leftovers.push(...files.slice(i));
         break;
